@@ -1,0 +1,20 @@
+# Shared settings for hack/ scripts. Source it; do not run it.
+# Everything slow (Go binaries, the Python environment, Debian packages) lands under SERIN_CACHE,
+# keyed by version, so a warm machine re-provisions in seconds and a cold one builds from registries.
+set -euo pipefail
+SERIN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SERIN_CACHE="${SERIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/serin}"
+export SERIN_ROOT SERIN_CACHE
+
+# Pinned versions. The Kubernetes version is the one hack/tools/go.mod requires; etcd's is the one
+# that Kubernetes release is tested with (its go.mod requires it), so both come from one module.
+KUBE_VERSION="v1.35.4"
+ETCD_VERSION="v3.6.5"
+HELM_VERSION="v3.19.0"
+export KUBE_VERSION ETCD_VERSION HELM_VERSION
+
+SERIN_BIN="$SERIN_CACHE/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
+SERIN_VENV="$SERIN_CACHE/venv-py311"
+export SERIN_BIN SERIN_VENV
+
+log() { printf '[serin %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

@@ -1,0 +1,47 @@
+"""Fixtures shared by every test tier. The control plane is real: etcd + kube-apiserver built by
+hack/provision.sh, started once per session on loopback ports. If it cannot be provisioned the
+tests that need it fail with the reason; they are never skipped or faked."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serin.local.controlplane import ControlPlane, start_control_plane
+
+REPO = Path(__file__).resolve().parent.parent
+SERIN_CRDS = REPO / "manifests" / "crds"
+KSERVE_CRDS = REPO / "local" / "crds" / "kserve.yaml"
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    cp = start_control_plane(tmp_path_factory.mktemp("controlplane"))
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def crds(control_plane: ControlPlane) -> ControlPlane:
+    """Serin's CRDs (from manifests/crds, the single source) and KServe's, installed and Established."""
+    for path in (SERIN_CRDS, KSERVE_CRDS):
+        control_plane.kubectl("apply", "--server-side", "-f", str(path))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/models.serin.dev", "crd/inferenceservices.serving.kserve.io",
+        "crd/clusterservingruntimes.serving.kserve.io",
+    )
+    return control_plane
+
+
+@pytest.fixture
+def namespace(crds: ControlPlane) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    crds.kubectl("create", "namespace", name)
+    yield name
+    crds.kubectl("delete", "namespace", name, "--wait=false", check=False)

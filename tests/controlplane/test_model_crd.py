@@ -1,0 +1,143 @@
+"""The Model CRD, served by the real kube-apiserver: schema defaults, printer columns, and
+server-side rejection of bad manifests with a message that names the offending field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from serin.local.controlplane import ControlPlane
+
+SHA = "a" * 64
+VALID: dict[str, Any] = {
+    "apiVersion": "serin.dev/v1alpha1",
+    "kind": "Model",
+    "metadata": {"name": "fraud"},
+    "spec": {
+        "source": {
+            "uri": "s3://models/fraud/v7/model.joblib",
+            "format": "sklearn",
+            "sha256": SHA,
+            "sampleUri": "s3://models/fraud/v7/sample.csv",
+        }
+    },
+}
+
+
+def manifest(name: str, **paths: Any) -> str:
+    """VALID with dotted paths set (value None deletes the key)."""
+    doc = copy.deepcopy(VALID)
+    doc["metadata"]["name"] = name
+    for dotted, value in paths.items():
+        *parents, leaf = dotted.split("__")
+        node = doc
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return yaml.safe_dump(doc)
+
+
+def apply(cp: ControlPlane, namespace: str, text: str) -> Any:
+    return cp.kubectl("apply", "-n", namespace, "-f", "-", input=text, check=False)
+
+
+def test_valid_model_round_trips_with_defaults(crds: ControlPlane, namespace: str) -> None:
+    out = apply(crds, namespace, manifest("fraud"))
+    assert out.returncode == 0, out.stderr
+    got = json.loads(crds.kubectl("get", "model", "fraud", "-n", namespace, "-o", "json").stdout)
+    spec = got["spec"]
+    assert spec["source"] == VALID["spec"]["source"]
+    assert spec["conversion"] == {
+        "targetOpset": 17, "timeout": "10m",
+        "tolerance": {"absolute": 0.0001, "relative": 0.001, "labelAgreement": 1.0},
+    }
+    assert spec["serving"] == {"minReplicas": 1, "maxReplicas": 1, "protocol": "v2"}
+    assert spec["rollout"]["steps"] == [{"weight": 10, "pause": "30s"}, {"weight": 50, "pause": "30s"}]
+    assert spec["rollout"]["paused"] is False
+    analysis = spec["rollout"]["analysis"]
+    assert (analysis["interval"], analysis["failureLimit"], analysis["inconclusiveLimit"]) == ("10s", 2, 3)
+    assert [m["builtin"] for m in analysis["metrics"]] == ["errorRate", "latencyP99Seconds", "inputPSI"]
+
+
+def test_short_name_and_category(crds: ControlPlane, namespace: str) -> None:
+    assert apply(crds, namespace, manifest("short")).returncode == 0
+    assert "short" in crds.kubectl("get", "mdl", "-n", namespace).stdout
+    assert "short" in crds.kubectl("get", "serin", "-n", namespace).stdout
+
+
+def test_printer_columns_show_rollout_state(crds: ControlPlane, namespace: str) -> None:
+    assert apply(crds, namespace, manifest("cols")).returncode == 0
+    status = {"status": {"phase": "Progressing", "stable": {"generation": 1},
+                         "canary": {"generation": 2, "weight": 10, "step": 0}}}
+    crds.kubectl("patch", "model", "cols", "-n", namespace, "--subresource=status",
+                 "--type=merge", "-p", json.dumps(status))
+    lines = crds.kubectl("get", "models", "-n", namespace).stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STABLE", "CANARY", "WEIGHT", "PHASE", "AGE"]
+    assert lines[1].split()[:5] == ["cols", "1", "2", "10", "Progressing"]
+
+
+# (id, overrides, words the apiserver's message must contain: the field path and the reason)
+INVALID = [
+    ("no-spec", {"spec": None}, ["spec", "Required"]),
+    ("no-source", {"spec__source": None}, ["spec.source", "Required"]),
+    ("no-uri", {"spec__source__uri": None}, ["spec.source.uri", "Required"]),
+    ("uri-ftp-scheme", {"spec__source__uri": "ftp://host/m.pkl"}, ["spec.source.uri", "scheme"]),
+    ("uri-plain-path", {"spec__source__uri": "/models/m.pkl"}, ["spec.source.uri", "scheme"]),
+    ("uri-with-space", {"spec__source__uri": "s3://b/my model.pkl"}, ["spec.source.uri", "no spaces"]),
+    ("format-unknown", {"spec__source__format": "pytorch"}, ["spec.source.format", "Unsupported value"]),
+    ("sha256-short", {"spec__source__sha256": "abc123"}, ["spec.source.sha256", "should match"]),
+    ("sha256-not-hex", {"spec__source__sha256": "z" * 64}, ["spec.source.sha256", "should match"]),
+    ("no-sample", {"spec__source__sampleUri": None}, ["spec.source.sampleUri", "Required"]),
+    ("sample-http", {"spec__source__sampleUri": "http://x/s.csv"}, ["spec.source.sampleUri", "scheme"]),
+    ("opset-too-low", {"spec__conversion__targetOpset": 3}, ["spec.conversion.targetOpset", "greater than or equal to 9"]),
+    ("opset-string", {"spec__conversion__targetOpset": "17"}, ["spec.conversion.targetOpset", "integer"]),
+    ("tolerance-negative", {"spec__conversion__tolerance": {"absolute": -1}}, ["spec.conversion.tolerance.absolute", "greater than or equal to 0"]),
+    ("label-agreement-above-1", {"spec__conversion__tolerance": {"labelAgreement": 1.5}}, ["spec.conversion.tolerance.labelAgreement", "less than or equal to 1"]),
+    ("conversion-timeout-words", {"spec__conversion__timeout": "ten minutes"}, ["spec.conversion.timeout", "should match"]),
+    ("min-above-max-replicas", {"spec__serving": {"minReplicas": 3, "maxReplicas": 2}}, ["spec.serving.minReplicas", "maxReplicas"]),
+    ("max-replicas-zero", {"spec__serving": {"maxReplicas": 0}}, ["spec.serving.maxReplicas", "greater than or equal to 1"]),
+    ("protocol-grpc", {"spec__serving": {"protocol": "grpc"}}, ["spec.serving.protocol", "Unsupported value"]),
+    ("step-weight-zero", {"spec__rollout": {"steps": [{"weight": 0}]}}, ["spec.rollout.steps[0].weight", "greater than or equal to 1"]),
+    ("step-weight-100", {"spec__rollout": {"steps": [{"weight": 100}]}}, ["spec.rollout.steps[0].weight", "less than or equal to 99"]),
+    ("steps-decreasing", {"spec__rollout": {"steps": [{"weight": 50}, {"weight": 10}]}}, ["spec.rollout.steps", "strictly increasing"]),
+    ("steps-repeated", {"spec__rollout": {"steps": [{"weight": 10}, {"weight": 10}]}}, ["spec.rollout.steps", "strictly increasing"]),
+    ("steps-too-many", {"spec__rollout": {"steps": [{"weight": w} for w in range(1, 23)]}}, ["spec.rollout.steps", "must have at most 20 items"]),
+    ("step-pause-words", {"spec__rollout": {"steps": [{"weight": 10, "pause": "30 seconds"}]}}, ["spec.rollout.steps[0].pause", "should match"]),
+    ("interval-too-short", {"spec__rollout": {"analysis": {"interval": "100ms"}}}, ["spec.rollout.analysis.interval", "between 1s and 1h"]),
+    ("failure-limit-zero", {"spec__rollout": {"analysis": {"failureLimit": 0}}}, ["spec.rollout.analysis.failureLimit", "greater than or equal to 1"]),
+    ("metric-builtin-and-query", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "errorRate", "query": "up", "max": 1}]}}}, ["spec.rollout.analysis.metrics[0]", "exactly one of builtin or query"]),
+    ("metric-neither", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "max": 1}]}}}, ["spec.rollout.analysis.metrics[0]", "exactly one of builtin or query"]),
+    ("metric-no-bound", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "errorRate"}]}}}, ["spec.rollout.analysis.metrics[0]", "at least one of min or max"]),
+    ("metric-min-above-max", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "query": "up", "min": 2, "max": 1}]}}}, ["spec.rollout.analysis.metrics[0].min", "less than or equal to max"]),
+    ("metric-builtin-unknown", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "accuracy", "max": 1}]}}}, ["spec.rollout.analysis.metrics[0].builtin", "Unsupported value"]),
+    ("metric-duplicate-name", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "errorRate", "max": 1}, {"name": "m", "builtin": "inputPSI", "max": 1}]}}}, ["spec.rollout.analysis.metrics[1]", "Duplicate value"]),
+    ("metric-name-uppercase", {"spec__rollout": {"analysis": {"metrics": [{"name": "Errors", "builtin": "errorRate", "max": 1}]}}}, ["spec.rollout.analysis.metrics[0].name", "should match"]),
+    ("unknown-field", {"spec__source__url": "s3://typo/m.pkl"}, ["spec.source.url", "unknown field"]),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_invalid_model_is_rejected_server_side(
+    crds: ControlPlane, namespace: str, overrides: dict[str, Any], expected: list[str]
+) -> None:
+    # Server-side dry run: the verdict is the apiserver's (OpenAPI schema + CEL), not kubectl's.
+    out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                       input=manifest("bad", **overrides), check=False)
+    assert out.returncode != 0, f"accepted: {out.stdout}"
+    for word in expected:
+        assert word in out.stderr, f"{word!r} not in apiserver message:\n{out.stderr}"
+    # Nothing was stored.
+    assert crds.kubectl("get", "model", "bad", "-n", namespace, check=False).returncode != 0
+
+
+def test_valid_manifest_passes_the_same_dry_run(crds: ControlPlane, namespace: str) -> None:
+    """The negative table is only meaningful if its baseline is accepted by the same path."""
+    out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest("good"))
+    assert out.returncode == 0, out.stderr
