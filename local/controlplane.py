@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
 from serin.local.pki import Pki, create_pki
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,396 @@
+"""The rollout decision: decide(spec, status, observations, now) -> (new status, actions).
+
+Pure: no I/O, no clock, no randomness. The reconcile loop observes, calls this, persists the
+returned status, then applies the actions. Everything the next tick needs is in the status, so an
+operator killed between any two lines resumes where it stopped. The InferenceService is made to
+match the status on every tick (level-triggered), never only on transitions.
+
+Reading order follows a version's life: a new source becomes `pending` (conversion), a converted
+version becomes the first `stable` or a `canary`, a canary walks its steps under analysis, then is
+promoted or rolled back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field, replace
+
+from serin.operator import analysis
+from serin.operator.actions import (
+    Action,
+    ApplyServing,
+    CancelConversion,
+    ClearAnnotation,
+    Emit,
+    StartConversion,
+)
+from serin.operator.conditions import derive_conditions
+from serin.operator.observations import Observations
+from serin.operator.spec import ModelSpec
+from serin.operator.status import (
+    ANALYSIS_RECORDS_KEPT,
+    HISTORY_KEPT,
+    Canary,
+    Failure,
+    Measurement,
+    Pending,
+    Status,
+    Version,
+    from_time,
+    to_time,
+)
+
+PROMOTE_ANNOTATION = "serin.dev/promote"
+ABORT_ANNOTATION = "serin.dev/abort"
+MAX_CONVERSION_ATTEMPTS = 3
+
+PROGRESSING, PROMOTING, ROLLING_BACK = "Progressing", "Promoting", "RollingBack"
+ZERO_TRAFFIC, RESTORE = "ZeroTraffic", "Restore"
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: Status
+    actions: tuple[Action, ...]
+
+
+@dataclass
+class _Tick:
+    spec: ModelSpec
+    obs: Observations
+    now: dt.datetime
+    actions: list[Action] = field(default_factory=list)
+
+    @property
+    def now_s(self) -> str:
+        return from_time(self.now) or ""
+
+    def emit(self, type_: str, reason: str, message: str) -> None:
+        self.actions.append(Emit(type_, reason, message))
+
+    def since(self, when: str | None) -> float:
+        t = to_time(when)
+        return 0.0 if t is None else (self.now - t).total_seconds()
+
+
+def decide(spec: ModelSpec, status: Status, obs: Observations, now: dt.datetime) -> Decision:
+    tick = _Tick(spec, obs, now)
+    s = _admit_new_version(tick, status)
+    s = _progress_conversion(tick, s)
+    s = _confirm_stable(tick, s)
+    if s.canary is not None:
+        s = _progress_canary(tick, s, s.canary)
+    s = _summarise(tick, s)
+    desired = desired_serving(s)
+    if desired is not None:
+        tick.actions.append(desired)
+    return Decision(s, tuple(tick.actions))
+
+
+def desired_serving(s: Status) -> ApplyServing | None:
+    """The InferenceService predictor that the status calls for."""
+    c = s.canary
+    if c is not None:
+        if c.state == PROGRESSING:
+            return ApplyServing(c.storageUri, c.weight)
+        if c.state == PROMOTING:
+            return ApplyServing(c.storageUri, None)
+        if c.rollbackStage == ZERO_TRAFFIC:
+            # KServe's documented rollback: 0 % to the canary moves all traffic back to the last
+            # rolled-out revision at once, without waiting for any new revision.
+            return ApplyServing(c.storageUri, 0)
+    if s.stable is not None:
+        return ApplyServing(s.stable.storageUri, None)
+    return None
+
+
+def analysis_due(spec: ModelSpec, status: Status, now: dt.datetime) -> bool:
+    """Whether this tick should query the metric provider (the I/O the decision then judges)."""
+    c = status.canary
+    if c is None or c.state != PROGRESSING or c.trafficSince is None or not spec.analysis.metrics:
+        return False
+    last = to_time(c.lastAnalysisAt) or to_time(c.trafficSince)
+    assert last is not None
+    return (now - last).total_seconds() >= spec.analysis.interval
+
+
+# -- versions ---------------------------------------------------------------------------------
+
+
+def _admit_new_version(t: _Tick, s: Status) -> Status:
+    key = t.spec.version_key
+    stable_key = s.stable.versionKey if s.stable else None
+    if s.canary and key == stable_key and s.canary.state != ROLLING_BACK:
+        return s.evolve(canary=_start_rollback(t, s.canary, "the source was set back to the stable version"))
+    if s.pending and key == stable_key:
+        t.actions.append(CancelConversion(s.pending.generation, s.pending.versionKey))
+        t.emit("Normal", "ConversionCancelled", "the source was set back to the stable version")
+        return s.evolve(pending=None)
+    known = {v.versionKey for v in (s.stable, s.canary, s.pending, s.failed) if v is not None}
+    if key in known:
+        return s
+    if s.pending:
+        t.actions.append(CancelConversion(s.pending.generation, s.pending.versionKey))
+    pending = Pending(generation=t.obs.generation, versionKey=key, startedAt=t.now_s)
+    t.actions.append(StartConversion(pending.generation, key, pending.attempt))
+    t.emit("Normal", "ConversionStarted", f"converting generation {pending.generation} ({_source(t.spec)})")
+    canary = s.canary
+    if canary and canary.state != ROLLING_BACK:
+        canary = _start_rollback(t, canary, f"superseded by generation {pending.generation}")
+    return s.evolve(pending=pending, canary=canary)
+
+
+def _progress_conversion(t: _Tick, s: Status) -> Status:
+    p, result = s.pending, t.obs.conversion
+    if p is None:
+        return s
+    if result is None:
+        return s  # admitted this tick: its StartConversion is already on the way
+    if result.state == "Missing":
+        # Nothing running and no result: a conversion lost with its process or Pod.
+        if p.attempt >= MAX_CONVERSION_ATTEMPTS:
+            return _conversion_failed(t, s, p, f"conversion did not run after {p.attempt} attempts", None)
+        t.actions.append(StartConversion(p.generation, p.versionKey, p.attempt + 1))
+        return s.evolve(pending=replace(p, attempt=p.attempt + 1))
+    if result.state == "Running":
+        if t.since(p.startedAt) > t.spec.conversion_timeout:
+            t.actions.append(CancelConversion(p.generation, p.versionKey))
+            limit = t.spec.conversion.get("timeout", "10m")
+            return _conversion_failed(t, s, p, f"conversion did not finish within {limit}", None)
+        return s
+    if result.state == "Failed":
+        return _conversion_failed(t, s, p, result.reason or "conversion failed", result.report)
+    # Succeeded.
+    report = (result.report or {}) | {"generation": p.generation}
+    if s.canary is not None:
+        return s.evolve(conversion=report)  # wait for the superseded canary to finish rolling back
+    version = Version(p.generation, p.versionKey, result.storageUri, result.sha256)
+    t.emit("Normal", "ConversionSucceeded", f"generation {p.generation} converted; parity passed")
+    s = s.evolve(pending=None, conversion=report)
+    if s.stable is None or not s.stableConfirmed:
+        t.emit("Normal", "Deploying", f"deploying generation {p.generation} at 100%")
+        return s.evolve(stable=version, stableConfirmed=False)
+    steps = t.spec.steps
+    canary = Canary(
+        **vars(version), state=PROGRESSING if steps else PROMOTING,
+        step=0, weight=steps[0].weight if steps else 0, since=t.now_s, stepSince=t.now_s,
+        reason="" if steps else "no canary steps",
+    )
+    t.emit("Normal", "CanaryStarted",
+           f"generation {p.generation} is the canary at {canary.weight}% (step 1 of {len(steps)})"
+           if steps else f"generation {p.generation} has no canary steps: promoting")
+    return s.evolve(canary=canary)
+
+
+def _conversion_failed(t: _Tick, s: Status, p: Pending, reason: str, report: dict | None) -> Status:
+    t.emit("Warning", "ConversionFailed", f"generation {p.generation}: {reason}")
+    failure = Failure(p.generation, p.versionKey, "ConversionFailed", reason, t.now_s)
+    conversion = (report or {"passed": False, "reason": reason}) | {"generation": p.generation}
+    return s.evolve(pending=None, failed=failure, conversion=conversion)
+
+
+def _confirm_stable(t: _Tick, s: Status) -> Status:
+    """The first version (or a version deployed without a canary) is stable once KServe serves it."""
+    if s.stable is None or s.stableConfirmed or s.canary is not None:
+        return s
+    sv = t.obs.serving
+    if not sv.serves_latest_at(s.stable.storageUri, None, 100):
+        return s
+    t.emit("Normal", "Serving", f"generation {s.stable.generation} serves 100% ({sv.latestReady})")
+    return s.evolve(stable=replace(s.stable, revision=sv.latestReady), stableConfirmed=True,
+                    history=_history(s, s.stable.generation, "Promoted", t.now_s))
+
+
+# -- the canary -------------------------------------------------------------------------------
+
+
+def _progress_canary(t: _Tick, s: Status, c: Canary) -> Status:
+    if c.state == ROLLING_BACK:
+        return _progress_rollback(t, s, c)
+    if c.state == PROMOTING:
+        return _progress_promotion(t, s, c)
+    c = _manual_controls(t, c)
+    if c.state != PROGRESSING:
+        return s.evolve(canary=c)
+    sv = t.obs.serving
+    if c.trafficSince is None:
+        if not sv.serves_latest_at(c.storageUri, c.weight, c.weight):
+            if t.since(c.stepSince) > t.spec.progress_deadline:
+                c = _start_rollback(t, c, f"canary not serving {c.weight}% within "
+                                          f"{t.spec.progress_deadline:g}s (progressDeadline)")
+            return s.evolve(canary=c)
+        c = replace(c, trafficSince=t.now_s, revision=sv.latestReady)
+        if s.stable and sv.latestRolledout:
+            s = s.evolve(stable=replace(s.stable, revision=sv.latestRolledout))
+    if t.obs.measurements is not None:
+        s, c = _judge_measurements(t, s, c)
+        if c.state != PROGRESSING:
+            return s.evolve(canary=c)
+    return s.evolve(canary=_maybe_advance(t, c))
+
+
+def _manual_controls(t: _Tick, c: Canary) -> Canary:
+    ann = t.obs.annotations
+    for key in (ABORT_ANNOTATION, PROMOTE_ANNOTATION):
+        if key in ann:
+            t.actions.append(ClearAnnotation(key))
+    # The annotation names the canary generation it means, so a late or repeated command can
+    # never act on a later version.
+    if ann.get(ABORT_ANNOTATION) == str(c.generation):
+        return _start_rollback(t, c, "aborted by user")
+    if ann.get(PROMOTE_ANNOTATION) == str(c.generation):
+        t.emit("Normal", "PromotedByUser", f"generation {c.generation} promoted by user at step {c.step + 1}")
+        return replace(c, state=PROMOTING, reason="promoted by user")
+    return c
+
+
+def _judge_measurements(t: _Tick, s: Status, c: Canary) -> tuple[Status, Canary]:
+    assert t.obs.measurements is not None
+    by_name = {m.metric: m for m in t.obs.measurements}
+    records: list[Measurement] = []
+    failures = dict(c.failures)
+    for metric in t.spec.analysis.metrics:
+        measured = by_name.get(metric.name)
+        if measured is None:
+            verdict, reason, value = analysis.INCONCLUSIVE, "not measured", None
+        else:
+            verdict, reason = analysis.assess(metric, measured)
+            value = measured.value
+        finite = value is not None and math.isfinite(value)  # JSON (and so status) has no NaN
+        records.append(Measurement(metric.name, verdict, t.now_s, c.generation,
+                                   value if finite else None, reason))
+        if verdict == analysis.FAILED:
+            failures[metric.name] = failures.get(metric.name, 0) + 1
+            t.emit("Warning", "AnalysisFailed",
+                   f"{reason} ({failures[metric.name]} of {t.spec.analysis.failure_limit} allowed failures)")
+    s = s.evolve(analysis=(s.analysis + tuple(records))[-ANALYSIS_RECORDS_KEPT:])
+    previous_streak = c.inconclusiveStreak
+    all_ok = all(r.verdict == analysis.SUCCESSFUL for r in records)
+    inconclusive = [r for r in records if r.verdict == analysis.INCONCLUSIVE]
+    streak = previous_streak + 1 if inconclusive else 0
+    progress = c.stepProgress
+    if all_ok:
+        progress += max(0.0, t.since(c.lastAnalysisAt or c.trafficSince))
+    c = replace(c, failures=failures, inconclusiveStreak=streak, stepProgress=progress,
+                lastAnalysisAt=t.now_s, lastRoundOk=all_ok)
+    over = [r for r in records
+            if r.verdict == analysis.FAILED and failures[r.metric] >= t.spec.analysis.failure_limit]
+    if over:
+        return s, _start_rollback(t, c, f"analysis failed: {over[0].reason} "
+                                        f"({failures[over[0].metric]} failed measurements)")
+    limit = t.spec.analysis.inconclusive_limit
+    if streak >= limit > previous_streak:
+        t.emit("Warning", "AnalysisInconclusive",
+               f"rollout paused after {streak} inconclusive measurements: {_reasons(inconclusive)}")
+    elif previous_streak >= limit and streak == 0:
+        t.emit("Normal", "AnalysisResumed", "measurements are conclusive again: rollout resumes")
+    return s, c
+
+
+def _maybe_advance(t: _Tick, c: Canary) -> Canary:
+    if not t.spec.steps or t.spec.paused:
+        return c
+    step = t.spec.steps[c.step]
+    if t.spec.analysis.metrics:
+        # A step's pause elapses only while measurements succeed, and it never ends on a round
+        # that failed or had no data.
+        ready = c.lastRoundOk and c.stepProgress >= step.pause
+    else:
+        # No metrics: nothing to judge, so the step lasts its pause in wall time.
+        ready = c.trafficSince is not None and t.since(c.trafficSince) >= step.pause
+    if not ready:
+        return c
+    nxt = c.step + 1
+    if nxt >= len(t.spec.steps):
+        t.emit("Normal", "StepsPassed",
+               f"generation {c.generation} passed all {len(t.spec.steps)} steps: promoting")
+        return replace(c, state=PROMOTING, reason="all steps passed")
+    weight = t.spec.steps[nxt].weight
+    t.emit("Normal", "StepAdvanced",
+           f"generation {c.generation}: step {nxt + 1} of {len(t.spec.steps)}, weight {weight}%")
+    return replace(c, step=nxt, weight=weight, stepSince=t.now_s, trafficSince=None,
+                   stepProgress=0.0, lastAnalysisAt=None, lastRoundOk=False)
+
+
+def _progress_promotion(t: _Tick, s: Status, c: Canary) -> Status:
+    sv = t.obs.serving
+    if not sv.serves_latest_at(c.storageUri, None, 100):
+        return s
+    stable = Version(c.generation, c.versionKey, c.storageUri, c.sha256, sv.latestReady)
+    t.emit("Normal", "Promoted", f"generation {c.generation} promoted to 100% ({c.reason})")
+    return s.evolve(stable=stable, stableConfirmed=True, canary=None,
+                    history=_history(s, c.generation, "Promoted", t.now_s, c.reason))
+
+
+def _start_rollback(t: _Tick, c: Canary, reason: str) -> Canary:
+    t.emit("Warning", "RollbackStarted", f"rolling back generation {c.generation}: {reason}")
+    return replace(c, state=ROLLING_BACK, rollbackStage=ZERO_TRAFFIC, reason=reason)
+
+
+def _progress_rollback(t: _Tick, s: Status, c: Canary) -> Status:
+    sv = t.obs.serving
+    assert s.stable is not None  # a canary only ever exists next to a stable version
+    if c.rollbackStage == ZERO_TRAFFIC:
+        if sv.exists and sv.upToDate and sv.canaryPercent == 0 and sv.traffic.get(sv.latestCreated, 0) == 0:
+            t.emit("Normal", "TrafficRestored", f"all traffic back on generation {s.stable.generation}")
+            return s.evolve(canary=replace(c, rollbackStage=RESTORE, weight=0))
+        return s
+    if not sv.serves_latest_at(s.stable.storageUri, None, 100):
+        return s
+    t.emit("Warning", "RolledBack", f"generation {c.generation} rolled back: {c.reason}")
+    failure = Failure(c.generation, c.versionKey, "RolledBack", c.reason, t.now_s)
+    return s.evolve(canary=None, failed=failure, stable=replace(s.stable, revision=sv.latestReady),
+                    history=_history(s, c.generation, "RolledBack", t.now_s, c.reason))
+
+
+# -- summary ----------------------------------------------------------------------------------
+
+
+def _summarise(t: _Tick, s: Status) -> Status:
+    phase, message = _phase(t.spec, s)
+    s = s.evolve(phase=phase, message=message, observedGeneration=t.obs.generation)
+    return s.evolve(conditions=derive_conditions(t.spec, s, t.obs.generation, t.now_s))
+
+
+def _phase(spec: ModelSpec, s: Status) -> tuple[str, str]:
+    """Derived, never stored by hand (as Argo's CalculateRolloutPhase)."""
+    c = s.canary
+    if c is not None:
+        if c.state == ROLLING_BACK:
+            return "RollingBack", f"rolling back generation {c.generation}: {c.reason}"
+        if c.state == PROMOTING:
+            return "Progressing", f"promoting generation {c.generation}: {c.reason}"
+        if spec.paused:
+            return "Paused", f"paused by user at step {c.step + 1}, weight {c.weight}%"
+        if c.inconclusiveStreak >= spec.analysis.inconclusive_limit:
+            reasons = _reasons([m for m in s.analysis[-len(spec.analysis.metrics):]
+                                if m.verdict == analysis.INCONCLUSIVE])
+            return "Paused", f"analysis inconclusive ({reasons}): holding at {c.weight}%"
+        waiting = "" if c.trafficSince else ", waiting for the canary to serve"
+        return "Progressing", (f"generation {c.generation} at step {c.step + 1} of {len(spec.steps)}, "
+                               f"weight {c.weight}%{waiting}")
+    if s.pending is not None:
+        return "Converting", f"converting generation {s.pending.generation}"
+    if s.stable is not None and not s.stableConfirmed:
+        return "Deploying", f"waiting for generation {s.stable.generation} to serve"
+    if s.failed is not None and s.failed.versionKey == spec.version_key:
+        phase = "Failed" if s.failed.kind == "ConversionFailed" else "RolledBack"
+        serving = f"; generation {s.stable.generation} still serving" if s.stable else ""
+        return phase, f"generation {s.failed.generation}: {s.failed.reason}{serving}"
+    if s.stable is not None:
+        return "Promoted", f"generation {s.stable.generation} serves 100%"
+    return "Pending", ""
+
+
+def _reasons(records: list[Measurement]) -> str:
+    return ", ".join(f"{r.metric}: {r.reason}" for r in records) or "no data"
+
+
+def _history(s: Status, generation: int, outcome: str, at: str, reason: str = "") -> tuple[dict, ...]:
+    entry = {"generation": generation, "outcome": outcome, "at": at} | ({"reason": reason} if reason else {})
+    return ((*s.history, entry))[-HISTORY_KEPT:]
+
+
+def _source(spec: ModelSpec) -> str:
+    return str(spec.source.get("uri", ""))

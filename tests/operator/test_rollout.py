@@ -1,0 +1,418 @@
+"""The rollout decision as a table of situations: (spec, status, observations, now) → outcome.
+
+No I/O: these run in milliseconds and pin down every transition the operator can make."""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from serin.operator.actions import (
+    ApplyServing,
+    CancelConversion,
+    ClearAnnotation,
+    Emit,
+    StartConversion,
+)
+from serin.operator.observations import (
+    ConversionResult,
+    MeasuredValue,
+    Observations,
+    ServingObservation,
+)
+from serin.operator.rollout import (
+    ABORT_ANNOTATION,
+    PROMOTE_ANNOTATION,
+    Decision,
+    analysis_due,
+    decide,
+)
+from serin.operator.spec import ModelSpec, parse_spec
+from serin.operator.status import (
+    Canary,
+    Failure,
+    Pending,
+    Status,
+    Version,
+    from_time,
+    status_from_dict,
+    status_to_dict,
+)
+
+T0 = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def ts(seconds: float) -> str:
+    return from_time(at(seconds)) or ""
+
+
+def make_spec(uri: str = "file:///models/v2.joblib", **rollout: Any) -> ModelSpec:
+    r: dict[str, Any] = {
+        "steps": [{"weight": 10, "pause": "30s"}, {"weight": 50, "pause": "30s"}],
+        "analysis": {"interval": "10s", "failureLimit": 2, "inconclusiveLimit": 3, "metrics": [
+            {"name": "error-rate", "builtin": "errorRate", "max": 0.01},
+            {"name": "accuracy", "query": "x", "min": 0.9},
+        ]},
+    } | rollout
+    return parse_spec({"source": {"uri": uri, "sampleUri": "file:///s.csv"}, "rollout": r})
+
+
+V1_SPEC = make_spec("file:///models/v1.joblib")
+SPEC = make_spec()  # the spec names v2
+K1, K2 = V1_SPEC.version_key, SPEC.version_key
+STABLE = Version(1, K1, "file:///store/v1", "s1", "m-predictor-00001")
+URI2 = "file:///store/v2"
+PROMOTED = Status(phase="Promoted", observedGeneration=1, stable=STABLE, stableConfirmed=True)
+
+
+def canary(**kw: Any) -> Canary:
+    base = dict(generation=2, versionKey=K2, storageUri=URI2, sha256="s2", state="Progressing",
+                step=0, weight=10, since=ts(0), stepSince=ts(0))
+    return Canary(**(base | kw))
+
+
+def serving(**kw: Any) -> ServingObservation:
+    return ServingObservation(exists=True, upToDate=True, **kw)
+
+
+SERVES_V1 = serving(storageUri=STABLE.storageUri, latestCreated="m-predictor-00001",
+                    latestReady="m-predictor-00001", latestRolledout="m-predictor-00001",
+                    traffic={"m-predictor-00001": 100})
+
+
+def canary_serving(weight: int) -> ServingObservation:
+    return serving(storageUri=URI2, canaryPercent=weight, latestCreated="m-predictor-00002",
+                   latestReady="m-predictor-00002", latestRolledout="m-predictor-00001",
+                   traffic={"m-predictor-00002": weight, "m-predictor-00001": 100 - weight})
+
+
+# A canary at step 1, traffic confirmed at t=0.
+LIVE = replace(PROMOTED, canary=canary(trafficSince=ts(0), revision="m-predictor-00002"))
+
+
+def measured(error_rate: float | None = 0.001, accuracy: float | None = 0.95, error: str = "") -> tuple[MeasuredValue, ...]:
+    return (MeasuredValue("error-rate", error_rate, error), MeasuredValue("accuracy", accuracy, error))
+
+
+def obs(generation: int = 2, **kw: Any) -> Observations:
+    return Observations(generation=generation, **kw)
+
+
+def events(d: Decision) -> list[str]:
+    return [a.reason for a in d.actions if isinstance(a, Emit)]
+
+
+def of(d: Decision, kind: type) -> list[Any]:
+    return [a for a in d.actions if isinstance(a, kind)]
+
+
+def serving_action(d: Decision) -> ApplyServing | None:
+    found = of(d, ApplyServing)
+    return found[-1] if found else None
+
+
+@dataclass
+class Case:
+    id: str
+    status: Status
+    observations: Observations
+    check: Callable[[Decision], None]
+    spec: ModelSpec = SPEC
+    now: float = 0.0
+
+
+def check_all(*checks: Callable[[Decision], Any]) -> Callable[[Decision], None]:
+    def run(d: Decision) -> None:
+        for c in checks:
+            result = c(d)
+            assert result is None or result is True, (
+                f"check failed: {inspect.getsource(c).strip()}\nstatus: {d.status}\nactions: {d.actions}")
+    return run
+
+
+CASES = [
+    # -- the first version ------------------------------------------------------------------
+    Case("new-model-starts-conversion", Status(), obs(1), check_all(
+        lambda d: d.status.phase == "Converting",
+        lambda d: d.status.pending is not None and d.status.pending.versionKey == K2,
+        lambda d: of(d, StartConversion) == [StartConversion(1, K2, 1)],
+        lambda d: serving_action(d) is None,
+        lambda d: "ConversionStarted" in events(d))),
+    Case("conversion-running-waits", Status(pending=Pending(1, K2, ts(0))),
+         obs(1, conversion=ConversionResult("Running")), check_all(
+        lambda d: d.status.phase == "Converting", lambda d: of(d, StartConversion) == []), now=60),
+    Case("conversion-lost-is-restarted", Status(pending=Pending(1, K2, ts(0))),
+         obs(1, conversion=ConversionResult("Missing")), check_all(
+        lambda d: of(d, StartConversion) == [StartConversion(1, K2, 2)],
+        lambda d: d.status.pending is not None and d.status.pending.attempt == 2)),
+    Case("conversion-lost-three-times-fails", Status(pending=Pending(1, K2, ts(0), attempt=3)),
+         obs(1, conversion=ConversionResult("Missing")), check_all(
+        lambda d: d.status.phase == "Failed", lambda d: d.status.pending is None,
+        lambda d: "did not run after 3 attempts" in d.status.message)),
+    Case("conversion-timeout-fails-and-cancels", Status(pending=Pending(1, K2, ts(0))),
+         obs(1, conversion=ConversionResult("Running")), check_all(
+        lambda d: d.status.phase == "Failed", lambda d: len(of(d, CancelConversion)) == 1,
+        lambda d: "did not finish within 10m" in d.status.message), now=601),
+    Case("first-conversion-succeeds-deploys-at-100", Status(pending=Pending(1, K2, ts(0))),
+         obs(1, conversion=ConversionResult("Succeeded", URI2, "s2", report={"passed": True})), check_all(
+        lambda d: d.status.phase == "Deploying",
+        lambda d: d.status.stable is not None and d.status.stable.storageUri == URI2,
+        lambda d: serving_action(d) == ApplyServing(URI2, None),
+        lambda d: d.status.conversion == {"passed": True, "generation": 1})),
+    Case("first-conversion-fails-nothing-served", Status(pending=Pending(1, K2, ts(0))),
+         obs(1, conversion=ConversionResult("Failed", reason="unsupported estimator Foo")), check_all(
+        lambda d: d.status.phase == "Failed", lambda d: serving_action(d) is None,
+        lambda d: "unsupported estimator Foo" in d.status.message,
+        lambda d: {c.type: c.status for c in d.status.conditions}["Converted"] == "False")),
+    Case("first-version-confirmed-serving", Status(stable=replace(STABLE, versionKey=K2, storageUri=URI2, revision="")),
+         obs(1, serving=serving(storageUri=URI2, latestCreated="m-predictor-00001", latestReady="m-predictor-00001",
+                                traffic={"m-predictor-00001": 100})), check_all(
+        lambda d: d.status.phase == "Promoted", lambda d: d.status.stableConfirmed,
+        lambda d: d.status.stable is not None and d.status.stable.revision == "m-predictor-00001",
+        lambda d: {c.type: c.status for c in d.status.conditions}["Ready"] == "True")),
+    Case("first-version-not-ready-keeps-deploying", Status(stable=replace(STABLE, versionKey=K2, storageUri=URI2)),
+         obs(1, serving=serving(storageUri=URI2, latestCreated="m-predictor-00001")), check_all(
+        lambda d: d.status.phase == "Deploying", lambda d: not d.status.stableConfirmed)),
+    Case("isvc-stale-status-is-not-trusted", Status(stable=replace(STABLE, versionKey=K2, storageUri=URI2)),
+         obs(1, serving=replace(serving(storageUri=URI2, latestCreated="r1", latestReady="r1", traffic={"r1": 100}),
+                                upToDate=False)), check_all(lambda d: d.status.phase == "Deploying")),
+    # -- a new version next to a stable one -------------------------------------------------
+    Case("new-source-converts-while-stable-serves", PROMOTED, obs(2, serving=SERVES_V1), check_all(
+        lambda d: d.status.phase == "Converting", lambda d: of(d, StartConversion) == [StartConversion(2, K2, 1)],
+        lambda d: serving_action(d) == ApplyServing(STABLE.storageUri, None))),
+    Case("second-conversion-starts-canary", replace(PROMOTED, pending=Pending(2, K2, ts(0))),
+         obs(2, serving=SERVES_V1, conversion=ConversionResult("Succeeded", URI2, "s2")), check_all(
+        lambda d: d.status.phase == "Progressing",
+        lambda d: d.status.canary is not None and (d.status.canary.step, d.status.canary.weight) == (0, 10),
+        lambda d: serving_action(d) == ApplyServing(URI2, 10), lambda d: "CanaryStarted" in events(d))),
+    Case("second-conversion-fails-stable-untouched", replace(PROMOTED, pending=Pending(2, K2, ts(0))),
+         obs(2, serving=SERVES_V1, conversion=ConversionResult("Failed", reason="parity failed: label agreement 0.93")),
+         check_all(
+        lambda d: d.status.phase == "Failed", lambda d: d.status.stable == STABLE,
+        lambda d: serving_action(d) == ApplyServing(STABLE.storageUri, None),
+        lambda d: "generation 1 still serving" in d.status.message,
+        lambda d: {c.type: c.status for c in d.status.conditions} == {
+            "Ready": "True", "Progressing": "False", "Degraded": "True", "Converted": "False"})),
+    Case("failed-version-is-not-retried", replace(PROMOTED, failed=Failure(2, K2, "ConversionFailed", "bad", ts(0))),
+         obs(2, serving=SERVES_V1), check_all(
+        lambda d: of(d, StartConversion) == [], lambda d: d.status.phase == "Failed")),
+    Case("rolled-back-version-is-not-retried", replace(PROMOTED, failed=Failure(2, K2, "RolledBack", "errors", ts(0))),
+         obs(2, serving=SERVES_V1), check_all(
+        lambda d: of(d, StartConversion) == [], lambda d: d.status.phase == "RolledBack")),
+    Case("no-steps-promotes-directly", replace(PROMOTED, pending=Pending(2, K2, ts(0))),
+         obs(2, serving=SERVES_V1, conversion=ConversionResult("Succeeded", URI2, "s2")), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.state == "Promoting",
+        lambda d: serving_action(d) == ApplyServing(URI2, None)), spec=make_spec(steps=[])),
+    Case("replicas-change-is-not-a-new-version", PROMOTED, obs(3, serving=SERVES_V1), check_all(
+        lambda d: of(d, StartConversion) == [], lambda d: d.status.phase == "Promoted",
+        lambda d: d.status.observedGeneration == 3), spec=replace(V1_SPEC, serving={"maxReplicas": 3})),
+    # -- the canary waits for KServe --------------------------------------------------------
+    Case("canary-waits-for-traffic", replace(PROMOTED, canary=canary()), obs(2, serving=SERVES_V1), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.trafficSince is None,
+        lambda d: "waiting for the canary to serve" in d.status.message,
+        lambda d: serving_action(d) == ApplyServing(URI2, 10)), now=20),
+    Case("canary-traffic-confirmed-records-revisions", replace(PROMOTED, canary=canary()),
+         obs(2, serving=canary_serving(10)), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.trafficSince == ts(5),
+        lambda d: d.status.canary is not None and d.status.canary.revision == "m-predictor-00002",
+        lambda d: d.status.stable is not None and d.status.stable.revision == "m-predictor-00001"), now=5),
+    Case("canary-not-ready-by-deadline-rolls-back", replace(PROMOTED, canary=canary()), obs(2, serving=SERVES_V1),
+         check_all(
+        lambda d: d.status.phase == "RollingBack", lambda d: "progressDeadline" in d.status.message,
+        lambda d: serving_action(d) == ApplyServing(URI2, 0)), now=601),
+    # -- analysis ---------------------------------------------------------------------------
+    Case("passing-round-accrues-progress", LIVE, obs(2, serving=canary_serving(10), measurements=measured()),
+         check_all(
+        lambda d: d.status.canary is not None and d.status.canary.stepProgress == 10.0,
+        lambda d: d.status.canary is not None and d.status.canary.step == 0,
+        lambda d: [m.verdict for m in d.status.analysis] == ["Successful", "Successful"]), now=10),
+    Case("pause-elapsed-advances-step", replace(PROMOTED, canary=canary(trafficSince=ts(0), lastAnalysisAt=ts(20), stepProgress=20.0)),
+         obs(2, serving=canary_serving(10), measurements=measured()), check_all(
+        lambda d: d.status.canary is not None and (d.status.canary.step, d.status.canary.weight) == (1, 50),
+        lambda d: d.status.canary is not None and d.status.canary.trafficSince is None,
+        lambda d: serving_action(d) == ApplyServing(URI2, 50), lambda d: "StepAdvanced" in events(d)), now=30),
+    Case("last-step-passed-promotes", replace(PROMOTED, canary=canary(step=1, weight=50, trafficSince=ts(0), lastAnalysisAt=ts(20), stepProgress=20.0)),
+         obs(2, serving=canary_serving(50), measurements=measured()), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.state == "Promoting",
+        lambda d: serving_action(d) == ApplyServing(URI2, None)), now=30),
+    Case("one-failure-below-limit-holds-the-step", replace(PROMOTED, canary=canary(trafficSince=ts(0), lastAnalysisAt=ts(20), stepProgress=20.0)),
+         obs(2, serving=canary_serving(10), measurements=measured(error_rate=0.05)), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.failures == {"error-rate": 1},
+        lambda d: d.status.canary is not None and d.status.canary.step == 0,
+        lambda d: "AnalysisFailed" in events(d), lambda d: d.status.phase == "Progressing"), now=30),
+    Case("failure-limit-rolls-back-at-once", replace(PROMOTED, canary=canary(trafficSince=ts(0), failures={"error-rate": 1})),
+         obs(2, serving=canary_serving(10), measurements=measured(error_rate=0.05)), check_all(
+        lambda d: d.status.phase == "RollingBack",
+        lambda d: "error-rate = 0.05 > max 0.01 (2 failed measurements)" in d.status.message,
+        lambda d: serving_action(d) == ApplyServing(URI2, 0)), now=10),
+    Case("below-min-fails", replace(PROMOTED, canary=canary(trafficSince=ts(0), failures={"accuracy": 1})),
+         obs(2, serving=canary_serving(10), measurements=measured(accuracy=0.5)), check_all(
+        lambda d: d.status.phase == "RollingBack", lambda d: "accuracy = 0.5 < min 0.9" in d.status.message), now=10),
+    Case("no-data-is-inconclusive-not-progress", LIVE, obs(2, serving=canary_serving(10), measurements=measured(error_rate=None)),
+         check_all(
+        lambda d: d.status.canary is not None and d.status.canary.inconclusiveStreak == 1,
+        lambda d: d.status.canary is not None and d.status.canary.stepProgress == 0.0,
+        lambda d: d.status.analysis[0].reason == "no data"), now=10),
+    Case("inconclusive-limit-pauses", replace(PROMOTED, canary=canary(trafficSince=ts(0), inconclusiveStreak=2, stepProgress=100.0)),
+         obs(2, serving=canary_serving(10), measurements=measured(error="prometheus: connection refused")), check_all(
+        lambda d: d.status.phase == "Paused", lambda d: "AnalysisInconclusive" in events(d),
+        lambda d: "connection refused" in d.status.message,
+        lambda d: d.status.canary is not None and d.status.canary.state == "Progressing",
+        lambda d: serving_action(d) == ApplyServing(URI2, 10)), now=10),
+    Case("inconclusive-never-promotes-even-with-progress", replace(PROMOTED, canary=canary(step=1, weight=50, trafficSince=ts(0), inconclusiveStreak=5, stepProgress=999.0)),
+         obs(2, serving=canary_serving(50), measurements=measured(accuracy=None)), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.state == "Progressing",
+        lambda d: d.status.phase == "Paused"), now=10),
+    Case("conclusive-again-resumes", replace(PROMOTED, canary=canary(trafficSince=ts(0), inconclusiveStreak=3)),
+         obs(2, serving=canary_serving(10), measurements=measured()), check_all(
+        lambda d: d.status.phase == "Progressing", lambda d: "AnalysisResumed" in events(d)), now=10),
+    Case("nan-value-is-inconclusive-and-not-stored", LIVE, obs(2, serving=canary_serving(10), measurements=measured(error_rate=float("nan"))),
+         check_all(
+        lambda d: d.status.analysis[0].verdict == "Inconclusive", lambda d: d.status.analysis[0].value is None), now=10),
+    Case("unmeasured-metric-is-inconclusive", LIVE, obs(2, serving=canary_serving(10), measurements=(MeasuredValue("error-rate", 0.0),)),
+         check_all(lambda d: d.status.analysis[-1].reason == "not measured"), now=10),
+    Case("user-pause-holds-the-step", replace(PROMOTED, canary=canary(trafficSince=ts(0), lastAnalysisAt=ts(20), stepProgress=20.0)),
+         obs(2, serving=canary_serving(10), measurements=measured()), check_all(
+        lambda d: d.status.phase == "Paused", lambda d: d.status.canary is not None and d.status.canary.step == 0),
+         spec=make_spec(paused=True), now=30),
+    Case("user-pause-still-rolls-back-on-failure", replace(PROMOTED, canary=canary(trafficSince=ts(0), failures={"error-rate": 1})),
+         obs(2, serving=canary_serving(10), measurements=measured(error_rate=0.5)), check_all(
+        lambda d: d.status.phase == "RollingBack"), spec=make_spec(paused=True), now=10),
+    Case("no-metrics-step-lasts-its-pause", replace(PROMOTED, canary=canary(trafficSince=ts(0))),
+         obs(2, serving=canary_serving(10)), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.step == 1),
+         spec=make_spec(analysis={"metrics": []}), now=31),
+    # -- manual control ---------------------------------------------------------------------
+    Case("manual-promote", LIVE, obs(2, serving=canary_serving(10), annotations={PROMOTE_ANNOTATION: "2"}), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.state == "Promoting",
+        lambda d: of(d, ClearAnnotation) == [ClearAnnotation(PROMOTE_ANNOTATION)],
+        lambda d: serving_action(d) == ApplyServing(URI2, None))),
+    Case("stale-promote-is-ignored-and-cleared", LIVE, obs(2, serving=canary_serving(10), annotations={PROMOTE_ANNOTATION: "1"}),
+         check_all(
+        lambda d: d.status.canary is not None and d.status.canary.state == "Progressing",
+        lambda d: of(d, ClearAnnotation) == [ClearAnnotation(PROMOTE_ANNOTATION)])),
+    Case("manual-abort", LIVE, obs(2, serving=canary_serving(10), annotations={ABORT_ANNOTATION: "2"}), check_all(
+        lambda d: d.status.phase == "RollingBack", lambda d: "aborted by user" in d.status.message)),
+    # -- promotion and rollback complete ----------------------------------------------------
+    Case("promotion-confirmed", replace(PROMOTED, canary=canary(state="Promoting", reason="all steps passed")),
+         obs(2, serving=serving(storageUri=URI2, latestCreated="m-predictor-00002", latestReady="m-predictor-00002",
+                                latestRolledout="m-predictor-00002", traffic={"m-predictor-00002": 100})), check_all(
+        lambda d: d.status.phase == "Promoted", lambda d: d.status.canary is None,
+        lambda d: d.status.stable is not None and (d.status.stable.generation, d.status.stable.revision) == (2, "m-predictor-00002"),
+        lambda d: d.status.history[-1]["outcome"] == "Promoted", lambda d: "Promoted" in events(d))),
+    Case("promotion-waits-for-kserve", replace(PROMOTED, canary=canary(state="Promoting")), obs(2, serving=canary_serving(10)),
+         check_all(lambda d: d.status.canary is not None, lambda d: serving_action(d) == ApplyServing(URI2, None))),
+    Case("rollback-zero-traffic-confirmed-restores-stable", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic", reason="errors")),
+         obs(2, serving=canary_serving(0)), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.rollbackStage == "Restore",
+        lambda d: serving_action(d) == ApplyServing(STABLE.storageUri, None))),
+    Case("rollback-waits-for-zero-traffic", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic")),
+         obs(2, serving=canary_serving(10)), check_all(lambda d: serving_action(d) == ApplyServing(URI2, 0))),
+    Case("rollback-complete", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Restore", reason="analysis failed: x")),
+         obs(2, serving=serving(storageUri=STABLE.storageUri, latestCreated="m-predictor-00003", latestReady="m-predictor-00003",
+                                latestRolledout="m-predictor-00003", traffic={"m-predictor-00003": 100})), check_all(
+        lambda d: d.status.phase == "RolledBack", lambda d: d.status.canary is None,
+        lambda d: d.status.failed is not None and d.status.failed.kind == "RolledBack",
+        lambda d: d.status.stable is not None and d.status.stable.revision == "m-predictor-00003",
+        lambda d: {c.type: c.status for c in d.status.conditions}["Degraded"] == "True",
+        lambda d: "RolledBack" in events(d))),
+    # -- the spec moves during a rollout ----------------------------------------------------
+    Case("new-source-during-canary-supersedes-it", LIVE, obs(3, serving=canary_serving(10)), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.state == "RollingBack",
+        lambda d: "superseded by generation 3" in d.status.canary.reason if d.status.canary else False,
+        lambda d: d.status.pending is not None and d.status.pending.generation == 3),
+         spec=make_spec("file:///models/v3.joblib")),
+    Case("source-set-back-to-stable-aborts-canary", LIVE, obs(3, serving=canary_serving(10)), check_all(
+        lambda d: d.status.phase == "RollingBack", lambda d: of(d, StartConversion) == []), spec=replace(V1_SPEC)),
+    Case("source-set-back-to-stable-cancels-conversion", replace(PROMOTED, pending=Pending(2, K2, ts(0))),
+         obs(3, serving=SERVES_V1, conversion=ConversionResult("Running")), check_all(
+        lambda d: d.status.pending is None, lambda d: len(of(d, CancelConversion)) == 1,
+        lambda d: d.status.phase == "Promoted"), spec=V1_SPEC),
+    Case("converted-while-old-canary-rolls-back-waits", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic"),
+                                                             pending=Pending(3, make_spec("file:///v3").version_key, ts(0))),
+         obs(3, serving=canary_serving(10), conversion=ConversionResult("Succeeded", "file:///store/v3", "s3")), check_all(
+        lambda d: d.status.pending is not None, lambda d: d.status.canary is not None and d.status.canary.generation == 2),
+         spec=make_spec("file:///v3")),
+    Case("new-version-after-rollback-converts", replace(PROMOTED, failed=Failure(2, K2, "RolledBack", "x", ts(0))),
+         obs(3, serving=SERVES_V1), check_all(lambda d: of(d, StartConversion) == [StartConversion(3, make_spec("file:///v3").version_key, 1)]),
+         spec=make_spec("file:///v3")),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_decide(case: Case) -> None:
+    case.check(decide(case.spec, case.status, case.observations, at(case.now)))
+
+
+@pytest.mark.parametrize(("status", "now", "due"), [
+    (PROMOTED, 100, False),
+    (replace(PROMOTED, canary=canary()), 100, False),
+    (LIVE, 9, False),
+    (LIVE, 10, True),
+    (replace(PROMOTED, canary=canary(trafficSince=ts(0), lastAnalysisAt=ts(10))), 15, False),
+    (replace(PROMOTED, canary=canary(trafficSince=ts(0), lastAnalysisAt=ts(10))), 20, True),
+    (replace(PROMOTED, canary=canary(state="Promoting", trafficSince=ts(0))), 100, False),
+], ids=["no-canary", "traffic-not-confirmed", "before-interval", "at-interval", "since-last-too-soon",
+        "since-last-due", "promoting"])
+def test_analysis_due(status: Status, now: float, due: bool) -> None:
+    assert analysis_due(SPEC, status, at(now)) is due
+
+
+def test_walks_every_step_then_promotes() -> None:
+    """A whole healthy canary, tick by tick, with KServe following the spec."""
+    status, t = replace(PROMOTED, pending=Pending(2, K2, ts(0))), 0.0
+    seen_weights = []
+    observation = obs(2, serving=SERVES_V1, conversion=ConversionResult("Succeeded", URI2, "s2"))
+    for _ in range(200):
+        d = decide(SPEC, status, observation, at(t))
+        status = d.status
+        if status.phase == "Promoted" and status.stable and status.stable.generation == 2:
+            break
+        want = serving_action(d)
+        assert want is not None
+        if want.canaryPercent:
+            seen_weights.append(want.canaryPercent)
+            sv = canary_serving(want.canaryPercent)
+        else:
+            sv = serving(storageUri=URI2, latestCreated="m-predictor-00002", latestReady="m-predictor-00002",
+                         latestRolledout="m-predictor-00002", traffic={"m-predictor-00002": 100})
+        t += 5
+        observation = obs(2, serving=sv, measurements=measured() if analysis_due(SPEC, status, at(t)) else None)
+    assert status.phase == "Promoted" and status.stable is not None and status.stable.generation == 2
+    assert sorted(set(seen_weights)) == [10, 50]
+    assert 60 <= t <= 120  # two 30 s steps of analysis, plus confirmation ticks
+
+
+def test_conditions_keep_transition_time_while_unchanged() -> None:
+    d1 = decide(SPEC, PROMOTED, obs(2, serving=SERVES_V1), at(0))
+    d2 = decide(SPEC, d1.status, obs(2, serving=SERVES_V1, conversion=ConversionResult("Running")), at(50))
+    ready1 = {c.type: c for c in d1.status.conditions}["Ready"]
+    ready2 = {c.type: c for c in d2.status.conditions}["Ready"]
+    assert ready1.status == ready2.status == "True"
+    assert ready1.lastTransitionTime == ready2.lastTransitionTime == ts(0)
+    progressing = {c.type: c for c in d2.status.conditions}["Progressing"]
+    assert (progressing.status, progressing.lastTransitionTime) == ("True", ts(0))
+    assert all(c.observedGeneration == 2 for c in d2.status.conditions)
+
+
+def test_analysis_records_are_bounded() -> None:
+    status = LIVE
+    for i in range(20):
+        status = decide(SPEC, status, obs(2, serving=canary_serving(10), measurements=measured()), at(10 * (i + 1))).status
+        if status.canary and status.canary.step == 1:
+            status = replace(status, canary=replace(status.canary, step=0, weight=10, trafficSince=ts(0)))
+    assert len(status.analysis) == 12
+
+
+def test_status_round_trips_through_json() -> None:
+    d = decide(SPEC, replace(LIVE, failed=Failure(1, K1, "RolledBack", "r", ts(0)), pending=Pending(3, "k", ts(1))),
+               obs(2, serving=canary_serving(10), measurements=measured(error_rate=0.5)), at(10))
+    assert status_from_dict(status_to_dict(d.status)) == d.status
