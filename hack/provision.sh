@@ -43,7 +43,7 @@ build_helm() {
 }
 
 install_prometheus() {
-  if [[ -x "$SERIN_BIN/prometheus" ]]; then return; fi
+  if [[ -x "$SERIN_BIN/prometheus" && -x "$SERIN_BIN/promtool" ]]; then return; fi
   local p
   p="$(command -v prometheus || true)"
   if [[ -z "$p" ]]; then
@@ -55,13 +55,14 @@ install_prometheus() {
     p="$(command -v prometheus)"
   fi
   ln -sf "$p" "$SERIN_BIN/prometheus"
+  ln -sf "$(dirname "$p")/promtool" "$SERIN_BIN/promtool"
 }
 
 mkdir -p "$SERIN_BIN"
 build_kube
 build_helm
 install_prometheus
-for b in kube-apiserver kube-controller-manager kubectl etcd helm prometheus; do
+for b in kube-apiserver kube-controller-manager kubectl etcd helm prometheus promtool; do
   [[ -x "$SERIN_BIN/$b" ]] || { log "missing $SERIN_BIN/$b after provisioning"; exit 1; }
 done
 echo "$SERIN_BIN"

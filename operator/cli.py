@@ -9,8 +9,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-# verb -> (module, help). Each module exposes `main(argv: list[str]) -> int`.
+# verb -> (module[:function], help). The function (default `main`) takes argv and returns the exit code.
 VERBS: dict[str, tuple[str, str]] = {
+    "operator": ("serin.operator.main", "run the operator (kopf)"),
+    "status": ("serin.operator.control:status_main", "show a model's rollout: serin status MODEL [-n NS]"),
+    "promote": ("serin.operator.control:promote_main", "promote the canary now"),
+    "abort": ("serin.operator.control:abort_main", "roll the canary back now"),
+    "pause": ("serin.operator.control:pause_main", "hold the canary at its current step"),
+    "resume": ("serin.operator.control:resume_main", "let a paused canary continue"),
     "convert": ("serin.converters.cli", "convert a trained model to ONNX with a parity proof"),
     "serve": ("serin.runtime.cli", "serve a converted model directory (KServe V1/V2 protocol)"),
     "dev": ("serin.local.dev", "run the local platform: dev up|down|status"),
@@ -33,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"serin: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(VERBS[verb][0])
-    return int(module.main(rest))
+    module_name, _, function = VERBS[verb][0].partition(":")
+    module = importlib.import_module(module_name)
+    return int(getattr(module, function or "main")(rest))
 
 
 if __name__ == "__main__":

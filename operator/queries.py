@@ -27,8 +27,9 @@ def builtin_query(builtin: str, ctx: QueryContext) -> str:
     if builtin == "errorRate":
         # `or vector(0)`: no 5xx series at all means zero errors, not "no data"; the denominator
         # stays strict, so a canary without traffic is still Inconclusive.
+        errors = _sel(ctx, ctx.revision, ',code=~"5.."')
         return (
-            f'(sum(rate({m.REQUESTS_TOTAL}{{{_sel(ctx, ctx.revision, ",code=~\"5..\"")}}}[{w}])) or vector(0))'
+            f"(sum(rate({m.REQUESTS_TOTAL}{{{errors}}}[{w}])) or vector(0))"
             f" / sum(rate({m.REQUESTS_TOTAL}{{{c}}}[{w}]))"
         )
     if builtin == "latencyP99Seconds":

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from serin.local.controlplane import ControlPlane, start_control_plane
 
 REPO = Path(__file__).resolve().parent.parent

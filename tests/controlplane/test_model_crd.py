@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from serin.local.controlplane import ControlPlane
 
 SHA = "a" * 64

@@ -1,0 +1,99 @@
+"""A real Prometheus (Debian's package, provisioned by hack/provision.sh) on a loopback port.
+
+It scrapes whatever the file-based service discovery file lists (the KServe stand-in writes one
+entry per running runtime revision), every `scrape_interval`. Short intervals keep local canary
+analysis responsive; a production Prometheus would use 15-30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from serin.local.controlplane import ControlPlaneError, _Proc, free_port
+
+
+@dataclass
+class Prometheus:
+    workdir: Path
+    bin_dir: Path
+    scrape_interval: str = "2s"
+    port: int = field(default_factory=free_port)
+    _proc: _Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def targets_file(self) -> Path:
+        return self.workdir / "targets.json"
+
+    def config(self) -> dict:
+        return {
+            "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
+            "scrape_configs": [{
+                "job_name": "serin-runtimes",
+                "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
+            }],
+        }
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.targets_file.exists():
+            self.targets_file.write_text("[]")
+        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(self.config()))
+        self._proc = _Proc("prometheus", [
+            str(self.bin_dir / "prometheus"),
+            f"--config.file={self.workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--web.enable-lifecycle",
+            "--log.level=warn",
+        ], self.workdir / "prometheus.log")
+        self._proc.start()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and not self._proc.alive():
+                raise ControlPlaneError(f"prometheus exited:\n{self._proc.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.2)
+        raise ControlPlaneError(f"prometheus not ready after {timeout}s")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.popen.pid if self._proc and self._proc.popen else None
+
+    def query(self, expr: str) -> dict:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.load(resp)
+
+
+def start_prometheus(workdir: Path, bin_dir: Path, scrape_interval: str = "2s") -> Prometheus:
+    prom = Prometheus(workdir=workdir, bin_dir=bin_dir, scrape_interval=scrape_interval)
+    try:
+        prom.start()
+    except BaseException:
+        prom.stop()
+        raise
+    return prom
+

@@ -1,0 +1,108 @@
+"""`serin status|promote|abort|pause|resume MODEL [-n NS]`, also `kubectl serin ...`.
+
+Pause and resume set spec.rollout.paused (declarative: it survives anything). Promote and abort
+are one-shot commands, written as annotations naming the canary generation they mean, so a late
+command can never act on a later version; the operator clears them once read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.rest import ApiException
+from serin.operator.kube import GROUP, MERGE, PLURAL, VERSION
+from serin.operator.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION
+
+
+class CommandError(Exception):
+    pass
+
+
+async def _run(action: str, name: str, namespace: str, kubeconfig: str | None) -> str:
+    await config.load_kube_config(config_file=kubeconfig)
+    async with client.ApiClient() as api:
+        custom = client.CustomObjectsApi(api)
+        try:
+            model = await custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as err:
+            raise CommandError(f"model {namespace}/{name}: {err.reason}") from err
+        status = model.get("status") or {}
+        if action == "status":
+            return render_status(model)
+        patch: dict[str, Any]
+        if action in ("pause", "resume"):
+            patch = {"spec": {"rollout": {"paused": action == "pause"}}}
+            message = f"{name}: rollout {'paused' if action == 'pause' else 'resumed'}"
+        else:
+            canary = status.get("canary")
+            if not canary or canary.get("state") != "Progressing":
+                raise CommandError(f"{name} has no canary in progress (phase {status.get('phase', 'Pending')})")
+            key = PROMOTE_ANNOTATION if action == "promote" else ABORT_ANNOTATION
+            patch = {"metadata": {"annotations": {key: str(canary["generation"])}}}
+            message = f"{name}: {action} requested for generation {canary['generation']}"
+        await custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch,
+                                                    _content_type=MERGE)
+        return message
+
+
+def render_status(model: dict[str, Any]) -> str:
+    s = model.get("status") or {}
+    lines = [f"{model['metadata']['name']}: {s.get('phase', 'Pending')}  {s.get('message', '')}".rstrip()]
+    if s.get("stable"):
+        st = s["stable"]
+        lines.append(f"  stable  generation {st.get('generation')}  {st.get('revision', '')}  {st.get('storageUri', '')}")
+    if s.get("canary"):
+        c = s["canary"]
+        lines.append(f"  canary  generation {c.get('generation')}  {c.get('state')}  step {c.get('step', 0) + 1}"
+                     f"  weight {c.get('weight')}%  {c.get('revision', '')}")
+    if s.get("conversion"):
+        conv = s["conversion"]
+        lines.append(f"  conversion  generation {conv.get('generation')}  passed={conv.get('passed')}"
+                     f"  {conv.get('reason') or ''}".rstrip())
+    for m in (s.get("analysis") or [])[-6:]:
+        value = "-" if m.get("value") is None else f"{m['value']:.4g}"
+        lines.append(f"  {m.get('at', '')}  {m.get('metric'):<16} {value:>10}  {m.get('verdict')}  {m.get('reason', '')}")
+    for c in s.get("conditions") or []:
+        lines.append(f"  condition {c['type']}={c['status']} ({c.get('reason', '')}) {c.get('message', '')}".rstrip())
+    return "\n".join(lines)
+
+
+def main(argv: list[str], action: str) -> int:
+    parser = argparse.ArgumentParser(prog=f"serin {action}")
+    parser.add_argument("model")
+    parser.add_argument("-n", "--namespace", default="default")
+    parser.add_argument("--kubeconfig", default=None)
+    parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    args = parser.parse_args(argv)
+    try:
+        out = asyncio.run(_run(action, args.model, args.namespace, args.kubeconfig))
+    except CommandError as err:
+        print(f"serin {action}: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({"message": out}) if args.output == "json" else out)
+    return 0
+
+
+def status_main(argv: list[str]) -> int:
+    return main(argv, "status")
+
+
+def promote_main(argv: list[str]) -> int:
+    return main(argv, "promote")
+
+
+def abort_main(argv: list[str]) -> int:
+    return main(argv, "abort")
+
+
+def pause_main(argv: list[str]) -> int:
+    return main(argv, "pause")
+
+
+def resume_main(argv: list[str]) -> int:
+    return main(argv, "resume")

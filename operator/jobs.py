@@ -1,0 +1,152 @@
+"""The `job` conversion executor: a Kubernetes Job per version, with the converter image.
+
+The Pod gets no API credentials (automountServiceAccountToken: false and a ServiceAccount with no
+bindings), runs non-root with a read-only root filesystem, has resource limits and a deadline.
+It writes the converted model to the model store volume and its report summary to the
+termination message, which this executor reads back from the Pod's status.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+from serin.operator.conversion import ConversionRequest, result_from_report
+from serin.operator.observations import ConversionResult
+from serin.operator.spec import parse_duration
+
+STORE_MOUNT = "/mnt/serin-store"
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    image: str
+    service_account: str = "serin-converter"
+    # pvc://CLAIM[/prefix]: where converted models are written and KServe reads them from.
+    model_store: str = "pvc://serin-models"
+    cpu: str = "2"
+    memory: str = "4Gi"
+
+
+def _store(settings: JobSettings) -> tuple[str, str]:
+    rest = settings.model_store.removeprefix("pvc://")
+    claim, _, prefix = rest.partition("/")
+    return claim, prefix.strip("/")
+
+
+def job_name(req: ConversionRequest) -> str:
+    return f"serin-convert-{req.slug}-a{req.attempt}"[:63].rstrip("-")
+
+
+def storage_uri(req: ConversionRequest, settings: JobSettings) -> str:
+    claim, prefix = _store(settings)
+    return "/".join(p for p in (f"pvc://{claim}", prefix, req.namespace, req.slug) if p)
+
+
+def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
+    claim, prefix = _store(settings)
+    out = "/".join(p for p in (STORE_MOUNT, prefix, req.namespace, req.slug) if p)
+    deadline = int(parse_duration(str(req.conversion.get("timeout", "10m"))))
+    labels = {"app.kubernetes.io/name": "serin-converter", "app.kubernetes.io/managed-by": "serin",
+              "serin.dev/model": req.name, "serin.dev/generation": str(req.generation)}
+    env = [{"name": k, "value": v} for k, v in sorted(req.env(out).items())]
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {
+            "name": job_name(req), "namespace": req.namespace, "labels": labels,
+            "ownerReferences": [{"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "name": req.name,
+                                 "uid": req.uid, "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": {
+            "backoffLimit": 0,  # the operator decides about retries (attempts are in status)
+            "activeDeadlineSeconds": deadline,
+            "ttlSecondsAfterFinished": 3600,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": settings.service_account,
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "fsGroup": 65532,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "convert",
+                        "image": settings.image,
+                        "command": ["python", "-m", "serin.converters.job"],
+                        "env": env,
+                        "terminationMessagePolicy": "File",
+                        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                      "limits": {"cpu": settings.cpu, "memory": settings.memory}},
+                        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT},
+                                         {"name": "tmp", "mountPath": "/tmp"}],
+                    }],
+                    "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": claim}},
+                                {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}],
+                },
+            },
+        },
+    }
+
+
+def result_from_pod(pod: dict[str, Any] | None, uri: str) -> ConversionResult | None:
+    """The report summary from a finished Pod's termination message, or None if not finished."""
+    if not pod:
+        return None
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if not term:
+            continue
+        try:
+            report = json.loads(term.get("message") or "")
+        except ValueError:
+            report = None
+        if report is None:
+            reason = f"converter exited with code {term.get('exitCode')} ({term.get('reason', 'no message')})"
+            return ConversionResult("Failed", reason=reason)
+        return result_from_report(report, uri)
+    return None
+
+
+class JobExecutor:
+    def __init__(self, api: client.ApiClient, settings: JobSettings) -> None:
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.settings = settings
+
+    async def start(self, req: ConversionRequest) -> None:
+        try:
+            await self.batch.create_namespaced_job(req.namespace, job_body(req, self.settings))
+        except ApiException as err:
+            if err.status != 409:  # already created by an earlier tick or operator
+                raise
+
+    async def poll(self, req: ConversionRequest) -> ConversionResult:
+        try:
+            job = await self.batch.read_namespaced_job(job_name(req), req.namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return ConversionResult("Missing")
+            raise
+        pods = await self.core.list_namespaced_pod(req.namespace, label_selector=f"job-name={job_name(req)}")
+        uri = storage_uri(req, self.settings)
+        for pod in pods.items:
+            result = result_from_pod(client.ApiClient().sanitize_for_serialization(pod), uri)
+            if result is not None:
+                return result
+        for cond in job.status.conditions or []:
+            if cond.type == "Failed" and cond.status == "True":
+                return ConversionResult("Failed", reason=f"conversion Job failed: {cond.reason}: {cond.message}")
+        return ConversionResult("Running")
+
+    async def cancel(self, req: ConversionRequest) -> None:
+        try:
+            await self.batch.delete_namespaced_job(job_name(req), req.namespace, propagation_policy="Background")
+        except ApiException as err:
+            if err.status != 404:
+                raise

@@ -1,0 +1,41 @@
+"""`serin operator`: runs the kopf operator (flags mirror the Helm chart's Deployment args)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="serin operator", description=__doc__)
+    parser.add_argument("--namespace", "-n", action="append", default=[],
+                        help="watch only this namespace (repeatable); default: all namespaces")
+    parser.add_argument("--executor", choices=["local", "job"], default=os.environ.get("SERIN_EXECUTOR", "local"),
+                        help="where conversions run: subprocess (local) or Kubernetes Job (job)")
+    parser.add_argument("--prometheus-url", default=os.environ.get("SERIN_PROMETHEUS_URL", "http://localhost:9090"))
+    parser.add_argument("--model-store", default=os.environ.get("SERIN_MODEL_STORE"),
+                        help="local: a directory; job: pvc://CLAIM[/prefix]")
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("SERIN_METRICS_PORT", "0")))
+    parser.add_argument("--health-port", type=int, default=0, help="liveness endpoint /healthz (0: off)")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    args = parser.parse_args(argv)
+
+    os.environ["SERIN_EXECUTOR"] = args.executor
+    os.environ["SERIN_PROMETHEUS_URL"] = args.prometheus_url
+    os.environ["SERIN_METRICS_PORT"] = str(args.metrics_port)
+    if args.model_store:
+        os.environ["SERIN_MODEL_STORE"] = args.model_store
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import kopf
+    from serin.operator import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(
+        standalone=True,  # no kopf peering CRDs: leader election is a Lease (serin.operator.leader)
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+    )
+    return 0

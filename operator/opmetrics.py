@@ -1,0 +1,28 @@
+"""The operator's own Prometheus metrics (names are a contract: the chart's alerts and dashboard
+use them). Counted from the decision's Events, so a metric can never disagree with what
+`kubectl describe model` shows."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ROLLOUTS_STARTED = Counter("serin_rollouts_started", "Canary rollouts started", ["namespace", "model"])
+ROLLOUTS_PROMOTED = Counter("serin_rollouts_promoted", "Versions promoted to 100%", ["namespace", "model"])
+ROLLOUTS_ROLLED_BACK = Counter("serin_rollouts_rolled_back", "Canaries rolled back", ["namespace", "model", "reason"])
+CANARY_WEIGHT = Gauge("serin_canary_weight", "Percent of traffic on the canary", ["namespace", "model"])
+ANALYSIS_VERDICTS = Counter("serin_analysis_verdicts", "Analysis measurements by verdict",
+                            ["namespace", "model", "metric", "verdict"])
+CONVERSIONS = Counter("serin_conversions", "Finished conversions by outcome", ["namespace", "model", "outcome"])
+CONVERSION_SECONDS = Histogram("serin_conversion_seconds", "Time from conversion start to its result",
+                               ["namespace", "model"], buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800))
+RECONCILE_ERRORS = Counter("serin_reconcile_errors", "Reconcile ticks that failed", ["namespace", "model"])
+
+
+def rollback_reason(message: str) -> str:
+    """A bounded label value from a free-text reason."""
+    for marker, label in (("analysis failed", "analysis"), ("aborted by user", "manual"),
+                          ("progressDeadline", "deadline"), ("superseded", "superseded"),
+                          ("set back to the stable", "reverted")):
+        if marker in message:
+            return label
+    return "other"

@@ -1,0 +1,52 @@
+"""Metric providers. The analysis sees only `MetricProvider.measure(query) -> MeasuredValue`
+(as Argo Rollouts' metricproviders do); Prometheus is the one implementation today."""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import aiohttp
+from serin.operator.observations import MeasuredValue
+
+
+class MetricProvider(Protocol):
+    async def measure(self, metric: str, query: str) -> MeasuredValue: ...
+
+
+class Prometheus:
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def measure(self, metric: str, query: str) -> MeasuredValue:
+        try:
+            async with aiohttp.ClientSession(timeout=self.timeout) as session, \
+                    session.get(f"{self.url}/api/v1/query", params={"query": query}) as resp:
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+            return MeasuredValue(metric, None, f"prometheus unreachable: {type(err).__name__}: {err}"[:300])
+        return parse_response(metric, body)
+
+
+def parse_response(metric: str, body: object) -> MeasuredValue:
+    """One number from an instant query, or why there is none (which makes it Inconclusive)."""
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error", "unexpected response") if isinstance(body, dict) else "unexpected response"
+        return MeasuredValue(metric, None, f"prometheus error: {error}"[:300])
+    data = body.get("data") or {}
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar":
+        return MeasuredValue(metric, _number(result[1]))
+    if kind == "vector":
+        if not result:
+            return MeasuredValue(metric, None)  # no series: no data yet
+        if len(result) > 1:
+            return MeasuredValue(metric, None, f"query returned {len(result)} series; aggregate it to one")
+        return MeasuredValue(metric, _number(result[0]["value"][1]))
+    return MeasuredValue(metric, None, f"unsupported result type {kind!r}")
+
+
+def _number(text: str) -> float | None:
+    value = float(text)
+    return None if math.isnan(value) else value

@@ -1,0 +1,129 @@
+"""One reconcile tick for one Model: observe → decide (pure) → persist status → act.
+
+Persisting before acting is what makes a kill at any point safe: every action is idempotent and
+derived from the persisted status, so the next tick (of this or another operator) replays
+whatever did not happen, and nothing that did happen is decided twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from serin.operator import kserve, opmetrics
+from serin.operator.actions import ApplyServing, CancelConversion, ClearAnnotation, Emit, StartConversion
+from serin.operator.conversion import ConversionExecutor, ConversionRequest
+from serin.operator.kube import Kube, owner_reference
+from serin.operator.observations import MeasuredValue, Observations
+from serin.operator.prometheus import MetricProvider
+from serin.operator.queries import QueryContext, render, window_for
+from serin.operator.rollout import Decision, analysis_due, decide
+from serin.operator.spec import ModelSpec, parse_spec
+from serin.operator.status import Status, status_from_dict, status_to_dict, to_time
+
+log = logging.getLogger("serin.reconcile")
+
+
+@dataclass
+class Deps:
+    kube: Kube
+    executor: ConversionExecutor
+    metrics: MetricProvider
+
+
+def conversion_request(model: dict[str, Any], spec: ModelSpec, generation: int, key: str,
+                       attempt: int) -> ConversionRequest:
+    meta = model["metadata"]
+    return ConversionRequest(meta["namespace"], meta["name"], meta["uid"], generation, key, attempt,
+                             spec.source, spec.conversion)
+
+
+async def measure(deps: Deps, model: dict[str, Any], spec: ModelSpec, status: Status) -> tuple[MeasuredValue, ...]:
+    meta = model["metadata"]
+    assert status.canary is not None
+    ctx = QueryContext(model=meta["name"], namespace=meta["namespace"], revision=status.canary.revision,
+                       stable_revision=status.stable.revision if status.stable else "",
+                       window=window_for(spec.analysis.interval))
+    queries = [deps.metrics.measure(m.name, render(m, ctx)) for m in spec.analysis.metrics]
+    return tuple(await asyncio.gather(*queries))
+
+
+async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | None = None) -> Decision | None:
+    model = await deps.kube.get_model(namespace, name)
+    if model is None or model["metadata"].get("deletionTimestamp"):
+        return None  # owner references let the garbage collector remove what we created
+    now = now or dt.datetime.now(dt.UTC)
+    spec = parse_spec(model["spec"])
+    status = status_from_dict(model.get("status"))
+    generation = int(model["metadata"]["generation"])
+
+    serving = kserve.observe(await deps.kube.get_isvc(namespace, name))
+    conversion = None
+    if status.pending is not None:
+        p = status.pending
+        conversion = await deps.executor.poll(
+            conversion_request(model, spec, p.generation, p.versionKey, p.attempt))
+    measurements = await measure(deps, model, spec, status) if analysis_due(spec, status, now) else None
+    obs = Observations(generation, dict(model["metadata"].get("annotations") or {}), serving, conversion,
+                       measurements)
+
+    decision = decide(spec, status, obs, now)
+    new_status = status_to_dict(decision.status)
+    if new_status != status_to_dict(status):
+        await deps.kube.patch_model_status(model, new_status)
+    for action in decision.actions:
+        await _apply(deps, model, spec, status, decision, action, now)
+    _observe_metrics(namespace, name, decision, measured=measurements is not None)
+    return decision
+
+
+async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Status, decision: Decision,
+                 action: Any, now: dt.datetime) -> None:
+    meta = model["metadata"]
+    if isinstance(action, StartConversion):
+        await deps.executor.start(
+            conversion_request(model, spec, action.generation, action.versionKey, action.attempt))
+    elif isinstance(action, CancelConversion):
+        await deps.executor.cancel(conversion_request(model, spec, action.generation, action.versionKey, 1))
+    elif isinstance(action, ApplyServing):
+        current = await deps.kube.get_isvc(meta["namespace"], meta["name"])
+        if current is None:
+            await deps.kube.create_isvc(
+                kserve.isvc_body(meta["name"], meta["namespace"], owner_reference(model), action, spec))
+        else:
+            patch = kserve.predictor_patch(current, action, spec)
+            if patch is not None:
+                await deps.kube.patch_isvc(meta["namespace"], meta["name"], patch)
+    elif isinstance(action, ClearAnnotation):
+        await deps.kube.remove_annotation(model, action.key)
+    elif isinstance(action, Emit):
+        log.info("%s/%s %s: %s", meta["namespace"], meta["name"], action.reason, action.message)
+        _count_event(meta["namespace"], meta["name"], before, action, now)
+        await deps.kube.event(model, action.type, action.reason, action.message)
+
+
+def _count_event(ns: str, name: str, before: Status, e: Emit, now: dt.datetime) -> None:
+    if e.reason == "CanaryStarted":
+        opmetrics.ROLLOUTS_STARTED.labels(ns, name).inc()
+    elif e.reason in ("Promoted", "Serving"):
+        opmetrics.ROLLOUTS_PROMOTED.labels(ns, name).inc()
+    elif e.reason == "RolledBack":
+        opmetrics.ROLLOUTS_ROLLED_BACK.labels(ns, name, opmetrics.rollback_reason(e.message)).inc()
+    elif e.reason in ("ConversionSucceeded", "ConversionFailed"):
+        opmetrics.CONVERSIONS.labels(ns, name, "passed" if e.reason == "ConversionSucceeded" else "failed").inc()
+        started = to_time(before.pending.startedAt) if before.pending else None
+        if started is not None:
+            opmetrics.CONVERSION_SECONDS.labels(ns, name).observe((now - started).total_seconds())
+
+
+def _observe_metrics(ns: str, name: str, decision: Decision, measured: bool) -> None:
+    c = decision.status.canary
+    opmetrics.CANARY_WEIGHT.labels(ns, name).set(c.weight if c is not None and c.state == "Progressing" else 0)
+    if measured and decision.status.analysis:
+        latest = decision.status.analysis[-1].at
+        for m in decision.status.analysis:
+            if m.at == latest:
+                opmetrics.ANALYSIS_VERDICTS.labels(ns, name, m.metric, m.verdict).inc()

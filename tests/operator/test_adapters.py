@@ -1,0 +1,158 @@
+"""The adapters' pure parts: InferenceService bodies and patches, KServe status → observation,
+Prometheus responses → measurements, conversion Job bodies and Pod reports, PromQL validity."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from serin.operator import kserve
+from serin.operator.actions import ApplyServing
+from serin.operator.conversion import ConversionRequest, result_from_report
+from serin.operator.jobs import JobSettings, job_body, job_name, result_from_pod, storage_uri
+from serin.operator.prometheus import parse_response
+from serin.operator.queries import QueryContext, builtin_query, render, window_for
+from serin.operator.spec import MetricSpec, parse_duration, parse_spec
+
+SPEC = parse_spec({"source": {"uri": "file:///m.joblib", "sampleUri": "file:///s.csv"},
+                   "serving": {"minReplicas": 1, "maxReplicas": 3, "protocol": "v2"}})
+OWNER = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "name": "fraud", "uid": "u1", "controller": True}
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("1m30s", 90), ("500ms", 0.5), ("2h", 7200), ("1.5m", 90)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30", "s", "1m 30s", "-1s", "1d"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_isvc_body_names_the_serin_runtime_and_owner() -> None:
+    body = kserve.isvc_body("fraud", "ml", OWNER, ApplyServing("file:///store/v1", None), SPEC)
+    pred = body["spec"]["predictor"]
+    assert pred["model"] == {"modelFormat": {"name": "onnx"}, "runtime": "serin-onnx",
+                             "storageUri": "file:///store/v1", "protocolVersion": "v2"}
+    assert "canaryTrafficPercent" not in pred
+    assert (pred["minReplicas"], pred["maxReplicas"]) == (1, 3)
+    assert body["metadata"]["ownerReferences"] == [OWNER]
+
+
+def current_isvc(storage: str, percent: int | None) -> dict[str, Any]:
+    body = kserve.isvc_body("fraud", "ml", OWNER, ApplyServing(storage, percent), SPEC)
+    return body
+
+
+@pytest.mark.parametrize(("have", "want", "patch"), [
+    (("file:///v1", None), ("file:///v1", None), None),
+    (("file:///v1", None), ("file:///v2", 10), {"canaryTrafficPercent": 10, "model": {"storageUri": "file:///v2"}}),
+    (("file:///v2", 10), ("file:///v2", 50), {"canaryTrafficPercent": 50}),
+    (("file:///v2", 50), ("file:///v2", None), {"canaryTrafficPercent": None}),
+    (("file:///v2", 50), ("file:///v2", 0), {"canaryTrafficPercent": 0}),
+    (("file:///v2", 0), ("file:///v1", None), {"canaryTrafficPercent": None, "model": {"storageUri": "file:///v1"}}),
+], ids=["steady-writes-nothing", "start-canary", "next-step", "promote-removes-field", "rollback-zero", "restore-stable"])
+def test_predictor_patch(have: tuple[str, int | None], want: tuple[str, int | None], patch: dict | None) -> None:
+    got = kserve.predictor_patch(current_isvc(*have), ApplyServing(*want), SPEC)
+    assert got == (None if patch is None else {"spec": {"predictor": patch}})
+
+
+def test_observe_kserve_status() -> None:
+    isvc = current_isvc("file:///v2", 10)
+    isvc["metadata"]["generation"] = 3
+    isvc["status"] = {"observedGeneration": 3, "components": {"predictor": {
+        "latestCreatedRevision": "fraud-predictor-00002", "latestReadyRevision": "fraud-predictor-00002",
+        "latestRolledoutRevision": "fraud-predictor-00001", "previousRolledoutRevision": "",
+        "traffic": [{"revisionName": "fraud-predictor-00002", "percent": 10, "latestRevision": True, "tag": "latest"},
+                    {"revisionName": "fraud-predictor-00001", "percent": 90, "latestRevision": False, "tag": "prev"}]}}}
+    obs = kserve.observe(isvc)
+    assert obs.upToDate and obs.canaryPercent == 10 and obs.storageUri == "file:///v2"
+    assert obs.traffic == {"fraud-predictor-00002": 10, "fraud-predictor-00001": 90}
+    assert obs.serves_latest_at("file:///v2", 10, 10)
+    assert not obs.serves_latest_at("file:///v2", 50, 50)
+    isvc["metadata"]["generation"] = 4  # spec moved on; KServe has not caught up
+    assert not kserve.observe(isvc).upToDate
+    assert not kserve.observe(None).exists
+
+
+@pytest.mark.parametrize(("body", "value", "error"), [
+    ({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "0.25"]}]}}, 0.25, ""),
+    ({"status": "success", "data": {"resultType": "scalar", "result": [1, "3"]}}, 3.0, ""),
+    ({"status": "success", "data": {"resultType": "vector", "result": []}}, None, ""),
+    ({"status": "success", "data": {"resultType": "vector", "result": [{"value": [1, "NaN"]}]}}, None, ""),
+    ({"status": "success", "data": {"resultType": "vector", "result": [{"value": [1, "1"]}, {"value": [1, "2"]}]}}, None,
+     "query returned 2 series; aggregate it to one"),
+    ({"status": "error", "errorType": "bad_data", "error": "parse error at char 5"}, None, "prometheus error: parse error at char 5"),
+    ({"status": "success", "data": {"resultType": "matrix", "result": []}}, None, "unsupported result type 'matrix'"),
+    ("<html>", None, "prometheus error: unexpected response"),
+], ids=["vector", "scalar", "no-series", "nan", "many-series", "error", "matrix", "not-json-object"])
+def test_prometheus_responses(body: object, value: float | None, error: str) -> None:
+    m = parse_response("x", body)
+    assert (m.value, m.error) == (value, error)
+
+
+REQ = ConversionRequest("ml", "fraud", "uid-1", 7, "abcdef0123456789", 1,
+                        {"uri": "s3://b/m.joblib", "sampleUri": "s3://b/s.csv", "sha256": "a" * 64, "format": "sklearn"},
+                        {"targetOpset": 17, "timeout": "5m", "tolerance": {"absolute": 0.0001}})
+
+
+def test_conversion_job_is_locked_down() -> None:
+    settings = JobSettings(image="ghcr.io/serin-dev/serin-converter:0.1.0", model_store="pvc://models/serin")
+    job = job_body(REQ, settings)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "serin-converter"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    assert job["spec"]["activeDeadlineSeconds"] == 300 and job["spec"]["backoffLimit"] == 0
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SERIN_OUT"] == "/mnt/serin-store/serin/ml/fraud-g7-abcdef01"
+    assert env["SERIN_SHA256"] == "a" * 64 and env["SERIN_ATOL"] == "0.0001"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert job_name(REQ) == "serin-convert-fraud-g7-abcdef01-a1"
+    assert storage_uri(REQ, settings) == "pvc://models/serin/ml/fraud-g7-abcdef01"
+
+
+def pod_with(message: str, exit_code: int = 0) -> dict[str, Any]:
+    return {"status": {"containerStatuses": [{"state": {"terminated": {
+        "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "message": message}}}]}}
+
+
+def test_pod_report_read_back() -> None:
+    ok = result_from_pod(pod_with(json.dumps({"passed": True, "onnxSha256": "f" * 64})), "pvc://m/x")
+    assert ok is not None and (ok.state, ok.storageUri, ok.sha256) == ("Succeeded", "pvc://m/x", "f" * 64)
+    bad = result_from_pod(pod_with(json.dumps({"passed": False, "reason": "label agreement 0.91 < 1.0"}), 1), "u")
+    assert bad is not None and (bad.state, bad.reason) == ("Failed", "label agreement 0.91 < 1.0")
+    crashed = result_from_pod(pod_with("", 137), "u")
+    assert crashed is not None and crashed.state == "Failed" and "exit" in crashed.reason and "137" in crashed.reason
+    assert result_from_pod({"status": {"containerStatuses": [{"state": {"running": {}}}]}}, "u") is None
+    assert result_from_report(None, "u").reason == "the conversion ended without a report"
+
+
+def promtool() -> str:
+    found = shutil.which("promtool", path=os.environ.get("SERIN_BIN", "") + os.pathsep + os.environ.get("PATH", ""))
+    assert found, "promtool (Debian package prometheus, installed by hack/provision.sh) is not on PATH"
+    return found
+
+
+def test_builtin_queries_are_valid_promql(tmp_path: Path) -> None:
+    """Checked by Prometheus' own parser, so a typo in a query template fails here, not mid-rollout."""
+    ctx = QueryContext("fraud", "ml", "fraud-predictor-00002", "fraud-predictor-00001", window_for(10))
+    exprs = [builtin_query(b, ctx) for b in ("errorRate", "latencyP99Seconds", "inputPSI", "predictionShift")]
+    exprs.append(render(MetricSpec("biz", query='sum(rate(x{revision="{{revision}}"}[1m]))', min=1), ctx))
+    rules = {"groups": [{"name": "serin", "rules": [{"record": f"serin:check{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    out = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "5 rules found" in out.stdout
+    assert "{{" not in exprs[-1] and 'revision="fraud-predictor-00002"' in exprs[-1]
