@@ -55,7 +55,8 @@ def render_status(model: dict[str, Any]) -> str:
     lines = [f"{model['metadata']['name']}: {s.get('phase', 'Pending')}  {s.get('message', '')}".rstrip()]
     if s.get("stable"):
         st = s["stable"]
-        lines.append(f"  stable  generation {st.get('generation')}  {st.get('revision', '')}  {st.get('storageUri', '')}")
+        lines.append(f"  stable  generation {st.get('generation')}  {st.get('revision', '')}"
+                     f"  {st.get('storageUri', '')}")
     if s.get("canary"):
         c = s["canary"]
         lines.append(f"  canary  generation {c.get('generation')}  {c.get('state')}  step {c.get('step', 0) + 1}"
@@ -66,7 +67,8 @@ def render_status(model: dict[str, Any]) -> str:
                      f"  {conv.get('reason') or ''}".rstrip())
     for m in (s.get("analysis") or [])[-6:]:
         value = "-" if m.get("value") is None else f"{m['value']:.4g}"
-        lines.append(f"  {m.get('at', '')}  {m.get('metric'):<16} {value:>10}  {m.get('verdict')}  {m.get('reason', '')}")
+        lines.append(f"  {m.get('at', '')}  {m.get('metric'):<16} {value:>10}  {m.get('verdict')}"
+                     f"  {m.get('reason', '')}")
     for c in s.get("conditions") or []:
         lines.append(f"  condition {c['type']}={c['status']} ({c.get('reason', '')}) {c.get('message', '')}".rstrip())
     return "\n".join(lines)

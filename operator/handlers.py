@@ -9,6 +9,7 @@ Kubernetes to clean up. @kopf.on.event adds no finalizer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -37,6 +38,7 @@ class Registry:
     def __init__(self) -> None:
         self.deps: Deps | None = None
         self.leader: LeaderElector | None = None
+        self.leader_task: asyncio.Task[None] | None = None  # referenced, or the loop may drop it
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
 
@@ -85,10 +87,8 @@ class Registry:
             wake = self.wakeups.get(key)
             if wake is None:
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
             wake.clear()
 
 
@@ -126,7 +126,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     lease_ns = os.environ.get("POD_NAMESPACE", "")
     if lease_ns:
         REGISTRY.leader = LeaderElector(api, lease_ns)
-        asyncio.create_task(REGISTRY.leader.run(), name="leader election")
+        REGISTRY.leader_task = asyncio.create_task(REGISTRY.leader.run(), name="leader election")
     port = int(os.environ.get("SERIN_METRICS_PORT", "0"))
     if port:
         start_http_server(port)
@@ -136,6 +136,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     await REGISTRY.stop()
+    if REGISTRY.leader_task is not None:
+        REGISTRY.leader_task.cancel()
     if REGISTRY.leader is not None:
         await REGISTRY.leader.release()
 
