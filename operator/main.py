@@ -28,6 +28,9 @@ def main(argv: list[str]) -> int:
         os.environ["SERIN_MODEL_STORE"] = args.model_store
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # kopf logs every watch event it hands over; Serin logs the transitions that matter.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
     import kopf
     from serin.operator import handlers  # noqa: F401  (registers the handlers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,21 @@ from serin.operator.spec import ModelSpec, parse_spec
 from serin.operator.status import Status, status_from_dict, status_to_dict, to_time
 
 log = logging.getLogger("serin.reconcile")
+
+# Failpoints (as etcd's gofail): "before-persist:REASON" or "after-persist:REASON" makes the process
+# exit abruptly (like SIGKILL) at that point of the tick that emits Event REASON. Tests use it to
+# kill the operator at exact points of a rollout; unset, it costs one string comparison.
+FAILPOINT = os.environ.get("SERIN_FAILPOINT", "")
+
+
+def _failpoint(stage: str, decision: Decision) -> None:
+    if not FAILPOINT.startswith(stage + ":"):
+        return
+    reason = FAILPOINT.split(":", 1)[1]
+    if any(isinstance(a, Emit) and a.reason == reason for a in decision.actions):
+        log.warning("failpoint %s: exiting", FAILPOINT)
+        logging.shutdown()
+        os._exit(137)
 
 
 @dataclass
@@ -72,8 +88,10 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
 
     decision = decide(spec, status, obs, now)
     new_status = status_to_dict(decision.status)
+    _failpoint("before-persist", decision)
     if new_status != status_to_dict(status):
         await deps.kube.patch_model_status(model, new_status)
+    _failpoint("after-persist", decision)
     for action in decision.actions:
         await _apply(deps, model, spec, status, decision, action, now)
     _observe_metrics(namespace, name, decision, measured=measurements is not None)

@@ -1,0 +1,147 @@
+"""Model versions for the demo, the end-to-end tests and the benchmarks: small, made here, no
+downloads. A bad version is bad through its own behaviour, never a flag that makes the runtime lie:
+
+- `drifted`: a scikit-learn model trained on data from a shifted distribution. Its reference
+  profile comes from that data, so production traffic shows high input PSI against it.
+- `erroring`: an ONNX model whose graph indexes a table with a value computed from feature 0.
+  onnxruntime raises for |f0| >= 2 (about 4.6 % of production rows), as a model with an unguarded
+  lookup would.
+- `slow`: an ONNX model that computes its answer correctly, then spends real CPU in a chain of
+  MatMuls that a careless export left in the graph (tens of milliseconds a row).
+
+Production traffic (`production_rows`) is standard normal in 4 features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FEATURES = ["f0", "f1", "f2", "f3"]
+
+
+@dataclass(frozen=True)
+class VersionFiles:
+    model: Path
+    sample: Path
+    format: str
+
+
+def production_rows(n: int, seed: int = 0, shift: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(FEATURES))).astype("float32")
+    x[:, :2] += shift
+    return x
+
+
+def _labels(x: np.ndarray) -> np.ndarray:
+    return (x[:, 0] + 0.5 * x[:, 1] - 0.25 * x[:, 2] > 0).astype(int)
+
+
+def _fit(seed: int, shift: float = 0.0):  # type: ignore[no-untyped-def]
+    from sklearn.linear_model import LogisticRegression
+
+    x = production_rows(2000, seed=seed, shift=shift)
+    return LogisticRegression(C=0.5 + seed % 3).fit(x, _labels(x - shift * np.array([1, 1, 0, 0], "float32"))), x
+
+
+def _write_sample(path: Path, x: np.ndarray) -> None:
+    import pandas as pd
+
+    pd.DataFrame(x[:1000], columns=FEATURES).to_csv(path, index=False)
+
+
+def sklearn_version(directory: Path, seed: int, shift: float = 0.0) -> VersionFiles:
+    import joblib
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model, x = _fit(seed, shift)
+    joblib.dump(model, directory / "model.joblib")
+    _write_sample(directory / "sample.csv", x)
+    return VersionFiles(directory / "model.joblib", directory / "sample.csv", "sklearn")
+
+
+def _base_onnx(seed: int):  # type: ignore[no-untyped-def]
+    from skl2onnx import to_onnx
+
+    model, x = _fit(seed)
+    onx = to_onnx(model, x[:1], options={id(model): {"zipmap": False}}, target_opset=17)
+    onx.graph.input[0].name = "input"  # one name for every version's input tensor
+    for node in onx.graph.node:
+        node.input[:] = ["input" if i == "X" else i for i in node.input]
+    return onx, x
+
+
+def _rewire_probabilities(onx, extra_nodes, extra_inits, term: str) -> None:  # type: ignore[no-untyped-def]
+    """probabilities := probabilities_raw + term (term is zero: the answer stays correct)."""
+    from onnx import helper
+
+    graph = onx.graph
+    for node in graph.node:
+        node.output[:] = ["probabilities_raw" if o == "probabilities" else o for o in node.output]
+    graph.node.extend(extra_nodes)
+    graph.node.append(helper.make_node("Add", ["probabilities_raw", term], ["probabilities"]))
+    graph.initializer.extend(extra_inits)
+
+
+def erroring_version(directory: Path, seed: int = 11) -> VersionFiles:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    onx, x = _base_onnx(seed)
+    inits = [
+        numpy_helper.from_array(np.array([0], "int64"), "start0"),
+        numpy_helper.from_array(np.array([1], "int64"), "end1"),
+        numpy_helper.from_array(np.array([1], "int64"), "axis1"),
+        numpy_helper.from_array(np.array(2.0, "float32"), "two"),
+        numpy_helper.from_array(np.zeros(4, "float32"), "table"),
+    ]
+    nodes = [
+        helper.make_node("Slice", ["input", "start0", "end1", "axis1"], ["f0"]),
+        helper.make_node("Mul", ["f0", "two"], ["f0x2"]),
+        helper.make_node("Floor", ["f0x2"], ["f0floor"]),
+        helper.make_node("Cast", ["f0floor"], ["lookup"], to=TensorProto.INT64),
+        # Valid indices are [-4, 3]: rows with |f0| >= 2 raise in onnxruntime.
+        helper.make_node("Gather", ["table", "lookup"], ["looked_up"], axis=0),
+    ]
+    _rewire_probabilities(onx, nodes, inits, "looked_up")
+    return _save_onnx(directory, onx, x)
+
+
+def slow_version(directory: Path, seed: int = 12, depth: int = 2000) -> VersionFiles:
+    from onnx import helper, numpy_helper
+
+    onx, x = _base_onnx(seed)
+    rng = np.random.default_rng(seed)
+    # One shared 512x512 weight applied `depth` times: real CPU per row with a 1 MB file. Scaled so
+    # activations decay slowly but stay normal floats (no inf or NaN reaches the zero term).
+    w = (rng.normal(size=(512, 512)) * 0.9 / np.sqrt(512)).astype("float32")
+    inits = [numpy_helper.from_array((rng.normal(size=(4, 512)) * 0.5).astype("float32"), "w_in"),
+             numpy_helper.from_array(w, "w_loop"),
+             numpy_helper.from_array(np.array(0.0, "float32"), "zero"),
+             numpy_helper.from_array(np.array([1], "int64"), "axes1")]
+    nodes = [helper.make_node("MatMul", ["input", "w_in"], ["h0"])]
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w_loop"], [f"h{i + 1}"]))
+    nodes += [helper.make_node("ReduceSum", [f"h{depth}", "axes1"], ["busy"], keepdims=1),
+              helper.make_node("Mul", ["busy", "zero"], ["busy_zero"])]
+    _rewire_probabilities(onx, nodes, inits, "busy_zero")
+    return _save_onnx(directory, onx, x)
+
+
+def _save_onnx(directory: Path, onx, x: np.ndarray) -> VersionFiles:  # type: ignore[no-untyped-def]
+    import onnx
+
+    directory.mkdir(parents=True, exist_ok=True)
+    onnx.checker.check_model(onx)
+    onnx.save(onx, str(directory / "model.onnx"))
+    # The sample is what the model was validated on: rows it answers (|f0| < 2 for `erroring`).
+    keep = x[np.abs(x[:, 0]) < 2]
+    _write_sample(directory / "sample.csv", keep)
+    return VersionFiles(directory / "model.onnx", directory / "sample.csv", "onnx")
+
+
+def drifted_version(directory: Path, seed: int = 13, shift: float = 1.5) -> VersionFiles:
+    return sklearn_version(directory, seed, shift=shift)

@@ -1,0 +1,170 @@
+"""Running the real operator (as a process, so tests can kill it) against the real apiserver,
+the KServe stand-in and a real Prometheus, with real model artifacts converted by the real
+converters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serin.local.controlplane import ControlPlane
+
+FAST_ROLLOUT: dict[str, Any] = {
+    "steps": [{"weight": 10, "pause": "2s"}, {"weight": 50, "pause": "2s"}],
+    "progressDeadline": "60s",
+    "analysis": {"interval": "1s", "failureLimit": 2, "inconclusiveLimit": 2,
+                 "metrics": [{"name": "score", "query": "vector(1)", "min": 0.5}]},
+}
+
+
+@dataclass
+class Artifacts:
+    good_v1: Path
+    good_v2: Path
+    corrupt: Path
+    sample: Path
+
+
+def make_artifacts(directory: Path) -> Artifacts:
+    import joblib
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(400, 4)).astype("float32")
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, c in (("v1", 1.0), ("v2", 0.1)):
+        path = directory / f"model-{name}.joblib"
+        joblib.dump(LogisticRegression(C=c).fit(x, y), path)
+        paths[name] = path
+    corrupt = directory / "model-corrupt.joblib"
+    corrupt.write_bytes(paths["v1"].read_bytes()[:200])  # truncated: not loadable
+    sample = directory / "sample.csv"
+    pd.DataFrame(x[:200], columns=[f"f{i}" for i in range(4)]).to_csv(sample, index=False)
+    return Artifacts(paths["v1"], paths["v2"], corrupt, sample)
+
+
+class OperatorProcess:
+    """`serin operator` for one namespace, as a real process."""
+
+    def __init__(self, cp: ControlPlane, namespace: str, prometheus_url: str, store: Path, log: Path) -> None:
+        self.cp, self.namespace, self.prometheus_url, self.store, self.log = cp, namespace, prometheus_url, store, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, failpoint: str = "") -> OperatorProcess:
+        env = os.environ | {"KUBECONFIG": str(self.cp.kubeconfig), "SERIN_TICK_SECONDS": "0.5",
+                            "SERIN_FAILPOINT": failpoint}
+        with self.log.open("ab") as out:
+            out.write(f"\n=== start failpoint={failpoint!r} ===\n".encode())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "serin.operator.cli", "operator", "--namespace", self.namespace,
+                 "--prometheus-url", self.prometheus_url, "--model-store", str(self.store)],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"operator did not exit within {timeout}s\n{self.tail()}") from None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Cluster:
+    """What one test needs to drive Models in its namespace."""
+
+    cp: ControlPlane
+    namespace: str
+    artifacts: Artifacts
+    operator: OperatorProcess
+    name: str = "fraud"
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, uri: Path, rollout: dict[str, Any] | None = None, **source: Any) -> None:
+        body = {
+            "apiVersion": "serin.dev/v1alpha1", "kind": "Model",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": {"source": {"uri": uri.as_uri(), "sampleUri": self.artifacts.sample.as_uri()} | source,
+                     "rollout": rollout or FAST_ROLLOUT},
+        }
+        self.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
+
+    def patch(self, patch: dict[str, Any]) -> None:
+        self.cp.kubectl("patch", "model", self.name, "-n", self.namespace, "--type=merge", "-p", json.dumps(patch))
+
+    def model(self) -> dict[str, Any]:
+        return json.loads(self.cp.kubectl("get", "model", self.name, "-n", self.namespace, "-o", "json").stdout)
+
+    def isvc(self) -> dict[str, Any] | None:
+        out = self.cp.kubectl("get", "inferenceservice", self.name, "-n", self.namespace, "-o", "json", check=False)
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    def events(self, reason: str | None = None) -> list[dict[str, Any]]:
+        items = json.loads(self.cp.kubectl("get", "events", "-n", self.namespace, "-o", "json").stdout)["items"]
+        return [e for e in items if e["involvedObject"].get("kind") == "Model"
+                and (reason is None or e["reason"] == reason)]
+
+    def wait(self, what: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 120) -> dict[str, Any]:
+        """Polls the Model (recording the canary weights seen on the InferenceService) until
+        `predicate(model)` holds."""
+        deadline = time.monotonic() + timeout
+        model: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            model = self.model()
+            isvc = self.isvc()
+            if isvc:
+                pred = isvc["spec"]["predictor"]
+                point = {"phase": model.get("status", {}).get("phase"),
+                         "canaryTrafficPercent": pred.get("canaryTrafficPercent"),
+                         "storageUri": pred["model"]["storageUri"]}
+                if not self.timeline or self.timeline[-1] != point:
+                    self.timeline.append(point)
+            if predicate(model):
+                return model
+            time.sleep(0.25)
+        status = json.dumps(model.get("status"), indent=1)[:3000]
+        raise AssertionError(f"timed out waiting for {what}\nstatus: {status}\noperator log:\n{self.operator.tail()}")
+
+    def wait_phase(self, phase: str, generation: int | None = None, timeout: float = 120) -> dict[str, Any]:
+        def ok(m: dict[str, Any]) -> bool:
+            s = m.get("status") or {}
+            return s.get("phase") == phase and (generation is None or s.get("observedGeneration") == generation)
+        return self.wait(f"phase {phase}", ok, timeout)
+
+    def weights_seen(self) -> list[int]:
+        out: list[int] = []
+        for p in self.timeline:
+            w = p["canaryTrafficPercent"]
+            if w is not None and (not out or out[-1] != w):
+                out.append(w)
+        return out

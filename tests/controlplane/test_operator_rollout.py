@@ -1,0 +1,192 @@
+"""The operator end to end on the control plane: real apiserver, real operator process, real
+conversions, the KServe stand-in, and a real Prometheus answering the analysis queries.
+
+Analysis verdicts are steered with user PromQL that real Prometheus evaluates: `vector(1)` passes
+`min: 0.5`, `vector(0)` fails it, and a series nobody exports is "no data"."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from operator_harness import FAST_ROLLOUT, Cluster
+
+pytestmark = pytest.mark.controlplane
+
+FAILING = copy.deepcopy(FAST_ROLLOUT)
+FAILING["analysis"]["metrics"] = [{"name": "score", "query": "vector(0)", "min": 0.5}]
+NO_DATA = copy.deepcopy(FAST_ROLLOUT)
+NO_DATA["analysis"]["metrics"] = [{"name": "score", "query": "sum(serin_series_nobody_exports)", "min": 0.5}]
+LONG_STEPS = copy.deepcopy(FAST_ROLLOUT)
+LONG_STEPS["steps"] = [{"weight": 10, "pause": "1h"}, {"weight": 50, "pause": "1h"}]
+
+
+def status(m: dict[str, Any]) -> dict[str, Any]:
+    return m.get("status") or {}
+
+
+def serve_v1(c: Cluster) -> dict[str, Any]:
+    c.apply(c.artifacts.good_v1)
+    return c.wait_phase("Promoted", generation=1)
+
+
+def predictor(c: Cluster) -> dict[str, Any]:
+    isvc = c.isvc()
+    assert isvc is not None
+    return isvc["spec"]["predictor"]
+
+
+def test_first_version_goes_straight_to_100(cluster: Cluster) -> None:
+    cluster.operator.start()
+    m = serve_v1(cluster)
+    s = status(m)
+    assert s["stable"]["generation"] == 1 and s["stable"]["confirmed"] is True
+    assert s["conversion"]["passed"] is True and s["conversion"]["generation"] == 1
+    pred = predictor(cluster)
+    assert "canaryTrafficPercent" not in pred
+    assert pred["model"]["runtime"] == "serin-onnx" and pred["model"]["storageUri"] == s["stable"]["storageUri"]
+    isvc = cluster.isvc()
+    assert isvc is not None and isvc["metadata"]["ownerReferences"][0]["uid"] == m["metadata"]["uid"]
+    conditions = {c["type"]: c for c in s["conditions"]}
+    assert conditions["Ready"]["status"] == "True" and conditions["Converted"]["status"] == "True"
+    assert all(c["observedGeneration"] == 1 for c in conditions.values())
+    assert [e["reason"] for e in cluster.events("ConversionSucceeded")] == ["ConversionSucceeded"]
+    row = cluster.cp.kubectl("get", "model", cluster.name, "-n", cluster.namespace).stdout.splitlines()[1].split()
+    assert row[1] == "1" and row[-2] == "Promoted"
+
+
+def test_second_version_walks_the_steps_and_is_promoted(cluster: Cluster) -> None:
+    cluster.operator.start()
+    v1 = status(serve_v1(cluster))
+    cluster.apply(cluster.artifacts.good_v2)
+    s = status(cluster.wait_phase("Promoted", generation=2))
+    assert s["stable"]["generation"] == 2 and "canary" not in s
+    assert cluster.weights_seen() == [10, 50]
+    pred = predictor(cluster)
+    assert "canaryTrafficPercent" not in pred and pred["model"]["storageUri"] == s["stable"]["storageUri"]
+    assert s["stable"]["storageUri"] != v1["stable"]["storageUri"]
+    assert [h["outcome"] for h in s["history"]] == ["Promoted", "Promoted"]
+    assert len(cluster.events("StepAdvanced")) == 1 and len(cluster.events("Promoted")) == 1
+
+
+def test_failed_analysis_rolls_back_to_the_stable_version(cluster: Cluster) -> None:
+    cluster.operator.start()
+    v1 = status(serve_v1(cluster))
+    cluster.apply(cluster.artifacts.good_v2, rollout=FAILING)
+    s = status(cluster.wait_phase("RolledBack", generation=2))
+    assert s["failed"]["kind"] == "RolledBack" and "score = 0 < min 0.5" in s["failed"]["reason"]
+    assert "(2 failed measurements)" in s["failed"]["reason"]
+    assert cluster.weights_seen() == [10, 0], "rollback sends 0% to the canary before restoring the stable model"
+    pred = predictor(cluster)
+    assert "canaryTrafficPercent" not in pred and pred["model"]["storageUri"] == v1["stable"]["storageUri"]
+    assert s["stable"]["generation"] == 1
+    assert {c["type"]: c["status"] for c in s["conditions"]}["Degraded"] == "True"
+    assert [a["verdict"] for a in s["analysis"]] == ["Failed", "Failed"]
+
+
+def test_no_data_pauses_and_never_promotes_then_resumes(cluster: Cluster) -> None:
+    cluster.operator.start()
+    serve_v1(cluster)
+    cluster.apply(cluster.artifacts.good_v2, rollout=NO_DATA)
+    m = cluster.wait_phase("Paused", generation=2)
+    assert "analysis inconclusive" in status(m)["message"] and "no data" in status(m)["message"]
+    assert predictor(cluster)["canaryTrafficPercent"] == 10
+    # Data arrives (the query now returns a passing value): the rollout resumes on its own.
+    cluster.patch({"spec": {"rollout": {"analysis": {"metrics": FAST_ROLLOUT["analysis"]["metrics"]}}}})
+    s = status(cluster.wait_phase("Promoted", generation=3))
+    assert s["stable"]["generation"] == 2  # the metric change is not a new version
+    assert len(cluster.events("AnalysisResumed")) == 1
+
+
+def test_conversion_failure_leaves_stable_serving(cluster: Cluster) -> None:
+    cluster.operator.start()
+    v1 = status(serve_v1(cluster))
+    cluster.apply(cluster.artifacts.corrupt)
+    s = status(cluster.wait_phase("Failed", generation=2))
+    assert s["conversion"]["passed"] is False and s["conversion"]["generation"] == 2
+    assert s["failed"]["kind"] == "ConversionFailed" and s["failed"]["reason"]
+    assert s["stable"] == v1["stable"]
+    pred = predictor(cluster)
+    assert pred["model"]["storageUri"] == v1["stable"]["storageUri"] and "canaryTrafficPercent" not in pred
+    conditions = {c["type"]: c["status"] for c in s["conditions"]}
+    assert conditions == {"Ready": "True", "Progressing": "False", "Degraded": "True", "Converted": "False"}
+
+
+def serin(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "serin.operator.cli", *args, c.name, "-n", c.namespace,
+                           "--kubeconfig", str(c.cp.kubeconfig)], capture_output=True, text=True)
+
+
+def test_manual_pause_resume_and_promote(cluster: Cluster) -> None:
+    cluster.operator.start()
+    serve_v1(cluster)
+    cluster.apply(cluster.artifacts.good_v2, rollout=LONG_STEPS)
+    cluster.wait("canary serving", lambda m: bool(status(m).get("canary", {}).get("trafficSince")))
+    assert serin(cluster, "pause").returncode == 0
+    cluster.wait_phase("Paused")
+    assert serin(cluster, "resume").returncode == 0
+    cluster.wait_phase("Progressing")
+    out = serin(cluster, "promote")
+    assert out.returncode == 0 and "promote requested for generation 2" in out.stdout
+    s = status(cluster.wait("promoted", lambda m: status(m).get("stable", {}).get("generation") == 2
+                            and status(m).get("phase") == "Promoted"))
+    assert s["history"][-1]["reason"] == "promoted by user"
+    assert "serin.dev/promote" not in (cluster.model()["metadata"].get("annotations") or {})
+    text = serin(cluster, "status")
+    assert text.returncode == 0 and "Promoted" in text.stdout and "stable  generation 2" in text.stdout
+    again = serin(cluster, "promote")
+    assert again.returncode == 1 and "has no canary in progress" in again.stderr
+
+
+def test_manual_abort_rolls_back(cluster: Cluster) -> None:
+    cluster.operator.start()
+    v1 = status(serve_v1(cluster))
+    cluster.apply(cluster.artifacts.good_v2, rollout=LONG_STEPS)
+    cluster.wait("canary serving", lambda m: bool(status(m).get("canary", {}).get("trafficSince")))
+    assert serin(cluster, "abort").returncode == 0
+    s = status(cluster.wait_phase("RolledBack"))
+    assert s["failed"]["reason"] == "aborted by user"
+    assert predictor(cluster)["model"]["storageUri"] == v1["stable"]["storageUri"]
+
+
+# (failpoint, rollout, expected end phase). The operator exits abruptly at the failpoint; a fresh
+# operator must finish the rollout with no step repeated or skipped and the rollback not lost.
+KILL_POINTS = [
+    ("after-persist:ConversionStarted", FAST_ROLLOUT, "Promoted"),
+    ("before-persist:ConversionSucceeded", FAST_ROLLOUT, "Promoted"),
+    ("after-persist:CanaryStarted", FAST_ROLLOUT, "Promoted"),
+    ("before-persist:StepAdvanced", FAST_ROLLOUT, "Promoted"),
+    ("after-persist:StepAdvanced", FAST_ROLLOUT, "Promoted"),
+    ("after-persist:StepsPassed", FAST_ROLLOUT, "Promoted"),
+    ("after-persist:Promoted", FAST_ROLLOUT, "Promoted"),
+    ("after-persist:AnalysisFailed", FAILING, "RolledBack"),
+    ("after-persist:RollbackStarted", FAILING, "RolledBack"),
+    ("after-persist:TrafficRestored", FAILING, "RolledBack"),
+    ("before-persist:RolledBack", FAILING, "RolledBack"),
+]
+
+
+@pytest.mark.parametrize(("failpoint", "rollout", "end"), KILL_POINTS, ids=[k[0] for k in KILL_POINTS])
+def test_operator_killed_resumes_correctly(cluster: Cluster, failpoint: str, rollout: dict, end: str) -> None:
+    cluster.operator.start()
+    v1 = status(serve_v1(cluster))
+    cluster.operator.stop()
+    cluster.operator.start(failpoint=failpoint)
+    cluster.apply(cluster.artifacts.good_v2, rollout=rollout)
+    assert cluster.operator.wait_exit(timeout=120) == 137, "the failpoint was not reached"
+    cluster.operator.start()
+    s = status(cluster.wait_phase(end, generation=2))
+    pred = predictor(cluster)
+    assert "canaryTrafficPercent" not in pred
+    if end == "Promoted":
+        assert s["stable"]["generation"] == 2 and pred["model"]["storageUri"] == s["stable"]["storageUri"]
+        assert cluster.weights_seen()[-2:] != [50, 10], "a step was repeated"
+        assert len(cluster.events("StepAdvanced")) <= 1 and len(cluster.events("CanaryStarted")) <= 1
+        assert [h["outcome"] for h in s["history"]] == ["Promoted", "Promoted"]
+    else:
+        assert s["stable"]["generation"] == 1 and pred["model"]["storageUri"] == v1["stable"]["storageUri"]
+        assert "(2 failed measurements)" in s["failed"]["reason"]
+        assert len(cluster.events("RolledBack")) <= 1
