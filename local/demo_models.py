@@ -87,7 +87,6 @@ def _rewire_probabilities(onx, extra_nodes, extra_inits, term: str) -> None:  # 
 
 
 def erroring_version(directory: Path, seed: int = 11) -> VersionFiles:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     onx, x = _base_onnx(seed)

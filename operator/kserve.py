@@ -80,7 +80,9 @@ def observe(isvc: dict[str, Any] | None) -> ServingObservation:
         exists=True,
         storageUri=(pred_spec.get("model") or {}).get("storageUri"),
         canaryPercent=None if percent is None else int(percent),
-        upToDate=status.get("observedGeneration") == (isvc.get("metadata") or {}).get("generation"),
+        # KServe's status.observedGeneration is a guard when present; the decision never relies on
+        # it alone (it also checks revisions and traffic), since KServe versions fill it differently.
+        upToDate=status.get("observedGeneration") in (None, (isvc.get("metadata") or {}).get("generation")),
         latestCreated=pred.get("latestCreatedRevision", ""),
         latestReady=pred.get("latestReadyRevision", ""),
         latestRolledout=pred.get("latestRolledoutRevision", ""),

@@ -46,7 +46,7 @@ ABORT_ANNOTATION = "serin.dev/abort"
 MAX_CONVERSION_ATTEMPTS = 3
 
 PROGRESSING, PROMOTING, ROLLING_BACK = "Progressing", "Promoting", "RollingBack"
-ZERO_TRAFFIC, RESTORE = "ZeroTraffic", "Restore"
+ZERO_TRAFFIC, RESTORE, FINALIZE = "ZeroTraffic", "Restore", "Finalize"
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,16 @@ def desired_serving(s: Status) -> ApplyServing | None:
             return ApplyServing(c.storageUri, c.weight)
         if c.state == PROMOTING:
             return ApplyServing(c.storageUri, None)
+        assert s.stable is not None
         if c.rollbackStage == ZERO_TRAFFIC:
             # KServe's documented rollback: 0 % to the canary moves all traffic back to the last
             # rolled-out revision at once, without waiting for any new revision.
             return ApplyServing(c.storageUri, 0)
+        if c.rollbackStage == RESTORE:
+            # Restore the stable model while still at 0 %: Knative routes a "latest" target to the
+            # latest *ready* revision, which is the bad canary until the restored one is ready.
+            return ApplyServing(s.stable.storageUri, 0)
+        return ApplyServing(s.stable.storageUri, None)  # FINALIZE: the restored revision is ready
     if s.stable is not None:
         return ApplyServing(s.stable.storageUri, None)
     return None
@@ -332,9 +338,18 @@ def _progress_rollback(t: _Tick, s: Status, c: Canary) -> Status:
     sv = t.obs.serving
     assert s.stable is not None  # a canary only ever exists next to a stable version
     if c.rollbackStage == ZERO_TRAFFIC:
-        if sv.exists and sv.upToDate and sv.canaryPercent == 0 and sv.traffic.get(sv.latestCreated, 0) == 0:
+        if (sv.exists and sv.upToDate and sv.storageUri == c.storageUri and sv.canaryPercent == 0
+                and sv.latestCreated and sv.traffic.get(sv.latestCreated, 0) == 0):
             t.emit("Normal", "TrafficRestored", f"all traffic back on generation {s.stable.generation}")
-            return s.evolve(canary=replace(c, rollbackStage=RESTORE, weight=0))
+            # Remember the canary's revision: the restored one must be a newer revision.
+            return s.evolve(canary=replace(c, rollbackStage=RESTORE, weight=0,
+                                           revision=c.revision or sv.latestCreated))
+        return s
+    if c.rollbackStage == RESTORE:
+        restored = (sv.exists and sv.upToDate and sv.storageUri == s.stable.storageUri and sv.canaryPercent == 0
+                    and sv.latestCreated not in ("", c.revision) and sv.latestReady == sv.latestCreated)
+        if restored:
+            return s.evolve(canary=replace(c, rollbackStage=FINALIZE))
         return s
     if not sv.serves_latest_at(s.stable.storageUri, None, 100):
         return s

@@ -310,13 +310,29 @@ CASES = [
         lambda d: d.status.history[-1]["outcome"] == "Promoted", lambda d: "Promoted" in events(d))),
     Case("promotion-waits-for-kserve", replace(PROMOTED, canary=canary(state="Promoting")), obs(2, serving=canary_serving(10)),
          check_all(lambda d: d.status.canary is not None, lambda d: serving_action(d) == ApplyServing(URI2, None))),
-    Case("rollback-zero-traffic-confirmed-restores-stable", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic", reason="errors")),
+    Case("rollback-zero-traffic-confirmed-restores-stable-at-zero", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic", reason="errors")),
          obs(2, serving=canary_serving(0)), check_all(
         lambda d: d.status.canary is not None and d.status.canary.rollbackStage == "Restore",
-        lambda d: serving_action(d) == ApplyServing(STABLE.storageUri, None))),
+        lambda d: d.status.canary is not None and d.status.canary.revision == "m-predictor-00002",
+        lambda d: serving_action(d) == ApplyServing(STABLE.storageUri, 0))),
     Case("rollback-waits-for-zero-traffic", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic")),
          obs(2, serving=canary_serving(10)), check_all(lambda d: serving_action(d) == ApplyServing(URI2, 0))),
-    Case("rollback-complete", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Restore", reason="analysis failed: x")),
+    Case("restore-waits-for-the-restored-revision", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Restore", revision="m-predictor-00002")),
+         obs(2, serving=serving(storageUri=STABLE.storageUri, canaryPercent=0, latestCreated="m-predictor-00003",
+                                latestReady="m-predictor-00002", latestRolledout="m-predictor-00001",
+                                traffic={"m-predictor-00001": 100, "m-predictor-00002": 0})), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.rollbackStage == "Restore",
+        lambda d: serving_action(d) == ApplyServing(STABLE.storageUri, 0))),
+    Case("restore-not-fooled-by-stale-kserve-status", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Restore", revision="m-predictor-00002")),
+         obs(2, serving=replace(canary_serving(0), storageUri=STABLE.storageUri)), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.rollbackStage == "Restore")),
+    Case("restored-revision-ready-finalizes", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Restore", revision="m-predictor-00002")),
+         obs(2, serving=serving(storageUri=STABLE.storageUri, canaryPercent=0, latestCreated="m-predictor-00003",
+                                latestReady="m-predictor-00003", latestRolledout="m-predictor-00001",
+                                traffic={"m-predictor-00001": 100, "m-predictor-00003": 0})), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.rollbackStage == "Finalize",
+        lambda d: serving_action(d) == ApplyServing(STABLE.storageUri, None))),
+    Case("rollback-complete", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Finalize", reason="analysis failed: x")),
          obs(2, serving=serving(storageUri=STABLE.storageUri, latestCreated="m-predictor-00003", latestReady="m-predictor-00003",
                                 latestRolledout="m-predictor-00003", traffic={"m-predictor-00003": 100})), check_all(
         lambda d: d.status.phase == "RolledBack", lambda d: d.status.canary is None,
