@@ -62,14 +62,22 @@ class _Proc:
     argv: list[str]
     log: Path
     popen: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None
 
     def start(self) -> None:
         logf = self.log.open("ab")
         # A session of its own, so that stopping the platform never signals the caller.
         self.popen = subprocess.Popen(
-            self.argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            self.argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+            env=None if self.env is None else os.environ | self.env,
         )
         logf.close()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: what a node failure or OOM kill looks like."""
+        if self.popen and self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -77,11 +85,12 @@ class _Proc:
     def stop(self, timeout: float = 10.0) -> None:
         if not self.popen or self.popen.poll() is not None:
             return
-        self.popen.send_signal(signal.SIGTERM)
+        # The process group: the stand-in's runtime processes go with it.
+        os.killpg(self.popen.pid, signal.SIGTERM)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.popen.kill()
+            os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(5)
 
     def tail(self, lines: int = 30) -> str:

@@ -1,39 +1,227 @@
-"""`serin demo`: the local platform doing Serin's job, start to finish, in one command.
+"""`serin demo`: Serin's whole job on one machine, for real.
 
-This first version brings up the real control plane, installs the CRDs and applies the example
-Models; the full rollout story (convert, serve, canary, promote, roll back) builds on it.
+The local platform (real kube-apiserver, operator, runtimes serving real traffic, Prometheus), three
+versions of a model, and steady load throughout:
+  v1  a scikit-learn model: converted, parity-proven, served at 100 %
+  v2  a retrained model: walks the canary steps under analysis and is promoted
+  v3  an ONNX model that fails on part of its input space: rolled back automatically
+A timeline is printed as it happens; a PNG chart of weight, error rate and PSI is written at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from serin.local import dev
-from serin.local.controlplane import REPO_ROOT, ControlPlaneError
+import yaml
+from rich.console import Console
+from serin.local import demo_models, dev
+from serin.local.controlplane import ControlPlaneError
+from serin.local.loadgen import LoadGenerator
 
-EXAMPLES = REPO_ROOT / "manifests" / "examples"
+NAMESPACE, NAME = "demo", "fraud"
+ROLLOUT = {
+    "steps": [{"weight": 10, "pause": "10s"}, {"weight": 50, "pause": "10s"}],
+    "analysis": {"interval": "3s", "failureLimit": 2, "inconclusiveLimit": 5, "metrics": [
+        {"name": "error-rate", "builtin": "errorRate", "max": 0.01},
+        {"name": "p99-latency", "builtin": "latencyP99Seconds", "max": 0.5},
+        {"name": "input-drift", "builtin": "inputPSI", "max": 0.2},
+    ]},
+}
+console = Console(highlight=False)
+
+
+@dataclass
+class Kubectl:
+    state: dict[str, Any]
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [f"{self.state['bin']}/kubectl", "--kubeconfig", self.state["kubeconfig"], *args]
+        return subprocess.run(argv, input=input, capture_output=True, text=True, check=check)
+
+    def model(self) -> dict[str, Any]:
+        out = self("get", "model", NAME, "-n", NAMESPACE, "-o", "json", check=False)
+        return json.loads(out.stdout) if out.returncode == 0 else {}
+
+    def isvc(self) -> dict[str, Any]:
+        out = self("get", "inferenceservice", NAME, "-n", NAMESPACE, "-o", "json", check=False)
+        return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+@dataclass
+class Timeline:
+    t0: float = field(default_factory=time.monotonic)
+    points: list[dict[str, Any]] = field(default_factory=list)
+    seen_events: set[str] = field(default_factory=set)
+    last_line: str = ""
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def say(self, text: str, style: str = "") -> None:
+        console.print(f"[dim]{self.now():6.1f}s[/dim]  {text}", style=style)
+
+
+def apply_version(k: Kubectl, files: demo_models.VersionFiles) -> None:
+    body = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": NAME, "namespace": NAMESPACE},
+            "spec": {"source": {"uri": files.model.as_uri(), "format": files.format,
+                                "sampleUri": files.sample.as_uri()}, "rollout": ROLLOUT}}
+    k("apply", "-f", "-", input=yaml.safe_dump(body))
+
+
+def follow(k: Kubectl, tl: Timeline, prom_url: str, until: Any, load: LoadGenerator | None, timeout: float = 300) -> dict:
+    """Prints transitions and measurements until `until(status)` holds; records chart points."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        model = k.model()
+        status = model.get("status") or {}
+        _print_new_events(k, tl)
+        canary = status.get("canary") or {}
+        weight = canary.get("weight", 0) if canary.get("state") == "Progressing" else 0
+        line = f"{status.get('phase', 'Pending'):<11} {status.get('message', '')}"
+        if line != tl.last_line:
+            tl.say(line, "bold")
+            tl.last_line = line
+        for m in status.get("analysis") or []:
+            key = f"{m.get('at')}/{m.get('metric')}"
+            if key not in tl.seen_events:
+                tl.seen_events.add(key)
+                value = "no data" if m.get("value") is None else f"{m['value']:.4f}"
+                color = {"Successful": "green", "Failed": "red"}.get(m.get("verdict", ""), "yellow")
+                tl.say(f"    analysis  {m['metric']:<12} {value:>9}  [{color}]{m['verdict']}[/{color}]"
+                       f"  {m.get('reason', '')}")
+        tl.points.append({"t": tl.now(), "weight": weight, "psi": _psi(prom_url)} | _errors(load))
+        if until(status):
+            return status
+        time.sleep(1.0)
+    raise TimeoutError(f"the demo waited {timeout:.0f}s; last status: {status.get('phase')}: {status.get('message')}")
+
+
+def _print_new_events(k: Kubectl, tl: Timeline) -> None:
+    out = k("get", "events", "-n", NAMESPACE, "-o", "json", check=False)
+    if out.returncode != 0:
+        return
+    for e in sorted(json.loads(out.stdout)["items"], key=lambda e: e.get("firstTimestamp") or ""):
+        uid = e["metadata"]["uid"]
+        if uid in tl.seen_events or e["involvedObject"].get("kind") != "Model":
+            continue
+        tl.seen_events.add(uid)
+        style = "red" if e["type"] == "Warning" else "cyan"
+        tl.say(f"  event  [{style}]{e['reason']}[/{style}]: {e['message']}")
+
+
+def _psi(prom_url: str) -> dict[str, float]:
+    import urllib.parse
+    import urllib.request
+
+    q = urllib.parse.urlencode({"query": f'max by (revision) (serin_input_psi{{model="{NAME}"}})'})
+    try:
+        with urllib.request.urlopen(f"{prom_url}/api/v1/query?{q}", timeout=2) as resp:
+            result = json.load(resp)["data"]["result"]
+        return {r["metric"]["revision"]: float(r["value"][1]) for r in result}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _errors(load: LoadGenerator | None) -> dict[str, float]:
+    if load is None:
+        return {"error_rate": 0.0}
+    recent = load.window(load.now() - 3)
+    bad = [a for a in recent if a.status >= 500 or a.status == 0]
+    return {"error_rate": len(bad) / len(recent) if recent else 0.0}
+
+
+def write_chart(tl: Timeline, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [p["t"] for p in tl.points]
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    axes[0].step(t, [p["weight"] for p in tl.points], where="post", color="tab:blue")
+    axes[0].set_ylabel("canary weight %")
+    axes[1].plot(t, [100 * p["error_rate"] for p in tl.points], color="tab:red")
+    axes[1].set_ylabel("errors % (all traffic)")
+    revisions = sorted({r for p in tl.points for r in p["psi"]})
+    for rev in revisions:
+        axes[2].plot(t, [p["psi"].get(rev, float("nan")) for p in tl.points], label=rev)
+    axes[2].axhline(0.2, color="grey", linestyle="--", linewidth=0.8)
+    axes[2].set_ylabel("input PSI")
+    axes[2].set_xlabel("seconds since the demo started")
+    if revisions:
+        axes[2].legend(fontsize="small")
+    axes[0].set_title("Serin demo: v2 promoted, v3 rolled back")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(home: Path) -> int:
+    tl = Timeline()
+    tl.say("bringing up the local platform (kube-apiserver, operator, KServe stand-in, Prometheus)")
+    state = dev.up(home)
+    k = Kubectl(state)
+    k("create", "namespace", NAMESPACE, check=False)
+    k("delete", "model", NAME, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+    work = home / "demo"
+    tl.say("training three versions (no downloads)")
+    v1 = demo_models.sklearn_version(work / "v1", seed=1)
+    v2 = demo_models.sklearn_version(work / "v2", seed=2)
+    v3 = demo_models.erroring_version(work / "v3")
+
+    console.rule("v1: first version, straight to 100 %")
+    apply_version(k, v1)
+    follow(k, tl, state["prometheus"], lambda s: s.get("phase") == "Promoted", None)
+    url = k.isvc()["status"]["url"]
+    load = LoadGenerator(url, NAME, rate=40, rows=20).start()
+    tl.say(f"sending 40 requests/s of 20 rows to {url}")
+    try:
+        time.sleep(5)
+        console.rule("v2: a retrained model, canary steps 10 % → 50 % → 100 %")
+        apply_version(k, v2)
+        follow(k, tl, state["prometheus"], lambda s: s.get("phase") == "Promoted"
+               and (s.get("stable") or {}).get("generation") == 2, load)
+        console.rule("v3: a model that fails on part of its input space")
+        apply_version(k, v3)
+        final = follow(k, tl, state["prometheus"], lambda s: s.get("phase") in ("RolledBack", "Promoted", "Failed")
+                       and (s.get("observedGeneration") == 3) and not s.get("canary"), load)
+        time.sleep(3)
+    finally:
+        load.stop()
+    chart = work / "timeline.png"
+    write_chart(tl, chart)
+    answers = load.answers
+    failed = [a for a in answers if a.status >= 500 or a.status == 0]
+    by_rev: dict[str, int] = {}
+    for a in failed:
+        by_rev[a.revision or "?"] = by_rev.get(a.revision or "?", 0) + 1
+    console.rule("summary")
+    console.print(f"v3 ended {final.get('phase')}: {final.get('message')}")
+    console.print(f"requests: {len(answers)}, failed: {len(failed)} {by_rev or ''}")
+    console.print(f"chart: {chart}")
+    dev.print_usage_hint(state)
+    console.print("Stop it with: serin dev down")
+    return 0 if final.get("phase") == "RolledBack" else 1
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="serin demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="serin demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=dev.DEFAULT_HOME)
     args = parser.parse_args(argv)
     args.home.mkdir(parents=True, exist_ok=True)
     try:
-        state = dev.up(args.home)
-        kubectl = [f"{state['bin']}/kubectl", "--kubeconfig", state["kubeconfig"]]
-        subprocess.run([*kubectl, "apply", "-n", "default", "-f", str(EXAMPLES)], check=True)
-        print()
-        subprocess.run([*kubectl, "get", "models", "-n", "default"], check=True)
-    except (ControlPlaneError, OSError) as err:
-        print(f"serin demo: {err}", file=sys.stderr)
+        return run(args.home)
+    except (ControlPlaneError, OSError, TimeoutError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", "") or ""
+        print(f"serin demo: {err} {detail}".strip(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    print()
-    dev.print_usage_hint(state)
-    print("Stop it with: serin dev down")
-    return 0

@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from serin.local.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, provision
+from serin.local.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, free_port, provision
+from serin.local.prometheus import Prometheus
+from serin.local.stack import operator_argv, process, standin_argv
 
 DEFAULT_HOME = Path(os.environ.get("SERIN_DEV_HOME", Path.home() / ".serin" / "dev"))
 CRD_PATHS = (REPO_ROOT / "manifests" / "crds", Path(__file__).parent / "crds" / "kserve.yaml")
@@ -44,25 +46,51 @@ def read_state(home: Path) -> dict | None:
 
 
 def up(home: Path) -> dict:
+    """Starts (idempotently) the control plane, CRDs, Prometheus, the KServe stand-in with its data
+    plane, and the operator, all as background processes recorded in state.json."""
     state = read_state(home)
     if state:
         return state
     down(home, quiet=True)  # a half-dead platform from an earlier run: clear it first
-    cp = ControlPlane(workdir=home / "controlplane", bin_dir=provision())
+    bin_dir = provision()
+    cp = ControlPlane(workdir=home / "controlplane", bin_dir=bin_dir)
+    prom = Prometheus(workdir=home / "prometheus", bin_dir=bin_dir)
+    procs = []
     try:
         cp.start()
         for path in CRD_PATHS:
             cp.kubectl("apply", "--server-side", "-f", str(path))
         cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/models.serin.dev",
                    "crd/inferenceservices.serving.kserve.io")
+        prom.start()
+        metrics_port = free_port()
+        env = {"KUBECONFIG": str(cp.kubeconfig)}
+        procs = [
+            process("kserve-standin", standin_argv(cp.kubeconfig, home / "standin", prom.targets_file),
+                    home / "logs" / "kserve-standin.log"),
+            process("operator", operator_argv(prom.url, home / "store", metrics_port=metrics_port),
+                    home / "logs" / "operator.log"),
+        ]
+        for proc in procs:
+            proc.env = env
+            proc.start()
     except BaseException:
+        for proc in procs:
+            proc.stop()
+        prom.stop()
         cp.stop()
         raise
+    pids = {name: proc.popen.pid for name, proc in cp._procs.items() if proc.popen}
+    pids["prometheus"] = prom.pid or 0
+    pids |= {proc.name: proc.popen.pid for proc in procs if proc.popen}
     state = {
         "kubeconfig": str(cp.kubeconfig),
         "server": cp.server,
         "bin": str(cp.bin_dir),
-        "pids": {name: proc.popen.pid for name, proc in cp._procs.items() if proc.popen},
+        "prometheus": prom.url,
+        "operatorMetrics": f"http://127.0.0.1:{metrics_port}/metrics",
+        "logs": str(home / "logs"),
+        "pids": pids,
         "started": time.time(),
     }
     _state_path(home).write_text(json.dumps(state, indent=2))
@@ -99,10 +127,12 @@ def _terminate(pid: int, timeout: float = 10.0) -> None:
 
 
 def print_usage_hint(state: dict) -> None:
-    print(f"Local platform is up: {state['server']}")
+    print(f"Local platform is up: kube-apiserver {state['server']}, Prometheus {state.get('prometheus', '-')}")
     print(f"  export KUBECONFIG={state['kubeconfig']}")
     print(f"  export PATH={state['bin']}:$PATH   # kubectl, helm built by hack/provision.sh")
-    print("  kubectl get models -A")
+    print("  kubectl get models,inferenceservices -A")
+    if state.get("logs"):
+        print(f"  logs: {state['logs']}/  operator metrics: {state.get('operatorMetrics', '-')}")
 
 
 def main(argv: list[str]) -> int:

@@ -31,6 +31,7 @@ from serin.local.kserve_status import reconcile
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 log = logging.getLogger("serin.local.kserve_standin")
+DRAIN_SECONDS = 3.0  # how long an unreferenced revision keeps serving requests already sent to it
 
 
 def _now() -> str:
@@ -56,12 +57,13 @@ class KServeStandIn:
         self.plane: DataPlane = data_plane or ControlPlaneOnly()
         self._tracked: dict[IsvcRef, _Tracked] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()  # revisions draining before they stop
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="kserve-standin")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task,) if t]
+        tasks = [t for t in (self._task, *self._stopping) if t]
         for tracked in self._tracked.values():
             tasks += [t for t in (tracked.worker, *tracked.starting.values()) if t]
         for task in tasks:
@@ -157,16 +159,25 @@ class KServeStandIn:
                     and revision.name not in tracked.starting:
                 tracked.starting[revision.name] = asyncio.create_task(
                     self._start_revision(ref, tracked, revision.name, revision.storage_uri))
+        traffic = out.status["components"]["predictor"].get("traffic") or []
+        tags = {t["tag"]: t["revisionName"] for t in traffic if t.get("tag")}
+        # Routes first, then scale down: as Knative drains a revision before it goes, so that no
+        # request is sent to a runtime that is already stopping.
+        await self.plane.set_routes(ref, out.routes, tags)
         for name in [n for n in tracked.readiness if n not in out.live]:
             # Knative would scale an unreferenced revision to zero; its readiness is re-learnt
             # (the process restarted) if traffic ever points at it again.
             del tracked.readiness[name]
-            await self.plane.stop(ref, name)
-        traffic = out.status["components"]["predictor"].get("traffic") or []
-        tags = {t["tag"]: t["revisionName"] for t in traffic if t.get("tag")}
-        await self.plane.set_routes(ref, out.routes, tags)
+            task = asyncio.create_task(self._stop_after_drain(ref, tracked, name))
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
         if out.status != obj.get("status"):
             await self._write_status(ref, tracked, obj, {**obj, "status": out.status})
+
+    async def _stop_after_drain(self, ref: IsvcRef, tracked: _Tracked, name: str) -> None:
+        await asyncio.sleep(DRAIN_SECONDS)  # requests already routed to it finish first
+        if name not in tracked.readiness and name not in tracked.starting:
+            await self.plane.stop(ref, name)
 
     async def _start_revision(self, ref: IsvcRef, tracked: _Tracked, name: str, storage_uri: str) -> None:
         try:

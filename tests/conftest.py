@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import Artifacts, make_artifacts
 from serin.local.controlplane import ControlPlane, start_control_plane
+from serin.local.prometheus import Prometheus, start_prometheus
 
 REPO = Path(__file__).resolve().parent.parent
 SERIN_CRDS = REPO / "manifests" / "crds"
@@ -44,3 +46,16 @@ def namespace(crds: ControlPlane) -> Iterator[str]:
     crds.kubectl("create", "namespace", name)
     yield name
     crds.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def prometheus(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """A real Prometheus; it scrapes whatever runtimes the data-plane stand-ins list in its file_sd."""
+    prom = start_prometheus(tmp_path_factory.mktemp("prometheus"), control_plane.bin_dir)
+    yield prom
+    prom.stop()
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    return make_artifacts(tmp_path_factory.mktemp("artifacts"))

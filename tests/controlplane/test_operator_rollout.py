@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 import pytest
-from operator_harness import FAST_ROLLOUT, Cluster
+from harness import FAST_ROLLOUT, Cluster
 
 pytestmark = pytest.mark.controlplane
 

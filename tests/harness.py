@@ -4,20 +4,22 @@ converters."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-
 from serin.local.controlplane import ControlPlane
+from serin.local.demo_models import VersionFiles
+from serin.local.prometheus import Prometheus
+from serin.local.stack import operator_argv, standin_argv
 
 FAST_ROLLOUT: dict[str, Any] = {
     "steps": [{"weight": 10, "pause": "2s"}, {"weight": 50, "pause": "2s"}],
@@ -69,10 +71,8 @@ class OperatorProcess:
                             "SERIN_FAILPOINT": failpoint}
         with self.log.open("ab") as out:
             out.write(f"\n=== start failpoint={failpoint!r} ===\n".encode())
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "serin.operator.cli", "operator", "--namespace", self.namespace,
-                 "--prometheus-url", self.prometheus_url, "--model-store", str(self.store)],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(operator_argv(self.prometheus_url, self.store, self.namespace),
+                                         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
     def wait_exit(self, timeout: float) -> int:
@@ -168,3 +168,43 @@ class Cluster:
             if w is not None and (not out or out[-1] != w):
                 out.append(w)
         return out
+
+
+@contextlib.contextmanager
+def standin(cp: ControlPlane, namespace: str, workdir: Path, data_plane: bool,
+            file_sd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """The KServe stand-in for one namespace, as a process (stopped with its runtimes afterwards)."""
+    log = workdir / "standin.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(standin_argv(cp.kubeconfig, workdir / "standin", file_sd, namespace, data_plane),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        time.sleep(0.5)
+        assert proc.poll() is None, f"KServe stand-in exited:\n{log.read_text()}"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Versions:
+    v1: VersionFiles
+    v2: VersionFiles
+    erroring: VersionFiles
+    slow: VersionFiles
+    drifted: VersionFiles
+
+
+
+@dataclass
+class Platform:
+    cluster: Cluster
+    prometheus: Prometheus
+    standin: subprocess.Popen[bytes]
+
+

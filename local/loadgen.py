@@ -1,0 +1,102 @@
+"""A steady load of real inference requests (KServe V2) at an InferenceService's URL, recording
+every answer: when, which revision served it (the stand-in router's header), status, latency.
+
+Bounded by design: a fixed request rate, a hard stop after `max_seconds`, loopback targets only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import aiohttp
+import numpy as np
+from serin.local.demo_models import production_rows
+
+REVISION_HEADER = "Serin-Standin-Revision"
+
+
+@dataclass(frozen=True)
+class Answer:
+    t: float  # seconds since the generator started
+    status: int  # HTTP status, or 0 when the connection failed
+    revision: str
+    latency: float
+
+
+@dataclass
+class LoadGenerator:
+    url: str
+    model: str
+    rate: float = 40.0  # requests per second
+    rows: int = 20  # rows per request
+    shift: float = 0.0  # added to features 0 and 1: traffic from another distribution
+    max_seconds: float = 1800.0
+    answers: list[Answer] = field(default_factory=list)
+    _thread: threading.Thread | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _t0: float = 0.0
+
+    def __post_init__(self) -> None:
+        host = urlparse(self.url).hostname or ""
+        if not (host == "localhost" or host.startswith("127.") or host == "::1"):
+            raise ValueError(f"load is only ever sent to loopback addresses, not {host!r}")
+
+    def start(self) -> LoadGenerator:
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="loadgen", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(30)
+
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+    def set_shift(self, shift: float) -> None:
+        self.shift = shift
+
+    def window(self, since: float, until: float | None = None) -> list[Answer]:
+        until = until if until is not None else float("inf")
+        return [a for a in list(self.answers) if since <= a.t < until]
+
+    async def _run(self) -> None:
+        body_rows = 2000
+        pool = production_rows(body_rows, seed=42)
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            tasks: set[asyncio.Task[None]] = set()
+            i = 0
+            while not self._stop.is_set() and self.now() < self.max_seconds:
+                start = (i * self.rows) % (body_rows - self.rows)
+                rows = pool[start:start + self.rows].copy()
+                rows[:, :2] += np.float32(self.shift)
+                task = asyncio.create_task(self._one(session, rows))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                i += 1
+                # Fixed schedule (not "after the last answer"): a slow revision does not slow the load.
+                delay = self._t0 + i / self.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if tasks:
+                await asyncio.wait(tasks, timeout=10)
+
+    async def _one(self, session: aiohttp.ClientSession, rows: np.ndarray) -> None:
+        payload = {"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
+                               "data": rows.ravel().tolist()}]}
+        sent = time.monotonic()
+        try:
+            async with session.post(f"{self.url}/v2/models/{self.model}/infer", json=payload) as resp:
+                await resp.read()
+                answer = Answer(sent - self._t0, resp.status, resp.headers.get(REVISION_HEADER, ""),
+                                time.monotonic() - sent)
+        except (TimeoutError, aiohttp.ClientError):
+            answer = Answer(sent - self._t0, 0, "", time.monotonic() - sent)
+        self.answers.append(answer)

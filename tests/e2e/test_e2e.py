@@ -1,0 +1,178 @@
+"""End to end on the local platform: real apiserver, real operator, real ONNX runtimes serving real
+load behind the stand-in's router, real Prometheus scraping them. Bad versions are bad by their
+own behaviour (errors on part of the input space, slowness, training data from another
+distribution), never by a flag that makes the runtime lie."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import pytest
+import yaml
+from harness import Platform, Versions
+from serin.local import demo_models
+from serin.local.loadgen import LoadGenerator
+
+pytestmark = pytest.mark.e2e
+
+ROLLOUT: dict[str, Any] = {
+    "steps": [{"weight": 10, "pause": "6s"}, {"weight": 50, "pause": "6s"}],
+    "progressDeadline": "90s",
+    "analysis": {"interval": "2s", "failureLimit": 2, "inconclusiveLimit": 8, "metrics": [
+        {"name": "error-rate", "builtin": "errorRate", "max": 0.01},
+        # A latency bound a 2-core CI machine can keep while it runs the whole platform.
+        {"name": "p99-latency", "builtin": "latencyP99Seconds", "max": 0.5},
+        {"name": "input-drift", "builtin": "inputPSI", "max": 0.2},
+    ]},
+}
+
+
+def apply(p: Platform, files: demo_models.VersionFiles, rollout: dict[str, Any] = ROLLOUT) -> None:
+    c = p.cluster
+    body = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": c.name, "namespace": c.namespace},
+            "spec": {"source": {"uri": files.model.as_uri(), "format": files.format, "sampleUri": files.sample.as_uri()},
+                     "rollout": rollout}}
+    c.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
+
+
+def status(m: dict[str, Any]) -> dict[str, Any]:
+    return m.get("status") or {}
+
+
+def start_with_v1(p: Platform, versions: Versions) -> LoadGenerator:
+    p.cluster.operator.start()
+    apply(p, versions.v1)
+    p.cluster.wait_phase("Promoted", generation=1)
+    isvc = p.cluster.isvc()
+    assert isvc is not None
+    load = LoadGenerator(isvc["status"]["url"], p.cluster.name, rate=40, rows=20, max_seconds=600).start()
+    p.cluster.wait("load flowing", lambda _: len(load.answers) > 40, timeout=30)
+    return load
+
+
+def failures(load: LoadGenerator, since: float = 0.0, until: float | None = None) -> list[Any]:
+    return [a for a in load.window(since, until) if a.status != 200]
+
+
+def canary_serving(m: dict[str, Any]) -> bool:
+    return bool(status(m).get("canary", {}).get("trafficSince"))
+
+
+def test_good_version_is_promoted_with_no_failed_request(platform: Platform, versions: Versions) -> None:
+    rollout = copy.deepcopy(ROLLOUT)
+    # A user PromQL metric next to the builtins: the canary's own successful request rate.
+    rollout["analysis"]["metrics"].append({"name": "throughput", "min": 1, "query":
+        'sum(rate(serin_requests_total{model="{{model}}",revision="{{revision}}",code="200"}[30s]))'})
+    load = start_with_v1(platform, versions)
+    try:
+        apply(platform, versions.v2, rollout)
+        s = status(platform.cluster.wait_phase("Promoted", generation=2, timeout=180))
+        time.sleep(4)  # the old revision drains and stops
+    finally:
+        load.stop()
+    assert s["stable"]["generation"] == 2
+    assert platform.cluster.weights_seen()[:2] == [10, 50]
+    assert failures(load) == [], f"{len(failures(load))} of {len(load.answers)} requests failed"
+    served = {a.revision for a in load.answers}
+    assert {"fraud-predictor-00001", "fraud-predictor-00002"} <= served
+    throughput = [m for m in s["analysis"] if m["metric"] == "throughput"]
+    assert throughput and all(m["verdict"] == "Successful" and m["value"] >= 1 for m in throughput)
+
+
+# Each bad version is judged by the metric it breaks, so a noisy neighbour on a 2-core machine
+# cannot make the test pass for the wrong reason.
+BAD = [
+    ("erroring", {"name": "error-rate", "builtin": "errorRate", "max": 0.01}),
+    ("slow", {"name": "p99-latency", "builtin": "latencyP99Seconds", "max": 0.1}),
+    ("drifted", {"name": "input-drift", "builtin": "inputPSI", "max": 0.2}),
+]
+
+
+@pytest.mark.parametrize(("bad", "metric"), BAD, ids=[b[0] for b in BAD])
+def test_bad_version_is_rolled_back(platform: Platform, versions: Versions, bad: str, metric: dict[str, Any]) -> None:
+    rollout = copy.deepcopy(ROLLOUT)
+    rollout["analysis"]["metrics"] = [metric]
+    load = start_with_v1(platform, versions)
+    try:
+        apply(platform, getattr(versions, bad), rollout)
+        m = platform.cluster.wait("canary serving", canary_serving, timeout=120)
+        started = load.now()
+        s = status(platform.cluster.wait_phase("RolledBack", generation=2, timeout=180))
+        done = load.now()
+        time.sleep(5)
+    finally:
+        load.stop()
+    assert f"analysis failed: {metric['name']} = " in s["failed"]["reason"], s["failed"]["reason"]
+    assert s["stable"]["generation"] == 1 and platform.cluster.weights_seen() == [10, 0]
+    canary_revision = m["status"]["canary"]["revision"]
+    # Only the bad version's own answers failed; nothing failed after the rollback.
+    assert {a.revision for a in failures(load)} <= {canary_revision}, failures(load)[:5]
+    assert failures(load, since=done + 1) == []
+    if bad == "erroring":
+        assert failures(load, since=started), "the erroring model never failed: the test proves nothing"
+
+
+def test_user_promql_metric_can_roll_back(platform: Platform, versions: Versions) -> None:
+    rollout = copy.deepcopy(ROLLOUT)
+    rollout["analysis"]["metrics"] = [{"name": "positive-rate", "max": 0.3, "query":
+        'sum(rate(serin_predictions_total{model="{{model}}",revision="{{revision}}",class="1"}[30s]))'
+        ' / sum(rate(serin_predictions_total{model="{{model}}",revision="{{revision}}"}[30s]))'}]
+    load = start_with_v1(platform, versions)
+    try:
+        apply(platform, versions.v2, rollout)
+        s = status(platform.cluster.wait_phase("RolledBack", generation=2, timeout=180))
+    finally:
+        load.stop()
+    assert "positive-rate = 0." in s["failed"]["reason"] and "> max 0.3" in s["failed"]["reason"]
+
+
+def test_prometheus_down_pauses_never_promotes_and_resumes(platform: Platform, versions: Versions) -> None:
+    load = start_with_v1(platform, versions)
+    try:
+        apply(platform, versions.v2)
+        platform.cluster.wait("canary serving", canary_serving, timeout=120)
+        platform.prometheus.stop()
+        try:
+            m = platform.cluster.wait_phase("Paused", timeout=60)
+            assert "prometheus unreachable" in status(m)["message"]
+            held_since = time.monotonic()
+            while time.monotonic() - held_since < 15:  # longer than both steps' pauses
+                s = status(platform.cluster.model())
+                assert s["phase"] == "Paused" and s["stable"]["generation"] == 1, s["message"]
+                time.sleep(1)
+        finally:
+            platform.prometheus.start()
+        s = status(platform.cluster.wait_phase("Promoted", generation=2, timeout=180))
+    finally:
+        load.stop()
+    assert s["stable"]["generation"] == 2
+    assert failures(load) == []
+
+
+def test_operator_killed_mid_canary_finishes(platform: Platform, versions: Versions) -> None:
+    load = start_with_v1(platform, versions)
+    try:
+        apply(platform, versions.v2)
+        platform.cluster.wait("canary serving", canary_serving, timeout=120)
+        platform.cluster.operator.kill()
+        time.sleep(3)
+        platform.cluster.operator.start()
+        s = status(platform.cluster.wait_phase("Promoted", generation=2, timeout=180))
+    finally:
+        load.stop()
+    assert s["stable"]["generation"] == 2 and failures(load) == []
+
+
+def test_apiserver_restarted_mid_canary_finishes(platform: Platform, versions: Versions) -> None:
+    load = start_with_v1(platform, versions)
+    try:
+        apply(platform, versions.v2)
+        platform.cluster.wait("canary serving", canary_serving, timeout=120)
+        platform.cluster.cp.restart_apiserver(downtime=3)
+        s = status(platform.cluster.wait_phase("Promoted", generation=2, timeout=240))
+    finally:
+        load.stop()
+    assert s["stable"]["generation"] == 2
+    assert failures(load) == [], "the data plane keeps serving while the control plane restarts"
