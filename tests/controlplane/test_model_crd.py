@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -139,4 +140,13 @@ def test_invalid_model_is_rejected_server_side(
 def test_valid_manifest_passes_the_same_dry_run(crds: ControlPlane, namespace: str) -> None:
     """The negative table is only meaningful if its baseline is accepted by the same path."""
     out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest("good"))
+    assert out.returncode == 0, out.stderr
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "manifests" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_examples_are_valid(crds: ControlPlane, namespace: str, path: Path) -> None:
+    out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path), check=False)
     assert out.returncode == 0, out.stderr
