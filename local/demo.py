@@ -75,7 +75,8 @@ def apply_version(k: Kubectl, files: demo_models.VersionFiles) -> None:
     k("apply", "-f", "-", input=yaml.safe_dump(body))
 
 
-def follow(k: Kubectl, tl: Timeline, prom_url: str, until: Any, load: LoadGenerator | None, timeout: float = 300) -> dict:
+def follow(k: Kubectl, tl: Timeline, prom_url: str, until: Any, load: LoadGenerator | None,
+           timeout: float = 300) -> dict:
     """Prints transitions and measurements until `until(status)` holds; records chart points."""
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
@@ -170,6 +171,8 @@ def run(home: Path) -> int:
     k = Kubectl(state)
     k("create", "namespace", NAMESPACE, check=False)
     k("delete", "model", NAME, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+    # A re-run: the garbage collector removes the old InferenceService (owner reference) first.
+    k("wait", "--for=delete", f"inferenceservice/{NAME}", "-n", NAMESPACE, "--timeout=60s", check=False)
     work = home / "demo"
     tl.say("training three versions (no downloads)")
     v1 = demo_models.sklearn_version(work / "v1", seed=1)
