@@ -1,0 +1,167 @@
+"""The conversion flow shared by `serin convert` and the conversion Job.
+
+fetch → verify sha256 → load → check estimator → read sample → native predictions → convert →
+stamp → onnxruntime predictions → parity → profile → write model.onnx, profile.json, report.json.
+Every failure ends in a report.json with passed=false and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+from serin.converters import artifacts, parity, profile, report
+from serin.converters.errors import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_PARITY_FAILED,
+    ConversionError,
+    SampleError,
+    first_line,
+)
+from serin.converters.parity import Tolerance
+from serin.converters.registry import NativePredictError, converter_for
+from serin.converters.sample import has_nan, read_sample
+
+DEFAULT_OPSET = 17
+MAX_LIBRARY_WARNINGS = 5
+# Library warnings about deprecations are noise for the person reading a report.
+_QUIET = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+@dataclass(frozen=True)
+class Request:
+    source: str
+    sample: str
+    out: Path
+    format: str | None = None
+    sha256: str | None = None
+    opset: int = DEFAULT_OPSET
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    bins: int = 10
+
+
+@dataclass
+class Outcome:
+    report: dict[str, Any]
+    exit_code: int
+    error_kind: str | None = None  # errors.ConversionError.kind, or "internal"
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["passed"])
+
+
+def run(request: Request) -> Outcome:
+    started = time.perf_counter()
+    rep = report.new_report()
+    outcome = Outcome(rep, EXIT_INTERNAL)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            _convert(request, rep)
+            outcome.exit_code = EXIT_OK if rep["passed"] else EXIT_PARITY_FAILED
+        except ConversionError as exc:
+            rep["passed"], rep["reason"] = False, exc.message
+            outcome.exit_code, outcome.error_kind = exc.exit_code, exc.kind
+        except Exception as exc:  # a bug: keep the traceback, but still report
+            traceback.print_exc()
+            rep["passed"] = False
+            rep["reason"] = f"internal error: {type(exc).__name__}: {first_line(exc, 200)}"
+            outcome.error_kind = "internal"
+    rep["warnings"] += _library_warnings(caught)
+    rep["seconds"] = round(time.perf_counter() - started, 4)
+    if not rep["passed"]:
+        report.clear_outputs(request.out)
+    report.write_report(request.out, rep)
+    return outcome
+
+
+def _convert(request: Request, rep: dict[str, Any]) -> None:
+    request.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="serin-convert-") as tmp:
+        workdir = Path(tmp)
+        source = artifacts.fetch(request.source, workdir, "artifact")
+        # The digest is checked before anything is unpickled: a pickle runs code when loaded.
+        rep["sha256"]["source"] = artifacts.sha256_of(source)
+        artifacts.verify_digest(source, request.sha256)
+        artifact = artifacts.load(source, request.format)
+        rep["format"] = artifact.format
+        converter = converter_for(artifact.format)
+        model = artifact.model
+        rep["warnings"] += converter.check(model)
+        rep["estimator"] = converter.describe(model)
+        task = converter.task(model)
+        rep["task"] = task
+        frame = read_sample(artifacts.fetch(request.sample, workdir, "sample"))
+
+    sample = converter.prepare(model, frame)
+    rep["rows"] = sample.rows
+    try:
+        native = converter.predict(model, sample)
+    except NativePredictError as exc:
+        nan_columns = has_nan(sample.frame)
+        if nan_columns:
+            raise SampleError(
+                f"sample has missing values (NaN) in column(s) {', '.join(nan_columns[:8])} and "
+                f"{rep['estimator']} cannot take them ({exc.message[:120]})"
+            ) from exc
+        raise SampleError(f"the native model rejects the sample: {exc.message}") from exc
+
+    onnx_model = converter.convert(model, sample, request.opset)
+    sample = sample.with_dtypes(_input_dtypes(onnx_model))
+    report.stamp(onnx_model, rep["sha256"]["source"], artifact.format, rep["versions"])
+    rep["opset"] = report.default_opset(onnx_model)
+    model_bytes = onnx_model.SerializeToString()
+    try:
+        raw = parity.run_onnx(model_bytes, sample.feeds())
+    except Exception as exc:  # onnxruntime's Fail / InvalidArgument / NotImplemented
+        raise ConversionError(
+            f"onnxruntime cannot run the converted model on the sample: {first_line(exc, 200)}"
+        ) from exc
+    converted = parity.onnx_outputs(raw, task)
+    result = parity.compare(native, converted, task, request.tolerance)
+    rep["parity"] = result.as_dict()
+    rep["warnings"] += result.warnings
+    rep["passed"], rep["reason"] = result.passed, result.reason
+    if not result.passed:
+        return
+
+    output_name = onnx_model.graph.output[0].name  # "label" for classifiers, values otherwise
+    prof = profile.build(sample, converted, task, converter.classes(model), output_name,
+                         request.bins)
+    rep["sha256"]["onnx"] = _sha256(model_bytes)
+    # model.onnx and profile.json first, report.json last: a passing report implies both exist.
+    report.write_atomic(request.out / report.MODEL_FILE, model_bytes)
+    report.write_atomic(request.out / report.PROFILE_FILE, (report.to_json(prof) + "\n").encode())
+
+
+def _input_dtypes(model: onnx.ModelProto) -> dict[str, str]:
+    names: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64",
+             onnx.TensorProto.INT64: "int64", onnx.TensorProto.STRING: "string"}
+    return {i.name: names[i.type.tensor_type.elem_type] for i in model.graph.input
+            if i.type.tensor_type.elem_type in names}
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _library_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    seen: list[str] = []
+    for w in caught:
+        if issubclass(w.category, _QUIET):
+            continue
+        text = f"{w.category.__name__}: {first_line(w.message, 200)}"  # type: ignore[arg-type]
+        if text not in seen:
+            seen.append(text)
+    return seen[:MAX_LIBRARY_WARNINGS]
+

@@ -1,0 +1,145 @@
+"""The parity proof: native and onnxruntime predictions on the same rows, compared.
+
+Rules (docs/converters.md, "Tolerances"):
+- classifiers: labels must agree on at least `label_agreement` of the rows; on the rows whose
+  labels agree, probabilities must be within `absolute` (decision scores: absolute + relative).
+- regressors: every value within `absolute + relative * scale`, scale = max(|native|, mean
+  |native| over the sample): onnxruntime computes in float32, so large targets differ by ~1e-6
+  relative, not absolute.
+Mismatches are counted and reported row by row, never hidden by loosening a tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from serin.converters.registry import CLASSIFICATION, Outputs
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    absolute: float = 1e-4
+    relative: float = 1e-3
+    label_agreement: float = 1.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"absolute": self.absolute, "relative": self.relative,
+                "label_agreement": self.label_agreement}
+
+
+@dataclass
+class Parity:
+    passed: bool
+    label_agreement: float | None
+    max_abs_diff: float
+    max_rel_diff: float
+    mismatched_rows: int
+    tolerance: Tolerance
+    reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label_agreement": self.label_agreement, "max_abs_diff": self.max_abs_diff,
+                "max_rel_diff": self.max_rel_diff, "mismatched_rows": self.mismatched_rows,
+                "tolerance": self.tolerance.as_dict()}
+
+
+def session(model_bytes: bytes) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # onnxruntime's own warnings would break the one-line stderr
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(model_bytes: bytes, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return [np.asarray(o) for o in session(model_bytes).run(None, feeds)]
+
+
+def onnx_outputs(raw: list[np.ndarray], task: str) -> Outputs:
+    if task == CLASSIFICATION:
+        return Outputs(raw[0].ravel(), raw[1].astype(np.float64), "probabilities")
+    values = raw[0].astype(np.float64)
+    return Outputs(None, values.ravel() if values.ndim == 2 and values.shape[1] == 1 else values,
+                   "values")
+
+
+def _align_scores(native: np.ndarray, onnx: np.ndarray) -> np.ndarray:
+    """ONNX gives [N, 2] scores (or [N, 1]) where a binary decision_function gives [N]."""
+    if native.ndim == 1 and onnx.ndim == 2:
+        return onnx[:, -1] if onnx.shape[1] in (1, 2) else onnx
+    return onnx
+
+
+def labels_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    try:
+        return np.asarray(a.astype(np.float64) == b.astype(np.float64))
+    except (TypeError, ValueError):  # string labels
+        return np.asarray(a.astype(str) == b.astype(str))
+
+
+def compare(native: Outputs, onnx: Outputs, task: str, tol: Tolerance) -> Parity:
+    a = native.scores
+    b = _align_scores(a, onnx.scores)
+    n = len(a)
+    if a.shape != b.shape:
+        return Parity(False, None, float("nan"), float("nan"), n, tol,
+                      reason=f"parity failed: output shapes differ (native {a.shape}, ONNX {b.shape})")
+    diff = np.abs(a - b)
+    both_nan = np.isnan(a) & np.isnan(b)
+    diff = np.where(both_nan, 0.0, diff)
+    # float32 rounding grows with the size of the terms summed, not with the row's result: a
+    # prediction that cancels to ~0 in a model whose outputs are ~1e3 still carries ~1e-4 of
+    # error. Relative error is measured against max(|value|, mean |value| over the sample).
+    scale = np.maximum(np.abs(a), np.nanmean(np.abs(a)) if np.isfinite(a).any() else 0.0)
+    rel = diff / np.maximum(scale, np.finfo(np.float32).tiny)
+    rel = np.where(both_nan, 0.0, rel)
+    max_abs = float(np.nanmax(diff, initial=0.0)) if not np.isnan(diff).all() else float("nan")
+    max_rel = float(np.nanmax(rel, initial=0.0)) if not np.isnan(rel).all() else float("nan")
+    per_row = diff.reshape(n, -1)
+    nan_rows = np.isnan(per_row).any(axis=1)  # NaN on one side only
+    if native.score_kind == "probabilities":
+        allowed = np.full_like(per_row, tol.absolute)
+    else:  # unbounded decision scores and regression values: relative matters
+        allowed = tol.absolute + tol.relative * scale.reshape(n, -1)
+    values_ok = ~nan_rows & np.all(np.nan_to_num(per_row, nan=np.inf) <= allowed, axis=1)
+
+    if task == CLASSIFICATION:
+        assert native.labels is not None and onnx.labels is not None
+        label_ok = labels_equal(native.labels, onnx.labels)
+        agreement = float(label_ok.mean())
+        # A flipped label implies a large probability gap on that row: it is judged by the label
+        # agreement tolerance alone, so label_agreement < 1.0 is a meaningful setting.
+        bad_values = label_ok & ~values_ok
+        row_ok = label_ok & values_ok
+        passed = agreement >= tol.label_agreement and not bad_values.any()
+    else:
+        agreement, label_ok, bad_values, row_ok = None, np.ones(n, bool), ~values_ok, values_ok
+        passed = bool(values_ok.all())
+    mismatched = int((~row_ok).sum())
+    result = Parity(passed, agreement, max_abs, max_rel, mismatched, tol)
+    if mismatched:
+        rows = ", ".join(str(i) for i in np.flatnonzero(~row_ok)[:10])
+        result.warnings.append(f"{mismatched} of {n} rows differ beyond tolerance (rows {rows}"
+                               f"{', ...' if mismatched > 10 else ''})")
+    flipped = int((~label_ok).sum())
+    if flipped:
+        result.warnings.append(
+            f"{flipped} of {n} rows predict a different label in ONNX: onnxruntime compares in "
+            "float32, so rows near a decision threshold can flip (docs/converters.md, float32)"
+        )
+    if not passed:
+        problems = []
+        if agreement is not None and agreement < tol.label_agreement:
+            problems.append(f"label agreement {agreement:.4g} < {tol.label_agreement:g} "
+                            f"({flipped} of {n} rows)")
+        if bad_values.any():
+            what = "probabilities" if native.score_kind == "probabilities" else "values"
+            limit = (f"{tol.absolute:g}" if native.score_kind == "probabilities"
+                     else f"{tol.absolute:g} + {tol.relative:g}*scale")
+            problems.append(f"{what} differ by up to {max_abs:.3g} (> {limit}) on "
+                            f"{int(bad_values.sum())} of {n} rows")
+        result.reason = "parity failed: " + "; ".join(problems or ["outputs differ"])
+    return result
