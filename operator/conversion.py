@@ -100,12 +100,24 @@ class LocalExecutor:
             except ValueError:
                 report = None
             return result_from_report(report, out.as_uri())
+        if (out / ".pid").exists():
+            # It ran and died without a report (a native crash, an OOM kill): say why, do not retry
+            # blindly; the same bytes would crash the same way.
+            return ConversionResult("Failed", reason=f"the conversion process exited without a report: {_last_line(out / 'job.log')}")
         return ConversionResult("Missing")
 
     async def cancel(self, req: ConversionRequest) -> None:
         pid = _read_pid(self._dir(req) / ".pid")
         if pid and _pid_alive(self._dir(req) / ".pid"):
             os.killpg(pid, signal.SIGTERM)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "no output"
 
 
 def _read_pid(path: Path) -> int | None:

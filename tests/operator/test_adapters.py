@@ -156,3 +156,22 @@ def test_builtin_queries_are_valid_promql(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "5 rules found" in out.stdout
     assert "{{" not in exprs[-1] and 'revision="fraud-predictor-00002"' in exprs[-1]
+
+
+async def test_local_executor_reports_a_crash_without_report(tmp_path: Path) -> None:
+    """A conversion that dies without writing report.json fails with its last log line."""
+    from serin.operator.conversion import LocalExecutor
+
+    executor = LocalExecutor(tmp_path, python=str(tmp_path / "fake-python"))
+    (tmp_path / "fake-python").write_text("#!/bin/sh\necho 'Fatal Python error: Aborted' >&2\nkill -ABRT $$\n")
+    (tmp_path / "fake-python").chmod(0o755)
+    assert (await executor.poll(REQ)).state == "Missing"
+    await executor.start(REQ)
+    for _ in range(100):
+        result = await executor.poll(REQ)
+        if result.state != "Running":
+            break
+        import asyncio
+        await asyncio.sleep(0.05)
+    assert result.state == "Failed"
+    assert result.reason == "the conversion process exited without a report: Fatal Python error: Aborted"
