@@ -103,7 +103,8 @@ class LocalExecutor:
         if (out / ".pid").exists():
             # It ran and died without a report (a native crash, an OOM kill): say why, do not retry
             # blindly; the same bytes would crash the same way.
-            return ConversionResult("Failed", reason=f"the conversion process exited without a report: {_last_line(out / 'job.log')}")
+            last = _last_line(out / "job.log")
+            return ConversionResult("Failed", reason=f"the conversion process exited without a report: {last}")
         return ConversionResult("Missing")
 
     async def cancel(self, req: ConversionRequest) -> None:
