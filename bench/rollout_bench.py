@@ -24,13 +24,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from harness import Cluster, OperatorProcess, standin  # noqa: E402
-
-from serin.local import demo_models  # noqa: E402
-from serin.local.controlplane import start_control_plane  # noqa: E402
-from serin.local.dev import CRD_PATHS  # noqa: E402
-from serin.local.loadgen import LoadGenerator  # noqa: E402
-from serin.local.prometheus import start_prometheus  # noqa: E402
+from harness import Cluster, OperatorProcess, standin
+from serin.local import demo_models
+from serin.local.controlplane import start_control_plane
+from serin.local.dev import CRD_PATHS
+from serin.local.loadgen import LoadGenerator
+from serin.local.prometheus import start_prometheus
 
 
 def apply(c: Cluster, files: demo_models.VersionFiles) -> float:

@@ -1,0 +1,46 @@
+"""Runtime metric names and labels: a contract (docs/formats.md) shared with the operator.
+
+The operator imports this module to build its PromQL, so it must stay import-light: constants
+only, no prometheus_client, numpy or onnxruntime.
+"""
+
+from __future__ import annotations
+
+# prometheus_client appends `_total` to counters itself; these are the exposed names.
+REQUESTS_TOTAL = "serin_requests_total"
+REQUEST_DURATION_SECONDS = "serin_request_duration_seconds"
+INFERENCE_ROWS_TOTAL = "serin_inference_rows_total"
+PREDICTIONS_TOTAL = "serin_predictions_total"
+PREDICTION_VALUE = "serin_prediction_value"
+FEATURE_PSI = "serin_feature_psi"
+INPUT_PSI = "serin_input_psi"
+DRIFT_WINDOW_ROWS = "serin_drift_window_rows"
+
+# Label names.
+MODEL = "model"
+REVISION = "revision"
+PROTOCOL = "protocol"  # "v1" | "v2"
+CODE = "code"  # HTTP status code as a string, e.g. "200", "400"
+CLASS = "class"
+FEATURE = "feature"
+
+# Labels per metric, in exposition order.
+LABELS: dict[str, tuple[str, ...]] = {
+    REQUESTS_TOTAL: (MODEL, REVISION, PROTOCOL, CODE),
+    REQUEST_DURATION_SECONDS: (MODEL, REVISION, PROTOCOL),
+    INFERENCE_ROWS_TOTAL: (MODEL, REVISION),
+    PREDICTIONS_TOTAL: (MODEL, REVISION, CLASS),
+    PREDICTION_VALUE: (MODEL, REVISION),
+    FEATURE_PSI: (MODEL, REVISION, FEATURE),
+    INPUT_PSI: (MODEL, REVISION),
+    DRIFT_WINDOW_ROWS: (MODEL, REVISION),
+}
+
+# Request latency buckets (seconds): fine below 50 ms, where canary p99 limits usually sit.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+
+# Conventional PSI bands: < 0.1 no shift, 0.1-0.2 moderate, > 0.2 significant.
+PSI_MODERATE = 0.1
+PSI_SIGNIFICANT = 0.2

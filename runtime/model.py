@@ -1,0 +1,167 @@
+"""The served model: an onnxruntime session, its V2 signature, and response encoding."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from serin.runtime.decode import RequestError
+from serin.runtime.profile import Profile, ProfileError, load_profile
+from serin.runtime.signature import TensorSpec, datatype_of, tensor_spec
+
+log = logging.getLogger("serin.runtime")
+
+_ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the predictions mean, for the prediction metrics."""
+
+    kind: str | None  # "classification" | "regression" | None (unknown: no prediction metrics)
+    output: str | None  # the output holding labels (classification) or values (regression)
+    classes: tuple[str, ...] = ()
+    cuts: tuple[float, ...] = ()
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    # One thread per worker process: parallelism comes from processes (one per core), and a
+    # thread pool per process would oversubscribe the cores and add wake-up latency to tiny runs.
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _nan_inputs(meta: dict[str, str], profile: Profile | None, allow_all: bool) -> set[str] | bool:
+    if allow_all:
+        return True
+    names: set[str] = set(profile.nan_inputs) if profile else set()
+    # ONNX metadata_props `serin.allow_nan`: "true" (every input) or a comma-separated input list.
+    flag = meta.get("serin.allow_nan", "").strip()
+    if flag.lower() == "true":
+        return True
+    names.update(n.strip() for n in flag.split(",") if n.strip())
+    return names
+
+
+class OnnxModel:
+    def __init__(
+        self, name: str, model_dir: Path, *, allow_nan: bool = False, threads: int = 1
+    ) -> None:
+        self.name = name
+        self.model_dir = Path(model_dir)
+        onnx_path = self.model_dir / "model.onnx"
+        if not onnx_path.is_file():
+            raise FileNotFoundError(f"{onnx_path} not found (a Serin model dir holds model.onnx)")
+        self.session = _session(onnx_path, threads)
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.version = meta.get("serin.source_sha256", "")[:12] or None
+        self.profile = self._load_profile()
+        nan = _nan_inputs(meta, self.profile, allow_nan)
+        self.inputs: dict[str, TensorSpec] = {}
+        for arg in self.session.get_inputs():
+            allowed = nan is True or (isinstance(nan, set) and arg.name in nan)
+            spec = tensor_spec(arg.name, arg.type, list(arg.shape), allowed)
+            if spec is None:
+                raise ValueError(f"input {arg.name!r} has type {arg.type}: only tensors are served")
+            self.inputs[arg.name] = spec
+        self.outputs: dict[str, TensorSpec] = {}
+        for arg in self.session.get_outputs():
+            spec = tensor_spec(arg.name, arg.type, list(arg.shape))
+            if spec is None:
+                # ZipMap's sequence of maps has no V2 representation: convert with zipmap off.
+                log.warning("output %r (%s) is not a tensor: not served", arg.name, arg.type)
+                continue
+            self.outputs[arg.name] = spec
+        if not self.outputs:
+            raise ValueError("the model has no tensor outputs to serve")
+        self.output_names = list(self.outputs)
+        self.task = self._task()
+
+    def _load_profile(self) -> Profile | None:
+        path = self.model_dir / "profile.json"
+        if not path.is_file():
+            log.warning("%s not found: serving without drift metrics", path)
+            return None
+        try:
+            return load_profile(path)
+        except ProfileError as exc:
+            # A bad profile must not stop serving: drift monitoring is an add-on to inference.
+            log.error("ignoring profile: %s", exc)
+            return None
+
+    def _task(self) -> Task:
+        pred = self.profile.prediction if self.profile else None
+        if pred and pred.output in self.outputs:
+            return Task(pred.kind, pred.output, pred.classes, pred.cuts)
+        first = self.outputs[self.output_names[0]]
+        if "label" in self.outputs or not first.is_float:
+            return Task("classification", "label" if "label" in self.outputs else first.name)
+        if len(self.outputs) == 1:
+            return Task("regression", first.name)
+        return Task(None, None)
+
+    @property
+    def primary_output(self) -> str:
+        return self.task.output or self.output_names[0]
+
+    def run(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> dict[str, Any]:
+        names = names or self.output_names
+        try:
+            values = self.session.run(names, feeds)
+        except InvalidArgument as exc:
+            # The request already passed validation against the input signature, so a failure
+            # inside the graph is the model failing on valid input: a server error (5xx), which
+            # is what canary analysis counts, not the client's fault (4xx).
+            raise RequestError(f"the model failed on this input: {exc}", status=500) from None
+        return dict(zip(names, values, strict=True))
+
+    # --- responses -------------------------------------------------------------------------
+    def v2_response(self, results: dict[str, Any], request_id: Any) -> bytes:
+        outputs = []
+        for name, value in results.items():
+            arr = np.asarray(value)
+            flat = arr.ravel()
+            outputs.append({
+                "name": name,
+                "shape": list(arr.shape),
+                "datatype": datatype_of(arr),
+                "data": flat.tolist() if flat.dtype.kind in "OUS" else flat,
+            })
+        body: dict[str, Any] = {
+            "model_name": self.name,
+            # The V2 spec and KServe's InferResponse need a string id.
+            "id": str(request_id) if request_id is not None else str(uuid.uuid4()),
+            "outputs": outputs,
+        }
+        if self.version:
+            body["model_version"] = self.version
+        return orjson.dumps(body, option=_ORJSON_OPTS)
+
+    def v1_response(self, results: dict[str, Any]) -> bytes:
+        arr = np.asarray(results[self.primary_output])
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr.ravel()
+        preds = arr.tolist() if arr.dtype.kind in "OUS" else arr
+        return orjson.dumps({"predictions": preds}, option=_ORJSON_OPTS)
+
+    def v2_metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "name": self.name,
+            "platform": "onnxruntime_onnx",
+            "inputs": [s.as_metadata() for s in self.inputs.values()],
+            "outputs": [s.as_metadata() for s in self.outputs.values()],
+        }
+        if self.version:
+            meta["versions"] = [self.version]
+        return meta

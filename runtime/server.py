@@ -1,0 +1,169 @@
+"""Process model: one uvicorn server per worker process, supervised when there are several.
+
+onnxruntime runs on the event loop thread (1 intra-op thread): a worker is CPU-bound and a
+thread pool would only add hand-offs. Throughput scales with processes, one per core. Workers
+bind the port with SO_REUSEPORT so the kernel spreads connections across them; the supervisor
+holds a bound, non-listening socket on the port so a port taken by someone else fails at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serin.runtime.app import App
+
+log = logging.getLogger("serin.runtime")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model_dir: Path
+    name: str
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    revision: str = "local"
+    monitoring: bool = True
+    max_body: int = 8 * 1024 * 1024
+    drift_window: int = 2000
+    drift_min_rows: int = 500
+    drift_interval: float = 2.0
+    allow_nan: bool = False
+    log_level: str = "INFO"
+
+
+def _bind(host: str, port: int, reuse_port: bool, listen: bool = True) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    return sock
+
+
+def build_app(cfg: ServeConfig) -> App:
+    from serin.runtime.app import App
+    from serin.runtime.model import OnnxModel
+
+    model = OnnxModel(cfg.name, cfg.model_dir, allow_nan=cfg.allow_nan)
+    log.info("loaded %s: inputs %s, outputs %s, task %s", cfg.model_dir,
+             [s.as_metadata() for s in model.inputs.values()], model.output_names, model.task.kind)
+    if not cfg.monitoring:
+        return App(model, max_body=cfg.max_body)
+
+    from serin.runtime.drift import Binner, Drift
+    from serin.runtime.monitoring import DriftCollector, Monitor, exposition
+
+    drift = None
+    if model.profile is not None:
+        binner = Binner(model.profile.features, model.inputs)
+        if binner.features:
+            drift = Drift(
+                binner, window=cfg.drift_window, workers=cfg.workers,
+                min_rows=cfg.drift_min_rows, state_dir=Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]),
+            )
+    monitor = Monitor(cfg.name, cfg.revision, model.task, drift)
+    collector = DriftCollector(drift, cfg.name, cfg.revision) if drift else None
+    return App(
+        model, monitor=monitor, drift=drift, metrics=lambda: exposition(collector),
+        max_body=cfg.max_body, drift_interval=cfg.drift_interval,
+    )
+
+
+def run_worker(cfg: ServeConfig, sock: socket.socket | None = None) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(process)d %(name)s "
+                        "%(levelname)s %(message)s")
+    if sock is None:
+        sock = _bind(cfg.host, cfg.port, reuse_port=True)
+    app = build_app(cfg)
+    config = uvicorn.Config(
+        app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+        log_config=None, log_level="warning",
+        # Longer than typical proxy idle timeouts (Envoy/Istio), as KServe does.
+        timeout_keep_alive=65,
+    )
+    log.info("worker %d serving %r on %s:%d", os.getpid(), cfg.name, cfg.host, cfg.port)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve(cfg: ServeConfig) -> int:
+    if cfg.workers <= 1:
+        run_worker(cfg, _bind(cfg.host, cfg.port, reuse_port=False))
+        return 0
+    return _supervise(cfg)
+
+
+def _supervise(cfg: ServeConfig) -> int:
+    guard = _bind(cfg.host, cfg.port, reuse_port=True, listen=False)
+    ctx = mp.get_context("spawn")  # no fork: onnxruntime and uvloop state must not be shared
+    procs: dict[int, mp.process.BaseProcess] = {}
+    started: dict[int, float] = {}
+    fast_failures = 0
+    stopping = False
+
+    def start(slot: int) -> None:
+        p = ctx.Process(target=run_worker, args=(cfg,), name=f"serin-worker-{slot}", daemon=False)
+        p.start()
+        procs[slot], started[slot] = p, time.monotonic()
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs.values():
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)  # uvicorn drains in-flight requests on SIGTERM
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for slot in range(cfg.workers):
+        start(slot)
+    try:
+        while procs:
+            sentinels = {p.sentinel: slot for slot, p in procs.items()}
+            for ready in multiprocessing.connection.wait(list(sentinels), timeout=1.0):
+                slot = sentinels[ready]  # type: ignore[index]
+                p = procs.pop(slot)
+                p.join()
+                _forget(p.pid)
+                if stopping:
+                    continue
+                lived = time.monotonic() - started[slot]
+                fast_failures = fast_failures + 1 if lived < 10 else 0
+                log.error("worker %s exited with %s after %.1fs", p.pid, p.exitcode, lived)
+                if fast_failures >= 3:
+                    log.error("workers keep failing at start: giving up")
+                    stop(signal.SIGTERM, None)
+                    return 1
+                start(slot)
+    finally:
+        guard.close()
+    return 0
+
+
+def _forget(pid: int | None) -> None:
+    """Drop a dead worker's drift share; its counter files stay (counters must not go back)."""
+    state = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if pid is not None and state:
+        Path(state, f"drift-{pid}.bin").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":  # pragma: no cover - spawn children import this module by name
+    sys.exit(0)

@@ -1,0 +1,342 @@
+"""The chart against the real kube-apiserver (RBAC on): server-side dry runs of several value sets,
+helm install / upgrade / uninstall, and the operator's rights proven with `kubectl auth can-i`
+using a real ServiceAccount token (TokenRequest), not impersonation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging_helpers import ALL_MONITORING, CHART, CUSTOM_IMAGES, Helm, values_args
+from serin.local.controlplane import ControlPlane
+
+pytestmark = pytest.mark.packaging
+
+
+def dry_run(cp: ControlPlane, rendered: str) -> str:
+    """Server-side dry run with strict field validation: the apiserver's admission, schema (the
+    CRDs' included) and defaulting all run, nothing is stored."""
+    out = cp.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                     input=rendered, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("values", [{}, CUSTOM_IMAGES, {"servingRuntime": {"create": False}}],
+                         ids=["default", "custom-images", "no-serving-runtime"])
+def test_dry_run_server(helm: Helm, crds: ControlPlane, namespace: str,
+                        values: dict[str, Any]) -> None:
+    rendered = helm.template(values, namespace, "serin", "--include-crds").stdout
+    out = dry_run(crds, rendered)
+    assert "deployment.apps/serin-operator created (server dry run)" in out
+    assert "customresourcedefinition.apiextensions.k8s.io/models.serin.dev" in out
+
+
+def test_operator_pod_meets_the_restricted_pod_security_standard(
+        helm: Helm, crds: ControlPlane, namespace: str) -> None:
+    """The apiserver's PodSecurity admission warns about a Deployment whose Pods a namespace
+    labelled `restricted` would refuse; the operator's Deployment draws no warning."""
+    crds.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+                 "pod-security.kubernetes.io/warn=restricted")
+    rendered = helm.template(None, namespace).stdout
+    out = crds.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stderr, out.stderr
+    # ...and the check has teeth: a root container in the same namespace is warned about.
+    bad = rendered.replace("runAsNonRoot: true", "runAsNonRoot: false")
+    out = crds.kubectl("apply", "--dry-run=server", "-f", "-", input=bad, check=False)
+    assert "would violate PodSecurity" in out.stderr
+
+
+def test_dry_run_server_namespaced(helm: Helm, crds: ControlPlane, namespace: str,
+                                   make_namespace: Callable[[str], str]) -> None:
+    watched = [make_namespace("team"), make_namespace("team")]
+    out = dry_run(crds, helm.template({"watchNamespaces": watched}, namespace).stdout)
+    # One Role and one RoleBinding per watched namespace (kubectl's summary omits namespaces).
+    assert out.count("role.rbac.authorization.k8s.io/serin-operator created") == len(watched)
+    assert out.count("rolebinding.rbac.authorization.k8s.io/serin-operator created") == len(watched)
+    assert "clusterrole.rbac.authorization.k8s.io/serin-operator-crds created (server dry run)" in out
+
+
+@pytest.mark.parametrize("values", [ALL_MONITORING, {"watchNamespaces": ["default"], **ALL_MONITORING}],
+                         ids=["monitoring", "namespaced-monitoring"])
+def test_dry_run_server_monitoring(helm: Helm, monitoring_crds: ControlPlane, namespace: str,
+                                   values: dict[str, Any]) -> None:
+    """ServiceMonitor, PodMonitor and PrometheusRule against minimal typed monitoring.coreos.com
+    CRDs (tests/packaging/monitoring-crds.yaml): a misspelled field is refused."""
+    out = dry_run(monitoring_crds, helm.template(values, namespace).stdout)
+    for kind in ("servicemonitor", "podmonitor", "prometheusrule"):
+        assert f"{kind}.monitoring.coreos.com/serin" in out
+    assert "configmap/serin-dashboard created (server dry run)" in out
+
+
+def test_dry_run_refuses_a_misspelled_monitoring_field(monitoring_crds: ControlPlane,
+                                                       namespace: str) -> None:
+    """The monitoring fixture CRDs are strict enough to catch the mistakes they exist for."""
+    bad = f"""
+apiVersion: monitoring.coreos.com/v1
+kind: PodMonitor
+metadata: {{name: bad, namespace: {namespace}}}
+spec:
+  selector: {{matchLabels: {{a: b}}}}
+  podMetricEndpoints: [{{port: http}}]
+"""
+    out = monitoring_crds.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                                  input=bad, check=False)
+    assert out.returncode != 0 and "podMetricEndpoints" in out.stderr
+
+
+# -- helm install / upgrade / uninstall ----------------------------------------------------------
+
+def kget(cp: ControlPlane, *args: str) -> bool:
+    return cp.kubectl("get", *args, check=False).returncode == 0
+
+
+def test_unstamped_apiserver_is_refused_by_kube_version(cluster_helm: Helm, server_version: str,
+                                                       namespace: str) -> None:
+    """Documents why install_chart may be a copy: the chart's kubeVersion (>=1.27) is enforced
+    against what the apiserver reports, and an unstamped build reports v0.0.0-master."""
+    out = cluster_helm.run("install", "unstamped", str(CHART), "--namespace", namespace,
+                           "--dry-run=client", check=False)
+    if server_version.startswith("v0.0.0"):
+        assert out.returncode != 0 and "chart requires kubeVersion: >=1.27.0-0" in out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
+
+
+def test_install_upgrade_uninstall(cluster_helm: Helm, crds: ControlPlane, namespace: str,
+                                   install_chart: Path,
+                                   make_namespace: Callable[[str], str]) -> None:
+    release = f"serin-{namespace}"
+    name = release  # the release name contains the chart name, so it is the full name
+    install = cluster_helm.run("install", release, str(install_chart), "--namespace", namespace)
+    assert "STATUS: deployed" in install.stdout
+    assert f"kubectl -n {namespace} get deployment {name}-operator" in install.stdout  # NOTES.txt
+    assert kget(crds, "-n", namespace, "deployment", f"{name}-operator")
+    assert kget(crds, "clusterrole", f"{name}-operator")
+    assert kget(crds, "clusterservingruntime", "serin-onnx")
+    assert kget(crds, "crd", "models.serin.dev")
+
+    # Upgrade into namespaced mode: the cluster-wide role goes, per-namespace Roles come.
+    watched = make_namespace("team")
+    cluster_helm.run("upgrade", release, str(install_chart), "--namespace", namespace,
+                     *values_args({"watchNamespaces": [watched], "operator": {"replicas": 1}}))
+    replicas = crds.kubectl("get", "-n", namespace, "deployment", f"{name}-operator",
+                            "-o", "jsonpath={.spec.replicas}").stdout
+    assert replicas == "1"
+    assert not kget(crds, "clusterrole", f"{name}-operator")
+    assert kget(crds, "clusterrole", f"{name}-operator-crds")
+    assert kget(crds, "-n", watched, "role", f"{name}-operator")
+    assert kget(crds, "-n", watched, "serviceaccount", "serin-converter")
+    history = cluster_helm.run("history", release, "--namespace", namespace).stdout
+    assert "Upgrade complete" in history
+
+    cluster_helm.run("uninstall", release, "--namespace", namespace)
+    assert not kget(crds, "-n", namespace, "deployment", f"{name}-operator")
+    assert not kget(crds, "clusterrole", f"{name}-operator-crds")
+    assert not kget(crds, "-n", watched, "role", f"{name}-operator")
+    assert not kget(crds, "clusterservingruntime", "serin-onnx")
+    # Helm never deletes CRDs from crds/: Models (and the data in them) outlive the release.
+    assert kget(crds, "crd", "models.serin.dev")
+
+
+# -- RBAC, proven as the ServiceAccounts themselves ----------------------------------------------
+
+@dataclass
+class Release:
+    namespace: str
+    operator: Path  # kubeconfig with the serin-operator token
+    converter: Path  # kubeconfig with the serin-converter token
+    watched: list[str]
+    unwatched: str
+
+
+@pytest.fixture(scope="module")
+def cluster_wide(cluster_helm: Helm, crds: ControlPlane, install_chart: Path) -> Iterator[Release]:
+    yield from _release(cluster_helm, crds, install_chart, namespaced=False)
+
+
+@pytest.fixture(scope="module")
+def namespaced(cluster_helm: Helm, crds: ControlPlane, install_chart: Path) -> Iterator[Release]:
+    yield from _release(cluster_helm, crds, install_chart, namespaced=True)
+
+
+def _release(helm: Helm, cp: ControlPlane, chart: Path, namespaced: bool) -> Iterator[Release]:
+    suffix = uuid.uuid4().hex[:6]
+    ns, team_a, team_b, other = (f"{p}-{suffix}" for p in ("serin", "team-a", "team-b", "other"))
+    for n in (ns, team_a, team_b, other):
+        cp.kubectl("create", "namespace", n)
+    values: dict[str, Any] = {"servingRuntime": {"create": False}}  # cluster-scoped: one owner
+    if namespaced:
+        values["watchNamespaces"] = [team_a, team_b]
+    release = f"serin-rbac-{suffix}"
+    helm.run("install", release, str(chart), "--namespace", ns, *values_args(values))
+    try:
+        yield Release(ns, cp.service_account_kubeconfig(ns, "serin-operator"),
+                      cp.service_account_kubeconfig(ns, "serin-converter"),
+                      [team_a, team_b] if namespaced else [team_a, team_b, other],
+                      other if namespaced else "")
+    finally:
+        helm.run("uninstall", release, "--namespace", ns, check=False)
+        for n in (ns, team_a, team_b, other):
+            cp.kubectl("delete", "namespace", n, "--wait=false", check=False)
+
+
+def can_i(cp: ControlPlane, kubeconfig: Path, verb: str, resource: str,
+          namespace: str | None) -> bool:
+    where = ["--all-namespaces"] if namespace is None else ["-n", namespace]
+    resource, _, name = resource.partition(":")
+    resource, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, f"{resource}/{name}" if name else resource, *where]
+    if sub:
+        args.append(f"--subresource={sub}")
+    out = cp.kubectl(*args, kubeconfig=kubeconfig, check=False)
+    answer = out.stdout.strip()
+    assert answer in ("yes", "no"), f"kubectl {' '.join(args)}: {out.stdout} {out.stderr}"
+    return answer == "yes"
+
+
+# (verb, resource) the operator needs in every namespace it watches.
+NEEDED_IN_WATCHED = [
+    *[(v, "models.serin.dev") for v in ("get", "list", "watch", "patch")],
+    *[(v, "models.serin.dev/status") for v in ("get", "patch", "update")],
+    *[(v, "inferenceservices.serving.kserve.io")
+      for v in ("get", "list", "watch", "create", "patch", "update", "delete")],
+    *[(v, "jobs.batch") for v in ("get", "list", "watch", "create", "delete")],
+    *[(v, "pods") for v in ("get", "list", "watch")],
+    ("get", "pods/log"),
+    *[(v, "events") for v in ("create", "patch")],
+    *[(v, "events.events.k8s.io") for v in ("create", "patch")],
+]
+# What it must never do, anywhere (None: checked across all namespaces).
+FORBIDDEN = [
+    ("get", "secrets", None), ("list", "secrets", None), ("watch", "secrets", None),
+    ("create", "pods/exec", None), ("create", "pods", None), ("delete", "pods", None),
+    ("create", "roles.rbac.authorization.k8s.io", None),
+    ("patch", "roles.rbac.authorization.k8s.io", None),
+    ("create", "rolebindings.rbac.authorization.k8s.io", None),
+    ("create", "clusterroles.rbac.authorization.k8s.io", None),
+    ("patch", "clusterroles.rbac.authorization.k8s.io", None),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
+    ("delete", "namespaces", None), ("get", "namespaces", None), ("create", "namespaces", None),
+    ("patch", "nodes", None), ("create", "serviceaccounts/token", None),
+    ("create", "serviceaccounts", None), ("get", "configmaps", None),
+    ("update", "models.serin.dev", None), ("create", "models.serin.dev", None),
+    ("delete", "models.serin.dev", None), ("update", "jobs.batch", None),
+    ("patch", "jobs.batch", None), ("update", "inferenceservices.serving.kserve.io/status", None),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("patch", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("create", "clusterservingruntimes.serving.kserve.io", None),
+    ("list", "leases.coordination.k8s.io", None), ("delete", "leases.coordination.k8s.io", None),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io", None),
+    ("bind", "clusterroles.rbac.authorization.k8s.io", None),
+    ("impersonate", "serviceaccounts", None),
+]
+CLUSTER_READS = [(v, "customresourcedefinitions.apiextensions.k8s.io") for v in ("get", "list", "watch")]
+# name:NAME asks about one object (RBAC resourceNames): get/update only on the operator's Lease.
+LEASES = [("create", "leases.coordination.k8s.io"), ("get", "leases.coordination.k8s.io:serin-operator"),
+          ("update", "leases.coordination.k8s.io:serin-operator")]
+OTHER_LEASES = [("get", "leases.coordination.k8s.io:another"), ("update", "leases.coordination.k8s.io:another"),
+                ("get", "leases.coordination.k8s.io"), ("update", "leases.coordination.k8s.io")]
+
+
+def ids(cases: list[tuple[Any, ...]]) -> list[str]:
+    return [" ".join(str(c) for c in case if c) for case in cases]
+
+
+@pytest.mark.parametrize(("verb", "resource"), NEEDED_IN_WATCHED, ids=ids(NEEDED_IN_WATCHED))
+def test_cluster_wide_operator_can_in_any_namespace(crds: ControlPlane, cluster_wide: Release,
+                                                     verb: str, resource: str) -> None:
+    for ns in cluster_wide.watched:
+        assert can_i(crds, cluster_wide.operator, verb, resource, ns), f"{verb} {resource} -n {ns}"
+    assert can_i(crds, cluster_wide.operator, verb, resource, None), f"{verb} {resource} -A"
+
+
+@pytest.mark.parametrize(("verb", "resource", "scope"), [
+    *[(v, r, "cluster") for v, r in CLUSTER_READS],
+    ("list", "namespaces", "cluster"), ("watch", "namespaces", "cluster"),
+    *[(v, r, "release-namespace") for v, r in LEASES],
+], ids=ids([*[(v, r) for v, r in CLUSTER_READS], ("list", "namespaces"), ("watch", "namespaces"),
+            *[(v, r) for v, r in LEASES]]))
+def test_cluster_wide_operator_cluster_reads_and_leases(crds: ControlPlane, cluster_wide: Release,
+                                                        verb: str, resource: str, scope: str) -> None:
+    ns = cluster_wide.namespace if scope == "release-namespace" else None
+    assert can_i(crds, cluster_wide.operator, verb, resource, ns)
+
+
+@pytest.mark.parametrize(("verb", "resource"), OTHER_LEASES, ids=ids(OTHER_LEASES))
+def test_no_other_leases_in_the_release_namespace(crds: ControlPlane, cluster_wide: Release,
+                                                  verb: str, resource: str) -> None:
+    assert not can_i(crds, cluster_wide.operator, verb, resource, cluster_wide.namespace)
+
+
+@pytest.mark.parametrize(("verb", "resource"), LEASES, ids=ids(LEASES))
+def test_leases_only_in_the_release_namespace(crds: ControlPlane, cluster_wide: Release,
+                                              verb: str, resource: str) -> None:
+    assert not can_i(crds, cluster_wide.operator, verb, resource, cluster_wide.watched[0])
+
+
+@pytest.mark.parametrize(("verb", "resource", "namespace"), FORBIDDEN, ids=ids(FORBIDDEN))
+def test_cluster_wide_operator_cannot(crds: ControlPlane, cluster_wide: Release, verb: str,
+                                      resource: str, namespace: str | None) -> None:
+    assert not can_i(crds, cluster_wide.operator, verb, resource, namespace)
+
+
+CONVERTER_FORBIDDEN = [("list", "pods"), ("get", "pods"), ("get", "models.serin.dev"),
+                       ("get", "secrets"), ("list", "configmaps"), ("create", "jobs.batch"),
+                       ("get", "jobs.batch"), ("create", "serviceaccounts/token"),
+                       ("get", "inferenceservices.serving.kserve.io")]
+
+
+@pytest.mark.parametrize(("verb", "resource"), CONVERTER_FORBIDDEN, ids=ids(CONVERTER_FORBIDDEN))
+def test_converter_service_account_can_do_nothing(crds: ControlPlane, cluster_wide: Release,
+                                                  verb: str, resource: str) -> None:
+    assert not can_i(crds, cluster_wide.converter, verb, resource, cluster_wide.namespace)
+    assert not can_i(crds, cluster_wide.converter, verb, resource, None)
+
+
+@pytest.mark.parametrize(("verb", "resource"), NEEDED_IN_WATCHED, ids=ids(NEEDED_IN_WATCHED))
+def test_namespaced_operator_can_only_in_watched_namespaces(crds: ControlPlane, namespaced: Release,
+                                                            verb: str, resource: str) -> None:
+    for ns in namespaced.watched:
+        assert can_i(crds, namespaced.operator, verb, resource, ns), f"{verb} {resource} -n {ns}"
+    assert not can_i(crds, namespaced.operator, verb, resource, namespaced.unwatched)
+    assert not can_i(crds, namespaced.operator, verb, resource, namespaced.namespace)
+    assert not can_i(crds, namespaced.operator, verb, resource, None)
+
+
+@pytest.mark.parametrize(("verb", "resource", "expected"), [
+    *[(v, r, True) for v, r in CLUSTER_READS],
+    ("list", "namespaces", False), ("watch", "namespaces", False),
+], ids=ids([*[(v, r, "yes") for v, r in CLUSTER_READS], ("list", "namespaces", "no"),
+            ("watch", "namespaces", "no")]))
+def test_namespaced_operator_cluster_scope(crds: ControlPlane, namespaced: Release, verb: str,
+                                           resource: str, expected: bool) -> None:
+    assert can_i(crds, namespaced.operator, verb, resource, None) is expected
+
+
+@pytest.mark.parametrize(("verb", "resource"), LEASES, ids=ids(LEASES))
+def test_namespaced_operator_leases(crds: ControlPlane, namespaced: Release, verb: str,
+                                    resource: str) -> None:
+    assert can_i(crds, namespaced.operator, verb, resource, namespaced.namespace)
+    assert not can_i(crds, namespaced.operator, verb, resource, namespaced.unwatched)
+
+
+@pytest.mark.parametrize(("verb", "resource", "namespace"), FORBIDDEN, ids=ids(FORBIDDEN))
+def test_namespaced_operator_cannot(crds: ControlPlane, namespaced: Release, verb: str,
+                                    resource: str, namespace: str | None) -> None:
+    assert not can_i(crds, namespaced.operator, verb, resource, namespace)
+    assert not can_i(crds, namespaced.operator, verb, resource, namespaced.watched[0])
+
+
+def test_converter_service_account_is_in_watched_namespaces_without_token(
+        crds: ControlPlane, namespaced: Release) -> None:
+    for ns in [namespaced.namespace, *namespaced.watched]:
+        out = crds.kubectl("get", "-n", ns, "serviceaccount", "serin-converter",
+                           "-o", "jsonpath={.automountServiceAccountToken}").stdout
+        assert out == "false", ns
