@@ -57,7 +57,8 @@ def one_run(cp, prom, root: Path, i: int, bad: bool, versions: dict) -> dict:  #
             try:
                 time.sleep(3)
                 t_apply = apply(c, versions["bad" if bad else f"good{i % 3}"])
-                c.wait("canary at step 1", lambda m: bool((m.get("status") or {}).get("canary", {}).get("trafficSince")),
+                c.wait("canary at step 1",
+                       lambda m: bool((m.get("status") or {}).get("canary", {}).get("trafficSince")),
                        timeout=180)
                 t_step1 = time.monotonic() - t_apply
                 end = c.wait("rollout finished", lambda m: (m.get("status") or {}).get("observedGeneration") == 2
@@ -89,7 +90,8 @@ def main() -> int:
     try:
         for path in CRD_PATHS:
             cp.kubectl("apply", "--server-side", "-f", str(path))
-        cp.kubectl("wait", "--for=condition=Established", "crd/models.serin.dev", "crd/inferenceservices.serving.kserve.io")
+        cp.kubectl("wait", "--for=condition=Established", "crd/models.serin.dev",
+                   "crd/inferenceservices.serving.kserve.io")
         versions = {"v1": demo_models.sklearn_version(root / "v1", seed=1),
                     "bad": demo_models.erroring_version(root / "bad")}
         versions |= {f"good{k}": demo_models.sklearn_version(root / f"good{k}", seed=2 + k) for k in range(3)}
