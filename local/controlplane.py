@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -286,6 +285,3 @@ def start_control_plane(workdir: Path, controller_manager: bool = True) -> Contr
         raise
     return cp
 
-
-def remove_workdir(cp: ControlPlane) -> None:
-    shutil.rmtree(cp.workdir, ignore_errors=True)

@@ -76,7 +76,8 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     status = status_from_dict(model.get("status"))
     generation = int(model["metadata"]["generation"])
 
-    serving = kserve.observe(await deps.kube.get_isvc(namespace, name))
+    isvc = await deps.kube.get_isvc(namespace, name)
+    serving = kserve.observe(isvc)
     conversion = None
     if status.pending is not None:
         p = status.pending
@@ -93,13 +94,13 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
         await deps.kube.patch_model_status(model, new_status)
     _failpoint("after-persist", decision)
     for action in decision.actions:
-        await _apply(deps, model, spec, status, decision, action, now)
+        await _apply(deps, model, spec, status, isvc, action, now)
     _observe_metrics(namespace, name, decision, measured=measurements is not None)
     return decision
 
 
-async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Status, decision: Decision,
-                 action: Any, now: dt.datetime) -> None:
+async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Status,
+                 isvc: dict[str, Any] | None, action: Any, now: dt.datetime) -> None:
     meta = model["metadata"]
     if isinstance(action, StartConversion):
         await deps.executor.start(
@@ -107,7 +108,8 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
     elif isinstance(action, CancelConversion):
         await deps.executor.cancel(conversion_request(model, spec, action.generation, action.versionKey, 1))
     elif isinstance(action, ApplyServing):
-        current = await deps.kube.get_isvc(meta["namespace"], meta["name"])
+        # The InferenceService read at the top of this tick: only this operator writes its spec.
+        current = isvc
         if current is None:
             await deps.kube.create_isvc(
                 kserve.isvc_body(meta["name"], meta["namespace"], owner_reference(model), action, spec))
