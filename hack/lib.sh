@@ -13,7 +13,10 @@ ETCD_VERSION="v3.6.5"
 HELM_VERSION="v3.19.0"
 export KUBE_VERSION ETCD_VERSION HELM_VERSION
 
-SERIN_BIN="$SERIN_CACHE/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
+# BUILD_REV changes whenever the way the binaries are built changes (r2: version ldflags), so a warm
+# cache never serves binaries from an older recipe.
+BUILD_REV="r2"
+SERIN_BIN="$SERIN_CACHE/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-$BUILD_REV"
 SERIN_VENV="$SERIN_CACHE/venv-py311"
 export SERIN_BIN SERIN_VENV
 

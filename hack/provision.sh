@@ -26,9 +26,16 @@ build_kube() {
       *) pkgs+=("k8s.io/kubernetes/cmd/$b") ;;
     esac
   done
+  # Stamp the version the way Kubernetes' own hack/lib/version.sh does: an unstamped build reports
+  # v0.0.0-master, which clients that check the server version (helm's kubeVersion) refuse.
+  local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}" ldflags=(-s -w)
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=(-X "$pkg.gitVersion=$KUBE_VERSION" -X "$pkg.gitMajor=1" -X "$pkg.gitMinor=$minor"
+              -X "$pkg.gitTreeState=clean")
+  done
   # GOFLAGS=-mod=readonly: go.sum in the repo is the pin; a build never rewrites it.
   (cd "$SERIN_ROOT/hack/tools" && GOFLAGS=-mod=readonly GOTOOLCHAIN=local \
-     go build -trimpath -ldflags='-s -w' -o "$SERIN_BIN.tmp/" "${pkgs[@]}")
+     go build -trimpath -ldflags="${ldflags[*]}" -o "$SERIN_BIN.tmp/" "${pkgs[@]}")
   mkdir -p "$SERIN_BIN"
   mv "$SERIN_BIN.tmp"/* "$SERIN_BIN/"
   rmdir "$SERIN_BIN.tmp"

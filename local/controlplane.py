@@ -207,6 +207,10 @@ class ControlPlane:
             # No kubelet, so nothing can create the per-namespace default ServiceAccount in time for
             # admission; Pods are never run here anyway.
             "--disable-admission-plugins=ServiceAccount",
+            # Strict like OpenShift and hardened clusters: setting blockOwnerDeletion on an owner
+            # reference needs update on the owner's finalizers, so the chart's RBAC is tested
+            # against the stricter rule.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             "--v=1",
         ]
 

@@ -22,7 +22,8 @@ def standin_argv(kubeconfig: Path, workdir: Path, file_sd: Path | None, namespac
     return argv
 
 
-def operator_argv(prometheus_url: str, store: Path, namespace: str | None = None, metrics_port: int = 0) -> list[str]:
+def operator_argv(prometheus_url: str, store: Path | str, namespace: str | None = None,
+                  metrics_port: int = 0) -> list[str]:
     argv = [sys.executable, "-m", "serin.operator.cli", "operator", "--prometheus-url", prometheus_url,
             "--model-store", str(store)]
     if namespace:

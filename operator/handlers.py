@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -94,7 +95,12 @@ class Registry:
 
 def _short(err: BaseException) -> str:
     if isinstance(err, ApiException):
-        return f"API {err.status} {err.reason}"
+        # The apiserver's Status message says what was refused and why (e.g. which RBAC verb).
+        try:
+            message = json.loads(err.body or "{}").get("message", "")
+        except (ValueError, AttributeError):
+            message = ""
+        return f"API {err.status} {err.reason}" + (f": {message}" if message else "")
     return f"{type(err).__name__}: {err}"
 
 
@@ -106,11 +112,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # Serin posts its own Events
     settings.persistence.finalizer = "serin.dev/kopf-finalizer"  # never used: no handler needs one
     settings.watching.server_timeout = 60
-    if os.environ.get("SERIN_IN_CLUSTER") == "1":
-        config.load_incluster_config()
-    else:
-        await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    # No cluster scanning: Serin watches one CRD it knows, in cluster-wide mode or in namespaces named
+    # exactly, so kopf needs neither list/watch on namespaces nor on CRDs. That keeps the chart's
+    # namespaced mode free of any cluster-scoped right. The price, a CRD installed after start-up
+    # going unnoticed, is paid by the check below instead: fail loudly, let the Pod restart.
+    settings.scanning.disabled = True
+    await load_client_config()
     api = client.ApiClient()
+    await require_model_api(api)
     kube = Kube(api)
     executor_kind = os.environ.get("SERIN_EXECUTOR", "local")
     executor: Any
@@ -131,6 +140,29 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if port:
         start_http_server(port)
     log.info("serin operator started: executor=%s, leader election=%s", executor_kind, bool(lease_ns))
+
+
+async def load_client_config() -> None:
+    """In a Pod (client-go's rule: KUBERNETES_SERVICE_HOST set and the token mounted) use the Pod's
+    ServiceAccount; otherwise $KUBECONFIG or ~/.kube/config. An explicit KUBECONFIG always wins."""
+    token = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG") and token.exists():
+        config.load_incluster_config()
+    else:
+        await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+
+
+async def require_model_api(api: client.ApiClient) -> None:
+    """Refuse to start (a clear error, then a Pod restart) when the Model CRD is not installed:
+    without it kopf would run and silently serve nothing."""
+    try:
+        await client.CustomObjectsApi(api).get_api_resources(GROUP, VERSION)
+    except ApiException as err:
+        if err.status == 404:
+            raise kopf.PermanentError(
+                f"the {PLURAL}.{GROUP}/{VERSION} API is not served: install the CRD "
+                "(helm install, or kubectl apply -f manifests/crds/) and restart the operator") from None
+        raise
 
 
 @kopf.on.cleanup()

@@ -60,15 +60,19 @@ def make_artifacts(directory: Path) -> Artifacts:
 
 
 class OperatorProcess:
-    """`serin operator` for one namespace, as a real process."""
+    """`serin operator` as a real process: for one namespace (or all, namespace=None), as the
+    cluster admin or as the identity in `kubeconfig` (e.g. the Helm chart's ServiceAccount)."""
 
-    def __init__(self, cp: ControlPlane, namespace: str, prometheus_url: str, store: Path, log: Path) -> None:
+    def __init__(self, cp: ControlPlane, namespace: str | None, prometheus_url: str, store: Path | str, log: Path,
+                 kubeconfig: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.cp, self.namespace, self.prometheus_url, self.store, self.log = cp, namespace, prometheus_url, store, log
+        self.kubeconfig = kubeconfig or cp.kubeconfig
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, failpoint: str = "") -> OperatorProcess:
-        env = os.environ | {"KUBECONFIG": str(self.cp.kubeconfig), "SERIN_TICK_SECONDS": "0.5",
-                            "SERIN_FAILPOINT": failpoint}
+        env = os.environ | {"KUBECONFIG": str(self.kubeconfig), "SERIN_TICK_SECONDS": "0.5",
+                            "SERIN_FAILPOINT": failpoint} | self.env
         with self.log.open("ab") as out:
             out.write(f"\n=== start failpoint={failpoint!r} ===\n".encode())
             self.proc = subprocess.Popen(operator_argv(self.prometheus_url, self.store, self.namespace),
@@ -110,13 +114,16 @@ class Cluster:
     name: str = "fraud"
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
-    def apply(self, uri: Path, rollout: dict[str, Any] | None = None, **source: Any) -> None:
-        body = {
+    def apply(self, uri: Path, rollout: dict[str, Any] | None = None, conversion: dict[str, Any] | None = None,
+              **source: Any) -> None:
+        body: dict[str, Any] = {
             "apiVersion": "serin.dev/v1alpha1", "kind": "Model",
             "metadata": {"name": self.name, "namespace": self.namespace},
             "spec": {"source": {"uri": uri.as_uri(), "sampleUri": self.artifacts.sample.as_uri()} | source,
                      "rollout": rollout or FAST_ROLLOUT},
         }
+        if conversion:
+            body["spec"]["conversion"] = conversion
         self.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
 
     def patch(self, patch: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from packaging_helpers import MONITORING_CRDS, Helm, installable_chart
+from packaging_helpers import CHART, MONITORING_CRDS, Helm
 from serin.local.controlplane import ControlPlane, provision
 
 
@@ -61,6 +61,7 @@ def server_version(crds: ControlPlane) -> str:
 
 
 @pytest.fixture(scope="session")
-def install_chart(server_version: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The chart path for `helm install` (see packaging_helpers.installable_chart)."""
-    return installable_chart(server_version, tmp_path_factory.mktemp("chart"))
+def install_chart() -> Path:
+    """The chart exactly as shipped: the provisioned apiserver is version-stamped, so the chart's
+    kubeVersion constraint is enforced for real (test_chart_kube_version_is_enforced)."""
+    return CHART

@@ -70,25 +70,3 @@ def find(objects: list[dict[str, Any]], kind: str, name: str | None = None,
     return [o for o in objects if o["kind"] == kind
             and (name is None or o["metadata"]["name"] == name)
             and (namespace is None or o["metadata"].get("namespace") == namespace)]
-
-
-def installable_chart(server_version: str, workdir: Path) -> Path:
-    """The chart to `helm install` into a server reporting `server_version`.
-
-    A kube-apiserver built with `go build` and no version ldflags reports v0.0.0-master+$Format:%H$,
-    which no kubeVersion constraint accepts: helm install refuses the chart for that alone (test
-    test_unstamped_apiserver_is_refused_by_kube_version proves it). Against such a server this
-    returns a copy of the chart with kubeVersion removed and nothing else changed; against a stamped
-    server, the chart itself.
-    """
-    if not server_version.startswith("v0.0.0"):
-        return CHART
-    import shutil
-
-    copy = workdir / "serin"
-    if not copy.exists():
-        shutil.copytree(CHART, copy, symlinks=False)
-        chart_yaml = copy / "Chart.yaml"
-        lines = chart_yaml.read_text().splitlines(keepends=True)
-        chart_yaml.write_text("".join(line for line in lines if not line.startswith("kubeVersion:")))
-    return copy

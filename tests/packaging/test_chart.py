@@ -38,18 +38,17 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 }
 
 # What the operator needs, exactly (docs/install.md has the reasons). (group, resource) -> verbs.
+# Exactly the calls the operator makes (see templates/_rbac.tpl); test_cluster.py proves them
+# sufficient by running the operator with them.
 NAMESPACED_RULES = {
     ("serin.dev", "models"): {"get", "list", "watch", "patch"},
-    ("serin.dev", "models/status"): {"get", "patch", "update"},
-    ("serving.kserve.io", "inferenceservices"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "pods/log"): {"get"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("serin.dev", "models/status"): {"patch"},
+    ("serin.dev", "models/finalizers"): {"update"},
+    ("serving.kserve.io", "inferenceservices"): {"get", "create", "patch"},
+    ("batch", "jobs"): {"get", "create", "delete"},
+    ("", "pods"): {"list"},
+    ("", "events"): {"create"},
 }
-CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
-NAMESPACE_RULES = {("", "namespaces"): {"list", "watch"}}
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"create"},
                ("coordination.k8s.io", "leases", "serin-operator"): {"get", "update"}}
 
@@ -117,7 +116,7 @@ def test_operator_env_probes_and_ports(helm: Helm) -> None:
     assert env["SERIN_CONVERTER_IMAGE"]["value"] == "ghcr.io/serin/converter:0.1.0"
     assert env["SERIN_CONVERSION_SERVICE_ACCOUNT"]["value"] == "serin-converter"
     assert env["SERIN_MODEL_STORE"]["value"] == "pvc://serin-models"
-    assert env["SERIN_IN_CLUSTER"]["value"] == "1"  # in-cluster config, not a kubeconfig
+    assert "KUBECONFIG" not in env  # in a Pod the operator uses its ServiceAccount (auto-detected)
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8080, "health": 8081}
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -161,7 +160,7 @@ def test_custom_images_and_digests(helm: Helm) -> None:
 def test_cluster_wide_rbac_is_exactly_what_the_operator_needs(helm: Helm) -> None:
     objects = helm.objects()
     (cluster_role,) = find(objects, "ClusterRole")
-    assert rules_of(cluster_role) == {**NAMESPACED_RULES, **CRD_RULES, **NAMESPACE_RULES}
+    assert rules_of(cluster_role) == NAMESPACED_RULES
     (leases,) = find(objects, "Role")
     assert leases["metadata"]["namespace"] == "serin-system"
     assert rules_of(leases) == LEASE_RULES
@@ -171,10 +170,9 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_needs(helm: Helm) -> Non
     assert not find(objects, "RoleBinding", namespace="team-a")
 
 
-def test_namespaced_rbac_has_a_role_per_namespace_and_only_crd_reads_cluster_wide(helm: Helm) -> None:
+def test_namespaced_rbac_has_a_role_per_namespace_and_nothing_cluster_wide(helm: Helm) -> None:
     objects = helm.objects({"watchNamespaces": ["team-a", "team-b"]})
-    (cluster_role,) = find(objects, "ClusterRole")
-    assert rules_of(cluster_role) == CRD_RULES
+    assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
     for ns in ("team-a", "team-b"):
         (role,) = find(objects, "Role", namespace=ns)
         assert rules_of(role) == NAMESPACED_RULES

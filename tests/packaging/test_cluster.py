@@ -4,6 +4,12 @@ using a real ServiceAccount token (TokenRequest), not impersonation."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from packaging_helpers import ALL_MONITORING, CHART, CUSTOM_IMAGES, Helm, values_args
+from harness import FAST_ROLLOUT, Artifacts, Cluster, OperatorProcess, standin
+from packaging_helpers import ALL_MONITORING, CHART, CUSTOM_IMAGES, KUBE_VERSION, Helm, values_args
 from serin.local.controlplane import ControlPlane
+from serin.local.prometheus import Prometheus
 
 pytestmark = pytest.mark.packaging
 
@@ -59,7 +67,8 @@ def test_dry_run_server_namespaced(helm: Helm, crds: ControlPlane, namespace: st
     # One Role and one RoleBinding per watched namespace (kubectl's summary omits namespaces).
     assert out.count("role.rbac.authorization.k8s.io/serin-operator created") == len(watched)
     assert out.count("rolebinding.rbac.authorization.k8s.io/serin-operator created") == len(watched)
-    assert "clusterrole.rbac.authorization.k8s.io/serin-operator-crds created (server dry run)" in out
+    # Namespaced mode asks for no cluster-scoped right at all.
+    assert "clusterrole" not in out
 
 
 @pytest.mark.parametrize("values", [ALL_MONITORING, {"watchNamespaces": ["default"], **ALL_MONITORING}],
@@ -96,16 +105,19 @@ def kget(cp: ControlPlane, *args: str) -> bool:
     return cp.kubectl("get", *args, check=False).returncode == 0
 
 
-def test_unstamped_apiserver_is_refused_by_kube_version(cluster_helm: Helm, server_version: str,
-                                                       namespace: str) -> None:
-    """Documents why install_chart may be a copy: the chart's kubeVersion (>=1.27) is enforced
-    against what the apiserver reports, and an unstamped build reports v0.0.0-master."""
-    out = cluster_helm.run("install", "unstamped", str(CHART), "--namespace", namespace,
-                           "--dry-run=client", check=False)
-    if server_version.startswith("v0.0.0"):
-        assert out.returncode != 0 and "chart requires kubeVersion: >=1.27.0-0" in out.stderr
-    else:
-        assert out.returncode == 0, out.stderr
+def test_chart_kube_version_is_enforced(cluster_helm: Helm, server_version: str, namespace: str,
+                                        tmp_path: Path) -> None:
+    """The apiserver reports the pinned release (provision.sh stamps it), the shipped chart installs
+    against it, and a chart demanding a newer Kubernetes is refused by that same check."""
+    assert server_version == f"v{KUBE_VERSION}"
+    ok = cluster_helm.run("install", "kv", str(CHART), "--namespace", namespace, "--dry-run=client")
+    assert ok.returncode == 0, ok.stderr
+    newer = tmp_path / "serin"
+    shutil.copytree(CHART, newer)
+    chart_yaml = newer / "Chart.yaml"
+    chart_yaml.write_text(re.sub(r"(?m)^kubeVersion:.*$", 'kubeVersion: ">=9.0.0-0"', chart_yaml.read_text()))
+    out = cluster_helm.run("install", "kv", str(newer), "--namespace", namespace, "--dry-run=client", check=False)
+    assert out.returncode != 0 and "chart requires kubeVersion: >=9.0.0-0" in out.stderr
 
 
 def test_install_upgrade_uninstall(cluster_helm: Helm, crds: ControlPlane, namespace: str,
@@ -129,7 +141,7 @@ def test_install_upgrade_uninstall(cluster_helm: Helm, crds: ControlPlane, names
                             "-o", "jsonpath={.spec.replicas}").stdout
     assert replicas == "1"
     assert not kget(crds, "clusterrole", f"{name}-operator")
-    assert kget(crds, "clusterrole", f"{name}-operator-crds")
+    assert not kget(crds, "clusterrolebinding", f"{name}-operator")
     assert kget(crds, "-n", watched, "role", f"{name}-operator")
     assert kget(crds, "-n", watched, "serviceaccount", "serin-converter")
     history = cluster_helm.run("history", release, "--namespace", namespace).stdout
@@ -137,7 +149,6 @@ def test_install_upgrade_uninstall(cluster_helm: Helm, crds: ControlPlane, names
 
     cluster_helm.run("uninstall", release, "--namespace", namespace)
     assert not kget(crds, "-n", namespace, "deployment", f"{name}-operator")
-    assert not kget(crds, "clusterrole", f"{name}-operator-crds")
     assert not kget(crds, "-n", watched, "role", f"{name}-operator")
     assert not kget(crds, "clusterservingruntime", "serin-onnx")
     # Helm never deletes CRDs from crds/: Models (and the data in them) outlive the release.
@@ -200,17 +211,25 @@ def can_i(cp: ControlPlane, kubeconfig: Path, verb: str, resource: str,
     return answer == "yes"
 
 
-# (verb, resource) the operator needs in every namespace it watches.
+# (verb, resource) the operator needs in every namespace it watches: exactly the calls it makes
+# (see charts/serin/templates/_rbac.tpl for which call needs which). test_operator_as_its_*
+# below prove the set sufficient by running the operator with this identity.
 NEEDED_IN_WATCHED = [
     *[(v, "models.serin.dev") for v in ("get", "list", "watch", "patch")],
-    *[(v, "models.serin.dev/status") for v in ("get", "patch", "update")],
-    *[(v, "inferenceservices.serving.kserve.io")
-      for v in ("get", "list", "watch", "create", "patch", "update", "delete")],
-    *[(v, "jobs.batch") for v in ("get", "list", "watch", "create", "delete")],
-    *[(v, "pods") for v in ("get", "list", "watch")],
-    ("get", "pods/log"),
-    *[(v, "events") for v in ("create", "patch")],
-    *[(v, "events.events.k8s.io") for v in ("create", "patch")],
+    ("patch", "models.serin.dev/status"),
+    ("update", "models.serin.dev/finalizers"),
+    *[(v, "inferenceservices.serving.kserve.io") for v in ("get", "create", "patch")],
+    *[(v, "jobs.batch") for v in ("get", "create", "delete")],
+    ("list", "pods"),
+    ("create", "events"),
+]
+# What the operator does not use, so it must not have, in the namespaces it watches.
+UNUSED_IN_WATCHED = [
+    ("update", "models.serin.dev/status"), ("get", "models.serin.dev/status"),
+    *[(v, "inferenceservices.serving.kserve.io") for v in ("list", "watch", "update", "delete")],
+    *[(v, "jobs.batch") for v in ("list", "watch")],
+    *[(v, "pods") for v in ("get", "watch")], ("get", "pods/log"),
+    ("patch", "events"), ("create", "events.events.k8s.io"),
 ]
 # What it must never do, anywhere (None: checked across all namespaces).
 FORBIDDEN = [
@@ -237,7 +256,9 @@ FORBIDDEN = [
     ("bind", "clusterroles.rbac.authorization.k8s.io", None),
     ("impersonate", "serviceaccounts", None),
 ]
-CLUSTER_READS = [(v, "customresourcedefinitions.apiextensions.k8s.io") for v in ("get", "list", "watch")]
+# kopf's cluster scanning is off (serin.operator.handlers): no reads of CRDs or namespaces.
+NO_CLUSTER_READS = [*[(v, "customresourcedefinitions.apiextensions.k8s.io") for v in ("get", "list", "watch")],
+                    *[(v, "namespaces") for v in ("get", "list", "watch")]]
 # name:NAME asks about one object (RBAC resourceNames): get/update only on the operator's Lease.
 LEASES = [("create", "leases.coordination.k8s.io"), ("get", "leases.coordination.k8s.io:serin-operator"),
           ("update", "leases.coordination.k8s.io:serin-operator")]
@@ -257,16 +278,21 @@ def test_cluster_wide_operator_can_in_any_namespace(crds: ControlPlane, cluster_
     assert can_i(crds, cluster_wide.operator, verb, resource, None), f"{verb} {resource} -A"
 
 
-@pytest.mark.parametrize(("verb", "resource", "scope"), [
-    *[(v, r, "cluster") for v, r in CLUSTER_READS],
-    ("list", "namespaces", "cluster"), ("watch", "namespaces", "cluster"),
-    *[(v, r, "release-namespace") for v, r in LEASES],
-], ids=ids([*[(v, r) for v, r in CLUSTER_READS], ("list", "namespaces"), ("watch", "namespaces"),
-            *[(v, r) for v, r in LEASES]]))
-def test_cluster_wide_operator_cluster_reads_and_leases(crds: ControlPlane, cluster_wide: Release,
-                                                        verb: str, resource: str, scope: str) -> None:
-    ns = cluster_wide.namespace if scope == "release-namespace" else None
-    assert can_i(crds, cluster_wide.operator, verb, resource, ns)
+@pytest.mark.parametrize(("verb", "resource"), UNUSED_IN_WATCHED, ids=ids(UNUSED_IN_WATCHED))
+def test_cluster_wide_operator_lacks_what_it_does_not_use(crds: ControlPlane, cluster_wide: Release,
+                                                          verb: str, resource: str) -> None:
+    assert not can_i(crds, cluster_wide.operator, verb, resource, cluster_wide.watched[0])
+
+
+@pytest.mark.parametrize(("verb", "resource"), NO_CLUSTER_READS, ids=ids(NO_CLUSTER_READS))
+def test_cluster_wide_operator_reads_nothing_cluster_scoped(crds: ControlPlane, cluster_wide: Release,
+                                                             verb: str, resource: str) -> None:
+    assert not can_i(crds, cluster_wide.operator, verb, resource, None)
+
+
+@pytest.mark.parametrize(("verb", "resource"), LEASES, ids=ids(LEASES))
+def test_cluster_wide_operator_leases(crds: ControlPlane, cluster_wide: Release, verb: str, resource: str) -> None:
+    assert can_i(crds, cluster_wide.operator, verb, resource, cluster_wide.namespace)
 
 
 @pytest.mark.parametrize(("verb", "resource"), OTHER_LEASES, ids=ids(OTHER_LEASES))
@@ -310,14 +336,10 @@ def test_namespaced_operator_can_only_in_watched_namespaces(crds: ControlPlane, 
     assert not can_i(crds, namespaced.operator, verb, resource, None)
 
 
-@pytest.mark.parametrize(("verb", "resource", "expected"), [
-    *[(v, r, True) for v, r in CLUSTER_READS],
-    ("list", "namespaces", False), ("watch", "namespaces", False),
-], ids=ids([*[(v, r, "yes") for v, r in CLUSTER_READS], ("list", "namespaces", "no"),
-            ("watch", "namespaces", "no")]))
-def test_namespaced_operator_cluster_scope(crds: ControlPlane, namespaced: Release, verb: str,
-                                           resource: str, expected: bool) -> None:
-    assert can_i(crds, namespaced.operator, verb, resource, None) is expected
+@pytest.mark.parametrize(("verb", "resource"), NO_CLUSTER_READS, ids=ids(NO_CLUSTER_READS))
+def test_namespaced_operator_has_no_cluster_scope(crds: ControlPlane, namespaced: Release, verb: str,
+                                                  resource: str) -> None:
+    assert not can_i(crds, namespaced.operator, verb, resource, None)
 
 
 @pytest.mark.parametrize(("verb", "resource"), LEASES, ids=ids(LEASES))
@@ -340,3 +362,120 @@ def test_converter_service_account_is_in_watched_namespaces_without_token(
         out = crds.kubectl("get", "-n", ns, "serviceaccount", "serin-converter",
                            "-o", "jsonpath={.automountServiceAccountToken}").stdout
         assert out == "false", ns
+
+
+# -- the operator as its ServiceAccount: the RBAC proven sufficient by doing the job ---------------
+# The operator runs as a process with the chart's ServiceAccount token (what a Pod's in-cluster
+# config carries), POD_NAMESPACE set as the Deployment sets it, and the apiserver enforcing
+# owner-reference permissions. Any call the RBAC lacks shows as a 403 in its log and a stuck Model.
+
+LONG_STEPS = {**FAST_ROLLOUT, "steps": [{"weight": 10, "pause": "1h"}, {"weight": 50, "pause": "1h"}]}
+
+
+def operate_as(release: Release, cp: ControlPlane, prometheus: Prometheus, tmp_path: Path, watch: str | None,
+               store: Path | str | None = None, **env: str) -> OperatorProcess:
+    return OperatorProcess(cp, watch, prometheus.url, store or tmp_path / "store", tmp_path / "operator.log",
+                           kubeconfig=release.operator, env={"POD_NAMESPACE": release.namespace, **env})
+
+
+def forbidden_in_log(op: OperatorProcess) -> list[str]:
+    return [line for line in op.log.read_text(errors="replace").splitlines()
+            if "403" in line or "orbidden" in line]
+
+
+def serin_cli(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "serin.operator.cli", *args, "--kubeconfig", str(cp.kubeconfig)],
+                          capture_output=True, text=True)
+
+
+def test_operator_as_its_service_account_rolls_out_cluster_wide(
+        crds: ControlPlane, cluster_wide: Release, prometheus: Prometheus, artifacts: Artifacts,
+        tmp_path: Path) -> None:
+    ns = cluster_wide.watched[1]
+    op = operate_as(cluster_wide, crds, prometheus, tmp_path, watch=None)  # all namespaces
+    c = Cluster(crds, ns, artifacts, op)
+    with standin(crds, ns, tmp_path, data_plane=False):
+        op.start()
+        try:
+            c.apply(artifacts.good_v1)
+            v1 = c.wait_phase("Promoted", generation=1)["status"]
+            c.apply(artifacts.good_v2)
+            c.wait_phase("Promoted", generation=2)
+            assert c.weights_seen() == [10, 50]
+            # A manual abort: the operator acts on the annotation and removes it (patch on models).
+            c.apply(artifacts.good_v1, rollout=LONG_STEPS)
+            c.wait("canary serving", lambda m: bool((m.get("status") or {}).get("canary", {}).get("trafficSince")))
+            assert serin_cli(crds, "abort", c.name, "-n", ns).returncode == 0
+            c.wait_phase("RolledBack", generation=3)
+            c.wait("abort annotation cleared",
+                   lambda m: "serin.dev/abort" not in (m["metadata"].get("annotations") or {}))
+            assert {"CanaryStarted", "Promoted", "RolledBack"} <= {e["reason"] for e in c.events()}
+            lease = json.loads(crds.kubectl("get", "lease", "serin-operator", "-n", cluster_wide.namespace,
+                                            "-o", "json").stdout)
+            assert lease["spec"]["holderIdentity"], "the operator took the Lease in its own namespace"
+            isvc = c.isvc()
+            assert isvc is not None and isvc["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True
+            assert v1["stable"]["storageUri"]
+            # Deleting the Model removes what it owns (garbage collection through the owner reference).
+            crds.kubectl("delete", "model", c.name, "-n", ns)
+            deadline = time.monotonic() + 60
+            while c.isvc() is not None:
+                assert time.monotonic() < deadline, "InferenceService not garbage-collected"
+                time.sleep(0.5)
+        finally:
+            op.stop()
+    assert forbidden_in_log(op) == []
+
+
+def test_operator_as_its_service_account_rolls_out_namespaced(
+        crds: ControlPlane, namespaced: Release, prometheus: Prometheus, artifacts: Artifacts,
+        tmp_path: Path) -> None:
+    ns = namespaced.watched[0]
+    op = operate_as(namespaced, crds, prometheus, tmp_path, watch=ns)
+    c = Cluster(crds, ns, artifacts, op)
+    outside = Cluster(crds, namespaced.unwatched, artifacts, op)
+    with standin(crds, ns, tmp_path, data_plane=False):
+        op.start()
+        try:
+            outside.apply(artifacts.good_v1)
+            c.apply(artifacts.good_v1)
+            c.wait_phase("Promoted", generation=1)
+            c.apply(artifacts.good_v2)
+            c.wait_phase("Promoted", generation=2)
+            assert c.weights_seen() == [10, 50]
+            assert "status" not in outside.model(), "a namespaced operator touched a Model outside its namespaces"
+        finally:
+            op.stop()
+    assert forbidden_in_log(op) == []
+
+
+def test_operator_as_its_service_account_runs_conversion_jobs(
+        crds: ControlPlane, cluster_wide: Release, prometheus: Prometheus, artifacts: Artifacts,
+        tmp_path: Path) -> None:
+    """The Job executor's calls (create Job, read it, list its Pod, delete it) as the operator's
+    identity. Nothing runs Pods here (no kubelet), so the conversion times out and the operator
+    cancels it: every verb of the Job rules is used."""
+    ns = cluster_wide.watched[0]
+    op = operate_as(cluster_wide, crds, prometheus, tmp_path, watch=None, store="pvc://serin-models",
+                    SERIN_EXECUTOR="job", SERIN_CONVERTER_IMAGE="ghcr.io/serin/converter:test")
+    c = Cluster(crds, ns, artifacts, op)
+    op.start()
+    try:
+        c.apply(artifacts.good_v1, conversion={"timeout": "4s"})
+        job = None
+        deadline = time.monotonic() + 30
+        while job is None:
+            assert time.monotonic() < deadline, f"no conversion Job\n{op.tail()}"
+            items = json.loads(crds.kubectl("get", "jobs", "-n", ns, "-o", "json").stdout)["items"]
+            job = items[0] if items else None
+            time.sleep(0.25)
+        pod = job["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "serin-converter" and pod["automountServiceAccountToken"] is False
+        assert job["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True
+        s = c.wait_phase("Failed", generation=1, timeout=60)["status"]
+        assert "did not finish within 4s" in json.dumps(s)
+        c.wait("Job cancelled", lambda m: json.loads(crds.kubectl("get", "jobs", "-n", ns, "-o", "json").stdout)
+               ["items"] == [], timeout=30)
+    finally:
+        op.stop()
+    assert forbidden_in_log(op) == []

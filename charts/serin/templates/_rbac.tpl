@@ -1,55 +1,49 @@
 {{/*
-The operator's rules on namespaced resources: one list, used by the ClusterRole in cluster-wide
-mode and by the per-namespace Role in namespaced mode. Each rule says why it is needed; nothing
-here may be added without a reason and a `kubectl auth can-i` case in tests/packaging.
+The operator's rules: one list, used by the ClusterRole in cluster-wide mode and by the
+per-namespace Role in namespaced mode. These are exactly the API calls the operator makes (kopf's
+watch, serin.operator.kube, .jobs and .leader), nothing more: each rule says which call needs it.
+tests/packaging proves them with `kubectl auth can-i` and by running the operator as this
+ServiceAccount through whole rollouts. Add a rule only with the call that needs it and a test.
 */}}
 {{- define "serin.namespacedRules" -}}
-# Models: kopf lists and watches them to reconcile, and patches their metadata (its
-# last-handled-configuration annotation and progress annotations). No create, update or delete:
-# the operator never replaces or removes a user's Model.
+# Models. list + watch: kopf's watch stream, which wakes a reconcile on every change. get: each
+# reconcile reads the Model afresh (its resourceVersion guards the status write). patch: removes
+# the one-shot serin.dev/promote and serin.dev/abort annotations once acted upon. No create,
+# update or delete: the operator never replaces or removes a user's Model.
 - apiGroups: [serin.dev]
   resources: [models]
   verbs: [get, list, watch, patch]
-# Model status: phase, conditions, canary step and analysis results are written to the status
-# subresource (kopf patches it; update is the conflict-checked write with a resourceVersion).
+# Model status: the rollout's whole state (phase, versions, step, measurements, conditions) is one
+# merge patch carrying the resourceVersion read, so two writers can never interleave.
 - apiGroups: [serin.dev]
   resources: [models/status]
-  verbs: [get, patch, update]
-# InferenceServices: one per Model, owned by it. The operator creates it, moves
-# canaryTrafficPercent and the predictor's storageUri at each step (patch; update where a
-# resourceVersion precondition is needed), and deletes one whose first version never became
-# stable. Deleting a Model removes its InferenceService through the owner reference instead.
+  verbs: [patch]
+# The InferenceService and the conversion Job are owned by their Model with blockOwnerDeletion, so
+# deleting a Model removes them (garbage collection). Clusters that enforce owner-reference
+# permissions (admission plugin OwnerReferencesPermissionEnforcement: OpenShift, hardened clusters,
+# and Serin's test apiserver) demand update on the owner's finalizers to set it. The operator
+# never adds a finalizer.
+- apiGroups: [serin.dev]
+  resources: [models/finalizers]
+  verbs: [update]
+# InferenceServices: read for KServe's status (traffic, revisions, readiness), created for a
+# Model's first version, patched at every step (canaryTrafficPercent, storageUri). Never deleted
+# by the operator: the owner reference does that.
 - apiGroups: [serving.kserve.io]
   resources: [inferenceservices]
-  verbs: [get, list, watch, create, patch, update, delete]
-# Conversion Jobs: one per Model generation, watched to completion, deleted when superseded
-# (their Pods follow through the Job's owner reference).
+  verbs: [get, create, patch]
+# Conversion Jobs (executor "job"): created per version, read for their Failed condition, deleted
+# when superseded or past their timeout (the Pod follows by owner reference).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, delete]
-# The conversion Pod's termination message carries the parity summary (report.json in brief).
+  verbs: [get, create, delete]
+# The conversion Pod, found by its job-name label: its termination message carries the report.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
-# Fallback when the termination message is missing or truncated: read the report from the log.
-- apiGroups: [""]
-  resources: [pods/log]
-  verbs: [get]
-# Events on Models (conversion passed/failed, step advanced, promoted, rolled back), which kopf
-# writes through core/v1. patch aggregates repeats of an Event into a count instead of new objects.
+  verbs: [list]
+# Events on Models (conversion passed or failed, step advanced, promoted, rolled back), posted by
+# the operator and by kopf (handler errors) through core/v1.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-# The same Events through events.k8s.io/v1, for Kubernetes clients that record with the newer API.
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
-{{- end -}}
-
-{{/* Cluster-scoped reads, needed in both modes. */}}
-{{- define "serin.clusterReadRules" -}}
-# kopf checks that the CRDs of the resources it serves exist and are established before watching.
-- apiGroups: [apiextensions.k8s.io]
-  resources: [customresourcedefinitions]
-  verbs: [get, list, watch]
+  verbs: [create]
 {{- end -}}
