@@ -14,8 +14,8 @@ from serin.converters.registry import (
     REGRESSION,
     NativePredictError,
     Outputs,
+    SklearnApi,
     onnxmltools_opset,
-    predict_sklearn_api,
     task_of,
     unsupported,
 )
@@ -57,7 +57,7 @@ def _objective(booster: Any) -> str:
     return str(booster.dump_model(num_iteration=0).get("objective", "")).split(" ")[0]
 
 
-class LightGBMConverter:
+class LightGBMConverter(SklearnApi):
     format = "lightgbm"
     tested = TESTED
 
@@ -119,7 +119,7 @@ class LightGBMConverter:
 
     def predict(self, model: Any, sample: Sample) -> Outputs:
         if not _is_booster(model):
-            return predict_sklearn_api(model, sample.native_input(), task_of(model))
+            return super().predict(model, sample)
         try:
             raw = np.asarray(model.predict(sample.native_input()), dtype=np.float64)
         except Exception as exc:  # LightGBMError for shape/NaN problems
@@ -136,8 +136,7 @@ class LightGBMConverter:
                 return None
             k = model.num_model_per_iteration()
             return list(range(2 if k == 1 else k))
-        classes = getattr(model, "classes_", None)
-        return list(classes) if classes is not None else None
+        return super().classes(model)
 
 
 CONVERTER = LightGBMConverter()

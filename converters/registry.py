@@ -111,6 +111,18 @@ def predict_sklearn_api(model: Any, x: Any, task: str) -> Outputs:
         raise NativePredictError(first_line(exc, 200)) from exc
 
 
+class SklearnApi:
+    """Native predictions and class labels through the scikit-learn estimator API, shared by the
+    converters whose models speak it (scikit-learn, and XGBoost's and LightGBM's wrappers)."""
+
+    def predict(self, model: Any, sample: Sample) -> Outputs:
+        return predict_sklearn_api(model, sample.native_input(), task_of(model))
+
+    def classes(self, model: Any) -> list[Any] | None:
+        classes = getattr(model, "classes_", None)
+        return list(classes) if classes is not None else None
+
+
 class NativePredictError(ConversionError):
     """The native model refused the sample (NaN, dtype, shape); conversion.py words the message."""
 

@@ -10,8 +10,7 @@ import onnx
 import pandas as pd
 from serin.converters.errors import ConversionError, first_line
 from serin.converters.registry import (
-    Outputs,
-    predict_sklearn_api,
+    SklearnApi,
     task_of,
     unsupported,
 )
@@ -120,7 +119,7 @@ def _selects_by_name(model: Any) -> bool:
     return any(isinstance(c, ColumnTransformer) for c in components(model))
 
 
-class SklearnConverter:
+class SklearnConverter(SklearnApi):
     format = "sklearn"
     tested = TESTED
 
@@ -206,13 +205,6 @@ class SklearnConverter:
             raise ConversionError(
                 f"skl2onnx cannot convert {describe(model)}: {first_line(exc, 200)}"
             ) from exc
-
-    def predict(self, model: Any, sample: Sample) -> Outputs:
-        return predict_sklearn_api(model, sample.native_input(), task_of(model))
-
-    def classes(self, model: Any) -> list[Any] | None:
-        classes = getattr(model, "classes_", None)
-        return list(classes) if classes is not None else None
 
 
 def _tensor_type(dtype: str, width: int) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 import pandas as pd
 from serin.converters.errors import ConversionError, UnsupportedModel, first_line
-from serin.converters.registry import Outputs, onnxmltools_opset, predict_sklearn_api, task_of, unsupported
+from serin.converters.registry import SklearnApi, onnxmltools_opset, task_of, unsupported
 from serin.converters.sample import Sample, align, matrix_inputs
 
 TESTED: tuple[str, ...] = ("XGBClassifier", "XGBRegressor")
@@ -41,7 +41,7 @@ def load_native(path: Path) -> Any:
     return model
 
 
-class XGBoostConverter:
+class XGBoostConverter(SklearnApi):
     format = "xgboost"
     tested = TESTED
 
@@ -80,13 +80,6 @@ class XGBoostConverter:
             raise ConversionError(
                 f"onnxmltools cannot convert {type(model).__name__}: {first_line(exc, 200)}"
             ) from exc
-
-    def predict(self, model: Any, sample: Sample) -> Outputs:
-        return predict_sklearn_api(model, sample.native_input(), task_of(model))
-
-    def classes(self, model: Any) -> list[Any] | None:
-        classes = getattr(model, "classes_", None)
-        return list(classes) if classes is not None else None
 
 
 CONVERTER = XGBoostConverter()
