@@ -70,11 +70,12 @@ def run(request: Request) -> Outcome:
         except ConversionError as exc:
             rep["passed"], rep["reason"] = False, exc.message
             outcome.exit_code, outcome.error_kind = exc.exit_code, exc.kind
+            rep["error"] = exc.kind
         except Exception as exc:  # a bug: keep the traceback, but still report
             traceback.print_exc()
             rep["passed"] = False
             rep["reason"] = f"internal error: {type(exc).__name__}: {first_line(exc, 200)}"
-            outcome.error_kind = "internal"
+            outcome.error_kind = rep["error"] = "internal"
     rep["warnings"] += _library_warnings(caught)
     rep["seconds"] = round(time.perf_counter() - started, 4)
     if not rep["passed"]:

@@ -36,7 +36,7 @@ def versions() -> dict[str, str]:
 
 def new_report() -> dict[str, Any]:
     """Every key of the contract, so a failure at any step still writes a complete document."""
-    return {"passed": False, "reason": None, "format": None, "estimator": None, "task": None,
+    return {"passed": False, "reason": None, "error": None, "format": None, "estimator": None, "task": None,
             "opset": None, "rows": None, "parity": None, "seconds": None,
             "sha256": {"source": None, "onnx": None}, "versions": versions(), "warnings": []}
 

@@ -16,6 +16,7 @@ class StartConversion:
 class CancelConversion:
     generation: int
     versionKey: str
+    attempt: int = 1
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ class ConversionRequest:
 
     @property
     def slug(self) -> str:
-        return f"{self.name}-g{self.generation}-{self.versionKey[:8]}"
+        # Each retry writes to a place of its own: a failed attempt's report never answers for the next.
+        retry = f"-a{self.attempt}" if self.attempt > 1 else ""
+        return f"{self.name}-g{self.generation}-{self.versionKey[:8]}{retry}"
 
     def env(self, out: str) -> dict[str, str]:
         tol = self.conversion.get("tolerance") or {}
@@ -63,7 +65,9 @@ def result_from_report(report: dict[str, Any] | None, storage_uri: str) -> Conve
     if report.get("passed"):
         sha = report.get("onnxSha256") or (report.get("sha256") or {}).get("onnx", "")
         return ConversionResult("Succeeded", storage_uri, str(sha or ""), report=report)
-    return ConversionResult("Failed", reason=str(report.get("reason") or "parity proof failed"), report=report)
+    return ConversionResult("Failed", reason=str(report.get("reason") or "parity proof failed"), report=report,
+                            # the converter's exit 4: the artifact or sample could not be fetched
+                            retryable=report.get("error") == "fetch-failed")
 
 
 class LocalExecutor:

@@ -38,7 +38,8 @@ class Kube:
     async def patch_model_status(self, model: dict[str, Any], status: dict[str, Any]) -> None:
         meta = model["metadata"]
         # resourceVersion makes this a compare-and-swap: two writers can never interleave.
-        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                "status": merge_patch(model.get("status") or {}, status)}
         try:
             await self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body, _content_type=MERGE)
@@ -91,6 +92,20 @@ class Kube:
             action=reason,
         )
         await self.core.create_namespaced_event(meta["namespace"], body)
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`. A key missing from `new` must be
+    sent as null to be removed: a merge patch of `new` alone would leave it in place (say, a
+    pending conversion's `retryAt` after the retry started)."""
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            patch[key] = merge_patch(before, value)
+        else:
+            patch[key] = value
+    return patch
 
 
 def owner_reference(model: dict[str, Any]) -> dict[str, Any]:

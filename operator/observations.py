@@ -14,6 +14,7 @@ class ConversionResult:
     sha256: str = ""
     reason: str = ""
     report: dict[str, Any] | None = None
+    retryable: bool = False  # Failed, but transiently (fetch failed): another attempt may pass
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     isvc = await deps.kube.get_isvc(namespace, name)
     serving = kserve.observe(isvc)
     conversion = None
-    if status.pending is not None:
+    if status.pending is not None and status.pending.retryAt is None:  # nothing runs while backing off
         p = status.pending
         conversion = await deps.executor.poll(
             conversion_request(model, spec, p.generation, p.versionKey, p.attempt))
@@ -106,7 +106,8 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
         await deps.executor.start(
             conversion_request(model, spec, action.generation, action.versionKey, action.attempt))
     elif isinstance(action, CancelConversion):
-        await deps.executor.cancel(conversion_request(model, spec, action.generation, action.versionKey, 1))
+        await deps.executor.cancel(conversion_request(model, spec, action.generation, action.versionKey,
+                                                      action.attempt))
     elif isinstance(action, ApplyServing):
         # The InferenceService read at the top of this tick: only this operator writes its spec.
         current = isvc

@@ -44,6 +44,7 @@ from serin.operator.status import (
 PROMOTE_ANNOTATION = "serin.dev/promote"
 ABORT_ANNOTATION = "serin.dev/abort"
 MAX_CONVERSION_ATTEMPTS = 3
+FETCH_RETRY_SECONDS = 15.0  # doubled per attempt: 15 s, then 30 s
 
 PROGRESSING, PROMOTING, ROLLING_BACK = "Progressing", "Promoting", "RollingBack"
 ZERO_TRAFFIC, RESTORE, FINALIZE = "ZeroTraffic", "Restore", "Finalize"
@@ -130,14 +131,14 @@ def _admit_new_version(t: _Tick, s: Status) -> Status:
     if s.canary and key == stable_key and s.canary.state != ROLLING_BACK:
         return s.evolve(canary=_start_rollback(t, s.canary, "the source was set back to the stable version"))
     if s.pending and key == stable_key:
-        t.actions.append(CancelConversion(s.pending.generation, s.pending.versionKey))
+        t.actions.append(CancelConversion(s.pending.generation, s.pending.versionKey, s.pending.attempt))
         t.emit("Normal", "ConversionCancelled", "the source was set back to the stable version")
         return s.evolve(pending=None)
     known = {v.versionKey for v in (s.stable, s.canary, s.pending, s.failed) if v is not None}
     if key in known:
         return s
     if s.pending:
-        t.actions.append(CancelConversion(s.pending.generation, s.pending.versionKey))
+        t.actions.append(CancelConversion(s.pending.generation, s.pending.versionKey, s.pending.attempt))
     pending = Pending(generation=t.obs.generation, versionKey=key, startedAt=t.now_s)
     t.actions.append(StartConversion(pending.generation, key, pending.attempt))
     t.emit("Normal", "ConversionStarted", f"converting generation {pending.generation} ({_source(t.spec)})")
@@ -151,6 +152,11 @@ def _progress_conversion(t: _Tick, s: Status) -> Status:
     p, result = s.pending, t.obs.conversion
     if p is None:
         return s
+    if p.retryAt is not None:
+        if t.since(p.retryAt) < 0:
+            return s  # backing off after a transient failure
+        t.actions.append(StartConversion(p.generation, p.versionKey, p.attempt))
+        return s.evolve(pending=replace(p, retryAt=None, startedAt=t.now_s))
     if result is None:
         return s  # admitted this tick: its StartConversion is already on the way
     if result.state == "Missing":
@@ -161,11 +167,17 @@ def _progress_conversion(t: _Tick, s: Status) -> Status:
         return s.evolve(pending=replace(p, attempt=p.attempt + 1))
     if result.state == "Running":
         if t.since(p.startedAt) > t.spec.conversion_timeout:
-            t.actions.append(CancelConversion(p.generation, p.versionKey))
+            t.actions.append(CancelConversion(p.generation, p.versionKey, p.attempt))
             limit = t.spec.conversion.get("timeout", "10m")
             return _conversion_failed(t, s, p, f"conversion did not finish within {limit}", None)
         return s
     if result.state == "Failed":
+        if result.retryable and p.attempt < MAX_CONVERSION_ATTEMPTS:
+            delay = FETCH_RETRY_SECONDS * 2 ** (p.attempt - 1)
+            t.emit("Warning", "ConversionRetrying", f"generation {p.generation}: {result.reason}; attempt "
+                   f"{p.attempt + 1} of {MAX_CONVERSION_ATTEMPTS} in {delay:g}s")
+            retry_at = from_time(t.now + dt.timedelta(seconds=delay))
+            return s.evolve(pending=replace(p, attempt=p.attempt + 1, retryAt=retry_at))
         return _conversion_failed(t, s, p, result.reason or "conversion failed", result.report)
     # Succeeded.
     report = (result.report or {}) | {"generation": p.generation}

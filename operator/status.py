@@ -58,6 +58,9 @@ class Pending:
     versionKey: str
     startedAt: str
     attempt: int = 1
+    # Set while backing off after a transient failure (the artifact could not be fetched): the
+    # attempt above starts at this time.
+    retryAt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def status_to_dict(status: Status) -> dict[str, Any]:
         "stable": _drop_none(asdict(status.stable)) | {"confirmed": status.stableConfirmed}
         if status.stable else None,
         "canary": _drop_none(asdict(status.canary)) if status.canary else None,
-        "pending": asdict(status.pending) if status.pending else None,
+        "pending": _drop_none(asdict(status.pending)) if status.pending else None,
         "failed": asdict(status.failed) if status.failed else None,
         "conversion": status.conversion,
         "analysis": [_drop_none(asdict(m)) for m in status.analysis],

@@ -114,12 +114,12 @@ class Cluster:
     name: str = "fraud"
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
-    def apply(self, uri: Path, rollout: dict[str, Any] | None = None, conversion: dict[str, Any] | None = None,
+    def apply(self, uri: Path | str, rollout: dict[str, Any] | None = None, conversion: dict[str, Any] | None = None,
               **source: Any) -> None:
         body: dict[str, Any] = {
             "apiVersion": "serin.dev/v1alpha1", "kind": "Model",
             "metadata": {"name": self.name, "namespace": self.namespace},
-            "spec": {"source": {"uri": uri.as_uri(), "sampleUri": self.artifacts.sample.as_uri()} | source,
+            "spec": {"source": {"uri": uri if isinstance(uri, str) else uri.as_uri(), "sampleUri": self.artifacts.sample.as_uri()} | source,
                      "rollout": rollout or FAST_ROLLOUT},
         }
         if conversion:

@@ -7,8 +7,10 @@ Analysis verdicts are steered with user PromQL that real Prometheus evaluates: `
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,3 +192,22 @@ def test_operator_killed_resumes_correctly(cluster: Cluster, failpoint: str, rol
         assert s["stable"]["generation"] == 1 and pred["model"]["storageUri"] == v1["stable"]["storageUri"]
         assert "(2 failed measurements)" in s["failed"]["reason"]
         assert len(cluster.events("RolledBack")) <= 1
+
+
+def test_fetch_failure_is_retried_with_backoff(cluster: Cluster, tmp_path: Path) -> None:
+    """The converter's exit 4 (artifact not fetchable: a bucket hiccup, a volume not yet mounted)
+    is the one failure worth retrying. Here the model is on a claim (pvc://, mounted where
+    SERIN_PVC_MOUNT says, as a Job would mount it) that is empty at first; the artifact appears
+    during the back-off, and the next attempt converts it into a place of its own."""
+    mount = tmp_path / "pvc"
+    cluster.operator.env = {"SERIN_PVC_MOUNT": str(mount)}
+    cluster.operator.start()
+    cluster.apply("pvc://models/late/model.joblib")
+    m = cluster.wait("a retry scheduled", lambda m: bool((status(m).get("pending") or {}).get("retryAt")), timeout=60)
+    assert status(m)["pending"]["attempt"] == 2 and status(m)["phase"] == "Converting"
+    (retry,) = cluster.events("ConversionRetrying")
+    assert "is the claim mounted?" in retry["message"] and "attempt 2 of 3 in 15s" in retry["message"]
+    (mount / "late").mkdir(parents=True)
+    shutil.copy(cluster.artifacts.good_v1, mount / "late" / "model.joblib")
+    s = status(cluster.wait_phase("Promoted", generation=1, timeout=90))
+    assert s["conversion"]["passed"] is True and s["stable"]["storageUri"].endswith("-a2")

@@ -178,15 +178,17 @@ def test_unreachable_remote_uri_is_a_fetch_error(tmp_path: Path, logreg: tuple[P
                                                  convert: Convert) -> None:
     out = tmp_path / "out"
     outcome = convert("http://127.0.0.1:9/models/model.joblib", logreg[1], out=out)
-    assert_failed(outcome, out, EXIT_FETCH_FAILED, "cannot fetch artifact "
-                  "http://127.0.0.1:9/models/model.joblib")
+    report = assert_failed(outcome, out, EXIT_FETCH_FAILED, "cannot fetch artifact "
+                           "http://127.0.0.1:9/models/model.joblib")
+    assert report["error"] == "fetch-failed"  # the operator retries this kind (and only this one)
 
 
 def test_unsupported_uri_scheme(tmp_path: Path, logreg: tuple[Path, Path],
                                 convert: Convert) -> None:
     out = tmp_path / "out"
-    assert_failed(convert("ftp://host/model.joblib", logreg[1], out=out), out, EXIT_USER_ERROR,
-                  "unsupported artifact URI scheme ftp://")
+    report = assert_failed(convert("ftp://host/model.joblib", logreg[1], out=out), out, EXIT_USER_ERROR,
+                           "unsupported artifact URI scheme ftp://")
+    assert report["error"] == "user-error"
 
 
 def test_parquet_sample_needs_pyarrow_or_works(tmp_path: Path, logreg: tuple[Path, Path],

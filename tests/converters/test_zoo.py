@@ -21,7 +21,7 @@ def read_report(out: Path) -> dict[str, Any]:
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     return report
 
-REPORT_KEYS = {"passed", "reason", "format", "estimator", "task", "opset", "rows", "parity",
+REPORT_KEYS = {"passed", "reason", "error", "format", "estimator", "task", "opset", "rows", "parity",
                "seconds", "sha256", "versions", "warnings"}
 ZOO = zoo.models()
 

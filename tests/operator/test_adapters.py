@@ -175,3 +175,38 @@ async def test_local_executor_reports_a_crash_without_report(tmp_path: Path) -> 
         await asyncio.sleep(0.05)
     assert result.state == "Failed"
     assert result.reason == "the conversion process exited without a report: Fatal Python error: Aborted"
+
+
+@pytest.mark.parametrize(("old", "new", "patch"), [
+    ({}, {"phase": "Converting"}, {"phase": "Converting"}),
+    ({"pending": {"attempt": 2, "retryAt": "t"}}, {"pending": {"attempt": 2}}, {"pending": {"attempt": 2, "retryAt": None}}),
+    ({"canary": {"step": 1}, "phase": "Progressing"}, {"canary": None, "phase": "Promoted"}, {"canary": None, "phase": "Promoted"}),
+    ({"stable": {"revision": "r1"}}, {}, {"stable": None}),
+    ({"analysis": [{"a": 1}, {"a": 2}]}, {"analysis": [{"a": 2}]}, {"analysis": [{"a": 2}]}),  # lists are replaced
+    ({"canary": "x"}, {"canary": {"step": 0}}, {"canary": {"step": 0}}),
+])
+def test_status_merge_patch_removes_what_is_gone(old: dict, new: dict, patch: dict) -> None:
+    from serin.operator.kube import merge_patch
+
+    assert merge_patch(old, new) == patch
+
+
+def test_status_merge_patch_round_trips() -> None:
+    """Applying the patch to the old document (RFC 7386) gives exactly the new one."""
+    from serin.operator.kube import merge_patch
+
+    def apply(target: Any, patch: Any) -> Any:
+        if not isinstance(patch, dict):
+            return patch
+        out = dict(target) if isinstance(target, dict) else {}
+        for k, v in patch.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = apply(out.get(k), v)
+        return out
+
+    old = {"phase": "Converting", "pending": {"generation": 1, "attempt": 2, "retryAt": "t"},
+           "conversion": {"passed": False, "reason": "x"}, "analysis": [1, 2]}
+    new = {"phase": "Promoted", "stable": {"generation": 1}, "conversion": {"passed": True}, "analysis": []}
+    assert apply(old, merge_patch(old, new)) == new

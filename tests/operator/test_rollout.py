@@ -157,6 +157,32 @@ CASES = [
          obs(1, conversion=ConversionResult("Missing")), check_all(
         lambda d: d.status.phase == "Failed", lambda d: d.status.pending is None,
         lambda d: "did not run after 3 attempts" in d.status.message)),
+    Case("fetch-failure-backs-off-before-retrying", Status(pending=Pending(1, K2, ts(0))),
+         obs(1, conversion=ConversionResult("Failed", reason="cannot fetch artifact s3://b/m: 503", retryable=True)),
+         check_all(
+        lambda d: d.status.phase == "Converting", lambda d: of(d, StartConversion) == [],
+        lambda d: d.status.pending == Pending(1, K2, ts(0), attempt=2, retryAt=ts(75)),
+        lambda d: [a.message for a in of(d, Emit) if a.reason == "ConversionRetrying"]
+        == ["generation 1: cannot fetch artifact s3://b/m: 503; attempt 2 of 3 in 15s"]), now=60),
+    Case("fetch-retry-waits-for-its-time", Status(pending=Pending(1, K2, ts(0), attempt=2, retryAt=ts(75))),
+         obs(1), check_all(
+        lambda d: of(d, StartConversion) == [], lambda d: d.status.pending is not None
+        and d.status.pending.retryAt == ts(75)), now=70),
+    Case("fetch-retry-starts-the-next-attempt", Status(pending=Pending(1, K2, ts(0), attempt=2, retryAt=ts(75))),
+         obs(1), check_all(
+        lambda d: of(d, StartConversion) == [StartConversion(1, K2, 2)],
+        lambda d: d.status.pending == Pending(1, K2, ts(76), attempt=2)), now=76),
+    Case("fetch-failure-on-the-last-attempt-fails", Status(pending=Pending(1, K2, ts(0), attempt=3)),
+         obs(1, conversion=ConversionResult("Failed", reason="cannot fetch artifact s3://b/m: 503", retryable=True)),
+         check_all(
+        lambda d: d.status.phase == "Failed", lambda d: d.status.pending is None,
+        lambda d: "cannot fetch artifact" in d.status.message), now=60),
+    Case("parity-failure-is-not-retried", Status(pending=Pending(1, K2, ts(0))),
+         obs(1, conversion=ConversionResult("Failed", reason="parity failed: 3 rows differ")), check_all(
+        lambda d: d.status.phase == "Failed", lambda d: "ConversionRetrying" not in events(d)), now=60),
+    Case("superseded-retry-cancels-its-own-attempt", Status(pending=Pending(1, K1, ts(0), attempt=3)),
+         obs(2), check_all(
+        lambda d: of(d, CancelConversion) == [CancelConversion(1, K1, 3)]), now=60),
     Case("conversion-timeout-fails-and-cancels", Status(pending=Pending(1, K2, ts(0))),
          obs(1, conversion=ConversionResult("Running")), check_all(
         lambda d: d.status.phase == "Failed", lambda d: len(of(d, CancelConversion)) == 1,
