@@ -51,7 +51,7 @@ class App:
         self.metrics = metrics
         self.max_body = max_body
         self.drift_interval = drift_interval
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         name = model.name
         ready = orjson.dumps({"name": name, "ready": True})
         self._static: dict[str, bytes] = {
@@ -75,12 +75,16 @@ class App:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.monitor is not None:
+                    self._tasks.append(asyncio.create_task(self.monitor.run()))
                 if self.drift is not None:
-                    self._task = asyncio.create_task(self.drift.run(self.drift_interval))
+                    self._tasks.append(asyncio.create_task(self.drift.run(self.drift_interval)))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._task is not None:
-                    self._task.cancel()
+                for task in self._tasks:
+                    task.cancel()
+                if self.monitor is not None:
+                    self.monitor.flush()  # uvicorn has drained in-flight requests by now
                 if self.drift is not None:
                     self.drift.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -190,6 +194,4 @@ class App:
             status, body, results = 500, _error(f"internal error: {type(exc).__name__}"), None
         await self._respond(send, status, body)
         if self.monitor is not None:
-            self.monitor.observe(protocol, status, time.perf_counter() - start, rows, results)
-            if self.drift is not None and status == 200:
-                self.drift.add(feeds, rows)
+            self.monitor.observe(protocol, status, time.perf_counter() - start, rows, results, feeds)

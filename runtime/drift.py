@@ -1,10 +1,10 @@
 """Input drift: a bounded window of recent rows, binned like the reference profile, and PSI.
 
-The request path only appends references to the decoded feeds (O(1)); binning, merging and
-PSI run in a background task. With several worker processes each keeps its own window of
-`window / workers` rows and publishes its bin counts to a small file in the shared state
-directory; every worker merges all live files, so whichever worker answers a scrape exports the
-same PSI over the whole revision's traffic.
+The request path only appends a reference to the decoded feeds to a bounded deque (O(1));
+binning, merging and PSI run in a background task. With several worker processes each keeps its
+own window of `window / workers` rows and publishes its bin counts to a small file in the shared
+state directory; every worker merges all live files, so whichever worker answers a scrape
+exports the same PSI over the whole revision's traffic.
 """
 
 from __future__ import annotations
@@ -91,22 +91,33 @@ class Window:
         self.ring = np.zeros((self.capacity, len(binner.features)), np.int64)
         self.head = 0
         self.filled = 0
-        self._pending: deque[tuple[Mapping[str, np.ndarray], int]] = deque()
-        self._pending_rows = 0
+        # Decoded feeds of recent requests, not binned yet. Single-row requests are appended
+        # directly (`pending.append`: C, no Python frame): every request has at least one row, so
+        # the newest `capacity` requests hold the newest `capacity` rows and older ones fall off
+        # before they are ever binned. Batches go through `add`, which also drops requests whose
+        # rows are older than one window, so big batches cannot pile up between updates.
+        self.pending: deque[Mapping[str, np.ndarray]] = deque(maxlen=self.capacity)
 
     def add(self, feeds: Mapping[str, np.ndarray], rows: int) -> None:
-        """Hot path: remember the feeds; rows older than one window are dropped unbinned."""
-        self._pending.append((feeds, rows))
-        self._pending_rows += rows
-        while self._pending_rows - self._pending[0][1] >= self.capacity:
-            self._pending_rows -= self._pending.popleft()[1]
+        """Remember one request's feeds (`rows` >= 1)."""
+        self.pending.append(feeds)
+        if rows > 1:
+            self._trim()
+
+    def _trim(self) -> None:
+        total = 0
+        for kept, feeds in enumerate(reversed(self.pending), start=1):
+            total += next(iter(feeds.values())).shape[0]
+            if total >= self.capacity:
+                for _ in range(len(self.pending) - kept):
+                    self.pending.popleft()
+                return
 
     def flush(self) -> None:
-        if not self._pending:
+        if not self.pending:
             return
-        batches = [feeds for feeds, _ in self._pending]
-        self._pending.clear()
-        self._pending_rows = 0
+        batches = list(self.pending)
+        self.pending.clear()
         # One concatenate per input, then one vectorised binning pass: binning each request's
         # feeds separately costs ~100 us per request in numpy call overhead alone.
         merged = {

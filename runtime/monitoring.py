@@ -1,16 +1,30 @@
 """Prometheus metrics for one worker process (names from serin.runtime.metric_names).
 
-Counters and histograms use prometheus_client's multiprocess mode: every worker writes its own
-mmap file in PROMETHEUS_MULTIPROC_DIR (set by the CLI before prometheus_client is imported) and
-any worker answering /metrics sums them, so `rate()` and `histogram_quantile()` see one coherent
-series per revision whichever worker Prometheus reaches. PSI gauges are not summable; they come
-from a custom collector exporting the drift result merged across workers (see drift.py).
+The request path only adds to plain Python counts (`Monitor.observe`: one dict entry keyed by
+protocol, status and latency bucket, a float, an int, the predicted class) and hands the decoded
+inputs to the drift window with one deque append. `Monitor.flush` moves the counts into
+prometheus_client's metrics every FLUSH_INTERVAL seconds and before this worker answers a
+scrape. Writing prometheus_client's multiprocess values per request costs a lock, a pid check
+and an mmap write per value, five per request, and each of them touches code and data the model
+run has pushed out of the CPU caches; see docs/runtime.md for what was measured.
+
+Flushing runs on the event loop, the thread that serves requests, so the counts need no lock and
+no update is lost or counted twice. Counters and histograms use prometheus_client's multiprocess
+mode: every worker writes its own mmap file in PROMETHEUS_MULTIPROC_DIR (set by the CLI before
+prometheus_client is imported) and any worker answering /metrics sums them, so `rate()` and
+`histogram_quantile()` see one coherent series per revision whichever worker Prometheus reaches.
+A scrape shows its own worker's requests at once and the other workers' within FLUSH_INTERVAL.
+PSI gauges are not summable; they come from a custom collector exporting the drift result merged
+across workers (see drift.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,6 +36,10 @@ from serin.runtime import metric_names as mn
 from serin.runtime.drift import Drift
 from serin.runtime.model import Task
 
+log = logging.getLogger("serin.runtime.monitoring")
+
+FLUSH_INTERVAL = 0.5
+_DURATION_BOUNDS = tuple(mn.DURATION_BUCKETS)
 _DEFAULT_VALUE_BUCKETS = (-10.0, -1.0, -0.1, 0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0, 1000.0)
 
 
@@ -54,19 +72,42 @@ class DriftCollector(Collector):
         yield overall
 
 
+def _add_to_buckets(child: Any, counts: list[int] | np.ndarray, total: float) -> None:
+    # prometheus_client has no public "add n observations to bucket i": its histogram child keeps
+    # one value per bucket (`_buckets`, not cumulative, the last one +Inf) and `_sum`, which
+    # `observe` increments. tests/runtime/test_monitoring.py checks both paths export the same.
+    for bucket, n in zip(child._buckets, counts, strict=True):
+        if n:
+            bucket.inc(int(n))
+    child._sum.inc(total)
+
+
+def observe_many(child: Any, values: np.ndarray) -> None:
+    """Add many observations to a prometheus_client histogram child. NaN is skipped: it has no
+    bucket, and in the sum it would make `_sum` NaN for good."""
+    values = values[~np.isnan(values)]
+    if values.size:
+        bounds = np.asarray(child._upper_bounds[:-1], np.float64)
+        # side="left": the first bucket whose upper bound is >= the value, as `observe` does.
+        idx = np.searchsorted(bounds, values, side="left")
+        _add_to_buckets(child, np.bincount(idx, minlength=len(bounds) + 1).tolist(),
+                        float(values.sum()))
+
+
 class Monitor:
     def __init__(self, model: str, revision: str, task: Task, drift: Drift | None) -> None:
         self.model = model
         self.revision = revision
         self.task = task
         self.drift = drift
+        self.collector = DriftCollector(drift, model, revision) if drift is not None else None
         base = (model, revision)
         # registry=None: in multiprocess mode the exposition registry is built per scrape.
         self._requests = Counter(
             mn.REQUESTS_TOTAL, "Inference requests by protocol and HTTP status code",
             mn.LABELS[mn.REQUESTS_TOTAL], registry=None,
         )
-        self._duration = Histogram(
+        duration = Histogram(
             mn.REQUEST_DURATION_SECONDS, "Inference request latency, body read to response sent",
             mn.LABELS[mn.REQUEST_DURATION_SECONDS], registry=None, buckets=mn.DURATION_BUCKETS,
         )
@@ -78,6 +119,11 @@ class Monitor:
             mn.PREDICTIONS_TOTAL, "Predicted classes", mn.LABELS[mn.PREDICTIONS_TOTAL],
             registry=None,
         )
+        # Children made up front exist in the exposition at 0 before the first request, which
+        # `rate()` and the operator's predictionShift query need.
+        self._durations = {p: duration.labels(*base, p) for p in ("v1", "v2")}
+        self._classes = {cls: self._predictions.labels(*base, cls) for cls in task.classes}
+        self._request_children: dict[tuple[str, int], Any] = {}
         self._values = None
         if task.kind == "regression":
             # The profile's prediction cuts make the buckets: drift shows up as bucket shifts.
@@ -86,57 +132,99 @@ class Monitor:
                 mn.LABELS[mn.PREDICTION_VALUE], registry=None,
                 buckets=sorted(set(task.cuts or _DEFAULT_VALUE_BUCKETS)),
             ).labels(*base)
-        # Children cached: labels() takes a lock and builds a tuple on every call.
-        self._request_children: dict[tuple[str, int], Any] = {}
-        self._duration_children = {
-            p: self._duration.labels(model, revision, p) for p in ("v1", "v2")
-        }
-        self._class_children: dict[str, Any] = {}
-        for cls in task.classes:
-            self._class(cls)
+        self._output = task.output
+        self._classifier = task.kind == "classification"
+        self._predicts = self._classifier or self._values is not None
+        self._remember = drift.window.pending.append if drift is not None else None
+        # Not yet flushed: the request path touches only these.
+        self.requests: dict[tuple[str, int, int], int] = {}  # (protocol, code, latency bucket)
+        self.seconds = {p: 0.0 for p in self._durations}
+        self.rows = 0
+        self.classes: dict[Any, int] = {}  # single-row predictions: raw label -> count
+        self.outputs: list[np.ndarray] = []  # batches and regression values, folded at flush
 
-    def _class(self, cls: str) -> Any:
-        child = self._class_children.get(cls)
+    def observe(
+        self, protocol: str, code: int, seconds: float, rows: int,
+        results: dict[str, Any] | None, feeds: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """The request path: a handful of plain dict and number operations."""
+        key = (protocol, code, bisect_left(_DURATION_BOUNDS, seconds))
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        self.seconds[protocol] += seconds
+        if code != 200 or results is None:
+            return
+        self.rows += rows
+        values = results.get(self._output)  # type: ignore[arg-type]
+        if values is not None and self._predicts:
+            if rows == 1 and self._classifier:
+                label = values.item(0)  # a plain int or str: cheaper to hash than numpy scalars
+                self.classes[label] = self.classes.get(label, 0) + 1
+            else:
+                self.outputs.append(values)
+        if self._remember is not None and feeds:
+            if rows == 1:
+                self._remember(feeds)  # drift: one deque append, binned in the background
+            else:
+                self.drift.add(feeds, rows)  # type: ignore[union-attr]
+
+    def flush(self) -> None:
+        """Move the counts gathered since the last flush into the exported metrics."""
+        requests, self.requests = self.requests, {}
+        per_code: dict[tuple[str, int], int] = {}
+        per_bucket = {p: [0] * (len(_DURATION_BOUNDS) + 1) for p in self._durations}
+        for (protocol, code, bucket), n in requests.items():
+            per_code[protocol, code] = per_code.get((protocol, code), 0) + n
+            per_bucket[protocol][bucket] += n
+        for (protocol, code), n in per_code.items():
+            self._request_child(protocol, code).inc(n)
+        for protocol, counts in per_bucket.items():
+            if any(counts):
+                _add_to_buckets(self._durations[protocol], counts, self.seconds[protocol])
+                self.seconds[protocol] = 0.0
+        if self.rows:
+            self._rows.inc(self.rows)
+            self.rows = 0
+        classes, self.classes = self.classes, {}
+        for label, n in classes.items():
+            self._class_child(str(label)).inc(n)
+        outputs, self.outputs = self.outputs, []
+        if outputs:
+            values = np.concatenate(outputs, axis=None)  # axis=None: flattened
+            if self._classifier:
+                labels, label_counts = np.unique(values, return_counts=True)
+                for label, n in zip(labels.tolist(), label_counts.tolist(), strict=True):
+                    self._class_child(str(label)).inc(n)
+            elif self._values is not None:
+                observe_many(self._values, values.astype(np.float64, copy=False))
+
+    def _request_child(self, protocol: str, code: int) -> Any:
+        child = self._request_children.get((protocol, code))
         if child is None:
-            child = self._class_children[cls] = self._predictions.labels(
-                self.model, self.revision, cls
+            child = self._request_children[protocol, code] = self._requests.labels(
+                self.model, self.revision, protocol, str(code)
             )
         return child
 
-    def observe(
-        self, protocol: str, code: int, seconds: float, rows: int, results: dict[str, Any] | None
-    ) -> None:
-        key = (protocol, code)
-        child = self._request_children.get(key)
+    def _class_child(self, cls: str) -> Any:
+        child = self._classes.get(cls)
         if child is None:
-            child = self._request_children[key] = self._requests.labels(
-                self.model, self.revision, protocol, str(code)
-            )
-        child.inc()
-        self._duration_children[protocol].observe(seconds)
-        if code != 200 or results is None:
-            return
-        self._rows.inc(rows)
-        out = self.task.output
-        if out is None or out not in results:
-            return
-        values = np.asarray(results[out]).reshape(-1)
-        if self.task.kind == "classification":
-            if values.shape[0] == 1:
-                # .item() gives a plain int/str: str() of a numpy scalar costs a microsecond more.
-                self._class(str(values.item(0))).inc()
-            else:
-                labels, counts = np.unique(values, return_counts=True)
-                for label, n in zip(labels, counts, strict=True):
-                    self._class(str(label)).inc(int(n))
-        elif self._values is not None:
-            for v in values.tolist():
-                self._values.observe(v)
+            child = self._classes[cls] = self._predictions.labels(self.model, self.revision, cls)
+        return child
 
+    async def run(self, interval: float = FLUSH_INTERVAL) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.flush()
+            except Exception:  # a metrics bug must never take serving down; say so loudly
+                log.exception("metrics flush failed")
 
-def exposition(drift_collector: DriftCollector | None) -> bytes:
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    if drift_collector is not None:
-        registry.register(drift_collector)
-    return generate_latest(registry)
+    def exposition(self) -> bytes:
+        """The /metrics body: this worker's counts flushed first, then every worker's files."""
+        self.flush()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])  # type: ignore[no-untyped-call]
+        if self.collector is not None:
+            registry.register(self.collector)
+        return generate_latest(registry)

@@ -68,7 +68,7 @@ def build_app(cfg: ServeConfig) -> App:
         return App(model, max_body=cfg.max_body)
 
     from serin.runtime.drift import Binner, Drift
-    from serin.runtime.monitoring import DriftCollector, Monitor, exposition
+    from serin.runtime.monitoring import Monitor
 
     drift = None
     if model.profile is not None:
@@ -79,9 +79,8 @@ def build_app(cfg: ServeConfig) -> App:
                 min_rows=cfg.drift_min_rows, state_dir=Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]),
             )
     monitor = Monitor(cfg.name, cfg.revision, model.task, drift)
-    collector = DriftCollector(drift, cfg.name, cfg.revision) if drift else None
     return App(
-        model, monitor=monitor, drift=drift, metrics=lambda: exposition(collector),
+        model, monitor=monitor, drift=drift, metrics=monitor.exposition,
         max_body=cfg.max_body, drift_interval=cfg.drift_interval,
     )
 
@@ -106,9 +105,17 @@ def run_worker(cfg: ServeConfig, sock: socket.socket | None = None) -> None:
 
 def serve(cfg: ServeConfig) -> int:
     if cfg.workers <= 1:
+        # uvicorn drains on SIGTERM, restores the handler it found, and raises the signal again.
+        # With the default handler that kills the process before the CLI removes its metrics
+        # directory; SystemExit unwinds through it and still exits with 143.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
         run_worker(cfg, _bind(cfg.host, cfg.port, reuse_port=False))
         return 0
     return _supervise(cfg)
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _supervise(cfg: ServeConfig) -> int:

@@ -112,7 +112,9 @@ def test_psi_absent_until_window_has_enough_rows(drift_servers: tuple[Server, Se
 
 def test_reference_data_stays_below_0_1(drift_servers: tuple[Server, Server]) -> None:
     ref, _ = drift_servers
-    feed(ref, mf.reference_rows(3000, seed=12))
+    # Each worker holds half the window (1000 rows, 10 requests of 100): with 30 requests spread
+    # at random over 2 workers, one got fewer than 10 about 2 % of the time; with 60, ~1e-6.
+    feed(ref, mf.reference_rows(6000, seed=12))
     wait_for(lambda: value(ref.metrics(), mn.DRIFT_WINDOW_ROWS) == 2000)
     wait_for(lambda: value(ref.metrics(), mn.INPUT_PSI) is not None)
     text = ref.metrics()
@@ -138,13 +140,21 @@ def test_shifted_data_rises_above_0_2(drift_servers: tuple[Server, Server]) -> N
 
 
 def test_workers_export_one_coherent_series(drift_servers: tuple[Server, Server]) -> None:
-    """Each scrape may reach either worker; every one must report the same totals."""
+    """Each scrape may reach either worker; once both have flushed their counts (every 0.5 s),
+    every one must report the same, exact totals."""
     _, shifted = drift_servers
-    before = value(shifted.metrics(), mn.REQUESTS_TOTAL, code="200") or 0
+    v1_ok = {"protocol": "v1", "code": "200"}  # this module sends V1 to `shifted` only here
+    before = value(shifted.metrics(), mn.REQUESTS_TOTAL, **v1_ok) or 0
     for _ in range(40):  # a fresh connection each: SO_REUSEPORT spreads them over workers
         assert shifted.predict([[0.0, 0.0, 0.0, 0.0]]).status == 200
-    seen = {value(shifted.metrics(), mn.REQUESTS_TOTAL, code="200") for _ in range(10)}
-    assert seen == {before + 40}
+
+    def totals() -> set[float | None]:
+        return {value(shifted.metrics(), mn.REQUESTS_TOTAL, **v1_ok) for _ in range(10)}
+
+    wait_for(lambda: totals() == {before + 40})
+    assert totals() == {before + 40}  # exact: flushing again adds nothing
+    assert {value(shifted.metrics(), f"{mn.REQUEST_DURATION_SECONDS}_count", protocol="v1")
+            for _ in range(10)} == {before + 40}
     # PSI merges every worker's window in a background update; once rows stop arriving, every
     # worker must converge on the same value (updates land at different times until then).
     deadline = time.monotonic() + 15
@@ -204,3 +214,20 @@ def test_nan_allowed_by_profile(models: dict[str, Path], tmp_path: Path) -> None
         assert reply.status == 400 and "infinite values are not allowed" in reply.json()["error"]
     finally:
         stop_server(srv)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_metrics_directory_removed_on_sigterm(models: dict[str, Path], tmp_path: Path,
+                                              workers: str) -> None:
+    """Every server makes a private metrics directory; stopping it must not leave it behind."""
+    state = tmp_path / f"state-{workers}"
+    state.mkdir()
+    srv = serve(tmp_path, models["numeric"], f"tidy{workers}", "--workers", workers,
+                env={"TMPDIR": str(state)})
+    try:
+        assert srv.predict([[0.0, 1.0, 2.0, 3.0]]).status == 200
+        assert len(list(state.glob("serin-metrics-*"))) == 1
+    finally:
+        stop_server(srv)
+    assert srv.proc.returncode in (0, 143)  # not -15: killed by the signal before cleaning up
+    assert list(state.glob("serin-metrics-*")) == []

@@ -48,6 +48,15 @@ def test_window_keeps_only_the_last_rows_in_a_ring() -> None:
     assert window.counts().tolist() == [4, 0]
 
 
+def test_window_holds_about_one_window_of_pending_batch_rows() -> None:
+    window = Window(Binner([numeric()], {"input": SPEC}), capacity=2000)
+    for i in range(10):
+        window.add({"input": np.full((1000, 2), i, np.float32)}, 1000)
+    assert [int(f["input"][0, 0]) for f in window.pending] == [8, 9]
+    window.flush()
+    assert window.filled == 2000 and window.counts().tolist() == [0, 2000]
+
+
 def test_binner_categorical_other_bin() -> None:
     spec = TensorSpec("color", "BYTES", np.dtype(object), (None, 1))
     feat = Feature("color", "color", 0, "categorical", categories=("red", "blue"),
