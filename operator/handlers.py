@@ -175,7 +175,9 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def model_event(type: str | None, name: str, namespace: str, **_: Any) -> None:
+async def model_event(type: str | None, name: str, namespace: str | None, **_: Any) -> None:
+    if namespace is None:
+        return  # Models are namespaced; kopf's signature allows None for cluster-scoped resources
     if type == "DELETED":
         REGISTRY.forget(namespace, name)
     else:

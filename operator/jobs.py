@@ -121,7 +121,7 @@ class JobExecutor:
 
     async def start(self, req: ConversionRequest) -> None:
         try:
-            await self.batch.create_namespaced_job(req.namespace, job_body(req, self.settings))
+            await self.batch.create_namespaced_job(req.namespace, job_body(req, self.settings))  # type: ignore[arg-type]  # dicts serialise as-is
         except ApiException as err:
             if err.status != 409:  # already created by an earlier tick or operator
                 raise

@@ -42,7 +42,7 @@ class Kube:
                 "status": merge_patch(model.get("status") or {}, status)}
         try:
             await self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body, _content_type=MERGE)
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body, _content_type=MERGE)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
         except ApiException as err:
             if err.status == 409:
                 raise Conflict(meta["name"]) from err
@@ -52,7 +52,7 @@ class Kube:
         meta = model["metadata"]
         body = {"metadata": {"annotations": {key: None}}}
         await self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body, _content_type=MERGE)
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body, _content_type=MERGE)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
 
     async def get_isvc(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -75,7 +75,7 @@ class Kube:
 
     async def patch_isvc(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         await self.custom.patch_namespaced_custom_object(
-            kserve.GROUP, kserve.VERSION, namespace, kserve.PLURAL, name, patch, _content_type=MERGE)
+            kserve.GROUP, kserve.VERSION, namespace, kserve.PLURAL, name, patch, _content_type=MERGE)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
 
     async def event(self, model: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = model["metadata"]

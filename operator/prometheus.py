@@ -37,6 +37,8 @@ def parse_response(metric: str, body: object) -> MeasuredValue:
     data = body.get("data") or {}
     kind, result = data.get("resultType"), data.get("result")
     if kind == "scalar":
+        if not isinstance(result, list) or len(result) != 2:
+            return MeasuredValue(metric, None, "prometheus error: malformed scalar result")
         return MeasuredValue(metric, _number(result[1]))
     if kind == "vector":
         if not result:

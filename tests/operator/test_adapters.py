@@ -92,7 +92,9 @@ def test_observe_kserve_status() -> None:
     ({"status": "error", "errorType": "bad_data", "error": "parse error at char 5"}, None, "prometheus error: parse error at char 5"),
     ({"status": "success", "data": {"resultType": "matrix", "result": []}}, None, "unsupported result type 'matrix'"),
     ("<html>", None, "prometheus error: unexpected response"),
-], ids=["vector", "scalar", "no-series", "nan", "many-series", "error", "matrix", "not-json-object"])
+    ({"status": "success", "data": {"resultType": "scalar", "result": None}}, None,
+     "prometheus error: malformed scalar result"),
+], ids=["vector", "scalar", "no-series", "nan", "many-series", "error", "matrix", "not-json-object", "bad-scalar"])
 def test_prometheus_responses(body: object, value: float | None, error: str) -> None:
     m = parse_response("x", body)
     assert (m.value, m.error) == (value, error)
