@@ -51,6 +51,19 @@ def holder_index(cp: ControlPlane, namespace: str, ops: list[OperatorProcess]) -
     return None
 
 
+def serve_v1_with_both_running(cp: ControlPlane, namespace: str, replicas: list[OperatorProcess],
+                               artifacts: Artifacts) -> tuple[Cluster, int, int]:
+    """Both replicas up, v1 promoted; returns the cluster and the leader's and standby's indexes."""
+    for op in replicas:
+        op.start()
+    c = Cluster(cp, namespace, artifacts, replicas[0])
+    c.apply(artifacts.good_v1)
+    c.wait_phase("Promoted", generation=1)
+    leader = holder_index(cp, namespace, replicas)
+    assert leader is not None, lease(cp, namespace)
+    return c, leader, 1 - leader
+
+
 def reasons(c: Cluster) -> list[str]:
     return sorted(e["reason"] for e in c.events())
 
@@ -58,14 +71,7 @@ def reasons(c: Cluster) -> list[str]:
 def test_two_replicas_one_leader_and_failover_mid_canary(crds: ControlPlane, namespace: str,
                                                          replicas: list[OperatorProcess],
                                                          artifacts: Artifacts) -> None:
-    for op in replicas:
-        op.start()
-    c = Cluster(crds, namespace, artifacts, replicas[0])
-    c.apply(artifacts.good_v1)
-    c.wait_phase("Promoted", generation=1)
-    leader = holder_index(crds, namespace, replicas)
-    assert leader is not None, lease(crds, namespace)
-    standby = 1 - leader
+    c, leader, standby = serve_v1_with_both_running(crds, namespace, replicas, artifacts)
     # Only the leader acted: the standby's log has no transition at all.
     assert "ConversionStarted" in replicas[leader].log.read_text()
     assert "ConversionStarted" not in replicas[standby].log.read_text()
@@ -94,18 +100,15 @@ def test_two_replicas_one_leader_and_failover_mid_canary(crds: ControlPlane, nam
 
 def test_graceful_stop_hands_the_lease_over(crds: ControlPlane, namespace: str, replicas: list[OperatorProcess],
                                             artifacts: Artifacts) -> None:
-    """SIGTERM (a rolling update) releases the Lease: the standby takes over and serves the next
-    version, and the stopped leader's log shows it let go."""
-    for op in replicas:
-        op.start()
-    c = Cluster(crds, namespace, artifacts, replicas[0])
-    c.apply(artifacts.good_v1)
-    c.wait_phase("Promoted", generation=1)
-    leader = holder_index(crds, namespace, replicas)
-    assert leader is not None
-    standby = 1 - leader
+    """SIGTERM (a rolling update) stops the leader cleanly (exit 0) and releases the Lease: the
+    standby takes it and serves the next version."""
+    c, leader, standby = serve_v1_with_both_running(crds, namespace, replicas, artifacts)
     replicas[leader].stop()
     assert replicas[leader].proc is not None and replicas[leader].proc.returncode == 0
+    # Released, not left to expire: the stopped leader cut its Lease to 1 s in the past on the way
+    # out (or the standby already holds it, which before expiry only a release allows).
+    released = lease(crds, namespace)
+    assert released["leaseDurationSeconds"] == 1 or holder_index(crds, namespace, replicas) == standby, released
     c.operator = replicas[standby]
     c.apply(artifacts.good_v2)
     c.wait_phase("Promoted", generation=2)
