@@ -289,7 +289,10 @@ def _judge_measurements(t: _Tick, s: Status, c: Canary) -> tuple[Status, Canary]
     streak = previous_streak + 1 if inconclusive else 0
     progress = c.stepProgress
     if all_ok:
-        progress += max(0.0, t.since(c.lastAnalysisAt or c.trafficSince))
+        # A round vouches for at most one interval: the time before it may hold no data at all
+        # (the first round after the canary started serving, or a tick the operator ran late).
+        elapsed = max(0.0, t.since(c.lastAnalysisAt or c.trafficSince))
+        progress += min(elapsed, t.spec.analysis.interval)
     c = replace(c, failures=failures, inconclusiveStreak=streak, stepProgress=progress,
                 lastAnalysisAt=t.now_s, lastRoundOk=all_ok)
     over = [r for r in records

@@ -18,6 +18,7 @@ import orjson
 from serin.runtime.decode import RequestError, decode_v1, decode_v2, parse_json, requested_outputs
 from serin.runtime.drift import Drift
 from serin.runtime.model import OnnxModel
+from serin.runtime.periodic import every
 
 log = logging.getLogger("serin.runtime")
 
@@ -76,9 +77,11 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 if self.monitor is not None:
-                    self._tasks.append(asyncio.create_task(self.monitor.run()))
+                    flush = every(self.monitor.flush_interval, self.monitor.flush, "metrics flush")
+                    self._tasks.append(asyncio.create_task(flush))
                 if self.drift is not None:
-                    self._tasks.append(asyncio.create_task(self.drift.run(self.drift_interval)))
+                    update = every(self.drift_interval, self.drift.tick, "drift update")
+                    self._tasks.append(asyncio.create_task(update))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in self._tasks:

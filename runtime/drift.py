@@ -9,7 +9,6 @@ exports the same PSI over the whole revision's traffic.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -210,14 +209,6 @@ class Drift:
         for f, off in zip(self.binner.features, self.binner.offsets, strict=True):
             scores[f.name] = psi(counts[off : off + f.bins], f.proportions)
         self.result = DriftResult(rows, scores)
-
-    async def run(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.tick()
-            except Exception:  # a drift bug must never take serving down; say so loudly
-                log.exception("drift update failed")
 
     def close(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -16,6 +16,12 @@ FEATURE_PSI = "serin_feature_psi"
 INPUT_PSI = "serin_input_psi"
 DRIFT_WINDOW_ROWS = "serin_drift_window_rows"
 
+# Every HTTP status the inference path answers. The runtime exports a zero-valued
+# serin_requests_total series for each (protocol, code) at start-up: `rate()` ignores the value a
+# series is born with, so a first burst of 5xx in a lazily created series would be invisible.
+ANSWERED_CODES: tuple[str, ...] = ("200", "400", "404", "413", "500")
+PROTOCOLS: tuple[str, ...] = ("v1", "v2")
+
 # Label names.
 MODEL = "model"
 REVISION = "revision"

@@ -20,7 +20,6 @@ across workers (see drift.py).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from bisect import bisect_left
@@ -95,6 +94,8 @@ def observe_many(child: Any, values: np.ndarray) -> None:
 
 
 class Monitor:
+    flush_interval = FLUSH_INTERVAL
+
     def __init__(self, model: str, revision: str, task: Task, drift: Drift | None) -> None:
         self.model = model
         self.revision = revision
@@ -121,9 +122,12 @@ class Monitor:
         )
         # Children made up front exist in the exposition at 0 before the first request, which
         # `rate()` and the operator's predictionShift query need.
-        self._durations = {p: duration.labels(*base, p) for p in ("v1", "v2")}
+        self._durations = {p: duration.labels(*base, p) for p in mn.PROTOCOLS}
         self._classes = {cls: self._predictions.labels(*base, cls) for cls in task.classes}
         self._request_children: dict[tuple[str, int], Any] = {}
+        for protocol in mn.PROTOCOLS:
+            for code in mn.ANSWERED_CODES:
+                self._request_child(protocol, int(code))
         self._values = None
         if task.kind == "regression":
             # The profile's prediction cuts make the buckets: drift shows up as bucket shifts.
@@ -211,14 +215,6 @@ class Monitor:
         if child is None:
             child = self._classes[cls] = self._predictions.labels(self.model, self.revision, cls)
         return child
-
-    async def run(self, interval: float = FLUSH_INTERVAL) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.flush()
-            except Exception:  # a metrics bug must never take serving down; say so loudly
-                log.exception("metrics flush failed")
 
     def exposition(self) -> bytes:
         """The /metrics body: this worker's counts flushed first, then every worker's files."""

@@ -105,7 +105,7 @@ def test_bad_version_is_rolled_back(platform: Platform, versions: Versions, bad:
     finally:
         load.stop()
     assert f"analysis failed: {metric['name']} = " in s["failed"]["reason"], s["failed"]["reason"]
-    assert s["stable"]["generation"] == 1 and platform.cluster.weights_seen() == [10, 0]
+    assert s["stable"]["generation"] == 1 and platform.cluster.weights_seen() == [10, 0], s["analysis"]
     canary_revision = m["status"]["canary"]["revision"]
     # Only the bad version's own answers failed; nothing failed after the rollback.
     assert {a.revision for a in failures(load)} <= {canary_revision}, failures(load)[:5]

@@ -260,6 +260,14 @@ CASES = [
         lambda d: d.status.canary is not None and d.status.canary.stepProgress == 10.0,
         lambda d: d.status.canary is not None and d.status.canary.step == 0,
         lambda d: [m.verdict for m in d.status.analysis] == ["Successful", "Successful"]), now=10),
+    Case("a-late-first-round-vouches-for-one-interval-only", LIVE,
+         obs(2, serving=canary_serving(10), measurements=measured()), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.stepProgress == 10.0), now=45),
+    Case("a-round-after-a-gap-vouches-for-one-interval-only",
+         replace(PROMOTED, canary=canary(trafficSince=ts(0), lastAnalysisAt=ts(10), stepProgress=10.0)),
+         obs(2, serving=canary_serving(10), measurements=measured()), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.stepProgress == 20.0,
+        lambda d: d.status.canary is not None and d.status.canary.step == 0), now=70),
     Case("pause-elapsed-advances-step", replace(PROMOTED, canary=canary(trafficSince=ts(0), lastAnalysisAt=ts(20), stepProgress=20.0)),
          obs(2, serving=canary_serving(10), measurements=measured()), check_all(
         lambda d: d.status.canary is not None and (d.status.canary.step, d.status.canary.weight) == (1, 50),

@@ -1,0 +1,100 @@
+"""The runtime's metrics as the operator reads them: a real Prometheus scrapes a real runtime, and
+the operator's own builtin PromQL is evaluated over what it stored.
+
+Why this exists: `rate()` only sees increases between two samples of a series. A counter series
+that is born with a value (the first 5xx after a run of 200s) loses that value, so a canary's first
+burst of errors would read as a zero error rate and a broken model could pass a canary step. The
+runtime therefore exports every status code it can answer at zero from start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import Server, serve, stop_server
+from serin.local import demo_models
+from serin.local.controlplane import provision
+from serin.local.prometheus import Prometheus, start_prometheus
+from serin.operator.queries import QueryContext, builtin_query
+from serin.runtime import metric_names as mn
+from test_metrics import rows_input, samples
+
+REVISION = "erroring-predictor-00001"
+
+
+@pytest.fixture(scope="module")
+def erroring_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The demo's erroring model: onnxruntime raises (HTTP 500) for any row with |f0| >= 2."""
+    tmp = tmp_path_factory.mktemp("erroring")
+    version = demo_models.erroring_version(tmp / "model")
+    srv = serve(tmp, version.model.parent, "erroring", "--revision", REVISION)
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture
+def scraping(erroring_server: Server, tmp_path: Path) -> Iterator[Prometheus]:
+    prom = start_prometheus(tmp_path / "prometheus", provision(), scrape_interval="1s")
+    try:
+        prom.targets_file.write_text(json.dumps([{"targets": [f"127.0.0.1:{erroring_server.port}"]}]))
+        yield prom
+    finally:
+        prom.stop()
+
+
+def test_every_answerable_code_is_exported_at_zero_before_any_request(tmp_path: Path) -> None:
+    version = demo_models.erroring_version(tmp_path / "model")
+    srv = serve(tmp_path, version.model.parent, "fresh", "--revision", "fresh-00001")
+    try:
+        exported = {(dict(labels)["protocol"], dict(labels)["code"]): v
+                    for (name, labels), v in samples(srv.metrics()).items() if name == mn.REQUESTS_TOTAL}
+    finally:
+        stop_server(srv)
+    want = {(p, c) for p in ("v1", "v2") for c in ("200", "400", "404", "413", "500")}
+    assert want <= set(exported), sorted(want - set(exported))
+    assert all(v == 0 for v in exported.values()), exported
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.25)
+
+
+def scalar(prom: Prometheus, expr: str) -> float | None:
+    result = prom.query(expr)["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_first_burst_of_errors_shows_in_the_operators_error_rate(erroring_server: Server,
+                                                                 scraping: Prometheus) -> None:
+    ctx = QueryContext(model="erroring", namespace="ns", revision=REVISION, stable_revision="", window="30s")
+    error_rate = builtin_query("errorRate", ctx)
+    good = np.zeros((1, 4), np.float32)
+    bad = np.full((1, 4), 3.0, np.float32)
+
+    # Only successes until Prometheus has two scrapes of them: the error rate reads exactly 0.
+    def answered_twice() -> bool:
+        assert erroring_server.infer([rows_input(good)]).status == 200
+        scrapes = scalar(scraping, f'count_over_time({mn.REQUESTS_TOTAL}{{code="200",protocol="v2"}}[30s])')
+        return (scrapes or 0) >= 2
+
+    wait_until(answered_twice)
+    wait_until(lambda: scalar(scraping, error_rate) is not None)
+    assert scalar(scraping, error_rate) == 0
+
+    # One burst of errors, then successes only: the burst must show, not vanish into a new series.
+    for _ in range(5):
+        assert erroring_server.infer([rows_input(bad)]).status == 500
+    for _ in range(5):
+        assert erroring_server.infer([rows_input(good)]).status == 200
+    wait_until(lambda: (scalar(scraping, f'{mn.REQUESTS_TOTAL}{{code="500",protocol="v2"}}') or 0) == 5)
+    time.sleep(2.5)  # two more scrapes with no new error: a born-late series would now read 0
+    measured = scalar(scraping, error_rate)
+    assert measured is not None and measured > 0.01, measured
