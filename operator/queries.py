@@ -19,7 +19,11 @@ class QueryContext:
 
 
 def _sel(ctx: QueryContext, revision: str, extra: str = "") -> str:
-    return f'model="{ctx.model}",revision="{revision}"{extra}'
+    # KServe names revisions `<isvc>-predictor-0000N` in every namespace, so model and revision
+    # alone also match a namesake elsewhere; its series would answer for a canary that has no data
+    # yet (a healthy neighbour's 200s made a broken canary's error rate read 0). The namespace
+    # label is the scrape target's, as a PodMonitor attaches it.
+    return f'namespace="{ctx.namespace}",model="{ctx.model}",revision="{revision}"{extra}'
 
 
 def builtin_query(builtin: str, ctx: QueryContext) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -29,6 +30,12 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON = b"application/json"
 PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+# A model run this long would hold the event loop visibly: /metrics, health probes and the metrics
+# flush would queue behind it, and a model slower than its request rate would stop being scraped
+# (analysis reads "no data" and pauses) exactly when its latency must be judged. Runs that have
+# lately taken longer go to one inference thread (onnxruntime releases the GIL); fast ones stay
+# inline, where a thread hand-off would cost more than the run.
+INLINE_RUN_BUDGET_S = 0.002
 
 
 def _error(message: str) -> bytes:
@@ -53,6 +60,8 @@ class App:
         self.max_body = max_body
         self.drift_interval = drift_interval
         self._tasks: list[asyncio.Task[None]] = []
+        # One thread: runs stay serial per worker, as inline; parallelism comes from workers.
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serin-inference")
         name = model.name
         ready = orjson.dumps({"name": name, "ready": True})
         self._static: dict[str, bytes] = {
@@ -90,6 +99,7 @@ class App:
                     self.monitor.flush()  # uvicorn has drained in-flight requests by now
                 if self.drift is not None:
                     self.drift.close()
+                self._inference.shutdown(wait=False)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -167,6 +177,11 @@ class App:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    async def _run(self, model: OnnxModel, feeds: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
+        if model.recent_run_seconds < INLINE_RUN_BUDGET_S:
+            return model.run(feeds, names)
+        return await asyncio.get_running_loop().run_in_executor(self._inference, model.run, feeds, names)
+
     async def _infer(
         self, protocol: str, name: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
@@ -181,11 +196,11 @@ class App:
             payload = parse_json(await self._body(scope, receive))
             if protocol == "v2":
                 feeds, rows = decode_v2(payload, model.inputs)
-                results = model.run(feeds, requested_outputs(payload, model.output_names))
+                results = await self._run(model, feeds, requested_outputs(payload, model.output_names))
                 body = model.v2_response(results, payload.get("id"))
             else:
                 feeds, rows = decode_v1(payload, model.inputs)
-                results = model.run(feeds, None)
+                results = await self._run(model, feeds, None)
                 body = model.v1_response(results)
             status = 200
         except RequestError as exc:

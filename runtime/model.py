@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class OnnxModel:
         self, name: str, model_dir: Path, *, allow_nan: bool = False, threads: int = 1
     ) -> None:
         self.name = name
+        self.recent_run_seconds = 0.0  # how long session.run has taken lately (see App._run)
         self.model_dir = Path(model_dir)
         onnx_path = self.model_dir / "model.onnx"
         if not onnx_path.is_file():
@@ -117,6 +119,7 @@ class OnnxModel:
 
     def run(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> dict[str, Any]:
         names = names or self.output_names
+        started = time.perf_counter()
         try:
             values = self.session.run(names, feeds)
         except InvalidArgument as exc:
@@ -124,6 +127,9 @@ class OnnxModel:
             # inside the graph is the model failing on valid input: a server error (5xx), which
             # is what canary analysis counts, not the client's fault (4xx).
             raise RequestError(f"the model failed on this input: {exc}", status=500) from None
+        finally:
+            # Rises at once with a slow run and decays over about 50 fast ones.
+            self.recent_run_seconds = max(time.perf_counter() - started, self.recent_run_seconds * 0.9)
         return dict(zip(names, values, strict=True))
 
     # --- responses -------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_good_version_is_promoted_with_no_failed_request(platform: Platform, ver
     rollout = copy.deepcopy(ROLLOUT)
     # A user PromQL metric next to the builtins: the canary's own successful request rate.
     rollout["analysis"]["metrics"].append({"name": "throughput", "min": 0.1, "query":
-        'sum(rate(serin_requests_total{model="{{model}}",revision="{{revision}}",code="200"}[30s]))'})
+        'sum(rate(serin_requests_total{namespace="{{namespace}}",model="{{model}}",revision="{{revision}}",code="200"}[30s]))'})
     load = start_with_v1(platform, versions)
     try:
         apply(platform, versions.v2, rollout)
@@ -117,8 +117,8 @@ def test_bad_version_is_rolled_back(platform: Platform, versions: Versions, bad:
 def test_user_promql_metric_can_roll_back(platform: Platform, versions: Versions) -> None:
     rollout = copy.deepcopy(ROLLOUT)
     rollout["analysis"]["metrics"] = [{"name": "positive-rate", "max": 0.3, "query":
-        'sum(rate(serin_predictions_total{model="{{model}}",revision="{{revision}}",class="1"}[30s]))'
-        ' / sum(rate(serin_predictions_total{model="{{model}}",revision="{{revision}}"}[30s]))'}]
+        'sum(rate(serin_predictions_total{namespace="{{namespace}}",model="{{model}}",revision="{{revision}}",class="1"}[30s]))'
+        ' / sum(rate(serin_predictions_total{namespace="{{namespace}}",model="{{model}}",revision="{{revision}}"}[30s]))'}]
     load = start_with_v1(platform, versions)
     try:
         apply(platform, versions.v2, rollout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -158,6 +159,16 @@ def test_builtin_queries_are_valid_promql(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "5 rules found" in out.stdout
     assert "{{" not in exprs[-1] and 'revision="fraud-predictor-00002"' in exprs[-1]
+
+
+@pytest.mark.parametrize("builtin", ["errorRate", "latencyP99Seconds", "inputPSI", "predictionShift"])
+def test_every_builtin_selector_is_scoped_to_the_models_namespace(builtin: str) -> None:
+    """Revision names repeat across namespaces (`<isvc>-predictor-00002`); a selector without the
+    namespace lets a namesake's series answer for the canary."""
+    ctx = QueryContext("fraud", "ml", "fraud-predictor-00002", "fraud-predictor-00001", window_for(10))
+    selectors = re.findall(r"serin_\w+\{([^}]*)\}", builtin_query(builtin, ctx))
+    assert selectors
+    assert all('namespace="ml"' in sel and 'model="fraud"' in sel for sel in selectors), selectors
 
 
 async def test_local_executor_reports_a_crash_without_report(tmp_path: Path) -> None:

@@ -131,10 +131,17 @@ def test_shifted_data_rises_above_0_2(drift_servers: tuple[Server, Server]) -> N
     x = mf.reference_rows(2500, seed=13)
     x[:, 2] += 1.0  # one feature moves by one standard deviation
     feed(shifted, x)
-    wait_for(lambda: (value(shifted.metrics(), mn.INPUT_PSI) or 0) > mn.PSI_SIGNIFICANT)
-    text = shifted.metrics()
-    features = {dict(ls)["feature"]: v for (n, ls), v in samples(text).items()
-                if n == mn.FEATURE_PSI}
+    features: dict[str, float] = {}
+
+    def drifted() -> bool:
+        # One scrape for both the overall and the per-feature PSI: consecutive scrapes may reach
+        # different workers, and one may not have merged the shared window yet.
+        text = shifted.metrics()
+        features.clear()
+        features.update({dict(ls)["feature"]: v for (n, ls), v in samples(text).items() if n == mn.FEATURE_PSI})
+        return (value(text, mn.INPUT_PSI) or 0) > mn.PSI_SIGNIFICANT
+
+    wait_for(drifted)
     assert max(features, key=lambda k: features[k]) == "f2"
     assert features["f0"] < mn.PSI_MODERATE
 

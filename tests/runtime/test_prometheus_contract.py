@@ -5,6 +5,10 @@ Why this exists: `rate()` only sees increases between two samples of a series. A
 that is born with a value (the first 5xx after a run of 200s) loses that value, so a canary's first
 burst of errors would read as a zero error rate and a broken model could pass a canary step. The
 runtime therefore exports every status code it can answer at zero from start-up.
+
+And KServe names revisions `<isvc>-predictor-0000N` in every namespace: the operator's queries are
+scoped by the scrape target's `namespace` label, so a healthy namesake elsewhere cannot answer for a
+canary that has no data of its own yet.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from serin.runtime import metric_names as mn
 from test_metrics import rows_input, samples
 
 REVISION = "erroring-predictor-00001"
+NAMESPACE = "ns"
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +42,16 @@ def erroring_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     stop_server(srv)
 
 
+def target(server: Server, namespace: str) -> dict[str, object]:
+    """A file_sd entry labelled as a PodMonitor labels a Pod's target."""
+    return {"targets": [f"127.0.0.1:{server.port}"], "labels": {"namespace": namespace}}
+
+
 @pytest.fixture
 def scraping(erroring_server: Server, tmp_path: Path) -> Iterator[Prometheus]:
     prom = start_prometheus(tmp_path / "prometheus", provision(), scrape_interval="1s")
     try:
-        prom.targets_file.write_text(json.dumps([{"targets": [f"127.0.0.1:{erroring_server.port}"]}]))
+        prom.targets_file.write_text(json.dumps([target(erroring_server, NAMESPACE)]))
         yield prom
     finally:
         prom.stop()
@@ -74,7 +84,7 @@ def scalar(prom: Prometheus, expr: str) -> float | None:
 
 def test_first_burst_of_errors_shows_in_the_operators_error_rate(erroring_server: Server,
                                                                  scraping: Prometheus) -> None:
-    ctx = QueryContext(model="erroring", namespace="ns", revision=REVISION, stable_revision="", window="30s")
+    ctx = QueryContext(model="erroring", namespace=NAMESPACE, revision=REVISION, stable_revision="", window="30s")
     error_rate = builtin_query("errorRate", ctx)
     good = np.zeros((1, 4), np.float32)
     bad = np.full((1, 4), 3.0, np.float32)
@@ -98,3 +108,47 @@ def test_first_burst_of_errors_shows_in_the_operators_error_rate(erroring_server
     time.sleep(2.5)  # two more scrapes with no new error: a born-late series would now read 0
     measured = scalar(scraping, error_rate)
     assert measured is not None and measured > 0.01, measured
+
+
+def test_a_namesake_in_another_namespace_does_not_answer_for_the_canary(erroring_server: Server,
+                                                                       tmp_path: Path) -> None:
+    """The CI failure this guards: the previous test's promoted `fraud-predictor-00002` (healthy,
+    another namespace) was still in the 30 s window when the next test's erroring canary of the
+    same name started; its 200s made the canary's error rate read 0 and the canary passed step 1."""
+    neighbour_version = demo_models.erroring_version(tmp_path / "neighbour-model")
+    neighbour = serve(tmp_path, neighbour_version.model.parent, "erroring", "--revision", REVISION)
+    prom = start_prometheus(tmp_path / "prometheus", provision(), scrape_interval="1s")
+    try:
+        prom.targets_file.write_text(json.dumps([target(neighbour, "elsewhere")]))
+        good = np.zeros((1, 4), np.float32)
+
+        def neighbour_scraped_twice() -> bool:
+            assert neighbour.infer([rows_input(good)]).status == 200
+            return (scalar(prom, f'count_over_time({mn.REQUESTS_TOTAL}{{code="200",protocol="v2"}}[30s])') or 0) >= 2
+
+        wait_until(neighbour_scraped_twice)
+
+        def error_rate(namespace: str) -> float | None:
+            ctx = QueryContext(model="erroring", namespace=namespace, revision=REVISION, stable_revision="",
+                               window="30s")
+            return scalar(prom, builtin_query("errorRate", ctx))
+
+        wait_until(lambda: error_rate("elsewhere") == 0)
+        # The canary is not scraped yet: it has no data, which must read as none (Inconclusive),
+        # never as the neighbour's zero.
+        assert error_rate(NAMESPACE) is None
+
+        prom.targets_file.write_text(json.dumps([target(neighbour, "elsewhere"), target(erroring_server, NAMESPACE)]))
+        bad = np.full((1, 4), 3.0, np.float32)
+
+        def canary_errors_measured() -> bool:
+            assert erroring_server.infer([rows_input(bad)]).status == 500
+            assert neighbour.infer([rows_input(good)]).status == 200
+            return (error_rate(NAMESPACE) or 0) > 0
+
+        wait_until(canary_errors_measured)
+        assert (error_rate(NAMESPACE) or 0) > 0.99  # the canary answered nothing but errors
+        assert error_rate("elsewhere") == 0
+    finally:
+        prom.stop()
+        stop_server(neighbour)
