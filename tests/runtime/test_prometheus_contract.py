@@ -26,7 +26,7 @@ from serin.local.controlplane import provision
 from serin.local.prometheus import Prometheus, start_prometheus
 from serin.operator.queries import QueryContext, builtin_query
 from serin.runtime import metric_names as mn
-from test_metrics import rows_input, samples
+from test_metrics import rows_input, samples, wait_for
 
 REVISION = "erroring-predictor-00001"
 NAMESPACE = "ns"
@@ -70,13 +70,6 @@ def test_every_answerable_code_is_exported_at_zero_before_any_request(tmp_path: 
     assert all(v == 0 for v in exported.values()), exported
 
 
-def wait_until(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.25)
-
-
 def scalar(prom: Prometheus, expr: str) -> float | None:
     result = prom.query(expr)["data"]["result"]
     return float(result[0]["value"][1]) if result else None
@@ -95,8 +88,8 @@ def test_first_burst_of_errors_shows_in_the_operators_error_rate(erroring_server
         scrapes = scalar(scraping, f'count_over_time({mn.REQUESTS_TOTAL}{{code="200",protocol="v2"}}[30s])')
         return (scrapes or 0) >= 2
 
-    wait_until(answered_twice)
-    wait_until(lambda: scalar(scraping, error_rate) is not None)
+    wait_for(answered_twice, timeout=30)
+    wait_for(lambda: scalar(scraping, error_rate) is not None, timeout=30)
     assert scalar(scraping, error_rate) == 0
 
     # One burst of errors, then successes only: the burst must show, not vanish into a new series.
@@ -104,7 +97,7 @@ def test_first_burst_of_errors_shows_in_the_operators_error_rate(erroring_server
         assert erroring_server.infer([rows_input(bad)]).status == 500
     for _ in range(5):
         assert erroring_server.infer([rows_input(good)]).status == 200
-    wait_until(lambda: (scalar(scraping, f'{mn.REQUESTS_TOTAL}{{code="500",protocol="v2"}}') or 0) == 5)
+    wait_for(lambda: (scalar(scraping, f'{mn.REQUESTS_TOTAL}{{code="500",protocol="v2"}}') or 0) == 5, timeout=30)
     time.sleep(2.5)  # two more scrapes with no new error: a born-late series would now read 0
     measured = scalar(scraping, error_rate)
     assert measured is not None and measured > 0.01, measured
@@ -126,14 +119,14 @@ def test_a_namesake_in_another_namespace_does_not_answer_for_the_canary(erroring
             assert neighbour.infer([rows_input(good)]).status == 200
             return (scalar(prom, f'count_over_time({mn.REQUESTS_TOTAL}{{code="200",protocol="v2"}}[30s])') or 0) >= 2
 
-        wait_until(neighbour_scraped_twice)
+        wait_for(neighbour_scraped_twice, timeout=30)
 
         def error_rate(namespace: str) -> float | None:
             ctx = QueryContext(model="erroring", namespace=namespace, revision=REVISION, stable_revision="",
                                window="30s")
             return scalar(prom, builtin_query("errorRate", ctx))
 
-        wait_until(lambda: error_rate("elsewhere") == 0)
+        wait_for(lambda: error_rate("elsewhere") == 0, timeout=30)
         # The canary is not scraped yet: it has no data, which must read as none (Inconclusive),
         # never as the neighbour's zero.
         assert error_rate(NAMESPACE) is None
@@ -146,7 +139,7 @@ def test_a_namesake_in_another_namespace_does_not_answer_for_the_canary(erroring
             assert neighbour.infer([rows_input(good)]).status == 200
             return (error_rate(NAMESPACE) or 0) > 0
 
-        wait_until(canary_errors_measured)
+        wait_for(canary_errors_measured, timeout=30)
         assert (error_rate(NAMESPACE) or 0) > 0.99  # the canary answered nothing but errors
         assert error_rate("elsewhere") == 0
     finally:
