@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from serin.converters.errors import EXIT_USER_ERROR, ConversionError
 
 if TYPE_CHECKING:
-    from serin.converters.conversion import Outcome
+    from serin.converters.conversion import Outcome, Request
 
 PROG = "serin convert"
 
@@ -70,14 +69,13 @@ def fail_early(message: str, out: Path | None) -> int:
     return EXIT_USER_ERROR
 
 
-def main(argv: list[str] | None = None,
-         on_outcome: Callable[[Outcome], None] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     try:
         args = parser().parse_args(args_list)
     except ConversionError as exc:
         return fail_early(exc.message, out_from(args_list))
-    from serin.converters.conversion import DEFAULT_OPSET, Request, run
+    from serin.converters.conversion import DEFAULT_OPSET, Request
     from serin.converters.parity import Tolerance
 
     defaults = Tolerance()
@@ -91,19 +89,25 @@ def main(argv: list[str] | None = None,
                              else args.min_label_agreement),
         ),
     )
+    return execute(request, quiet=args.quiet).exit_code
+
+
+def execute(request: Request, quiet: bool = False) -> Outcome:
+    """Runs a conversion and says how it went: one line on stderr when it failed, a summary on
+    stdout when it passed (unless quiet). Shared by `serin convert` and the conversion Job."""
+    from serin.converters.conversion import run
+
     outcome = run(request)
-    if on_outcome is not None:
-        on_outcome(outcome)
     rep = outcome.report
     if not outcome.passed:
         print(f"{PROG}: error: {rep['reason']}", file=sys.stderr)
-    elif not args.quiet:
+    elif not quiet:
         p = rep["parity"]
         agreement = "n/a" if p["label_agreement"] is None else f"{p['label_agreement']:g}"
         print(f"converted {rep['estimator']} ({rep['format']}, {rep['task']}): parity passed on "
               f"{rep['rows']} rows, label agreement {agreement}, max abs diff "
-              f"{p['max_abs_diff']:.3g}; wrote {args.out}/model.onnx in {rep['seconds']:.2f}s")
-    return outcome.exit_code
+              f"{p['max_abs_diff']:.3g}; wrote {request.out}/model.onnx in {rep['seconds']:.2f}s")
+    return outcome
 
 
 if __name__ == "__main__":

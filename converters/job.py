@@ -1,58 +1,116 @@
-"""The conversion Job's entrypoint: `python -m serin.converters.job [ARGS]`.
+"""The conversion Job's entrypoint: `python -m serin.converters.job`.
 
 The operator launches this in its own Pod (it never imports the converters: they unpickle
-models). Every setting comes from an argument or, when the argument is absent, the environment:
+models). It gets the whole request as one JSON document in SERIN_CONVERSION_REQUEST, shaped as the
+Model's spec.source and spec.conversion plus the output directory:
 
-  SERIN_SOURCE_URI   artifact URI (path, file://, pvc://, s3://, gs://, https://)   required
-  SERIN_SAMPLE_URI   sample rows URI                                                 required
-  SERIN_OUT          output directory (a mounted volume)                             required
-  SERIN_FORMAT       sklearn | xgboost | lightgbm | onnx (detected when empty)
-  SERIN_SHA256       expected artifact digest
-  SERIN_TARGET_OPSET, SERIN_ATOL, SERIN_RTOL, SERIN_MIN_LABEL_AGREEMENT, SERIN_BINS
-  SERIN_TERMINATION_LOG  where the Pod termination message goes (default /dev/termination-log)
+    {"source": {"uri": "pvc://models/fraud/model.joblib", "sampleUri": "pvc://models/fraud/sample.csv",
+                "format": "sklearn", "sha256": "…"},                      # format and sha256 optional
+     "conversion": {"targetOpset": 17,
+                    "tolerance": {"absolute": 1e-4, "relative": 1e-3, "labelAgreement": 1.0}},
+     "out": "/mnt/serin-store/ml/fraud-g3-1a2b3c4d"}
 
-Exit codes are those of `serin convert` (errors.py). The termination message is one compact
-JSON object (at most 4096 bytes, Kubernetes' limit) summarising report.json, see summary().
+SERIN_TERMINATION_LOG says where the summary goes (default /dev/termination-log, the Pod's
+termination message). Exit codes are those of `serin convert` (errors.py). The summary is one
+compact JSON object (at most 4096 bytes, Kubernetes' limit) of report.json, see summary(): the
+operator stores it as status.conversion.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from serin.converters.cli import fail_early, out_from, parser
+from serin.converters.cli import fail_early
 from serin.converters.errors import EXIT_USER_ERROR, ConversionError
 
+if TYPE_CHECKING:
+    from serin.converters.conversion import Request
+
+REQUEST_ENV = "SERIN_CONVERSION_REQUEST"
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LIMIT = 4096
+FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx")
 
-# argument flag → environment variable, used when the flag is absent from argv.
-ENV: dict[str, str] = {
-    "--sample": "SERIN_SAMPLE_URI", "--out": "SERIN_OUT", "--format": "SERIN_FORMAT",
-    "--sha256": "SERIN_SHA256", "--target-opset": "SERIN_TARGET_OPSET", "--atol": "SERIN_ATOL",
-    "--rtol": "SERIN_RTOL", "--min-label-agreement": "SERIN_MIN_LABEL_AGREEMENT",
-    "--bins": "SERIN_BINS",
-}
+# The request document's fields: name → (type, required). Nested objects list their own.
+_Shape = dict[str, tuple[type, bool]]
+_SOURCE: _Shape = {"uri": (str, True), "sampleUri": (str, True), "format": (str, False), "sha256": (str, False)}
+_TOLERANCE: _Shape = {"absolute": (float, False), "relative": (float, False), "labelAgreement": (float, False)}
+_CONVERSION: _Shape = {"targetOpset": (int, False), "tolerance": (dict, False)}
+_TOP: _Shape = {"source": (dict, True), "conversion": (dict, False), "out": (str, True)}
 
 
-def merged_argv(argv: list[str], env: dict[str, str]) -> list[str]:
-    """argv, completed from the environment (arguments win over environment variables)."""
-    args = list(argv)
-    given = {a.split("=", 1)[0] for a in args if a.startswith("--")}
-    positional = [a for i, a in enumerate(args)
-                  if not a.startswith("-") and (i == 0 or not args[i - 1].startswith("--"))]
-    for flag, var in ENV.items():
-        if flag not in given and env.get(var, "").strip():
-            args += [flag, env[var].strip()]
-    if not positional and env.get("SERIN_SOURCE_URI", "").strip():
-        args.insert(0, env["SERIN_SOURCE_URI"].strip())
-    return args
+def _fields(doc: Any, shape: _Shape, where: str) -> dict[str, Any]:
+    """Checks one object of the request against its shape; the error names the field."""
+    if not isinstance(doc, dict):
+        raise ConversionError(f"{where or 'the request'} must be a JSON object")
+    for key in doc:
+        if key not in shape:
+            raise ConversionError(f"unknown field {where}{key} in {REQUEST_ENV}")
+    for key, (kind, required) in shape.items():
+        if key not in doc or doc[key] is None:
+            if required:
+                raise ConversionError(f"{where}{key} is required in {REQUEST_ENV}")
+            continue
+        value = doc[key]
+        if not _is(value, kind):
+            raise ConversionError(f"{where}{key} must be {'a number' if kind is float else kind.__name__}, "
+                                  f"not {json.dumps(value)[:60]}")
+    return doc
+
+
+def _is(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):  # JSON true is no number, though Python's bool is an int
+        return kind is bool
+    if kind is float:
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
+
+
+def parse_request(text: str | None) -> Request:
+    """The request document → the conversion Request. Raises ConversionError naming the field."""
+    from serin.converters.conversion import DEFAULT_OPSET, Request
+    from serin.converters.parity import Tolerance
+
+    if not text or not text.strip():
+        raise ConversionError(f"{REQUEST_ENV} is not set: the conversion request is missing")
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ConversionError(f"{REQUEST_ENV} is not valid JSON: {exc}") from None
+    top = _fields(doc, _TOP, "")
+    source = _fields(top["source"], _SOURCE, "source.")
+    conversion = _fields(top.get("conversion") or {}, _CONVERSION, "conversion.")
+    tol = _fields(conversion.get("tolerance") or {}, _TOLERANCE, "conversion.tolerance.")
+    if source.get("format") not in (None, *FORMATS):
+        raise ConversionError(f"source.format must be one of {', '.join(FORMATS)}, not {source['format']!r}")
+    if not top["out"]:
+        raise ConversionError(f"out must name the output directory in {REQUEST_ENV}")
+    d = Tolerance()
+    return Request(
+        source=source["uri"], sample=source["sampleUri"], out=Path(top["out"]),
+        format=source.get("format"), sha256=source.get("sha256"),
+        opset=int(conversion.get("targetOpset") or DEFAULT_OPSET),
+        tolerance=Tolerance(absolute=float(tol.get("absolute", d.absolute)),
+                            relative=float(tol.get("relative", d.relative)),
+                            label_agreement=float(tol.get("labelAgreement", d.label_agreement))),
+    )
+
+
+def _out_of(text: str | None) -> Path | None:
+    """The output directory of a request that did not parse, if it names one: a report goes there."""
+    try:
+        out = json.loads(text or "").get("out")
+    except (ValueError, AttributeError):
+        return None
+    return Path(out) if isinstance(out, str) and out else None
 
 
 def summary(rep: dict[str, Any], exit_code: int, error_kind: str | None) -> str:
-    """The Pod termination message: what the operator needs for status.conversion."""
+    """The summary document, status.conversion's shape (the operator adds the generation)."""
     parity = rep.get("parity") or {}
     doc: dict[str, Any] = {
         "passed": rep.get("passed", False), "exitCode": exit_code, "error": error_kind,
@@ -86,27 +144,22 @@ def write_termination_log(text: str, path: str) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
+def main(env: dict[str, str] | None = None) -> int:
     environ = dict(os.environ) if env is None else env
-    args_list = merged_argv(sys.argv[1:] if argv is None else argv, environ)
+    text = environ.get(REQUEST_ENV)
     termination = environ.get("SERIN_TERMINATION_LOG", TERMINATION_LOG)
     try:
-        parser().parse_args(args_list)
+        request = parse_request(text)
     except ConversionError as exc:
-        message = f"{exc.message}; job settings come from arguments or SERIN_* variables"
-        code = fail_early(message, out_from(args_list))
-        write_termination_log(summary({"passed": False, "reason": message}, code, "user-error"),
+        code = fail_early(exc.message, _out_of(text))
+        write_termination_log(summary({"passed": False, "reason": exc.message}, code, "user-error"),
                               termination)
         return EXIT_USER_ERROR
     from serin.converters import cli
-    from serin.converters.conversion import Outcome
 
-    captured: list[Outcome] = []
-    code = cli.main(args_list, on_outcome=captured.append)
-    if captured:
-        outcome = captured[0]
-        write_termination_log(summary(outcome.report, code, outcome.error_kind), termination)
-    return code
+    outcome = cli.execute(request)
+    write_termination_log(summary(outcome.report, outcome.exit_code, outcome.error_kind), termination)
+    return outcome.exit_code
 
 
 if __name__ == "__main__":

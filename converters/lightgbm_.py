@@ -61,11 +61,8 @@ class LightGBMConverter(SklearnApi):
     format = "lightgbm"
     tested = TESTED
 
-    def can_convert(self, model: Any) -> bool:
-        return type(model).__name__ in TESTED and type(model).__module__.startswith("lightgbm")
-
     def check(self, model: Any) -> list[str]:
-        if not self.can_convert(model):
+        if type(model).__name__ not in TESTED or not type(model).__module__.startswith("lightgbm"):
             raise unsupported(type(model).__name__, self.format)
         self.task(model)
         return []

@@ -46,9 +46,6 @@ class OnnxPassthrough:
     format = "onnx"
     tested = TESTED
 
-    def can_convert(self, model: Any) -> bool:
-        return isinstance(model, onnx.ModelProto)
-
     def check(self, model: Any) -> list[str]:
         for out in model.graph.output:
             if not out.type.HasField("tensor_type"):

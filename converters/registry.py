@@ -35,8 +35,6 @@ class Converter(Protocol):
     # Estimator class names proven by the model zoo in tests/converters (docs list them too).
     tested: tuple[str, ...]
 
-    def can_convert(self, model: Any) -> bool: ...
-
     def check(self, model: Any) -> list[str]:
         """Raises UnsupportedModel naming the estimator and what is supported; returns warnings."""
         ...
@@ -66,13 +64,6 @@ def converter_for(fmt: str) -> Converter:
     module = importlib.import_module(_MODULES[fmt])
     converter: Converter = module.CONVERTER
     return converter
-
-
-def supported_estimators() -> list[str]:
-    names: list[str] = []
-    for fmt in _MODULES:
-        names += [f"{fmt}:{n}" for n in converter_for(fmt).tested]
-    return names
 
 
 def unsupported(name: str, fmt: str, why: str = "has no ONNX converter") -> UnsupportedModel:

@@ -123,13 +123,6 @@ class SklearnConverter(SklearnApi):
     format = "sklearn"
     tested = TESTED
 
-    def can_convert(self, model: Any) -> bool:
-        try:
-            self.check(model)
-        except ConversionError:
-            return False
-        return True
-
     def check(self, model: Any) -> list[str]:
         _register_boosters()
         from skl2onnx._supported_operators import sklearn_operator_name_map

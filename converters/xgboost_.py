@@ -45,11 +45,8 @@ class XGBoostConverter(SklearnApi):
     format = "xgboost"
     tested = TESTED
 
-    def can_convert(self, model: Any) -> bool:
-        return type(model).__name__ in TESTED and type(model).__module__.startswith("xgboost")
-
     def check(self, model: Any) -> list[str]:
-        if not self.can_convert(model):
+        if type(model).__name__ not in TESTED or not type(model).__module__.startswith("xgboost"):
             raise unsupported(type(model).__name__, self.format)
         return []
 

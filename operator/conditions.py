@@ -4,7 +4,7 @@ observedGeneration on each, lastTransitionTime moves only when the status value 
 from __future__ import annotations
 
 from serin.operator.spec import ModelSpec
-from serin.operator.status import Condition, Status
+from serin.operator.status import CanaryState, Condition, FailureKind, Status
 
 
 def derive_conditions(spec: ModelSpec, s: Status, generation: int, now: str) -> tuple[Condition, ...]:
@@ -23,14 +23,14 @@ def derive_conditions(spec: ModelSpec, s: Status, generation: int, now: str) -> 
     if failed_here:
         assert s.failed is not None
         wanted.append(("Degraded", "True", s.failed.kind, s.failed.reason))
-    elif s.canary is not None and s.canary.state == "RollingBack":
+    elif s.canary is not None and s.canary.state == CanaryState.ROLLING_BACK:
         wanted.append(("Degraded", "True", "RollingBack", s.canary.reason))
     else:
         wanted.append(("Degraded", "False", "AsExpected", ""))
 
     if s.pending is not None and s.pending.versionKey == key:
         wanted.append(("Converted", "Unknown", "Converting", f"converting generation {s.pending.generation}"))
-    elif failed_here and s.failed is not None and s.failed.kind == "ConversionFailed":
+    elif failed_here and s.failed is not None and s.failed.kind == FailureKind.CONVERSION_FAILED:
         wanted.append(("Converted", "False", "ConversionFailed", s.failed.reason))
     elif any(v is not None and v.versionKey == key for v in (s.stable, s.canary, s.failed)):
         wanted.append(("Converted", "True", "ParityPassed", "ONNX predictions match the native model"))

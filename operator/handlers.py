@@ -1,5 +1,5 @@
 """kopf handlers: thin. kopf watches Models (and resumes them all at start-up); each Model gets
-one asyncio task that ticks `reconcile` every second and at once on any change.
+one asyncio task (loop.py) that ticks `reconcile` every second and at once on any change.
 
 Why not @kopf.daemon or @kopf.timer: both make kopf put a finalizer on every Model (kopf#1074),
 which would block deleting a Model whenever the operator is down, and Serin has nothing outside
@@ -9,8 +9,6 @@ Kubernetes to clean up. @kopf.on.event adds no finalizer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -20,97 +18,20 @@ import kopf
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client import start_http_server
-from serin.operator import opmetrics
-from serin.operator.conversion import LocalExecutor
-from serin.operator.jobs import JobExecutor, JobSettings
-from serin.operator.kube import GROUP, PLURAL, VERSION, Conflict, Kube
+from serin.operator import executors
+from serin.operator.kube import GROUP, PLURAL, VERSION, Kube
 from serin.operator.leader import LeaderElector
+from serin.operator.loop import Registry
 from serin.operator.prometheus import Prometheus
-from serin.operator.reconcile import Deps, reconcile
+from serin.operator.reconcile import Deps
 
 log = logging.getLogger("serin.operator")
-TICK_SECONDS = float(os.environ.get("SERIN_TICK_SECONDS", "1"))
-MAX_BACKOFF = 30.0
-
-
-class Registry:
-    """One reconcile loop per Model, started on its first event, stopped on deletion."""
-
-    def __init__(self) -> None:
-        self.deps: Deps | None = None
-        self.leader: LeaderElector | None = None
-        self.leader_task: asyncio.Task[None] | None = None  # referenced, or the loop may drop it
-        self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
-
-    def touch(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
-        if key not in self.tasks:
-            self.wakeups[key] = asyncio.Event()
-            self.tasks[key] = asyncio.create_task(self._loop(key), name=f"reconcile {namespace}/{name}")
-        self.wakeups[key].set()
-
-    def forget(self, namespace: str, name: str) -> None:
-        task = self.tasks.pop((namespace, name), None)
-        self.wakeups.pop((namespace, name), None)
-        if task:
-            task.cancel()
-
-    async def stop(self) -> None:
-        for task in self.tasks.values():
-            task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        self.tasks.clear()
-
-    async def _loop(self, key: tuple[str, str]) -> None:
-        namespace, name = key
-        backoff = TICK_SECONDS
-        while True:
-            delay = TICK_SECONDS
-            if self.deps is not None and (self.leader is None or self.leader.is_leader):
-                try:
-                    decision = await reconcile(self.deps, namespace, name)
-                    backoff = TICK_SECONDS
-                    if decision is None:
-                        self.forget(namespace, name)
-                        return
-                except Conflict:
-                    delay = 0.1  # someone wrote in between: read again right away
-                except (TimeoutError, ApiException, OSError) as err:
-                    # The apiserver may be restarting: back off, keep going.
-                    opmetrics.RECONCILE_ERRORS.labels(namespace, name).inc()
-                    log.warning("%s/%s: %s; retrying in %.0fs", namespace, name, _short(err), backoff)
-                    delay, backoff = backoff, min(backoff * 2, MAX_BACKOFF)
-                except Exception:
-                    opmetrics.RECONCILE_ERRORS.labels(namespace, name).inc()
-                    log.exception("%s/%s: reconcile failed; retrying in %.0fs", namespace, name, backoff)
-                    delay, backoff = backoff, min(backoff * 2, MAX_BACKOFF)
-            wake = self.wakeups.get(key)
-            if wake is None:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=delay)
-            wake.clear()
-
-
-def _short(err: BaseException) -> str:
-    if isinstance(err, ApiException):
-        # The apiserver's Status message says what was refused and why (e.g. which RBAC verb).
-        try:
-            message = json.loads(err.body or "{}").get("message", "")
-        except (ValueError, AttributeError):
-            message = ""
-        return f"API {err.status} {err.reason}" + (f": {message}" if message else "")
-    return f"{type(err).__name__}: {err}"
-
-
 REGISTRY = Registry()
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # Serin posts its own Events
-    settings.persistence.finalizer = "serin.dev/kopf-finalizer"  # never used: no handler needs one
     settings.watching.server_timeout = 60
     # No cluster scanning: Serin watches one CRD it knows, in cluster-wide mode or in namespaces named
     # exactly, so kopf needs neither list/watch on namespaces nor on CRDs. That keeps the chart's
@@ -122,15 +43,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     await require_model_api(api)
     kube = Kube(api)
     executor_kind = os.environ.get("SERIN_EXECUTOR", "local")
-    executor: Any
-    if executor_kind == "job":
-        executor = JobExecutor(api, JobSettings(
-            image=os.environ["SERIN_CONVERTER_IMAGE"],
-            service_account=os.environ.get("SERIN_CONVERSION_SERVICE_ACCOUNT", "serin-converter"),
-            model_store=os.environ.get("SERIN_MODEL_STORE", "pvc://serin-models")))
-    else:
-        store = Path(os.environ.get("SERIN_MODEL_STORE", Path.home() / ".serin" / "store"))
-        executor = LocalExecutor(store)
+    executor = executors.from_environment(api, executor_kind)
     REGISTRY.deps = Deps(kube, executor, Prometheus(os.environ.get("SERIN_PROMETHEUS_URL", "http://localhost:9090")))
     lease_ns = os.environ.get("POD_NAMESPACE", "")
     if lease_ns:

@@ -21,13 +21,13 @@ def predictor(desired: ApplyServing, spec: ModelSpec) -> dict[str, Any]:
         # Named explicitly: KServe would otherwise pick the highest-priority onnx runtime (Triton).
         "runtime": RUNTIME,
         "storageUri": desired.storageUri,
-        "protocolVersion": serving.get("protocol", "v2"),
+        "protocolVersion": str(serving.protocol),
     }
-    if serving.get("resources"):
-        model["resources"] = serving["resources"]
+    if serving.resources:
+        model["resources"] = serving.resources
     return {
-        "minReplicas": serving.get("minReplicas", 1),
-        "maxReplicas": serving.get("maxReplicas", 1),
+        "minReplicas": serving.minReplicas,
+        "maxReplicas": serving.maxReplicas,
         # None removes the field in a merge patch: 100 % to the latest ready revision.
         "canaryTrafficPercent": desired.canaryPercent,
         "model": model,
@@ -86,6 +86,5 @@ def observe(isvc: dict[str, Any] | None) -> ServingObservation:
         latestCreated=pred.get("latestCreatedRevision", ""),
         latestReady=pred.get("latestReadyRevision", ""),
         latestRolledout=pred.get("latestRolledoutRevision", ""),
-        previousRolledout=pred.get("previousRolledoutRevision", ""),
         traffic=traffic,
     )

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Any
+
+from serin.operator.status import ConversionSummary
+
+
+class ConversionState(enum.StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    MISSING = "Missing"  # nothing running and no result: start it
 
 
 @dataclass(frozen=True)
 class ConversionResult:
-    # Running | Succeeded | Failed | Missing (nothing running and no result: start it)
-    state: str
+    state: ConversionState
     storageUri: str = ""
     sha256: str = ""
     reason: str = ""
-    report: dict[str, Any] | None = None
+    summary: ConversionSummary | None = None  # what the converter reported, when it did
     retryable: bool = False  # Failed, but transiently (fetch failed): another attempt may pass
 
 
@@ -28,7 +36,6 @@ class ServingObservation:
     latestCreated: str = ""
     latestReady: str = ""
     latestRolledout: str = ""
-    previousRolledout: str = ""
     traffic: dict[str, int] = field(default_factory=dict)  # revision -> percent
 
     def serves_latest_at(self, storage_uri: str, canary_percent: int | None, percent: int) -> bool:

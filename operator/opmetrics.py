@@ -1,6 +1,6 @@
 """The operator's own Prometheus metrics (names are a contract: the chart's alerts and dashboard
-use them). Counted from the decision's Events, so a metric can never disagree with what
-`kubectl describe model` shows."""
+use them). Counted from the decision (its Events, and the rollback reason it carries as an enum),
+so a metric can never disagree with what `kubectl describe model` shows."""
 
 from __future__ import annotations
 
@@ -17,12 +17,3 @@ CONVERSION_SECONDS = Histogram("serin_conversion_seconds", "Time from conversion
                                ["namespace", "model"], buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800))
 RECONCILE_ERRORS = Counter("serin_reconcile_errors", "Reconcile ticks that failed", ["namespace", "model"])
 
-
-def rollback_reason(message: str) -> str:
-    """A bounded label value from a free-text reason."""
-    for marker, label in (("analysis failed", "analysis"), ("aborted by user", "manual"),
-                          ("progressDeadline", "deadline"), ("superseded", "superseded"),
-                          ("set back to the stable", "reverted")):
-        if marker in message:
-            return label
-    return "other"

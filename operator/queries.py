@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from serin.operator.spec import MetricSpec
+from serin.operator.spec import Builtin, MetricSpec
 from serin.runtime import metric_names as m
 
 
@@ -26,9 +26,9 @@ def _sel(ctx: QueryContext, revision: str, extra: str = "") -> str:
     return f'namespace="{ctx.namespace}",model="{ctx.model}",revision="{revision}"{extra}'
 
 
-def builtin_query(builtin: str, ctx: QueryContext) -> str:
+def builtin_query(builtin: Builtin, ctx: QueryContext) -> str:
     c, w = _sel(ctx, ctx.revision), ctx.window
-    if builtin == "errorRate":
+    if builtin == Builtin.ERROR_RATE:
         # `or vector(0)`: no 5xx series at all means zero errors, not "no data"; the denominator
         # stays strict, so a canary without traffic is still Inconclusive.
         errors = _sel(ctx, ctx.revision, ',code=~"5.."')
@@ -36,14 +36,14 @@ def builtin_query(builtin: str, ctx: QueryContext) -> str:
             f"(sum(rate({m.REQUESTS_TOTAL}{{{errors}}}[{w}])) or vector(0))"
             f" / sum(rate({m.REQUESTS_TOTAL}{{{c}}}[{w}]))"
         )
-    if builtin == "latencyP99Seconds":
+    if builtin == Builtin.LATENCY_P99_SECONDS:
         return (
             f"histogram_quantile(0.99, sum by (le) "
             f"(rate({m.REQUEST_DURATION_SECONDS}_bucket{{{c}}}[{w}])))"
         )
-    if builtin == "inputPSI":
+    if builtin == Builtin.INPUT_PSI:
         return f"max({m.INPUT_PSI}{{{c}}})"
-    if builtin == "predictionShift":
+    if builtin == Builtin.PREDICTION_SHIFT:
         # PSI of the canary's class distribution against the stable's over the same window,
         # with a small floor so a class one side never predicted does not make it infinite.
         def share(rev: str) -> str:

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from serin.operator import kserve, opmetrics
-from serin.operator.actions import ApplyServing, CancelConversion, ClearAnnotation, Emit, StartConversion
-from serin.operator.conversion import ConversionExecutor, ConversionRequest
+from serin.operator.actions import Action, ApplyServing, CancelConversion, ClearAnnotation, Emit, StartConversion
+from serin.operator.executors import ConversionExecutor, ConversionRequest
 from serin.operator.kube import Kube, owner_reference
 from serin.operator.observations import MeasuredValue, Observations
 from serin.operator.prometheus import MetricProvider
 from serin.operator.queries import QueryContext, render, window_for
 from serin.operator.rollout import Decision, analysis_due, decide
 from serin.operator.spec import ModelSpec, parse_spec
-from serin.operator.status import Status, status_from_dict, status_to_dict, to_time
+from serin.operator.status import CanaryState, Status, status_from_dict, status_to_dict, to_time
 
 log = logging.getLogger("serin.reconcile")
 
@@ -95,12 +95,14 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     _failpoint("after-persist", decision)
     for action in decision.actions:
         await _apply(deps, model, spec, status, isvc, action, now)
+    if decision.rolled_back is not None:
+        opmetrics.ROLLOUTS_ROLLED_BACK.labels(namespace, name, decision.rolled_back).inc()
     _observe_metrics(namespace, name, decision, measured=measurements is not None)
     return decision
 
 
 async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Status,
-                 isvc: dict[str, Any] | None, action: Any, now: dt.datetime) -> None:
+                 isvc: dict[str, Any] | None, action: Action, now: dt.datetime) -> None:
     meta = model["metadata"]
     if isinstance(action, StartConversion):
         await deps.executor.start(
@@ -131,8 +133,6 @@ def _count_event(ns: str, name: str, before: Status, e: Emit, now: dt.datetime) 
         opmetrics.ROLLOUTS_STARTED.labels(ns, name).inc()
     elif e.reason in ("Promoted", "Serving"):
         opmetrics.ROLLOUTS_PROMOTED.labels(ns, name).inc()
-    elif e.reason == "RolledBack":
-        opmetrics.ROLLOUTS_ROLLED_BACK.labels(ns, name, opmetrics.rollback_reason(e.message)).inc()
     elif e.reason in ("ConversionSucceeded", "ConversionFailed"):
         opmetrics.CONVERSIONS.labels(ns, name, "passed" if e.reason == "ConversionSucceeded" else "failed").inc()
         started = to_time(before.pending.startedAt) if before.pending else None
@@ -142,7 +142,8 @@ def _count_event(ns: str, name: str, before: Status, e: Emit, now: dt.datetime) 
 
 def _observe_metrics(ns: str, name: str, decision: Decision, measured: bool) -> None:
     c = decision.status.canary
-    opmetrics.CANARY_WEIGHT.labels(ns, name).set(c.weight if c is not None and c.state == "Progressing" else 0)
+    serving_canary = c is not None and c.state == CanaryState.PROGRESSING
+    opmetrics.CANARY_WEIGHT.labels(ns, name).set(c.weight if c is not None and serving_canary else 0)
     if measured and decision.status.analysis:
         latest = decision.status.analysis[-1].at
         for m in decision.status.analysis:

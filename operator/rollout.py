@@ -13,7 +13,6 @@ promoted or rolled back.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass, field, replace
 
 from serin.operator import analysis
@@ -26,16 +25,24 @@ from serin.operator.actions import (
     StartConversion,
 )
 from serin.operator.conditions import derive_conditions
-from serin.operator.observations import Observations
+from serin.operator.observations import ConversionResult, ConversionState, Observations
 from serin.operator.spec import ModelSpec
 from serin.operator.status import (
     ANALYSIS_RECORDS_KEPT,
     HISTORY_KEPT,
     Canary,
+    CanaryState,
+    ConversionSummary,
     Failure,
-    Measurement,
+    FailureKind,
+    HistoryEntry,
+    Outcome,
     Pending,
+    Phase,
+    RollbackReason,
+    RollbackStage,
     Status,
+    Verdict,
     Version,
     from_time,
     to_time,
@@ -46,14 +53,16 @@ ABORT_ANNOTATION = "serin.dev/abort"
 MAX_CONVERSION_ATTEMPTS = 3
 FETCH_RETRY_SECONDS = 15.0  # doubled per attempt: 15 s, then 30 s
 
-PROGRESSING, PROMOTING, ROLLING_BACK = "Progressing", "Promoting", "RollingBack"
-ZERO_TRAFFIC, RESTORE, FINALIZE = "ZeroTraffic", "Restore", "Finalize"
+PROGRESSING, PROMOTING, ROLLING_BACK = CanaryState.PROGRESSING, CanaryState.PROMOTING, CanaryState.ROLLING_BACK
+ZERO_TRAFFIC, RESTORE, FINALIZE = RollbackStage.ZERO_TRAFFIC, RollbackStage.RESTORE, RollbackStage.FINALIZE
 
 
 @dataclass(frozen=True)
 class Decision:
     status: Status
     actions: tuple[Action, ...]
+    # Set on the tick a rollback finishes (RolledBack is emitted): why, as a bounded label.
+    rolled_back: RollbackReason | None = None
 
 
 @dataclass
@@ -62,6 +71,7 @@ class _Tick:
     obs: Observations
     now: dt.datetime
     actions: list[Action] = field(default_factory=list)
+    rolled_back: RollbackReason | None = None
 
     @property
     def now_s(self) -> str:
@@ -86,7 +96,7 @@ def decide(spec: ModelSpec, status: Status, obs: Observations, now: dt.datetime)
     desired = desired_serving(s)
     if desired is not None:
         tick.actions.append(desired)
-    return Decision(s, tuple(tick.actions))
+    return Decision(s, tuple(tick.actions), tick.rolled_back)
 
 
 def desired_serving(s: Status) -> ApplyServing | None:
@@ -129,7 +139,8 @@ def _admit_new_version(t: _Tick, s: Status) -> Status:
     key = t.spec.version_key
     stable_key = s.stable.versionKey if s.stable else None
     if s.canary and key == stable_key and s.canary.state != ROLLING_BACK:
-        return s.evolve(canary=_start_rollback(t, s.canary, "the source was set back to the stable version"))
+        return s.evolve(canary=_start_rollback(t, s.canary, RollbackReason.REVERTED,
+                                               "the source was set back to the stable version"))
     if s.pending and key == stable_key:
         t.actions.append(CancelConversion(s.pending.generation, s.pending.versionKey, s.pending.attempt))
         t.emit("Normal", "ConversionCancelled", "the source was set back to the stable version")
@@ -141,10 +152,10 @@ def _admit_new_version(t: _Tick, s: Status) -> Status:
         t.actions.append(CancelConversion(s.pending.generation, s.pending.versionKey, s.pending.attempt))
     pending = Pending(generation=t.obs.generation, versionKey=key, startedAt=t.now_s)
     t.actions.append(StartConversion(pending.generation, key, pending.attempt))
-    t.emit("Normal", "ConversionStarted", f"converting generation {pending.generation} ({_source(t.spec)})")
+    t.emit("Normal", "ConversionStarted", f"converting generation {pending.generation} ({t.spec.source.uri})")
     canary = s.canary
     if canary and canary.state != ROLLING_BACK:
-        canary = _start_rollback(t, canary, f"superseded by generation {pending.generation}")
+        canary = _start_rollback(t, canary, RollbackReason.SUPERSEDED, f"superseded by generation {pending.generation}")
     return s.evolve(pending=pending, canary=canary)
 
 
@@ -159,33 +170,33 @@ def _progress_conversion(t: _Tick, s: Status) -> Status:
         return s.evolve(pending=replace(p, retryAt=None, startedAt=t.now_s))
     if result is None:
         return s  # admitted this tick: its StartConversion is already on the way
-    if result.state == "Missing":
+    if result.state == ConversionState.MISSING:
         # Nothing running and no result: a conversion lost with its process or Pod.
         if p.attempt >= MAX_CONVERSION_ATTEMPTS:
             return _conversion_failed(t, s, p, f"conversion did not run after {p.attempt} attempts", None)
         t.actions.append(StartConversion(p.generation, p.versionKey, p.attempt + 1))
         return s.evolve(pending=replace(p, attempt=p.attempt + 1))
-    if result.state == "Running":
-        if t.since(p.startedAt) > t.spec.conversion_timeout:
+    if result.state == ConversionState.RUNNING:
+        timeout = t.spec.conversion.timeout
+        if t.since(p.startedAt) > timeout.seconds:
             t.actions.append(CancelConversion(p.generation, p.versionKey, p.attempt))
-            limit = t.spec.conversion.get("timeout", "10m")
-            return _conversion_failed(t, s, p, f"conversion did not finish within {limit}", None)
+            return _conversion_failed(t, s, p, f"conversion did not finish within {timeout.text}", None)
         return s
-    if result.state == "Failed":
+    if result.state == ConversionState.FAILED:
         if result.retryable and p.attempt < MAX_CONVERSION_ATTEMPTS:
             delay = FETCH_RETRY_SECONDS * 2 ** (p.attempt - 1)
             t.emit("Warning", "ConversionRetrying", f"generation {p.generation}: {result.reason}; attempt "
                    f"{p.attempt + 1} of {MAX_CONVERSION_ATTEMPTS} in {delay:g}s")
             retry_at = from_time(t.now + dt.timedelta(seconds=delay))
             return s.evolve(pending=replace(p, attempt=p.attempt + 1, retryAt=retry_at))
-        return _conversion_failed(t, s, p, result.reason or "conversion failed", result.report)
+        return _conversion_failed(t, s, p, result.reason or "conversion failed", result.summary)
     # Succeeded.
-    report = (result.report or {}) | {"generation": p.generation}
+    summary = _summary(result, p)
     if s.canary is not None:
-        return s.evolve(conversion=report)  # wait for the superseded canary to finish rolling back
+        return s.evolve(conversion=summary)  # wait for the superseded canary to finish rolling back
     version = Version(p.generation, p.versionKey, result.storageUri, result.sha256)
     t.emit("Normal", "ConversionSucceeded", f"generation {p.generation} converted; parity passed")
-    s = s.evolve(pending=None, conversion=report)
+    s = s.evolve(pending=None, conversion=summary)
     if s.stable is None or not s.stableConfirmed:
         t.emit("Normal", "Deploying", f"deploying generation {p.generation} at 100%")
         return s.evolve(stable=version, stableConfirmed=False)
@@ -201,11 +212,16 @@ def _progress_conversion(t: _Tick, s: Status) -> Status:
     return s.evolve(canary=canary)
 
 
-def _conversion_failed(t: _Tick, s: Status, p: Pending, reason: str, report: dict | None) -> Status:
+def _summary(result: ConversionResult, p: Pending) -> ConversionSummary:
+    return replace(result.summary or ConversionSummary(passed=True), generation=p.generation)
+
+
+def _conversion_failed(t: _Tick, s: Status, p: Pending, reason: str,
+                       reported: ConversionSummary | None) -> Status:
     t.emit("Warning", "ConversionFailed", f"generation {p.generation}: {reason}")
-    failure = Failure(p.generation, p.versionKey, "ConversionFailed", reason, t.now_s)
-    conversion = (report or {"passed": False, "reason": reason}) | {"generation": p.generation}
-    return s.evolve(pending=None, failed=failure, conversion=conversion)
+    failure = Failure(p.generation, p.versionKey, FailureKind.CONVERSION_FAILED, reason, t.now_s)
+    summary = replace(reported or ConversionSummary(passed=False, reason=reason), generation=p.generation)
+    return s.evolve(pending=None, failed=failure, conversion=summary)
 
 
 def _confirm_stable(t: _Tick, s: Status) -> Status:
@@ -217,7 +233,7 @@ def _confirm_stable(t: _Tick, s: Status) -> Status:
         return s
     t.emit("Normal", "Serving", f"generation {s.stable.generation} serves 100% ({sv.latestReady})")
     return s.evolve(stable=replace(s.stable, revision=sv.latestReady), stableConfirmed=True,
-                    history=_history(s, s.stable.generation, "Promoted", t.now_s))
+                    history=_history(s, s.stable.generation, Outcome.PROMOTED, t.now_s))
 
 
 # -- the canary -------------------------------------------------------------------------------
@@ -235,8 +251,8 @@ def _progress_canary(t: _Tick, s: Status, c: Canary) -> Status:
     if c.trafficSince is None:
         if not sv.serves_latest_at(c.storageUri, c.weight, c.weight):
             if t.since(c.stepSince) > t.spec.progress_deadline:
-                c = _start_rollback(t, c, f"canary not serving {c.weight}% within "
-                                          f"{t.spec.progress_deadline:g}s (progressDeadline)")
+                c = _start_rollback(t, c, RollbackReason.DEADLINE, f"canary not serving {c.weight}% within "
+                                    f"{t.spec.progress_deadline:g}s (progressDeadline)")
             return s.evolve(canary=c)
         c = replace(c, trafficSince=t.now_s, revision=sv.latestReady)
         if s.stable and sv.latestRolledout:
@@ -256,7 +272,7 @@ def _manual_controls(t: _Tick, c: Canary) -> Canary:
     # The annotation names the canary generation it means, so a late or repeated command can
     # never act on a later version.
     if ann.get(ABORT_ANNOTATION) == str(c.generation):
-        return _start_rollback(t, c, "aborted by user")
+        return _start_rollback(t, c, RollbackReason.MANUAL, "aborted by user")
     if ann.get(PROMOTE_ANNOTATION) == str(c.generation):
         t.emit("Normal", "PromotedByUser", f"generation {c.generation} promoted by user at step {c.step + 1}")
         return replace(c, state=PROMOTING, reason="promoted by user")
@@ -265,45 +281,29 @@ def _manual_controls(t: _Tick, c: Canary) -> Canary:
 
 def _judge_measurements(t: _Tick, s: Status, c: Canary) -> tuple[Status, Canary]:
     assert t.obs.measurements is not None
-    by_name = {m.metric: m for m in t.obs.measurements}
-    records: list[Measurement] = []
-    failures = dict(c.failures)
-    for metric in t.spec.analysis.metrics:
-        measured = by_name.get(metric.name)
-        if measured is None:
-            verdict, reason, value = analysis.INCONCLUSIVE, "not measured", None
-        else:
-            verdict, reason = analysis.assess(metric, measured)
-            value = measured.value
-        finite = value is not None and math.isfinite(value)  # JSON (and so status) has no NaN
-        records.append(Measurement(metric.name, verdict, t.now_s, c.generation,
-                                   value if finite else None, reason))
-        if verdict == analysis.FAILED:
-            failures[metric.name] = failures.get(metric.name, 0) + 1
-            t.emit("Warning", "AnalysisFailed",
-                   f"{reason} ({failures[metric.name]} of {t.spec.analysis.failure_limit} allowed failures)")
-    s = s.evolve(analysis=(s.analysis + tuple(records))[-ANALYSIS_RECORDS_KEPT:])
+    judged = analysis.judge_round(t.spec.analysis, t.obs.measurements, c.failures, c.generation, t.now_s)
+    for r in judged.failed:
+        t.emit("Warning", "AnalysisFailed",
+               f"{r.reason} ({judged.failures[r.metric]} of {t.spec.analysis.failure_limit} allowed failures)")
+    s = s.evolve(analysis=(s.analysis + judged.records)[-ANALYSIS_RECORDS_KEPT:])
     previous_streak = c.inconclusiveStreak
-    all_ok = all(r.verdict == analysis.SUCCESSFUL for r in records)
-    inconclusive = [r for r in records if r.verdict == analysis.INCONCLUSIVE]
-    streak = previous_streak + 1 if inconclusive else 0
+    streak = previous_streak + 1 if judged.inconclusive else 0
     progress = c.stepProgress
-    if all_ok:
+    if judged.successful:
         # A round vouches for at most one interval: the time before it may hold no data at all
         # (the first round after the canary started serving, or a tick the operator ran late).
         elapsed = max(0.0, t.since(c.lastAnalysisAt or c.trafficSince))
         progress += min(elapsed, t.spec.analysis.interval)
-    c = replace(c, failures=failures, inconclusiveStreak=streak, stepProgress=progress,
-                lastAnalysisAt=t.now_s, lastRoundOk=all_ok)
-    over = [r for r in records
-            if r.verdict == analysis.FAILED and failures[r.metric] >= t.spec.analysis.failure_limit]
-    if over:
-        return s, _start_rollback(t, c, f"analysis failed: {over[0].reason} "
-                                        f"({failures[over[0].metric]} failed measurements)")
+    c = replace(c, failures=judged.failures, inconclusiveStreak=streak, stepProgress=progress,
+                lastAnalysisAt=t.now_s, lastRoundOk=judged.successful)
+    over = judged.over_limit
+    if over is not None:
+        return s, _start_rollback(t, c, RollbackReason.ANALYSIS, f"analysis failed: {over.reason} "
+                                  f"({judged.failures[over.metric]} failed measurements)")
     limit = t.spec.analysis.inconclusive_limit
     if streak >= limit > previous_streak:
         t.emit("Warning", "AnalysisInconclusive",
-               f"rollout paused after {streak} inconclusive measurements: {_reasons(inconclusive)}")
+               f"rollout paused after {streak} inconclusive measurements: {analysis.reasons(judged.inconclusive)}")
     elif previous_streak >= limit and streak == 0:
         t.emit("Normal", "AnalysisResumed", "measurements are conclusive again: rollout resumes")
     return s, c
@@ -341,12 +341,12 @@ def _progress_promotion(t: _Tick, s: Status, c: Canary) -> Status:
     stable = Version(c.generation, c.versionKey, c.storageUri, c.sha256, sv.latestReady)
     t.emit("Normal", "Promoted", f"generation {c.generation} promoted to 100% ({c.reason})")
     return s.evolve(stable=stable, stableConfirmed=True, canary=None,
-                    history=_history(s, c.generation, "Promoted", t.now_s, c.reason))
+                    history=_history(s, c.generation, Outcome.PROMOTED, t.now_s, c.reason))
 
 
-def _start_rollback(t: _Tick, c: Canary, reason: str) -> Canary:
+def _start_rollback(t: _Tick, c: Canary, why: RollbackReason, reason: str) -> Canary:
     t.emit("Warning", "RollbackStarted", f"rolling back generation {c.generation}: {reason}")
-    return replace(c, state=ROLLING_BACK, rollbackStage=ZERO_TRAFFIC, reason=reason)
+    return replace(c, state=ROLLING_BACK, rollbackStage=ZERO_TRAFFIC, reason=reason, rollbackReason=why)
 
 
 def _progress_rollback(t: _Tick, s: Status, c: Canary) -> Status:
@@ -369,9 +369,11 @@ def _progress_rollback(t: _Tick, s: Status, c: Canary) -> Status:
     if not sv.serves_latest_at(s.stable.storageUri, None, 100):
         return s
     t.emit("Warning", "RolledBack", f"generation {c.generation} rolled back: {c.reason}")
-    failure = Failure(c.generation, c.versionKey, "RolledBack", c.reason, t.now_s)
+    # A canary rolled back by an operator that predates rollbackReason has none recorded.
+    t.rolled_back = c.rollbackReason or RollbackReason.OTHER
+    failure = Failure(c.generation, c.versionKey, FailureKind.ROLLED_BACK, c.reason, t.now_s)
     return s.evolve(canary=None, failed=failure, stable=replace(s.stable, revision=sv.latestReady),
-                    history=_history(s, c.generation, "RolledBack", t.now_s, c.reason))
+                    history=_history(s, c.generation, Outcome.ROLLED_BACK, t.now_s, c.reason))
 
 
 # -- summary ----------------------------------------------------------------------------------
@@ -383,44 +385,35 @@ def _summarise(t: _Tick, s: Status) -> Status:
     return s.evolve(conditions=derive_conditions(t.spec, s, t.obs.generation, t.now_s))
 
 
-def _phase(spec: ModelSpec, s: Status) -> tuple[str, str]:
+def _phase(spec: ModelSpec, s: Status) -> tuple[Phase, str]:
     """Derived, never stored by hand (as Argo's CalculateRolloutPhase)."""
     c = s.canary
     if c is not None:
         if c.state == ROLLING_BACK:
-            return "RollingBack", f"rolling back generation {c.generation}: {c.reason}"
+            return Phase.ROLLING_BACK, f"rolling back generation {c.generation}: {c.reason}"
         if c.state == PROMOTING:
-            return "Progressing", f"promoting generation {c.generation}: {c.reason}"
+            return Phase.PROGRESSING, f"promoting generation {c.generation}: {c.reason}"
         if spec.paused:
-            return "Paused", f"paused by user at step {c.step + 1}, weight {c.weight}%"
+            return Phase.PAUSED, f"paused by user at step {c.step + 1}, weight {c.weight}%"
         if c.inconclusiveStreak >= spec.analysis.inconclusive_limit:
-            reasons = _reasons([m for m in s.analysis[-len(spec.analysis.metrics):]
-                                if m.verdict == analysis.INCONCLUSIVE])
-            return "Paused", f"analysis inconclusive ({reasons}): holding at {c.weight}%"
+            latest = s.analysis[-len(spec.analysis.metrics):]
+            reasons = analysis.reasons([m for m in latest if m.verdict == Verdict.INCONCLUSIVE])
+            return Phase.PAUSED, f"analysis inconclusive ({reasons}): holding at {c.weight}%"
         waiting = "" if c.trafficSince else ", waiting for the canary to serve"
-        return "Progressing", (f"generation {c.generation} at step {c.step + 1} of {len(spec.steps)}, "
-                               f"weight {c.weight}%{waiting}")
+        return Phase.PROGRESSING, (f"generation {c.generation} at step {c.step + 1} of {len(spec.steps)}, "
+                                   f"weight {c.weight}%{waiting}")
     if s.pending is not None:
-        return "Converting", f"converting generation {s.pending.generation}"
+        return Phase.CONVERTING, f"converting generation {s.pending.generation}"
     if s.stable is not None and not s.stableConfirmed:
-        return "Deploying", f"waiting for generation {s.stable.generation} to serve"
+        return Phase.DEPLOYING, f"waiting for generation {s.stable.generation} to serve"
     if s.failed is not None and s.failed.versionKey == spec.version_key:
-        phase = "Failed" if s.failed.kind == "ConversionFailed" else "RolledBack"
+        phase = Phase.FAILED if s.failed.kind == FailureKind.CONVERSION_FAILED else Phase.ROLLED_BACK
         serving = f"; generation {s.stable.generation} still serving" if s.stable else ""
         return phase, f"generation {s.failed.generation}: {s.failed.reason}{serving}"
     if s.stable is not None:
-        return "Promoted", f"generation {s.stable.generation} serves 100%"
-    return "Pending", ""
+        return Phase.PROMOTED, f"generation {s.stable.generation} serves 100%"
+    return Phase.PENDING, ""
 
 
-def _reasons(records: list[Measurement]) -> str:
-    return ", ".join(f"{r.metric}: {r.reason}" for r in records) or "no data"
-
-
-def _history(s: Status, generation: int, outcome: str, at: str, reason: str = "") -> tuple[dict, ...]:
-    entry = {"generation": generation, "outcome": outcome, "at": at} | ({"reason": reason} if reason else {})
-    return ((*s.history, entry))[-HISTORY_KEPT:]
-
-
-def _source(spec: ModelSpec) -> str:
-    return str(spec.source.get("uri", ""))
+def _history(s: Status, generation: int, outcome: Outcome, at: str, reason: str = "") -> tuple[HistoryEntry, ...]:
+    return (*s.history, HistoryEntry(generation, outcome, at, reason))[-HISTORY_KEPT:]

@@ -1,8 +1,12 @@
 """The Model spec, parsed once at the edge into frozen dataclasses. The CRD schema has already
-validated and defaulted it; parsing here only gives the core typed values (durations as seconds)."""
+validated and defaulted it; parsing here gives the core typed values (durations as seconds,
+enums for closed vocabularies) and the same defaults for a spec that was never defaulted by an
+apiserver (unit tests, `serin` commands). Each default is written once, here; a test checks that
+the CRD's defaults (the ones the apiserver applies) are the same."""
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import re
@@ -27,15 +31,78 @@ def parse_duration(text: str) -> float:
 
 
 @dataclass(frozen=True)
+class Duration:
+    """A spec duration: seconds for arithmetic, the text as the user wrote it for messages."""
+
+    text: str
+
+    @property
+    def seconds(self) -> float:
+        return parse_duration(self.text)
+
+
+class Builtin(enum.StrEnum):
+    ERROR_RATE = "errorRate"
+    LATENCY_P99_SECONDS = "latencyP99Seconds"
+    INPUT_PSI = "inputPSI"
+    PREDICTION_SHIFT = "predictionShift"
+
+
+class ModelFormat(enum.StrEnum):
+    SKLEARN = "sklearn"
+    XGBOOST = "xgboost"
+    LIGHTGBM = "lightgbm"
+    ONNX = "onnx"
+
+
+class Protocol(enum.StrEnum):
+    V1 = "v1"
+    V2 = "v2"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    uri: str
+    sampleUri: str
+    format: ModelFormat | None = None  # detected from the artifact when absent
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close ONNX predictions must be to the native model's (the converter's parity.Tolerance)."""
+
+    absolute: float = 1e-4
+    relative: float = 1e-3
+    labelAgreement: float = 1.0
+
+
+@dataclass(frozen=True)
+class ConversionSpec:
+    targetOpset: int = 17
+    timeout: Duration = Duration("10m")
+    tolerance: Tolerance = Tolerance()
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    minReplicas: int = 1
+    maxReplicas: int = 1
+    protocol: Protocol = Protocol.V2
+    # Kubernetes quantities, passed to the predictor container as they are.
+    resources: dict[str, dict[str, str | int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Step:
     weight: int
-    pause: float  # seconds of successful analysis this step needs
+    pause: float = 30.0  # seconds of successful analysis this step needs
 
 
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    builtin: str | None = None
+    builtin: Builtin | None = None
     query: str | None = None
     min: float | None = None
     max: float | None = None
@@ -51,52 +118,86 @@ class AnalysisSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    source: dict[str, Any]
-    conversion: dict[str, Any] = field(default_factory=dict)
-    serving: dict[str, Any] = field(default_factory=dict)
+    source: SourceSpec
+    # Identifies a model version: what is converted (source + conversion settings), hashed as the
+    # apiserver stored them. Changing replicas or rollout steps bumps metadata.generation but is
+    # not a new version.
+    version_key: str
+    conversion: ConversionSpec = ConversionSpec()
+    serving: ServingSpec = ServingSpec()
     steps: tuple[Step, ...] = ()
     paused: bool = False
     progress_deadline: float = 600.0
     analysis: AnalysisSpec = AnalysisSpec()
 
-    @property
-    def version_key(self) -> str:
-        """Identifies a model version: what is converted (source + conversion settings). Changing
-        replicas or rollout steps bumps metadata.generation but is not a new version."""
-        blob = json.dumps({"source": self.source, "conversion": self.conversion}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    @property
-    def conversion_timeout(self) -> float:
-        return parse_duration(str(self.conversion.get("timeout", "10m")))
-
 
 def parse_spec(spec: dict[str, Any]) -> ModelSpec:
+    raw_source = dict(spec["source"])
+    raw_conversion = dict(spec.get("conversion") or {})
     rollout = spec.get("rollout") or {}
     analysis = rollout.get("analysis") or {}
+    d, da = ModelSpec(SourceSpec("", ""), ""), AnalysisSpec()
     return ModelSpec(
-        source=dict(spec["source"]),
-        conversion=dict(spec.get("conversion") or {}),
-        serving=dict(spec.get("serving") or {}),
-        steps=tuple(
-            Step(weight=int(s["weight"]), pause=parse_duration(str(s.get("pause", "0s"))))
-            for s in rollout.get("steps", [])
-        ),
-        paused=bool(rollout.get("paused", False)),
-        progress_deadline=parse_duration(str(rollout.get("progressDeadline", "10m"))),
+        source=_source(raw_source),
+        version_key=version_key(raw_source, raw_conversion),
+        conversion=_conversion(raw_conversion),
+        serving=_serving(spec.get("serving") or {}),
+        steps=tuple(Step(weight=int(s["weight"]), pause=_seconds(s, "pause", Step(0).pause))
+                    for s in rollout.get("steps", [])),
+        paused=bool(rollout.get("paused", d.paused)),
+        progress_deadline=_seconds(rollout, "progressDeadline", d.progress_deadline),
         analysis=AnalysisSpec(
-            interval=parse_duration(str(analysis.get("interval", "10s"))),
-            failure_limit=int(analysis.get("failureLimit", 2)),
-            inconclusive_limit=int(analysis.get("inconclusiveLimit", 3)),
+            interval=_seconds(analysis, "interval", da.interval),
+            failure_limit=int(analysis.get("failureLimit", da.failure_limit)),
+            inconclusive_limit=int(analysis.get("inconclusiveLimit", da.inconclusive_limit)),
             metrics=tuple(
                 MetricSpec(
-                    name=m["name"], builtin=m.get("builtin"), query=m.get("query"),
-                    min=_float_or_none(m.get("min")), max=_float_or_none(m.get("max")),
+                    name=m["name"], builtin=Builtin(m["builtin"]) if m.get("builtin") else None,
+                    query=m.get("query"), min=_float_or_none(m.get("min")), max=_float_or_none(m.get("max")),
                 )
                 for m in analysis.get("metrics", [])
             ),
         ),
     )
+
+
+def version_key(source: dict[str, Any], conversion: dict[str, Any]) -> str:
+    blob = json.dumps({"source": source, "conversion": conversion}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _source(raw: dict[str, Any]) -> SourceSpec:
+    fmt = raw.get("format")
+    return SourceSpec(uri=str(raw["uri"]), sampleUri=str(raw.get("sampleUri", "")),
+                      format=ModelFormat(fmt) if fmt else None, sha256=raw.get("sha256") or None)
+
+
+def _conversion(raw: dict[str, Any]) -> ConversionSpec:
+    d, tol = ConversionSpec(), raw.get("tolerance") or {}
+    return ConversionSpec(
+        targetOpset=int(raw.get("targetOpset", d.targetOpset)),
+        timeout=Duration(str(raw.get("timeout", d.timeout.text))),
+        tolerance=Tolerance(
+            absolute=float(tol.get("absolute", d.tolerance.absolute)),
+            relative=float(tol.get("relative", d.tolerance.relative)),
+            labelAgreement=float(tol.get("labelAgreement", d.tolerance.labelAgreement)),
+        ),
+    )
+
+
+def _serving(raw: dict[str, Any]) -> ServingSpec:
+    d = ServingSpec()
+    resources = raw.get("resources") or {}
+    return ServingSpec(
+        minReplicas=int(raw.get("minReplicas", d.minReplicas)),
+        maxReplicas=int(raw.get("maxReplicas", d.maxReplicas)),
+        protocol=Protocol(raw.get("protocol", d.protocol)),
+        resources={kind: dict(values) for kind, values in resources.items() if values},
+    )
+
+
+def _seconds(raw: dict[str, Any], key: str, default: float) -> float:
+    return parse_duration(str(raw[key])) if key in raw else default
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -4,11 +4,72 @@ the last one stopped. Times are ISO-8601 strings in status, datetimes in the cor
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ANALYSIS_RECORDS_KEPT = 12
 HISTORY_KEPT = 10
+
+
+# The vocabulary of the persisted state. StrEnum members are their CRD enum strings, so they are
+# written to the API as they are and compare equal to what is read back.
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    CONVERTING = "Converting"
+    DEPLOYING = "Deploying"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    ROLLING_BACK = "RollingBack"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+
+class CanaryState(enum.StrEnum):
+    PROGRESSING = "Progressing"
+    PROMOTING = "Promoting"
+    ROLLING_BACK = "RollingBack"
+
+
+class RollbackStage(enum.StrEnum):
+    """A rollback's three moves (see rollout.desired_serving)."""
+
+    NONE = ""
+    ZERO_TRAFFIC = "ZeroTraffic"
+    RESTORE = "Restore"
+    FINALIZE = "Finalize"
+
+
+class RollbackReason(enum.StrEnum):
+    """Why a canary is rolled back: a bounded label for metrics, carried beside the prose."""
+
+    ANALYSIS = "analysis"
+    MANUAL = "manual"
+    DEADLINE = "deadline"
+    SUPERSEDED = "superseded"
+    REVERTED = "reverted"
+    OTHER = "other"  # recorded by no decision: a rollback an older operator started
+
+
+class Outcome(enum.StrEnum):
+    """How a version's rollout ended (status.history)."""
+
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+
+
+class FailureKind(enum.StrEnum):
+    CONVERSION_FAILED = "ConversionFailed"
+    ROLLED_BACK = "RolledBack"
+
+
+class Verdict(enum.StrEnum):
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
 
 
 def to_time(value: str | None) -> dt.datetime | None:
@@ -34,8 +95,7 @@ class Version:
 
 @dataclass(frozen=True)
 class Canary(Version):
-    # Progressing | Promoting | RollingBack
-    state: str = "Progressing"
+    state: CanaryState = CanaryState.PROGRESSING
     step: int = 0
     weight: int = 0
     since: str | None = None  # canary start
@@ -47,7 +107,8 @@ class Canary(Version):
     inconclusiveStreak: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     reason: str = ""  # why it is promoting / rolling back
-    rollbackStage: str = ""  # "" | ZeroTraffic | Restore
+    rollbackStage: RollbackStage = RollbackStage.NONE
+    rollbackReason: RollbackReason | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +131,7 @@ class Failure:
 
     generation: int
     versionKey: str
-    kind: str  # ConversionFailed | RolledBack
+    kind: FailureKind
     reason: str
     at: str
 
@@ -78,10 +139,44 @@ class Failure:
 @dataclass(frozen=True)
 class Measurement:
     metric: str
-    verdict: str  # Successful | Failed | Inconclusive
+    verdict: Verdict
     at: str
     generation: int
     value: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ConversionSummary:
+    """status.conversion: the last conversion's outcome, one shape whichever executor ran it.
+
+    The converter writes it (serin.converters.job.summary: the Pod's termination message, and the
+    same document in the local executor's output directory); the operator adds `generation`, or
+    writes only passed/reason when the conversion never reported (timeout, lost attempts)."""
+
+    passed: bool
+    generation: int = 0
+    reason: str | None = None
+    error: str | None = None  # the converter's error kind (user-error, fetch-failed, internal, …)
+    exitCode: int | None = None
+    format: str | None = None
+    task: str | None = None
+    estimator: str | None = None
+    rows: int | None = None
+    seconds: float | None = None
+    labelAgreement: float | None = None
+    maxAbsDiff: float | None = None
+    maxRelDiff: float | None = None
+    mismatchedRows: int | None = None
+    sha256: str | None = None  # of the source artifact
+    onnxSha256: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    generation: int
+    outcome: Outcome
+    at: str
     reason: str = ""
 
 
@@ -97,7 +192,7 @@ class Condition:
 
 @dataclass(frozen=True)
 class Status:
-    phase: str = "Pending"
+    phase: Phase = Phase.PENDING
     message: str = ""
     observedGeneration: int = 0
     stable: Version | None = None
@@ -105,9 +200,9 @@ class Status:
     canary: Canary | None = None
     pending: Pending | None = None
     failed: Failure | None = None
-    conversion: dict[str, Any] | None = None
+    conversion: ConversionSummary | None = None
     analysis: tuple[Measurement, ...] = ()
-    history: tuple[dict[str, Any], ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
     conditions: tuple[Condition, ...] = ()
 
     def evolve(self, **changes: Any) -> Status:
@@ -130,26 +225,47 @@ def status_to_dict(status: Status) -> dict[str, Any]:
         "canary": _drop_none(asdict(status.canary)) if status.canary else None,
         "pending": _drop_none(asdict(status.pending)) if status.pending else None,
         "failed": asdict(status.failed) if status.failed else None,
-        "conversion": status.conversion,
+        "conversion": _drop_none(asdict(status.conversion)) if status.conversion else None,
         "analysis": [_drop_none(asdict(m)) for m in status.analysis],
-        "history": list(status.history),
+        "history": [_drop_empty(asdict(h)) for h in status.history],
         "conditions": [asdict(c) for c in status.conditions],
     }
     return out
 
 
-def _build(cls: type, data: dict[str, Any] | None) -> Any:
+def _drop_empty(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v not in (None, "")}
+
+
+# Fields read back as enums: the API returns their plain strings.
+_ENUM_FIELDS: dict[str, type[enum.StrEnum]] = {
+    "state": CanaryState, "rollbackStage": RollbackStage, "rollbackReason": RollbackReason,
+    "kind": FailureKind, "verdict": Verdict, "outcome": Outcome,
+}
+
+
+def _build(cls: type[T], data: dict[str, Any] | None) -> T | None:
+    """A dataclass from its status dict. Keys it does not know are dropped (status written by an
+    older operator), so reading never fails on them."""
     if not data:
         return None
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]  # cls is always a dataclass
+    values = {k: v for k, v in data.items() if k in names}
+    for key, kind in _ENUM_FIELDS.items():
+        if key in values and values[key] is not None:
+            values[key] = kind(values[key])
+    return cls(**values)
+
+
+def _build_all(cls: type[T], items: list[dict[str, Any]] | None) -> tuple[T, ...]:
+    return tuple(x for x in (_build(cls, d) for d in items or []) if x is not None)
 
 
 def status_from_dict(data: dict[str, Any] | None) -> Status:
     data = data or {}
     stable = data.get("stable") or None
     return Status(
-        phase=data.get("phase", "Pending"),
+        phase=Phase(data.get("phase") or Phase.PENDING),
         message=data.get("message", ""),
         observedGeneration=int(data.get("observedGeneration", 0)),
         stable=_build(Version, stable),
@@ -157,8 +273,15 @@ def status_from_dict(data: dict[str, Any] | None) -> Status:
         canary=_build(Canary, data.get("canary")),
         pending=_build(Pending, data.get("pending")),
         failed=_build(Failure, data.get("failed")),
-        conversion=data.get("conversion"),
-        analysis=tuple(_build(Measurement, m) for m in data.get("analysis") or []),
-        history=tuple(data.get("history") or []),
-        conditions=tuple(_build(Condition, c) for c in data.get("conditions") or []),
+        conversion=parse_conversion_summary(data.get("conversion")),
+        analysis=_build_all(Measurement, data.get("analysis")),
+        history=_build_all(HistoryEntry, data.get("history")),
+        conditions=_build_all(Condition, data.get("conditions")),
     )
+
+
+def parse_conversion_summary(data: dict[str, Any] | None) -> ConversionSummary | None:
+    """status.conversion, or the converter's summary document (which has no generation yet)."""
+    if not isinstance(data, dict) or not isinstance(data.get("passed"), bool):
+        return None
+    return _build(ConversionSummary, data)

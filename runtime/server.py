@@ -1,7 +1,9 @@
 """Process model: one uvicorn server per worker process, supervised when there are several.
 
-onnxruntime runs on the event loop thread (1 intra-op thread): a worker is CPU-bound and a
-thread pool would only add hand-offs. Throughput scales with processes, one per core. Workers
+Each worker runs onnxruntime with one intra-op thread: fast runs inline on the event loop, runs
+that lately took longer than app.INLINE_RUN_BUDGET_S on one inference thread, so /metrics and the
+probes still answer while a slow model has a queue (app.py). Runs stay serial per worker either
+way: throughput scales with processes, one per core. Workers
 bind the port with SO_REUSEPORT so the kernel spreads connections across them; the supervisor
 holds a bound, non-listening socket on the port so a port taken by someone else fails at once.
 """

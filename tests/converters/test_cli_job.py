@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from serin.converters.job import TERMINATION_LIMIT, merged_argv, summary
+import pytest
+from serin.converters.job import REQUEST_ENV, TERMINATION_LIMIT, parse_request, summary
 from serin.converters.profile import numeric_bins
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -71,12 +72,17 @@ def test_serin_convert_parity_failure_exit_1(tmp_path: Path) -> None:
     assert "parity failed" in proc.stderr
 
 
-def test_job_reads_env_and_writes_termination_log(logreg: tuple[Path, Path],
-                                                  tmp_path: Path) -> None:
+def request(source: str, sample: str, out: Path, **conversion: Any) -> str:
+    return json.dumps({"source": {"uri": source, "sampleUri": sample}, "conversion": conversion, "out": str(out)})
+
+
+def test_job_reads_the_request_and_writes_termination_log(logreg: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
     out, term = tmp_path / "out", tmp_path / "termination-log"
-    env = {**ENV, "SERIN_SOURCE_URI": logreg[0].as_uri(), "SERIN_SAMPLE_URI": str(logreg[1]),
-           "SERIN_OUT": str(out), "SERIN_FORMAT": "sklearn", "SERIN_TARGET_OPSET": "15",
-           "SERIN_ATOL": "1e-3", "SERIN_TERMINATION_LOG": str(term)}
+    doc = json.loads(request(logreg[0].as_uri(), str(logreg[1]), out, targetOpset=15,
+                             tolerance={"absolute": 1e-3}))
+    doc["source"]["format"] = "sklearn"
+    env = {**ENV, REQUEST_ENV: json.dumps(doc), "SERIN_TERMINATION_LOG": str(term)}
     proc = run(["-m", "serin.converters.job"], env)
     assert proc.returncode == 0, proc.stderr
     rep = report(out)
@@ -88,20 +94,31 @@ def test_job_reads_env_and_writes_termination_log(logreg: tuple[Path, Path],
     assert len(term.read_bytes()) <= TERMINATION_LIMIT
 
 
-def test_job_failure_without_settings(tmp_path: Path) -> None:
+def test_job_failure_without_a_request(tmp_path: Path) -> None:
     term = tmp_path / "termination-log"
-    env = {**ENV, "SERIN_OUT": str(tmp_path / "out"), "SERIN_TERMINATION_LOG": str(term)}
+    env = {k: v for k, v in ENV.items() if k != REQUEST_ENV} | {"SERIN_TERMINATION_LOG": str(term)}
     proc = run(["-m", "serin.converters.job"], env)
     assert proc.returncode == 2
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and REQUEST_ENV in lines[0], proc.stderr
+    message = json.loads(term.read_text())
+    assert message["passed"] is False and REQUEST_ENV in message["reason"]
+
+
+def test_job_failure_with_an_incomplete_request(tmp_path: Path) -> None:
+    term = tmp_path / "termination-log"
+    env = {**ENV, REQUEST_ENV: json.dumps({"source": {"sampleUri": "file:///s.csv"}, "out": str(tmp_path / "out")}),
+           "SERIN_TERMINATION_LOG": str(term)}
+    proc = run(["-m", "serin.converters.job"], env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"serin convert: error: source.uri is required in {REQUEST_ENV}"]
     assert json.loads(term.read_text())["passed"] is False
     assert report(tmp_path / "out")["passed"] is False
 
 
 def test_job_fetch_failure_exit_4(logreg: tuple[Path, Path], tmp_path: Path) -> None:
     term = tmp_path / "termination-log"
-    env = {**ENV, "SERIN_SOURCE_URI": "http://127.0.0.1:9/m.joblib",
-           "SERIN_SAMPLE_URI": str(logreg[1]), "SERIN_OUT": str(tmp_path / "out"),
+    env = {**ENV, REQUEST_ENV: request("http://127.0.0.1:9/m.joblib", str(logreg[1]), tmp_path / "out"),
            "SERIN_TERMINATION_LOG": str(term)}
     proc = run(["-m", "serin.converters.job"], env)
     assert proc.returncode == 4
@@ -109,11 +126,70 @@ def test_job_fetch_failure_exit_4(logreg: tuple[Path, Path], tmp_path: Path) -> 
     assert json.loads(term.read_text())["error"] == "fetch-failed"
 
 
-def test_arguments_win_over_environment() -> None:
-    argv = merged_argv(["a.joblib", "--out", "/x"], {"SERIN_SOURCE_URI": "b.joblib",
-                                                      "SERIN_OUT": "/y", "SERIN_ATOL": "0.1"})
-    assert argv[0] == "a.joblib" and "b.joblib" not in argv
-    assert argv[argv.index("--out") + 1] == "/x" and argv[argv.index("--atol") + 1] == "0.1"
+GOOD = {"source": {"uri": "file:///m.joblib", "sampleUri": "file:///s.csv"}, "out": "/out"}
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    pytest.param("{", f"{REQUEST_ENV} is not valid JSON", id="not-json"),
+    pytest.param("[]", "the request must be a JSON object", id="not-an-object"),
+    pytest.param(GOOD | {"bins": 3}, f"unknown field bins in {REQUEST_ENV}", id="unknown-top-field"),
+    pytest.param(GOOD | {"conversion": {"tolerance": {"atol": 1}}},
+                 f"unknown field conversion.tolerance.atol in {REQUEST_ENV}", id="unknown-nested-field"),
+    pytest.param({"source": GOOD["source"]}, f"out is required in {REQUEST_ENV}", id="no-out"),
+    pytest.param(GOOD | {"source": {"uri": "file:///m.joblib"}}, f"source.sampleUri is required in {REQUEST_ENV}",
+                 id="no-sample"),
+    pytest.param(GOOD | {"source": {"uri": 7, "sampleUri": "s"}}, "source.uri must be str, not 7", id="uri-not-a-string"),
+    pytest.param(GOOD | {"conversion": {"targetOpset": "17"}}, 'conversion.targetOpset must be int, not "17"',
+                 id="opset-a-string"),
+    pytest.param(GOOD | {"conversion": {"tolerance": {"absolute": True}}},
+                 "conversion.tolerance.absolute must be a number, not true", id="tolerance-a-bool"),
+    pytest.param(GOOD | {"source": GOOD["source"] | {"format": "torch"}},
+                 "source.format must be one of sklearn, xgboost, lightgbm, onnx, not 'torch'", id="unknown-format"),
+])
+def test_a_bad_request_is_refused_naming_the_field(doc: Any, message: str) -> None:
+    from serin.converters.errors import ConversionError
+
+    with pytest.raises(ConversionError) as err:
+        parse_request(doc if isinstance(doc, str) else json.dumps(doc))
+    assert err.value.message.startswith(message), err.value.message
+
+
+def test_the_operators_request_is_the_one_the_converter_reads() -> None:
+    """The two sides of the one serialized form: what the operator writes from a Model's spec is
+    read back by the converter as the same settings, defaults included."""
+    from serin.converters.conversion import DEFAULT_OPSET
+    from serin.operator.executors import ConversionRequest
+    from serin.operator.spec import parse_spec
+
+    spec = parse_spec({"source": {"uri": "s3://b/m.json", "sampleUri": "s3://b/s.csv", "format": "xgboost",
+                                  "sha256": "c" * 64},
+                       "conversion": {"targetOpset": 15, "tolerance": {"relative": 0.01}}})
+    req = ConversionRequest("ml", "fraud", "u", 3, spec.version_key, 1, spec.source, spec.conversion)
+    got = parse_request(req.document("/out/ml/fraud"))
+    assert (got.source, got.sample, got.format, got.sha256) == ("s3://b/m.json", "s3://b/s.csv", "xgboost", "c" * 64)
+    assert (got.out, got.opset) == (Path("/out/ml/fraud"), 15)
+    assert (got.tolerance.absolute, got.tolerance.relative, got.tolerance.label_agreement) == (1e-4, 0.01, 1.0)
+    bare = parse_spec({"source": {"uri": "s3://b/m.onnx", "sampleUri": "s3://b/s.csv"}})
+    plain = parse_request(ConversionRequest("ml", "m", "u", 1, "k", 1, bare.source, bare.conversion).document("/o"))
+    assert (plain.format, plain.sha256, plain.opset) == (None, None, DEFAULT_OPSET)
+
+
+def test_the_summary_is_status_conversion() -> None:
+    """One shape whichever executor ran: every key the converter's summary writes is a field of the
+    operator's ConversionSummary (so nothing is dropped reading it), and it parses back."""
+    from dataclasses import fields
+
+    from serin.operator.status import ConversionSummary, parse_conversion_summary
+
+    rep = {"passed": True, "reason": None, "format": "sklearn", "task": "classification", "estimator": "LogisticRegression",
+           "rows": 100, "seconds": 0.5, "parity": {"label_agreement": 1.0, "max_abs_diff": 1e-7, "max_rel_diff": 1e-6,
+                                                  "mismatched_rows": 0},
+           "sha256": {"source": "a" * 64, "onnx": "b" * 64}}
+    doc = json.loads(summary(rep, 0, None))
+    assert set(doc) <= {f.name for f in fields(ConversionSummary)}
+    parsed = parse_conversion_summary(doc)
+    assert parsed is not None
+    assert (parsed.passed, parsed.rows, parsed.maxAbsDiff, parsed.onnxSha256) == (True, 100, 1e-7, "b" * 64)
 
 
 def test_termination_summary_fits_kubernetes_limit() -> None:

@@ -15,8 +15,9 @@ import pytest
 import yaml
 from serin.operator import kserve
 from serin.operator.actions import ApplyServing
-from serin.operator.conversion import ConversionRequest, result_from_report
-from serin.operator.jobs import JobSettings, job_body, job_name, result_from_pod, storage_uri
+from serin.operator.executors import ConversionRequest, result_from_summary
+from serin.operator.executors.base import REQUEST_ENV
+from serin.operator.executors.job import JobSettings, job_body, job_name, result_from_pod, storage_uri
 from serin.operator.prometheus import parse_response
 from serin.operator.queries import QueryContext, builtin_query, render, window_for
 from serin.operator.spec import MetricSpec, parse_duration, parse_spec
@@ -101,9 +102,10 @@ def test_prometheus_responses(body: object, value: float | None, error: str) -> 
     assert (m.value, m.error) == (value, error)
 
 
-REQ = ConversionRequest("ml", "fraud", "uid-1", 7, "abcdef0123456789", 1,
-                        {"uri": "s3://b/m.joblib", "sampleUri": "s3://b/s.csv", "sha256": "a" * 64, "format": "sklearn"},
-                        {"targetOpset": 17, "timeout": "5m", "tolerance": {"absolute": 0.0001}})
+REQ_SPEC = parse_spec({"source": {"uri": "s3://b/m.joblib", "sampleUri": "s3://b/s.csv", "sha256": "a" * 64,
+                                   "format": "sklearn"},
+                        "conversion": {"targetOpset": 17, "timeout": "5m", "tolerance": {"absolute": 0.0001}}})
+REQ = ConversionRequest("ml", "fraud", "uid-1", 7, "abcdef0123456789", 1, REQ_SPEC.source, REQ_SPEC.conversion)
 
 
 def test_conversion_job_is_locked_down() -> None:
@@ -118,8 +120,9 @@ def test_conversion_job_is_locked_down() -> None:
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     assert job["spec"]["activeDeadlineSeconds"] == 300 and job["spec"]["backoffLimit"] == 0
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["SERIN_OUT"] == "/mnt/serin-store/serin/ml/fraud-g7-abcdef01"
-    assert env["SERIN_SHA256"] == "a" * 64 and env["SERIN_ATOL"] == "0.0001"
+    request = json.loads(env[REQUEST_ENV])
+    assert request["out"] == "/mnt/serin-store/serin/ml/fraud-g7-abcdef01"
+    assert request["source"]["sha256"] == "a" * 64 and request["conversion"]["tolerance"]["absolute"] == 0.0001
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert job_name(REQ) == "serin-convert-fraud-g7-abcdef01-a1"
     assert storage_uri(REQ, settings) == "pvc://models/serin/ml/fraud-g7-abcdef01"
@@ -138,7 +141,8 @@ def test_pod_report_read_back() -> None:
     crashed = result_from_pod(pod_with("", 137), "u")
     assert crashed is not None and crashed.state == "Failed" and "exit" in crashed.reason and "137" in crashed.reason
     assert result_from_pod({"status": {"containerStatuses": [{"state": {"running": {}}}]}}, "u") is None
-    assert result_from_report(None, "u").reason == "the conversion ended without a report"
+    assert result_from_summary(None, "u").reason == "the conversion ended without a report"
+    assert result_from_summary({"reason": "no verdict"}, "u").reason == "the conversion's report is malformed"
 
 
 def promtool() -> str:
@@ -172,8 +176,8 @@ def test_every_builtin_selector_is_scoped_to_the_models_namespace(builtin: str) 
 
 
 async def test_local_executor_reports_a_crash_without_report(tmp_path: Path) -> None:
-    """A conversion that dies without writing report.json fails with its last log line."""
-    from serin.operator.conversion import LocalExecutor
+    """A conversion that dies without writing its summary fails with its last log line."""
+    from serin.operator.executors import LocalExecutor
 
     executor = LocalExecutor(tmp_path, python=str(tmp_path / "fake-python"))
     (tmp_path / "fake-python").write_text("#!/bin/sh\necho 'Fatal Python error: Aborted' >&2\nkill -ABRT $$\n")

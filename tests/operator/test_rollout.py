@@ -34,6 +34,7 @@ from serin.operator.rollout import (
 from serin.operator.spec import ModelSpec, parse_spec
 from serin.operator.status import (
     Canary,
+    ConversionSummary,
     Failure,
     Pending,
     Status,
@@ -188,11 +189,11 @@ CASES = [
         lambda d: d.status.phase == "Failed", lambda d: len(of(d, CancelConversion)) == 1,
         lambda d: "did not finish within 10m" in d.status.message), now=601),
     Case("first-conversion-succeeds-deploys-at-100", Status(pending=Pending(1, K2, ts(0))),
-         obs(1, conversion=ConversionResult("Succeeded", URI2, "s2", report={"passed": True})), check_all(
+         obs(1, conversion=ConversionResult("Succeeded", URI2, "s2", summary=ConversionSummary(passed=True))), check_all(
         lambda d: d.status.phase == "Deploying",
         lambda d: d.status.stable is not None and d.status.stable.storageUri == URI2,
         lambda d: serving_action(d) == ApplyServing(URI2, None),
-        lambda d: d.status.conversion == {"passed": True, "generation": 1})),
+        lambda d: d.status.conversion == ConversionSummary(passed=True, generation=1))),
     Case("first-conversion-fails-nothing-served", Status(pending=Pending(1, K2, ts(0))),
          obs(1, conversion=ConversionResult("Failed", reason="unsupported estimator Foo")), check_all(
         lambda d: d.status.phase == "Failed", lambda d: serving_action(d) is None,
@@ -341,7 +342,7 @@ CASES = [
                                 latestRolledout="m-predictor-00002", traffic={"m-predictor-00002": 100})), check_all(
         lambda d: d.status.phase == "Promoted", lambda d: d.status.canary is None,
         lambda d: d.status.stable is not None and (d.status.stable.generation, d.status.stable.revision) == (2, "m-predictor-00002"),
-        lambda d: d.status.history[-1]["outcome"] == "Promoted", lambda d: "Promoted" in events(d))),
+        lambda d: d.status.history[-1].outcome == "Promoted", lambda d: "Promoted" in events(d))),
     Case("promotion-waits-for-kserve", replace(PROMOTED, canary=canary(state="Promoting")), obs(2, serving=canary_serving(10)),
          check_all(lambda d: d.status.canary is not None, lambda d: serving_action(d) == ApplyServing(URI2, None))),
     Case("rollback-zero-traffic-confirmed-restores-stable-at-zero", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic", reason="errors")),

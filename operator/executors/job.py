@@ -14,9 +14,8 @@ from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
-from serin.operator.conversion import ConversionRequest, result_from_report
-from serin.operator.observations import ConversionResult
-from serin.operator.spec import parse_duration
+from serin.operator.executors.base import REQUEST_ENV, ConversionRequest, result_from_summary
+from serin.operator.observations import ConversionResult, ConversionState
 
 STORE_MOUNT = "/mnt/serin-store"
 
@@ -49,10 +48,9 @@ def storage_uri(req: ConversionRequest, settings: JobSettings) -> str:
 def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
     claim, prefix = _store(settings)
     out = "/".join(p for p in (STORE_MOUNT, prefix, req.namespace, req.slug) if p)
-    deadline = int(parse_duration(str(req.conversion.get("timeout", "10m"))))
+    deadline = int(req.conversion.timeout.seconds)
     labels = {"app.kubernetes.io/name": "serin-converter", "app.kubernetes.io/managed-by": "serin",
               "serin.dev/model": req.name, "serin.dev/generation": str(req.generation)}
-    env = [{"name": k, "value": v} for k, v in sorted(req.env(out).items())]
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
@@ -77,7 +75,7 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
                         "name": "convert",
                         "image": settings.image,
                         "command": ["python", "-m", "serin.converters.job"],
-                        "env": env,
+                        "env": [{"name": REQUEST_ENV, "value": req.document(out)}],
                         "terminationMessagePolicy": "File",
                         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
                                       "limits": {"cpu": settings.cpu, "memory": settings.memory}},
@@ -103,18 +101,19 @@ def result_from_pod(pod: dict[str, Any] | None, uri: str) -> ConversionResult | 
         if not term:
             continue
         try:
-            report = json.loads(term.get("message") or "")
+            summary = json.loads(term.get("message") or "")
         except ValueError:
-            report = None
-        if report is None:
+            summary = None
+        if summary is None:
             reason = f"converter exited with code {term.get('exitCode')} ({term.get('reason', 'no message')})"
-            return ConversionResult("Failed", reason=reason)
-        return result_from_report(report, uri)
+            return ConversionResult(ConversionState.FAILED, reason=reason)
+        return result_from_summary(summary, uri)
     return None
 
 
 class JobExecutor:
     def __init__(self, api: client.ApiClient, settings: JobSettings) -> None:
+        self.api = api
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         self.settings = settings
@@ -131,18 +130,19 @@ class JobExecutor:
             job = await self.batch.read_namespaced_job(job_name(req), req.namespace)
         except ApiException as err:
             if err.status == 404:
-                return ConversionResult("Missing")
+                return ConversionResult(ConversionState.MISSING)
             raise
         pods = await self.core.list_namespaced_pod(req.namespace, label_selector=f"job-name={job_name(req)}")
         uri = storage_uri(req, self.settings)
         for pod in pods.items:
-            result = result_from_pod(client.ApiClient().sanitize_for_serialization(pod), uri)
+            result = result_from_pod(self.api.sanitize_for_serialization(pod), uri)
             if result is not None:
                 return result
         for cond in job.status.conditions or []:
             if cond.type == "Failed" and cond.status == "True":
-                return ConversionResult("Failed", reason=f"conversion Job failed: {cond.reason}: {cond.message}")
-        return ConversionResult("Running")
+                return ConversionResult(ConversionState.FAILED,
+                                        reason=f"conversion Job failed: {cond.reason}: {cond.message}")
+        return ConversionResult(ConversionState.RUNNING)
 
     async def cancel(self, req: ConversionRequest) -> None:
         try:

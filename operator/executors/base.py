@@ -1,0 +1,65 @@
+"""What every conversion executor shares: the request, its one serialized form, and reading the
+converter's summary back.
+
+The converter receives the request as one JSON document in SERIN_CONVERSION_REQUEST (shaped as the
+Model's spec.source and spec.conversion, plus `out`), and answers with one summary document: the
+Job's termination message, or the local executor's summary.json. Both are parsed here, once."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from serin.operator.observations import ConversionResult, ConversionState
+from serin.operator.spec import ConversionSpec, SourceSpec
+from serin.operator.status import parse_conversion_summary
+
+REQUEST_ENV = "SERIN_CONVERSION_REQUEST"
+
+
+@dataclass(frozen=True)
+class ConversionRequest:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    versionKey: str
+    attempt: int
+    source: SourceSpec
+    conversion: ConversionSpec
+
+    @property
+    def slug(self) -> str:
+        # Each retry writes to a place of its own: a failed attempt's report never answers for the next.
+        retry = f"-a{self.attempt}" if self.attempt > 1 else ""
+        return f"{self.name}-g{self.generation}-{self.versionKey[:8]}{retry}"
+
+    def document(self, out: str) -> str:
+        """The request as the converter reads it (serin.converters.job.parse_request)."""
+        source = {k: v for k, v in asdict(self.source).items() if v is not None}
+        tolerance = asdict(self.conversion.tolerance)
+        doc = {"source": source,
+               "conversion": {"targetOpset": self.conversion.targetOpset, "tolerance": tolerance},
+               "out": out}
+        return json.dumps(doc, sort_keys=True)
+
+
+class ConversionExecutor(Protocol):
+    async def start(self, req: ConversionRequest) -> None: ...
+    async def poll(self, req: ConversionRequest) -> ConversionResult: ...
+    async def cancel(self, req: ConversionRequest) -> None: ...
+
+
+def result_from_summary(doc: Any, storage_uri: str) -> ConversionResult:
+    """The converter's summary document → the result the decision reads."""
+    if not doc:
+        return ConversionResult(ConversionState.FAILED, reason="the conversion ended without a report")
+    summary = parse_conversion_summary(doc)
+    if summary is None:
+        return ConversionResult(ConversionState.FAILED, reason="the conversion's report is malformed")
+    if summary.passed:
+        return ConversionResult(ConversionState.SUCCEEDED, storage_uri, summary.onnxSha256 or "", summary=summary)
+    return ConversionResult(ConversionState.FAILED, reason=summary.reason or "parity proof failed", summary=summary,
+                            # the converter's exit 4: the artifact or sample could not be fetched
+                            retryable=summary.error == "fetch-failed")
