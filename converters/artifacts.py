@@ -30,7 +30,7 @@ FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx")
 PICKLE_SUFFIXES = {".joblib", ".pkl", ".pickle", ".sav"}
 # Schemes handed to kserve-storage (the same code KServe's storage initializer runs).
 REMOTE_SCHEMES = ("s3://", "gs://", "http://", "https://", "hdfs://", "webhdfs://", "hf://")
-# kserve's storage initializer mounts a pvc:// claim here; the conversion Job does the same.
+# The conversion Job mounts each claim a pvc:// URI names at PVC_MOUNT/CLAIM (read-only).
 PVC_MOUNT = "/mnt/pvc"
 FETCH_TIMEOUT = 300.0  # seconds; SERIN_FETCH_TIMEOUT overrides
 
@@ -51,9 +51,10 @@ def fetch(uri: str, workdir: Path, what: str) -> Path:
     if uri.startswith("file://"):
         path = Path(unquote(urlparse(uri).path))
     elif uri.startswith("pvc://"):
-        # pvc://CLAIM/path → the claim is mounted at $SERIN_PVC_MOUNT by the Job, like KServe does.
-        rest = uri[len("pvc://"):].split("/", 1)
-        path = Path(os.environ.get("SERIN_PVC_MOUNT", PVC_MOUNT)) / (rest[1] if len(rest) > 1 else "")
+        # pvc://CLAIM/path → $SERIN_PVC_MOUNT/CLAIM/path, where the Job mounts the claim: one
+        # directory per claim, so an artifact and its sample may live on different claims.
+        claim, _, rest = uri[len("pvc://"):].partition("/")
+        path = Path(os.environ.get("SERIN_PVC_MOUNT", PVC_MOUNT)) / claim / rest
         if not path.exists():
             raise FetchError(f"cannot fetch {what} {uri}: {path} does not exist (is the claim mounted?)")
     elif "://" not in uri:

@@ -11,7 +11,10 @@ export SERIN_ROOT SERIN_CACHE
 KUBE_VERSION="v1.35.4"
 ETCD_VERSION="v3.6.5"
 HELM_VERSION="v3.19.0"
-export KUBE_VERSION ETCD_VERSION HELM_VERSION
+# Prometheus from its Go module (v0.3NN.x is Prometheus 3.NN.x): Debian's package is built without
+# Kubernetes service discovery ("field kubernetes_sd_configs not found in type config.ScrapeConfig").
+PROMETHEUS_MODULE_VERSION="v0.316.0" PROMETHEUS_VERSION="3.16.0"
+export KUBE_VERSION ETCD_VERSION HELM_VERSION PROMETHEUS_MODULE_VERSION PROMETHEUS_VERSION
 
 # BUILD_REV changes whenever the way the binaries are built changes (r2: version ldflags), so a warm
 # cache never serves binaries from an older recipe.

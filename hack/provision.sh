@@ -2,9 +2,12 @@
 # Installs the real components Serin's tests and local platform run, at pinned versions, into
 # $SERIN_CACHE (reused between runs):
 #   kube-apiserver, kube-controller-manager, kubectl  Go builds of k8s.io/kubernetes (hack/tools/go.mod)
+#   kubelet, kube-scheduler, kube-proxy              the node, from the same module
 #   etcd                                             Go build of go.etcd.io/etcd/server/v3 (same module)
+#   pause                                            the Pod sandbox, hack/tools/pause (static)
 #   helm                                             go install helm.sh/helm/v3/cmd/helm
-#   prometheus                                       Debian package
+#   prometheus, promtool                             go install github.com/prometheus/prometheus/cmd/…
+#   runc, containerd, CNI plugins, iptables, conntrack, buildah, debootstrap   Debian packages (the node, images)
 # Prints the bin directory on stdout. Cold: ~15-25 min on 2 cores. Warm: well under a second.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -13,7 +16,7 @@ need_go() {
 }
 
 build_kube() {
-  local want=(kube-apiserver kube-controller-manager kubectl etcd) missing=()
+  local want=(kube-apiserver kube-controller-manager kubectl etcd kubelet kube-scheduler kube-proxy) missing=()
   for b in "${want[@]}"; do [[ -x "$SERIN_BIN/$b" ]] || missing+=("$b"); done
   [[ ${#missing[@]} -eq 0 ]] && return
   need_go
@@ -41,6 +44,14 @@ build_kube() {
   rmdir "$SERIN_BIN.tmp"
 }
 
+build_pause() {
+  [[ -x "$SERIN_BIN/pause" ]] && return
+  need_go
+  # Static: it is the only file in its image.
+  (cd "$SERIN_ROOT/hack/tools" && CGO_ENABLED=0 GOFLAGS=-mod=readonly GOTOOLCHAIN=local \
+     go build -trimpath -ldflags='-s -w' -o "$SERIN_BIN/pause" ./pause)
+}
+
 build_helm() {
   [[ -x "$SERIN_BIN/helm" ]] && return
   need_go
@@ -49,27 +60,47 @@ build_helm() {
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
-install_prometheus() {
-  if [[ -x "$SERIN_BIN/prometheus" && -x "$SERIN_BIN/promtool" ]]; then return; fi
-  local p
-  p="$(command -v prometheus || true)"
-  if [[ -z "$p" ]]; then
-    log "installing Debian package prometheus"
-    if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq >/dev/null
-    # The package's postinst tries to start a service; there is no init system here, and that is fine.
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    p="$(command -v prometheus)"
+apt_install() {  # PACKAGE... (Debian packages, installed when a command they bring is missing)
+  if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq >/dev/null
+  # Package scripts try to start services; there is no init system here, and that is fine.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+install_node_packages() {
+  local missing=() cmd
+  for cmd in runc containerd ctr iptables conntrack buildah debootstrap; do
+    command -v "$cmd" >/dev/null || missing+=("$cmd")
+  done
+  [[ -x /usr/lib/cni/bridge ]] || missing+=(cni)
+  [[ ${#missing[@]} -eq 0 ]] && return
+  log "installing Debian packages for the node and images (missing: ${missing[*]})"
+  apt_install runc containerd containernetworking-plugins iptables conntrack buildah debootstrap
+}
+
+build_prometheus() {
+  # Version-checked, not only present: an older cache holds a link to Debian's prometheus here.
+  if [[ ! -L "$SERIN_BIN/prometheus" && -x "$SERIN_BIN/promtool" ]] \
+     && "$SERIN_BIN/prometheus" --version 2>/dev/null | grep -q "version $PROMETHEUS_VERSION "; then
+    return
   fi
-  ln -sf "$p" "$SERIN_BIN/prometheus"
-  ln -sf "$(dirname "$p")/promtool" "$SERIN_BIN/promtool"
+  need_go
+  log "building prometheus $PROMETHEUS_VERSION and promtool"
+  rm -f "$SERIN_BIN/prometheus" "$SERIN_BIN/promtool"
+  GOBIN="$SERIN_BIN" GOFLAGS=-mod=mod GOTOOLCHAIN=local go install -trimpath \
+    -ldflags="-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_MODULE_VERSION" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION"
 }
 
 mkdir -p "$SERIN_BIN"
 build_kube
+build_pause
 build_helm
-install_prometheus
-for b in kube-apiserver kube-controller-manager kubectl etcd helm prometheus promtool; do
+build_prometheus
+install_node_packages
+for b in kube-apiserver kube-controller-manager kubectl etcd kubelet kube-scheduler kube-proxy pause helm \
+         prometheus promtool; do
   [[ -x "$SERIN_BIN/$b" ]] || { log "missing $SERIN_BIN/$b after provisioning"; exit 1; }
 done
 echo "$SERIN_BIN"

@@ -39,7 +39,9 @@ def main(argv: list[str]) -> int:
     link_packages()
     targets = argv or [arg for name in PACKAGES for arg in ("-p", f"serin.{name}")]
     cmd = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), *targets]
-    return subprocess.run(cmd, cwd=ROOT, check=False).returncode
+    # mypy also searches PYTHONPATH: another copy of `serin` there would answer for the links.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
+    return subprocess.run(cmd, cwd=ROOT, check=False, env=env).returncode
 
 
 if __name__ == "__main__":

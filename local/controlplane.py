@@ -1,9 +1,12 @@
-"""A real Kubernetes control plane on loopback: etcd + kube-apiserver (+ kube-controller-manager).
+"""A real Kubernetes control plane: etcd + kube-apiserver (+ kube-controller-manager, and
+kube-scheduler when a node runs).
 
 The binaries come from hack/provision.sh (Go builds from the module proxy, cached). The apiserver
 runs with authentication and RBAC on, like a real cluster, so that least-privilege RBAC can be
-proven rather than assumed. kube-controller-manager runs only the controllers a kubelet-less
-cluster can use: garbage collection (owner references), namespace deletion and ServiceAccounts.
+proven rather than assumed. Without a node it listens on loopback and kube-controller-manager runs
+only the controllers a kubelet-less cluster can use: garbage collection (owner references),
+namespace deletion and ServiceAccounts. With a node (`apiserver_address`, see local/node.py) it
+listens where the node's Pods reach it, and every controller and the scheduler run.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Controllers that make sense without a kubelet. Jobs and Deployments would only make Pods that
 # never run, so their controllers stay off: nothing pretends a Pod ran.
 KCM_CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation"
+SERVICE_CIDR = "10.0.0.0/24"
 
 
 class ControlPlaneError(RuntimeError):
@@ -108,11 +112,18 @@ class ControlPlane:
     controller_manager: bool = True
     etcd_port: int = field(default_factory=free_port)
     apiserver_port: int = field(default_factory=free_port)
+    # Set when a node runs: the host address its Pods reach the apiserver on (the host end of the
+    # node's veth). The apiserver then serves there, and all controllers and the scheduler run.
+    apiserver_address: str | None = None
     _procs: dict[str, _Proc] = field(default_factory=dict)
 
     @property
+    def with_node(self) -> bool:
+        return self.apiserver_address is not None
+
+    @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.apiserver_address or '127.0.0.1'}:{self.apiserver_port}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -126,8 +137,8 @@ class ControlPlane:
 
     def start(self, timeout: float = 90.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        pki = create_pki(self.workdir / "pki")
-        self._write_kubeconfig(self.kubeconfig, user={
+        pki = create_pki(self.workdir / "pki", extra_ips=(self.apiserver_address,) if self.apiserver_address else ())
+        self.write_kubeconfig(self.kubeconfig, user={
             "client-certificate": str(pki.admin_cert), "client-key": str(pki.admin_key)})
         self._procs["etcd"] = _Proc("etcd", self._etcd_argv(), self.workdir / "etcd.log")
         self._procs["kube-apiserver"] = _Proc(
@@ -136,15 +147,19 @@ class ControlPlane:
             self._procs["kube-controller-manager"] = _Proc(
                 "kube-controller-manager", self._kcm_argv(pki),
                 self.workdir / "kube-controller-manager.log")
+        if self.with_node:
+            self._procs["kube-scheduler"] = _Proc(
+                "kube-scheduler", self._scheduler_argv(), self.workdir / "kube-scheduler.log")
         self._procs["etcd"].start()
         self._wait_etcd(timeout)
         self._procs["kube-apiserver"].start()
         self.wait_ready(timeout)
-        if self.controller_manager:
-            self._procs["kube-controller-manager"].start()
+        for name in ("kube-controller-manager", "kube-scheduler"):
+            if name in self._procs:
+                self._procs[name].start()
 
     def stop(self) -> None:
-        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             if name in self._procs:
                 self._procs[name].stop()
 
@@ -173,7 +188,7 @@ class ControlPlane:
         """A kubeconfig that authenticates as system:serviceaccount:NAMESPACE:NAME (via TokenRequest)."""
         token = self.kubectl("create", "token", name, "-n", namespace, f"--duration={duration}").stdout.strip()
         path = self.workdir / f"kubeconfig-sa-{namespace}-{name}"
-        self._write_kubeconfig(path, user={"token": token}, namespace=namespace)
+        self.write_kubeconfig(path, user={"token": token}, namespace=namespace)
         return path
 
     # -- internals ------------------------------------------------------------------------------
@@ -190,29 +205,38 @@ class ControlPlane:
         ]
 
     def _apiserver_argv(self, pki: Pki) -> list[str]:
-        return [
+        address = self.apiserver_address or "127.0.0.1"
+        argv = [
             str(self.bin_dir / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={address}", f"--advertise-address={address}",
             f"--secure-port={self.apiserver_port}",
             f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
             f"--client-ca-file={pki.ca_cert}",
-            "--authorization-mode=RBAC",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            # Node: the kubelet's requests are authorised as its node's (system:node:NAME), as in
+            # any real cluster; RBAC for everyone else.
+            "--authorization-mode=Node,RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
             "--allow-privileged=true",
-            # No kubelet, so nothing can create the per-namespace default ServiceAccount in time for
-            # admission; Pods are never run here anyway.
-            "--disable-admission-plugins=ServiceAccount",
             # Strict like OpenShift and hardened clusters: setting blockOwnerDeletion on an owner
             # reference needs update on the owner's finalizers, so the chart's RBAC is tested
             # against the stricter rule.
             "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             "--v=1",
         ]
+        if self.with_node:
+            # logs, exec and port-forward go through the kubelet, as a cluster admin would.
+            argv += [f"--kubelet-client-certificate={pki.admin_cert}", f"--kubelet-client-key={pki.admin_key}",
+                     "--kubelet-preferred-address-types=InternalIP"]
+        else:
+            # No kubelet, so nothing can create the per-namespace default ServiceAccount in time for
+            # admission; Pods are never run here anyway.
+            argv.append("--disable-admission-plugins=ServiceAccount")
+        return argv
 
     def _kcm_argv(self, pki: Pki) -> list[str]:
         return [
@@ -220,14 +244,22 @@ class ControlPlane:
             f"--kubeconfig={self.kubeconfig}",
             f"--authentication-kubeconfig={self.kubeconfig}",
             f"--authorization-kubeconfig={self.kubeconfig}",
-            f"--controllers={KCM_CONTROLLERS}",
+            # With a node every controller runs (Deployments, Jobs, endpoints, volumes, nodes).
+            f"--controllers={'*' if self.with_node else KCM_CONTROLLERS}",
             f"--service-account-private-key-file={pki.sa_key}",
             f"--root-ca-file={pki.ca_cert}",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
             "--leader-elect=false", "--use-service-account-credentials=false", "--v=1",
         ]
 
-    def _write_kubeconfig(self, path: Path, user: dict[str, str], namespace: str = "default") -> None:
+    def _scheduler_argv(self) -> list[str]:
+        return [
+            str(self.bin_dir / "kube-scheduler"), f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false", "--v=1",
+        ]
+
+    def write_kubeconfig(self, path: Path, user: dict[str, str], namespace: str = "default") -> None:
         config = {
             "apiVersion": "v1", "kind": "Config",
             "clusters": [{"name": "serin-local", "cluster": {
@@ -279,9 +311,11 @@ class ControlPlane:
             raise ControlPlaneError(f"{name} exited early:\n{proc.tail()}")
 
 
-def start_control_plane(workdir: Path, controller_manager: bool = True) -> ControlPlane:
+def start_control_plane(workdir: Path, controller_manager: bool = True,
+                        apiserver_address: str | None = None) -> ControlPlane:
     """Provisions (cached) and starts a control plane; the caller must call stop()."""
-    cp = ControlPlane(workdir=workdir, bin_dir=provision(), controller_manager=controller_manager)
+    cp = ControlPlane(workdir=workdir, bin_dir=provision(), controller_manager=controller_manager,
+                      apiserver_address=apiserver_address)
     try:
         cp.start()
     except BaseException:

@@ -83,6 +83,7 @@ def _issue(
     *,
     is_ca: bool = False,
     server: bool = False,
+    extra_ips: tuple[str, ...] = (),
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     builder = (
@@ -104,6 +105,8 @@ def _issue(
                     # The in-cluster name and the first service IP: what a pod would dial.
                     x509.DNSName("kubernetes.default.svc"),
                     x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                    # Where a node reaches the apiserver when one runs (local/node.py).
+                    *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
                 ]
             ),
             critical=False,
@@ -124,7 +127,23 @@ def _issue(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def create_pki(directory: Path) -> Pki:
+def issue_client_cert(pki: Pki, name: str, cn: str, org: str | None = None) -> tuple[Path, Path]:
+    """A client certificate from the PKI's CA (a node's kubelet, kube-proxy, the scheduler):
+    DIR/NAME.crt and DIR/NAME.key, kept when they exist."""
+    cert_path, key_path = pki.dir / f"{name}.crt", pki.dir / f"{name}.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    ca_key = serialization.load_pem_private_key((pki.dir / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    key = _key()
+    cert = _issue(_name(cn, org), key, ca.subject, ca_key)
+    _write_key(key_path, key)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def create_pki(directory: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
     """Writes a fresh PKI into `directory` (idempotent: an existing complete one is kept)."""
     pki = Pki(directory)
     if all(p.exists() for p in (pki.ca_cert, pki.serving_cert, pki.admin_cert, pki.sa_key)):
@@ -140,7 +159,7 @@ def create_pki(directory: Path) -> Pki:
         (pki.admin_cert, pki.admin_key, _name("serin-admin", "system:masters"), False),
     ):
         key = _key()
-        cert = _issue(subject, key, ca_name, ca_key, server=server)
+        cert = _issue(subject, key, ca_name, ca_key, server=server, extra_ips=extra_ips)
         _write_key(key_path, key)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 

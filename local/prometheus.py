@@ -1,8 +1,12 @@
 """A real Prometheus (Debian's package, provisioned by hack/provision.sh) on a loopback port.
 
 It scrapes whatever the file-based service discovery file lists (the KServe stand-in writes one
-entry per running runtime revision), every `scrape_interval`. Short intervals keep local canary
-analysis responsive; a production Prometheus would use 15-30 s.
+entry per running runtime revision), and, given a cluster (`kubernetes`), the runtime Pods it
+discovers through the Kubernetes API with the relabelling prometheus-operator generates for the
+chart's PodMonitor (charts/serin/templates/podmonitor.yaml): Pods labelled
+`serving.kserve.io/inferenceservice`, their container port `targetPort`, and the target labels
+namespace, pod and container. Every `scrape_interval`: short intervals keep local canary analysis
+responsive; a production Prometheus would use 15-30 s.
 """
 
 from __future__ import annotations
@@ -14,9 +18,43 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from serin.local.controlplane import ControlPlaneError, _Proc, free_port
+
+
+@dataclass(frozen=True)
+class KubernetesDiscovery:
+    """Where Prometheus lists Pods: the apiserver and a client identity that may list them."""
+
+    api_server: str
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    target_port: int = 8080  # the chart's monitoring.podMonitor.targetPort
+
+    def scrape_config(self) -> dict[str, Any]:
+        def meta(name: str) -> str:
+            return f"__meta_kubernetes_{name}"
+
+        return {
+            # The job prometheus-operator names after the PodMonitor (namespace/name/endpoint index).
+            "job_name": "podMonitor/serin-system/serin-runtime/0",
+            "honor_labels": False,
+            "kubernetes_sd_configs": [{"role": "pod", "api_server": self.api_server, "tls_config": {
+                "ca_file": str(self.ca_file), "cert_file": str(self.cert_file), "key_file": str(self.key_file)}}],
+            "relabel_configs": [
+                {"source_labels": [meta("pod_labelpresent_serving_kserve_io_inferenceservice")], "regex": "true",
+                 "action": "keep"},
+                {"source_labels": [meta("pod_container_port_number")], "regex": str(self.target_port),
+                 "action": "keep"},
+                {"source_labels": [meta("pod_phase")], "regex": "(Failed|Succeeded)", "action": "drop"},
+                {"source_labels": [meta("namespace")], "target_label": "namespace"},
+                {"source_labels": [meta("pod_name")], "target_label": "pod"},
+                {"source_labels": [meta("pod_container_name")], "target_label": "container"},
+            ],
+        }
 
 
 @dataclass
@@ -25,6 +63,7 @@ class Prometheus:
     bin_dir: Path
     scrape_interval: str = "2s"
     port: int = field(default_factory=free_port)
+    kubernetes: KubernetesDiscovery | None = None
     _proc: _Proc | None = None
 
     @property
@@ -35,13 +74,16 @@ class Prometheus:
     def targets_file(self) -> Path:
         return self.workdir / "targets.json"
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
+        scrape: list[dict[str, Any]] = [{
+            "job_name": "serin-runtimes",
+            "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
+        }]
+        if self.kubernetes is not None:
+            scrape.append(self.kubernetes.scrape_config())
         return {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
-            "scrape_configs": [{
-                "job_name": "serin-runtimes",
-                "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
-            }],
+            "scrape_configs": scrape,
         }
 
     def start(self, timeout: float = 60.0) -> None:
@@ -88,8 +130,9 @@ class Prometheus:
             return json.load(resp)
 
 
-def start_prometheus(workdir: Path, bin_dir: Path, scrape_interval: str = "2s") -> Prometheus:
-    prom = Prometheus(workdir=workdir, bin_dir=bin_dir, scrape_interval=scrape_interval)
+def start_prometheus(workdir: Path, bin_dir: Path, scrape_interval: str = "2s",
+                     kubernetes: KubernetesDiscovery | None = None) -> Prometheus:
+    prom = Prometheus(workdir=workdir, bin_dir=bin_dir, scrape_interval=scrape_interval, kubernetes=kubernetes)
     try:
         prom.start()
     except BaseException:

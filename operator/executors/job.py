@@ -18,6 +18,7 @@ from serin.operator.executors.base import REQUEST_ENV, ConversionRequest, result
 from serin.operator.observations import ConversionResult, ConversionState
 
 STORE_MOUNT = "/mnt/serin-store"
+SOURCE_MOUNT = "/mnt/pvc"  # the converter's PVC_MOUNT: pvc://CLAIM/path is read at SOURCE_MOUNT/CLAIM/path
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,16 @@ def storage_uri(req: ConversionRequest, settings: JobSettings) -> str:
     return "/".join(p for p in (f"pvc://{claim}", prefix, req.namespace, req.slug) if p)
 
 
+def source_claims(req: ConversionRequest) -> list[str]:
+    """The claims the artifact and the sample are read from (pvc:// URIs), each mounted once."""
+    claims = [uri.removeprefix("pvc://").partition("/")[0] for uri in (req.source.uri, req.source.sampleUri)
+              if uri.startswith("pvc://")]
+    return list(dict.fromkeys(c for c in claims if c))
+
+
 def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
     claim, prefix = _store(settings)
+    sources = source_claims(req)
     out = "/".join(p for p in (STORE_MOUNT, prefix, req.namespace, req.slug) if p)
     deadline = int(req.conversion.timeout.seconds)
     labels = {"app.kubernetes.io/name": "serin-converter", "app.kubernetes.io/managed-by": "serin",
@@ -82,21 +91,39 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
                         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}},
                         "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT},
-                                         {"name": "tmp", "mountPath": "/tmp"}],
+                                         {"name": "tmp", "mountPath": "/tmp"},
+                                         *({"name": f"source-{i}", "mountPath": f"{SOURCE_MOUNT}/{c}", "readOnly": True}
+                                           for i, c in enumerate(sources))],
                     }],
                     "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": claim}},
-                                {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}],
+                                {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+                                *({"name": f"source-{i}", "persistentVolumeClaim": {"claimName": c, "readOnly": True}}
+                                  for i, c in enumerate(sources))],
                 },
             },
         },
     }
 
 
+# Container waiting reasons that mean the converter will not start by waiting longer. Without this a
+# Job whose image is missing would look Running until the conversion timeout (10 minutes).
+_CANNOT_START = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+                 "CreateContainerConfigError", "CreateContainerError"}
+
+
 def result_from_pod(pod: dict[str, Any] | None, uri: str) -> ConversionResult | None:
-    """The report summary from a finished Pod's termination message, or None if not finished."""
+    """The report summary from a finished Pod's termination message, a failure when its container
+    cannot start, or None while it runs."""
     if not pod:
         return None
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in _CANNOT_START:
+            # Retried like a fetch failure (a registry may be back a minute later), then final.
+            return ConversionResult(
+                ConversionState.FAILED, retryable=True,
+                reason=f"the converter container cannot start: {waiting['reason']}: "
+                       f"{' '.join(str(waiting.get('message') or cs.get('image', '')).split())[:300]}")
         term = (cs.get("state") or {}).get("terminated")
         if not term:
             continue

@@ -207,7 +207,7 @@ def test_fetch_failure_is_retried_with_backoff(cluster: Cluster, tmp_path: Path)
     assert status(m)["pending"]["attempt"] == 2 and status(m)["phase"] == "Converting"
     (retry,) = cluster.events("ConversionRetrying")
     assert "is the claim mounted?" in retry["message"] and "attempt 2 of 3 in 15s" in retry["message"]
-    (mount / "late").mkdir(parents=True)
-    shutil.copy(cluster.artifacts.good_v1, mount / "late" / "model.joblib")
+    (mount / "models" / "late").mkdir(parents=True)
+    shutil.copy(cluster.artifacts.good_v1, mount / "models" / "late" / "model.joblib")
     s = status(cluster.wait_phase("Promoted", generation=1, timeout=90))
     assert s["conversion"]["passed"] is True and s["stable"]["storageUri"].endswith("-a2")

@@ -109,7 +109,7 @@ REQ = ConversionRequest("ml", "fraud", "uid-1", 7, "abcdef0123456789", 1, REQ_SP
 
 
 def test_conversion_job_is_locked_down() -> None:
-    settings = JobSettings(image="ghcr.io/serin-dev/serin-converter:0.1.0", model_store="pvc://models/serin")
+    settings = JobSettings(image="ghcr.io/serin/converter:0.1.0", model_store="pvc://models/serin")
     job = job_body(REQ, settings)
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -128,6 +128,25 @@ def test_conversion_job_is_locked_down() -> None:
     assert storage_uri(REQ, settings) == "pvc://models/serin/ml/fraud-g7-abcdef01"
 
 
+@pytest.mark.parametrize(("source", "sample", "claims"), [
+    pytest.param("s3://b/m.joblib", "s3://b/s.csv", [], id="no-claim"),
+    pytest.param("pvc://models/fraud/m.joblib", "pvc://models/fraud/s.csv", ["models"], id="one-claim-mounted-once"),
+    pytest.param("pvc://models/m.joblib", "pvc://samples/s.csv", ["models", "samples"], id="two-claims"),
+    pytest.param("s3://b/m.joblib", "pvc://samples/s.csv", ["samples"], id="sample-on-a-claim"),
+])
+def test_pvc_sources_are_mounted_read_only_where_the_converter_reads_them(source: str, sample: str,
+                                                                        claims: list[str]) -> None:
+    spec = parse_spec({"source": {"uri": source, "sampleUri": sample}})
+    req = ConversionRequest("ml", "fraud", "uid-1", 7, "abcdef0123456789", 1, spec.source, spec.conversion)
+    pod = job_body(req, JobSettings(image="i"))["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"].startswith("/mnt/pvc/")]
+    assert [m["mountPath"] for m in mounts] == [f"/mnt/pvc/{c}" for c in claims]
+    assert all(m["readOnly"] for m in mounts)
+    assert [volumes[m["name"]]["persistentVolumeClaim"] for m in mounts] == \
+        [{"claimName": c, "readOnly": True} for c in claims]
+
+
 def pod_with(message: str, exit_code: int = 0) -> dict[str, Any]:
     return {"status": {"containerStatuses": [{"state": {"terminated": {
         "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "message": message}}}]}}
@@ -141,6 +160,13 @@ def test_pod_report_read_back() -> None:
     crashed = result_from_pod(pod_with("", 137), "u")
     assert crashed is not None and crashed.state == "Failed" and "exit" in crashed.reason and "137" in crashed.reason
     assert result_from_pod({"status": {"containerStatuses": [{"state": {"running": {}}}]}}, "u") is None
+    assert result_from_pod({"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}},
+                           "u") is None
+    missing = result_from_pod({"status": {"containerStatuses": [{"image": "ghcr.io/serin/converter:nope", "state": {
+        "waiting": {"reason": "ErrImageNeverPull", "message": 'Container image "ghcr.io/serin/converter:nope" is not '
+                    "present with pull policy of Never"}}}]}}, "u")
+    assert missing is not None and missing.state == "Failed" and missing.retryable
+    assert missing.reason.startswith("the converter container cannot start: ErrImageNeverPull: Container image")
     assert result_from_summary(None, "u").reason == "the conversion ended without a report"
     assert result_from_summary({"reason": "no verdict"}, "u").reason == "the conversion's report is malformed"
 

@@ -453,8 +453,8 @@ def test_operator_as_its_service_account_runs_conversion_jobs(
         crds: ControlPlane, cluster_wide: Release, prometheus: Prometheus, artifacts: Artifacts,
         tmp_path: Path) -> None:
     """The Job executor's calls (create Job, read it, list its Pod, delete it) as the operator's
-    identity. Nothing runs Pods here (no kubelet), so the conversion times out and the operator
-    cancels it: every verb of the Job rules is used."""
+    identity. This tier's control plane has no kubelet (tests/cluster has a real node), so the
+    conversion times out and the operator cancels it: every verb of the Job rules is used."""
     ns = cluster_wide.watched[0]
     op = operate_as(cluster_wide, crds, prometheus, tmp_path, watch=None, store="pvc://serin-models",
                     SERIN_EXECUTOR="job", SERIN_CONVERTER_IMAGE="ghcr.io/serin/converter:test")

@@ -13,10 +13,12 @@ from packaging_helpers import REPO
 
 pytestmark = pytest.mark.packaging
 
-# Dockerfile -> the entrypoint it must run (the Deployment's `serin operator`; the Job's module).
+# Dockerfile -> the entrypoint it must run (the Deployment's `serin operator`; the Job's module;
+# the ServingRuntime's server).
 IMAGES = {
     "operator/Dockerfile": ["serin"],
     "converters/Dockerfile": ["python", "-m", "serin.converters.job"],
+    "runtime/Dockerfile": ["python", "-m", "serin.runtime"],
 }
 
 
@@ -37,8 +39,8 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 def test_image_is_non_root_pinned_and_runs_the_package_entrypoint(dockerfile: str) -> None:
     steps = instructions(REPO / dockerfile)
     args = dict(a.split("=", 1) for k, a in steps if k == "ARG" and "=" in a)
-    assert args["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
-    assert all(a.startswith("${PYTHON_IMAGE}") for k, a in steps if k == "FROM")
+    assert args["BASE_IMAGE"] == "debian:bookworm-slim"
+    assert all(a.startswith("${BASE_IMAGE}") for k, a in steps if k == "FROM")
     last_stage = steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM"):]
     users = [a for k, a in last_stage if k == "USER"]
     assert users == ["65532:65532"], "the final stage must run as uid 65532"
@@ -47,3 +49,13 @@ def test_image_is_non_root_pinned_and_runs_the_package_entrypoint(dockerfile: st
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["serin"] == "serin.operator.cli:main"
     assert (REPO / "converters" / "job.py").exists()
+
+
+def test_one_image_name_scheme_everywhere() -> None:
+    """ghcr.io/serin/{operator,converter,runtime}: the chart, the manifests, the docs and the
+    Dockerfiles name the images one way (a second scheme once named the runtime)."""
+    names = set()
+    for path in [*REPO.glob("charts/**/*.yaml"), *REPO.glob("manifests/**/*.yaml"), *REPO.glob("docs/*.md"),
+                 *REPO.glob("*/Dockerfile"), REPO / "README.md", REPO / "charts" / "serin" / "README.md"]:
+        names |= set(re.findall(r"ghcr\.io/[\w.-]+/[\w.-]+", path.read_text()))
+    assert names == {"ghcr.io/serin/operator", "ghcr.io/serin/converter", "ghcr.io/serin/runtime"}, names

@@ -1,0 +1,29 @@
+"""The cluster tier: a real single-node Kubernetes (local/cluster.py) running Serin's own images,
+installed by Helm. It needs root (namespaces, mounts, iptables, cgroups): without it these tests
+fail with that reason, they are never skipped. One cluster serves each module of the tier; tearing it down
+must leave nothing on the host, and the teardown fails the run if it does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serin.local.cluster import Cluster, start_cluster
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+    print("\ncluster up: " + ", ".join(f"{k} {v:.1f}s" for k, v in cluster.started_in.items()))
+    try:
+        for path in (REPO / "manifests" / "crds", REPO / "local" / "crds" / "kserve.yaml"):
+            cluster.kubectl("apply", "--server-side", "-f", str(path))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/models.serin.dev",
+                        "crd/inferenceservices.serving.kserve.io")
+        yield cluster
+    finally:
+        left = cluster.stop()
+        assert left == [], f"the node left state on the host: {left}"
