@@ -1,4 +1,4 @@
-"""A real Prometheus (Debian's package, provisioned by hack/provision.sh) on a loopback port.
+"""A real Prometheus (built from its Go module by hack/provision.sh) on a loopback port.
 
 It scrapes whatever the file-based service discovery file lists (the KServe stand-in writes one
 entry per running runtime revision), and, given a cluster (`kubernetes`), the runtime Pods it
