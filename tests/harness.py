@@ -29,6 +29,19 @@ FAST_ROLLOUT: dict[str, Any] = {
 }
 
 
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 120.0, every: float = 0.5) -> Any:
+    """Polls `probe` until it returns something truthy, and returns that; fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
 @dataclass
 class Artifacts:
     good_v1: Path

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import harness
 import model_factory as mf
 import numpy as np
 import pytest
@@ -31,10 +32,7 @@ def value(text: str, name: str, **labels: str) -> float | None:
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
+    harness.wait_for("the condition", condition, timeout=timeout, every=0.2)
 
 
 def rows_input(x: np.ndarray) -> dict[str, object]:
