@@ -28,6 +28,7 @@ from harness import Cluster, OperatorProcess, standin
 from serin.local import demo_models
 from serin.local.controlplane import start_control_plane
 from serin.local.dev import CRD_PATHS
+from serin.local.kserve_controller import install_crds as install_kserve_crds
 from serin.local.loadgen import LoadGenerator
 from serin.local.prometheus import start_prometheus
 
@@ -90,6 +91,7 @@ def main() -> int:
     try:
         for path in CRD_PATHS:
             cp.kubectl("apply", "--server-side", "-f", str(path))
+        install_kserve_crds(cp)
         cp.kubectl("wait", "--for=condition=Established", "crd/models.serin.dev",
                    "crd/inferenceservices.serving.kserve.io")
         versions = {"v1": demo_models.sklearn_version(root / "v1", seed=1),

@@ -15,8 +15,11 @@ ARCHIVES="$SERIN_CACHE/images/archives"
 mkdir -p "$STORE" "$ARCHIVES"
 b() { buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver overlay "$@"; }
 # buildah's overlay driver keeps a private bind mount on its own directory: drop it on the way out,
-# so a build leaves no mount on the host.
-trap 'umount "$STORE/root/overlay" 2>/dev/null || true' EXIT
+# so a build leaves no mount on the host. A build that is interrupted also leaves its working
+# containers mounted: remove them first (this store is this script's alone).
+cleanup() { b rm --all >/dev/null 2>&1 || true; umount "$STORE/root/overlay" 2>/dev/null || true; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 bash "$SERIN_ROOT/hack/images/base.sh" "$STORE"
 
@@ -39,11 +42,13 @@ if [[ ! -s "$pause_archive" ]]; then
 fi
 echo "pause $pause_ref $pause_archive"
 
-source_key() {  # DOCKERFILE → a digest of everything the image is built from
+source_key() {  # DOCKERFILE → a digest of everything the image is built from (a file deleted in
+  # the work tree but still in the index is not part of it)
   (cd "$SERIN_ROOT" && {
      echo "$IMAGES_REV $1"; b inspect --type image --format '{{.FromImageID}}' debian:bookworm-slim
      git ls-files -co --exclude-standard -- "$1" pyproject.toml README.md operator converters runtime local \
-       | grep -v -E '(^|/)(__pycache__|\.mypy_cache)/' | LC_ALL=C sort | xargs -d '\n' sha256sum
+       | grep -v -E '(^|/)(__pycache__|\.mypy_cache)/' | LC_ALL=C sort \
+       | while IFS= read -r f; do [[ -f "$f" ]] && printf '%s\n' "$f"; done | xargs -d '\n' sha256sum
    } | sha256sum | cut -c1-12)
 }
 

@@ -7,6 +7,8 @@
 #   pause                                            the Pod sandbox, hack/tools/pause (static)
 #   helm                                             go install helm.sh/helm/v3/cmd/helm
 #   prometheus, promtool                             go install github.com/prometheus/prometheus/cmd/…
+#   KServe's manager, CRDs, webhooks, config    github.com/kserve/kserve (own module dir)   -> $SERIN_KSERVE_HOME
+#   traefik, Gateway API CRDs                   github.com/traefik/traefik/v3, sigs.k8s.io/gateway-api -> $SERIN_GATEWAY_HOME
 #   runc, containerd, CNI plugins, iptables, conntrack, buildah, debootstrap   Debian packages (the node, images)
 # Prints the bin directory on stdout. Cold: ~15-25 min on 2 cores. Warm: well under a second.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -93,14 +95,56 @@ build_prometheus() {
     "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION"
 }
 
+module_dir() {  # MODULE@VERSION: downloads it (module proxy) and prints its directory in the module cache
+  GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
+build_kserve() {
+  # Built inside KServe's own module directory, so its go.mod, go.sum and `replace` lines apply as
+  # KServe's CI has them (from a module of ours the replaces are ignored and the build fails on a
+  # controller-runtime API mismatch). The CRDs, webhook configurations and ConfigMap the controller
+  # is released with are kept next to it.
+  [[ -x "$SERIN_KSERVE_HOME/manager" && -f "$SERIN_KSERVE_HOME/config/configmap/inferenceservice.yaml" ]] && return
+  need_go
+  log "building KServe's controller $KSERVE_VERSION (about 5 min cold on 2 cores)"
+  local dir; dir="$(module_dir "github.com/kserve/kserve@$KSERVE_VERSION")"
+  rm -rf "$SERIN_KSERVE_HOME.tmp"; mkdir -p "$SERIN_KSERVE_HOME.tmp/config"
+  (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-mod=readonly GOTOOLCHAIN=local \
+     go build -trimpath -ldflags='-s -w' -o "$SERIN_KSERVE_HOME.tmp/manager" ./cmd/manager)
+  cp -r "$dir/config/crd" "$dir/config/webhook" "$dir/config/configmap" "$SERIN_KSERVE_HOME.tmp/config/"
+  chmod -R u+w "$SERIN_KSERVE_HOME.tmp"
+  rm -rf "$SERIN_KSERVE_HOME"; mv "$SERIN_KSERVE_HOME.tmp" "$SERIN_KSERVE_HOME"
+}
+
+build_gateway() {
+  # Run from Traefik's own module directory for the same reason (its `replace` of
+  # traefik/dynamic/ext only resolves there).
+  [[ -x "$SERIN_GATEWAY_HOME/traefik" && -d "$SERIN_GATEWAY_HOME/crds" ]] && return
+  need_go
+  log "building Traefik $TRAEFIK_VERSION (about 6 min cold on 2 cores)"
+  local dir crds; dir="$(module_dir "github.com/traefik/traefik/v3@$TRAEFIK_VERSION")"
+  crds="$(module_dir "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")/config/crd/standard"
+  rm -rf "$SERIN_GATEWAY_HOME.tmp"; mkdir -p "$SERIN_GATEWAY_HOME.tmp/crds"
+  (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-mod=readonly GOTOOLCHAIN=local \
+     go build -trimpath -ldflags='-s -w' -o "$SERIN_GATEWAY_HOME.tmp/traefik" ./cmd/traefik)
+  cp "$crds"/*.yaml "$SERIN_GATEWAY_HOME.tmp/crds/"
+  chmod -R u+w "$SERIN_GATEWAY_HOME.tmp"
+  rm -rf "$SERIN_GATEWAY_HOME"; mv "$SERIN_GATEWAY_HOME.tmp" "$SERIN_GATEWAY_HOME"
+}
+
 mkdir -p "$SERIN_BIN"
 build_kube
 build_pause
 build_helm
 build_prometheus
 install_node_packages
+build_kserve
+build_gateway
 for b in kube-apiserver kube-controller-manager kubectl etcd kubelet kube-scheduler kube-proxy pause helm \
          prometheus promtool; do
   [[ -x "$SERIN_BIN/$b" ]] || { log "missing $SERIN_BIN/$b after provisioning"; exit 1; }
+done
+for b in "$SERIN_KSERVE_HOME/manager" "$SERIN_GATEWAY_HOME/traefik"; do
+  [[ -x "$b" ]] || { log "missing $b after provisioning"; exit 1; }
 done
 echo "$SERIN_BIN"

@@ -13,10 +13,15 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serin.local.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, start_control_plane
 from serin.local.node import HOST_ADDRESS, Node, start_node
 from serin.local.prometheus import KubernetesDiscovery
+
+if TYPE_CHECKING:
+    from serin.local.gateway import Gateway
+    from serin.local.kserve_controller import KServeController
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class Cluster:
     node: Node
     images: dict[str, Image]
     started_in: dict[str, float]  # seconds: control plane, node (images imported included)
+    kserve: KServeController | None = None  # KServe's CRDs, and its controller once installed
+    gateway: Gateway | None = None
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.control_plane.kubectl(*args, input=input, check=check)
@@ -102,6 +109,9 @@ class Cluster:
 
     def stop(self) -> list[str]:
         """Stops the node and the control plane; returns what was left on the host (nothing, or a defect)."""
+        for part in (self.kserve, self.gateway):
+            if part is not None:
+                part.stop()
         try:
             self.node.stop()
         finally:

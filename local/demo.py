@@ -1,7 +1,12 @@
 """`serin demo`: Serin's whole job on one machine, for real.
 
-The local platform (real kube-apiserver, operator, runtimes serving real traffic, Prometheus), three
-versions of a model, and steady load throughout:
+With `--cluster` (what hack/demo.sh runs; needs root): a real node, KServe's own controller in
+Standard mode, Traefik as the Gateway splitting traffic exactly, Serin installed by Helm from its
+own images, Prometheus discovering the runtime Pods; everything is torn down at the end.
+Without it: the local platform (real kube-apiserver, operator, KServe stand-in in Knative mode,
+runtimes as processes, Prometheus), which keeps running afterwards.
+
+Either way, three versions of a model, and steady load throughout:
   v1  a scikit-learn model: converted, parity-proven, served at 100 %
   v2  a retrained model: walks the canary steps under analysis and is promoted
   v3  an ONNX model that fails on part of its input space: rolled back automatically
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -68,10 +74,16 @@ class Timeline:
         console.print(f"[dim]{self.now():6.1f}s[/dim]  {text}", style=style)
 
 
-def apply_version(k: Kubectl, files: demo_models.VersionFiles) -> None:
+def apply_version(k: Kubectl, files: demo_models.VersionFiles, uris: tuple[str, str] | None = None,
+                  serving: dict[str, Any] | None = None) -> None:
+    """The Model at this version: its files by file:// URI (the local executor reads them), or at
+    `uris` (pvc:// on a cluster)."""
+    uri, sample = uris or (files.model.as_uri(), files.sample.as_uri())
+    spec: dict[str, Any] = {"source": {"uri": uri, "format": files.format, "sampleUri": sample}, "rollout": ROLLOUT}
+    if serving:
+        spec["serving"] = serving
     body = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": NAME, "namespace": NAMESPACE},
-            "spec": {"source": {"uri": files.model.as_uri(), "format": files.format,
-                                "sampleUri": files.sample.as_uri()}, "rollout": ROLLOUT}}
+            "spec": spec}
     k("apply", "-f", "-", input=yaml.safe_dump(body))
 
 
@@ -214,14 +226,81 @@ def run(home: Path) -> int:
     return 0 if final.get("phase") == "RolledBack" else 1
 
 
+def run_cluster(home: Path) -> int:
+    """The same three versions on a real node with KServe's own controller (Standard mode) and
+    Traefik splitting traffic through Serin's HTTPRoute."""
+    from serin.local.cluster_platform import MODEL_RESOURCES, bring_up
+
+    tl = Timeline()
+    tl.say("bringing up a real node, KServe's own controller (Standard mode), Traefik as the Gateway, "
+           "Prometheus, and Serin from `helm install charts/serin`")
+    work = home / "cluster-demo"
+    shutil.rmtree(work, ignore_errors=True)
+    platform = bring_up(work, NAMESPACE, gateway=True)
+    tl.say("platform up: " + ", ".join(f"{k} {v:.1f}s" for k, v in platform.started_in.items()))
+    cp = platform.cluster.control_plane
+    k = Kubectl({"bin": str(cp.bin_dir), "kubeconfig": str(cp.kubeconfig)})
+    load: LoadGenerator | None = None
+    try:
+        tl.say("training three versions (no downloads)")
+        versions = {"v1": demo_models.sklearn_version(work / "v1", seed=1),
+                    "v2": demo_models.sklearn_version(work / "v2", seed=2),
+                    "v3": demo_models.erroring_version(work / "v3")}
+
+        def apply(version: str) -> None:
+            files = versions[version]
+            apply_version(k, files, platform.stage(NAME, version, files), {"resources": MODEL_RESOURCES})
+
+        prom = platform.prometheus.url
+        console.rule("v1: first version, straight to 100 % (a conversion Job, then KServe's Deployment)")
+        apply("v1")
+        follow(k, tl, prom, lambda s: s.get("phase") == "Promoted", None)
+        assert platform.gateway is not None
+        host = f"{NAME}-{NAMESPACE}.example.com"
+        load = LoadGenerator(platform.gateway.address, NAME, rate=40, rows=20, host=host).start()
+        tl.say(f"sending 40 requests/s of 20 rows through the Gateway ({platform.gateway.address}, Host: {host})")
+        time.sleep(5)
+        console.rule("v2: a retrained model, canary steps 10 % → 50 % → 100 %, weights exact on the HTTPRoute")
+        apply("v2")
+        follow(k, tl, prom, lambda s: s.get("phase") == "Promoted" and (s.get("stable") or {}).get("generation") == 2,
+               load)
+        console.rule("v3: a model that fails on part of its input space")
+        apply("v3")
+        final = follow(k, tl, prom, lambda s: s.get("phase") in ("RolledBack", "Promoted", "Failed")
+                       and s.get("observedGeneration") == 3 and not s.get("canary"), load)
+        time.sleep(3)
+    finally:
+        if load is not None:
+            load.stop()
+        tl.say("tearing the platform down")
+        left = platform.down()
+    chart = work / "timeline.png"
+    write_chart(tl, chart)
+    answers = load.answers if load is not None else []
+    failed = [a for a in answers if a.status >= 500 or a.status == 0]
+    by_rev: dict[str, int] = {}
+    for a in failed:
+        by_rev[a.revision or "?"] = by_rev.get(a.revision or "?", 0) + 1
+    console.rule("summary")
+    console.print(f"v3 ended {final.get('phase')}: {final.get('message')}")
+    console.print(f"requests: {len(answers)}, failed: {len(failed)} {by_rev or ''} (the canary's own 500s: "
+                  "its model raises; any other failure would be a request lost to a weight change)")
+    console.print(f"chart: {chart}")
+    if left:
+        console.print(f"[red]left on the host: {left}[/red]")
+    return 0 if final.get("phase") == "RolledBack" and not left else 1
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="serin demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=dev.DEFAULT_HOME)
+    parser.add_argument("--cluster", action="store_true",
+                        help="run on a real node with KServe's own controller and a Gateway (needs root)")
     args = parser.parse_args(argv)
     args.home.mkdir(parents=True, exist_ok=True)
     try:
-        return run(args.home)
+        return run_cluster(args.home) if args.cluster else run(args.home)
     except (ControlPlaneError, OSError, TimeoutError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or ""
         print(f"serin demo: {err} {detail}".strip(), file=sys.stderr)

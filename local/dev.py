@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 
 from serin.local.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, free_port, provision
+from serin.local.kserve_controller import install_crds as install_kserve_crds
 from serin.local.prometheus import Prometheus
 from serin.local.stack import operator_argv, process, standin_argv
 
 DEFAULT_HOME = Path(os.environ.get("SERIN_DEV_HOME", Path.home() / ".serin" / "dev"))
-CRD_PATHS = (REPO_ROOT / "manifests" / "crds", Path(__file__).parent / "crds" / "kserve.yaml")
+CRD_PATHS = (REPO_ROOT / "manifests" / "crds",)
 
 
 def _state_path(home: Path) -> Path:
@@ -60,6 +61,7 @@ def up(home: Path) -> dict:
         cp.start()
         for path in CRD_PATHS:
             cp.kubectl("apply", "--server-side", "-f", str(path))
+        install_kserve_crds(cp)  # KServe's own, as released
         cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/models.serin.dev",
                    "crd/inferenceservices.serving.kserve.io")
         prom.start()

@@ -1,12 +1,16 @@
 """A steady load of real inference requests (KServe V2) at an InferenceService's URL, recording
-every answer: when, which revision served it (the stand-in router's header), status, latency.
+every answer: when, which revision served it (the stand-in router's header, else the runtime's
+own), status, latency.
 
-Bounded by design: a fixed request rate, a hard stop after `max_seconds`, loopback targets only.
+Bounded by design: a fixed request rate, a hard stop after `max_seconds`, targets on this machine
+only: loopback, or a Service address of the local cluster (its node lives in a network namespace
+here).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +21,8 @@ import numpy as np
 from serin.local.demo_models import production_rows
 
 REVISION_HEADER = "Serin-Standin-Revision"
+RUNTIME_REVISION_HEADER = "serin-revision"  # runtime/app.py
+LOCAL_CLUSTER_NETWORKS = (ipaddress.ip_network("10.0.0.0/24"),)  # local/controlplane.py SERVICE_CIDR
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,10 @@ class LoadGenerator:
     rows: int = 20  # rows per request
     shift: float = 0.0  # added to features 0 and 1: traffic from another distribution
     max_seconds: float = 1800.0
+    host: str = ""  # a Host header (a Gateway routes by it)
+    # False: a new connection per request. A Kubernetes Service balances connections, not
+    # requests, so a keep-alive client stays on the Pods it first reached.
+    keep_alive: bool = True
     answers: list[Answer] = field(default_factory=list)
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -42,8 +52,8 @@ class LoadGenerator:
 
     def __post_init__(self) -> None:
         host = urlparse(self.url).hostname or ""
-        if not (host == "localhost" or host.startswith("127.") or host == "::1"):
-            raise ValueError(f"load is only ever sent to loopback addresses, not {host!r}")
+        if not (host == "localhost" or host.startswith("127.") or host == "::1" or _in_local_cluster(host)):
+            raise ValueError(f"load is only ever sent to loopback or local cluster addresses, not {host!r}")
 
     def start(self) -> LoadGenerator:
         self._t0 = time.monotonic()
@@ -70,7 +80,9 @@ class LoadGenerator:
         body_rows = 2000
         pool = production_rows(body_rows, seed=42)
         timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        headers = {"Host": self.host} if self.host else {}
+        connector = aiohttp.TCPConnector(force_close=not self.keep_alive)
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers, connector=connector) as session:
             tasks: set[asyncio.Task[None]] = set()
             i = 0
             while not self._stop.is_set() and self.now() < self.max_seconds:
@@ -95,8 +107,16 @@ class LoadGenerator:
         try:
             async with session.post(f"{self.url}/v2/models/{self.model}/infer", json=payload) as resp:
                 await resp.read()
-                answer = Answer(sent - self._t0, resp.status, resp.headers.get(REVISION_HEADER, ""),
-                                time.monotonic() - sent)
+                revision = resp.headers.get(REVISION_HEADER) or resp.headers.get(RUNTIME_REVISION_HEADER) or ""
+                answer = Answer(sent - self._t0, resp.status, revision, time.monotonic() - sent)
         except (TimeoutError, aiohttp.ClientError):
             answer = Answer(sent - self._t0, 0, "", time.monotonic() - sent)
         self.answers.append(answer)
+
+
+def _in_local_cluster(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in net for net in LOCAL_CLUSTER_NETWORKS)

@@ -143,6 +143,22 @@ def issue_client_cert(pki: Pki, name: str, cn: str, org: str | None = None) -> t
     return cert_path, key_path
 
 
+def issue_serving_cert(pki: Pki, name: str, cn: str, ips: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A server certificate from the PKI's CA for a webhook server the apiserver calls (KServe's
+    manager): localhost, 127.0.0.1 and `ips`. DIR/NAME.crt and DIR/NAME.key, kept when they exist."""
+    cert_path, key_path = pki.dir / f"{name}.crt", pki.dir / f"{name}.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    ca_key = serialization.load_pem_private_key((pki.dir / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    key = _key()
+    cert = _issue(_name(cn), key, ca.subject, ca_key, server=True, extra_ips=ips)
+    _write_key(key_path, key)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
 def create_pki(directory: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
     """Writes a fresh PKI into `directory` (idempotent: an existing complete one is kept)."""
     pki = Pki(directory)

@@ -64,11 +64,14 @@ class Prometheus:
     scrape_interval: str = "2s"
     port: int = field(default_factory=free_port)
     kubernetes: KubernetesDiscovery | None = None
+    # Loopback, or the host end of the node's veth (local/node.py HOST_ADDRESS) for an operator
+    # that runs in a Pod to query it.
+    listen: str = "127.0.0.1"
     _proc: _Proc | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.listen}:{self.port}"
 
     @property
     def targets_file(self) -> Path:
@@ -95,7 +98,7 @@ class Prometheus:
             str(self.bin_dir / "prometheus"),
             f"--config.file={self.workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
+            f"--web.listen-address={self.listen}:{self.port}",
             "--web.enable-lifecycle",
             "--log.level=warn",
         ], self.workdir / "prometheus.log")
@@ -131,8 +134,9 @@ class Prometheus:
 
 
 def start_prometheus(workdir: Path, bin_dir: Path, scrape_interval: str = "2s",
-                     kubernetes: KubernetesDiscovery | None = None) -> Prometheus:
-    prom = Prometheus(workdir=workdir, bin_dir=bin_dir, scrape_interval=scrape_interval, kubernetes=kubernetes)
+                     kubernetes: KubernetesDiscovery | None = None, listen: str = "127.0.0.1") -> Prometheus:
+    prom = Prometheus(workdir=workdir, bin_dir=bin_dir, scrape_interval=scrape_interval, kubernetes=kubernetes,
+                      listen=listen)
     try:
         prom.start()
     except BaseException:

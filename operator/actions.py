@@ -20,12 +20,26 @@ class CancelConversion:
 
 
 @dataclass(frozen=True)
-class ApplyServing:
-    """Make the InferenceService predictor serve `storageUri` with this canaryTrafficPercent
-    (None: the field is absent, i.e. 100 % to the latest ready revision)."""
+class Served:
+    """A version as the serving layer needs it: the model to serve, and the generation that names
+    it (a Standard-mode predictor is `gen{generation}`)."""
 
+    generation: int
     storageUri: str
-    canaryPercent: int | None
+
+
+@dataclass(frozen=True)
+class ApplyServing:
+    """Serve `stable`, and `canary` at `weight` percent of the traffic when there is one. How
+    (Knative's canaryTrafficPercent, KServe's spec.canary, an HTTPRoute) is the router's business;
+    it moves there in safe steps of its own, each one idempotent."""
+
+    stable: Served
+    canary: Served | None = None
+    weight: int = 0
+    # The revision of a version being taken out (a rolled-back canary, once it has no traffic):
+    # a router restoring the stable must never take that revision for the restored one.
+    retiring: str = ""
 
 
 @dataclass(frozen=True)

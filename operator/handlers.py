@@ -24,6 +24,7 @@ from serin.operator.leader import LeaderElector
 from serin.operator.loop import Registry
 from serin.operator.prometheus import Prometheus
 from serin.operator.reconcile import Deps
+from serin.operator.routing import Routing, default_mode_from_configmap, parse_gateway
 
 log = logging.getLogger("serin.operator")
 REGISTRY = Registry()
@@ -44,7 +45,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     kube = Kube(api)
     executor_kind = os.environ.get("SERIN_EXECUTOR", "local")
     executor = executors.from_environment(api, executor_kind)
-    REGISTRY.deps = Deps(kube, executor, Prometheus(os.environ.get("SERIN_PROMETHEUS_URL", "http://localhost:9090")))
+    routing = await load_routing(kube)
+    REGISTRY.deps = Deps(kube, executor, Prometheus(os.environ.get("SERIN_PROMETHEUS_URL", "http://localhost:9090")),
+                         routing)
     lease_ns = os.environ.get("POD_NAMESPACE", "")
     if lease_ns:
         REGISTRY.leader = LeaderElector(api, lease_ns)
@@ -52,7 +55,21 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     port = int(os.environ.get("SERIN_METRICS_PORT", "0"))
     if port:
         start_http_server(port)
-    log.info("serin operator started: executor=%s, leader election=%s", executor_kind, bool(lease_ns))
+    log.info("serin operator started: executor=%s, leader election=%s, KServe default mode=%s, gateway=%s",
+             executor_kind, bool(lease_ns), routing.default_mode,
+             f"{routing.gateway.gateway_namespace}/{routing.gateway.gateway_name}" if routing.gateway else "none")
+
+
+async def load_routing(kube: Kube) -> Routing:
+    """KServe's default deployment mode (its inferenceservice-config ConfigMap, when readable) and
+    the Gateway Serin routes Standard-mode canaries through (SERIN_GATEWAY, when set)."""
+    namespace = os.environ.get("SERIN_KSERVE_NAMESPACE", "kserve")
+    cm = await kube.get_configmap(namespace, "inferenceservice-config")
+    if cm is None:
+        log.info("KServe's ConfigMap %s/inferenceservice-config is not readable: assuming KServe's default mode, "
+                 "Serverless (Knative)", namespace)
+    gateway = parse_gateway(os.environ.get("SERIN_GATEWAY", ""), os.environ.get("SERIN_GATEWAY_DOMAIN", ""))
+    return Routing(default_mode_from_configmap(cm), gateway)
 
 
 async def load_client_config() -> None:

@@ -9,10 +9,14 @@ from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
-from serin.operator import kserve
+from serin.operator.routing.base import GROUP as KSERVE_GROUP
+from serin.operator.routing.base import PLURAL as KSERVE_PLURAL
+from serin.operator.routing.base import VERSION as KSERVE_VERSION
+from serin.operator.routing.base import Op, Write
 
 GROUP, VERSION, PLURAL = "serin.dev", "v1alpha1", "models"
 MERGE = "application/merge-patch+json"  # custom resources take no strategic merge patch
+GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES = "gateway.networking.k8s.io", "v1", "httproutes"
 
 
 class Conflict(Exception):
@@ -24,6 +28,7 @@ class Kube:
         self.api = api
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
         self.component = component
         self.instance = f"{component}-{uuid.uuid4().hex[:8]}"
 
@@ -57,7 +62,7 @@ class Kube:
     async def get_isvc(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return await self.custom.get_namespaced_custom_object(
-                kserve.GROUP, kserve.VERSION, namespace, kserve.PLURAL, name)
+                KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name)
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -67,7 +72,7 @@ class Kube:
         meta = body["metadata"]
         try:
             await self.custom.create_namespaced_custom_object(
-                kserve.GROUP, kserve.VERSION, meta["namespace"], kserve.PLURAL, body)
+                KSERVE_GROUP, KSERVE_VERSION, meta["namespace"], KSERVE_PLURAL, body)
         except ApiException as err:
             if err.status == 409:
                 raise Conflict(meta["name"]) from err
@@ -75,7 +80,71 @@ class Kube:
 
     async def patch_isvc(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         await self.custom.patch_namespaced_custom_object(
-            kserve.GROUP, kserve.VERSION, namespace, kserve.PLURAL, name, patch, _content_type=MERGE)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
+            KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name, patch, _content_type=MERGE)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
+
+    async def list_deployments(self, namespace: str, selector: str) -> tuple[dict[str, Any], ...]:
+        deps = await self.apps.list_namespaced_deployment(namespace, label_selector=selector)
+        return tuple(self.api.sanitize_for_serialization(d) for d in deps.items)
+
+    async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            svc = await self.core.read_namespaced_service(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return dict(self.api.sanitize_for_serialization(svc))
+
+    async def get_route(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.custom.get_namespaced_custom_object(GATEWAY_GROUP, GATEWAY_VERSION, namespace,
+                                                                  HTTPROUTES, name)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            cm = await self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as err:
+            if err.status in (403, 404):
+                return None
+            raise
+        return dict(self.api.sanitize_for_serialization(cm))
+
+    async def write(self, namespace: str, w: Write) -> None:
+        """A router's write. A create that finds the object already there is a Conflict: the
+        next tick reads it and plans again."""
+        try:
+            if w.kind == "service":
+                await self._write_service(namespace, w)
+                return
+            if w.kind == "isvc":
+                group, version, plural = KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL
+            elif w.kind == "httproute":
+                group, version, plural = GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES
+            else:
+                raise ValueError(f"unknown kind {w.kind!r}")
+            if w.op == Op.CREATE:
+                await self.custom.create_namespaced_custom_object(group, version, namespace, plural, w.body)
+            elif w.op == Op.PATCH:
+                await self.custom.patch_namespaced_custom_object(
+                    group, version, namespace, plural, w.name, w.body, _content_type=MERGE)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
+            else:
+                await self.custom.delete_namespaced_custom_object(group, version, namespace, plural, w.name)
+        except ApiException as err:
+            if err.status == 409:
+                raise Conflict(w.name) from err
+            raise
+
+    async def _write_service(self, namespace: str, w: Write) -> None:
+        if w.op == Op.CREATE:
+            await self.core.create_namespaced_service(namespace, w.body)  # type: ignore[arg-type]  # a dict body is sent as it is
+        elif w.op == Op.PATCH:
+            await self.core.patch_namespaced_service(w.name, namespace, w.body)
+        else:
+            await self.core.delete_namespaced_service(w.name, namespace)
 
     async def event(self, model: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = model["metadata"]

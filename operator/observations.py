@@ -26,26 +26,57 @@ class ConversionResult:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One model version as the serving layer runs it, whatever the layer."""
+
+    storageUri: str  # what it serves ("" when the layer does not say: Knative's previous revision)
+    revision: str  # the name its metrics carry: a Knative revision, or a Standard-mode predictor
+    ready: bool  # its Pods are up and it can take its share
+    weight: int  # the share of requests it actually receives, in percent
+
+
+@dataclass(frozen=True)
 class ServingObservation:
-    """The InferenceService as KServe reports it (spec fields Serin owns + predictor status)."""
+    """The InferenceService (and, in Standard mode, its Deployments and Serin's route) as observed,
+    in the serving layer's own terms translated to stable / canary / weights. The decision reads
+    only this: it never sees KServe fields, so every mode and router speaks the same language."""
 
     exists: bool = False
-    storageUri: str | None = None
-    canaryPercent: int | None = None
-    upToDate: bool = False  # status.observedGeneration == metadata.generation
-    latestCreated: str = ""
-    latestReady: str = ""
-    latestRolledout: str = ""
-    traffic: dict[str, int] = field(default_factory=dict)  # revision -> percent
+    # The layer has acted on everything Serin last wrote: Knative's observedGeneration and traffic
+    # table, or Standard mode's Deployments rolled out and the route accepted at its generation.
+    settled: bool = False
+    stable: Variant | None = None
+    canary: Variant | None = None
+    # The canary weight the serving spec now asks for (None: no canary). `canary.weight` is what
+    # that achieved: the same number with exact routing, the replica ratio without.
+    canaryTarget: int | None = None
+    # Non-empty when the layer cannot do what Serin needs (e.g. split traffic): why, in words.
+    refused: str = ""
+    mode: str = ""  # the KServe deployment mode in use (Knative | Standard)
+    traffic: str = ""  # how weights are set: knative | replicaRatio | gateway
+    url: str = ""  # the address clients call
 
-    def serves_latest_at(self, storage_uri: str, canary_percent: int | None, percent: int) -> bool:
-        """KServe has caught up with this spec and routes `percent` to its newest revision."""
-        return (
-            self.exists and self.upToDate
-            and self.storageUri == storage_uri and self.canaryPercent == canary_percent
-            and self.latestReady != "" and self.latestReady == self.latestCreated
-            and self.traffic.get(self.latestReady, 0) == percent
-        )
+    def serves_only(self, storage_uri: str) -> bool:
+        """All traffic on `storage_uri`, nothing else running a share."""
+        s = self.stable
+        return (self.exists and self.settled and self.canary is None and s is not None
+                and s.storageUri == storage_uri and s.ready and s.weight == 100)
+
+    def serves_canary(self, storage_uri: str, weight: int) -> bool:
+        """The canary `storage_uri` is up and the layer applied the step's `weight` as well as it
+        can (`canary.weight` says what it achieved)."""
+        c = self.canary
+        return (self.exists and self.settled and c is not None and self.canaryTarget == weight
+                and c.storageUri == storage_uri and c.ready)
+
+    def canary_drained(self, storage_uri: str) -> bool:
+        """No request reaches the canary `storage_uri` any more (or it is gone)."""
+        c = self.canary
+        if not (self.exists and self.settled):
+            return False
+        if c is None:
+            return self.canaryTarget is None
+        return c.storageUri == storage_uri and self.canaryTarget == 0 and c.weight == 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +84,9 @@ class MeasuredValue:
     metric: str
     value: float | None
     error: str = ""
+    # How many requests the value stands on, for a rate of requests (errorRate): what the fast
+    # path for hard failures weighs its evidence by. None when unknown.
+    samples: float | None = None
 
 
 @dataclass(frozen=True)

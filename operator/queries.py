@@ -58,6 +58,13 @@ def builtin_query(builtin: Builtin, ctx: QueryContext) -> str:
     raise ValueError(f"unknown builtin metric {builtin!r}")
 
 
+def sample_query(metric: MetricSpec, ctx: QueryContext) -> str | None:
+    """How many requests a builtin rate stands on over the window (the canary's), or None."""
+    if metric.builtin == Builtin.ERROR_RATE:
+        return f"sum(increase({m.REQUESTS_TOTAL}{{{_sel(ctx, ctx.revision)}}}[{ctx.window}]))"
+    return None
+
+
 def render(metric: MetricSpec, ctx: QueryContext) -> str:
     if metric.builtin:
         return builtin_query(metric.builtin, ctx)

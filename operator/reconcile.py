@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from serin.operator import kserve, opmetrics
+from kubernetes_asyncio.client.rest import ApiException
+from serin.operator import opmetrics
 from serin.operator.actions import Action, ApplyServing, CancelConversion, ClearAnnotation, Emit, StartConversion
 from serin.operator.executors import ConversionExecutor, ConversionRequest
 from serin.operator.kube import Kube, owner_reference
 from serin.operator.observations import MeasuredValue, Observations
 from serin.operator.prometheus import MetricProvider
-from serin.operator.queries import QueryContext, render, window_for
+from serin.operator.queries import QueryContext, render, sample_query, window_for
 from serin.operator.rollout import Decision, analysis_due, decide
-from serin.operator.spec import ModelSpec, parse_spec
+from serin.operator.routing import Router, Routing, Seen
+from serin.operator.routing.standard import ISVC_LABEL, route_name, split_service_name
+from serin.operator.spec import MetricSpec, ModelSpec, parse_spec
 from serin.operator.status import CanaryState, Status, status_from_dict, status_to_dict, to_time
 
 log = logging.getLogger("serin.reconcile")
@@ -48,6 +52,19 @@ class Deps:
     kube: Kube
     executor: ConversionExecutor
     metrics: MetricProvider
+    routing: Routing = field(default_factory=Routing)
+    # The serving layer's last refusal of a write, per Model (a webhook's 4xx): fed to the next
+    # tick's observation, so the decision says why in status instead of retrying blindly.
+    rejected: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+async def read_serving(kube: Kube, router: Router, namespace: str, name: str,
+                       isvc: dict[str, Any] | None) -> Seen:
+    kinds = router.kinds()
+    deployments = await kube.list_deployments(namespace, f"{ISVC_LABEL}={name}") if "deployments" in kinds else ()
+    service = await kube.get_service(namespace, split_service_name(name)) if "service" in kinds else None
+    route = await kube.get_route(namespace, route_name(name)) if "route" in kinds else None
+    return Seen(namespace, name, isvc, deployments, service, route)
 
 
 def conversion_request(model: dict[str, Any], spec: ModelSpec, generation: int, key: str,
@@ -63,8 +80,15 @@ async def measure(deps: Deps, model: dict[str, Any], spec: ModelSpec, status: St
     ctx = QueryContext(model=meta["name"], namespace=meta["namespace"], revision=status.canary.revision,
                        stable_revision=status.stable.revision if status.stable else "",
                        window=window_for(spec.analysis.interval))
-    queries = [deps.metrics.measure(m.name, render(m, ctx)) for m in spec.analysis.metrics]
-    return tuple(await asyncio.gather(*queries))
+    async def one(metric: MetricSpec) -> MeasuredValue:
+        samples_of = sample_query(metric, ctx)
+        if samples_of is None:
+            return await deps.metrics.measure(metric.name, render(metric, ctx))
+        value, samples = await asyncio.gather(deps.metrics.measure(metric.name, render(metric, ctx)),
+                                              deps.metrics.measure(metric.name, samples_of))
+        return replace(value, samples=samples.value)
+
+    return tuple(await asyncio.gather(*(one(m) for m in spec.analysis.metrics)))
 
 
 async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | None = None) -> Decision | None:
@@ -77,7 +101,12 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     generation = int(model["metadata"]["generation"])
 
     isvc = await deps.kube.get_isvc(namespace, name)
-    serving = kserve.observe(isvc)
+    router = deps.routing.router_for(spec, isvc)
+    seen = await read_serving(deps.kube, router, namespace, name, isvc)
+    serving = deps.routing.observe(router, spec, seen)
+    rejected = deps.rejected.get((namespace, name))
+    if rejected and not serving.refused:
+        serving = replace(serving, refused=rejected)
     conversion = None
     if status.pending is not None and status.pending.retryAt is None:  # nothing runs while backing off
         p = status.pending
@@ -94,15 +123,15 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
         await deps.kube.patch_model_status(model, new_status)
     _failpoint("after-persist", decision)
     for action in decision.actions:
-        await _apply(deps, model, spec, status, isvc, action, now)
+        await _apply(deps, model, spec, status, router, seen, action, now)
     if decision.rolled_back is not None:
         opmetrics.ROLLOUTS_ROLLED_BACK.labels(namespace, name, decision.rolled_back).inc()
     _observe_metrics(namespace, name, decision, measured=measurements is not None)
     return decision
 
 
-async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Status,
-                 isvc: dict[str, Any] | None, action: Action, now: dt.datetime) -> None:
+async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Status, router: Router,
+                 seen: Seen, action: Action, now: dt.datetime) -> None:
     meta = model["metadata"]
     if isinstance(action, StartConversion):
         await deps.executor.start(
@@ -111,21 +140,33 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
         await deps.executor.cancel(conversion_request(model, spec, action.generation, action.versionKey,
                                                       action.attempt))
     elif isinstance(action, ApplyServing):
-        # The InferenceService read at the top of this tick: only this operator writes its spec.
-        current = isvc
-        if current is None:
-            await deps.kube.create_isvc(
-                kserve.isvc_body(meta["name"], meta["namespace"], owner_reference(model), action, spec))
+        # Planned from the objects read at the top of this tick: only this operator writes them.
+        key = (meta["namespace"], meta["name"])
+        try:
+            for write in router.plan(seen, action, spec, owner_reference(model)):
+                await deps.kube.write(meta["namespace"], write)
+        except ApiException as err:
+            if err.status not in (400, 403, 422):
+                raise
+            # Refused for good (a validating webhook, the schema, RBAC): say why, next tick.
+            reason = f"{write.kind} {write.name} {write.op} refused: {_api_message(err)}"
+            log.warning("%s/%s %s", *key, reason)
+            deps.rejected[key] = reason
         else:
-            patch = kserve.predictor_patch(current, action, spec)
-            if patch is not None:
-                await deps.kube.patch_isvc(meta["namespace"], meta["name"], patch)
+            deps.rejected.pop(key, None)
     elif isinstance(action, ClearAnnotation):
         await deps.kube.remove_annotation(model, action.key)
     elif isinstance(action, Emit):
         log.info("%s/%s %s: %s", meta["namespace"], meta["name"], action.reason, action.message)
         _count_event(meta["namespace"], meta["name"], before, action, now)
         await deps.kube.event(model, action.type, action.reason, action.message)
+
+
+def _api_message(err: ApiException) -> str:
+    try:
+        return str(json.loads(err.body or b"{}").get("message") or err.reason)
+    except (TypeError, ValueError):
+        return str(err.reason)
 
 
 def _count_event(ns: str, name: str, before: Status, e: Emit, now: dt.datetime) -> None:

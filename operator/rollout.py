@@ -22,6 +22,7 @@ from serin.operator.actions import (
     CancelConversion,
     ClearAnnotation,
     Emit,
+    Served,
     StartConversion,
 )
 from serin.operator.conditions import derive_conditions
@@ -41,6 +42,7 @@ from serin.operator.status import (
     Phase,
     RollbackReason,
     RollbackStage,
+    Serving,
     Status,
     Verdict,
     Version,
@@ -54,7 +56,7 @@ MAX_CONVERSION_ATTEMPTS = 3
 FETCH_RETRY_SECONDS = 15.0  # doubled per attempt: 15 s, then 30 s
 
 PROGRESSING, PROMOTING, ROLLING_BACK = CanaryState.PROGRESSING, CanaryState.PROMOTING, CanaryState.ROLLING_BACK
-ZERO_TRAFFIC, RESTORE, FINALIZE = RollbackStage.ZERO_TRAFFIC, RollbackStage.RESTORE, RollbackStage.FINALIZE
+ZERO_TRAFFIC, RESTORE = RollbackStage.ZERO_TRAFFIC, RollbackStage.RESTORE
 
 
 @dataclass(frozen=True)
@@ -100,25 +102,24 @@ def decide(spec: ModelSpec, status: Status, obs: Observations, now: dt.datetime)
 
 
 def desired_serving(s: Status) -> ApplyServing | None:
-    """The InferenceService predictor that the status calls for."""
+    """What the serving layer should run, as the status calls for it. The router gets there in
+    moves of its own that never send a request to a version the status does not name."""
     c = s.canary
+    stable = Served(s.stable.generation, s.stable.storageUri) if s.stable else None
     if c is not None:
-        if c.state == PROGRESSING:
-            return ApplyServing(c.storageUri, c.weight)
+        new = Served(c.generation, c.storageUri)
         if c.state == PROMOTING:
-            return ApplyServing(c.storageUri, None)
-        assert s.stable is not None
+            return ApplyServing(new)
+        assert stable is not None  # a canary only ever exists next to a stable version
+        if c.state == PROGRESSING:
+            return ApplyServing(stable, new, c.weight)
         if c.rollbackStage == ZERO_TRAFFIC:
-            # KServe's documented rollback: 0 % to the canary moves all traffic back to the last
-            # rolled-out revision at once, without waiting for any new revision.
-            return ApplyServing(c.storageUri, 0)
-        if c.rollbackStage == RESTORE:
-            # Restore the stable model while still at 0 %: Knative routes a "latest" target to the
-            # latest *ready* revision, which is the bad canary until the restored one is ready.
-            return ApplyServing(s.stable.storageUri, 0)
-        return ApplyServing(s.stable.storageUri, None)  # FINALIZE: the restored revision is ready
-    if s.stable is not None:
-        return ApplyServing(s.stable.storageUri, None)
+            # First take all traffic off the canary (at once, without waiting for anything new to
+            # start), then remove it: the stable version serves throughout.
+            return ApplyServing(stable, new, 0)
+        return ApplyServing(stable, retiring=c.revision)  # RESTORE (and Finalize, written by older operators)
+    if stable is not None:
+        return ApplyServing(stable)
     return None
 
 
@@ -229,10 +230,11 @@ def _confirm_stable(t: _Tick, s: Status) -> Status:
     if s.stable is None or s.stableConfirmed or s.canary is not None:
         return s
     sv = t.obs.serving
-    if not sv.serves_latest_at(s.stable.storageUri, None, 100):
+    if not sv.serves_only(s.stable.storageUri):
         return s
-    t.emit("Normal", "Serving", f"generation {s.stable.generation} serves 100% ({sv.latestReady})")
-    return s.evolve(stable=replace(s.stable, revision=sv.latestReady), stableConfirmed=True,
+    revision = sv.stable.revision if sv.stable else ""
+    t.emit("Normal", "Serving", f"generation {s.stable.generation} serves 100% ({revision})")
+    return s.evolve(stable=replace(s.stable, revision=revision), stableConfirmed=True,
                     history=_history(s, s.stable.generation, Outcome.PROMOTED, t.now_s))
 
 
@@ -248,15 +250,25 @@ def _progress_canary(t: _Tick, s: Status, c: Canary) -> Status:
     if c.state != PROGRESSING:
         return s.evolve(canary=c)
     sv = t.obs.serving
+    if sv.refused:
+        return s.evolve(canary=_start_rollback(t, c, RollbackReason.UNSUPPORTED, sv.refused))
     if c.trafficSince is None:
-        if not sv.serves_latest_at(c.storageUri, c.weight, c.weight):
+        if not sv.serves_canary(c.storageUri, c.weight):
             if t.since(c.stepSince) > t.spec.progress_deadline:
                 c = _start_rollback(t, c, RollbackReason.DEADLINE, f"canary not serving {c.weight}% within "
                                     f"{t.spec.progress_deadline:g}s (progressDeadline)")
             return s.evolve(canary=c)
-        c = replace(c, trafficSince=t.now_s, revision=sv.latestReady)
-        if s.stable and sv.latestRolledout:
-            s = s.evolve(stable=replace(s.stable, revision=sv.latestRolledout))
+        assert sv.canary is not None
+        achieved = sv.canary.weight
+        if achieved != c.weight:
+            t.emit("Warning", "WeightNotExact",
+                   f"generation {c.generation} at step {c.step + 1} gets {achieved}% of traffic, not "
+                   f"{c.weight}%: {sv.traffic or 'this'} routing cannot split finer (a Gateway gives exact weights)")
+        c = replace(c, trafficSince=t.now_s, revision=sv.canary.revision, observedWeight=achieved)
+        if s.stable and sv.stable and sv.stable.revision:
+            s = s.evolve(stable=replace(s.stable, revision=sv.stable.revision))
+    elif sv.canary is not None and sv.serves_canary(c.storageUri, c.weight) and sv.canary.weight != c.observedWeight:
+        c = replace(c, observedWeight=sv.canary.weight)  # a replica came or went
     if t.obs.measurements is not None:
         s, c = _judge_measurements(t, s, c)
         if c.state != PROGRESSING:
@@ -331,14 +343,14 @@ def _maybe_advance(t: _Tick, c: Canary) -> Canary:
     t.emit("Normal", "StepAdvanced",
            f"generation {c.generation}: step {nxt + 1} of {len(t.spec.steps)}, weight {weight}%")
     return replace(c, step=nxt, weight=weight, stepSince=t.now_s, trafficSince=None,
-                   stepProgress=0.0, lastAnalysisAt=None, lastRoundOk=False)
+                   stepProgress=0.0, lastAnalysisAt=None, lastRoundOk=False, observedWeight=None)
 
 
 def _progress_promotion(t: _Tick, s: Status, c: Canary) -> Status:
     sv = t.obs.serving
-    if not sv.serves_latest_at(c.storageUri, None, 100):
+    if not sv.serves_only(c.storageUri):
         return s
-    stable = Version(c.generation, c.versionKey, c.storageUri, c.sha256, sv.latestReady)
+    stable = Version(c.generation, c.versionKey, c.storageUri, c.sha256, sv.stable.revision if sv.stable else "")
     t.emit("Normal", "Promoted", f"generation {c.generation} promoted to 100% ({c.reason})")
     return s.evolve(stable=stable, stableConfirmed=True, canary=None,
                     history=_history(s, c.generation, Outcome.PROMOTED, t.now_s, c.reason))
@@ -353,26 +365,18 @@ def _progress_rollback(t: _Tick, s: Status, c: Canary) -> Status:
     sv = t.obs.serving
     assert s.stable is not None  # a canary only ever exists next to a stable version
     if c.rollbackStage == ZERO_TRAFFIC:
-        if (sv.exists and sv.upToDate and sv.storageUri == c.storageUri and sv.canaryPercent == 0
-                and sv.latestCreated and sv.traffic.get(sv.latestCreated, 0) == 0):
+        if sv.canary_drained(c.storageUri):
             t.emit("Normal", "TrafficRestored", f"all traffic back on generation {s.stable.generation}")
-            # Remember the canary's revision: the restored one must be a newer revision.
-            return s.evolve(canary=replace(c, rollbackStage=RESTORE, weight=0,
-                                           revision=c.revision or sv.latestCreated))
+            return s.evolve(canary=replace(c, rollbackStage=RESTORE, weight=0, observedWeight=0))
         return s
-    if c.rollbackStage == RESTORE:
-        restored = (sv.exists and sv.upToDate and sv.storageUri == s.stable.storageUri and sv.canaryPercent == 0
-                    and sv.latestCreated not in ("", c.revision) and sv.latestReady == sv.latestCreated)
-        if restored:
-            return s.evolve(canary=replace(c, rollbackStage=FINALIZE))
-        return s
-    if not sv.serves_latest_at(s.stable.storageUri, None, 100):
+    if not sv.serves_only(s.stable.storageUri):
         return s
     t.emit("Warning", "RolledBack", f"generation {c.generation} rolled back: {c.reason}")
     # A canary rolled back by an operator that predates rollbackReason has none recorded.
     t.rolled_back = c.rollbackReason or RollbackReason.OTHER
     failure = Failure(c.generation, c.versionKey, FailureKind.ROLLED_BACK, c.reason, t.now_s)
-    return s.evolve(canary=None, failed=failure, stable=replace(s.stable, revision=sv.latestReady),
+    revision = sv.stable.revision if sv.stable else s.stable.revision
+    return s.evolve(canary=None, failed=failure, stable=replace(s.stable, revision=revision),
                     history=_history(s, c.generation, Outcome.ROLLED_BACK, t.now_s, c.reason))
 
 
@@ -381,7 +385,12 @@ def _progress_rollback(t: _Tick, s: Status, c: Canary) -> Status:
 
 def _summarise(t: _Tick, s: Status) -> Status:
     phase, message = _phase(t.spec, s)
+    sv = t.obs.serving
+    if phase == Phase.DEPLOYING and sv.refused:
+        message = f"{message}: {sv.refused}"
     s = s.evolve(phase=phase, message=message, observedGeneration=t.obs.generation)
+    if sv.exists and sv.mode:
+        s = s.evolve(serving=Serving(sv.mode, sv.traffic, sv.url))
     return s.evolve(conditions=derive_conditions(t.spec, s, t.obs.generation, t.now_s))
 
 

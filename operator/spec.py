@@ -60,6 +60,13 @@ class Protocol(enum.StrEnum):
     V2 = "v2"
 
 
+class DeploymentMode(enum.StrEnum):
+    """KServe's deployment modes, by what runs them (KServe calls Knative's "Serverless")."""
+
+    KNATIVE = "Knative"
+    STANDARD = "Standard"
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     uri: str
@@ -89,6 +96,8 @@ class ServingSpec:
     minReplicas: int = 1
     maxReplicas: int = 1
     protocol: Protocol = Protocol.V2
+    # None: the InferenceService's mode when it exists, else KServe's configured default.
+    deploymentMode: DeploymentMode | None = None
     # Kubernetes quantities, passed to the predictor container as they are.
     resources: dict[str, dict[str, str | int]] = field(default_factory=dict)
 
@@ -192,6 +201,7 @@ def _serving(raw: dict[str, Any]) -> ServingSpec:
         minReplicas=int(raw.get("minReplicas", d.minReplicas)),
         maxReplicas=int(raw.get("maxReplicas", d.maxReplicas)),
         protocol=Protocol(raw.get("protocol", d.protocol)),
+        deploymentMode=DeploymentMode(raw["deploymentMode"]) if raw.get("deploymentMode") else None,
         resources={kind: dict(values) for kind, values in resources.items() if values},
     )
 

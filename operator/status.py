@@ -35,7 +35,9 @@ class CanaryState(enum.StrEnum):
 
 
 class RollbackStage(enum.StrEnum):
-    """A rollback's three moves (see rollout.desired_serving)."""
+    """A rollback's two moves (see rollout.desired_serving): all traffic off the canary, then the
+    canary removed. Finalize is only read: operators before the router split wrote it for the last
+    part of Knative's restore, which the Knative router now does by itself."""
 
     NONE = ""
     ZERO_TRAFFIC = "ZeroTraffic"
@@ -51,6 +53,7 @@ class RollbackReason(enum.StrEnum):
     DEADLINE = "deadline"
     SUPERSEDED = "superseded"
     REVERTED = "reverted"
+    UNSUPPORTED = "unsupported"  # the serving layer cannot split traffic for a canary here
     OTHER = "other"  # recorded by no decision: a rollback an older operator started
 
 
@@ -109,6 +112,18 @@ class Canary(Version):
     reason: str = ""  # why it is promoting / rolling back
     rollbackStage: RollbackStage = RollbackStage.NONE
     rollbackReason: RollbackReason | None = None
+    # The share the canary actually got at this step: `weight` with exact routing, the replica
+    # ratio without (KServe's spec.canary sizes replicas and routes nothing).
+    observedWeight: int | None = None
+
+
+@dataclass(frozen=True)
+class Serving:
+    """status.serving: how the Model is served, as last observed."""
+
+    mode: str = ""  # KServe deployment mode: Knative | Standard
+    traffic: str = ""  # knative | replicaRatio | gateway
+    url: str = ""
 
 
 @dataclass(frozen=True)
@@ -204,6 +219,7 @@ class Status:
     analysis: tuple[Measurement, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
     conditions: tuple[Condition, ...] = ()
+    serving: Serving | None = None
 
     def evolve(self, **changes: Any) -> Status:
         return replace(self, **changes)
@@ -229,6 +245,7 @@ def status_to_dict(status: Status) -> dict[str, Any]:
         "analysis": [_drop_none(asdict(m)) for m in status.analysis],
         "history": [_drop_empty(asdict(h)) for h in status.history],
         "conditions": [asdict(c) for c in status.conditions],
+        "serving": _drop_empty(asdict(status.serving)) if status.serving else None,
     }
     return out
 
@@ -277,6 +294,7 @@ def status_from_dict(data: dict[str, Any] | None) -> Status:
         analysis=_build_all(Measurement, data.get("analysis")),
         history=_build_all(HistoryEntry, data.get("history")),
         conditions=_build_all(Condition, data.get("conditions")),
+        serving=_build(Serving, data.get("serving")),
     )
 
 

@@ -42,6 +42,9 @@ def _error(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
+REVISION_HEADER = b"serin-revision"
+
+
 class App:
     def __init__(
         self,
@@ -52,8 +55,12 @@ class App:
         metrics: Callable[[], bytes] | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         drift_interval: float = 2.0,
+        revision: str = "",
     ) -> None:
         self.model = model
+        # Every answer names the revision that gave it: which version served a request is then
+        # visible behind any router (a Service over several predictors, a Gateway's weights).
+        self._headers = [(REVISION_HEADER, revision.encode())] if revision else []
         self.monitor = monitor
         self.drift = drift
         self.metrics = metrics
@@ -103,12 +110,11 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    @staticmethod
-    async def _respond(send: Send, status: int, body: bytes, ctype: bytes = JSON) -> None:
+    async def _respond(self, send: Send, status: int, body: bytes, ctype: bytes = JSON) -> None:
         await send({
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *self._headers],
         })
         await send({"type": "http.response.body", "body": body})
 

@@ -67,7 +67,7 @@ def build_app(cfg: ServeConfig) -> App:
     log.info("loaded %s: inputs %s, outputs %s, task %s", cfg.model_dir,
              [s.as_metadata() for s in model.inputs.values()], model.output_names, model.task.kind)
     if not cfg.monitoring:
-        return App(model, max_body=cfg.max_body)
+        return App(model, max_body=cfg.max_body, revision=cfg.revision)
 
     from serin.runtime.drift import Binner, Drift
     from serin.runtime.monitoring import Monitor
@@ -83,7 +83,7 @@ def build_app(cfg: ServeConfig) -> App:
     monitor = Monitor(cfg.name, cfg.revision, model.task, drift)
     return App(
         model, monitor=monitor, drift=drift, metrics=monitor.exposition,
-        max_body=cfg.max_body, drift_interval=cfg.drift_interval,
+        max_body=cfg.max_body, drift_interval=cfg.drift_interval, revision=cfg.revision,
     )
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from harness import Artifacts, make_artifacts
 from serin.local.controlplane import ControlPlane, start_control_plane
+from serin.local.kserve_controller import install_crds as install_kserve_crds
 from serin.local.prometheus import Prometheus, start_prometheus
 
 REPO = Path(__file__).resolve().parent.parent
 SERIN_CRDS = REPO / "manifests" / "crds"
-KSERVE_CRDS = REPO / "local" / "crds" / "kserve.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -29,9 +29,12 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 @pytest.fixture(scope="session")
 def crds(control_plane: ControlPlane) -> ControlPlane:
-    """Serin's CRDs (from manifests/crds, the single source) and KServe's, installed and Established."""
-    for path in (SERIN_CRDS, KSERVE_CRDS):
-        control_plane.kubectl("apply", "--server-side", "-f", str(path))
+    """Serin's CRDs (from manifests/crds, the single source) and KServe's own (the released ones,
+    from its module: local/kserve_controller.py), installed and Established."""
+    control_plane.kubectl("apply", "--server-side", "-f", str(SERIN_CRDS))
+    install_kserve_crds(control_plane)
+    # KServe's namespace, where the chart grants the operator a read of KServe's ConfigMap.
+    control_plane.kubectl("create", "namespace", "kserve", check=False)
     control_plane.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s",
         "crd/models.serin.dev", "crd/inferenceservices.serving.kserve.io",

@@ -1,7 +1,9 @@
 """The cluster tier: a real single-node Kubernetes (local/cluster.py) running Serin's own images,
-installed by Helm. It needs root (namespaces, mounts, iptables, cgroups): without it these tests
-fail with that reason, they are never skipped. One cluster serves each module of the tier; tearing it down
-must leave nothing on the host, and the teardown fails the run if it does."""
+installed by Helm, with KServe's real CRDs (and, where a module asks for it, KServe's real
+controller and webhooks, and Traefik as the Gateway). It needs root (namespaces, mounts, iptables,
+cgroups): without it these tests fail with that reason, they are never skipped. One cluster serves
+each module of the tier; tearing it down must leave nothing on the host, and the teardown fails
+the run if it does."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from serin.local.cluster import Cluster, start_cluster
+from serin.local.kserve_controller import KServeController, kserve_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,10 +22,12 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
     print("\ncluster up: " + ", ".join(f"{k} {v:.1f}s" for k, v in cluster.started_in.items()))
     try:
-        for path in (REPO / "manifests" / "crds", REPO / "local" / "crds" / "kserve.yaml"):
-            cluster.kubectl("apply", "--server-side", "-f", str(path))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/models.serin.dev",
-                        "crd/inferenceservices.serving.kserve.io")
+        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "crds"))
+        cluster.kserve = KServeController(cluster.control_plane, cluster.control_plane.workdir / "kserve", kserve_dir())
+        cluster.kserve.install_crds()
+        # KServe's namespace, where the chart grants the operator a read of KServe's ConfigMap.
+        cluster.kubectl("create", "namespace", "kserve")
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/models.serin.dev")
         yield cluster
     finally:
         left = cluster.stop()

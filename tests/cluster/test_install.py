@@ -205,7 +205,7 @@ def runtime_pod(cluster: Cluster, ns: str, name: str, storage_uri: str) -> dict[
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": f"{name}-predictor", "namespace": ns,
                          "labels": {"serving.kserve.io/inferenceservice": name, "component": "predictor"}},
-            "spec": {"terminationGracePeriodSeconds": 2, "containers": [container],
+            "spec": {"terminationGracePeriodSeconds": 5, "containers": [container],
                      "volumes": [{"name": "model", "persistentVolumeClaim": {"claimName": "serin-models",
                                                                              "readOnly": True}}]}}
 

@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 import yaml
-from serin.operator import kserve
-from serin.operator.actions import ApplyServing
 from serin.operator.executors import ConversionRequest, result_from_summary
 from serin.operator.executors.base import REQUEST_ENV
 from serin.operator.executors.job import JobSettings, job_body, job_name, result_from_pod, storage_uri
@@ -36,52 +34,6 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
-
-
-def test_isvc_body_names_the_serin_runtime_and_owner() -> None:
-    body = kserve.isvc_body("fraud", "ml", OWNER, ApplyServing("file:///store/v1", None), SPEC)
-    pred = body["spec"]["predictor"]
-    assert pred["model"] == {"modelFormat": {"name": "onnx"}, "runtime": "serin-onnx",
-                             "storageUri": "file:///store/v1", "protocolVersion": "v2"}
-    assert "canaryTrafficPercent" not in pred
-    assert (pred["minReplicas"], pred["maxReplicas"]) == (1, 3)
-    assert body["metadata"]["ownerReferences"] == [OWNER]
-
-
-def current_isvc(storage: str, percent: int | None) -> dict[str, Any]:
-    body = kserve.isvc_body("fraud", "ml", OWNER, ApplyServing(storage, percent), SPEC)
-    return body
-
-
-@pytest.mark.parametrize(("have", "want", "patch"), [
-    (("file:///v1", None), ("file:///v1", None), None),
-    (("file:///v1", None), ("file:///v2", 10), {"canaryTrafficPercent": 10, "model": {"storageUri": "file:///v2"}}),
-    (("file:///v2", 10), ("file:///v2", 50), {"canaryTrafficPercent": 50}),
-    (("file:///v2", 50), ("file:///v2", None), {"canaryTrafficPercent": None}),
-    (("file:///v2", 50), ("file:///v2", 0), {"canaryTrafficPercent": 0}),
-    (("file:///v2", 0), ("file:///v1", None), {"canaryTrafficPercent": None, "model": {"storageUri": "file:///v1"}}),
-], ids=["steady-writes-nothing", "start-canary", "next-step", "promote-removes-field", "rollback-zero", "restore-stable"])
-def test_predictor_patch(have: tuple[str, int | None], want: tuple[str, int | None], patch: dict | None) -> None:
-    got = kserve.predictor_patch(current_isvc(*have), ApplyServing(*want), SPEC)
-    assert got == (None if patch is None else {"spec": {"predictor": patch}})
-
-
-def test_observe_kserve_status() -> None:
-    isvc = current_isvc("file:///v2", 10)
-    isvc["metadata"]["generation"] = 3
-    isvc["status"] = {"observedGeneration": 3, "components": {"predictor": {
-        "latestCreatedRevision": "fraud-predictor-00002", "latestReadyRevision": "fraud-predictor-00002",
-        "latestRolledoutRevision": "fraud-predictor-00001", "previousRolledoutRevision": "",
-        "traffic": [{"revisionName": "fraud-predictor-00002", "percent": 10, "latestRevision": True, "tag": "latest"},
-                    {"revisionName": "fraud-predictor-00001", "percent": 90, "latestRevision": False, "tag": "prev"}]}}}
-    obs = kserve.observe(isvc)
-    assert obs.upToDate and obs.canaryPercent == 10 and obs.storageUri == "file:///v2"
-    assert obs.traffic == {"fraud-predictor-00002": 10, "fraud-predictor-00001": 90}
-    assert obs.serves_latest_at("file:///v2", 10, 10)
-    assert not obs.serves_latest_at("file:///v2", 50, 50)
-    isvc["metadata"]["generation"] = 4  # spec moved on; KServe has not caught up
-    assert not kserve.observe(isvc).upToDate
-    assert not kserve.observe(None).exists
 
 
 @pytest.mark.parametrize(("body", "value", "error"), [

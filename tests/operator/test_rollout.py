@@ -16,6 +16,7 @@ from serin.operator.actions import (
     CancelConversion,
     ClearAnnotation,
     Emit,
+    Served,
     StartConversion,
 )
 from serin.operator.observations import (
@@ -23,6 +24,7 @@ from serin.operator.observations import (
     MeasuredValue,
     Observations,
     ServingObservation,
+    Variant,
 )
 from serin.operator.rollout import (
     ABORT_ANNOTATION,
@@ -80,19 +82,28 @@ def canary(**kw: Any) -> Canary:
     return Canary(**(base | kw))
 
 
-def serving(**kw: Any) -> ServingObservation:
-    return ServingObservation(exists=True, upToDate=True, **kw)
+def only(uri: str, revision: str = "m-predictor-00001", **kw: Any) -> ServingObservation:
+    """The serving layer runs one version, with all the traffic."""
+    return ServingObservation(exists=True, settled=True, stable=Variant(uri, revision, True, 100), **kw)
 
 
-SERVES_V1 = serving(storageUri=STABLE.storageUri, latestCreated="m-predictor-00001",
-                    latestReady="m-predictor-00001", latestRolledout="m-predictor-00001",
-                    traffic={"m-predictor-00001": 100})
+SERVES_V1 = only(STABLE.storageUri)
 
 
-def canary_serving(weight: int) -> ServingObservation:
-    return serving(storageUri=URI2, canaryPercent=weight, latestCreated="m-predictor-00002",
-                   latestReady="m-predictor-00002", latestRolledout="m-predictor-00001",
-                   traffic={"m-predictor-00002": weight, "m-predictor-00001": 100 - weight})
+def canary_serving(weight: int, achieved: int | None = None, **kw: Any) -> ServingObservation:
+    """The canary is up at the step's `weight`, receiving `achieved` percent (exact by default)."""
+    got = weight if achieved is None else achieved
+    return ServingObservation(exists=True, settled=True, stable=Variant("", "m-predictor-00001", True, 100 - got),
+                              canary=Variant(URI2, "m-predictor-00002", True, got), canaryTarget=weight, **kw)
+
+
+# What the decision asks the serving layer for: v1 alone, v2 as the canary at a weight, v2 alone.
+S1, C2 = Served(1, STABLE.storageUri), Served(2, URI2)
+ONLY_V1, PROMOTE_V2 = ApplyServing(S1), ApplyServing(C2)
+
+
+def at_weight(weight: int) -> ApplyServing:
+    return ApplyServing(S1, C2, weight)
 
 
 # A canary at step 1, traffic confirmed at t=0.
@@ -192,7 +203,7 @@ CASES = [
          obs(1, conversion=ConversionResult("Succeeded", URI2, "s2", summary=ConversionSummary(passed=True))), check_all(
         lambda d: d.status.phase == "Deploying",
         lambda d: d.status.stable is not None and d.status.stable.storageUri == URI2,
-        lambda d: serving_action(d) == ApplyServing(URI2, None),
+        lambda d: serving_action(d) == ApplyServing(Served(1, URI2)),
         lambda d: d.status.conversion == ConversionSummary(passed=True, generation=1))),
     Case("first-conversion-fails-nothing-served", Status(pending=Pending(1, K2, ts(0))),
          obs(1, conversion=ConversionResult("Failed", reason="unsupported estimator Foo")), check_all(
@@ -200,31 +211,33 @@ CASES = [
         lambda d: "unsupported estimator Foo" in d.status.message,
         lambda d: {c.type: c.status for c in d.status.conditions}["Converted"] == "False")),
     Case("first-version-confirmed-serving", Status(stable=replace(STABLE, versionKey=K2, storageUri=URI2, revision="")),
-         obs(1, serving=serving(storageUri=URI2, latestCreated="m-predictor-00001", latestReady="m-predictor-00001",
-                                traffic={"m-predictor-00001": 100})), check_all(
+         obs(1, serving=only(URI2)), check_all(
         lambda d: d.status.phase == "Promoted", lambda d: d.status.stableConfirmed,
         lambda d: d.status.stable is not None and d.status.stable.revision == "m-predictor-00001",
         lambda d: {c.type: c.status for c in d.status.conditions}["Ready"] == "True")),
     Case("first-version-not-ready-keeps-deploying", Status(stable=replace(STABLE, versionKey=K2, storageUri=URI2)),
-         obs(1, serving=serving(storageUri=URI2, latestCreated="m-predictor-00001")), check_all(
+         obs(1, serving=ServingObservation(exists=True, settled=False, stable=Variant(URI2, "", False, 0))), check_all(
         lambda d: d.status.phase == "Deploying", lambda d: not d.status.stableConfirmed)),
     Case("isvc-stale-status-is-not-trusted", Status(stable=replace(STABLE, versionKey=K2, storageUri=URI2)),
-         obs(1, serving=replace(serving(storageUri=URI2, latestCreated="r1", latestReady="r1", traffic={"r1": 100}),
-                                upToDate=False)), check_all(lambda d: d.status.phase == "Deploying")),
+         obs(1, serving=replace(only(URI2, "r1"), settled=False)), check_all(lambda d: d.status.phase == "Deploying")),
+    Case("first-version-refused-says-why", Status(stable=replace(STABLE, versionKey=K2, storageUri=URI2)),
+         obs(1, serving=ServingObservation(exists=False, refused="isvc m create refused: denied by webhook")), check_all(
+        lambda d: d.status.phase == "Deploying",
+        lambda d: d.status.message == "waiting for generation 1 to serve: isvc m create refused: denied by webhook")),
     # -- a new version next to a stable one -------------------------------------------------
     Case("new-source-converts-while-stable-serves", PROMOTED, obs(2, serving=SERVES_V1), check_all(
         lambda d: d.status.phase == "Converting", lambda d: of(d, StartConversion) == [StartConversion(2, K2, 1)],
-        lambda d: serving_action(d) == ApplyServing(STABLE.storageUri, None))),
+        lambda d: serving_action(d) == ONLY_V1)),
     Case("second-conversion-starts-canary", replace(PROMOTED, pending=Pending(2, K2, ts(0))),
          obs(2, serving=SERVES_V1, conversion=ConversionResult("Succeeded", URI2, "s2")), check_all(
         lambda d: d.status.phase == "Progressing",
         lambda d: d.status.canary is not None and (d.status.canary.step, d.status.canary.weight) == (0, 10),
-        lambda d: serving_action(d) == ApplyServing(URI2, 10), lambda d: "CanaryStarted" in events(d))),
+        lambda d: serving_action(d) == at_weight(10), lambda d: "CanaryStarted" in events(d))),
     Case("second-conversion-fails-stable-untouched", replace(PROMOTED, pending=Pending(2, K2, ts(0))),
          obs(2, serving=SERVES_V1, conversion=ConversionResult("Failed", reason="parity failed: label agreement 0.93")),
          check_all(
         lambda d: d.status.phase == "Failed", lambda d: d.status.stable == STABLE,
-        lambda d: serving_action(d) == ApplyServing(STABLE.storageUri, None),
+        lambda d: serving_action(d) == ONLY_V1,
         lambda d: "generation 1 still serving" in d.status.message,
         lambda d: {c.type: c.status for c in d.status.conditions} == {
             "Ready": "True", "Progressing": "False", "Degraded": "True", "Converted": "False"})),
@@ -237,7 +250,7 @@ CASES = [
     Case("no-steps-promotes-directly", replace(PROMOTED, pending=Pending(2, K2, ts(0))),
          obs(2, serving=SERVES_V1, conversion=ConversionResult("Succeeded", URI2, "s2")), check_all(
         lambda d: d.status.canary is not None and d.status.canary.state == "Promoting",
-        lambda d: serving_action(d) == ApplyServing(URI2, None)), spec=make_spec(steps=[])),
+        lambda d: serving_action(d) == PROMOTE_V2), spec=make_spec(steps=[])),
     Case("replicas-change-is-not-a-new-version", PROMOTED, obs(3, serving=SERVES_V1), check_all(
         lambda d: of(d, StartConversion) == [], lambda d: d.status.phase == "Promoted",
         lambda d: d.status.observedGeneration == 3), spec=replace(V1_SPEC, serving={"maxReplicas": 3})),
@@ -245,7 +258,7 @@ CASES = [
     Case("canary-waits-for-traffic", replace(PROMOTED, canary=canary()), obs(2, serving=SERVES_V1), check_all(
         lambda d: d.status.canary is not None and d.status.canary.trafficSince is None,
         lambda d: "waiting for the canary to serve" in d.status.message,
-        lambda d: serving_action(d) == ApplyServing(URI2, 10)), now=20),
+        lambda d: serving_action(d) == at_weight(10)), now=20),
     Case("canary-traffic-confirmed-records-revisions", replace(PROMOTED, canary=canary()),
          obs(2, serving=canary_serving(10)), check_all(
         lambda d: d.status.canary is not None and d.status.canary.trafficSince == ts(5),
@@ -254,7 +267,7 @@ CASES = [
     Case("canary-not-ready-by-deadline-rolls-back", replace(PROMOTED, canary=canary()), obs(2, serving=SERVES_V1),
          check_all(
         lambda d: d.status.phase == "RollingBack", lambda d: "progressDeadline" in d.status.message,
-        lambda d: serving_action(d) == ApplyServing(URI2, 0)), now=601),
+        lambda d: serving_action(d) == at_weight(0)), now=601),
     # -- analysis ---------------------------------------------------------------------------
     Case("passing-round-accrues-progress", LIVE, obs(2, serving=canary_serving(10), measurements=measured()),
          check_all(
@@ -273,11 +286,11 @@ CASES = [
          obs(2, serving=canary_serving(10), measurements=measured()), check_all(
         lambda d: d.status.canary is not None and (d.status.canary.step, d.status.canary.weight) == (1, 50),
         lambda d: d.status.canary is not None and d.status.canary.trafficSince is None,
-        lambda d: serving_action(d) == ApplyServing(URI2, 50), lambda d: "StepAdvanced" in events(d)), now=30),
+        lambda d: serving_action(d) == at_weight(50), lambda d: "StepAdvanced" in events(d)), now=30),
     Case("last-step-passed-promotes", replace(PROMOTED, canary=canary(step=1, weight=50, trafficSince=ts(0), lastAnalysisAt=ts(20), stepProgress=20.0)),
          obs(2, serving=canary_serving(50), measurements=measured()), check_all(
         lambda d: d.status.canary is not None and d.status.canary.state == "Promoting",
-        lambda d: serving_action(d) == ApplyServing(URI2, None)), now=30),
+        lambda d: serving_action(d) == PROMOTE_V2), now=30),
     Case("one-failure-below-limit-holds-the-step", replace(PROMOTED, canary=canary(trafficSince=ts(0), lastAnalysisAt=ts(20), stepProgress=20.0)),
          obs(2, serving=canary_serving(10), measurements=measured(error_rate=0.05)), check_all(
         lambda d: d.status.canary is not None and d.status.canary.failures == {"error-rate": 1},
@@ -287,7 +300,7 @@ CASES = [
          obs(2, serving=canary_serving(10), measurements=measured(error_rate=0.05)), check_all(
         lambda d: d.status.phase == "RollingBack",
         lambda d: "error-rate = 0.05 > max 0.01 (2 failed measurements)" in d.status.message,
-        lambda d: serving_action(d) == ApplyServing(URI2, 0)), now=10),
+        lambda d: serving_action(d) == at_weight(0)), now=10),
     Case("below-min-fails", replace(PROMOTED, canary=canary(trafficSince=ts(0), failures={"accuracy": 1})),
          obs(2, serving=canary_serving(10), measurements=measured(accuracy=0.5)), check_all(
         lambda d: d.status.phase == "RollingBack", lambda d: "accuracy = 0.5 < min 0.9" in d.status.message), now=10),
@@ -301,7 +314,7 @@ CASES = [
         lambda d: d.status.phase == "Paused", lambda d: "AnalysisInconclusive" in events(d),
         lambda d: "connection refused" in d.status.message,
         lambda d: d.status.canary is not None and d.status.canary.state == "Progressing",
-        lambda d: serving_action(d) == ApplyServing(URI2, 10)), now=10),
+        lambda d: serving_action(d) == at_weight(10)), now=10),
     Case("inconclusive-never-promotes-even-with-progress", replace(PROMOTED, canary=canary(step=1, weight=50, trafficSince=ts(0), inconclusiveStreak=5, stepProgress=999.0)),
          obs(2, serving=canary_serving(50), measurements=measured(accuracy=None)), check_all(
         lambda d: d.status.canary is not None and d.status.canary.state == "Progressing",
@@ -329,7 +342,7 @@ CASES = [
     Case("manual-promote", LIVE, obs(2, serving=canary_serving(10), annotations={PROMOTE_ANNOTATION: "2"}), check_all(
         lambda d: d.status.canary is not None and d.status.canary.state == "Promoting",
         lambda d: of(d, ClearAnnotation) == [ClearAnnotation(PROMOTE_ANNOTATION)],
-        lambda d: serving_action(d) == ApplyServing(URI2, None))),
+        lambda d: serving_action(d) == PROMOTE_V2)),
     Case("stale-promote-is-ignored-and-cleared", LIVE, obs(2, serving=canary_serving(10), annotations={PROMOTE_ANNOTATION: "1"}),
          check_all(
         lambda d: d.status.canary is not None and d.status.canary.state == "Progressing",
@@ -338,43 +351,64 @@ CASES = [
         lambda d: d.status.phase == "RollingBack", lambda d: "aborted by user" in d.status.message)),
     # -- promotion and rollback complete ----------------------------------------------------
     Case("promotion-confirmed", replace(PROMOTED, canary=canary(state="Promoting", reason="all steps passed")),
-         obs(2, serving=serving(storageUri=URI2, latestCreated="m-predictor-00002", latestReady="m-predictor-00002",
-                                latestRolledout="m-predictor-00002", traffic={"m-predictor-00002": 100})), check_all(
+         obs(2, serving=only(URI2, "m-predictor-00002")), check_all(
         lambda d: d.status.phase == "Promoted", lambda d: d.status.canary is None,
         lambda d: d.status.stable is not None and (d.status.stable.generation, d.status.stable.revision) == (2, "m-predictor-00002"),
         lambda d: d.status.history[-1].outcome == "Promoted", lambda d: "Promoted" in events(d))),
     Case("promotion-waits-for-kserve", replace(PROMOTED, canary=canary(state="Promoting")), obs(2, serving=canary_serving(10)),
-         check_all(lambda d: d.status.canary is not None, lambda d: serving_action(d) == ApplyServing(URI2, None))),
-    Case("rollback-zero-traffic-confirmed-restores-stable-at-zero", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic", reason="errors")),
+         check_all(lambda d: d.status.canary is not None, lambda d: serving_action(d) == PROMOTE_V2)),
+    Case("rollback-zero-traffic-confirmed-removes-the-canary", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic", reason="errors")),
          obs(2, serving=canary_serving(0)), check_all(
         lambda d: d.status.canary is not None and d.status.canary.rollbackStage == "Restore",
-        lambda d: d.status.canary is not None and d.status.canary.revision == "m-predictor-00002",
-        lambda d: serving_action(d) == ApplyServing(STABLE.storageUri, 0))),
+        lambda d: "TrafficRestored" in events(d),
+        lambda d: serving_action(d) == ONLY_V1)),
     Case("rollback-waits-for-zero-traffic", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic")),
-         obs(2, serving=canary_serving(10)), check_all(lambda d: serving_action(d) == ApplyServing(URI2, 0))),
-    Case("restore-waits-for-the-restored-revision", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Restore", revision="m-predictor-00002")),
-         obs(2, serving=serving(storageUri=STABLE.storageUri, canaryPercent=0, latestCreated="m-predictor-00003",
-                                latestReady="m-predictor-00002", latestRolledout="m-predictor-00001",
-                                traffic={"m-predictor-00001": 100, "m-predictor-00002": 0})), check_all(
-        lambda d: d.status.canary is not None and d.status.canary.rollbackStage == "Restore",
-        lambda d: serving_action(d) == ApplyServing(STABLE.storageUri, 0))),
-    Case("restore-not-fooled-by-stale-kserve-status", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Restore", revision="m-predictor-00002")),
-         obs(2, serving=replace(canary_serving(0), storageUri=STABLE.storageUri)), check_all(
+         obs(2, serving=canary_serving(10)), check_all(lambda d: serving_action(d) == at_weight(0))),
+    Case("rollback-zero-traffic-needs-the-layer-settled", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic")),
+         obs(2, serving=replace(canary_serving(0), settled=False)), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.rollbackStage == "ZeroTraffic")),
+    Case("rollback-zero-traffic-a-removed-canary-counts", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic")),
+         obs(2, serving=SERVES_V1), check_all(
         lambda d: d.status.canary is not None and d.status.canary.rollbackStage == "Restore")),
-    Case("restored-revision-ready-finalizes", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Restore", revision="m-predictor-00002")),
-         obs(2, serving=serving(storageUri=STABLE.storageUri, canaryPercent=0, latestCreated="m-predictor-00003",
-                                latestReady="m-predictor-00003", latestRolledout="m-predictor-00001",
-                                traffic={"m-predictor-00001": 100, "m-predictor-00003": 0})), check_all(
-        lambda d: d.status.canary is not None and d.status.canary.rollbackStage == "Finalize",
-        lambda d: serving_action(d) == ApplyServing(STABLE.storageUri, None))),
-    Case("rollback-complete", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Finalize", reason="analysis failed: x")),
-         obs(2, serving=serving(storageUri=STABLE.storageUri, latestCreated="m-predictor-00003", latestReady="m-predictor-00003",
-                                latestRolledout="m-predictor-00003", traffic={"m-predictor-00003": 100})), check_all(
+    Case("restore-waits-until-only-the-stable-serves", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Restore")),
+         obs(2, serving=canary_serving(0)), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.rollbackStage == "Restore",
+        lambda d: serving_action(d) == ONLY_V1)),
+    Case("rollback-complete", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Restore", reason="analysis failed: x")),
+         obs(2, serving=only(STABLE.storageUri, "m-predictor-00003")), check_all(
         lambda d: d.status.phase == "RolledBack", lambda d: d.status.canary is None,
         lambda d: d.status.failed is not None and d.status.failed.kind == "RolledBack",
         lambda d: d.status.stable is not None and d.status.stable.revision == "m-predictor-00003",
         lambda d: {c.type: c.status for c in d.status.conditions}["Degraded"] == "True",
         lambda d: "RolledBack" in events(d))),
+    Case("rollback-an-older-operator-left-in-finalize-completes", replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Finalize", reason="x")),
+         obs(2, serving=only(STABLE.storageUri, "m-predictor-00003")), check_all(
+        lambda d: d.status.phase == "RolledBack", lambda d: d.rolled_back == "other")),
+    # -- what the serving layer can and cannot do -------------------------------------------
+    Case("replica-ratio-weight-is-recorded-and-said", replace(PROMOTED, canary=canary()),
+         obs(2, serving=canary_serving(10, achieved=50, traffic="replicaRatio")), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.trafficSince == ts(5),
+        lambda d: d.status.canary is not None and (d.status.canary.weight, d.status.canary.observedWeight) == (10, 50),
+        lambda d: [a.message for a in of(d, Emit) if a.reason == "WeightNotExact"] == [
+            "generation 2 at step 1 gets 50% of traffic, not 10%: replicaRatio routing cannot split finer "
+            "(a Gateway gives exact weights)"]), now=5),
+    Case("exact-weight-says-nothing", replace(PROMOTED, canary=canary()), obs(2, serving=canary_serving(10)), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.observedWeight == 10,
+        lambda d: "WeightNotExact" not in events(d)), now=5),
+    Case("observed-weight-follows-replicas", replace(LIVE, canary=replace(LIVE.canary, observedWeight=50)),
+         obs(2, serving=canary_serving(10, achieved=34)), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.observedWeight == 34), now=5),
+    Case("refused-canary-rolls-back-and-says-why", replace(PROMOTED, canary=canary()),
+         obs(2, serving=replace(SERVES_V1, refused="KServe dropped spec.canary")), check_all(
+        lambda d: d.status.phase == "RollingBack",
+        lambda d: d.status.canary is not None and d.status.canary.rollbackReason == "unsupported",
+        lambda d: "KServe dropped spec.canary" in d.status.message,
+        lambda d: serving_action(d) == at_weight(0))),
+    Case("status-serving-reports-mode-and-address", PROMOTED,
+         obs(1, serving=only(STABLE.storageUri, mode="Standard", traffic="gateway", url="http://m-ns.example.com")),
+         check_all(lambda d: d.status.serving is not None
+                   and (d.status.serving.mode, d.status.serving.traffic, d.status.serving.url)
+                   == ("Standard", "gateway", "http://m-ns.example.com")), spec=V1_SPEC),
     # -- the spec moves during a rollout ----------------------------------------------------
     Case("new-source-during-canary-supersedes-it", LIVE, obs(3, serving=canary_serving(10)), check_all(
         lambda d: d.status.canary is not None and d.status.canary.state == "RollingBack",
@@ -429,12 +463,11 @@ def test_walks_every_step_then_promotes() -> None:
             break
         want = serving_action(d)
         assert want is not None
-        if want.canaryPercent:
-            seen_weights.append(want.canaryPercent)
-            sv = canary_serving(want.canaryPercent)
+        if want.canary is not None:
+            seen_weights.append(want.weight)
+            sv = canary_serving(want.weight)
         else:
-            sv = serving(storageUri=URI2, latestCreated="m-predictor-00002", latestReady="m-predictor-00002",
-                         latestRolledout="m-predictor-00002", traffic={"m-predictor-00002": 100})
+            sv = only(want.stable.storageUri, "m-predictor-00002")
         t += 5
         observation = obs(2, serving=sv, measurements=measured() if analysis_due(SPEC, status, at(t)) else None)
     assert status.phase == "Promoted" and status.stable is not None and status.stable.generation == 2

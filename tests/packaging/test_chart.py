@@ -45,12 +45,16 @@ NAMESPACED_RULES = {
     ("serin.dev", "models/status"): {"patch"},
     ("serin.dev", "models/finalizers"): {"update"},
     ("serving.kserve.io", "inferenceservices"): {"get", "create", "patch"},
+    ("apps", "deployments"): {"list"},
+    ("", "services"): {"get", "create", "patch"},
     ("batch", "jobs"): {"get", "create", "delete"},
     ("", "pods"): {"list"},
     ("", "events"): {"create"},
 }
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"create"},
                ("coordination.k8s.io", "leases", "serin-operator"): {"get", "update"}}
+KSERVE_CONFIG_RULES = {("", "configmaps", "inferenceservice-config"): {"get"}}
+GATEWAY_RULES = {("gateway.networking.k8s.io", "httproutes"): {"get", "create", "patch"}}
 
 
 def rules_of(role: dict[str, Any]) -> dict[tuple[str, ...], set[str]]:
@@ -161,9 +165,10 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_needs(helm: Helm) -> Non
     objects = helm.objects()
     (cluster_role,) = find(objects, "ClusterRole")
     assert rules_of(cluster_role) == NAMESPACED_RULES
-    (leases,) = find(objects, "Role")
-    assert leases["metadata"]["namespace"] == "serin-system"
+    (leases,) = find(objects, "Role", namespace="serin-system")
     assert rules_of(leases) == LEASE_RULES
+    (kserve_config,) = find(objects, "Role", namespace="kserve")
+    assert rules_of(kserve_config) == KSERVE_CONFIG_RULES
     (binding,) = find(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "serin-operator",
                                     "namespace": "serin-system"}]
@@ -181,6 +186,19 @@ def test_namespaced_rbac_has_a_role_per_namespace_and_nothing_cluster_wide(helm:
         assert binding["subjects"][0]["namespace"] == "serin-system"
     (leases,) = find(objects, "Role", namespace="serin-system")
     assert rules_of(leases) == LEASE_RULES
+
+
+def test_httproutes_only_with_a_gateway_and_the_kserve_config_role_is_optional(helm: Helm) -> None:
+    with_gateway = helm.objects({"gateway": {"name": "serin", "namespace": "gw", "listener": "web"}})
+    (cluster_role,) = find(with_gateway, "ClusterRole")
+    assert rules_of(cluster_role) == NAMESPACED_RULES | GATEWAY_RULES
+    (operator,) = find(with_gateway, "Deployment")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SERIN_GATEWAY"] == "gw/serin/web" and env["SERIN_KSERVE_NAMESPACE"] == "kserve"
+    without = helm.objects({"kserve": {"readConfig": False}})
+    assert not find(without, "Role", namespace="kserve") and not find(without, "RoleBinding", namespace="kserve")
+    refused = helm.template({"gateway": {"name": "serin"}}, check=False)
+    assert refused.returncode != 0 and "gateway.namespace is required" in refused.stderr
 
 
 def test_every_rbac_rule_says_why(helm: Helm) -> None:

@@ -219,6 +219,8 @@ NEEDED_IN_WATCHED = [
     ("patch", "models.serin.dev/status"),
     ("update", "models.serin.dev/finalizers"),
     *[(v, "inferenceservices.serving.kserve.io") for v in ("get", "create", "patch")],
+    ("list", "deployments.apps"),
+    *[(v, "services") for v in ("get", "create", "patch")],
     *[(v, "jobs.batch") for v in ("get", "create", "delete")],
     ("list", "pods"),
     ("create", "events"),
@@ -230,6 +232,9 @@ UNUSED_IN_WATCHED = [
     *[(v, "jobs.batch") for v in ("list", "watch")],
     *[(v, "pods") for v in ("get", "watch")], ("get", "pods/log"),
     ("patch", "events"), ("create", "events.events.k8s.io"),
+    *[(v, "deployments.apps") for v in ("get", "watch", "create", "patch", "delete")],
+    *[(v, "services") for v in ("list", "update", "delete")],
+    *[(v, "httproutes.gateway.networking.k8s.io") for v in ("get", "create", "patch")],  # no Gateway configured
 ]
 # What it must never do, anywhere (None: checked across all namespaces).
 FORBIDDEN = [
@@ -276,6 +281,14 @@ def test_cluster_wide_operator_can_in_any_namespace(crds: ControlPlane, cluster_
     for ns in cluster_wide.watched:
         assert can_i(crds, cluster_wide.operator, verb, resource, ns), f"{verb} {resource} -n {ns}"
     assert can_i(crds, cluster_wide.operator, verb, resource, None), f"{verb} {resource} -A"
+
+
+def test_operator_reads_kserves_config_and_nothing_else_there(crds: ControlPlane, cluster_wide: Release) -> None:
+    """KServe's default deployment mode: get on that one ConfigMap, in KServe's namespace only."""
+    assert can_i(crds, cluster_wide.operator, "get", "configmaps:inferenceservice-config", "kserve")
+    assert not can_i(crds, cluster_wide.operator, "get", "configmaps:another", "kserve")
+    assert not can_i(crds, cluster_wide.operator, "list", "configmaps", "kserve")
+    assert not can_i(crds, cluster_wide.operator, "get", "configmaps:inferenceservice-config", cluster_wide.watched[0])
 
 
 @pytest.mark.parametrize(("verb", "resource"), UNUSED_IN_WATCHED, ids=ids(UNUSED_IN_WATCHED))

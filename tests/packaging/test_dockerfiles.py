@@ -59,3 +59,21 @@ def test_one_image_name_scheme_everywhere() -> None:
                  *REPO.glob("*/Dockerfile"), REPO / "README.md", REPO / "charts" / "serin" / "README.md"]:
         names |= set(re.findall(r"ghcr\.io/[\w.-]+/[\w.-]+", path.read_text()))
     assert names == {"ghcr.io/serin/operator", "ghcr.io/serin/converter", "ghcr.io/serin/runtime"}, names
+
+
+@pytest.mark.parametrize("dockerfile", IMAGES, ids=[p.split("/")[0] for p in IMAGES])
+def test_dependency_stage_makes_every_package_directory(dockerfile: str) -> None:
+    """The dependency stage installs from pyproject.toml alone (so a source change does not
+    reinstall the dependencies): every package directory it names must exist there, or pip fails
+    with "package directory ... does not exist"."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping: dict[str, str] = project["package-dir"]
+    wanted = set()
+    for package in project["packages"]:
+        root = max((k for k in mapping if package == k or package.startswith(k + ".")), key=len)
+        wanted.add("/".join([mapping[root], *package[len(root):].split(".")[1:]]))
+    text = re.sub(r"\\\n", " ", (REPO / dockerfile).read_text())
+    (made,) = re.findall(r"RUN mkdir -p ([^&]+)&&", text)
+    # mkdir -p a/b makes a too.
+    exists = {"/".join(path.split("/")[:i]) for path in made.split() for i in range(1, path.count("/") + 2)}
+    assert wanted <= exists, f"{dockerfile} does not make {sorted(wanted - exists)}"

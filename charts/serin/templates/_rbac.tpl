@@ -27,11 +27,30 @@ ServiceAccount through whole rollouts. Add a rule only with the call that needs 
   resources: [models/finalizers]
   verbs: [update]
 # InferenceServices: read for KServe's status (traffic, revisions, readiness), created for a
-# Model's first version, patched at every step (canaryTrafficPercent, storageUri). Never deleted
-# by the operator: the owner reference does that.
+# Model's first version, patched at every step (canaryTrafficPercent or spec.canary, storageUri).
+# Never deleted by the operator: the owner reference does that.
 - apiGroups: [serving.kserve.io]
   resources: [inferenceservices]
   verbs: [get, create, patch]
+# Standard mode: the predictor Deployments KServe makes, listed by their InferenceService label,
+# are where the operator reads what really runs (the model on each Pod template, ready replicas,
+# rollout done). Read only.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list]
+# Standard mode without a Gateway: the Model's Service over all its predictor Pods (the canary's
+# share is its ready-replica ratio), created once, read each tick, patched to note the canary
+# written into spec.canary. Owned by the Model.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create, patch]
+{{- if .Values.gateway.name }}
+# Standard mode with a Gateway: the Model's HTTPRoute with weighted backendRefs to the stable and
+# canary predictor Services, created once and patched at every weight change. Owned by the Model.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, create, patch]
+{{- end }}
 # Conversion Jobs (executor "job"): created per version, read for their Failed condition, deleted
 # when superseded or past their timeout (the Pod follows by owner reference).
 - apiGroups: [batch]

@@ -1,0 +1,122 @@
+"""The whole platform on a real node, as a user runs it: the cluster (local/cluster.py), KServe's
+own controller and webhooks in Standard mode (local/kserve_controller.py), Traefik as the Gateway
+(local/gateway.py), a Prometheus that discovers the runtime Pods through the Kubernetes API, and
+Serin installed with `helm install charts/serin` from its own images, pointed at the Gateway.
+
+Models read their artifacts from the `sources` claim (pvc://sources/...) and the conversion Jobs
+write to the `serin-models` claim, both hostPath volumes on the node. `serin demo --cluster` and the
+cluster tier's KServe tests run on it. It needs root, and `down()` leaves nothing on the host.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serin.local.cluster import Cluster, start_cluster
+from serin.local.controlplane import REPO_ROOT
+from serin.local.demo_models import VersionFiles
+from serin.local.gateway import Gateway, install_gateway
+from serin.local.kserve_controller import KServeController, kserve_dir
+from serin.local.node import HOST_ADDRESS
+from serin.local.prometheus import Prometheus, start_prometheus
+
+CHART = REPO_ROOT / "charts" / "serin"
+RELEASE, SYSTEM = "serin", "serin-system"
+# Small enough that a stable, a canary and the operator fit on 2 cores.
+MODEL_RESOURCES = {"requests": {"cpu": "50m", "memory": "192Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+
+
+def image_values(cluster: Cluster) -> list[str]:
+    op, conv, rt = (cluster.images[n] for n in ("operator", "converter", "runtime"))
+    return ["--set", f"operator.image.repository={op.repository}", "--set", f"operator.image.tag={op.tag}",
+            "--set", f"conversion.image.repository={conv.repository}", "--set", f"conversion.image.tag={conv.tag}",
+            "--set", f"servingRuntime.image.repository={rt.repository}", "--set", f"servingRuntime.image.tag={rt.tag}"]
+
+
+@dataclass
+class ClusterPlatform:
+    cluster: Cluster
+    namespace: str
+    sources: Path  # the `sources` claim's directory on the host
+    prometheus: Prometheus
+    started_in: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def gateway(self) -> Gateway | None:
+        return self.cluster.gateway
+
+    def stage(self, name: str, version: str, files: VersionFiles) -> tuple[str, str]:
+        """Copies a version's artifact and sample onto the `sources` claim: their pvc:// URIs."""
+        target = self.sources / name / version
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(files.model, target / files.model.name)
+        shutil.copy(files.sample, target / files.sample.name)
+        base = f"pvc://sources/{name}/{version}"
+        return f"{base}/{files.model.name}", f"{base}/{files.sample.name}"
+
+    def use_gateway(self, workdir: Path) -> Gateway:
+        """Traefik and the Gateway, and the operator pointed at it (helm upgrade)."""
+        if self.cluster.gateway is None:
+            self.cluster.gateway = install_gateway(self.cluster.control_plane, workdir)
+        ns, name, listener = self.cluster.gateway.setting.split("/")
+        self.cluster.helm("upgrade", RELEASE, str(CHART), "-n", SYSTEM, "--reuse-values",
+                          "--set", f"gateway.name={name}", "--set", f"gateway.namespace={ns}",
+                          "--set", f"gateway.listener={listener}", "--wait", "--timeout", "240s")
+        self.cluster.kubectl("rollout", "status", f"deployment/{RELEASE}-operator", "-n", SYSTEM, "--timeout=120s")
+        return self.cluster.gateway
+
+    def down(self) -> list[str]:
+        """Stops everything; what was left on the host (nothing, or a defect)."""
+        self.prometheus.stop()
+        return self.cluster.stop()
+
+
+def bring_up(workdir: Path, namespace: str = "models", cluster: Cluster | None = None,
+             gateway: bool = False, operator_replicas: int = 1) -> ClusterPlatform:
+    """The platform under `workdir`. Given `cluster` (the tests' shared one) it is installed there."""
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    own = cluster is None  # stopped here on failure only if started here
+    if cluster is None:
+        cluster = start_cluster(workdir / "cluster")
+        cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "manifests" / "crds"))
+    timings.update(cluster.started_in)
+    prom = None
+    try:
+        if cluster.kserve is None:
+            cluster.kserve = KServeController(cluster.control_plane, cluster.control_plane.workdir / "kserve",
+                                              kserve_dir())
+        t = time.monotonic()
+        cluster.kserve.install()
+        timings["KServe"] = time.monotonic() - t
+        cluster.kubectl("create", "namespace", namespace, check=False)
+        volumes = workdir / "volumes"
+        volumes.mkdir(parents=True, exist_ok=True)
+        volumes.chmod(0o755)
+        for claim, sub in (("sources", "sources"), ("serin-models", "store")):
+            cluster.hostpath_claim(namespace, claim, volumes / sub)
+        # Where the operator's Pod reaches it: the host end of the node's veth.
+        prom = start_prometheus(workdir / "prometheus", cluster.control_plane.bin_dir, scrape_interval="1s",
+                                kubernetes=cluster.prometheus_discovery(), listen=HOST_ADDRESS)
+        t = time.monotonic()
+        cluster.helm("install", RELEASE, str(CHART), "-n", SYSTEM, "--create-namespace", *image_values(cluster),
+                     "--set", f"conversion.serviceAccount.namespaces={{{namespace}}}",
+                     "--set", f"operator.replicas={operator_replicas}", "--set", f"operator.prometheusUrl={prom.url}",
+                     "--wait", "--timeout", "240s")
+        timings["helm install"] = time.monotonic() - t
+        platform = ClusterPlatform(cluster, namespace, volumes / "sources", prom, timings)
+        if gateway:
+            t = time.monotonic()
+            platform.use_gateway(workdir / "gateway")
+            timings["Gateway"] = time.monotonic() - t
+        timings["total"] = time.monotonic() - t0
+        return platform
+    except BaseException:
+        if prom is not None:
+            prom.stop()
+        if own:
+            cluster.stop()
+        raise

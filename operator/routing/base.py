@@ -1,0 +1,155 @@
+"""Traffic as one interface (Flagger's router: set routes, get routes), whatever KServe mode and
+router serve a Model. Each router is a pair of pure functions over what was read this tick:
+
+    observe(seen)          -> ServingObservation   (stable / canary / weights, in neutral terms)
+    plan(seen, desired)    -> writes                (the next safe move towards `desired`)
+
+and the reconcile loop does the I/O around them (read the objects, execute the writes). A router
+never sends a request to a version the status does not name: where KServe or the Gateway needs
+several moves (Knative's restore at 0 %, a promotion behind a route), `plan` makes one move per
+tick and waits, through `seen`, for the previous one to take effect.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from serin.operator.actions import ApplyServing, Served
+from serin.operator.observations import ServingObservation
+from serin.operator.spec import DeploymentMode, ModelSpec
+
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+RUNTIME = "serin-onnx"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+# The runtime labels its metrics with this revision (runtime/cli.py); Knative sets K_REVISION itself.
+REVISION_ENV = "SERIN_REVISION"
+
+
+Mode = DeploymentMode
+
+
+# KServe's own words for its modes, old and new ("RawDeployment" became "Standard" in v0.15).
+_MODE_NAMES = {"serverless": Mode.KNATIVE, "knative": Mode.KNATIVE,
+               "standard": Mode.STANDARD, "rawdeployment": Mode.STANDARD}
+
+
+def parse_mode(value: str | None) -> Mode | None:
+    return _MODE_NAMES.get((value or "").strip().lower())
+
+
+def kserve_mode_name(mode: Mode) -> str:
+    """The annotation value KServe v0.20 understands."""
+    return "Serverless" if mode == Mode.KNATIVE else "Standard"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The raw objects a router read this tick (plain dicts, as the API returned them)."""
+
+    namespace: str
+    name: str  # the Model's, and its InferenceService's
+    isvc: dict[str, Any] | None = None
+    deployments: tuple[dict[str, Any], ...] = ()  # Standard mode: the predictor Deployments
+    service: dict[str, Any] | None = None  # Standard mode without a Gateway: Serin's split Service
+    route: dict[str, Any] | None = None  # with a Gateway: Serin's HTTPRoute
+
+
+class Op(enum.StrEnum):
+    CREATE = "create"
+    PATCH = "patch"  # JSON merge patch
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Write:
+    """One API write a router asks for: `kind` is isvc | service | httproute."""
+
+    kind: str
+    op: Op
+    name: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+class Router(Protocol):
+    traffic: str  # knative | replicaRatio | gateway: how weights are set
+
+    @property
+    def mode(self) -> Mode: ...
+
+    def kinds(self) -> tuple[str, ...]:
+        """What `observe` needs read besides the InferenceService."""
+        ...
+
+    def observe(self, seen: Seen) -> ServingObservation: ...
+
+    def plan(self, seen: Seen, desired: ApplyServing, spec: ModelSpec, owner: dict[str, Any]) -> list[Write]: ...
+
+
+def predictor_name(version: Served) -> str:
+    """The Standard-mode predictor of a version: its Deployment is {isvc}-gen{N}-predictor."""
+    return f"gen{version.generation}"
+
+
+def model_spec(version: Served, spec: ModelSpec, revision: str | None = None) -> dict[str, Any]:
+    serving = spec.serving
+    model: dict[str, Any] = {
+        "modelFormat": {"name": "onnx"},
+        # Named explicitly: KServe would otherwise pick the highest-priority onnx runtime (Triton).
+        "runtime": RUNTIME,
+        "storageUri": version.storageUri,
+        "protocolVersion": str(serving.protocol),
+    }
+    if serving.resources:
+        model["resources"] = serving.resources
+    if revision is not None:
+        model["env"] = [{"name": REVISION_ENV, "value": revision}]
+    return model
+
+
+def isvc_metadata(seen: Seen, owner: dict[str, Any], mode: Mode, annotations: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": seen.name, "namespace": seen.namespace,
+        "labels": {"app.kubernetes.io/managed-by": "serin", "serin.dev/model": seen.name},
+        # The mode is pinned on the InferenceService Serin creates, so that a later change of
+        # KServe's default never moves a running Model to another mode under its rollout.
+        "annotations": {MODE_ANNOTATION: kserve_mode_name(mode), **annotations},
+        "ownerReferences": [owner],
+    }
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return {}
+
+
+def covers(have: Any, want: Any) -> bool:
+    """`have` says everything `want` says (and maybe more: the fields KServe's defaulting webhook
+    adds, such as `model.name: ""`), so writing `want` would change nothing that matters."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(
+            (k not in have) if v is None else covers(have.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(have) == len(want) and all(map(covers, have, want))
+    return bool(have == want)
+
+
+def diff(have: dict[str, Any], want: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch turning the `want` keys of `have` into `want` (None removes a key); empty
+    when `have` already covers `want`, so a steady tick writes nothing."""
+    out: dict[str, Any] = {}
+    for key, value in want.items():
+        before = have.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = diff(before, value)
+            if sub:
+                out[key] = sub
+        elif value is None:
+            if key in have:
+                out[key] = None
+        elif not covers(before, value):
+            out[key] = value
+    return out

@@ -1,0 +1,300 @@
+"""Rollouts on the real KServe (v0.20's own controller, CRDs and webhooks) in Standard mode, with
+real Pods of Serin's runtime image: the split made by the ready-replica ratio behind Serin's
+Service, then exactly by Traefik through an HTTPRoute. Serin runs as installed by Helm; a real
+Prometheus discovers the runtime Pods through the Kubernetes API.
+
+The tests run in order, on one cluster: first without a Gateway, then (after a `helm upgrade`
+that points the operator at Traefik) with one."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from harness import wait_for
+from serin.local import demo_models
+from serin.local.cluster import Cluster
+from serin.local.cluster_platform import MODEL_RESOURCES, SYSTEM, ClusterPlatform, bring_up
+from serin.local.loadgen import Answer, LoadGenerator
+
+MODELS = "models"
+
+
+def get(cluster: Cluster, *args: str) -> Any:
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+@dataclass
+class Platform:
+    cluster: Cluster
+    platform: ClusterPlatform
+    versions: dict[str, demo_models.VersionFiles]
+
+
+@pytest.fixture(scope="module")
+def platform(real_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    work = tmp_path_factory.mktemp("platform")
+    up = bring_up(work, MODELS, cluster=real_cluster)
+    print("\nplatform up: " + ", ".join(f"{k} {v:.1f}s" for k, v in up.started_in.items()))
+    versions = {
+        "v1": demo_models.sklearn_version(work / "v1", seed=1),
+        "v2": demo_models.sklearn_version(work / "v2", seed=2),
+        "v3": demo_models.sklearn_version(work / "v3", seed=3),
+        "erroring": demo_models.erroring_version(work / "erroring"),
+    }
+    try:
+        yield Platform(real_cluster, up, versions)
+    finally:
+        up.prometheus.stop()
+
+
+def apply_model(p: Platform, name: str, version: str, serving: dict[str, Any] | None = None, **rollout: Any) -> None:
+    files = p.versions[version]
+    uri, sample = p.platform.stage(name, version, files)
+    p.cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": name, "namespace": MODELS},
+        "spec": {"source": {"uri": uri, "sampleUri": sample, "format": files.format},
+                 "serving": {"resources": MODEL_RESOURCES} | (serving or {}),
+                 "rollout": {"steps": [{"weight": 10, "pause": "10s"}, {"weight": 50, "pause": "10s"}]} | rollout}}))
+
+
+def status(p: Platform, name: str) -> dict[str, Any]:
+    return dict(get(p.cluster, "model", name, "-n", MODELS).get("status") or {})
+
+
+def wait_phase(p: Platform, name: str, phase: str, generation: int, timeout: float = 300) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        s = status(p, name)
+        stable = (s.get("stable") or {}).get("generation")
+        if s.get("phase") == phase and (phase == "RolledBack" or stable == generation):
+            return s
+        return None
+    try:
+        return wait_for(f"{name} {phase} at generation {generation}", reached, timeout=timeout)
+    except AssertionError:
+        print(json.dumps(status(p, name), indent=1)[-3000:])
+        print(p.cluster.kubectl("get", "pods,deploy,isvc", "-n", MODELS, "-o", "wide").stdout)
+        assert p.cluster.kserve is not None
+        print(p.cluster.kserve.log(40))
+        raise
+
+
+def events(p: Platform, name: str, reason: str) -> list[dict[str, Any]]:
+    return list(get(p.cluster, "events", "-n", MODELS, "--field-selector",
+                     f"involvedObject.name={name},reason={reason}")["items"])
+
+
+def service_ip(p: Platform, name: str) -> str:
+    return str(get(p.cluster, "service", name, "-n", MODELS)["spec"]["clusterIP"])
+
+
+def by_revision(answers: list[Answer]) -> Counter[str]:
+    return Counter(a.revision for a in answers if a.status == 200)
+
+
+def failed(answers: list[Answer]) -> list[Answer]:
+    return [a for a in answers if a.status != 200]
+
+
+# -- without a Gateway: KServe's spec.canary and the replica ratio -------------------------------
+
+
+def test_first_version_serves_in_standard_mode_from_real_pods(platform: Platform) -> None:
+    p, name = platform, "iris"
+    t0 = time.monotonic()
+    apply_model(p, name, "v1")
+    s = wait_phase(p, name, "Promoted", 1)
+    print(f"\napply -> first version serving (conversion Job, KServe Deployment, runtime Pod): "
+          f"{time.monotonic() - t0:.1f}s")
+    assert s["serving"] == {"mode": "Standard", "traffic": "replicaRatio",
+                            "url": f"http://{name}-serin.{MODELS}.svc.cluster.local"}
+    assert s["stable"]["revision"] == "gen1"
+    isvc = get(p.cluster, "inferenceservice", name, "-n", MODELS)
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert isvc["status"]["deploymentMode"] == "Standard"
+    (pod,) = get(p.cluster, "pods", "-n", MODELS, "-l", f"app=isvc.{name}-gen1-predictor")["items"]
+    assert pod["spec"]["containers"][0]["image"] == p.cluster.images["runtime"].ref
+    # KServe's pod-mutating webhook mounted the model store claim where the runtime reads it.
+    assert any(v.get("persistentVolumeClaim", {}).get("claimName") == "serin-models" for v in pod["spec"]["volumes"])
+    load = LoadGenerator(f"http://{service_ip(p, f'{name}-serin')}", name, rate=20, max_seconds=30,
+                         keep_alive=False).start()
+    time.sleep(3)
+    load.stop()
+    assert failed(load.answers) == [] and by_revision(load.answers).keys() == {"gen1"}, by_revision(load.answers)
+
+
+def test_replica_ratio_canary_reports_the_weight_it_achieved_and_promotes(platform: Platform) -> None:
+    p, name = platform, "iris"
+    # A Service balances connections: a new one per request, as many clients do (with keep-alive
+    # a client stays on the Pods it first reached, which is why exact weights need a Gateway).
+    load = LoadGenerator(f"http://{service_ip(p, f'{name}-serin')}", name, rate=20, max_seconds=300,
+                         keep_alive=False).start()
+    try:
+        apply_model(p, name, "v2")
+        step1 = wait_for("the canary serving at step 1", lambda: (c := status(p, name).get("canary") or {}).get(
+            "trafficSince") and c.get("step") == 0 and c, timeout=240)
+        # One stable and one canary replica: half the requests, whatever the step asks.
+        assert (step1["weight"], step1["observedWeight"]) == (10, 50)
+        (warning,) = events(p, name, "WeightNotExact")[:1]
+        assert "gets 50% of traffic, not 10%" in warning["message"]
+        t_step1 = load.now()
+        s = wait_phase(p, name, "Promoted", 2)
+    finally:
+        load.stop()
+    assert s["stable"]["revision"] == "gen2"
+    during = load.window(t_step1 + 1, t_step1 + 8)
+    counts = by_revision(during)
+    assert counts["gen1"] > 0 and counts["gen2"] > 0, counts
+    assert failed(load.answers) == [], Counter((a.status, a.revision) for a in failed(load.answers))
+    isvc = get(p.cluster, "inferenceservice", name, "-n", MODELS)
+    assert isvc["spec"]["predictor"]["name"] == "gen2" and not isvc["spec"].get("canary")
+    names = {d["metadata"]["name"] for d in get(p.cluster, "deployments", "-n", MODELS, "-l",
+                                                 f"serving.kserve.io/inferenceservice={name}")["items"]}
+    assert names == {f"{name}-gen2-predictor"}  # promoted by retargeting: the canary's Deployment kept
+
+
+def test_a_combination_kserve_cannot_serve_is_refused_with_the_reason(platform: Platform) -> None:
+    """Never rolled out blind: here the Model pins Knative mode for an InferenceService that KServe
+    runs in Standard mode (KServe cannot change it), and the canary is refused, saying why."""
+    p, name = platform, "iris"
+    apply_model(p, name, "v3", serving={"deploymentMode": "Knative"})
+    s = wait_phase(p, name, "RolledBack", 3)
+    assert "KServe cannot change the mode of an InferenceService" in s["message"], s["message"]
+    assert s["stable"]["generation"] == 2 and s["failed"]["generation"] == 3
+    (rolled,) = events(p, name, "RolledBack")
+    assert "KServe cannot change the mode" in rolled["message"]
+
+
+# -- with a Gateway: exact weights ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    t0 = time.monotonic()
+    gw = platform.platform.use_gateway(tmp_path_factory.mktemp("gateway"))
+    print(f"\nTraefik, the Gateway, and the operator pointed at it: {time.monotonic() - t0:.1f}s")
+    yield gw
+
+
+def gateway_load(gw: Any, name: str, rate: float = 40) -> LoadGenerator:
+    return LoadGenerator(gw.address, name, rate=rate, max_seconds=600, host=f"{name}-{MODELS}.example.com").start()
+
+
+def route_weights(p: Platform, name: str) -> dict[str, int]:
+    route = get(p.cluster, "httproute", name, "-n", MODELS)
+    return {b["name"].removeprefix(f"{name}-").removesuffix("-predictor"): b["weight"]
+            for b in route["spec"]["rules"][0]["backendRefs"]}
+
+
+def test_gateway_walks_10_50_and_promotes_with_exact_weights_and_no_failed_request(platform: Platform, gateway: Any) -> None:
+    p, name = platform, "fraud"
+    apply_model(p, name, "v1")
+    s = wait_phase(p, name, "Promoted", 1)
+    assert s["serving"]["traffic"] == "gateway" and s["serving"]["url"] == f"http://{name}-{MODELS}.example.com"
+    load = gateway_load(gateway, name)
+    seen: dict[int, tuple[float, dict[str, int]]] = {}
+    try:
+        wait_for("the Gateway to serve the first version", lambda: by_revision(load.answers)["gen1"] > 20, timeout=60)
+        t_apply = load.now()
+        apply_model(p, name, "v2", steps=[{"weight": 10, "pause": "12s"}, {"weight": 50, "pause": "12s"}])
+
+        def step_serving() -> bool:
+            c = status(p, name).get("canary") or {}
+            if c.get("trafficSince") and c.get("step") not in seen:
+                seen[c["step"]] = (load.now(), route_weights(p, name))
+            return bool(status(p, name).get("phase") == "Promoted" and status(p, name)["stable"]["generation"] == 2)
+
+        wait_for("the promotion", step_serving, timeout=300, every=0.5)
+    finally:
+        load.stop()
+    assert seen[0][1] == {"gen1": 90, "gen2": 10} and seen[1][1] == {"gen1": 50, "gen2": 50}, seen
+    first_canary = min(a.t for a in load.answers if a.revision == "gen2")
+    print(f"\nkubectl apply -> canary serving at step 1 (Gateway): {first_canary - t_apply:.1f}s")
+    for step, share in ((0, 0.10), (1, 0.50)):
+        t = seen[step][0]
+        counts = by_revision(load.window(t + 1, t + 9))
+        got = counts["gen2"] / max(1, counts["gen1"] + counts["gen2"])
+        assert abs(got - share) < 0.06, (step, counts)  # exact weights, counted on real answers
+    bad = failed(load.answers)
+    assert bad == [], f"{len(bad)} of {len(load.answers)} requests failed: {Counter(a.status for a in bad)}"
+    assert route_weights(p, name) == {"gen2": 100}
+
+
+def test_a_bad_version_is_rolled_back_with_the_stable_serving_throughout(platform: Platform, gateway: Any) -> None:
+    p, name = platform, "fraud"
+    load = gateway_load(gateway, name)
+    load_wall0 = time.time() - load.now()
+    try:
+        wait_for("steady load on the stable", lambda: by_revision(load.answers)["gen2"] > 20, timeout=60)
+        apply_model(p, name, "erroring", steps=[{"weight": 20, "pause": "60s"}, {"weight": 50, "pause": "60s"}],
+                    analysis={"interval": "5s", "failureLimit": 3, "metrics": [
+                        {"name": "errors", "builtin": "errorRate", "max": 0.01}]})
+        s = wait_phase(p, name, "RolledBack", 3, timeout=300)
+        t_done = load.now()
+        wait_for("answers after the rollback", lambda: load.now() > t_done + 3, timeout=10)
+    finally:
+        load.stop()
+    assert s["stable"]["generation"] == 2 and "errors" in s["message"], s["message"]
+    assert s["failed"]["kind"] == "RolledBack"
+    # The canary's model raises on most requests: the fast path rolls it back on the first round
+    # that measured it, not after failureLimit rounds.
+    assert "a hard failure" in s["message"], s["message"]
+    served_by_canary = [a for a in load.answers if a.revision == "gen3"]
+    canary_errors = [a for a in load.answers if a.status == 500]
+    started = next(e for e in events(p, name, "RollbackStarted") if "generation 3" in e["message"])
+    first_failed = min(dt.datetime.fromisoformat(m["at"].replace("Z", "+00:00")) for m in s["analysis"]
+                       if m["verdict"] == "Failed" and m["generation"] == 3)
+    last_canary_answer = max(a.t for a in load.answers if a.revision == "gen3")
+    zero_at = dt.datetime.fromtimestamp(load_wall0 + last_canary_answer, dt.UTC)
+    print(f"\nfirst failed measurement -> 0 % traffic on the canary (last answer it gave): "
+          f"{(zero_at - first_failed).total_seconds():.1f}s; {len(canary_errors)} canary 500s, "
+          f"{len(load.answers)} requests; {started['message']}")
+    # The stable served throughout: every failure is the canary's own (its model raises), none is
+    # a request lost to a weight change.
+    stable_failed = [a for a in failed(load.answers) if a.status != 500]
+    assert stable_failed == [], Counter((a.status, a.revision) for a in stable_failed)
+    assert served_by_canary and canary_errors
+    after = load.window(t_done + 0.5)
+    assert after and by_revision(after).keys() == {"gen2"}
+    assert route_weights(p, name) == {"gen2": 100}
+    assert not get(p.cluster, "inferenceservice", name, "-n", MODELS)["spec"].get("canary")
+
+
+def leader_pod(p: Platform) -> str:
+    holder = get(p.cluster, "lease", "serin-operator", "-n", SYSTEM)["spec"]["holderIdentity"]
+    pods = [x["metadata"]["name"] for x in get(p.cluster, "pods", "-n", SYSTEM, "-l",
+                                               "app.kubernetes.io/name=serin")["items"]]
+    (leader,) = [x for x in pods if holder.startswith(f"{x}-")]
+    return leader
+
+
+def test_operator_pod_and_kserve_controller_killed_mid_rollout(platform: Platform, gateway: Any) -> None:
+    """The operator's Pod killed at step 1, KServe's controller killed and restarted at step 2: the
+    rollout resumes from status and finishes once, with no step repeated and no request failed."""
+    p, name = platform, "fraud"
+    assert p.cluster.kserve is not None
+    load = gateway_load(gateway, name, rate=20)
+    try:
+        wait_for("steady load", lambda: by_revision(load.answers)["gen2"] > 20, timeout=60)
+        apply_model(p, name, "v3", steps=[{"weight": 10, "pause": "15s"}, {"weight": 50, "pause": "15s"}])
+        wait_for("step 1 serving", lambda: (c := status(p, name).get("canary") or {}).get("trafficSince")
+                 and c.get("step") == 0, timeout=240)
+        p.cluster.kubectl("delete", "pod", leader_pod(p), "-n", SYSTEM, "--grace-period=0", "--force")
+        wait_for("step 2 serving", lambda: (c := status(p, name).get("canary") or {}).get("trafficSince")
+                 and c.get("step") == 1, timeout=240)
+        p.cluster.kserve.restart(downtime=5)
+        s = wait_phase(p, name, "Promoted", 4)
+    finally:
+        load.stop()
+    assert s["stable"]["revision"] == "gen4"
+    assert len([e for e in events(p, name, "CanaryStarted") if "generation 4" in e["message"]]) == 1
+    assert len([e for e in events(p, name, "StepAdvanced") if "generation 4" in e["message"]]) == 1
+    assert len([e for e in events(p, name, "Promoted") if "generation 4" in e["message"]]) == 1
+    bad = failed(load.answers)
+    assert bad == [], f"{len(bad)} of {len(load.answers)} requests failed: {Counter(a.status for a in bad)}"
