@@ -59,6 +59,19 @@ def provision(root: Path = REPO_ROOT) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def provisioned_home(variable: str, marker: str, root: Path = REPO_ROOT) -> Path:
+    """A directory hack/provision.sh fills (hack/lib.sh names it: $SERIN_KSERVE_HOME, …): from the
+    environment when it holds `marker`, else provisioned now (near-instant when cached)."""
+    env = os.environ.get(variable)
+    if env and (Path(env) / marker).exists():
+        return Path(env)
+    out = subprocess.run(["bash", "-c", f'source "{root}/hack/lib.sh" && bash "{root}/hack/provision.sh" >/dev/null '
+                          f'&& echo "${variable}"'], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise ControlPlaneError(f"hack/provision.sh failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
 @dataclass
 class _Proc:
     name: str
@@ -183,6 +196,20 @@ class ControlPlane:
         if check and out.returncode != 0:
             raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
         return out
+
+    def wait_established(self, crds: list[str], timeout: float = 120.0) -> None:
+        """Polls until every named CRD is Established: `kubectl wait --for=condition=Established`
+        errors on a CRD that has no status yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.kubectl("get", "crd", *crds, "-o",
+                               'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Established")].status}'
+                               '{"\\n"}{end}', check=False)
+            if out.returncode == 0 and out.stdout.split() == ["True"] * len(crds):
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"CRDs not Established after {timeout}s: {out.stdout} {out.stderr}")
+            time.sleep(0.3)
 
     def service_account_kubeconfig(self, namespace: str, name: str, duration: str = "2h") -> Path:
         """A kubeconfig that authenticates as system:serviceaccount:NAMESPACE:NAME (via TokenRequest)."""

@@ -29,7 +29,7 @@ import yaml
 from rich.console import Console
 from serin.local import demo_models, dev
 from serin.local.controlplane import ControlPlaneError
-from serin.local.loadgen import LoadGenerator
+from serin.local.loadgen import Answer, LoadGenerator
 
 NAMESPACE, NAME = "demo", "fraud"
 ROLLOUT = {
@@ -176,6 +176,20 @@ def write_chart(tl: Timeline, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def summarise(tl: Timeline, work: Path, final: dict[str, Any], answers: list[Answer]) -> None:
+    chart = work / "timeline.png"
+    write_chart(tl, chart)
+    failed = [a for a in answers if a.status >= 500 or a.status == 0]
+    by_rev: dict[str, int] = {}
+    for a in failed:
+        by_rev[a.revision or "?"] = by_rev.get(a.revision or "?", 0) + 1
+    console.rule("summary")
+    console.print(f"v3 ended {final.get('phase')}: {final.get('message')}")
+    console.print(f"requests: {len(answers)}, failed: {len(failed)} {by_rev or ''} (v3's own 500s: its model "
+                  "raises; any other failure would be a request lost to a weight change)")
+    console.print(f"chart: {chart}")
+
+
 def run(home: Path) -> int:
     tl = Timeline()
     tl.say("bringing up the local platform (kube-apiserver, operator, KServe stand-in, Prometheus)")
@@ -210,17 +224,7 @@ def run(home: Path) -> int:
         time.sleep(3)
     finally:
         load.stop()
-    chart = work / "timeline.png"
-    write_chart(tl, chart)
-    answers = load.answers
-    failed = [a for a in answers if a.status >= 500 or a.status == 0]
-    by_rev: dict[str, int] = {}
-    for a in failed:
-        by_rev[a.revision or "?"] = by_rev.get(a.revision or "?", 0) + 1
-    console.rule("summary")
-    console.print(f"v3 ended {final.get('phase')}: {final.get('message')}")
-    console.print(f"requests: {len(answers)}, failed: {len(failed)} {by_rev or ''}")
-    console.print(f"chart: {chart}")
+    summarise(tl, work, final, load.answers)
     dev.print_usage_hint(state)
     console.print("Stop it with: serin dev down")
     return 0 if final.get("phase") == "RolledBack" else 1
@@ -274,18 +278,7 @@ def run_cluster(home: Path) -> int:
             load.stop()
         tl.say("tearing the platform down")
         left = platform.down()
-    chart = work / "timeline.png"
-    write_chart(tl, chart)
-    answers = load.answers if load is not None else []
-    failed = [a for a in answers if a.status >= 500 or a.status == 0]
-    by_rev: dict[str, int] = {}
-    for a in failed:
-        by_rev[a.revision or "?"] = by_rev.get(a.revision or "?", 0) + 1
-    console.rule("summary")
-    console.print(f"v3 ended {final.get('phase')}: {final.get('message')}")
-    console.print(f"requests: {len(answers)}, failed: {len(failed)} {by_rev or ''} (the canary's own 500s: "
-                  "its model raises; any other failure would be a request lost to a weight change)")
-    console.print(f"chart: {chart}")
+    summarise(tl, work, final, load.answers if load is not None else [])
     if left:
         console.print(f"[red]left on the host: {left}[/red]")
     return 0 if final.get("phase") == "RolledBack" and not left else 1

@@ -13,8 +13,6 @@ Traefik reports PortUnavailable). Serin's operator is pointed at it with SERIN_G
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serin.local.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, _Proc, free_port
+from serin.local.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, _Proc, free_port, provisioned_home
 
 NAMESPACE, GATEWAY, LISTENER, CLASS = "serin-gateway", "serin", "web", "traefik"
 SERVICE_ACCOUNT = "traefik"
@@ -43,14 +41,7 @@ RBAC_RULES: list[dict[str, Any]] = [
 
 def gateway_dir(root: Path = REPO_ROOT) -> Path:
     """Where hack/provision.sh put traefik and the Gateway API CRDs ($SERIN_GATEWAY_HOME)."""
-    env = os.environ.get("SERIN_GATEWAY_HOME")
-    if env and (Path(env) / "traefik").exists():
-        return Path(env)
-    out = subprocess.run(["bash", "-c", f'source "{root}/hack/lib.sh" && bash "{root}/hack/provision.sh" >/dev/null '
-                          '&& echo "$SERIN_GATEWAY_HOME"'], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise ControlPlaneError(f"hack/provision.sh failed ({out.returncode}):\n{out.stderr[-4000:]}")
-    return Path(out.stdout.strip().splitlines()[-1])
+    return provisioned_home("SERIN_GATEWAY_HOME", "traefik", root)
 
 
 @dataclass
@@ -78,7 +69,8 @@ class Gateway:
         self.workdir.mkdir(parents=True, exist_ok=True)
         for crd in sorted((self.home / "crds").glob("*.yaml")):
             cp.kubectl("apply", "--server-side", "-f", str(crd))
-        _wait_established(cp, ["gatewayclasses", "gateways", "httproutes", "referencegrants"], timeout)
+        cp.wait_established([f"{p}.gateway.networking.k8s.io" for p in ("gatewayclasses", "gateways", "httproutes",
+                                                                         "referencegrants")], timeout)
         cp.kubectl("create", "namespace", NAMESPACE, check=False)
         cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
             {"apiVersion": "v1", "kind": "ServiceAccount",
@@ -152,20 +144,6 @@ class Gateway:
                     return
             time.sleep(0.3)
         raise ControlPlaneError(f"Gateway {NAMESPACE}/{GATEWAY} not Programmed after {timeout}s:\n{self.log()}")
-
-
-def _wait_established(cp: ControlPlane, plurals: list[str], timeout: float) -> None:
-    names = [f"{p}.gateway.networking.k8s.io" for p in plurals]
-    deadline = time.monotonic() + timeout
-    while True:
-        out = cp.kubectl("get", "crd", *names, "-o",
-                         'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Established")].status}{"\\n"}{end}',
-                         check=False)
-        if out.returncode == 0 and out.stdout.split() == ["True"] * len(names):
-            return
-        if time.monotonic() > deadline:
-            raise ControlPlaneError(f"Gateway API CRDs not Established after {timeout}s: {out.stderr}")
-        time.sleep(0.3)
 
 
 def install_gateway(control_plane: ControlPlane, workdir: Path) -> Gateway:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from serin.local.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, _Proc, free_port
+from serin.local.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, _Proc, free_port, provisioned_home
 from serin.local.pki import issue_serving_cert
 
 NAMESPACE = "kserve"
@@ -46,14 +44,7 @@ ISVC_CRD = "inferenceservices.serving.kserve.io"
 
 def kserve_dir(root: Path = REPO_ROOT) -> Path:
     """Where hack/provision.sh put the manager and the module's config/ ($SERIN_KSERVE_HOME)."""
-    env = os.environ.get("SERIN_KSERVE_HOME")
-    if env and (Path(env) / "manager").exists():
-        return Path(env)
-    out = subprocess.run(["bash", "-c", f'source "{root}/hack/lib.sh" && bash "{root}/hack/provision.sh" >/dev/null '
-                          '&& echo "$SERIN_KSERVE_HOME"'], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise ControlPlaneError(f"hack/provision.sh failed ({out.returncode}):\n{out.stderr[-4000:]}")
-    return Path(out.stdout.strip().splitlines()[-1])
+    return provisioned_home("SERIN_KSERVE_HOME", "manager", root)
 
 
 def install_crds(control_plane: ControlPlane, timeout: float = 120.0) -> None:
@@ -167,20 +158,9 @@ class KServeController:
         return self._proc.tail(lines) if self._proc is not None else ""
 
     def _wait_established(self, timeout: float) -> None:
-        # `kubectl wait --for=condition=Established` errors on a CRD that has no status yet: poll.
-        deadline = time.monotonic() + timeout
         names = [f.rsplit("/", 1)[-1].removeprefix("serving.kserve.io_").removesuffix(".yaml") + ".serving.kserve.io"
                  for f in CRD_FILES]
-        while True:
-            out = self.control_plane.kubectl(
-                "get", "crd", *names, "-o",
-                'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Established")].status}{"\\n"}{end}',
-                check=False)
-            if out.returncode == 0 and out.stdout.split() == ["True"] * len(names):
-                return
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(f"KServe CRDs not Established after {timeout}s: {out.stdout} {out.stderr}")
-            time.sleep(0.3)
+        self.control_plane.wait_established(names, timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         # HTTP 200 from /readyz, not the text "ok": a manager started too early dies on RBAC it

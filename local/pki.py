@@ -127,9 +127,9 @@ def _issue(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def issue_client_cert(pki: Pki, name: str, cn: str, org: str | None = None) -> tuple[Path, Path]:
-    """A client certificate from the PKI's CA (a node's kubelet, kube-proxy, the scheduler):
-    DIR/NAME.crt and DIR/NAME.key, kept when they exist."""
+def _issue_from_ca(pki: Pki, name: str, subject: x509.Name, *, server: bool = False,
+                   extra_ips: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """DIR/NAME.crt and DIR/NAME.key signed by the PKI's CA, kept when they exist."""
     cert_path, key_path = pki.dir / f"{name}.crt", pki.dir / f"{name}.key"
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
@@ -137,26 +137,22 @@ def issue_client_cert(pki: Pki, name: str, cn: str, org: str | None = None) -> t
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
     key = _key()
-    cert = _issue(_name(cn, org), key, ca.subject, ca_key)
+    cert = _issue(subject, key, ca.subject, ca_key, server=server, extra_ips=extra_ips)
     _write_key(key_path, key)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def issue_client_cert(pki: Pki, name: str, cn: str, org: str | None = None) -> tuple[Path, Path]:
+    """A client certificate from the PKI's CA (a node's kubelet, kube-proxy, the scheduler):
+    DIR/NAME.crt and DIR/NAME.key, kept when they exist."""
+    return _issue_from_ca(pki, name, _name(cn, org))
 
 
 def issue_serving_cert(pki: Pki, name: str, cn: str, ips: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """A server certificate from the PKI's CA for a webhook server the apiserver calls (KServe's
     manager): localhost, 127.0.0.1 and `ips`. DIR/NAME.crt and DIR/NAME.key, kept when they exist."""
-    cert_path, key_path = pki.dir / f"{name}.crt", pki.dir / f"{name}.key"
-    if cert_path.exists() and key_path.exists():
-        return cert_path, key_path
-    ca_key = serialization.load_pem_private_key((pki.dir / "ca.key").read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
-    key = _key()
-    cert = _issue(_name(cn), key, ca.subject, ca_key, server=True, extra_ips=ips)
-    _write_key(key_path, key)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
+    return _issue_from_ca(pki, name, _name(cn), server=True, extra_ips=ips)
 
 
 def create_pki(directory: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
