@@ -39,7 +39,6 @@ CRD_FILES = ("serving.kserve.io_inferenceservices.yaml", "serving.kserve.io_serv
              "serving.kserve.io_clusterservingruntimes.yaml", "serving.kserve.io_inferencegraphs.yaml",
              "serving.kserve.io_trainedmodels.yaml",
              "clusterstoragecontainer/serving.kserve.io_clusterstoragecontainers.yaml")
-ISVC_CRD = "inferenceservices.serving.kserve.io"
 
 
 def kserve_dir(root: Path = REPO_ROOT) -> Path:

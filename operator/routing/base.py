@@ -119,13 +119,6 @@ def isvc_metadata(seen: Seen, owner: dict[str, Any], mode: Mode, annotations: di
     }
 
 
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_:
-            return dict(c)
-    return {}
-
-
 def covers(have: Any, want: Any) -> bool:
     """`have` says everything `want` says (and maybe more: the fields KServe's defaulting webhook
     adds, such as `model.name: ""`), so writing `want` would change nothing that matters."""

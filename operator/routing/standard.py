@@ -34,7 +34,6 @@ from serin.operator.routing.base import (
     Op,
     Seen,
     Write,
-    condition,
     covers,
     diff,
     isvc_metadata,
@@ -393,4 +392,4 @@ def canary_replicas(stable_min: int, percent: int) -> tuple[int, int]:
     return max(1, stable_min - canary), canary
 
 
-__all__ = ["GatewayRouter", "ReplicaRatioRouter", "canary_replicas", "condition"]
+__all__ = ["GatewayRouter", "ReplicaRatioRouter", "canary_replicas"]
