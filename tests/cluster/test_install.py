@@ -17,17 +17,11 @@ import pytest
 import yaml
 from harness import wait_for
 from serin.local.cluster import Cluster
+from serin.local.cluster_platform import image_values
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "serin"
 RELEASE, SYSTEM, MODELS = "serin", "serin-system", "models"
-
-
-def image_values(cluster: Cluster) -> list[str]:
-    op, conv, rt = (cluster.images[n] for n in ("operator", "converter", "runtime"))
-    return ["--set", f"operator.image.repository={op.repository}", "--set", f"operator.image.tag={op.tag}",
-            "--set", f"conversion.image.repository={conv.repository}", "--set", f"conversion.image.tag={conv.tag}",
-            "--set", f"servingRuntime.image.repository={rt.repository}", "--set", f"servingRuntime.image.tag={rt.tag}"]
 
 
 def get(cluster: Cluster, *args: str) -> Any:
