@@ -53,6 +53,7 @@ source_key() {  # DOCKERFILE → a digest of everything the image is built from 
 }
 
 ca=/etc/ssl/certs/ca-certificates.crt
+current=()
 for spec in operator:operator/Dockerfile converter:converters/Dockerfile runtime:runtime/Dockerfile; do
   name=${spec%%:*} dockerfile=${spec#*:}
   key=$(source_key "$dockerfile")
@@ -76,4 +77,15 @@ for spec in operator:operator/Dockerfile converter:converters/Dockerfile runtime
     find "$ARCHIVES" -name "$name-*.tar" ! -name "$name-$key.tar" -delete
   fi
   echo "$name $ref $archive"
+  current+=("$ref")
 done
+
+# Each source change adds ~1 GB of layers to the store: keep only the images of this tree (and
+# the unchanged steps they share, so the next build still reuses its dependency layer).
+stale=$(b images --format '{{.Name}}:{{.Tag}}' --filter reference='ghcr.io/serin/*' \
+          | grep -v -x -F "$(printf '%s\n' "${current[@]}")" || true)
+if [[ -n "$stale" ]]; then
+  xargs -r -n 20 buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver overlay rmi -f \
+    <<< "$stale" >/dev/null
+  b rmi --prune >/dev/null 2>&1 || true
+fi
