@@ -68,6 +68,19 @@ class ClusterPlatform:
         self.cluster.kubectl("rollout", "status", f"deployment/{RELEASE}-operator", "-n", SYSTEM, "--timeout=120s")
         return self.cluster.gateway
 
+    def host_processes(self) -> dict[str, int]:
+        """The platform's processes on the host (each the leader of its own process group), so that
+        `serin dev down` can stop them even when the process that started them is gone."""
+        cp, cluster = self.cluster.control_plane, self.cluster
+        procs = {name: proc.popen.pid for name, proc in cp._procs.items() if proc.popen}
+        for name, part in (("kserve-manager", cluster.kserve), ("traefik", cluster.gateway)):
+            popen = getattr(getattr(part, "_proc", None), "popen", None)
+            if popen is not None:
+                procs[name] = popen.pid
+        if self.prometheus.pid:
+            procs["prometheus"] = self.prometheus.pid
+        return procs
+
     def down(self) -> list[str]:
         """Stops everything; what was left on the host (nothing, or a defect)."""
         self.prometheus.stop()

@@ -1,7 +1,16 @@
 """`serin dev up|down|status`: the local platform as long-lived background processes.
 
-State (pids, ports, kubeconfig) lives in one JSON file under the platform directory so that `up`
-is idempotent and `down` leaves no process behind, whichever shell started them.
+Two platforms, one at a time per home directory:
+  serin dev up             the apiserver, Prometheus, the KServe stand-in with its data plane and
+                           the operator as host processes (no root, no Pods)
+  serin dev up --cluster   the real thing (needs root): a real node, KServe's own controller in
+                           Standard mode, Traefik as the Gateway, Prometheus discovering Pods, and
+                           Serin installed by `helm install charts/serin` from its own images
+
+State (pids, addresses, kubeconfig) lives in one JSON file under the platform directory so that
+`up` is idempotent and `down` leaves nothing behind, whichever shell started it. The cluster is
+held by a supervisor process that tears it down on SIGTERM; if that process was killed, `down`
+stops what it recorded and removes the node's state from the host itself.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,10 +45,15 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A zombie (exited, its parent not reaping it yet) is not running.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def read_state(home: Path) -> dict | None:
+    """The running platform's state, or None when there is none or any of its processes died."""
     try:
         state = json.loads(_state_path(home).read_text())
     except (OSError, ValueError):
@@ -46,11 +61,17 @@ def read_state(home: Path) -> dict | None:
     return state if all(_alive(pid) for pid in state["pids"].values()) else None
 
 
+def _kind(state: dict) -> str:
+    return state.get("kind", "standin")
+
+
 def up(home: Path) -> dict:
     """Starts (idempotently) the control plane, CRDs, Prometheus, the KServe stand-in with its data
     plane, and the operator, all as background processes recorded in state.json."""
     state = read_state(home)
     if state:
+        if _kind(state) != "standin":
+            raise ControlPlaneError(f"a {_kind(state)} platform is running in {home}: `serin dev down` first")
         return state
     down(home, quiet=True)  # a half-dead platform from an earlier run: clear it first
     bin_dir = provision()
@@ -86,6 +107,7 @@ def up(home: Path) -> dict:
     pids["prometheus"] = prom.pid or 0
     pids |= {proc.name: proc.popen.pid for proc in procs if proc.popen}
     state = {
+        "kind": "standin",
         "kubeconfig": str(cp.kubeconfig),
         "server": cp.server,
         "bin": str(cp.bin_dir),
@@ -99,19 +121,25 @@ def up(home: Path) -> dict:
     return state
 
 
-def down(home: Path, quiet: bool = False) -> None:
+def down(home: Path, quiet: bool = False) -> list[str]:
+    """Stops the platform; returns what it left on the host (nothing, or a defect)."""
     try:
         state = json.loads(_state_path(home).read_text())
     except (OSError, ValueError):
         if not quiet:
             print("serin dev: nothing is running")
-        return
-    # Reverse start order: clients of the apiserver first, etcd last.
-    for name, pid in reversed(list(state["pids"].items())):
-        _terminate(pid)
-        if not quiet:
-            print(f"stopped {name} (pid {pid})")
+        return []
+    left: list[str] = []
+    if _kind(state) == "cluster":
+        left = _down_cluster(home, state, quiet)
+    else:
+        # Reverse start order: clients of the apiserver first, etcd last.
+        for name, pid in reversed(list(state["pids"].items())):
+            _terminate(pid)
+            if not quiet:
+                print(f"stopped {name} (pid {pid})")
     _state_path(home).unlink(missing_ok=True)
+    return left
 
 
 def _terminate(pid: int, timeout: float = 10.0) -> None:
@@ -128,26 +156,149 @@ def _terminate(pid: int, timeout: float = 10.0) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+# --- the real cluster -------------------------------------------------------------------------
+
+CLUSTER_NAMESPACE = "models"
+# A cold node pulls nothing but imports ~1 GB of images, and helm waits for the operator: minutes.
+CLUSTER_UP_TIMEOUT = 900.0
+
+
+def up_cluster(home: Path, timeout: float = CLUSTER_UP_TIMEOUT) -> dict:
+    """Starts (idempotently) the real platform under a supervisor process of its own, and returns
+    its state once everything is up; raises with the supervisor's log when it did not come up."""
+    state = read_state(home)
+    if state:
+        if _kind(state) != "cluster":
+            raise ControlPlaneError(f"a {_kind(state)} platform is running in {home}: `serin dev down` first")
+        return state
+    if os.geteuid() != 0:
+        raise ControlPlaneError("the real cluster needs root (network and mount namespaces, iptables, cgroups): "
+                                "run `serin dev up --cluster` as root, or `serin dev up` for the stand-in")
+    down(home, quiet=True)  # a half-dead platform from an earlier run: clear it first
+    log = home / "logs" / "supervisor.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as logf:
+        supervisor = subprocess.Popen([sys.executable, "-m", "serin.local.dev", "--supervise", str(home)],
+                                      stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_state(home)
+        if state and state["pids"].get("supervisor") == supervisor.pid:
+            return state
+        if supervisor.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+            raise ControlPlaneError(f"the cluster did not come up (supervisor exited {supervisor.returncode}); "
+                                    f"{log}:\n{tail}")
+        time.sleep(0.5)
+    supervisor.terminate()  # it tears down what it started
+    supervisor.wait(300)
+    raise ControlPlaneError(f"the cluster was not up after {timeout:.0f}s; see {log}")
+
+
+def supervise_cluster(home: Path) -> int:
+    """The supervisor: brings the platform up, records it, and holds it until SIGTERM or SIGINT,
+    then tears it down and records what (if anything) was left on the host."""
+    from serin.local.cluster_platform import bring_up
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # taken by sigwait below
+    t0 = time.time()
+    platform = bring_up(home / "cluster", CLUSTER_NAMESPACE, gateway=True)
+    try:
+        cp, gateway = platform.cluster.control_plane, platform.gateway
+        assert gateway is not None
+        state = {
+            "kind": "cluster",
+            "kubeconfig": str(cp.kubeconfig),
+            "server": cp.server,
+            "bin": str(cp.bin_dir),
+            "prometheus": platform.prometheus.url,
+            "gateway": gateway.address,
+            "gatewayDomain": "example.com",
+            "namespace": platform.namespace,
+            "sources": str(platform.sources),
+            "logs": str(home / "logs"),
+            # The supervisor first: `status` and `up` judge the platform by all of them being alive.
+            "pids": {"supervisor": os.getpid(), **platform.host_processes()},
+            "started": t0,
+            "startedIn": {k: round(v, 1) for k, v in platform.started_in.items()},
+        }
+        tmp = _state_path(home).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(_state_path(home))
+        print(f"platform up in {time.time() - t0:.1f}s: {state['startedIn']}", flush=True)
+        sig = signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        print(f"got {signal.Signals(sig).name}: tearing the platform down", flush=True)
+    finally:
+        left = platform.down()
+        (home / "left.json").write_text(json.dumps(left))
+        print(f"down; left on the host: {left or 'nothing'}", flush=True)
+    return 0 if not left else 1
+
+
+def _down_cluster(home: Path, state: dict, quiet: bool) -> list[str]:
+    from serin.local.node import Node
+
+    supervisor = state["pids"].get("supervisor", 0)
+    (home / "left.json").unlink(missing_ok=True)
+    if _alive(supervisor):
+        # It stops the platform in order (clients, the node, then the control plane) and exits.
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + 300
+        while _alive(supervisor) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(supervisor, os.WNOHANG)
+            time.sleep(0.2)
+        if not quiet:
+            print(f"stopped the cluster (supervisor pid {supervisor})")
+    # Whatever the supervisor did not stop (it was killed, or timed out): stop it here.
+    for name, pid in reversed([(n, p) for n, p in state["pids"].items() if n != "supervisor"]):
+        if _alive(pid):
+            _terminate(pid)
+            if not quiet:
+                print(f"stopped {name} (pid {pid}), which the supervisor had left running")
+    _terminate(supervisor)
+    Node.cleanup_leftovers()
+    left = Node.leftovers()
+    if left:
+        print(f"serin dev: left on the host: {left}", file=sys.stderr)
+    return left
+
+
 def print_usage_hint(state: dict) -> None:
-    print(f"Local platform is up: kube-apiserver {state['server']}, Prometheus {state.get('prometheus', '-')}")
+    if _kind(state) == "cluster":
+        print(f"Real cluster is up: a node, KServe's controller (Standard mode), Traefik's Gateway {state['gateway']}, "
+              f"Prometheus {state['prometheus']}, Serin from charts/serin (release serin in serin-system)")
+    else:
+        print(f"Local platform is up: kube-apiserver {state['server']}, Prometheus {state.get('prometheus', '-')}")
     print(f"  export KUBECONFIG={state['kubeconfig']}")
     print(f"  export PATH={state['bin']}:$PATH   # kubectl, helm built by hack/provision.sh")
     print("  kubectl get models,inferenceservices -A")
+    if _kind(state) == "cluster":
+        ns = state["namespace"]
+        print(f"  Models go in namespace {ns}: copy an artifact under {state['sources']}/ and point "
+              f"spec.source.uri at pvc://sources/<its path there>")
+        print(f"  a Model's endpoint: curl -H 'Host: <model>-{ns}.{state['gatewayDomain']}' "
+              f"{state['gateway']}/v2/models/<model>/infer")
     if state.get("logs"):
-        print(f"  logs: {state['logs']}/  operator metrics: {state.get('operatorMetrics', '-')}")
+        print(f"  logs: {state['logs']}/" + (f"  operator metrics: {state['operatorMetrics']}"
+                                            if state.get("operatorMetrics") else ""))
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="serin dev", description=__doc__)
+    parser = argparse.ArgumentParser(prog="serin dev", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="platform state directory")
+    parser.add_argument("--cluster", action="store_true",
+                        help="up: the real cluster with KServe's controller and a Gateway (needs root)")
     args = parser.parse_args(argv)
     args.home.mkdir(parents=True, exist_ok=True)
     try:
         if args.action == "up":
-            print_usage_hint(up(args.home))
+            print_usage_hint(up_cluster(args.home) if args.cluster else up(args.home))
         elif args.action == "down":
-            down(args.home)
+            return 1 if down(args.home) else 0
         else:
             state = read_state(args.home)
             if not state:
@@ -158,3 +309,9 @@ def main(argv: list[str]) -> int:
         print(f"serin dev: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--supervise"] and len(sys.argv) == 3:
+        sys.exit(supervise_cluster(Path(sys.argv[2])))
+    sys.exit(main(sys.argv[1:]))

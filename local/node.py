@@ -44,6 +44,9 @@ CGROUP_FS = Path("/sys/fs/cgroup")
 CNI_BIN = Path("/usr/lib/cni")
 # Paths containerd, the CRI plugin and the kubelet use whatever they are told: each gets a directory
 # of the node's own, bind-mounted inside the node's mount namespace.
+# In the node's own /run/containerd (a private bind, below), not the work directory: a unix socket
+# path is at most 104 bytes, and a deep --home made containerd fail with "unix socket path too long".
+CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 PRIVATE_DIRS = ("/var/lib/kubelet", "/var/lib/cni", "/var/log/pods", "/var/log/containers", "/run/netns",
                 "/run/containerd")
 
@@ -236,7 +239,7 @@ class Node:
             cert, key = issue_client_cert(pki, name, cn, org)
             cp.write_kubeconfig(w / f"{name}.kubeconfig", user={"client-certificate": str(cert),
                                                                 "client-key": str(key)})
-        sock = w / "containerd" / "containerd.sock"
+        sock = CONTAINERD_SOCKET
         (w / "containerd" / "config.toml").write_text(f'''version = 2
 root = "{w}/containerd/root"
 state = "{w}/containerd/state"
@@ -307,7 +310,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def _init_script(self) -> str:
         w, b = self.workdir, self.bin_dir
-        sock = w / "containerd" / "containerd.sock"
+        sock = CONTAINERD_SOCKET
         binds = "\n".join(f"mkdir -p {d} {w}/private{d} && mount --bind {w}/private{d} {d}" for d in PRIVATE_DIRS)
         imports = "\n".join(f'ctr -a {sock} -n k8s.io images import "{a}" > /dev/null' for a in self.images)
         return f'''# The node's processes, inside its network and a private mount namespace (local/node.py).
