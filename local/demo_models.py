@@ -86,7 +86,10 @@ def _rewire_probabilities(onx, extra_nodes, extra_inits, term: str) -> None:  # 
     graph.initializer.extend(extra_inits)
 
 
-def erroring_version(directory: Path, seed: int = 11) -> VersionFiles:
+def erroring_version(directory: Path, seed: int = 11, limit: float = 2.0) -> VersionFiles:
+    """A model that raises on every row with |f0| >= `limit` (about): 2 makes 5 % of rows fail, so
+    most requests of 20 rows do (a hard failure); a `limit` that only a few rows of the traffic
+    reach makes a subtle one (subtle_limit)."""
     from onnx import TensorProto, helper, numpy_helper
 
     onx, x = _base_onnx(seed)
@@ -94,19 +97,29 @@ def erroring_version(directory: Path, seed: int = 11) -> VersionFiles:
         numpy_helper.from_array(np.array([0], "int64"), "start0"),
         numpy_helper.from_array(np.array([1], "int64"), "end1"),
         numpy_helper.from_array(np.array([1], "int64"), "axis1"),
-        numpy_helper.from_array(np.array(2.0, "float32"), "two"),
+        numpy_helper.from_array(np.array(4.0 / limit, "float32"), "scale"),
         numpy_helper.from_array(np.zeros(4, "float32"), "table"),
     ]
     nodes = [
         helper.make_node("Slice", ["input", "start0", "end1", "axis1"], ["f0"]),
-        helper.make_node("Mul", ["f0", "two"], ["f0x2"]),
-        helper.make_node("Floor", ["f0x2"], ["f0floor"]),
+        helper.make_node("Mul", ["f0", "scale"], ["f0scaled"]),
+        helper.make_node("Floor", ["f0scaled"], ["f0floor"]),
         helper.make_node("Cast", ["f0floor"], ["lookup"], to=TensorProto.INT64),
-        # Valid indices are [-4, 3]: rows with |f0| >= 2 raise in onnxruntime.
+        # Valid indices are [-4, 3]: rows with |f0| >= limit raise in onnxruntime.
         helper.make_node("Gather", ["table", "lookup"], ["looked_up"], axis=0),
     ]
     _rewire_probabilities(onx, nodes, inits, "looked_up")
     return _save_onnx(directory, onx, x)
+
+
+def subtle_limit(pool: np.ndarray, rows: int, share: float) -> float:
+    """The erroring_version `limit` at which about `share` of requests fail when requests are the
+    consecutive `rows`-row slices of `pool` (what the load generator sends)."""
+    slices = len(pool) // rows
+    worst = np.sort(np.abs(pool[: slices * rows, 0]).reshape(slices, rows).max(axis=1))[::-1]
+    failing = max(1, round(share * slices))
+    # Between the failing slices' largest |f0| and the next one's: exactly `failing` slices fail.
+    return float((worst[failing - 1] + worst[failing]) / 2)
 
 
 def slow_version(directory: Path, seed: int = 12, depth: int = 2000) -> VersionFiles:

@@ -22,6 +22,7 @@ from serin.local.demo_models import production_rows
 
 REVISION_HEADER = "Serin-Standin-Revision"
 RUNTIME_REVISION_HEADER = "serin-revision"  # runtime/app.py
+POOL_ROWS, POOL_SEED = 2000, 42  # the production-like rows requests are cut from
 LOCAL_CLUSTER_NETWORKS = (ipaddress.ip_network("10.0.0.0/24"),)  # local/controlplane.py SERVICE_CIDR
 
 
@@ -76,9 +77,13 @@ class LoadGenerator:
         until = until if until is not None else float("inf")
         return [a for a in list(self.answers) if since <= a.t < until]
 
+    def pool(self) -> np.ndarray:
+        """The rows requests are cut from, `rows` at a time, in order, over and over."""
+        return production_rows(POOL_ROWS, seed=POOL_SEED)[: POOL_ROWS - POOL_ROWS % self.rows]
+
     async def _run(self) -> None:
-        body_rows = 2000
-        pool = production_rows(body_rows, seed=42)
+        pool = self.pool()
+        body_rows = len(pool)
         timeout = aiohttp.ClientTimeout(total=10)
         headers = {"Host": self.host} if self.host else {}
         connector = aiohttp.TCPConnector(force_close=not self.keep_alive)
@@ -86,7 +91,7 @@ class LoadGenerator:
             tasks: set[asyncio.Task[None]] = set()
             i = 0
             while not self._stop.is_set() and self.now() < self.max_seconds:
-                start = (i * self.rows) % (body_rows - self.rows)
+                start = (i * self.rows) % body_rows
                 rows = pool[start:start + self.rows].copy()
                 rows[:, :2] += np.float32(self.shift)
                 task = asyncio.create_task(self._one(session, rows))

@@ -77,10 +77,15 @@ class Prometheus:
     def targets_file(self) -> Path:
         return self.workdir / "targets.json"
 
+    def targets_file_for(self, writer: str) -> Path:
+        """A file_sd file of its own for one of several writers (a stand-in per namespace): each
+        rewrites its whole file, so two sharing one would drop each other's targets."""
+        return self.workdir / f"targets-{writer}.json"
+
     def config(self) -> dict[str, Any]:
         scrape: list[dict[str, Any]] = [{
             "job_name": "serin-runtimes",
-            "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
+            "file_sd_configs": [{"files": [str(self.workdir / "targets*.json")], "refresh_interval": "1s"}],
         }]
         if self.kubernetes is not None:
             scrape.append(self.kubernetes.scrape_config())
