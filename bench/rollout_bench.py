@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,12 @@ from serin.local.loadgen import POOL_ROWS, POOL_SEED, Answer, LoadGenerator
 from serin.local.prometheus import Prometheus, start_prometheus
 
 RATE, ROWS = 40, 20
+# The serving Pods' requests on the cluster. The tests' 50m (MODEL_RESOURCES, to fit many Models on
+# a 2-core node) is too little here: CPU is shared by requests, and four conversion Jobs (500m each)
+# starved four stable Pods at 50m into timeouts and failed readiness probes (1,761 of 34,853
+# requests failed, measured 2026-12-02). 200m covers what a Pod uses at 40 requests/s, and the
+# scheduler then queues conversions the node has no room for instead of letting them take it.
+SERVING_RESOURCES = {"requests": {"cpu": "200m", "memory": "192Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 SUBTLE_SHARE = 0.02  # of requests: twice errorRate's default limit, below the fast path's bar
 
 
@@ -70,16 +77,21 @@ class Result:
     detect_to_zero: float | None = None
     note: str = ""
     before_served: int = 0  # failed answers before the front door first served v1 (not counted above)
+    routing_failures: str = ""  # what they were: status (0: no answer) and revision, with counts
 
 
 def judge(platform: str, kind: str, model: str, end: dict[str, Any], t_step1: float, answers: list[Answer],
-          canary_revision: str) -> Result:
+          canary_revision: str, t_apply: float) -> Result:
     def own_error(a: Answer) -> bool:  # the bad canary's model raising: what the rollout must stop
         return kind != "healthy" and a.revision == canary_revision and a.status == 500
 
     canary_own = [a for a in answers if own_error(a)]
     by_routing = [a for a in answers if a.status != 200 and not own_error(a)]
     r = Result(platform, kind, model, end["status"]["phase"], t_step1, len(answers), len(by_routing))
+    r.routing_failures = ", ".join(f"{n} x {status} {rev or '-'}" for (status, rev), n in
+                                   Counter((a.status, a.revision) for a in by_routing).most_common(4))
+    if by_routing:  # when, from the new version's apply
+        r.routing_failures += f" at {by_routing[0].t - t_apply:+.1f}..{by_routing[-1].t - t_apply:+.1f}s"
     if kind != "healthy":
         served = [a.t for a in answers if a.revision == canary_revision]
         if canary_own and served:
@@ -127,7 +139,7 @@ def rollout(platform: str, kind: str, model: str, get: Callable[[], dict[str, An
         while not any(a.status == 200 for a in list(gen.answers)) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(4)
-        t_apply = time.monotonic()
+        t_apply, t_apply_load = time.monotonic(), gen.now()
         apply(new)
         wait(get, f"{model} canary at step 1", at_step1, 300)
         t_step1 = time.monotonic() - t_apply
@@ -137,7 +149,7 @@ def rollout(platform: str, kind: str, model: str, get: Callable[[], dict[str, An
         gen.stop()
     answers = list(gen.answers)
     first = next((i for i, a in enumerate(answers) if a.status == 200), len(answers))
-    r = judge(platform, kind, model, end, t_step1, answers[first:], canary_revision)
+    r = judge(platform, kind, model, end, t_step1, answers[first:], canary_revision, t_apply_load)
     r.before_served = first
     return r
 
@@ -204,8 +216,6 @@ class ClusterBench:
               flush=True)
 
     def run(self, i: int, kind: str, new: str) -> Result:
-        from serin.local.cluster_platform import MODEL_RESOURCES
-
         p, name = self.platform, f"m{i}-{kind}"
         ns = p.namespace
 
@@ -219,7 +229,7 @@ class ClusterBench:
             p.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump({
                 "apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": name, "namespace": ns},
                 "spec": {"source": {"uri": uri, "format": files.format, "sampleUri": sample},
-                         "serving": {"resources": MODEL_RESOURCES}}}))  # rollout: all defaults
+                         "serving": {"resources": SERVING_RESOURCES}}}))  # rollout: all defaults
 
         def load() -> LoadGenerator:
             assert p.gateway is not None
@@ -315,6 +325,7 @@ def main() -> int:
                               f"{r.phase:<10} apply→step1 {r.apply_to_step1:4.1f}s"
                               + (f"  detection→0% {r.detect_to_zero:4.1f}s" if r.detect_to_zero is not None else "")
                               + f"  failed by routing {r.failed_by_routing}/{r.requests}"
+                              + (f" [{r.routing_failures}]" if r.routing_failures else "")
                               + (f"  ({r.note})" if r.note and (r.phase == "Error" or r.kind == "healthy")
                                  else ""), flush=True)
                 start = b * args.parallel

@@ -48,6 +48,8 @@ def platform(real_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
         "v2": demo_models.sklearn_version(work / "v2", seed=2),
         "v3": demo_models.sklearn_version(work / "v3", seed=3),
         "erroring": demo_models.erroring_version(work / "erroring"),
+        "slow": demo_models.slow_version(work / "slow"),
+        "drifted": demo_models.drifted_version(work / "drifted"),
     }
     try:
         yield Platform(real_cluster, up, versions)
@@ -366,17 +368,62 @@ def test_operator_crash_at_a_kill_point_resumes_correctly(platform: Platform, ga
 
     # Nothing done twice: one conversion, one canary, one step, one end. A crash after the persist
     # loses that tick's actions, its Event among them: that one may be missing, never doubled.
-    lost = failpoint.split(":")[1] if failpoint.startswith("after-persist:") else ""
-    reasons = ["ConversionStarted", "ConversionSucceeded", "CanaryStarted"]
-    reasons += ["StepAdvanced", "Promoted"] if end == "Promoted" else ["RolledBack"]
-    counts = {r: emitted(r) for r in reasons}
-    assert all(n == 1 or (r == lost and n == 0) for r, n in counts.items()), counts
-    if end == "Promoted":
-        assert s["stable"]["revision"] == "gen2"
-        assert route_weights(p, name) == {"gen2": 100}
-        bad = failed(from_first_served(load.answers))
-    else:
+    try:
+        lost = failpoint.split(":")[1] if failpoint.startswith("after-persist:") else ""
+        reasons = ["ConversionStarted", "ConversionSucceeded", "CanaryStarted"]
+        reasons += ["StepAdvanced", "Promoted"] if end == "Promoted" else ["RolledBack"]
+        counts = {r: emitted(r) for r in reasons}
+        assert all(n == 1 or (r == lost and n == 0) for r, n in counts.items()), counts
+        if end == "Promoted":
+            assert s["stable"]["revision"] == "gen2"
+            assert route_weights(p, name) == {"gen2": 100}
+            bad = failed(from_first_served(load.answers))
+        else:
+            assert s["stable"]["generation"] == 1 and s["failed"]["generation"] == 2
+            assert route_weights(p, name) == {"gen1": 100}
+            bad = [a for a in failed(from_first_served(load.answers)) if not (a.revision == "gen2" and a.status == 500)]
+        assert bad == [], f"{len(bad)} of {len(load.answers)} requests failed: {Counter((a.status, a.revision) for a in bad)}"
+    finally:  # the node has room for a few Models at a time
+        p.cluster.kubectl("delete", "model", name, "-n", MODELS, "--wait=false")
+
+
+# -- the e2e tier's bad versions (tests/e2e/test_e2e.py) on real KServe, through the Gateway ------
+
+# (id, the new version, the one metric that judges it): each is bad by its own behaviour, and
+# judged by the metric it breaks, with the series from Prometheus' Kubernetes discovery of its Pods.
+POSITIVE_RATE = ('sum(rate(serin_predictions_total{namespace="{{namespace}}",model="{{model}}",'
+                 'revision="{{revision}}",class="1"}[30s])) / sum(rate(serin_predictions_total{'
+                 'namespace="{{namespace}}",model="{{model}}",revision="{{revision}}"}[30s]))')
+REAL_BAD = [
+    ("slow", "slow", {"name": "p99-latency", "builtin": "latencyP99Seconds", "max": 0.1}),
+    ("drifted", "drifted", {"name": "input-drift", "builtin": "inputPSI", "max": 0.2}),
+    ("user-promql", "v2", {"name": "positive-rate", "max": 0.3, "query": POSITIVE_RATE}),
+]
+
+
+@pytest.mark.parametrize(("case", "version", "metric"), REAL_BAD, ids=[b[0] for b in REAL_BAD])
+def test_a_version_bad_by_its_own_behaviour_is_rolled_back(platform: Platform, gateway: Any, case: str,
+                                                           version: str, metric: dict[str, Any]) -> None:
+    p, name = platform, f"bad-{case}"
+    apply_model(p, name, "v1")
+    wait_phase(p, name, "Promoted", 1)
+    load = gateway_load(gateway, name, rate=20)
+    try:
+        wait_for("steady load", lambda: by_revision(load.answers)["gen1"] > 10, timeout=60)
+        apply_model(p, name, version, analysis={"interval": "3s", "failureLimit": 2, "metrics": [metric]})
+        s = wait_phase(p, name, "RolledBack", 2)
+        done = load.now()
+        wait_for("answers after the rollback", lambda: load.now() > done + 3, timeout=10)
+    finally:
+        load.stop()
+    try:
+        assert f"analysis failed: {metric['name']} = " in s["failed"]["reason"], s["failed"]["reason"]
         assert s["stable"]["generation"] == 1 and s["failed"]["generation"] == 2
         assert route_weights(p, name) == {"gen1": 100}
-        bad = [a for a in failed(from_first_served(load.answers)) if not (a.revision == "gen2" and a.status == 500)]
-    assert bad == [], f"{len(bad)} of {len(load.answers)} requests failed: {Counter((a.status, a.revision) for a in bad)}"
+        assert by_revision(load.answers)["gen2"] > 0, "the canary never served: the test proves nothing"
+        bad = failed(from_first_served(load.answers))
+        assert bad == [], f"{len(bad)} of {len(load.answers)} requests failed: {Counter((a.status, a.revision) for a in bad)}"
+        after = load.window(done + 1)
+        assert after and by_revision(after).keys() == {"gen1"}, by_revision(after)
+    finally:  # the node has room for a few Models at a time
+        p.cluster.kubectl("delete", "model", name, "-n", MODELS, "--wait=false")
