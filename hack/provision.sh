@@ -10,7 +10,8 @@
 #   KServe's manager, CRDs, webhooks, config    github.com/kserve/kserve (own module dir)   -> $SERIN_KSERVE_HOME
 #   traefik, Gateway API CRDs                   github.com/traefik/traefik/v3, sigs.k8s.io/gateway-api -> $SERIN_GATEWAY_HOME
 #   runc, containerd, CNI plugins, iptables, conntrack, buildah, debootstrap   Debian packages (the node, images)
-# Prints the bin directory on stdout. Cold: ~15-25 min on 2 cores. Warm: well under a second.
+# Prints the bin directory on stdout. Cold: ~30 min on 2 cores, nearly all of it Go compiling (no
+# release binary can be downloaded here; docs/cluster.md has the parts). Warm: well under a second.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 need_go() {
