@@ -47,7 +47,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from harness import Cluster, OperatorProcess, standin
+from harness import Cluster, OperatorProcess, from_first_served, standin
 from serin.local import demo_models
 from serin.local.controlplane import ControlPlane, start_control_plane
 from serin.local.dev import CRD_PATHS
@@ -148,9 +148,9 @@ def rollout(platform: str, kind: str, model: str, get: Callable[[], dict[str, An
     finally:
         gen.stop()
     answers = list(gen.answers)
-    first = next((i for i, a in enumerate(answers) if a.status == 200), len(answers))
-    r = judge(platform, kind, model, end, t_step1, answers[first:], canary_revision, t_apply_load)
-    r.before_served = first
+    served = from_first_served(answers)
+    r = judge(platform, kind, model, end, t_step1, served, canary_revision, t_apply_load)
+    r.before_served = len(answers) - len(served)
     return r
 
 

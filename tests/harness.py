@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from serin.local.controlplane import ControlPlane
 from serin.local.demo_models import VersionFiles
+from serin.local.loadgen import Answer
 from serin.local.prometheus import Prometheus
 from serin.local.stack import operator_argv, standin_argv
 
@@ -228,3 +229,10 @@ class Platform:
     standin: subprocess.Popen[bytes]
 
 
+def from_first_served(answers: list[Answer]) -> list[Answer]:
+    """The answers from the Gateway's first 200 on. Right after a first version is Promoted (its
+    HTTPRoute Accepted by Traefik at its generation) Traefik can still answer 503 for a few hundred
+    ms: the route's status is written before the router has it (docs/serving.md). Load started then
+    measures that, not the rollout under test."""
+    first = next((i for i, a in enumerate(answers) if a.status == 200), len(answers))
+    return answers[first:]

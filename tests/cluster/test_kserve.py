@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from harness import wait_for
+from harness import from_first_served, wait_for
 from serin.local import demo_models
 from serin.local.cluster import Cluster
 from serin.local.cluster_platform import MODEL_RESOURCES, RELEASE, SYSTEM, ClusterPlatform, bring_up
@@ -103,15 +103,6 @@ def by_revision(answers: list[Answer]) -> Counter[str]:
 
 def failed(answers: list[Answer]) -> list[Answer]:
     return [a for a in answers if a.status != 200]
-
-
-def from_first_served(answers: list[Answer]) -> list[Answer]:
-    """The answers from the Gateway's first 200 on. Right after a first version is Promoted (its
-    HTTPRoute Accepted by Traefik at its generation) Traefik can still answer 503 for a few hundred
-    ms: the route's status is written before the router has it (docs/serving.md). Load started then
-    measures that, not the rollout under test."""
-    first = next((i for i, a in enumerate(answers) if a.status == 200), len(answers))
-    return answers[first:]
 
 
 # -- without a Gateway: KServe's spec.canary and the replica ratio -------------------------------
@@ -326,6 +317,19 @@ REAL_KILL_POINTS = [
 ]
 
 
+def v1_served_under_load(p: Platform, gw: Any, name: str) -> LoadGenerator:
+    """A new Model's first version Promoted, and 20 requests/s flowing to it through the Gateway."""
+    apply_model(p, name, "v1")
+    wait_phase(p, name, "Promoted", 1)
+    load = gateway_load(gw, name, rate=20)
+    try:
+        wait_for("steady load", lambda: by_revision(load.answers)["gen1"] > 10, timeout=60)
+    except BaseException:
+        load.stop()
+        raise
+    return load
+
+
 def set_failpoint(p: Platform, failpoint: str) -> None:
     setting = f"SERIN_FAILPOINT={failpoint}" if failpoint else "SERIN_FAILPOINT-"
     p.cluster.kubectl("set", "env", f"deployment/{RELEASE}-operator", "-n", SYSTEM, setting)
@@ -345,11 +349,8 @@ def operator_crashed(p: Platform) -> bool:
 def test_operator_crash_at_a_kill_point_resumes_correctly(platform: Platform, gateway: Any, failpoint: str,
                                                           version: str, end: str) -> None:
     p, name = platform, f"kp-{failpoint.split(':')[1].lower()}"
-    apply_model(p, name, "v1")
-    wait_phase(p, name, "Promoted", 1)
-    load = gateway_load(gateway, name, rate=20)
+    load = v1_served_under_load(p, gateway, name)
     try:
-        wait_for("steady load", lambda: by_revision(load.answers)["gen1"] > 10, timeout=60)
         set_failpoint(p, failpoint)
         try:
             apply_model(p, name, version, analysis={"interval": "3s", "failureLimit": 2})
@@ -405,11 +406,8 @@ REAL_BAD = [
 def test_a_version_bad_by_its_own_behaviour_is_rolled_back(platform: Platform, gateway: Any, case: str,
                                                            version: str, metric: dict[str, Any]) -> None:
     p, name = platform, f"bad-{case}"
-    apply_model(p, name, "v1")
-    wait_phase(p, name, "Promoted", 1)
-    load = gateway_load(gateway, name, rate=20)
+    load = v1_served_under_load(p, gateway, name)
     try:
-        wait_for("steady load", lambda: by_revision(load.answers)["gen1"] > 10, timeout=60)
         apply_model(p, name, version, analysis={"interval": "3s", "failureLimit": 2, "metrics": [metric]})
         s = wait_phase(p, name, "RolledBack", 2)
         done = load.now()
