@@ -138,9 +138,23 @@ def _convert(request: Request, rep: dict[str, Any]) -> None:
     prof = profile.build(sample, converted, task, converter.classes(model), output_name,
                          request.bins)
     rep["sha256"]["onnx"] = _sha256(model_bytes)
+    rep["inputs"] = input_signature(onnx_model)
     # model.onnx and profile.json first, report.json last: a passing report implies both exist.
     report.write_atomic(request.out / report.MODEL_FILE, model_bytes)
     report.write_atomic(request.out / report.PROFILE_FILE, (report.to_json(prof) + "\n").encode())
+
+
+def input_signature(model: onnx.ModelProto) -> str:
+    """What a request must carry, as the runtime checks it: each input's name, element type and
+    shape past the batch dimension. Two versions with the same signature take the same requests;
+    the operator compares a canary's with the stable's before giving it traffic."""
+    parts = []
+    for i in model.graph.input:
+        tensor = i.type.tensor_type
+        dims = [str(d.dim_value) if d.HasField("dim_value") else "?" for d in tensor.shape.dim][1:]
+        dtype = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
+        parts.append(f"{i.name}:{dtype}[{','.join(dims)}]")
+    return " ".join(parts)
 
 
 def _input_dtypes(model: onnx.ModelProto) -> dict[str, str]:

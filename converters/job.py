@@ -18,6 +18,7 @@ operator stores it as status.conversion.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -120,16 +121,24 @@ def summary(rep: dict[str, Any], exit_code: int, error_kind: str | None) -> str:
         "maxRelDiff": parity.get("max_rel_diff"), "mismatchedRows": parity.get("mismatched_rows"),
         "sha256": (rep.get("sha256") or {}).get("source"),
         "onnxSha256": (rep.get("sha256") or {}).get("onnx"),
+        # The whole signature can be long (a Pipeline over hundreds of columns): its digest is what
+        # the operator compares, and the text, shortened below if need be, is what it quotes.
+        "inputSignature": _digest(rep["inputs"]) if rep.get("inputs") else None,
+        "inputs": rep.get("inputs"),
     }
     from serin.converters.report import to_json
 
     text = to_json(doc, indent=None)
-    for key in ("estimator", "reason"):  # shorten the free-text fields until it fits
+    for key in ("inputs", "estimator", "reason"):  # shorten the free-text fields until it fits
         while len(text.encode()) > TERMINATION_LIMIT and doc[key]:
             doc[key] = doc[key][: max(0, len(doc[key]) - 256)] + "…" if len(doc[key]) > 257 \
                 else None
             text = to_json(doc, indent=None)
     return text
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def write_termination_log(text: str, path: str) -> bool:

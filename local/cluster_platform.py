@@ -71,12 +71,12 @@ class ClusterPlatform:
     def host_processes(self) -> dict[str, int]:
         """The platform's processes on the host (each the leader of its own process group), so that
         `serin dev down` can stop them even when the process that started them is gone."""
-        cp, cluster = self.cluster.control_plane, self.cluster
-        procs = {name: proc.popen.pid for name, proc in cp._procs.items() if proc.popen}
+        cluster = self.cluster
+        procs = cluster.control_plane.pids()
         for name, part in (("kserve-manager", cluster.kserve), ("traefik", cluster.gateway)):
-            popen = getattr(getattr(part, "_proc", None), "popen", None)
-            if popen is not None:
-                procs[name] = popen.pid
+            pid = part.pid if part is not None else None
+            if pid is not None:
+                procs[name] = pid
         if self.prometheus.pid:
             procs["prometheus"] = self.prometheus.pid
         return procs

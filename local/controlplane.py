@@ -98,6 +98,11 @@ class _Proc:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The process (the leader of its own process group), while it runs."""
+        return self.popen.pid if self.alive() and self.popen is not None else None
+
     def stop(self, timeout: float = 10.0) -> None:
         if not self.popen or self.popen.poll() is not None:
             return
@@ -188,6 +193,10 @@ class ControlPlane:
         return "\n".join(f"--- {p.name} (alive={p.alive()}):\n{p.tail()}" for p in self._procs.values())
 
     # -- clients --------------------------------------------------------------------------------
+
+    def pids(self) -> dict[str, int]:
+        """Its running processes by name: what `serin dev down` stops when their parent is gone."""
+        return {name: proc.pid for name, proc in self._procs.items() if proc.pid is not None}
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:

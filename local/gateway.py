@@ -133,6 +133,10 @@ class Gateway:
     def log(self, lines: int = 60) -> str:
         return self._proc.tail(lines) if self._proc is not None else ""
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def _wait_programmed(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

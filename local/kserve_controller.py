@@ -153,6 +153,10 @@ class KServeController:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.alive()
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def log(self, lines: int = 60) -> str:
         return self._proc.tail(lines) if self._proc is not None else ""
 

@@ -11,8 +11,10 @@ Follows KServe's serverless path:
   (PreviousRolledoutRevision takes the old value); it moves back to PreviousRolledoutRevision
   when the latest ready (= latest created) revision is the rolled-out one and is being given
   < 100 % while its revision still totals 100 % (canaryTrafficPercent: 0 after a promotion).
-  Traffic, LatestCreated/LatestReady and the component's Ready/route/configuration conditions
-  are copied from the Knative Service.
+  Traffic, LatestCreated/LatestReady, the component's Ready/route/configuration conditions and
+  observedGeneration are copied from the Knative Service. The Knative Service's generation is
+  its own: it moves when the template or the route spec KServe writes changes (the route spec
+  also when the rolled-out revision moves), so it parts from the InferenceService's.
 - the ingress reconciler (IngressReady False/Unknown "Predictor ingress not created" until the
   predictor is ready; then the top-level url/address) and the LivingConditionSet
   {PredictorReady, IngressReady} behind Ready.
@@ -23,6 +25,8 @@ reconciles; `reconcile` iterates to that fixed point so that every written statu
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -151,6 +155,7 @@ def reconcile(isvc: Mapping[str, Any], readiness: Mapping[str, Readiness], now: 
             break
         rollout = nxt
 
+    ksvc = _ksvc_generation(old.get(STANDIN_KEY) or {}, predictor, ksvc_targets(canary, rollout, tag_latest))
     created_state = readiness.get(created, PENDING)
     config_state = _config_condition(created, created_state)
     ksvc_ready = all_of(config_state, route_state)
@@ -184,13 +189,13 @@ def reconcile(isvc: Mapping[str, Any], readiness: Mapping[str, Readiness], now: 
             comp[key] = value
 
     status: dict[str, Any] = {
-        "observedGeneration": int(meta.get("generation") or 0),
+        "observedGeneration": ksvc["generation"],
         "conditions": conditions,
         "components": {"predictor": comp},
         "modelStatus": _model_status(old.get("modelStatus") or {}, created, created_state,
                                      isvc_ready and ready == created),
         "deploymentMode": "Serverless",
-        STANDIN_KEY: {"revisions": [r.to_json() for r in revisions]},
+        STANDIN_KEY: {"revisions": [r.to_json() for r in revisions], "ksvc": ksvc},
     }
     for key in ("url", "address"):
         if key in old:
@@ -204,6 +209,18 @@ def reconcile(isvc: Mapping[str, Any], readiness: Mapping[str, Readiness], now: 
         routes[t["revisionName"]] = routes.get(t["revisionName"], 0) + int(t["percent"])
     live = frozenset({created, *([ready] if ready else []), *routes})
     return Outcome(status, revisions, routes, live)
+
+
+def _ksvc_generation(standin: Mapping[str, Any], predictor: Mapping[str, Any],
+                    targets: list[Target]) -> dict[str, Any]:
+    """The Knative Service's metadata.generation (which its observedGeneration matches once
+    Knative has seen it): one more each time the spec KServe writes there changes."""
+    template = {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"}
+    spec = json.dumps({"template": template, "traffic": [vars(t) for t in targets]}, sort_keys=True)
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
+    old = standin.get("ksvc") or {}
+    generation = int(old.get("generation") or 0)
+    return {"generation": generation if old.get("spec") == digest else generation + 1, "spec": digest}
 
 
 def _model_status(old: Mapping[str, Any], created: str, state: Readiness, loaded: bool) -> dict[str, Any]:

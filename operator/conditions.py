@@ -18,7 +18,11 @@ def derive_conditions(spec: ModelSpec, s: Status, generation: int, now: str) -> 
         wanted.append(("Ready", "False", "NotServing", "no version is serving yet"))
 
     busy = s.canary is not None or s.pending is not None or (s.stable is not None and not s.stableConfirmed)
-    wanted.append(("Progressing", "True" if busy else "False", s.phase, s.message))
+    if s.waiting is not None and s.waiting.exceeded:
+        # A Deployment's convention: Progressing False, ProgressDeadlineExceeded, while still trying.
+        wanted.append(("Progressing", "False", "ProgressDeadlineExceeded", s.message))
+    else:
+        wanted.append(("Progressing", "True" if busy else "False", s.phase, s.message))
 
     if failed_here:
         assert s.failed is not None

@@ -23,7 +23,8 @@ class CommandError(Exception):
     pass
 
 
-async def _run(action: str, name: str, namespace: str, kubeconfig: str | None) -> str:
+async def _run(action: str, name: str, namespace: str, kubeconfig: str | None) -> tuple[str, dict[str, Any]]:
+    """(the text to print, the same as a JSON document)."""
     await config.load_kube_config(config_file=kubeconfig)
     async with client.ApiClient() as api:
         custom = client.CustomObjectsApi(api)
@@ -33,7 +34,7 @@ async def _run(action: str, name: str, namespace: str, kubeconfig: str | None) -
             raise CommandError(f"model {namespace}/{name}: {err.reason}") from err
         status = model.get("status") or {}
         if action == "status":
-            return render_status(model)
+            return render_status(model), status_document(model)
         patch: dict[str, Any]
         if action in ("pause", "resume"):
             patch = {"spec": {"rollout": {"paused": action == "pause"}}}
@@ -47,7 +48,14 @@ async def _run(action: str, name: str, namespace: str, kubeconfig: str | None) -
             message = f"{name}: {action} requested for generation {canary['generation']}"
         await custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch,
                                                     _content_type=MERGE)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
-        return message
+        return message, {"model": name, "namespace": namespace, "action": action, "patch": patch, "message": message}
+
+
+def status_document(model: dict[str, Any]) -> dict[str, Any]:
+    """`serin status -o json`: the Model's identity and its whole status, as the API holds it."""
+    meta = model.get("metadata") or {}
+    return {"name": meta.get("name"), "namespace": meta.get("namespace"), "generation": meta.get("generation"),
+            "status": model.get("status") or {}}
 
 
 def render_status(model: dict[str, Any]) -> str:
@@ -82,11 +90,11 @@ def main(argv: list[str], action: str) -> int:
     parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
     args = parser.parse_args(argv)
     try:
-        out = asyncio.run(_run(action, args.model, args.namespace, args.kubeconfig))
+        text, document = asyncio.run(_run(action, args.model, args.namespace, args.kubeconfig))
     except CommandError as err:
         print(f"serin {action}: {err}", file=sys.stderr)
         return 1
-    print(json.dumps({"message": out}) if args.output == "json" else out)
+    print(json.dumps(document, indent=2) if args.output == "json" else text)
     return 0
 
 

@@ -18,7 +18,7 @@ import kopf
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client import start_http_server
-from serin.operator import executors
+from serin.operator import executors, opmetrics
 from serin.operator.kube import GROUP, PLURAL, VERSION, Kube
 from serin.operator.leader import LeaderElector
 from serin.operator.loop import Registry
@@ -110,5 +110,6 @@ async def model_event(type: str | None, name: str, namespace: str | None, **_: A
         return  # Models are namespaced; kopf's signature allows None for cluster-scoped resources
     if type == "DELETED":
         REGISTRY.forget(namespace, name)
+        opmetrics.forget(namespace, name)
     else:
         REGISTRY.touch(namespace, name)

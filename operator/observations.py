@@ -52,6 +52,9 @@ class ServingObservation:
     canaryTarget: int | None = None
     # Non-empty when the layer cannot do what Serin needs (e.g. split traffic): why, in words.
     refused: str = ""
+    # Why the layer is not serving what it was asked yet, in its own words when it gives them
+    # (KServe's Ready condition): what a progressDeadline report says did not happen.
+    not_ready: str = ""
     mode: str = ""  # the KServe deployment mode in use (Knative | Standard)
     traffic: str = ""  # how weights are set: knative | replicaRatio | gateway
     url: str = ""  # the address clients call

@@ -5,6 +5,7 @@ so a metric can never disagree with what `kubectl describe model` shows."""
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 ROLLOUTS_STARTED = Counter("serin_rollouts_started", "Canary rollouts started", ["namespace", "model"])
 ROLLOUTS_PROMOTED = Counter("serin_rollouts_promoted", "Versions promoted to 100%", ["namespace", "model"])
@@ -17,3 +18,16 @@ CONVERSION_SECONDS = Histogram("serin_conversion_seconds", "Time from conversion
                                ["namespace", "model"], buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800))
 RECONCILE_ERRORS = Counter("serin_reconcile_errors", "Reconcile ticks that failed", ["namespace", "model"])
 
+
+
+PER_MODEL: tuple[MetricWrapperBase, ...] = (
+    ROLLOUTS_STARTED, ROLLOUTS_PROMOTED, ROLLOUTS_ROLLED_BACK, CANARY_WEIGHT, ANALYSIS_VERDICTS, CONVERSIONS,
+    CONVERSION_SECONDS, RECONCILE_ERRORS)
+
+
+def forget(namespace: str, model: str) -> None:
+    """Drop every series of a deleted Model: a gauge left behind would keep its last value (the
+    stuck-rollout alert would fire for a Model that no longer exists), and the series of 1,000
+    deleted Models would stay in every scrape."""
+    for metric in PER_MODEL:
+        metric.remove_by_labels({"namespace": namespace, "model": model})

@@ -1,5 +1,6 @@
 """Metric providers. The analysis sees only `MetricProvider.measure(query) -> MeasuredValue`
-(as Argo Rollouts' metricproviders do); Prometheus is the one implementation today."""
+(as Argo Rollouts' metricproviders do), and `by_label` for the one builtin PromQL cannot finish
+(a regressor's predictionShift); Prometheus is the one implementation today."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from serin.operator.observations import MeasuredValue
 class MetricProvider(Protocol):
     async def measure(self, metric: str, query: str) -> MeasuredValue: ...
 
+    async def by_label(self, query: str, label: str) -> tuple[dict[str, float], str]:
+        """An instant vector as {value of `label`: sample}, and why there is none ("" if fine)."""
+        ...
+
 
 class Prometheus:
     def __init__(self, url: str, timeout: float = 5.0) -> None:
@@ -20,13 +25,41 @@ class Prometheus:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def measure(self, metric: str, query: str) -> MeasuredValue:
+        body = await self._query(query)
+        if isinstance(body, str):
+            return MeasuredValue(metric, None, body)
+        return parse_response(metric, body)
+
+    async def by_label(self, query: str, label: str) -> tuple[dict[str, float], str]:
+        body = await self._query(query)
+        if isinstance(body, str):
+            return {}, body
+        return parse_vector(body, label)
+
+    async def _query(self, query: str) -> object:
+        """The response body, or why there is none (a string)."""
         try:
             async with aiohttp.ClientSession(timeout=self.timeout) as session, \
                     session.get(f"{self.url}/api/v1/query", params={"query": query}) as resp:
-                body = await resp.json(content_type=None)
+                return await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-            return MeasuredValue(metric, None, f"prometheus unreachable: {type(err).__name__}: {err}"[:300])
-        return parse_response(metric, body)
+            return f"prometheus unreachable: {type(err).__name__}: {err}"[:300]
+
+
+def parse_vector(body: object, label: str) -> tuple[dict[str, float], str]:
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error", "unexpected response") if isinstance(body, dict) else "unexpected response"
+        return {}, f"prometheus error: {error}"[:300]
+    data = body.get("data") or {}
+    if data.get("resultType") != "vector":
+        return {}, f"unsupported result type {data.get('resultType')!r}"
+    out: dict[str, float] = {}
+    for sample in data.get("result") or []:
+        value = _number(sample["value"][1])
+        key = (sample.get("metric") or {}).get(label)
+        if key is not None and value is not None:
+            out[str(key)] = value
+    return out, ""
 
 
 def parse_response(metric: str, body: object) -> MeasuredValue:

@@ -3,6 +3,8 @@ contract module, so a rename there cannot silently break analysis here."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 from serin.operator.spec import Builtin, MetricSpec
@@ -29,12 +31,23 @@ def _sel(ctx: QueryContext, revision: str, extra: str = "") -> str:
 def builtin_query(builtin: Builtin, ctx: QueryContext) -> str:
     c, w = _sel(ctx, ctx.revision), ctx.window
     if builtin == Builtin.ERROR_RATE:
-        # `or vector(0)`: no 5xx series at all means zero errors, not "no data"; the denominator
-        # stays strict, so a canary without traffic is still Inconclusive.
-        errors = _sel(ctx, ctx.revision, ',code=~"5.."')
+        # The canary's share of 5xx, plus its share of 4xx beyond the stable's over the same
+        # window: a version that refuses the live traffic's requests (400: another input schema)
+        # fails its users as surely as one that crashes, while clients' own bad requests reach
+        # both versions alike and cancel out. `or vector(0)`: no such series at all means none,
+        # not "no data"; the canary's denominator stays strict, so a canary without traffic is
+        # still Inconclusive, and a stable without any (a 100 % step) has no 4xx share to subtract.
+        def coded(revision: str, codes: str) -> str:
+            codes_sel = _sel(ctx, revision, f',code=~"{codes}"')
+            return f"(sum(rate({m.REQUESTS_TOTAL}{{{codes_sel}}}[{w}])) or vector(0))"
+
+        canary_total = f"sum(rate({m.REQUESTS_TOTAL}{{{c}}}[{w}]))"
+        # Floored: a stable that got no request in the window has a 4xx share of 0, not NaN.
+        stable_total = f"clamp_min(sum(rate({m.REQUESTS_TOTAL}{{{_sel(ctx, ctx.stable_revision)}}}[{w}])), 1e-12)"
+        stable_4xx = f"scalar(({coded(ctx.stable_revision, '4..')} / {stable_total}) or vector(0))"
         return (
-            f"(sum(rate({m.REQUESTS_TOTAL}{{{errors}}}[{w}])) or vector(0))"
-            f" / sum(rate({m.REQUESTS_TOTAL}{{{c}}}[{w}]))"
+            f"{coded(ctx.revision, '5..')} / {canary_total}"
+            f" + clamp_min({coded(ctx.revision, '4..')} / {canary_total} - {stable_4xx}, 0)"
         )
     if builtin == Builtin.LATENCY_P99_SECONDS:
         return (
@@ -56,6 +69,66 @@ def builtin_query(builtin: Builtin, ctx: QueryContext) -> str:
         can, sta = share(ctx.revision), share(ctx.stable_revision)
         return f"sum(({can} - {sta}) * ln({can} / {sta}))"
     raise ValueError(f"unknown builtin metric {builtin!r}")
+
+
+# -- predictionShift for a regressor ----------------------------------------------------------
+# A regressor's predicted values are a histogram (serin_prediction_value) whose buckets are each
+# version's own profile cuts (its reference predictions' deciles), so the two versions' buckets do
+# not line up and PromQL cannot join them. The operator reads both cumulative bucket vectors and
+# computes the same PSI as for classes, over the stable's bins, here.
+
+PSI_FLOOR = 0.0001  # as the class query's: a bin one side never hit does not make PSI infinite
+
+
+def value_buckets_query(ctx: QueryContext, revision: str) -> str:
+    """The cumulative counts of predicted values over the window, one sample per `le`."""
+    return f"sum by (le) (increase({m.PREDICTION_VALUE}_bucket{{{_sel(ctx, revision)}}}[{ctx.window}]))"
+
+
+def _cumulative(buckets: dict[str, float]) -> list[tuple[float, float]]:
+    points = sorted((float(le), count) for le, count in buckets.items())
+    # Counters sampled a moment apart can make a cumulative count dip below the one before it.
+    out, top = [], 0.0
+    for le, count in points:
+        top = max(top, count)
+        out.append((le, top))
+    return out
+
+
+def _cdf_at(points: list[tuple[float, float]], x: float) -> float:
+    """The cumulative count at x: linear inside a bucket (as histogram_quantile assumes); the two
+    open buckets are taken to be as wide as their neighbours."""
+    finite = [(le, c) for le, c in points if math.isfinite(le)]
+    total = points[-1][1]
+    if not finite:
+        return 0.0 if x < 0 else total
+    lows = [(finite[0][0] - ((finite[1][0] - finite[0][0]) if len(finite) > 1 else 1.0), 0.0), *finite]
+    last_width = (finite[-1][0] - finite[-2][0]) if len(finite) > 1 else 1.0
+    knots = [*lows, (finite[-1][0] + last_width, total)]
+    if x <= knots[0][0]:
+        return 0.0
+    for (x0, c0), (x1, c1) in itertools.pairwise(knots):
+        if x <= x1:
+            return c0 + (c1 - c0) * (x - x0) / (x1 - x0) if x1 > x0 else c1
+    return total
+
+
+def regression_shift(canary: dict[str, float], stable: dict[str, float]) -> float | None:
+    """PSI of the canary's predicted values against the stable's, over the stable's bins; None
+    when either has no prediction in the window (Inconclusive, as for classes)."""
+    c, s = _cumulative(canary), _cumulative(stable)
+    if not c or not s or c[-1][1] <= 0 or s[-1][1] <= 0:
+        return None
+    edges = [le for le, _ in s]
+    s_total, c_total = s[-1][1], c[-1][1]
+    psi, s_before, c_before = 0.0, 0.0, 0.0
+    for le, s_cum in zip(edges, (cnt for _, cnt in s), strict=True):
+        c_cum = c_total if not math.isfinite(le) else min(c_total, _cdf_at(c, le))
+        p = (s_cum - s_before) / s_total + PSI_FLOOR
+        q = max(0.0, c_cum - c_before) / c_total + PSI_FLOOR
+        psi += (q - p) * math.log(q / p)
+        s_before, c_before = s_cum, max(c_before, c_cum)
+    return psi
 
 
 def sample_query(metric: MetricSpec, ctx: QueryContext) -> str | None:

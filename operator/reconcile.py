@@ -16,17 +16,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes_asyncio.client.rest import ApiException
-from serin.operator import opmetrics
+from serin.operator import opmetrics, queries
 from serin.operator.actions import Action, ApplyServing, CancelConversion, ClearAnnotation, Emit, StartConversion
 from serin.operator.executors import ConversionExecutor, ConversionRequest
 from serin.operator.kube import Kube, owner_reference
 from serin.operator.observations import MeasuredValue, Observations
 from serin.operator.prometheus import MetricProvider
-from serin.operator.queries import QueryContext, render, sample_query, window_for
+from serin.operator.queries import QueryContext, render, sample_query, value_buckets_query, window_for
 from serin.operator.rollout import Decision, analysis_due, decide
 from serin.operator.routing import Router, Routing, Seen
 from serin.operator.routing.standard import ISVC_LABEL, route_name, split_service_name
-from serin.operator.spec import MetricSpec, ModelSpec, parse_spec
+from serin.operator.spec import Builtin, MetricSpec, ModelSpec, parse_spec
 from serin.operator.status import CanaryState, Status, status_from_dict, status_to_dict, to_time
 
 log = logging.getLogger("serin.reconcile")
@@ -81,6 +81,9 @@ async def measure(deps: Deps, model: dict[str, Any], spec: ModelSpec, status: St
                        stable_revision=status.stable.revision if status.stable else "",
                        window=window_for(spec.analysis.interval))
     async def one(metric: MetricSpec) -> MeasuredValue:
+        if metric.builtin == Builtin.PREDICTION_SHIFT and status.canary is not None \
+                and status.canary.task == "regression":
+            return await regression_shift(deps.metrics, metric.name, ctx)
         samples_of = sample_query(metric, ctx)
         if samples_of is None:
             return await deps.metrics.measure(metric.name, render(metric, ctx))
@@ -89,6 +92,16 @@ async def measure(deps: Deps, model: dict[str, Any], spec: ModelSpec, status: St
         return replace(value, samples=samples.value)
 
     return tuple(await asyncio.gather(*(one(m) for m in spec.analysis.metrics)))
+
+
+async def regression_shift(metrics: MetricProvider, name: str, ctx: QueryContext) -> MeasuredValue:
+    """predictionShift of a regressor: both versions' value histograms, PSI computed here."""
+    (canary, err_c), (stable, err_s) = await asyncio.gather(
+        metrics.by_label(value_buckets_query(ctx, ctx.revision), "le"),
+        metrics.by_label(value_buckets_query(ctx, ctx.stable_revision), "le"))
+    if err_c or err_s:
+        return MeasuredValue(name, None, err_c or err_s)
+    return MeasuredValue(name, queries.regression_shift(canary, stable))
 
 
 async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | None = None) -> Decision | None:

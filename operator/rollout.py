@@ -46,6 +46,7 @@ from serin.operator.status import (
     Status,
     Verdict,
     Version,
+    Waiting,
     from_time,
     to_time,
 )
@@ -146,7 +147,10 @@ def _admit_new_version(t: _Tick, s: Status) -> Status:
         t.actions.append(CancelConversion(s.pending.generation, s.pending.versionKey, s.pending.attempt))
         t.emit("Normal", "ConversionCancelled", "the source was set back to the stable version")
         return s.evolve(pending=None)
-    known = {v.versionKey for v in (s.stable, s.canary, s.pending, s.failed) if v is not None}
+    # A version refused for its inputs is converted again once the user allows the change.
+    retry = s.failed is not None and s.failed.kind == FailureKind.INPUTS_CHANGED and t.spec.allow_input_change
+    failed = None if retry else s.failed
+    known = {v.versionKey for v in (s.stable, s.canary, s.pending, failed) if v is not None}
     if key in known:
         return s
     if s.pending:
@@ -195,12 +199,16 @@ def _progress_conversion(t: _Tick, s: Status) -> Status:
     summary = _summary(result, p)
     if s.canary is not None:
         return s.evolve(conversion=summary)  # wait for the superseded canary to finish rolling back
-    version = Version(p.generation, p.versionKey, result.storageUri, result.sha256)
+    version = Version(p.generation, p.versionKey, result.storageUri, result.sha256,
+                      inputSignature=summary.inputSignature or "", inputs=summary.inputs or "", task=summary.task or "")
     t.emit("Normal", "ConversionSucceeded", f"generation {p.generation} converted; parity passed")
     s = s.evolve(pending=None, conversion=summary)
     if s.stable is None or not s.stableConfirmed:
         t.emit("Normal", "Deploying", f"deploying generation {p.generation} at 100%")
         return s.evolve(stable=version, stableConfirmed=False)
+    refused = _inputs_refused(t, s.stable, version)
+    if refused is not None:
+        return s.evolve(failed=refused)
     steps = t.spec.steps
     canary = Canary(
         **vars(version), state=PROGRESSING if steps else PROMOTING,
@@ -211,6 +219,23 @@ def _progress_conversion(t: _Tick, s: Status) -> Status:
            f"generation {p.generation} is the canary at {canary.weight}% (step 1 of {len(steps)})"
            if steps else f"generation {p.generation} has no canary steps: promoting")
     return s.evolve(canary=canary)
+
+
+def _inputs_refused(t: _Tick, stable: Version, new: Version) -> Failure | None:
+    """A version that takes other inputs than the stable's would answer 400 to the requests its
+    share of users sends, which no error rate of 5xx sees: refused before any traffic unless the
+    user says clients are ready for it. Unknown signatures (older operators) are not compared."""
+    if not (stable.inputSignature and new.inputSignature) or stable.inputSignature == new.inputSignature:
+        return None
+    if t.spec.allow_input_change:
+        t.emit("Normal", "InputsChanged", f"generation {new.generation} takes other inputs than generation "
+               f"{stable.generation} (allowed by spec.rollout.allowInputChange): {new.inputs}")
+        return None
+    reason = (f"takes other inputs than the stable generation {stable.generation}: {new.inputs or '?'} instead of "
+              f"{stable.inputs or '?'}; requests made for the stable would get 400. Set "
+              "spec.rollout.allowInputChange: true once clients send the new inputs")
+    t.emit("Warning", "InputsChanged", f"generation {new.generation} refused: {reason}")
+    return Failure(new.generation, new.versionKey, FailureKind.INPUTS_CHANGED, reason, t.now_s)
 
 
 def _summary(result: ConversionResult, p: Pending) -> ConversionSummary:
@@ -350,7 +375,8 @@ def _progress_promotion(t: _Tick, s: Status, c: Canary) -> Status:
     sv = t.obs.serving
     if not sv.serves_only(c.storageUri):
         return s
-    stable = Version(c.generation, c.versionKey, c.storageUri, c.sha256, sv.stable.revision if sv.stable else "")
+    stable = Version(c.generation, c.versionKey, c.storageUri, c.sha256, sv.stable.revision if sv.stable else "",
+                     c.inputSignature, c.inputs, c.task)
     t.emit("Normal", "Promoted", f"generation {c.generation} promoted to 100% ({c.reason})")
     return s.evolve(stable=stable, stableConfirmed=True, canary=None,
                     history=_history(s, c.generation, Outcome.PROMOTED, t.now_s, c.reason))
@@ -383,11 +409,54 @@ def _progress_rollback(t: _Tick, s: Status, c: Canary) -> Status:
 # -- summary ----------------------------------------------------------------------------------
 
 
+def _awaited(s: Status) -> str | None:
+    """What this status waits for the serving layer to show, or None when it waits for nothing
+    of it (conversion, analysis, a settled version)."""
+    c = s.canary
+    if c is None:
+        if s.stable is not None and not s.stableConfirmed:
+            return f"generation {s.stable.generation} to serve 100%"
+        return None
+    if c.state == PROGRESSING:
+        return None if c.trafficSince else f"generation {c.generation} to serve {c.weight}% as the canary"
+    if c.state == PROMOTING:
+        return f"generation {c.generation} to serve 100% (promotion)"
+    if c.rollbackStage == ZERO_TRAFFIC:
+        return f"all traffic off generation {c.generation} (rollback)"
+    assert s.stable is not None  # a canary only ever exists next to a stable version
+    return f"generation {s.stable.generation} to serve alone again (rollback)"
+
+
+def _track_wait(t: _Tick, s: Status) -> Status:
+    """Hold every wait on the serving layer to the progressDeadline. Only a canary waiting for its
+    step's weight has a remedy (it is rolled back, in _progress_canary); elsewhere there is nothing
+    safer to go back to, so the deadline is reported once, and the operator keeps trying."""
+    what = _awaited(s)
+    if what is None:
+        return s.evolve(waiting=None)
+    w = s.waiting if s.waiting is not None and s.waiting.what == what else Waiting(what, t.now_s)
+    deadline = t.spec.progress_deadline
+    if not w.exceeded and t.since(w.since) > deadline:
+        w = replace(w, exceeded=True)
+        t.emit("Warning", "ProgressDeadlineExceeded", f"{_wait_report(t, w)}; still trying")
+    return s.evolve(waiting=w)
+
+
+def _wait_report(t: _Tick, w: Waiting) -> str:
+    sv = t.obs.serving
+    why = sv.refused or sv.not_ready or ("there is no InferenceService" if not sv.exists
+                                         else "KServe gives no reason")
+    return f"waited over {t.spec.progress_deadline:g}s for {w.what}: {why}"
+
+
 def _summarise(t: _Tick, s: Status) -> Status:
+    s = _track_wait(t, s)
     phase, message = _phase(t.spec, s)
     sv = t.obs.serving
     if phase == Phase.DEPLOYING and sv.refused:
         message = f"{message}: {sv.refused}"
+    if s.waiting is not None and s.waiting.exceeded:
+        message = f"{message}; progressDeadline exceeded: {_wait_report(t, s.waiting)}"
     s = s.evolve(phase=phase, message=message, observedGeneration=t.obs.generation)
     if sv.exists and sv.mode:
         s = s.evolve(serving=Serving(sv.mode, sv.traffic, sv.url))
@@ -416,7 +485,7 @@ def _phase(spec: ModelSpec, s: Status) -> tuple[Phase, str]:
     if s.stable is not None and not s.stableConfirmed:
         return Phase.DEPLOYING, f"waiting for generation {s.stable.generation} to serve"
     if s.failed is not None and s.failed.versionKey == spec.version_key:
-        phase = Phase.FAILED if s.failed.kind == FailureKind.CONVERSION_FAILED else Phase.ROLLED_BACK
+        phase = Phase.ROLLED_BACK if s.failed.kind == FailureKind.ROLLED_BACK else Phase.FAILED
         serving = f"; generation {s.stable.generation} still serving" if s.stable else ""
         return phase, f"generation {s.failed.generation}: {s.failed.reason}{serving}"
     if s.stable is not None:

@@ -136,6 +136,7 @@ class ModelSpec:
     serving: ServingSpec = ServingSpec()
     steps: tuple[Step, ...] = ()
     paused: bool = False
+    allow_input_change: bool = False  # a canary may take other inputs than the stable
     progress_deadline: float = 600.0
     analysis: AnalysisSpec = AnalysisSpec()
 
@@ -154,6 +155,7 @@ def parse_spec(spec: dict[str, Any]) -> ModelSpec:
         steps=tuple(Step(weight=int(s["weight"]), pause=_seconds(s, "pause", Step(0).pause))
                     for s in rollout.get("steps", [])),
         paused=bool(rollout.get("paused", d.paused)),
+        allow_input_change=bool(rollout.get("allowInputChange", d.allow_input_change)),
         progress_deadline=_seconds(rollout, "progressDeadline", d.progress_deadline),
         analysis=AnalysisSpec(
             interval=_seconds(analysis, "interval", da.interval),

@@ -67,6 +67,8 @@ class Outcome(enum.StrEnum):
 class FailureKind(enum.StrEnum):
     CONVERSION_FAILED = "ConversionFailed"
     ROLLED_BACK = "RolledBack"
+    # Converted, but it takes other inputs than the stable version: refused before any traffic.
+    INPUTS_CHANGED = "InputsChanged"
 
 
 class Verdict(enum.StrEnum):
@@ -94,6 +96,12 @@ class Version:
     storageUri: str = ""
     sha256: str = ""
     revision: str = ""  # the KServe revision serving it, once observed
+    # What its requests must carry (the converter's digest of input names, types and shapes), and
+    # the signature in words: a canary's is compared with the stable's before it gets traffic.
+    # "" for versions converted by an operator that did not record it.
+    inputSignature: str = ""
+    inputs: str = ""
+    task: str = ""  # classification | regression: how predictionShift is measured
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,16 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """What the serving layer was asked to do and has not shown yet, since when: every phase that
+    waits on it is held to the progressDeadline (as a Deployment's Progressing condition)."""
+
+    what: str  # in words, and its identity: a new wait starts when this changes
+    since: str
+    exceeded: bool = False  # past the deadline (reported once, with a Warning Event)
+
+
+@dataclass(frozen=True)
 class Measurement:
     metric: str
     verdict: Verdict
@@ -185,6 +203,8 @@ class ConversionSummary:
     mismatchedRows: int | None = None
     sha256: str | None = None  # of the source artifact
     onnxSha256: str | None = None
+    inputSignature: str | None = None  # digest of `inputs`
+    inputs: str | None = None  # each input's name:type[shape past the batch dimension], space-separated
 
 
 @dataclass(frozen=True)
@@ -220,6 +240,7 @@ class Status:
     history: tuple[HistoryEntry, ...] = ()
     conditions: tuple[Condition, ...] = ()
     serving: Serving | None = None
+    waiting: Waiting | None = None
 
     def evolve(self, **changes: Any) -> Status:
         return replace(self, **changes)
@@ -246,6 +267,7 @@ def status_to_dict(status: Status) -> dict[str, Any]:
         "history": [_drop_empty(asdict(h)) for h in status.history],
         "conditions": [asdict(c) for c in status.conditions],
         "serving": _drop_empty(asdict(status.serving)) if status.serving else None,
+        "waiting": asdict(status.waiting) if status.waiting else None,
     }
     return out
 
@@ -295,6 +317,7 @@ def status_from_dict(data: dict[str, Any] | None) -> Status:
         history=_build_all(HistoryEntry, data.get("history")),
         conditions=_build_all(Condition, data.get("conditions")),
         serving=_build(Serving, data.get("serving")),
+        waiting=_build(Waiting, data.get("waiting")),
     )
 
 

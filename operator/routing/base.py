@@ -87,6 +87,17 @@ class Router(Protocol):
     def plan(self, seen: Seen, desired: ApplyServing, spec: ModelSpec, owner: dict[str, Any]) -> list[Write]: ...
 
 
+def not_ready(isvc: dict[str, Any] | None) -> str:
+    """KServe's reason the InferenceService is not Ready ("" when it is, or says nothing). Both
+    modes carry it: Knative's configuration and route conditions, the predictor Deployments'
+    Available and ReplicaFailure in Standard mode, copied into Ready by PropagateStatus."""
+    for cond in ((isvc or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("status") != "True":
+            words = [str(cond[k]) for k in ("reason", "message") if cond.get(k)]
+            return ": ".join(words)
+    return ""
+
+
 def predictor_name(version: Served) -> str:
     """The Standard-mode predictor of a version: its Deployment is {isvc}-gen{N}-predictor."""
     return f"gen{version.generation}"

@@ -14,7 +14,7 @@ from typing import Any
 
 from serin.operator.actions import ApplyServing, Served
 from serin.operator.observations import ServingObservation, Variant
-from serin.operator.routing.base import Mode, Op, Seen, Write, diff, isvc_metadata, model_spec
+from serin.operator.routing.base import Mode, Op, Seen, Write, diff, isvc_metadata, model_spec, not_ready
 from serin.operator.spec import ModelSpec
 
 
@@ -55,12 +55,11 @@ def target(isvc: dict[str, Any] | None, desired: ApplyServing) -> tuple[str, int
     if pred.get("canaryTrafficPercent") == 0:
         if storage != stable:
             return stable, 0  # restore the stable model while the canary has no traffic
-        # The restored revision must be a new one, ready, whatever KServe's observedGeneration says
-        # (some versions leave it unset): never the revision of the version being taken out.
+        # The restored revision must be a new one, ready: never the revision of the version being
+        # taken out, which a status not yet caught up with the restore still names as the latest.
         components = ((isvc.get("status") or {}).get("components") or {}).get("predictor") or {}
         created = str(components.get("latestCreatedRevision", ""))
-        restored = (_up_to_date(isvc) and created not in ("", desired.retiring)
-                    and components.get("latestReadyRevision") == created)
+        restored = created not in ("", desired.retiring) and components.get("latestReadyRevision") == created
         return stable, None if restored else 0
     return stable, None
 
@@ -73,13 +72,6 @@ def predictor(storage: str, percent: int | None, spec: ModelSpec) -> dict[str, A
         "canaryTrafficPercent": percent,
         "model": model_spec(Served(0, storage), spec),
     }
-
-
-def _up_to_date(isvc: dict[str, Any]) -> bool:
-    # KServe's status.observedGeneration is a guard when present; the observation never relies on
-    # it alone (it also checks revisions and traffic), since KServe versions fill it differently.
-    status = isvc.get("status") or {}
-    return status.get("observedGeneration") in (None, (isvc.get("metadata") or {}).get("generation"))
 
 
 def observe(isvc: dict[str, Any] | None) -> ServingObservation:
@@ -99,15 +91,25 @@ def observe(isvc: dict[str, Any] | None) -> ServingObservation:
     created, ready_rev = pred.get("latestCreatedRevision", ""), pred.get("latestReadyRevision", "")
     rolled_out = pred.get("latestRolledoutRevision", "")
     latest_ready = created != "" and ready_rev == created
+    # Not KServe's status.observedGeneration: KServe copies it from the Knative Service
+    # (PropagateStatus), whose generation counts that object's own spec changes. It parts from the
+    # InferenceService's when KServe rewrites the Knative Service alone (its config changed) or an
+    # InferenceService edit changes nothing there, and a rollout judged by it would wait forever.
+    # A status that has not caught up with Serin's last write is told by what it names instead:
+    # every move changes the percent the traffic must show, or the revision that must serve it.
     url = str(status.get("url") or "")
-    common = {"exists": True, "mode": Mode.KNATIVE, "traffic": KnativeRouter.traffic, "url": url}
+    common = {"exists": True, "mode": Mode.KNATIVE, "traffic": KnativeRouter.traffic, "url": url,
+              "not_ready": not_ready(isvc)}
     if percent is None:
         latest = Variant(storage, ready_rev, latest_ready, traffic.get(ready_rev, 0))
-        settled = _up_to_date(isvc) and latest_ready and traffic.get(ready_rev, 0) == 100
+        settled = latest_ready and traffic.get(ready_rev, 0) == 100
         return ServingObservation(settled=settled, stable=latest, **common)  # type: ignore[arg-type]
-    canary = Variant(storage, created, latest_ready, traffic.get(created, 0))
+    # The canary is a revision of its own: until Knative has created it, the newest revision is
+    # the rolled-out one (a status not yet caught up with a new storageUri), not the canary.
+    canary_up = latest_ready and created != rolled_out
+    canary = Variant(storage, created, canary_up, traffic.get(created, 0))
     stable = Variant("", rolled_out, rolled_out != "", traffic.get(rolled_out, 0))
     # Knative routes exactly: once the newest revision is ready it has exactly the percent asked.
-    settled = _up_to_date(isvc) and (canary.weight == percent if latest_ready else percent == 0 or created == "")
+    settled = canary.weight == percent if canary_up else percent == 0 or created == ""
     return ServingObservation(settled=settled, stable=stable, canary=canary, canaryTarget=percent,
                               **common)  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ from serin.operator.routing.base import (
     diff,
     isvc_metadata,
     model_spec,
+    not_ready,
     predictor_name,
 )
 from serin.operator.spec import ModelSpec
@@ -221,7 +222,8 @@ class ReplicaRatioRouter:
         target = int(w.canary_entry.get("trafficPercent") or 0) if w.canary_entry is not None else None
         settled = w.settled and seen.service is not None
         return ServingObservation(exists=True, settled=settled, stable=stable, canary=canary, canaryTarget=target,
-                                  refused=w.refused(seen.service), mode=Mode.STANDARD, traffic=self.traffic, url=url)
+                                  refused=w.refused(seen.service), not_ready=not_ready(seen.isvc), mode=Mode.STANDARD,
+                                  traffic=self.traffic, url=url)
 
     def plan(self, seen: Seen, desired: ApplyServing, spec: ModelSpec, owner: dict[str, Any]) -> list[Write]:
         # Weight 0 is reached by removing the canary: KServe cannot size it below one replica.
@@ -291,7 +293,9 @@ class GatewayRouter:
             canary is None or not canary.ready or canary.weight == asked)
         settled = w.settled and applied and self._route_accepted(seen.route)
         return ServingObservation(exists=True, settled=settled, stable=stable, canary=canary, canaryTarget=target,
-                                  refused=w.refused(seen.route), mode=Mode.STANDARD, traffic=self.traffic, url=url)
+                                  refused=w.refused(seen.route),
+                                  not_ready=_route_not_ready(seen.route) or not_ready(seen.isvc),
+                                  mode=Mode.STANDARD, traffic=self.traffic, url=url)
 
     def plan(self, seen: Seen, desired: ApplyServing, spec: ModelSpec, owner: dict[str, Any]) -> list[Write]:
         stable_svc = deployment_name(seen.name, predictor_name(desired.stable))
@@ -369,6 +373,15 @@ class GatewayRouter:
                    for t in ("Accepted", "ResolvedRefs")):
                 return True
         return False
+
+
+def _route_not_ready(route: dict[str, Any] | None) -> str:
+    """What a Gateway said against Serin's route (not Accepted, references unresolved), if it did."""
+    for parent in ((route or {}).get("status") or {}).get("parents") or []:
+        for cond in parent.get("conditions") or []:
+            if cond.get("type") in ("Accepted", "ResolvedRefs") and cond.get("status") == "False":
+                return f"HTTPRoute {cond['type']} False: {cond.get('reason', '')} {cond.get('message', '')}".strip()
+    return ""
 
 
 def _asked_weight(route: dict[str, Any] | None) -> int:

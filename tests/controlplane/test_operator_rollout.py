@@ -7,14 +7,19 @@ Analysis verdicts are steered with user PromQL that real Prometheus evaluates: `
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import FAST_ROLLOUT, Cluster
+from prometheus_client.parser import text_string_to_metric_families
+from serin.local.controlplane import free_port
 
 pytestmark = pytest.mark.controlplane
 
@@ -139,6 +144,12 @@ def test_manual_pause_resume_and_promote(cluster: Cluster) -> None:
     assert "serin.dev/promote" not in (cluster.model()["metadata"].get("annotations") or {})
     text = serin(cluster, "status")
     assert text.returncode == 0 and "Promoted" in text.stdout and "stable  generation 2" in text.stdout
+    as_json = serin(cluster, "status", "-o", "json")
+    assert as_json.returncode == 0
+    document = json.loads(as_json.stdout)
+    assert (document["name"], document["namespace"]) == (cluster.name, cluster.namespace)
+    assert document["status"]["phase"] == "Promoted" and document["status"]["stable"]["generation"] == 2
+    assert {c["type"] for c in document["status"]["conditions"]} >= {"Ready", "Progressing"}
     again = serin(cluster, "promote")
     assert again.returncode == 1 and "has no canary in progress" in again.stderr
 
@@ -152,6 +163,36 @@ def test_manual_abort_rolls_back(cluster: Cluster) -> None:
     s = status(cluster.wait_phase("RolledBack"))
     assert s["failed"]["reason"] == "aborted by user"
     assert predictor(cluster)["model"]["storageUri"] == v1["stable"]["storageUri"]
+
+
+def operator_series(port: int, model: str) -> dict[str, float]:
+    """The operator's /metrics samples labelled with `model`, by series."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") == model:
+                out[f"{sample.name}{sorted(sample.labels.items())}"] = sample.value
+    return out
+
+
+def test_a_deleted_model_leaves_no_operator_series(cluster: Cluster) -> None:
+    """Else serin_canary_weight keeps its last value and the stuck-rollout alert fires for a
+    Model that no longer exists."""
+    port = free_port()
+    cluster.operator.env["SERIN_METRICS_PORT"] = str(port)
+    cluster.operator.start()
+    serve_v1(cluster)
+    cluster.apply(cluster.artifacts.good_v2, rollout=LONG_STEPS)
+    cluster.wait("canary serving", lambda m: bool(status(m).get("canary", {}).get("trafficSince")))
+    series = operator_series(port, cluster.name)
+    weight = [v for k, v in series.items() if k.startswith("serin_canary_weight[")]
+    assert weight == [10.0] and any(k.startswith("serin_rollouts_started_total") for k in series)
+    cluster.cp.kubectl("delete", "model", cluster.name, "-n", cluster.namespace, "--wait=true")
+    deadline = time.monotonic() + 30
+    while (left := operator_series(port, cluster.name)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == {}, f"series of the deleted Model still exported: {sorted(left)}"
 
 
 # (failpoint, rollout, expected end phase). The operator exits abruptly at the failpoint; a fresh

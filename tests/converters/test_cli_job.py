@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from serin.converters.job import REQUEST_ENV, TERMINATION_LIMIT, parse_request, summary
 from serin.converters.profile import numeric_bins
@@ -92,6 +94,20 @@ def test_job_reads_the_request_and_writes_termination_log(logreg: tuple[Path, Pa
     assert message["passed"] is True and message["exitCode"] == 0
     assert message["onnxSha256"] == rep["sha256"]["onnx"]
     assert len(term.read_bytes()) <= TERMINATION_LIMIT
+    # What a request must carry, as the runtime checks it: the operator compares versions by it.
+    model = onnx.load(out / "model.onnx")
+    (only,) = model.graph.input
+    width = only.type.tensor_type.shape.dim[1].dim_value
+    assert message["inputs"] == rep["inputs"] == f"{only.name}:float[{width}]"
+    assert re.fullmatch(r"[0-9a-f]{16}", message["inputSignature"])
+
+
+def test_the_summary_fits_the_termination_limit_with_a_very_wide_signature() -> None:
+    inputs = " ".join(f"column_{i}:float[1]" for i in range(2000))
+    text = summary({"passed": True, "inputs": inputs, "estimator": "Pipeline(…)"}, 0, None)
+    doc = json.loads(text)
+    assert len(text.encode()) <= TERMINATION_LIMIT and doc["inputSignature"] is not None
+    assert doc["inputs"] is None or doc["inputs"].endswith("…")
 
 
 def test_job_failure_without_a_request(tmp_path: Path) -> None:

@@ -45,3 +45,19 @@ def test_dev_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert [name for name, pid in state["pids"].items() if alive(pid)] == []
     assert serin("dev", "status", "--home", str(home)).returncode == 1
+
+
+def test_dev_up_cluster_refuses_without_root_and_starts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The real node needs root (namespaces, iptables, cgroups): a user gets why and what to run
+    instead, before anything is started or written."""
+    from serin.local import dev
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    started: list[object] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **kw: started.append(a))
+    home = tmp_path / "home"
+    assert dev.main(["up", "--cluster", "--home", str(home)]) == 1
+    err = capsys.readouterr().err
+    assert "needs root" in err and "`serin dev up` for the stand-in" in err
+    assert started == [] and not (home / "state.json").exists()

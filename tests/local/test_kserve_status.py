@@ -195,9 +195,15 @@ def test_unreferenced_revision_is_not_live_after_promotion() -> None:
     assert [r["name"] for r in obj["status"][STANDIN_KEY]["revisions"]] == [rev(1), rev(2), rev(3)]
 
 
-def test_observed_generation_follows_metadata() -> None:
+def test_observed_generation_is_the_knative_services_own() -> None:
+    """As KServe's PropagateStatus: copied from the Knative Service, whose generation moves with
+    the spec KServe writes there, not with the InferenceService's."""
     obj = run([*ROLLED_OUT, Step({"canaryTrafficPercent": 30})])
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"] == 2
+    unchanged = obj["status"]["observedGeneration"]
+    obj["metadata"]["generation"] += 1  # an edit KServe does not carry to the Knative Service
+    out = reconcile(obj, {rev(1): READY, rev(2): READY}, "2030-01-01T00:00:00Z")
+    assert out.status["observedGeneration"] == unchanged != obj["metadata"]["generation"]
 
 
 def test_endpoints_are_injected() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from scipy.stats import binom
 from serin.operator.analysis import (
@@ -81,3 +82,41 @@ def test_a_hard_failure_is_over_the_limit_at_once_and_says_why() -> None:
 
 def test_the_factor_is_what_the_docs_say() -> None:
     assert HARD_FACTOR == 2.0 and HARD_ALPHA == 1e-4
+
+
+# -- predictionShift of a regressor: PSI over the stable's bins ---------------------------------
+
+
+def cumulative(values: np.ndarray, edges: np.ndarray) -> dict[str, float]:
+    """A Prometheus histogram's cumulative bucket counts of `values`, by `le`."""
+    out = {repr(float(e)): float(np.sum(values <= e)) for e in edges}
+    return out | {"+Inf": float(len(values))}
+
+
+RNG = np.random.default_rng(7)
+STABLE_VALUES = RNG.normal(100.0, 15.0, 20_000)
+# Each version's buckets are its own reference deciles: close, never the same.
+STABLE_EDGES = np.quantile(RNG.normal(100.0, 15.0, 500), np.linspace(0.1, 0.9, 9))
+CANARY_EDGES = np.quantile(RNG.normal(100.0, 15.0, 500), np.linspace(0.1, 0.9, 9))
+
+
+@pytest.mark.parametrize(("canary_values", "low", "high"), [
+    (RNG.normal(100.0, 15.0, 5_000), 0.0, 0.02),  # the same model
+    (RNG.normal(104.0, 15.0, 5_000), 0.03, 0.15),  # a bias of a quarter sd
+    (RNG.normal(130.0, 15.0, 5_000), 1.0, 30.0),  # a bias of two sd
+    (RNG.normal(100.0, 45.0, 5_000), 0.4, 30.0),  # three times the spread, same mean
+], ids=["same", "small-bias", "large-bias", "wider"])
+def test_regression_shift_compares_value_histograms_with_different_buckets(
+        canary_values: np.ndarray, low: float, high: float) -> None:
+    from serin.operator.queries import regression_shift
+
+    shift = regression_shift(cumulative(canary_values, CANARY_EDGES), cumulative(STABLE_VALUES, STABLE_EDGES))
+    assert shift is not None and low <= shift <= high, shift
+
+
+def test_regression_shift_without_predictions_on_either_side_has_no_value() -> None:
+    from serin.operator.queries import regression_shift
+
+    empty = cumulative(np.zeros(0), CANARY_EDGES)
+    assert regression_shift(empty, cumulative(STABLE_VALUES, STABLE_EDGES)) is None
+    assert regression_shift(cumulative(STABLE_VALUES, CANARY_EDGES), {}) is None

@@ -500,3 +500,103 @@ def test_status_round_trips_through_json() -> None:
     d = decide(SPEC, replace(LIVE, failed=Failure(1, K1, "RolledBack", "r", ts(0)), pending=Pending(3, "k", ts(1))),
                obs(2, serving=canary_serving(10), measurements=measured(error_rate=0.5)), at(10))
     assert status_from_dict(status_to_dict(d.status)) == d.status
+
+
+# -- progressDeadline: every wait on the serving layer ------------------------------------------
+
+NOT_READY = "RevisionFailed: Revision \"m-predictor-00003\" failed with message: ImagePullBackOff."
+DEPLOYING = Status(stable=Version(1, K2, URI2, "s2"), stableConfirmed=False)
+PROMOTING = replace(PROMOTED, canary=canary(state="Promoting", trafficSince=ts(0), reason="all steps passed"))
+DRAINING = replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="ZeroTraffic", reason="analysis failed"))
+RESTORING = replace(PROMOTED, canary=canary(state="RollingBack", rollbackStage="Restore", reason="analysis failed"))
+
+
+@pytest.mark.parametrize(("status", "stuck", "done", "what"), [
+    (DEPLOYING, ServingObservation(exists=True, not_ready=NOT_READY), only(URI2), "generation 1 to serve 100%"),
+    (PROMOTING, canary_serving(10, not_ready=NOT_READY), only(URI2), "generation 2 to serve 100% (promotion)"),
+    (DRAINING, canary_serving(10, not_ready=NOT_READY), canary_serving(0), "all traffic off generation 2"),
+    (RESTORING, canary_serving(0, not_ready=NOT_READY), SERVES_V1, "generation 1 to serve alone again"),
+], ids=["first-version", "promotion", "rollback-traffic-off", "rollback-restore"])
+def test_every_wait_on_kserve_is_held_to_the_progress_deadline(
+        status: Status, stuck: ServingObservation, done: ServingObservation, what: str) -> None:
+    """Past progressDeadline (600 s), whatever KServe was asked to do: one Warning Event saying what
+    did not happen and KServe's reason, Progressing False ProgressDeadlineExceeded (a Deployment's
+    convention) while the operator keeps asking; back to normal once it happens."""
+    generation = 1 if status is DEPLOYING else 2
+    first = decide(SPEC, status, obs(generation, serving=stuck), at(0))
+    asked = serving_action(first)
+    assert first.status.waiting is not None and first.status.waiting.since == ts(0)
+    assert what in first.status.waiting.what and not first.status.waiting.exceeded
+
+    before = decide(SPEC, first.status, obs(generation, serving=stuck), at(600))
+    assert "ProgressDeadlineExceeded" not in events(before)
+
+    late = decide(SPEC, before.status, obs(generation, serving=stuck), at(601))
+    (warning,) = [a for a in of(late, Emit) if a.reason == "ProgressDeadlineExceeded"]
+    assert warning.type == "Warning" and what in warning.message and NOT_READY in warning.message
+    progressing = {c.type: c for c in late.status.conditions}["Progressing"]
+    assert (progressing.status, progressing.reason) == ("False", "ProgressDeadlineExceeded")
+    assert NOT_READY in progressing.message and "progressDeadline exceeded" in late.status.message
+    assert serving_action(late) == asked  # still asking for the same thing: nothing safer to go back to
+    assert status_from_dict(status_to_dict(late.status)) == late.status  # survives a restart
+
+    again = decide(SPEC, late.status, obs(generation, serving=stuck), at(900))
+    assert "ProgressDeadlineExceeded" not in events(again)  # reported once
+
+    recovered = decide(SPEC, again.status, obs(generation, serving=done), at(901))
+    conditions = {c.type: c for c in recovered.status.conditions}
+    assert conditions["Progressing"].reason != "ProgressDeadlineExceeded"
+    assert recovered.status.waiting is None or what not in recovered.status.waiting.what
+
+
+def test_a_new_wait_gets_its_own_deadline() -> None:
+    """The deadline runs per thing awaited: the restore after a slow drain starts at zero."""
+    d = decide(SPEC, DRAINING, obs(2, serving=canary_serving(10)), at(0))
+    d = decide(SPEC, d.status, obs(2, serving=canary_serving(0)), at(500))  # drained: now the restore
+    assert d.status.canary is not None and d.status.canary.rollbackStage == "Restore"
+    d = decide(SPEC, d.status, obs(2, serving=canary_serving(0)), at(900))
+    assert "ProgressDeadlineExceeded" not in events(d) and d.status.waiting is not None
+    assert d.status.waiting.since == ts(500)
+    d = decide(SPEC, d.status, obs(2, serving=canary_serving(0)), at(1101))
+    assert "ProgressDeadlineExceeded" in events(d)
+
+
+# -- a canary that takes other inputs ---------------------------------------------------------
+
+SIGNED = replace(PROMOTED, stable=replace(STABLE, inputSignature="aaaa", inputs="input:float[30]"))
+
+
+def converted(signature: str, inputs: str) -> Observations:
+    summary = ConversionSummary(passed=True, inputSignature=signature, inputs=inputs)
+    return obs(2, serving=SERVES_V1, conversion=ConversionResult("Succeeded", URI2, "s2", summary=summary))
+
+
+def test_a_version_with_other_inputs_is_refused_before_any_traffic() -> None:
+    """Its share of users would get 400 for requests made for the stable (5xx-only error rates
+    never see it): refused with the reason, the stable untouched."""
+    d = decide(SPEC, replace(SIGNED, pending=Pending(2, K2, ts(0))), converted("bbbb", "input:float[29]"), at(5))
+    assert d.status.canary is None and serving_action(d) == ONLY_V1
+    assert d.status.failed is not None and d.status.failed.kind == "InputsChanged"
+    assert d.status.phase == "Failed" and "input:float[29] instead of input:float[30]" in d.status.message
+    assert "allowInputChange" in d.status.message and "generation 1 still serving" in d.status.message
+    assert {c.type: c for c in d.status.conditions}["Degraded"].reason == "InputsChanged"
+    assert [a.type for a in of(d, Emit) if a.reason == "InputsChanged"] == ["Warning"]
+    # Still refused on later ticks; nothing converted again while the spec is unchanged.
+    later = decide(SPEC, d.status, obs(2, serving=SERVES_V1), at(10))
+    assert of(later, StartConversion) == [] and later.status.phase == "Failed"
+
+    # The user allows it: converted again, then rolled out as a canary.
+    allowed = make_spec(allowInputChange=True)
+    again = decide(allowed, later.status, obs(3, serving=SERVES_V1), at(20))
+    assert of(again, StartConversion) == [StartConversion(3, K2, 1)]
+    done = decide(allowed, again.status, replace(converted("bbbb", "input:float[29]"), generation=3), at(30))
+    assert done.status.canary is not None and done.status.canary.inputSignature == "bbbb"
+    assert [a.type for a in of(done, Emit) if a.reason == "InputsChanged"] == ["Normal"]
+
+
+def test_a_version_with_the_same_inputs_becomes_the_canary_and_keeps_them_when_promoted() -> None:
+    d = decide(SPEC, replace(SIGNED, pending=Pending(2, K2, ts(0))), converted("aaaa", "input:float[30]"), at(5))
+    assert d.status.canary is not None and d.status.failed is None and "InputsChanged" not in events(d)
+    promoting = replace(d.status, canary=replace(d.status.canary, state="Promoting"))
+    p = decide(SPEC, promoting, obs(2, serving=only(URI2, "m-predictor-00002")), at(10))
+    assert p.status.stable is not None and (p.status.stable.generation, p.status.stable.inputSignature) == (2, "aaaa")

@@ -107,9 +107,33 @@ def test_knative_observe() -> None:
     assert obs.canary is not None and (obs.canary.revision, obs.canary.weight) == ("fraud-predictor-00002", 10)
     assert obs.stable is not None and (obs.stable.revision, obs.stable.weight) == ("fraud-predictor-00001", 90)
     assert obs.serves_canary(V2.storageUri, 10) and not obs.serves_canary(V2.storageUri, 50)
-    isvc["metadata"]["generation"] = 4  # the spec moved on; KServe has not caught up
-    assert not KnativeRouter().observe(Seen("ml", "fraud", isvc)).settled
     assert not KnativeRouter().observe(Seen("ml", "fraud")).exists
+
+
+def test_knative_observation_does_not_compare_generations_of_two_objects() -> None:
+    """KServe copies status.observedGeneration from the Knative Service (PropagateStatus), whose
+    generation is its own: a KServe config change rewrites it alone, so it can run ahead of the
+    InferenceService's (or behind, after an edit that changes nothing there) and stay so."""
+    split = {"fraud-predictor-00002": 10, "fraud-predictor-00001": 90}
+    for ksvc_generation in (2, 7):
+        isvc = knative_isvc(V2.storageUri, 10, generation=5, **traffic(
+            "fraud-predictor-00002", "fraud-predictor-00002", "fraud-predictor-00001", split))
+        isvc["status"]["observedGeneration"] = ksvc_generation
+        assert KnativeRouter().observe(Seen("ml", "fraud", isvc)).serves_canary(V2.storageUri, 10)
+        done = knative_isvc(V2.storageUri, None, generation=5, **traffic(
+            "fraud-predictor-00002", "fraud-predictor-00002", "fraud-predictor-00002", {"fraud-predictor-00002": 100}))
+        done["status"]["observedGeneration"] = ksvc_generation
+        assert KnativeRouter().observe(Seen("ml", "fraud", done)).serves_only(V2.storageUri)
+
+
+@pytest.mark.parametrize("percent", [10, 100])
+def test_knative_status_not_caught_up_with_a_new_canary_is_not_read_as_serving_it(percent: int) -> None:
+    """Just after the canary's storageUri is written the status still shows the stable revision as
+    the newest, ready, at 100 %: that revision is not the canary, at any weight."""
+    stale = knative_isvc(V2.storageUri, percent, **traffic(
+        "fraud-predictor-00001", "fraud-predictor-00001", "fraud-predictor-00001", {"fraud-predictor-00001": 100}))
+    obs = KnativeRouter().observe(Seen("ml", "fraud", stale))
+    assert not obs.serves_canary(V2.storageUri, percent) and not obs.settled
 
 
 # -- Standard mode ----------------------------------------------------------------------------
@@ -362,3 +386,27 @@ def test_an_unnamed_stable_from_an_older_serin_keeps_its_deployment_until_its_ne
     assert obs.stable is not None and obs.stable.revision == "predictor" and obs.settled
     promoted = written(router, standard(router, isvc), ApplyServing(V2))
     assert promoted["spec"]["predictor"]["name"] == "gen2"
+
+
+def test_every_router_passes_on_why_kserve_or_the_gateway_is_not_there_yet() -> None:
+    """What a progressDeadline report quotes: KServe's Ready condition, or the Gateway's refusal."""
+    failing = {"type": "Ready", "status": "False", "reason": "RevisionFailed",
+               "message": 'Revision "fraud-predictor-00002" failed with message: Back-off pulling image.'}
+    isvc = knative_isvc(V2.storageUri, 10, **traffic("fraud-predictor-00002", "", "fraud-predictor-00001",
+                                                     {"fraud-predictor-00001": 100}))
+    isvc["status"]["conditions"] = [{"type": "PredictorReady", "status": "True"}, failing]
+    assert KnativeRouter().observe(Seen("ml", "fraud", isvc)).not_ready == f"RevisionFailed: {failing['message']}"
+    isvc["status"]["conditions"] = [failing | {"status": "True"}]
+    assert KnativeRouter().observe(Seen("ml", "fraud", isvc)).not_ready == ""
+
+    std = written(GW, Seen("ml", "fraud"), ApplyServing(V1))
+    std["status"] = {"conditions": [{"type": "Ready", "status": "False", "reason": "MinimumReplicasUnavailable",
+                                     "message": "Deployment does not have minimum availability."}]}
+    dep = deployment("gen1", V1.storageUri, ready=0)
+    assert ReplicaRatioRouter().observe(standard(ReplicaRatioRouter(), std, dep)).not_ready.startswith(
+        "MinimumReplicasUnavailable: Deployment does not have")
+    route = accepted(route_of(Seen("ml", "fraud"), ApplyServing(V1)) or {})
+    route["status"]["parents"][0]["conditions"][1] = {
+        "type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound", "message": "service ml/x not found"}
+    assert GW.observe(standard(GW, std, dep, route=route)).not_ready == \
+        "HTTPRoute ResolvedRefs False: BackendNotFound service ml/x not found"

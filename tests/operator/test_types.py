@@ -26,9 +26,11 @@ from serin.operator.status import (
     Phase,
     RollbackReason,
     RollbackStage,
+    Serving,
     Status,
     Verdict,
     Version,
+    Waiting,
     status_from_dict,
     status_to_dict,
 )
@@ -67,17 +69,21 @@ def pruned(value: Any, schema: dict[str, Any], where: str = "status") -> list[st
 def full_status() -> Status:
     """A status with every field set, so that none escapes the check."""
     t = "2026-12-01T10:00:00.000Z"
-    version = Version(3, "k3", "pvc://m/v3", "s" * 64, "m-predictor-00003")
-    canary = Canary(4, "k4", "pvc://m/v4", "t" * 64, "m-predictor-00004", CanaryState.ROLLING_BACK, 1, 50, t, t, t,
-                    12.5, t, True, 2, {"error-rate": 2}, "analysis failed", RollbackStage.RESTORE,
-                    RollbackReason.ANALYSIS)
+    version = Version(3, "k3", "pvc://m/v3", "s" * 64, "m-predictor-00003", "c" * 16, "input:float[4]",
+                      "classification")
+    canary = Canary(4, "k4", "pvc://m/v4", "t" * 64, "m-predictor-00004", "d" * 16, "input:float[5]", "regression",
+                    state=CanaryState.ROLLING_BACK, step=1, weight=50, since=t, stepSince=t, trafficSince=t,
+                    stepProgress=12.5, lastAnalysisAt=t, lastRoundOk=True, inconclusiveStreak=2,
+                    failures={"error-rate": 2}, reason="analysis failed", rollbackStage=RollbackStage.RESTORE,
+                    rollbackReason=RollbackReason.ANALYSIS, observedWeight=50)
     summary = ConversionSummary(True, 4, "r", "internal", 0, "sklearn", "classification", "LogisticRegression",
-                                100, 0.4, 1.0, 1e-7, 1e-6, 0, "a" * 64, "b" * 64)
+                                100, 0.4, 1.0, 1e-7, 1e-6, 0, "a" * 64, "b" * 64, "c" * 16, "input:float[4]")
     return Status(Phase.ROLLING_BACK, "m", 4, version, True, canary, Pending(5, "k5", t, 2, t),
-                  Failure(2, "k2", FailureKind.CONVERSION_FAILED, "r", t), summary,
+                  Failure(2, "k2", FailureKind.INPUTS_CHANGED, "r", t), summary,
                   (Measurement("error-rate", Verdict.FAILED, t, 4, 0.5, "too high"),),
                   (HistoryEntry(3, Outcome.PROMOTED, t, "all steps passed"),),
-                  (Condition("Ready", "True", "Serving", "m", 4, t),))
+                  (Condition("Ready", "True", "Serving", "m", 4, t),),
+                  Serving("Standard", "gateway", "http://m"), Waiting("all traffic off generation 4", t, True))
 
 
 def test_every_status_field_survives_the_crd_schema() -> None:

@@ -145,3 +145,97 @@ def test_a_namesake_in_another_namespace_does_not_answer_for_the_canary(erroring
     finally:
         prom.stop()
         stop_server(neighbour)
+
+
+def test_a_canary_refusing_the_live_requests_reads_as_erroring_and_shared_bad_requests_do_not(
+        erroring_server: Server, tmp_path: Path) -> None:
+    """A canary answering 400 to what the stable takes (another input schema) fails its users as
+    a crashing one does; bad requests that clients send to both versions alike are not its fault."""
+    stable_version = demo_models.erroring_version(tmp_path / "stable-model")
+    stable = serve(tmp_path, stable_version.model.parent, "erroring", "--revision", "erroring-predictor-00000")
+    prom = start_prometheus(tmp_path / "prometheus", provision(), scrape_interval="1s")
+    ctx = QueryContext(model="erroring", namespace="refusing", revision=REVISION,
+                       stable_revision="erroring-predictor-00000", window="30s")
+    good, malformed = np.zeros((1, 4), np.float32), np.zeros((1, 3), np.float32)  # 3 columns: 400
+    try:
+        prom.targets_file.write_text(json.dumps([target(stable, "refusing"), target(erroring_server, "refusing")]))
+
+        def both_scraped_twice() -> bool:
+            for srv in (stable, erroring_server):
+                assert srv.infer([rows_input(good)]).status == 200
+            counted = scalar(prom, f'count(count_over_time({mn.REQUESTS_TOTAL}{{namespace="refusing",'
+                                   f'code="200",protocol="v2"}}[30s]) >= 2)')
+            return (counted or 0) >= 2
+
+        wait_for(both_scraped_twice, timeout=30)
+        # Clients send one malformed request in four to both: the canary is as good as the stable.
+        for _ in range(3):
+            for srv in (stable, erroring_server):
+                assert srv.infer([rows_input(good)]).status == 200
+                for _ in range(2):
+                    assert srv.infer([rows_input(good)]).status == 200
+                assert srv.infer([rows_input(malformed)]).status == 400
+        wait_for(lambda: (scalar(prom, f'sum({mn.REQUESTS_TOTAL}{{namespace="refusing",code="400"}})') or 0) == 6,
+                 timeout=30)
+        time.sleep(1.5)
+        shared = scalar(prom, builtin_query("errorRate", ctx))
+        assert shared is not None and abs(shared) < 0.05, shared
+
+        # Now the canary refuses everything the stable answers.
+        for _ in range(30):
+            assert stable.infer([rows_input(good)]).status == 200
+            assert erroring_server.infer([rows_input(malformed)]).status == 400
+        wait_for(lambda: (scalar(prom, builtin_query("errorRate", ctx)) or 0) > 0.4, timeout=30)
+    finally:
+        prom.stop()
+        stop_server(stable)
+
+
+def test_a_regressors_prediction_shift_is_measured_across_versions_with_their_own_buckets(
+        tmp_path: Path) -> None:
+    """A regressor's predicted values are histograms bucketed by each version's own profile cuts;
+    the operator's predictionShift compares the two on what a real Prometheus scraped."""
+    import asyncio
+
+    import model_factory as mf
+    from serin.operator.prometheus import Prometheus as Provider
+    from serin.operator.reconcile import regression_shift
+
+    stable_dir = mf.regressor(tmp_path / "stable")
+    canary_dir = mf.regressor(tmp_path / "canary")
+    profile = json.loads((canary_dir / "profile.json").read_text())
+    profile["prediction"] |= {"cuts": [-9.0, -4.0, -1.0, 1.5, 4.0, 9.0], "proportions": [1 / 7] * 7}
+    (canary_dir / "profile.json").write_text(json.dumps(profile))
+    stable = serve(tmp_path, stable_dir, "reg", "--revision", "reg-predictor-00001")
+    canary = serve(tmp_path, canary_dir, "reg", "--revision", "reg-predictor-00002")
+    prom = start_prometheus(tmp_path / "prometheus", provision(), scrape_interval="1s")
+    ctx = QueryContext(model="reg", namespace="regress", revision="reg-predictor-00002",
+                       stable_revision="reg-predictor-00001", window="60s")
+    rng = np.random.default_rng(3)
+
+    def shift() -> float | None:
+        return asyncio.run(regression_shift(Provider(prom.url), "shift", ctx)).value
+
+    def send(server: Server, offset: float, n: int = 150) -> None:
+        x = (rng.normal(0.0, 1.0, (n, 3)) + offset).astype(np.float32)
+        for row in x:
+            assert server.infer([rows_input(row[None, :])]).status == 200
+
+    try:
+        prom.targets_file.write_text(json.dumps([target(stable, "regress"), target(canary, "regress")]))
+        wait_for(lambda: (scalar(prom, f'count(count_over_time({mn.PREDICTION_VALUE}_count{{namespace="regress"}}'
+                                       f'[60s]) >= 2)') or 0) >= 2, timeout=30)
+        assert shift() is None  # no prediction yet on either side: Inconclusive, never 0
+        send(stable, 0.0)
+        send(canary, 0.0)
+        wait_for(lambda: (scalar(prom, f'sum({mn.PREDICTION_VALUE}_count{{namespace="regress"}})') or 0) >= 300,
+                 timeout=30)
+        time.sleep(1.5)
+        same = shift()
+        assert same is not None and same < 0.1, same
+        send(canary, 1.5, 300)  # its predictions move up by 9 (y = x·[1, 2, 3])
+        wait_for(lambda: (shift() or 0) > 0.5, timeout=30)
+    finally:
+        prom.stop()
+        stop_server(stable)
+        stop_server(canary)
