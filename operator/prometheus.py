@@ -46,10 +46,19 @@ class Prometheus:
             return f"prometheus unreachable: {type(err).__name__}: {err}"[:300]
 
 
+def _failure(body: object) -> str:
+    """Why a query response carries no result ("" when it succeeded)."""
+    if isinstance(body, dict) and body.get("status") == "success":
+        return ""
+    error = body.get("error", "unexpected response") if isinstance(body, dict) else "unexpected response"
+    return f"prometheus error: {error}"[:300]
+
+
 def parse_vector(body: object, label: str) -> tuple[dict[str, float], str]:
-    if not isinstance(body, dict) or body.get("status") != "success":
-        error = body.get("error", "unexpected response") if isinstance(body, dict) else "unexpected response"
-        return {}, f"prometheus error: {error}"[:300]
+    failure = _failure(body)
+    if failure:
+        return {}, failure
+    assert isinstance(body, dict)
     data = body.get("data") or {}
     if data.get("resultType") != "vector":
         return {}, f"unsupported result type {data.get('resultType')!r}"
@@ -64,9 +73,10 @@ def parse_vector(body: object, label: str) -> tuple[dict[str, float], str]:
 
 def parse_response(metric: str, body: object) -> MeasuredValue:
     """One number from an instant query, or why there is none (which makes it Inconclusive)."""
-    if not isinstance(body, dict) or body.get("status") != "success":
-        error = body.get("error", "unexpected response") if isinstance(body, dict) else "unexpected response"
-        return MeasuredValue(metric, None, f"prometheus error: {error}"[:300])
+    failure = _failure(body)
+    if failure:
+        return MeasuredValue(metric, None, failure)
+    assert isinstance(body, dict)
     data = body.get("data") or {}
     kind, result = data.get("resultType"), data.get("result")
     if kind == "scalar":

@@ -95,22 +95,25 @@ def _cumulative(buckets: dict[str, float]) -> list[tuple[float, float]]:
     return out
 
 
-def _cdf_at(points: list[tuple[float, float]], x: float) -> float:
-    """The cumulative count at x: linear inside a bucket (as histogram_quantile assumes); the two
-    open buckets are taken to be as wide as their neighbours."""
+def _knots(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The cumulative counts as a piecewise-linear function (linear inside a bucket, as
+    histogram_quantile assumes); the two open buckets are taken to be as wide as their neighbours."""
     finite = [(le, c) for le, c in points if math.isfinite(le)]
     total = points[-1][1]
-    if not finite:
-        return 0.0 if x < 0 else total
-    lows = [(finite[0][0] - ((finite[1][0] - finite[0][0]) if len(finite) > 1 else 1.0), 0.0), *finite]
+    if not finite:  # only +Inf: all of it at 0, for lack of anything better
+        return [(math.nextafter(0.0, -1.0), 0.0), (0.0, total)]
+    first_width = (finite[1][0] - finite[0][0]) if len(finite) > 1 else 1.0
     last_width = (finite[-1][0] - finite[-2][0]) if len(finite) > 1 else 1.0
-    knots = [*lows, (finite[-1][0] + last_width, total)]
+    return [(finite[0][0] - first_width, 0.0), *finite, (finite[-1][0] + last_width, total)]
+
+
+def _at(knots: list[tuple[float, float]], x: float) -> float:
     if x <= knots[0][0]:
         return 0.0
     for (x0, c0), (x1, c1) in itertools.pairwise(knots):
         if x <= x1:
             return c0 + (c1 - c0) * (x - x0) / (x1 - x0) if x1 > x0 else c1
-    return total
+    return knots[-1][1]
 
 
 def regression_shift(canary: dict[str, float], stable: dict[str, float]) -> float | None:
@@ -119,11 +122,10 @@ def regression_shift(canary: dict[str, float], stable: dict[str, float]) -> floa
     c, s = _cumulative(canary), _cumulative(stable)
     if not c or not s or c[-1][1] <= 0 or s[-1][1] <= 0:
         return None
-    edges = [le for le, _ in s]
-    s_total, c_total = s[-1][1], c[-1][1]
+    knots, s_total, c_total = _knots(c), s[-1][1], c[-1][1]
     psi, s_before, c_before = 0.0, 0.0, 0.0
-    for le, s_cum in zip(edges, (cnt for _, cnt in s), strict=True):
-        c_cum = c_total if not math.isfinite(le) else min(c_total, _cdf_at(c, le))
+    for le, s_cum in s:
+        c_cum = c_total if not math.isfinite(le) else min(c_total, _at(knots, le))
         p = (s_cum - s_before) / s_total + PSI_FLOOR
         q = max(0.0, c_cum - c_before) / c_total + PSI_FLOOR
         psi += (q - p) * math.log(q / p)

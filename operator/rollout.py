@@ -375,8 +375,7 @@ def _progress_promotion(t: _Tick, s: Status, c: Canary) -> Status:
     sv = t.obs.serving
     if not sv.serves_only(c.storageUri):
         return s
-    stable = Version(c.generation, c.versionKey, c.storageUri, c.sha256, sv.stable.revision if sv.stable else "",
-                     c.inputSignature, c.inputs, c.task)
+    stable = replace(c.version(), revision=sv.stable.revision if sv.stable else "")
     t.emit("Normal", "Promoted", f"generation {c.generation} promoted to 100% ({c.reason})")
     return s.evolve(stable=stable, stableConfirmed=True, canary=None,
                     history=_history(s, c.generation, Outcome.PROMOTED, t.now_s, c.reason))

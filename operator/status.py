@@ -124,6 +124,10 @@ class Canary(Version):
     # ratio without (KServe's spec.canary sizes replicas and routes nothing).
     observedWeight: int | None = None
 
+    def version(self) -> Version:
+        """The version itself, without its rollout state: what becomes the stable one."""
+        return Version(**{f.name: getattr(self, f.name) for f in fields(Version)})
+
 
 @dataclass(frozen=True)
 class Serving:
