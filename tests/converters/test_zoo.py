@@ -22,7 +22,7 @@ def read_report(out: Path) -> dict[str, Any]:
     return report
 
 REPORT_KEYS = {"passed", "reason", "error", "format", "estimator", "task", "opset", "rows", "parity",
-               "seconds", "sha256", "versions", "warnings"}
+               "seconds", "sha256", "versions", "warnings", "inputs"}
 ZOO = zoo.models()
 
 
