@@ -2,6 +2,7 @@
 onnxruntime latency for 1 row and 1,000 rows, measured side by side in one run.
 
     python bench/converters_bench.py [MODEL_ID ...]
+    python bench/converters_bench.py --realistic [MODEL_ID ...]   # zoo.realistic(): 100-300 trees, 30 features
 
 Both sides run single-threaded (OMP/BLAS and onnxruntime intra-op threads = 1) so the ratio
 compares the engines, not the thread pools. Latency is the median of repeated calls; "native"
@@ -58,7 +59,8 @@ def bench(entry: zoo.ZooModel, root: Path) -> dict[str, Any]:
     session = ort.InferenceSession(str(out / "model.onnx"), options,
                                    providers=["CPUExecutionProvider"])
     row: dict[str, Any] = {"id": entry.id, "convert_s": outcome.report["seconds"],
-                           "onnx_kb": (out / "model.onnx").stat().st_size / 1024}
+                           "onnx_kb": (out / "model.onnx").stat().st_size / 1024,
+                           "inputs": "f64" if ":double[" in outcome.report["inputs"] else "f32"}
     for rows, repeats in ((1, 200), (1000, 20)):
         batch = pd.concat([frame] * (rows // len(frame) + 1), ignore_index=True).iloc[:rows]
         sample = converter.prepare(loaded.model, batch)
@@ -81,29 +83,32 @@ def bench(entry: zoo.ZooModel, root: Path) -> dict[str, Any]:
     return row
 
 
-def main(ids: list[str]) -> int:
+def main(args: list[str]) -> int:
     warnings.simplefilter("ignore")
-    entries = [m for m in zoo.models() if not ids or m.id in ids]
-    print(f"{'model':42} {'conv s':>7} {'KB':>8} | {'1 row native':>12} {'ort':>9} {'x':>6} | "
+    ids = [a for a in args if a != "--realistic"]
+    tier = zoo.realistic() if "--realistic" in args else zoo.models()
+    entries = [m for m in tier if not ids or m.id in ids]
+    print(f"{'model':46} {'in':>3} {'conv s':>7} {'KB':>8} | {'1 row native':>12} {'ort':>9} {'x':>6} | "
           f"{'1k rows native':>14} {'ort':>9} {'x':>6}")
-    print("-" * 124)
+    print("-" * 132)
     with tempfile.TemporaryDirectory(prefix="serin-bench-") as tmp:
         for entry in entries:
             r = bench(entry, Path(tmp))
             if "error" in r:
-                print(f"{r['id']:42} FAILED: {r['error']}")
+                print(f"{r['id']:46} FAILED: {r['error']}")
                 continue
             if entry.format == "onnx":  # no native model to time
-                print(f"{r['id']:42} {r['convert_s']:7.2f} {r['onnx_kb']:8.1f} | "
+                print(f"{r['id']:46} {r['inputs']:>3} {r['convert_s']:7.2f} {r['onnx_kb']:8.1f} | "
                       f"{'n/a':>12} {r['ort_1'] * 1e6:7.0f}us {'':>6} | "
                       f"{'n/a':>14} {r['ort_1000'] * 1e3:7.2f}ms", flush=True)
                 continue
-            print(f"{r['id']:42} {r['convert_s']:7.2f} {r['onnx_kb']:8.1f} | "
+            print(f"{r['id']:46} {r['inputs']:>3} {r['convert_s']:7.2f} {r['onnx_kb']:8.1f} | "
                   f"{r['native_1'] * 1e6:10.0f}us {r['ort_1'] * 1e6:7.0f}us "
                   f"{r['native_1'] / r['ort_1']:5.1f}x | "
                   f"{r['native_1000'] * 1e3:12.2f}ms {r['ort_1000'] * 1e3:7.2f}ms "
                   f"{r['native_1000'] / r['ort_1000']:5.1f}x", flush=True)
-    print("x = native time / onnxruntime time (above 1: onnxruntime is faster)")
+    print("x = native time / onnxruntime time (above 1: onnxruntime is faster); "
+          "in = the graph's float inputs (f64: float32 would change branch decisions)")
     return 0
 
 

@@ -26,8 +26,8 @@ from serin.converters.errors import (
     first_line,
 )
 from serin.converters.parity import Tolerance
-from serin.converters.registry import NativePredictError, converter_for
-from serin.converters.sample import has_nan, read_sample
+from serin.converters.registry import NativePredictError, Outputs, converter_for
+from serin.converters.sample import Sample, has_nan, read_sample
 
 DEFAULT_OPSET = 17
 MAX_LIBRARY_WARNINGS = 5
@@ -115,33 +115,71 @@ def _convert(request: Request, rep: dict[str, Any]) -> None:
             ) from exc
         raise SampleError(f"the native model rejects the sample: {exc.message}") from exc
 
-    onnx_model = converter.convert(model, sample, request.opset)
-    sample = sample.with_dtypes(_input_dtypes(onnx_model))
+    classes = converter.classes(model)
+    attempt = _attempt(converter.convert(model, sample, request.opset), sample, native, task,
+                       request.tolerance, classes)
+    if not attempt.result.passed and attempt.has_float32_inputs:
+        # float32 inputs put some sample value on the other side of a threshold or a decision
+        # boundary: the same model with float64 inputs may be exact. Kept only if it passes.
+        widened = converter.widened(model, sample, request.opset)
+        if widened is not None:
+            second = _attempt(widened, sample, native, task, request.tolerance, classes)
+            if second.result.passed:
+                second.result.warnings.insert(0, (
+                    "converted with float64 inputs: with float32 inputs "
+                    f"{(attempt.result.reason or '').removeprefix('parity failed: ')}"))
+                attempt = second
+            else:
+                again = (second.result.reason or "").removeprefix("parity failed: ")
+                attempt.result.reason = f"{attempt.result.reason}; with float64 inputs: {again}"
+    onnx_model, sample, converted, result = (attempt.model, attempt.sample, attempt.outputs,
+                                             attempt.result)
     report.stamp(onnx_model, rep["sha256"]["source"], artifact.format, rep["versions"])
     rep["opset"] = report.default_opset(onnx_model)
     model_bytes = onnx_model.SerializeToString()
-    try:
-        raw = parity.run_onnx(model_bytes, sample.feeds())
-    except Exception as exc:  # onnxruntime's Fail / InvalidArgument / NotImplemented
-        raise ConversionError(
-            f"onnxruntime cannot run the converted model on the sample: {first_line(exc, 200)}"
-        ) from exc
-    converted = parity.onnx_outputs(raw, task)
-    result = parity.compare(native, converted, task, request.tolerance)
     rep["parity"] = result.as_dict()
     rep["warnings"] += result.warnings
     rep["passed"], rep["reason"] = result.passed, result.reason
     if not result.passed:
+        rep["reason"] = (result.reason or "parity failed").replace(
+            "parity failed: ", f"parity failed: {rep['estimator']}: ", 1)
         return
 
     output_name = onnx_model.graph.output[0].name  # "label" for classifiers, values otherwise
-    prof = profile.build(sample, converted, task, converter.classes(model), output_name,
+    prof = profile.build(sample, converted, task, classes, output_name,
                          request.bins)
     rep["sha256"]["onnx"] = _sha256(model_bytes)
     rep["inputs"] = input_signature(onnx_model)
     # model.onnx and profile.json first, report.json last: a passing report implies both exist.
     report.write_atomic(request.out / report.MODEL_FILE, model_bytes)
     report.write_atomic(request.out / report.PROFILE_FILE, (report.to_json(prof) + "\n").encode())
+
+
+@dataclass
+class _Attempt:
+    model: onnx.ModelProto
+    sample: Sample  # with the input dtypes the graph declares
+    outputs: Outputs
+    result: parity.Parity
+
+    @property
+    def has_float32_inputs(self) -> bool:
+        return any(s.dtype == "float32" for s in self.sample.inputs)
+
+
+def _attempt(onnx_model: onnx.ModelProto, sample: Sample, native: Outputs, task: str,
+             tolerance: Tolerance, classes: list[Any] | None) -> _Attempt:
+    """One converted graph run by onnxruntime on the sample and compared with the native model."""
+    sample = sample.with_dtypes(_input_dtypes(onnx_model))
+    try:
+        raw = parity.run_onnx(onnx_model.SerializeToString(), sample.feeds())
+    except Exception as exc:  # onnxruntime's Fail / InvalidArgument / NotImplemented
+        raise ConversionError(
+            f"onnxruntime cannot run the converted model on the sample: {first_line(exc, 200)}"
+        ) from exc
+    converted = parity.onnx_outputs(raw, task)
+    return _Attempt(onnx_model, sample, converted,
+                    parity.compare(native, converted, task, tolerance, classes))
 
 
 def input_signature(model: onnx.ModelProto) -> str:

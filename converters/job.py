@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,7 +124,7 @@ def summary(rep: dict[str, Any], exit_code: int, error_kind: str | None) -> str:
         "onnxSha256": (rep.get("sha256") or {}).get("onnx"),
         # The whole signature can be long (a Pipeline over hundreds of columns): its digest is what
         # the operator compares, and the text, shortened below if need be, is what it quotes.
-        "inputSignature": _digest(rep["inputs"]) if rep.get("inputs") else None,
+        "inputSignature": _digest(accepted_requests(rep["inputs"])) if rep.get("inputs") else None,
         "inputs": rep.get("inputs"),
     }
     from serin.converters.report import to_json
@@ -135,6 +136,12 @@ def summary(rep: dict[str, Any], exit_code: int, error_kind: str | None) -> str:
                 else None
             text = to_json(doc, indent=None)
     return text
+
+
+def accepted_requests(signature: str) -> str:
+    """The signature as far as requests tell: the runtime takes FP16, FP32 or FP64 for any float
+    input, so a version whose inputs widened from float to double takes the same requests."""
+    return re.sub(r":(float16|float|double)\[", ":floating[", signature)
 
 
 def _digest(text: str) -> str:

@@ -87,6 +87,9 @@ class OnnxPassthrough:
                       for i in inputs)
         return Sample(frame, specs, native_frame=True, layout="columns")
 
+    def widened(self, model: Any, sample: Sample, opset: int) -> onnx.ModelProto | None:
+        return None  # an ONNX file's inputs are what its author declared
+
     def convert(self, model: Any, sample: Sample, opset: int) -> onnx.ModelProto:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)

@@ -47,6 +47,11 @@ class Converter(Protocol):
 
     def convert(self, model: Any, sample: Sample, opset: int) -> onnx.ModelProto: ...
 
+    def widened(self, model: Any, sample: Sample, opset: int) -> onnx.ModelProto | None:
+        """The model converted with float64 inputs, tried when the float32 graph fails parity;
+        None where this converter has no such graph or it would be no more exact."""
+        ...
+
     def predict(self, model: Any, sample: Sample) -> Outputs: ...
 
     def classes(self, model: Any) -> list[Any] | None: ...
@@ -105,6 +110,11 @@ def predict_sklearn_api(model: Any, x: Any, task: str) -> Outputs:
 class SklearnApi:
     """Native predictions and class labels through the scikit-learn estimator API, shared by the
     converters whose models speak it (scikit-learn, and XGBoost's and LightGBM's wrappers)."""
+
+    def widened(self, model: Any, sample: Sample, opset: int) -> onnx.ModelProto | None:
+        # XGBoost rounds its input to float32 itself; onnxmltools writes LightGBM's thresholds
+        # in float32: neither gets more exact with float64 inputs.
+        return None
 
     def predict(self, model: Any, sample: Sample) -> Outputs:
         return predict_sklearn_api(model, sample.native_input(), task_of(model))

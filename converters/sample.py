@@ -2,7 +2,8 @@
 
 Two input layouts exist (see docs/formats.md): a numeric matrix becomes one float32 input
 "input" [N, F]; a frame with string columns (or a ColumnTransformer that selects columns by
-name) becomes one [N, 1] input per column, typed float32 / int64 / string.
+name) becomes one [N, 1] input per column, typed float32 / int64 / string. A converter may widen
+float32 to float64 where float32 would change the model's branch decisions (sklearn_.wants_float64).
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def read_sample(path: Path) -> pd.DataFrame:
         elif name.endswith(".parquet"):
             frame = _read_parquet(path)
         else:
-            frame = pd.read_csv(path)
+            # pandas' default float parser can be one ulp off; a value read one ulp above a tree
+            # threshold it equals takes the other branch in the native model (docs/converters.md).
+            frame = pd.read_csv(path, float_precision="round_trip")
     except SampleError:
         raise
     except Exception as exc:  # pandas/numpy raise many types for unreadable files

@@ -193,10 +193,11 @@ def _onnx_passthrough() -> tuple[Any, pd.DataFrame]:
 
 
 def float32_pitfall() -> tuple[Any, pd.DataFrame]:
-    """A model whose decision boundary lies between float32 neighbours: parity must fail.
+    """A model whose decision boundary lies between float32 neighbours: a float32 graph fails
+    parity, the float64 one the converter then tries passes.
 
     The boundary sits at x = 1e6; float32 spacing there is 0.0625, so rows at 1e6 ± 0.01 are
-    distinct for scikit-learn (float64) and identical for onnxruntime (float32).
+    distinct for scikit-learn (float64) and identical in float32.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -206,6 +207,24 @@ def float32_pitfall() -> tuple[Any, pd.DataFrame]:
     model.intercept_ = np.array([-1e8])
     sample = np.concatenate([np.linspace(1e6 - 50, 1e6 + 50, 20), [1e6 - 0.01, 1e6 + 0.01]])
     return model, pd.DataFrame({"x": sample})
+
+
+def float32_pitfall_lightgbm() -> tuple[Any, pd.DataFrame]:
+    """A LightGBM model split between float32 neighbours: parity fails and stays failed.
+
+    LightGBM compares float64 values with float64 thresholds; onnxmltools writes the thresholds
+    in float32, so no input precision makes the graph exact. The split sits between 1e6 and
+    1e6 + 0.01, which are one float32 value.
+    """
+    import lightgbm
+
+    rng = np.random.default_rng(0)
+    x = np.repeat([1e6, 1e6 + 0.01], 100)
+    features = np.column_stack([x, rng.normal(size=x.size)])
+    model = lightgbm.LGBMClassifier(n_estimators=5, min_child_samples=5, verbose=-1, n_jobs=1)
+    model.fit(pd.DataFrame(features, columns=["x", "noise"]), (x > 1e6 + 0.005).astype(int))
+    rows = np.concatenate([features[:10], features[-10:]])
+    return model, pd.DataFrame(rows, columns=["x", "noise"])
 
 
 def models() -> list[ZooModel]:
@@ -337,3 +356,266 @@ def models() -> list[ZooModel]:
 
 def by_id(model_id: str) -> ZooModel:
     return next(m for m in models() if m.id == model_id)
+
+
+# The realistic tier: the sizes platform teams train (>= 100 trees or iterations, 30 features,
+# 2,000 rows), full float64 precision, missing values where the estimator takes them, categorical
+# columns one-hot and native, integer features behind scalers, names from DataFrames. Half the
+# sample rows are training rows: HistGradientBoosting's thresholds are often training values, so
+# these rows sit exactly on them.
+REALISTIC_TRAIN, REALISTIC_FEATURES = 2000, 30
+
+
+def realistic_data(task: str, classes: int = 2, nan: float = 0.0, integers: bool = False,
+                   seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """(training frame, target, sample frame) with columns x0..x29."""
+    from sklearn.datasets import make_classification, make_regression
+
+    n = REALISTIC_TRAIN + 100
+    if task == "classification":
+        x, y = make_classification(n_samples=n, n_features=REALISTIC_FEATURES, n_informative=12,
+                                   n_redundant=4, n_classes=classes, random_state=seed)
+    else:
+        x, y = make_regression(n_samples=n, n_features=REALISTIC_FEATURES, n_informative=15,
+                               noise=5.0, random_state=seed)
+        y = y * 10.0
+    if integers:
+        x = np.round(x * 3.0)
+    if nan:
+        x = x.copy()
+        x[np.random.default_rng(seed + 1).random(x.shape) < nan] = np.nan
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(REALISTIC_FEATURES)])
+    train = frame.iloc[:REALISTIC_TRAIN]
+    sample = pd.concat([frame.iloc[:100], frame.iloc[REALISTIC_TRAIN:]], ignore_index=True)
+    return train, y[:REALISTIC_TRAIN], sample
+
+
+def _categorical_frame(task: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """Two integer-coded categorical columns (codes with gaps, NaN, a code unseen in training in
+    the sample) in front of 28 numeric ones; the target depends on both kinds."""
+    train, _, sample = realistic_data(task, nan=0.03)
+    rng = np.random.default_rng(7)
+    out = []
+    for frame in (train, sample):
+        frame = frame.copy()
+        frame["x0"] = rng.integers(0, 12, len(frame)) * 3.0
+        frame["x1"] = rng.choice([1.0, 2.0, 5.0, 9.0, np.nan], len(frame))
+        out.append(frame)
+    train, sample = out
+    sample.loc[:4, "x0"] = 99.0  # unknown at training time: goes where missing values go
+    signal = ((train["x0"] % 2 == 0).to_numpy() * 2.0 + (train["x1"] == 5).to_numpy() * 3.0
+              + np.nan_to_num(train["x2"].to_numpy()))
+    y = (signal > np.median(signal)).astype(int) if task == "classification" else signal * 100.0
+    return train, y, sample
+
+
+def _realistic(make: Callable[[], Any], task: str, **data: Any) -> Callable[[], tuple[Any, pd.DataFrame]]:
+    def build() -> tuple[Any, pd.DataFrame]:
+        train, y, sample = realistic_data(task, **data)
+        return make().fit(train, y), sample
+
+    return build
+
+
+def _realistic_categorical(make: Callable[[], Any], task: str) -> Callable[[], tuple[Any, pd.DataFrame]]:
+    def build() -> tuple[Any, pd.DataFrame]:
+        train, y, sample = _categorical_frame(task)
+        return make().fit(train, y), sample
+
+    return build
+
+
+def _realistic_counts() -> tuple[Any, pd.DataFrame]:
+    """Poisson counts: the regressor's log link must be applied in the graph."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    train, y, sample = realistic_data("regression", nan=0.05)
+    counts = np.random.default_rng(5).poisson(np.exp(y / (2 * y.std())))
+    return HistGradientBoostingRegressor(loss="poisson", max_iter=100).fit(train, counts), sample
+
+
+def _realistic_lightgbm_booster() -> tuple[Any, pd.DataFrame]:
+    import lightgbm
+
+    train, y, sample = realistic_data("classification", nan=0.05)
+    params = {"objective": "binary", "num_leaves": 31, "verbose": -1, "num_threads": 1}
+    return lightgbm.train(params, lightgbm.Dataset(train, label=y), num_boost_round=300), sample
+
+
+def _realistic_lightgbm_categorical() -> tuple[Any, pd.DataFrame]:
+    import lightgbm
+
+    train, y, sample = _categorical_frame("classification")
+    model = lightgbm.LGBMClassifier(n_estimators=100, num_leaves=31, verbose=-1, n_jobs=1)
+    model.fit(train, y, categorical_feature=["x0", "x1"])
+    return model, sample
+
+
+def _realistic_onehot(task: str) -> Callable[[], tuple[Any, pd.DataFrame]]:
+    """Three string columns one-hot encoded and 27 numeric ones imputed, in one ColumnTransformer,
+    in front of a 100-iteration HistGradientBoosting."""
+    def build() -> tuple[Any, pd.DataFrame]:
+        from sklearn.compose import ColumnTransformer
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+        from sklearn.impute import SimpleImputer
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import OneHotEncoder
+
+        train, y, sample = realistic_data(task, nan=0.05)
+        rng = np.random.default_rng(3)
+        strings = {"region": ["north", "south", "east", "west"], "plan": ["free", "pro", "team"],
+                   "device": ["ios", "android", "web"]}
+        frames = []
+        for frame in (train, sample):
+            frame = frame.drop(columns=["x0", "x1", "x2"]).copy()
+            for column, values in strings.items():
+                frame[column] = rng.choice(values, len(frame))
+            frames.append(frame)
+        train, sample = frames
+        numeric = [c for c in train.columns if c not in strings]
+        prep = ColumnTransformer([
+            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False), list(strings)),
+            ("numeric", SimpleImputer(strategy="median"), numeric),
+        ])
+        head: Any = (HistGradientBoostingClassifier(max_iter=100) if task == "classification"
+                     else HistGradientBoostingRegressor(max_iter=100))
+        y = y + (train["region"] == "north").to_numpy() * (1 if task == "classification" else 500)
+        if task == "classification":
+            y = (y > 0.5).astype(int)
+        return Pipeline([("prep", prep), ("model", head)]).fit(train, y), sample
+
+    return build
+
+
+def realistic() -> list[ZooModel]:
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        ExtraTreesRegressor,
+        GradientBoostingClassifier,
+        GradientBoostingRegressor,
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.feature_selection import SelectKBest, VarianceThreshold
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import (
+        ElasticNet,
+        Lasso,
+        LinearRegression,
+        LogisticRegression,
+        Ridge,
+        SGDClassifier,
+        SGDRegressor,
+    )
+    from sklearn.naive_bayes import BernoulliNB, GaussianNB, MultinomialNB
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+    from sklearn.svm import SVC, SVR, LinearSVC
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    clf, reg = "classification", "regression"
+
+    def scaled(make: Callable[[], Any]) -> Callable[[], Any]:
+        return lambda: make_pipeline(StandardScaler(), make())
+
+    def sk(id_: str, build: Callable[[], tuple[Any, pd.DataFrame]]) -> ZooModel:
+        return ZooModel(id_, "sklearn", ".joblib", build)
+
+    def boosters(kind: str, library: str) -> Callable[[], Any]:
+        def make() -> Any:
+            if library == "xgboost":
+                import xgboost
+
+                cls = xgboost.XGBClassifier if kind == clf else xgboost.XGBRegressor
+                return cls(n_estimators=300, max_depth=6, n_jobs=1)
+            import lightgbm
+
+            cls = lightgbm.LGBMClassifier if kind == clf else lightgbm.LGBMRegressor
+            return cls(n_estimators=300, num_leaves=31, verbose=-1, n_jobs=1)
+
+        return make
+
+    return [
+        sk("realistic_hgb_classifier_nan",
+           _realistic(lambda: HistGradientBoostingClassifier(max_iter=100), clf, nan=0.05)),
+        sk("realistic_hgb_classifier_multiclass",
+           _realistic(lambda: HistGradientBoostingClassifier(max_iter=100), clf, classes=3)),
+        sk("realistic_hgb_regressor_nan",
+           _realistic(lambda: HistGradientBoostingRegressor(max_iter=200), reg, nan=0.05)),
+        sk("realistic_hgb_regressor_poisson", _realistic_counts),
+        sk("realistic_hgb_classifier_native_categorical", _realistic_categorical(
+            lambda: HistGradientBoostingClassifier(max_iter=100, categorical_features=["x0", "x1"]),
+            clf)),
+        sk("realistic_hgb_regressor_native_categorical", _realistic_categorical(
+            lambda: HistGradientBoostingRegressor(max_iter=100, categorical_features=["x0", "x1"]),
+            reg)),
+        sk("realistic_onehot_columns_hgb_classifier", _realistic_onehot(clf)),
+        sk("realistic_onehot_columns_hgb_regressor", _realistic_onehot(reg)),
+        sk("realistic_scaler_random_forest_integers", _realistic(
+            lambda: make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=100, n_jobs=1)), clf,
+            integers=True)),
+        sk("realistic_imputer_scaler_gradient_boosting_nan", _realistic(
+            lambda: make_pipeline(SimpleImputer(), StandardScaler(),
+                                  GradientBoostingClassifier(n_estimators=100)), clf, nan=0.05)),
+        sk("realistic_random_forest_regressor_deep",
+           _realistic(lambda: RandomForestRegressor(n_estimators=100, n_jobs=1), reg)),
+        sk("realistic_extra_trees_classifier",
+           _realistic(lambda: ExtraTreesClassifier(n_estimators=100, n_jobs=1), clf)),
+        sk("realistic_gradient_boosting_regressor",
+           _realistic(lambda: GradientBoostingRegressor(n_estimators=100, max_depth=5), reg)),
+        sk("realistic_decision_tree_regressor_deep",
+           _realistic(lambda: DecisionTreeRegressor(), reg)),
+        sk("realistic_scaler_mlp_classifier", _realistic(lambda: make_pipeline(
+            StandardScaler(), MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=300, random_state=0)), clf)),
+        sk("realistic_scaler_mlp_regressor", _realistic(lambda: make_pipeline(
+            StandardScaler(), MLPRegressor(hidden_layer_sizes=(64, 32), max_iter=300, random_state=0)), reg)),
+        sk("realistic_imputer_scaler_logistic_nan", _realistic(lambda: make_pipeline(
+            SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=500)), clf, nan=0.05)),
+        sk("realistic_scaler_knn_classifier",
+           _realistic(lambda: make_pipeline(StandardScaler(), KNeighborsClassifier()), clf)),
+        sk("realistic_scaler_svc_probability", _realistic(lambda: make_pipeline(
+            StandardScaler(), SVC(probability=True, random_state=0)), clf)),
+        sk("realistic_decision_tree_classifier", _realistic(DecisionTreeClassifier, clf)),
+        sk("realistic_extra_trees_regressor",
+           _realistic(lambda: ExtraTreesRegressor(n_estimators=100, n_jobs=1), reg)),
+        sk("realistic_linear_regression", _realistic(LinearRegression, reg)),
+        sk("realistic_ridge", _realistic(Ridge, reg)),
+        sk("realistic_lasso", _realistic(Lasso, reg)),
+        sk("realistic_elastic_net", _realistic(ElasticNet, reg)),
+        sk("realistic_scaler_sgd_classifier",
+           _realistic(scaled(lambda: SGDClassifier(loss="log_loss", random_state=0)), clf)),
+        sk("realistic_scaler_sgd_regressor",
+           _realistic(scaled(lambda: SGDRegressor(random_state=0)), reg)),
+        sk("realistic_linear_svc", _realistic(LinearSVC, clf)),
+        sk("realistic_scaler_svr", _realistic(scaled(lambda: SVR(C=1000.0)), reg)),
+        sk("realistic_scaler_knn_regressor", _realistic(scaled(KNeighborsRegressor), reg)),
+        sk("realistic_gaussian_nb", _realistic(GaussianNB, clf)),
+        sk("realistic_minmax_multinomial_nb",
+           _realistic(lambda: make_pipeline(MinMaxScaler(), MultinomialNB()), clf)),
+        sk("realistic_bernoulli_nb", _realistic(BernoulliNB, clf)),
+        sk("realistic_select_k_best_logistic",
+           _realistic(lambda: make_pipeline(SelectKBest(k=10), LogisticRegression(max_iter=500)),
+                      clf)),
+        sk("realistic_variance_threshold_ridge",
+           _realistic(lambda: make_pipeline(VarianceThreshold(0.1), Ridge()), reg)),
+        ZooModel("realistic_xgboost_classifier_nan", "xgboost", ".joblib",
+                 _realistic(boosters(clf, "xgboost"), clf, nan=0.05)),
+        ZooModel("realistic_xgboost_regressor_nan", "xgboost", ".joblib",
+                 _realistic(boosters(reg, "xgboost"), reg, nan=0.05)),
+        ZooModel("realistic_lightgbm_classifier_nan", "lightgbm", ".joblib",
+                 _realistic(boosters(clf, "lightgbm"), clf, nan=0.05)),
+        ZooModel("realistic_lightgbm_regressor_nan", "lightgbm", ".joblib",
+                 _realistic(boosters(reg, "lightgbm"), reg, nan=0.05)),
+        ZooModel("realistic_lightgbm_native_categorical", "lightgbm", ".joblib",
+                 _realistic_lightgbm_categorical),
+        ZooModel("realistic_lightgbm_booster_binary_nan_txt", "lightgbm", ".txt",
+                 _realistic_lightgbm_booster),
+    ]
+
+
+def by_id_realistic(model_id: str) -> ZooModel:
+    return next(m for m in realistic() if m.id == model_id)

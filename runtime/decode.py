@@ -160,6 +160,9 @@ def _unknown(name: str, signature: Mapping[str, TensorSpec]) -> RequestError:
     return RequestError(f"unknown input {name!r}; the model's inputs are {list(signature)}")
 
 
+FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
+
+
 def decode_v2(
     payload: Any, signature: Mapping[str, TensorSpec]
 ) -> tuple[dict[str, np.ndarray], int]:
@@ -182,7 +185,9 @@ def decode_v2(
         if name in feeds:
             raise RequestError(f"input {name!r} appears more than once")
         datatype = item.get("datatype")
-        if datatype != spec.datatype:
+        # A float input takes any float width: JSON carries decimal text either way, and a
+        # version converted with float64 inputs must take the FP32 requests its stable took.
+        if datatype != spec.datatype and not (spec.is_float and datatype in FLOAT_DATATYPES):
             raise RequestError(
                 f"input {name!r}: expected datatype {spec.datatype}, got {datatype!r}"
             )

@@ -63,7 +63,7 @@ def test_serin_convert_parity_failure_exit_1(tmp_path: Path) -> None:
     import joblib
     from serin.converters import zoo
 
-    model, frame = zoo.float32_pitfall()
+    model, frame = zoo.float32_pitfall_lightgbm()
     joblib.dump(model, tmp_path / "m.joblib")
     frame.to_csv(tmp_path / "s.csv", index=False)
     out = tmp_path / "out"
@@ -238,3 +238,15 @@ def test_remote_fetch_is_bounded_in_time(logreg: tuple[Path, Path], tmp_path: Pa
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "cannot fetch artifact gs://serin-missing-bucket/m.joblib" in proc.stderr
     assert report(out)["passed"] is False
+
+
+def test_input_signature_digest_names_what_requests_can_carry() -> None:
+    """float and double inputs take the same requests (the runtime takes any float width), so a
+    version widened to float64 is not refused as taking other inputs; other changes still are."""
+    from serin.converters.job import _digest, accepted_requests
+
+    float32, float64 = "input:float[30]", "input:double[30]"
+    assert _digest(accepted_requests(float32)) == _digest(accepted_requests(float64))
+    for other in ("input:float[29]", "input:int64[30]", "x:float[30]",
+                  "input:float[30] extra:string[1]"):
+        assert _digest(accepted_requests(other)) != _digest(accepted_requests(float32)), other

@@ -207,33 +207,102 @@ def test_parquet_sample_needs_pyarrow_or_works(tmp_path: Path, logreg: tuple[Pat
         assert convert(logreg[0], sample, out=tmp_path / "out").exit_code == 0
 
 
-def test_float32_pitfall_is_reported_not_hidden(tmp_path: Path, convert: Convert) -> None:
-    model, frame = zoo.float32_pitfall()
-    artifact, sample = tmp_path / "edge.joblib", tmp_path / "edge.csv"
+def _write(model: Any, frame: pd.DataFrame, directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    artifact, sample = directory / "model.joblib", directory / "sample.csv"
     joblib.dump(model, artifact)
     frame.to_csv(sample, index=False)
+    return artifact, sample
+
+
+def test_float32_pitfall_converts_with_float64_inputs_and_says_why(tmp_path: Path,
+                                                                    convert: Convert) -> None:
+    artifact, sample = _write(*zoo.float32_pitfall(), tmp_path)
+    outcome = convert(artifact, sample, out=tmp_path / "out")
+    report = read_report(tmp_path / "out")
+    assert outcome.exit_code == 0, report["reason"]
+    assert report["inputs"] == "input:double[1]"
+    assert report["parity"]["mismatched_rows"] == 0
+    assert report["parity"]["label_agreement"] == 1.0
+    why = report["warnings"][0]
+    assert why.startswith("converted with float64 inputs: with float32 inputs label agreement"), why
+
+
+def test_float32_pitfall_without_a_float64_graph_is_reported_not_hidden(tmp_path: Path,
+                                                                        convert: Convert) -> None:
+    artifact, sample = _write(*zoo.float32_pitfall_lightgbm(), tmp_path)
     out = tmp_path / "out"
-    (out).mkdir()
+    out.mkdir()
     (out / "model.onnx").write_bytes(b"an older model")  # must not survive a failing run
     report = assert_failed(convert(artifact, sample, out=out), out, EXIT_PARITY_FAILED,
-                           "parity failed: label agreement")
-    assert report["parity"]["mismatched_rows"] >= 1
-    assert report["parity"]["label_agreement"] < 1.0
+                           "parity failed: LGBMClassifier: label agreement 0.5 < 1 (10 of 20 rows)",
+                           "worst row 10: native [0.",
+                           "this sample passes with spec.conversion.tolerance labelAgreement: 0.5")
+    parity = report["parity"]
+    assert parity["mismatched_rows"] == 10 and parity["rows_off_share"] == 0.5
+    worst = parity["worst_rows"]
+    assert len(worst) == 5 and [w["row"] for w in worst] == [10, 11, 12, 13, 14]
+    assert all(w["native_label"] == 1 and w["onnx_label"] == 0 for w in worst)
+    assert worst[0]["diff"] > 0.3 and len(worst[0]["native"]) == 2
     assert any("float32" in w for w in report["warnings"])
-    # Looser, explicit tolerances accept it, still counting the rows that differ.
+    # The advised tolerance accepts it, still counting the rows that differ.
     relaxed = convert(artifact, sample, out=tmp_path / "relaxed",
-                      tolerance=Tolerance(absolute=0.5, label_agreement=0.9))
+                      tolerance=Tolerance(absolute=1.0, label_agreement=0.5))
     assert relaxed.exit_code == 0, relaxed.report["reason"]
-    assert relaxed.report["parity"]["mismatched_rows"] >= 1  # the flipped row, still counted
+    assert relaxed.report["parity"]["mismatched_rows"] == 10
+
+
+def test_a_model_exact_in_neither_precision_gives_both_reasons(
+        tmp_path: Path, convert: Convert, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serin.converters import sklearn_
+
+    artifact, sample = _write(*zoo.float32_pitfall(), tmp_path)
+    converter = sklearn_.CONVERTER
+    # A float64 graph that is no better: the float32 one again.
+    monkeypatch.setattr(converter, "widened", lambda model, s, opset: converter.convert(
+        model, s, opset))
+    out = tmp_path / "out"
+    report = assert_failed(convert(artifact, sample, out=out), out, EXIT_PARITY_FAILED,
+                           "parity failed: LogisticRegression: label agreement",
+                           "; with float64 inputs: label agreement")
+    assert report["parity"]["mismatched_rows"] >= 1
+
+
+def test_a_regressor_refused_by_parity_advises_a_relative_tolerance(tmp_path: Path,
+                                                                    convert: Convert) -> None:
+    # LightGBM has no float64 graph (registry.SklearnApi.widened): float32's rounding stays.
+    artifact, sample, _, _ = zoo.by_id("lightgbm_regressor").materialize(tmp_path / "zoo")
+    out = tmp_path / "out"
+    report = assert_failed(convert(artifact, sample, out=out,
+                                   tolerance=Tolerance(absolute=0.0, relative=1e-12)),
+                           out, EXIT_PARITY_FAILED, "values differ by up to",
+                           "this sample passes with spec.conversion.tolerance relative: ")
+    advised = float(report["reason"].rsplit("relative: ", 1)[1].rstrip(")"))
+    assert advised > 1e-12
+    again = convert(artifact, sample, out=tmp_path / "again",
+                    tolerance=Tolerance(absolute=0.0, relative=advised))
+    assert again.exit_code == 0, again.report["reason"]
 
 
 def test_tight_tolerance_fails_parity(tmp_path: Path, convert: Convert) -> None:
-    artifact, sample, _, _ = zoo.by_id("ridge").materialize(tmp_path / "zoo")
+    artifact, sample, _, _ = zoo.by_id("lightgbm_regressor").materialize(tmp_path / "zoo")
     out = tmp_path / "out"
     report = assert_failed(convert(artifact, sample, out=out,
                                    tolerance=Tolerance(absolute=0.0, relative=1e-12)),
                            out, EXIT_PARITY_FAILED, "values differ by up to")
     assert report["parity"]["mismatched_rows"] > 0
+
+
+def test_tight_tolerance_is_met_by_the_float64_graph(tmp_path: Path, convert: Convert) -> None:
+    """Ridge in float32 is off by ~1e-7 relative; its float64 graph computes what scikit-learn
+    does, so the converter takes it rather than refusing."""
+    artifact, sample, _, _ = zoo.by_id("ridge").materialize(tmp_path / "zoo")
+    outcome = convert(artifact, sample, out=tmp_path / "out",
+                      tolerance=Tolerance(absolute=0.0, relative=1e-12))
+    assert outcome.exit_code == 0, outcome.report["reason"]
+    assert outcome.report["inputs"] == "input:double[4]"
+    assert outcome.report["warnings"][0].startswith(
+        "converted with float64 inputs: with float32 inputs values differ by up to")
 
 
 def test_internal_error_still_writes_a_report(tmp_path: Path, logreg: tuple[Path, Path],

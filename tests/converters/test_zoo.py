@@ -24,9 +24,10 @@ def read_report(out: Path) -> dict[str, Any]:
 REPORT_KEYS = {"passed", "reason", "error", "format", "estimator", "task", "opset", "rows", "parity",
                "seconds", "sha256", "versions", "warnings", "inputs"}
 ZOO = zoo.models()
+REALISTIC = zoo.realistic()
 
 
-@pytest.mark.parametrize("entry", ZOO, ids=[m.id for m in ZOO])
+@pytest.mark.parametrize("entry", ZOO + REALISTIC, ids=[m.id for m in ZOO + REALISTIC])
 def test_zoo_model_converts_and_passes_parity(entry: zoo.ZooModel, zoo_dir: Path,
                                               convert: Convert, tmp_path: Path) -> None:
     artifact, sample, _, frame = entry.materialize(zoo_dir / entry.id)
@@ -90,3 +91,58 @@ def test_zoo_covers_every_estimator_listed_as_supported() -> None:
         missing = set(converter_for(fmt).tested) - exercised
         assert not missing, f"{fmt} lists {missing} as tested but no zoo model uses them"
     assert len([m for m in ZOO if m.format == "sklearn"]) >= 25
+
+
+def _estimators(entry: zoo.ZooModel, model: Any) -> set[str]:
+    if entry.format == "sklearn":
+        return {type(p).__name__ for p in components(model)}
+    return {type(model).__name__}
+
+
+@pytest.mark.parametrize("fmt", ["sklearn", "xgboost", "lightgbm"])
+def test_realistic_tier_covers_every_supported_estimator_at_size(fmt: str) -> None:
+    """Every tested estimator also converts exactly at the sizes teams train: each appears in a
+    realistic model, and every tree ensemble there has >= 100 trees or iterations and the data
+    30 features."""
+    exercised: set[str] = set()
+    for entry in REALISTIC:
+        model, sample = entry.build()
+        exercised |= _estimators(entry, model)
+        assert len(sample.columns) == zoo.REALISTIC_FEATURES, entry.id
+        for part in components(model) if entry.format == "sklearn" else [model]:
+            trees = (part.n_iter_ if hasattr(part, "n_iter_") and hasattr(part, "_predictors")
+                     else part.num_trees() if hasattr(part, "num_trees")
+                     else getattr(part, "n_estimators", None))
+            if trees is not None and type(part).__name__ not in ("DecisionTreeClassifier",
+                                                                 "DecisionTreeRegressor"):
+                assert trees >= 100, f"{entry.id}: {type(part).__name__} has {trees} trees"
+    missing = set(converter_for(fmt).tested) - exercised
+    assert not missing, f"{fmt} estimators with no realistic zoo model: {sorted(missing)}"
+
+
+def test_realistic_tier_holds_what_real_data_holds() -> None:
+    """Missing values, native and one-hot categorical columns, integer features behind a scaler
+    and DataFrame names: each is in the realistic tier, so none is left to a user to discover."""
+    ids = {m.id for m in REALISTIC}
+    for needed in ("realistic_hgb_classifier_nan", "realistic_hgb_regressor_nan",
+                   "realistic_hgb_classifier_native_categorical",
+                   "realistic_lightgbm_native_categorical", "realistic_onehot_columns_hgb_classifier",
+                   "realistic_scaler_random_forest_integers", "realistic_xgboost_classifier_nan",
+                   "realistic_lightgbm_regressor_nan"):
+        assert needed in ids
+    model, sample = zoo.by_id_realistic("realistic_hgb_classifier_native_categorical").build()
+    assert list(model.feature_names_in_) == list(sample.columns)  # fitted on a DataFrame
+    assert sample.isna().any().any()
+    assert model.is_categorical_[:2].all() and not model.is_categorical_[2:].any()
+
+
+@pytest.mark.parametrize("entry_id", ["realistic_hgb_classifier_nan", "realistic_hgb_regressor_nan",
+                                      "realistic_scaler_random_forest_integers",
+                                      "realistic_onehot_columns_hgb_regressor"])
+def test_models_that_float32_would_flip_get_float64_inputs(entry_id: str, tmp_path: Path,
+                                                           convert: Convert) -> None:
+    artifact, sample, _, _ = zoo.by_id_realistic(entry_id).materialize(tmp_path / "zoo")
+    outcome = convert(artifact, sample, out=tmp_path / "out")
+    assert outcome.exit_code == 0, outcome.report["reason"]
+    floats = [part.split(":")[1].split("[")[0] for part in outcome.report["inputs"].split()]
+    assert "double" in floats and "float" not in floats, outcome.report["inputs"]

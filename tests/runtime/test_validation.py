@@ -152,3 +152,27 @@ def test_mixed_v2_missing_and_batch_mismatch(mixed_server: Server) -> None:
     reply = mixed_server.infer([age, {**income, "shape": [1, 1], "data": [1]},
                                 {**color, "datatype": "FP32"}])
     assert reply.status == 400 and "expected datatype BYTES" in reply.json()["error"]
+
+
+@pytest.mark.parametrize("datatype", ["FP64", "FP16"])
+def test_a_float_input_takes_any_float_width(server: Server, datatype: str) -> None:
+    """A version converted with float64 inputs must take its stable's FP32 requests, and the
+    reverse: JSON carries decimal numbers either way; the values are cast to the model's width."""
+    data = [5.1, 3.5, 1.4, 0.2]
+    expected = server.post("/v2/models/iris/infer", {"inputs": [tensor(data=data)]})
+    reply = server.post("/v2/models/iris/infer", {"inputs": [tensor(datatype=datatype, data=data)]})
+    assert reply.status == 200, reply.body
+    assert reply.json()["outputs"] == expected.json()["outputs"]
+
+
+def test_a_float64_input_decodes_fp32_requests_to_float64() -> None:
+    import numpy as np
+    from serin.runtime.decode import decode_v2
+    from serin.runtime.signature import tensor_spec
+
+    spec = tensor_spec("input", "tensor(double)", [-1, 2])
+    assert spec is not None
+    feeds, rows = decode_v2({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32",
+                                         "data": [0.1, 2]}]}, {"input": spec})
+    assert rows == 1 and feeds["input"].dtype == np.float64
+    assert feeds["input"][0, 0] == 0.1  # the JSON number, not its float32 rounding
