@@ -122,8 +122,13 @@ def _convert(request: Request, rep: dict[str, Any]) -> None:
         # float32 inputs put some sample value on the other side of a threshold or a decision
         # boundary: the same model with float64 inputs may be exact. Kept only if it passes.
         widened = converter.widened(model, sample, request.opset)
+        second = None
         if widened is not None:
-            second = _attempt(widened, sample, native, task, request.tolerance, classes)
+            try:
+                second = _attempt(widened, sample, native, task, request.tolerance, classes)
+            except ConversionError as exc:  # keep the float32 result and say why this one failed
+                attempt.result.reason = f"{attempt.result.reason}; with float64 inputs: {exc.message}"
+        if second is not None:
             if second.result.passed:
                 second.result.warnings.insert(0, (
                     "converted with float64 inputs: with float32 inputs "

@@ -268,6 +268,25 @@ def test_a_model_exact_in_neither_precision_gives_both_reasons(
     assert report["parity"]["mismatched_rows"] >= 1
 
 
+def test_a_float64_graph_that_cannot_run_keeps_the_float32_reason(
+        tmp_path: Path, convert: Convert, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serin.converters import sklearn_
+
+    artifact, sample = _write(*zoo.float32_pitfall(), tmp_path)
+    converter = sklearn_.CONVERTER
+
+    def unrunnable(model: Any, s: Any, opset: int) -> Any:
+        graph = converter.convert(model, s, opset)
+        graph.graph.input[0].name = "renamed"  # the sample's feed no longer matches
+        return graph
+
+    monkeypatch.setattr(converter, "widened", unrunnable)
+    out = tmp_path / "out"
+    assert_failed(convert(artifact, sample, out=out), out, EXIT_PARITY_FAILED,
+                  "parity failed: LogisticRegression: label agreement",
+                  "; with float64 inputs: onnxruntime cannot run the converted model")
+
+
 def test_a_regressor_refused_by_parity_advises_a_relative_tolerance(tmp_path: Path,
                                                                     convert: Convert) -> None:
     # LightGBM has no float64 graph (registry.SklearnApi.widened): float32's rounding stays.
