@@ -1,5 +1,6 @@
-"""kopf handlers: thin. kopf watches Models (and resumes them all at start-up); each Model gets
-one asyncio task (loop.py) that ticks `reconcile` every second and at once on any change.
+"""kopf handlers: thin. kopf watches Models (and lists them all at start-up) and hands each body to
+the watch cache (cache.py), which also watches what the Models own; each Model gets one asyncio
+task (loop.py) that reconciles it when any of that changes, or when time matters to it.
 
 Why not @kopf.daemon or @kopf.timer: both make kopf put a finalizer on every Model (kopf#1074),
 which would block deleting a Model whenever the operator is down, and Serin has nothing outside
@@ -19,6 +20,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client import start_http_server
 from serin.operator import executors, opmetrics
+from serin.operator.cache import Cache
 from serin.operator.kube import GROUP, PLURAL, VERSION, Kube
 from serin.operator.leader import LeaderElector
 from serin.operator.loop import Registry
@@ -28,6 +30,7 @@ from serin.operator.routing import Routing, default_mode_from_configmap, parse_g
 
 log = logging.getLogger("serin.operator")
 REGISTRY = Registry()
+CACHE: list[Cache] = []  # the one watch cache, made at start-up (kopf's handlers take no other state)
 
 
 @kopf.on.startup()
@@ -42,21 +45,27 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     await load_client_config()
     api = client.ApiClient()
     await require_model_api(api)
-    kube = Kube(api)
+    namespaces = tuple(ns for ns in os.environ.get("SERIN_NAMESPACES", "").split(",") if ns)
+    CACHE.append(Cache(api, namespaces, REGISTRY.wake))
+    kube = Kube(api, cache=CACHE[0])
     executor_kind = os.environ.get("SERIN_EXECUTOR", "local")
-    executor = executors.from_environment(api, executor_kind)
+    limit = int(os.environ.get("SERIN_MAX_CONVERSIONS") or executors.default_limit(executor_kind))
+    executor = executors.ConversionQueue(executors.from_environment(api, executor_kind, namespaces), limit,
+                                         started=REGISTRY.wake)
     routing = await load_routing(kube)
-    REGISTRY.deps = Deps(kube, executor, Prometheus(os.environ.get("SERIN_PROMETHEUS_URL", "http://localhost:9090")),
+    REGISTRY.deps = Deps(kube, executor, Prometheus(os.environ.get("SERIN_PROMETHEUS_URL", "http://localhost:9090"),
+                                                    concurrency=int(os.environ.get("SERIN_PROMETHEUS_QUERIES", "16"))),
                          routing)
     lease_ns = os.environ.get("POD_NAMESPACE", "")
     if lease_ns:
         REGISTRY.leader = LeaderElector(api, lease_ns)
+        REGISTRY.leader.on_elected = REGISTRY.wake_all
         REGISTRY.leader_task = asyncio.create_task(REGISTRY.leader.run(), name="leader election")
     port = int(os.environ.get("SERIN_METRICS_PORT", "0"))
     if port:
         start_http_server(port)
-    log.info("serin operator started: executor=%s, leader election=%s, KServe default mode=%s, gateway=%s",
-             executor_kind, bool(lease_ns), routing.default_mode,
+    log.info("serin operator started: executor=%s (%d at a time), leader election=%s, KServe default mode=%s, "
+             "gateway=%s", executor_kind, limit, bool(lease_ns), routing.default_mode,
              f"{routing.gateway.gateway_namespace}/{routing.gateway.gateway_name}" if routing.gateway else "none")
 
 
@@ -98,6 +107,10 @@ async def require_model_api(api: client.ApiClient) -> None:
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     await REGISTRY.stop()
+    for cache in CACHE:
+        await cache.stop()
+    if REGISTRY.deps is not None and isinstance(REGISTRY.deps.metrics, Prometheus):
+        await REGISTRY.deps.metrics.close()
     if REGISTRY.leader_task is not None:
         REGISTRY.leader_task.cancel()
     if REGISTRY.leader is not None:
@@ -105,11 +118,18 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def model_event(type: str | None, name: str, namespace: str | None, **_: Any) -> None:
+async def model_event(type: str | None, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
     if namespace is None:
         return  # Models are namespaced; kopf's signature allows None for cluster-scoped resources
+    cache = CACHE[0] if CACHE else None
     if type == "DELETED":
         REGISTRY.forget(namespace, name)
         opmetrics.forget(namespace, name)
-    else:
-        REGISTRY.touch(namespace, name)
+        if cache is not None:
+            cache.forget_model(namespace, name)
+        if REGISTRY.deps is not None and isinstance(REGISTRY.deps.executor, executors.ConversionQueue):
+            await REGISTRY.deps.executor.forget(namespace, name)
+        return
+    if cache is not None:
+        cache.put_model({key: body[key] for key in body})
+    REGISTRY.touch(namespace, name)

@@ -9,10 +9,12 @@ from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
+from serin.operator.cache import Cache
 from serin.operator.routing.base import GROUP as KSERVE_GROUP
 from serin.operator.routing.base import PLURAL as KSERVE_PLURAL
 from serin.operator.routing.base import VERSION as KSERVE_VERSION
 from serin.operator.routing.base import Op, Write
+from serin.operator.routing.standard import ISVC_LABEL
 
 GROUP, VERSION, PLURAL = "serin.dev", "v1alpha1", "models"
 MERGE = "application/merge-patch+json"  # custom resources take no strategic merge patch
@@ -24,8 +26,12 @@ class Conflict(Exception):
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient, component: str = "serin-operator") -> None:
+    """Reads come from the watch cache when one is given (the operator), else from the apiserver
+    (the CLI, tests); every write's response goes into the cache."""
+
+    def __init__(self, api: client.ApiClient, component: str = "serin-operator", cache: Cache | None = None) -> None:
         self.api = api
+        self.cache = cache
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
@@ -33,12 +39,26 @@ class Kube:
         self.instance = f"{component}-{uuid.uuid4().hex[:8]}"
 
     async def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.cache is not None:
+            cached = self.cache.model(namespace, name)
+            if cached is not None:
+                return cached
+        return await self.refresh_model(namespace, name)
+
+    async def refresh_model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Model as the apiserver has it now (after a Conflict: the cache was behind)."""
         try:
-            return await self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            model: dict[str, Any] = await self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                                                    name)
         except ApiException as err:
             if err.status == 404:
+                if self.cache is not None:
+                    self.cache.forget_model(namespace, name)
                 return None
             raise
+        if self.cache is not None:
+            self.cache.put_model(model)
+        return model
 
     async def patch_model_status(self, model: dict[str, Any], status: dict[str, Any]) -> None:
         meta = model["metadata"]
@@ -46,20 +66,26 @@ class Kube:
         body = {"metadata": {"resourceVersion": meta["resourceVersion"]},
                 "status": merge_patch(model.get("status") or {}, status)}
         try:
-            await self.custom.patch_namespaced_custom_object_status(
+            written = await self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body, _content_type=MERGE)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
         except ApiException as err:
             if err.status == 409:
                 raise Conflict(meta["name"]) from err
             raise
+        if self.cache is not None:
+            self.cache.put_model(written)
 
     async def remove_annotation(self, model: dict[str, Any], key: str) -> None:
         meta = model["metadata"]
         body = {"metadata": {"annotations": {key: None}}}
-        await self.custom.patch_namespaced_custom_object(
+        written = await self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body, _content_type=MERGE)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
+        if self.cache is not None:
+            self.cache.put_model(written)
 
     async def get_isvc(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.cache is not None:
+            return await self.cache.get("isvc", namespace, name)
         try:
             return await self.custom.get_namespaced_custom_object(
                 KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name)
@@ -68,25 +94,16 @@ class Kube:
                 return None
             raise
 
-    async def create_isvc(self, body: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        try:
-            await self.custom.create_namespaced_custom_object(
-                KSERVE_GROUP, KSERVE_VERSION, meta["namespace"], KSERVE_PLURAL, body)
-        except ApiException as err:
-            if err.status == 409:
-                raise Conflict(meta["name"]) from err
-            raise
-
-    async def patch_isvc(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        await self.custom.patch_namespaced_custom_object(
-            KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name, patch, _content_type=MERGE)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
-
-    async def list_deployments(self, namespace: str, selector: str) -> tuple[dict[str, Any], ...]:
-        deps = await self.apps.list_namespaced_deployment(namespace, label_selector=selector)
+    async def isvc_deployments(self, namespace: str, isvc: str) -> tuple[dict[str, Any], ...]:
+        """The Deployments KServe made for one InferenceService (by its label)."""
+        if self.cache is not None:
+            return await self.cache.by_label("deployments", namespace, isvc)
+        deps = await self.apps.list_namespaced_deployment(namespace, label_selector=f"{ISVC_LABEL}={isvc}")
         return tuple(self.api.sanitize_for_serialization(d) for d in deps.items)
 
     async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.cache is not None:
+            return await self.cache.get("service", namespace, name)
         try:
             svc = await self.core.read_namespaced_service(name, namespace)
         except ApiException as err:
@@ -96,6 +113,8 @@ class Kube:
         return dict(self.api.sanitize_for_serialization(svc))
 
     async def get_route(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.cache is not None:
+            return await self.cache.get("route", namespace, name)
         try:
             return await self.custom.get_namespaced_custom_object(GATEWAY_GROUP, GATEWAY_VERSION, namespace,
                                                                   HTTPROUTES, name)
@@ -118,7 +137,9 @@ class Kube:
         next tick reads it and plans again."""
         try:
             if w.kind == "service":
-                await self._write_service(namespace, w)
+                written = await self._write_service(namespace, w)
+                if self.cache is not None and w.op != Op.DELETE:
+                    self.cache.put("service", self.api.sanitize_for_serialization(written))
                 return
             if w.kind == "isvc":
                 group, version, plural = KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL
@@ -127,24 +148,26 @@ class Kube:
             else:
                 raise ValueError(f"unknown kind {w.kind!r}")
             if w.op == Op.CREATE:
-                await self.custom.create_namespaced_custom_object(group, version, namespace, plural, w.body)
+                written = await self.custom.create_namespaced_custom_object(group, version, namespace, plural, w.body)
             elif w.op == Op.PATCH:
-                await self.custom.patch_namespaced_custom_object(
+                written = await self.custom.patch_namespaced_custom_object(
                     group, version, namespace, plural, w.name, w.body, _content_type=MERGE)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
             else:
                 await self.custom.delete_namespaced_custom_object(group, version, namespace, plural, w.name)
+                written = None
+            if self.cache is not None and written:
+                self.cache.put("isvc" if w.kind == "isvc" else "route", written)
         except ApiException as err:
             if err.status == 409:
                 raise Conflict(w.name) from err
             raise
 
-    async def _write_service(self, namespace: str, w: Write) -> None:
+    async def _write_service(self, namespace: str, w: Write) -> Any:
         if w.op == Op.CREATE:
-            await self.core.create_namespaced_service(namespace, w.body)  # type: ignore[arg-type]  # a dict body is sent as it is
-        elif w.op == Op.PATCH:
-            await self.core.patch_namespaced_service(w.name, namespace, w.body)
-        else:
-            await self.core.delete_namespaced_service(w.name, namespace)
+            return await self.core.create_namespaced_service(namespace, w.body)  # type: ignore[arg-type]  # a dict body is sent as it is
+        if w.op == Op.PATCH:
+            return await self.core.patch_namespaced_service(w.name, namespace, w.body)
+        return await self.core.delete_namespaced_service(w.name, namespace)
 
     async def event(self, model: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = model["metadata"]

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
@@ -26,6 +27,8 @@ class LeaderElector:
         self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._leading_until: dt.datetime | None = None
+        # Called on becoming leader (again): the reconcile loops of a standby sleep until then.
+        self.on_elected: Callable[[], None] = lambda: None
 
     @property
     def is_leader(self) -> bool:
@@ -102,4 +105,7 @@ class LeaderElector:
     def _became_leader(self, now: dt.datetime, first: bool) -> None:
         if first:
             log.info("became leader as %s", self.identity)
+        was_leading = self.is_leader
         self._leading_until = now + dt.timedelta(seconds=self.lease_seconds - self.renew_seconds)
+        if not was_leading:
+            self.on_elected()

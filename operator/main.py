@@ -16,6 +16,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--prometheus-url", default=os.environ.get("SERIN_PROMETHEUS_URL", "http://localhost:9090"))
     parser.add_argument("--model-store", default=os.environ.get("SERIN_MODEL_STORE"),
                         help="local: a directory; job: pvc://CLAIM[/prefix]")
+    parser.add_argument("--max-conversions", type=int, default=int(os.environ.get("SERIN_MAX_CONVERSIONS") or 0),
+                        help="conversions running at once, the rest wait in line "
+                             "(default: one per core locally, 4 Jobs in a cluster)")
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("SERIN_METRICS_PORT", "0")))
     parser.add_argument("--health-port", type=int, default=0, help="liveness endpoint /healthz (0: off)")
     parser.add_argument("--verbose", "-v", action="store_true")
@@ -24,6 +27,11 @@ def main(argv: list[str]) -> int:
     os.environ["SERIN_EXECUTOR"] = args.executor
     os.environ["SERIN_PROMETHEUS_URL"] = args.prometheus_url
     os.environ["SERIN_METRICS_PORT"] = str(args.metrics_port)
+    os.environ["SERIN_NAMESPACES"] = ",".join(dict.fromkeys(args.namespace))
+    if args.max_conversions < 0:
+        parser.error("--max-conversions must be at least 1 (0: the default)")
+    if args.max_conversions:
+        os.environ["SERIN_MAX_CONVERSIONS"] = str(args.max_conversions)
     if args.model_store:
         os.environ["SERIN_MODEL_STORE"] = args.model_store
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

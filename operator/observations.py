@@ -13,6 +13,7 @@ class ConversionState(enum.StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     MISSING = "Missing"  # nothing running and no result: start it
+    QUEUED = "Queued"  # waiting for a slot under the concurrency limit
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class ConversionResult:
     reason: str = ""
     summary: ConversionSummary | None = None  # what the converter reported, when it did
     retryable: bool = False  # Failed, but transiently (fetch failed): another attempt may pass
+    position: int = 0  # Queued: its place in line, 1 being next
 
 
 @dataclass(frozen=True)

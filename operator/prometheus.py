@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Protocol
 
@@ -20,9 +21,29 @@ class MetricProvider(Protocol):
 
 
 class Prometheus:
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+    """At most `concurrency` queries in flight, on one connection pool: 50 rollouts analysing at
+    once queue here instead of flooding Prometheus. A query that cannot start and finish within
+    `timeout` (waiting included) returns no value with the reason, so the round is Inconclusive:
+    a slow Prometheus delays no decision and never passes one."""
+
+    def __init__(self, url: str, timeout: float = 5.0, concurrency: int = 16) -> None:
         self.url = url.rstrip("/")
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.timeout = timeout
+        self.slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        self.waiting = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.concurrency),
+                timeout=aiohttp.ClientTimeout(total=self.timeout))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     async def measure(self, metric: str, query: str) -> MeasuredValue:
         body = await self._query(query)
@@ -38,12 +59,25 @@ class Prometheus:
 
     async def _query(self, query: str) -> object:
         """The response body, or why there is none (a string)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        self.waiting += 1
         try:
-            async with aiohttp.ClientSession(timeout=self.timeout) as session, \
-                    session.get(f"{self.url}/api/v1/query", params={"query": query}) as resp:
+            async with asyncio.timeout(self.timeout):
+                await self.slots.acquire()
+        except TimeoutError:
+            return (f"prometheus busy: no query slot within {self.timeout:g}s "
+                    f"({self.concurrency} in flight, {self.waiting - 1} more waiting)")
+        finally:
+            self.waiting -= 1
+        try:
+            async with asyncio.timeout(max(0.1, deadline - loop.time())), \
+                    self._client().get(f"{self.url}/api/v1/query", params={"query": query}) as resp:
                 return await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             return f"prometheus unreachable: {type(err).__name__}: {err}"[:300]
+        finally:
+            self.slots.release()
 
 
 def _failure(body: object) -> str:

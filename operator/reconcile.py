@@ -20,14 +20,14 @@ from serin.operator import opmetrics, queries
 from serin.operator.actions import Action, ApplyServing, CancelConversion, ClearAnnotation, Emit, StartConversion
 from serin.operator.executors import ConversionExecutor, ConversionRequest
 from serin.operator.kube import Kube, owner_reference
-from serin.operator.observations import MeasuredValue, Observations
+from serin.operator.observations import ConversionResult, ConversionState, MeasuredValue, Observations
 from serin.operator.prometheus import MetricProvider
 from serin.operator.queries import QueryContext, render, sample_query, value_buckets_query, window_for
-from serin.operator.rollout import Decision, analysis_due, decide
+from serin.operator.rollout import Decision, analysis_due, decide, is_idle, next_due
 from serin.operator.routing import Router, Routing, Seen
-from serin.operator.routing.standard import ISVC_LABEL, route_name, split_service_name
+from serin.operator.routing.standard import route_name, split_service_name
 from serin.operator.spec import Builtin, MetricSpec, ModelSpec, parse_spec
-from serin.operator.status import CanaryState, Status, status_from_dict, status_to_dict, to_time
+from serin.operator.status import CanaryState, Status, from_time, status_from_dict, status_to_dict, to_time
 
 log = logging.getLogger("serin.reconcile")
 
@@ -35,6 +35,7 @@ log = logging.getLogger("serin.reconcile")
 # exit abruptly (like SIGKILL) at that point of the tick that emits Event REASON. Tests use it to
 # kill the operator at exact points of a rollout; unset, it costs one string comparison.
 FAILPOINT = os.environ.get("SERIN_FAILPOINT", "")
+QUEUE_REFRESH = 30.0  # a queued conversion's position in status is refreshed this often
 
 
 def _failpoint(stage: str, decision: Decision) -> None:
@@ -61,17 +62,38 @@ class Deps:
 async def read_serving(kube: Kube, router: Router, namespace: str, name: str,
                        isvc: dict[str, Any] | None) -> Seen:
     kinds = router.kinds()
-    deployments = await kube.list_deployments(namespace, f"{ISVC_LABEL}={name}") if "deployments" in kinds else ()
+    deployments = await kube.isvc_deployments(namespace, name) if "deployments" in kinds else ()
     service = await kube.get_service(namespace, split_service_name(name)) if "service" in kinds else None
     route = await kube.get_route(namespace, route_name(name)) if "route" in kinds else None
     return Seen(namespace, name, isvc, deployments, service, route)
 
 
 def conversion_request(model: dict[str, Any], spec: ModelSpec, generation: int, key: str,
-                       attempt: int) -> ConversionRequest:
+                       attempt: int, requested_at: str = "") -> ConversionRequest:
     meta = model["metadata"]
     return ConversionRequest(meta["namespace"], meta["name"], meta["uid"], generation, key, attempt,
-                             spec.source, spec.conversion)
+                             spec.source, spec.conversion, requested_at)
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    decision: Decision
+    wake_after: float | None  # seconds until time alone matters to this Model (None: only a change)
+    idle: bool  # nothing in flight
+
+
+def wake_after(spec: ModelSpec, status: Status, now: dt.datetime, conversion: ConversionResult | None,
+               poll_seconds: float | None) -> float | None:
+    """When to reconcile again without a change: the decision's own next deadline, and the next
+    poll of a conversion whose end no watch reports (QUEUE_REFRESH while it waits in line, to
+    refresh its position; its start wakes it at once)."""
+    due = [next_due(spec, status, now)]
+    p = status.pending
+    if p is not None and p.retryAt is None:
+        queued = p.queuePosition is not None or (conversion is not None and conversion.state == ConversionState.QUEUED)
+        due.append(QUEUE_REFRESH if queued else poll_seconds)
+    known = [d for d in due if d is not None]
+    return min(known) if known else None
 
 
 async def measure(deps: Deps, model: dict[str, Any], spec: ModelSpec, status: Status) -> tuple[MeasuredValue, ...]:
@@ -104,7 +126,7 @@ async def regression_shift(metrics: MetricProvider, name: str, ctx: QueryContext
     return MeasuredValue(name, queries.regression_shift(canary, stable))
 
 
-async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | None = None) -> Decision | None:
+async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | None = None) -> Reconciled | None:
     model = await deps.kube.get_model(namespace, name)
     if model is None or model["metadata"].get("deletionTimestamp"):
         return None  # owner references let the garbage collector remove what we created
@@ -124,7 +146,7 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     if status.pending is not None and status.pending.retryAt is None:  # nothing runs while backing off
         p = status.pending
         conversion = await deps.executor.poll(
-            conversion_request(model, spec, p.generation, p.versionKey, p.attempt))
+            conversion_request(model, spec, p.generation, p.versionKey, p.attempt, p.startedAt))
     measurements = await measure(deps, model, spec, status) if analysis_due(spec, status, now) else None
     obs = Observations(generation, dict(model["metadata"].get("annotations") or {}), serving, conversion,
                        measurements)
@@ -140,15 +162,18 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     if decision.rolled_back is not None:
         opmetrics.ROLLOUTS_ROLLED_BACK.labels(namespace, name, decision.rolled_back).inc()
     _observe_metrics(namespace, name, decision, measured=measurements is not None)
-    return decision
+    return Reconciled(decision, wake_after(spec, decision.status, now, conversion, deps.executor.poll_seconds),
+                      is_idle(decision.status))
 
 
 async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Status, router: Router,
                  seen: Seen, action: Action, now: dt.datetime) -> None:
     meta = model["metadata"]
     if isinstance(action, StartConversion):
+        p = before.pending
+        requested = p.startedAt if p is not None and p.versionKey == action.versionKey else from_time(now) or ""
         await deps.executor.start(
-            conversion_request(model, spec, action.generation, action.versionKey, action.attempt))
+            conversion_request(model, spec, action.generation, action.versionKey, action.attempt, requested))
     elif isinstance(action, CancelConversion):
         await deps.executor.cancel(conversion_request(model, spec, action.generation, action.versionKey,
                                                       action.attempt))

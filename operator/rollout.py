@@ -134,6 +134,47 @@ def analysis_due(spec: ModelSpec, status: Status, now: dt.datetime) -> bool:
     return (now - last).total_seconds() >= spec.analysis.interval
 
 
+# Deadlines are strict (`since > deadline`): wake just after one, not on it.
+_AFTER = dt.timedelta(milliseconds=50)
+
+
+def next_due(spec: ModelSpec, status: Status, now: dt.datetime) -> float | None:
+    """Seconds until the passing of time alone can change this status's next decision: a back-off
+    ends, a conversion's timeout or a progressDeadline passes, an analysis round or a step's pause
+    is due. None when only a change can (the Model, its InferenceService, a conversion's end), which
+    the watches report. Reads the same fields `decide` compares with `now`, and nothing else."""
+    due: list[dt.datetime | None] = []
+    p = status.pending
+    if p is not None:
+        if p.retryAt is not None:
+            due.append(to_time(p.retryAt))
+        elif p.queuePosition is None:  # a queued conversion's timeout starts when it runs
+            start = to_time(p.startedAt)
+            due.append(start + dt.timedelta(seconds=spec.conversion.timeout.seconds) + _AFTER if start else None)
+    c = status.canary
+    if c is not None and c.state == PROGRESSING:
+        if c.trafficSince is None:
+            since = to_time(c.stepSince)
+            due.append(since + dt.timedelta(seconds=spec.progress_deadline) + _AFTER if since else None)
+        elif spec.analysis.metrics:
+            last = to_time(c.lastAnalysisAt) or to_time(c.trafficSince)
+            due.append(last + dt.timedelta(seconds=spec.analysis.interval) if last else None)
+        elif spec.steps and not spec.paused:
+            since = to_time(c.trafficSince)
+            due.append(since + dt.timedelta(seconds=spec.steps[c.step].pause) if since else None)
+    w = status.waiting
+    if w is not None and not w.exceeded:
+        since = to_time(w.since)
+        due.append(since + dt.timedelta(seconds=spec.progress_deadline) + _AFTER if since else None)
+    times = [t for t in due if t is not None]
+    return max(0.0, (min(times) - now).total_seconds()) if times else None
+
+
+def is_idle(status: Status) -> bool:
+    """Nothing in flight: no conversion, no canary, the stable version confirmed serving."""
+    return status.pending is None and status.canary is None and status.waiting is None
+
+
 # -- versions ---------------------------------------------------------------------------------
 
 
@@ -175,6 +216,21 @@ def _progress_conversion(t: _Tick, s: Status) -> Status:
         return s.evolve(pending=replace(p, retryAt=None, startedAt=t.now_s))
     if result is None:
         return s  # admitted this tick: its StartConversion is already on the way
+    if result.state == ConversionState.QUEUED:
+        if p.queuePosition is None:
+            t.emit("Normal", "ConversionQueued", f"generation {p.generation} waits for a conversion slot: "
+                   f"position {result.position} ({result.reason})")
+        return s.evolve(pending=replace(p, queuePosition=result.position))
+    if result.state == ConversionState.MISSING and p.queuePosition is not None:
+        # It waited in the queue and never ran: the queue lives in the operator's memory and went
+        # with a restart. Queue it again as the same attempt (it did not fail).
+        t.actions.append(StartConversion(p.generation, p.versionKey, p.attempt))
+        return s
+    if result.state == ConversionState.RUNNING and p.queuePosition is not None:
+        t.emit("Normal", "ConversionRunning", f"generation {p.generation}: its conversion left the queue and runs")
+        # Its timeout counts from now: waiting for a slot is not the conversion being slow.
+        p = replace(p, queuePosition=None, startedAt=t.now_s)
+        s = s.evolve(pending=p)
     if result.state == ConversionState.MISSING:
         # Nothing running and no result: a conversion lost with its process or Pod.
         if p.attempt >= MAX_CONVERSION_ATTEMPTS:
@@ -480,6 +536,9 @@ def _phase(spec: ModelSpec, s: Status) -> tuple[Phase, str]:
         return Phase.PROGRESSING, (f"generation {c.generation} at step {c.step + 1} of {len(spec.steps)}, "
                                    f"weight {c.weight}%{waiting}")
     if s.pending is not None:
+        if s.pending.queuePosition is not None:
+            return Phase.CONVERTING, (f"generation {s.pending.generation} queued for conversion "
+                                      f"(position {s.pending.queuePosition})")
         return Phase.CONVERTING, f"converting generation {s.pending.generation}"
     if s.stable is not None and not s.stableConfirmed:
         return Phase.DEPLOYING, f"waiting for generation {s.stable.generation} to serve"

@@ -149,6 +149,9 @@ class Pending:
     # Set while backing off after a transient failure (the artifact could not be fetched): the
     # attempt above starts at this time.
     retryAt: str | None = None
+    # Set while it waits for a conversion slot (the operator's concurrency limit): its place in line,
+    # 1 being next. startedAt is reset when it leaves the queue, so the timeout counts its run only.
+    queuePosition: int | None = None
 
 
 @dataclass(frozen=True)

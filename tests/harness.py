@@ -4,11 +4,13 @@ converters."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -127,6 +129,11 @@ class Cluster:
     operator: OperatorProcess
     name: str = "fraud"
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    # Every canaryTrafficPercent the InferenceService had, from a watch (kubectl get -w): the
+    # operator moves through a step in milliseconds when the serving layer settles at once, which
+    # polling would miss.
+    weights: list[int] = field(default_factory=list)
+    _watch: subprocess.Popen[str] | None = None
 
     def apply(self, uri: Path | str, rollout: dict[str, Any] | None = None, conversion: dict[str, Any] | None = None,
               **source: Any) -> None:
@@ -139,6 +146,7 @@ class Cluster:
         if conversion:
             body["spec"]["conversion"] = conversion
         self.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
+        self.watch_weights()
 
     def patch(self, patch: dict[str, Any]) -> None:
         self.cp.kubectl("patch", "model", self.name, "-n", self.namespace, "--type=merge", "-p", json.dumps(patch))
@@ -182,11 +190,34 @@ class Cluster:
             return s.get("phase") == phase and (generation is None or s.get("observedGeneration") == generation)
         return self.wait(f"phase {phase}", ok, timeout)
 
+    def watch_weights(self) -> None:
+        """Starts recording the InferenceService's canary weights (once per Cluster)."""
+        if self._watch is not None:
+            return
+        argv = [str(self.cp.bin_dir / "kubectl"), "--kubeconfig", str(self.cp.kubeconfig), "get",
+                "inferenceservices", "-n", self.namespace, "--field-selector", f"metadata.name={self.name}",
+                "--watch", "-o", 'jsonpath={.spec.predictor.canaryTrafficPercent}{"\\n"}']
+        self._watch = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        atexit.register(self.stop_watch)
+
+        def record(out: Any) -> None:
+            for line in out:
+                if line.strip().isdigit():
+                    self.weights.append(int(line))
+        threading.Thread(target=record, args=(self._watch.stdout,), daemon=True).start()
+
+    def stop_watch(self) -> None:
+        if self._watch is not None and self._watch.poll() is None:
+            self._watch.kill()
+            self._watch.wait(5)
+
     def weights_seen(self) -> list[int]:
+        time.sleep(0.5)  # let the watch deliver what the last read already showed
+        source = self.weights if self._watch is not None else [
+            p["canaryTrafficPercent"] for p in self.timeline if p["canaryTrafficPercent"] is not None]
         out: list[int] = []
-        for p in self.timeline:
-            w = p["canaryTrafficPercent"]
-            if w is not None and (not out or out[-1] != w):
+        for w in source:
+            if not out or out[-1] != w:
                 out.append(w)
         return out
 

@@ -18,18 +18,27 @@ from kubernetes_asyncio import client
 from serin.operator.executors.base import ConversionExecutor, ConversionRequest, result_from_summary
 from serin.operator.executors.job import JobExecutor, JobSettings
 from serin.operator.executors.local import LocalExecutor
+from serin.operator.executors.queue import ConversionQueue
 
-__all__ = ["ConversionExecutor", "ConversionRequest", "JobExecutor", "JobSettings", "LocalExecutor",
-           "from_environment", "result_from_summary"]
+__all__ = ["ConversionExecutor", "ConversionQueue", "ConversionRequest", "JobExecutor", "JobSettings",
+           "LocalExecutor", "default_limit", "from_environment", "result_from_summary"]
 
 
-def from_environment(api: client.ApiClient, kind: str) -> ConversionExecutor:
+def from_environment(api: client.ApiClient, kind: str, namespaces: tuple[str, ...] = ()) -> ConversionExecutor:
     """The executor `serin operator --executor KIND` asked for, configured as the chart sets it."""
+    poll = float(os.environ.get("SERIN_TICK_SECONDS", "1"))
     if kind == "job":
         return JobExecutor(api, JobSettings(
             image=os.environ["SERIN_CONVERTER_IMAGE"],
             service_account=os.environ.get("SERIN_CONVERSION_SERVICE_ACCOUNT", "serin-converter"),
-            model_store=os.environ.get("SERIN_MODEL_STORE", "pvc://serin-models")))
+            model_store=os.environ.get("SERIN_MODEL_STORE", "pvc://serin-models")), namespaces, poll_seconds=2 * poll)
     if kind == "local":
-        return LocalExecutor(Path(os.environ.get("SERIN_MODEL_STORE", Path.home() / ".serin" / "store")))
+        return LocalExecutor(Path(os.environ.get("SERIN_MODEL_STORE", Path.home() / ".serin" / "store")),
+                             poll_seconds=poll)
     raise ValueError(f"unknown conversion executor {kind!r} (local or job)")
+
+
+def default_limit(kind: str) -> int:
+    """Conversions at once by default: locally one per core (a converter is one busy process); in a
+    cluster 4 Jobs (each asks for half a core and 1 GiB, and may use 2 cores and 4 GiB)."""
+    return 4 if kind == "job" else max(1, os.cpu_count() or 1)

@@ -28,6 +28,8 @@ class ConversionRequest:
     attempt: int
     source: SourceSpec
     conversion: ConversionSpec
+    # When its version was admitted (status.pending.startedAt): the conversion queue's order.
+    requested_at: str = ""
 
     @property
     def slug(self) -> str:
@@ -49,6 +51,15 @@ class ConversionExecutor(Protocol):
     async def start(self, req: ConversionRequest) -> None: ...
     async def poll(self, req: ConversionRequest) -> ConversionResult: ...
     async def cancel(self, req: ConversionRequest) -> None: ...
+
+    async def active(self) -> set[tuple[str, str]]:
+        """(namespace, request slug) of every conversion running now, whoever started it."""
+        ...
+
+    @property
+    def poll_seconds(self) -> float | None:
+        """How often a running conversion is polled (its end is not watched), None: never."""
+        ...
 
 
 def result_from_summary(doc: Any, storage_uri: str) -> ConversionResult:

@@ -18,6 +18,8 @@ from serin.operator.executors.base import REQUEST_ENV, ConversionRequest, result
 from serin.operator.observations import ConversionResult, ConversionState
 
 STORE_MOUNT = "/mnt/serin-store"
+SLUG_ANNOTATION = "serin.dev/conversion"
+CONVERTER_SELECTOR = "app.kubernetes.io/name=serin-converter,app.kubernetes.io/managed-by=serin"
 SOURCE_MOUNT = "/mnt/pvc"  # the converter's PVC_MOUNT: pvc://CLAIM/path is read at SOURCE_MOUNT/CLAIM/path
 
 
@@ -64,6 +66,8 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
             "name": job_name(req), "namespace": req.namespace, "labels": labels,
+            # The conversion queue counts running Jobs by the request they serve.
+            "annotations": {SLUG_ANNOTATION: req.slug},
             "ownerReferences": [{"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "name": req.name,
                                  "uid": req.uid, "controller": True, "blockOwnerDeletion": True}],
         },
@@ -138,12 +142,39 @@ def result_from_pod(pod: dict[str, Any] | None, uri: str) -> ConversionResult | 
     return None
 
 
+def _finished(job: Any) -> bool:
+    status = job.status
+    if status is None:
+        return False
+    if any(c.type in ("Complete", "Failed") and c.status == "True" for c in status.conditions or []):
+        return True
+    return bool(status.succeeded or status.failed) and not status.active
+
+
 class JobExecutor:
-    def __init__(self, api: client.ApiClient, settings: JobSettings) -> None:
+    def __init__(self, api: client.ApiClient, settings: JobSettings, namespaces: tuple[str, ...] = (),
+                 poll_seconds: float = 2.0) -> None:
         self.api = api
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         self.settings = settings
+        self.namespaces = namespaces  # () : all namespaces
+        # A running Job is read every poll_seconds (2 requests): bounded by the conversion limit,
+        # and nothing at all once no conversion runs.
+        self._poll_seconds = poll_seconds
+
+    @property
+    def poll_seconds(self) -> float | None:
+        return self._poll_seconds
+
+    async def active(self) -> set[tuple[str, str]]:
+        if self.namespaces:
+            lists = [await self.batch.list_namespaced_job(ns, label_selector=CONVERTER_SELECTOR)
+                     for ns in self.namespaces]
+        else:
+            lists = [await self.batch.list_job_for_all_namespaces(label_selector=CONVERTER_SELECTOR)]
+        return {(job.metadata.namespace, (job.metadata.annotations or {}).get(SLUG_ANNOTATION, job.metadata.name))
+                for jobs in lists for job in jobs.items if not _finished(job)}
 
     async def start(self, req: ConversionRequest) -> None:
         try:

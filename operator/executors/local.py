@@ -20,9 +20,22 @@ SUMMARY_FILE = "summary.json"
 class LocalExecutor:
     """Runs conversions as subprocesses writing under `store/NAMESPACE/SLUG/`."""
 
-    def __init__(self, store: Path, python: str = sys.executable) -> None:
+    def __init__(self, store: Path, python: str = sys.executable, poll_seconds: float = 1.0) -> None:
         self.store = store
         self.python = python
+        # A subprocess's end is seen by polling its files (it outlives the operator that started
+        # it, so no child watcher can report it); only running conversions are polled.
+        self._poll_seconds = poll_seconds
+
+    @property
+    def poll_seconds(self) -> float | None:
+        return self._poll_seconds
+
+    async def active(self) -> set[tuple[str, str]]:
+        if not self.store.is_dir():
+            return set()
+        return {(ns.name, d.name) for ns in self.store.iterdir() if ns.is_dir() for d in ns.iterdir()
+                if not (d / SUMMARY_FILE).exists() and _pid_alive(d / ".pid")}
 
     def _dir(self, req: ConversionRequest) -> Path:
         return self.store / req.namespace / req.slug

@@ -44,17 +44,17 @@ NAMESPACED_RULES = {
     ("serin.dev", "models"): {"get", "list", "watch", "patch"},
     ("serin.dev", "models/status"): {"patch"},
     ("serin.dev", "models/finalizers"): {"update"},
-    ("serving.kserve.io", "inferenceservices"): {"get", "create", "patch"},
-    ("apps", "deployments"): {"list"},
-    ("", "services"): {"get", "create", "patch"},
-    ("batch", "jobs"): {"get", "create", "delete"},
+    ("serving.kserve.io", "inferenceservices"): {"list", "watch", "create", "patch"},
+    ("apps", "deployments"): {"list", "watch"},
+    ("", "services"): {"list", "watch", "create", "patch"},
+    ("batch", "jobs"): {"get", "list", "create", "delete"},
     ("", "pods"): {"list"},
     ("", "events"): {"create"},
 }
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"create"},
                ("coordination.k8s.io", "leases", "serin-operator"): {"get", "update"}}
 KSERVE_CONFIG_RULES = {("", "configmaps", "inferenceservice-config"): {"get"}}
-GATEWAY_RULES = {("gateway.networking.k8s.io", "httproutes"): {"get", "create", "patch"}}
+GATEWAY_RULES = {("gateway.networking.k8s.io", "httproutes"): {"list", "watch", "create", "patch"}}
 
 
 def rules_of(role: dict[str, Any]) -> dict[tuple[str, ...], set[str]]:

@@ -218,23 +218,23 @@ NEEDED_IN_WATCHED = [
     *[(v, "models.serin.dev") for v in ("get", "list", "watch", "patch")],
     ("patch", "models.serin.dev/status"),
     ("update", "models.serin.dev/finalizers"),
-    *[(v, "inferenceservices.serving.kserve.io") for v in ("get", "create", "patch")],
-    ("list", "deployments.apps"),
-    *[(v, "services") for v in ("get", "create", "patch")],
-    *[(v, "jobs.batch") for v in ("get", "create", "delete")],
+    *[(v, "inferenceservices.serving.kserve.io") for v in ("list", "watch", "create", "patch")],
+    *[(v, "deployments.apps") for v in ("list", "watch")],
+    *[(v, "services") for v in ("list", "watch", "create", "patch")],
+    *[(v, "jobs.batch") for v in ("get", "list", "create", "delete")],
     ("list", "pods"),
     ("create", "events"),
 ]
 # What the operator does not use, so it must not have, in the namespaces it watches.
 UNUSED_IN_WATCHED = [
     ("update", "models.serin.dev/status"), ("get", "models.serin.dev/status"),
-    *[(v, "inferenceservices.serving.kserve.io") for v in ("list", "watch", "update", "delete")],
-    *[(v, "jobs.batch") for v in ("list", "watch")],
+    *[(v, "inferenceservices.serving.kserve.io") for v in ("get", "update", "delete")],
+    ("watch", "jobs.batch"),
     *[(v, "pods") for v in ("get", "watch")], ("get", "pods/log"),
     ("patch", "events"), ("create", "events.events.k8s.io"),
-    *[(v, "deployments.apps") for v in ("get", "watch", "create", "patch", "delete")],
-    *[(v, "services") for v in ("list", "update", "delete")],
-    *[(v, "httproutes.gateway.networking.k8s.io") for v in ("get", "create", "patch")],  # no Gateway configured
+    *[(v, "deployments.apps") for v in ("get", "create", "patch", "delete")],
+    *[(v, "services") for v in ("get", "update", "delete")],
+    *[(v, "httproutes.gateway.networking.k8s.io") for v in ("list", "watch", "create", "patch")],  # no Gateway
 ]
 # What it must never do, anywhere (None: checked across all namespaces).
 FORBIDDEN = [

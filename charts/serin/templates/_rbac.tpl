@@ -6,8 +6,9 @@ tests/packaging proves them with `kubectl auth can-i` and by running the operato
 ServiceAccount through whole rollouts. Add a rule only with the call that needs it and a test.
 */}}
 {{- define "serin.namespacedRules" -}}
-# Models. list + watch: kopf's watch stream, which wakes a reconcile on every change. get: each
-# reconcile reads the Model afresh (its resourceVersion guards the status write). patch: removes
+# Models. list + watch: kopf's watch stream, which fills the operator's watch cache and wakes a
+# reconcile on every change. get: re-reads a Model after a Conflict (the resourceVersion sent with
+# every status write guards it), when the cache was behind. patch: removes
 # the one-shot serin.dev/promote and serin.dev/abort annotations once acted upon. No create,
 # update or delete: the operator never replaces or removes a user's Model.
 - apiGroups: [serin.dev]
@@ -26,36 +27,37 @@ ServiceAccount through whole rollouts. Add a rule only with the call that needs 
 - apiGroups: [serin.dev]
   resources: [models/finalizers]
   verbs: [update]
-# InferenceServices: read for KServe's status (traffic, revisions, readiness), created for a
-# Model's first version, patched at every step (canaryTrafficPercent or spec.canary, storageUri).
-# Never deleted by the operator: the owner reference does that.
+# InferenceServices: listed and watched into the cache for KServe's status (traffic, revisions,
+# readiness), created for a Model's first version, patched at every step (canaryTrafficPercent or
+# spec.canary, storageUri). Never deleted by the operator: the owner reference does that.
 - apiGroups: [serving.kserve.io]
   resources: [inferenceservices]
-  verbs: [get, create, patch]
-# Standard mode: the predictor Deployments KServe makes, listed by their InferenceService label,
-# are where the operator reads what really runs (the model on each Pod template, ready replicas,
-# rollout done). Read only.
+  verbs: [list, watch, create, patch]
+# Standard mode: the predictor Deployments KServe makes (those with its InferenceService label),
+# listed and watched into the cache, are where the operator reads what really runs (the model on
+# each Pod template, ready replicas, rollout done). Read only.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list]
+  verbs: [list, watch]
 # Standard mode without a Gateway: the Model's Service over all its predictor Pods (the canary's
-# share is its ready-replica ratio), created once, read each tick, patched to note the canary
-# written into spec.canary. Owned by the Model.
+# share is its ready-replica ratio), created once, watched (Serin's label), patched to note the
+# canary written into spec.canary. Owned by the Model.
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, patch]
+  verbs: [list, watch, create, patch]
 {{- if .Values.gateway.name }}
 # Standard mode with a Gateway: the Model's HTTPRoute with weighted backendRefs to the stable and
 # canary predictor Services, created once and patched at every weight change. Owned by the Model.
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [get, create, patch]
+  verbs: [list, watch, create, patch]
 {{- end }}
 # Conversion Jobs (executor "job"): created per version, read for their Failed condition, deleted
-# when superseded or past their timeout (the Pod follows by owner reference).
+# when superseded or past their timeout (the Pod follows by owner reference), listed (converter
+# label) by the conversion queue to count those running against its limit.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, create, delete]
+  verbs: [get, list, create, delete]
 # The conversion Pod, found by its job-name label: its termination message carries the report.
 - apiGroups: [""]
   resources: [pods]
