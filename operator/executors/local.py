@@ -34,8 +34,10 @@ class LocalExecutor:
     async def active(self) -> set[tuple[str, str]]:
         if not self.store.is_dir():
             return set()
+        # Alive, as poll() sees it: a converter that wrote its report but has not exited yet
+        # still holds its memory and its slot.
         return {(ns.name, d.name) for ns in self.store.iterdir() if ns.is_dir() for d in ns.iterdir()
-                if not (d / SUMMARY_FILE).exists() and _pid_alive(d / ".pid")}
+                if _pid_alive(d / ".pid")}
 
     def _dir(self, req: ConversionRequest) -> Path:
         return self.store / req.namespace / req.slug
