@@ -108,7 +108,7 @@ def test_operator_command_and_args(helm: Helm, values: dict[str, Any],
                                    namespace_args: list[str]) -> None:
     container = operator_container(helm.objects(values))
     assert container["command"] == ["serin", "operator"]
-    assert container["args"] == [*namespace_args, "--executor=job",
+    assert container["args"] == [*namespace_args, "--executor=job", "--max-conversions=4",
                                  "--prometheus-url=http://prometheus-operated.monitoring.svc:9090",
                                  "--metrics-port=8080", "--health-port=8081"]
 
