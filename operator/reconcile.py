@@ -20,7 +20,7 @@ from serin.operator import opmetrics, queries
 from serin.operator.actions import Action, ApplyServing, CancelConversion, ClearAnnotation, Emit, StartConversion
 from serin.operator.executors import ConversionExecutor, ConversionRequest
 from serin.operator.kube import Kube, owner_reference
-from serin.operator.observations import ConversionResult, ConversionState, MeasuredValue, Observations
+from serin.operator.observations import MeasuredValue, Observations
 from serin.operator.prometheus import MetricProvider
 from serin.operator.queries import QueryContext, render, sample_query, value_buckets_query, window_for
 from serin.operator.rollout import Decision, analysis_due, decide, is_idle, next_due
@@ -82,16 +82,15 @@ class Reconciled:
     idle: bool  # nothing in flight
 
 
-def wake_after(spec: ModelSpec, status: Status, now: dt.datetime, conversion: ConversionResult | None,
-               poll_seconds: float | None) -> float | None:
+def wake_after(spec: ModelSpec, status: Status, now: dt.datetime, poll_seconds: float | None) -> float | None:
     """When to reconcile again without a change: the decision's own next deadline, and the next
     poll of a conversion whose end no watch reports (QUEUE_REFRESH while it waits in line, to
     refresh its position; its start wakes it at once)."""
     due = [next_due(spec, status, now)]
     p = status.pending
     if p is not None and p.retryAt is None:
-        queued = p.queuePosition is not None or (conversion is not None and conversion.state == ConversionState.QUEUED)
-        due.append(QUEUE_REFRESH if queued else poll_seconds)
+        # decide() records every Queued answer as queuePosition, so the status alone says it waits.
+        due.append(QUEUE_REFRESH if p.queuePosition is not None else poll_seconds)
     known = [d for d in due if d is not None]
     return min(known) if known else None
 
@@ -162,7 +161,7 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     if decision.rolled_back is not None:
         opmetrics.ROLLOUTS_ROLLED_BACK.labels(namespace, name, decision.rolled_back).inc()
     _observe_metrics(namespace, name, decision, measured=measurements is not None)
-    return Reconciled(decision, wake_after(spec, decision.status, now, conversion, deps.executor.poll_seconds),
+    return Reconciled(decision, wake_after(spec, decision.status, now, deps.executor.poll_seconds),
                       is_idle(decision.status))
 
 
