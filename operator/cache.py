@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 from serin.operator.routing.standard import ISVC_LABEL
@@ -215,8 +216,13 @@ class Informer:
                     self.synced.set()
                 else:
                     log.warning("watch of %s failed: API %s %s; relisting", self.kind.name, err.status, err.reason)
-            except (OSError, TimeoutError, ValueError) as err:
+            except (OSError, TimeoutError, ValueError, aiohttp.ClientError) as err:
+                # The apiserver went away (a restart ends a watch mid-stream with ClientPayloadError
+                # or ServerDisconnectedError, neither an OSError) or sent what does not parse.
                 log.warning("watch of %s broke: %s: %s; relisting", self.kind.name, type(err).__name__, err)
+            except Exception:
+                # Never let an informer die: a dead one is a cache that silently stops changing.
+                log.exception("watch of %s failed unexpectedly; relisting", self.kind.name)
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, 60.0)
 

@@ -37,6 +37,10 @@ CACHE: list[Cache] = []  # the one watch cache, made at start-up (kopf's handler
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # Serin posts its own Events
     settings.watching.server_timeout = 60
+    # kopf's default retries give up after ~54 s, and a Model watch that gives up stops the operator.
+    # Ride out an apiserver outage (an upgrade, a restart) of up to ~10 minutes instead, as
+    # client-go's informers do; the watch cache (cache.py) retries on its own, without end.
+    settings.networking.error_backoffs = (1, 1, 2, 3, 5, 8, 13, 21) + (30,) * 18
     # No cluster scanning: Serin watches one CRD it knows, in cluster-wide mode or in namespaces named
     # exactly, so kopf needs neither list/watch on namespaces nor on CRDs. That keeps the chart's
     # namespaced mode free of any cluster-scoped right. The price, a CRD installed after start-up

@@ -75,7 +75,9 @@ def test_many_models_convert_within_the_limit_then_cost_no_reads_at_idle(cluster
     time.sleep(20)
     after = reads_by_resource(c)
     grown = {r: after.get(r, 0) - before.get(r, 0) for r in after if after.get(r, 0) > before.get(r, 0)}
-    ours = {r: n for r, n in grown.items() if r in ("models", "inferenceservices", "deployments", "services",
+    # Not Services: kube-apiserver's own bootstrap controller LISTs them every few minutes (its
+    # ClusterIP and NodePort repair loops), and in this mode (Knative) Serin never reads one.
+    ours = {r: n for r, n in grown.items() if r in ("models", "inferenceservices", "deployments",
                                                   "httproutes", "jobs", "pods")}
     assert not ours, f"reads at idle over 20 s with {MODELS} Models: {ours}"
 

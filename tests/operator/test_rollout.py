@@ -4,13 +4,13 @@ No I/O: these run in milliseconds and pin down every transition the operator can
 
 from __future__ import annotations
 
-import datetime as dt
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
+from clock import at, ts
 from serin.operator.actions import (
     ApplyServing,
     CancelConversion,
@@ -41,20 +41,9 @@ from serin.operator.status import (
     Pending,
     Status,
     Version,
-    from_time,
     status_from_dict,
     status_to_dict,
 )
-
-T0 = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
-
-
-def at(seconds: float) -> dt.datetime:
-    return T0 + dt.timedelta(seconds=seconds)
-
-
-def ts(seconds: float) -> str:
-    return from_time(at(seconds)) or ""
 
 
 def make_spec(uri: str = "file:///models/v2.joblib", **rollout: Any) -> ModelSpec:

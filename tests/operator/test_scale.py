@@ -5,12 +5,12 @@ and Prometheus queries bounded in number and time."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from aiohttp import web
+from clock import at, ts
 from serin.operator.actions import ApplyServing, Emit, StartConversion
 from serin.operator.cache import Store, model_of, newer, strip
 from serin.operator.executors.base import ConversionRequest
@@ -26,17 +26,7 @@ from serin.operator.observations import (
 from serin.operator.prometheus import Prometheus
 from serin.operator.rollout import analysis_due, decide, is_idle, next_due
 from serin.operator.spec import ModelSpec, parse_spec
-from serin.operator.status import Canary, Pending, Status, Version, Waiting, from_time
-
-T0 = dt.datetime(2026, 12, 2, 12, 0, 0, tzinfo=dt.UTC)
-
-
-def at(seconds: float) -> dt.datetime:
-    return T0 + dt.timedelta(seconds=seconds)
-
-
-def ts(seconds: float) -> str:
-    return from_time(at(seconds)) or ""
+from serin.operator.status import Canary, Pending, Status, Version, Waiting
 
 
 def spec_with(uri: str = "file:///m/v2.onnx", metrics: bool = True, **rollout: Any) -> ModelSpec:
