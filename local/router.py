@@ -39,7 +39,11 @@ class Router:
     async def start(self, port: int = 0) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        # handler_cancellation: a client that gives up cancels its upstream request, as Knative's
+        # Go proxies do. Without it (aiohttp's default) an overloaded revision keeps every
+        # abandoned request's socket open until the upstream answers: under load that grew to
+        # thousands of CLOSE-WAIT sockets and "Too many open files" (bench/scale_bench.py).
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()

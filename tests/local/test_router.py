@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 
@@ -61,3 +62,38 @@ async def test_forwards_method_path_body_and_status() -> None:
         await router.stop()
         await runner.cleanup()
     assert seen == [("POST", "/v2/models/m/infer?x=1", b'{"a": 1}')]
+
+
+async def test_client_that_gives_up_cancels_its_upstream_request() -> None:
+    # Under overload clients time out; an ingress that kept waiting on the revision for every
+    # abandoned request would hold its socket (CLOSE-WAIT) until the revision answered, and ran
+    # out of file descriptors in the scale benchmark.
+    cancelled = asyncio.Event()
+
+    async def stuck(request: web.Request) -> web.Response:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", stuck)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    router = Router("ns/m")
+    await router.start()
+    router.set_routes({"r1": 100}, {"r1": f"http://127.0.0.1:{port}"})
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
+            with pytest.raises(asyncio.TimeoutError):
+                async with session.post(router.url + "/v2/models/m/infer", data=b"{}"):
+                    pass
+        await asyncio.wait_for(cancelled.wait(), 5)  # the router dropped its upstream request
+    finally:
+        await router.stop()
+        await runner.cleanup()
