@@ -99,7 +99,8 @@ def requests_by_resource(cp: ControlPlane) -> dict[str, float]:
         if family.name == "apiserver_request":
             for s in family.samples:
                 if s.name.endswith("_total"):
-                    key = f"{s.labels.get('resource') or '-'} {s.labels.get('verb', '')}"
+                    resource = "/".join(x for x in (s.labels.get("resource"), s.labels.get("subresource")) if x)
+                    key = f"{resource or '-'} {s.labels.get('verb', '')}"
                     out[key] = out.get(key, 0.0) + s.value
     return out
 
@@ -170,6 +171,7 @@ def ramp(cp: ControlPlane, op: OperatorProcess, platform_pids: list[int], n: int
          limit: int) -> dict[str, Any]:
     assert op.proc is not None
     docs = [model_doc(FLEET, f"m{i:04d}", files) for i in range(n)]
+    requests_before, cpu_before = requests_by_resource(cp), psutil.Process(op.proc.pid).cpu_times()
     t0 = time.monotonic()
     with Sampler(op.proc.pid, platform_pids) as s:
         apply_all(cp, docs)
@@ -190,6 +192,12 @@ def ramp(cp: ControlPlane, op: OperatorProcess, platform_pids: list[int], n: int
           f"({took / n:.2f}s per Model at {limit} conversions at once); converters at once: at most "
           f"{s.most_converters} (limit {limit}); peak RSS: operator {mb(s.peak_operator)}, "
           f"platform {mb(s.peak_platform)}", flush=True)
+    requests, cpu = requests_by_resource(cp), psutil.Process(op.proc.pid).cpu_times()
+    grown = {k: requests[k] - requests_before.get(k, 0.0) for k in requests}
+    print(f"  during the ramp: operator CPU {(cpu.user + cpu.system - cpu_before.user - cpu_before.system) / took:.0%} "
+          f"of a core; apiserver {sum(grown.values()) / took:.1f} requests/s, most: "
+          + ", ".join(f"{k} {v / took:.1f}/s" for k, v in sorted(grown.items(), key=lambda kv: -kv[1])[:5]),
+          flush=True)
     return {"seconds": took, "most_converters": s.most_converters, "peak_operator": s.peak_operator,
             "peak_platform": s.peak_platform}
 

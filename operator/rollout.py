@@ -205,6 +205,23 @@ def _admit_new_version(t: _Tick, s: Status) -> Status:
     return s.evolve(pending=pending, canary=canary)
 
 
+# Within this many places of the front the position in status is exact.
+QUEUE_EXACT_WITHIN = 10
+
+
+def shown_queue_position(shown: int | None, position: int) -> int:
+    """The place in line to write into status. Exact near the front; further back it is rewritten
+    only once it has halved (or grown, after a restart). Each finished conversion moves every
+    waiting Model up one place: writing every move makes a queue of N cost N status writes per
+    conversion (measured: 60 status PATCHes/s with 900 Models in line, half the apiserver's CPU,
+    slowing the conversions themselves). Halving costs each Model about log2(N / 10) writes for
+    its whole wait, and what status shows is never below the true place. Kueue moved queue
+    positions out of status for the same reason."""
+    if shown is None or position <= QUEUE_EXACT_WITHIN or position > shown or position * 2 <= shown:
+        return position
+    return shown
+
+
 def _progress_conversion(t: _Tick, s: Status) -> Status:
     p, result = s.pending, t.obs.conversion
     if p is None:
@@ -220,7 +237,7 @@ def _progress_conversion(t: _Tick, s: Status) -> Status:
         if p.queuePosition is None:
             t.emit("Normal", "ConversionQueued", f"generation {p.generation} waits for a conversion slot: "
                    f"position {result.position} ({result.reason})")
-        return s.evolve(pending=replace(p, queuePosition=result.position))
+        return s.evolve(pending=replace(p, queuePosition=shown_queue_position(p.queuePosition, result.position)))
     if result.state == ConversionState.MISSING and p.queuePosition is not None:
         # It waited in the queue and never ran: the queue lives in the operator's memory and went
         # with a restart. Queue it again as the same attempt (it did not fail).

@@ -24,7 +24,7 @@ from serin.operator.observations import (
     Variant,
 )
 from serin.operator.prometheus import Prometheus
-from serin.operator.rollout import analysis_due, decide, is_idle, next_due
+from serin.operator.rollout import analysis_due, decide, is_idle, next_due, shown_queue_position
 from serin.operator.spec import ModelSpec, parse_spec
 from serin.operator.status import Canary, Pending, Status, Version, Waiting
 
@@ -155,6 +155,33 @@ def test_a_queued_conversion_says_its_place_once_as_an_event_and_always_in_statu
     again = decide(spec, d.status, pending_obs(ConversionState.QUEUED, 3), at(30))
     assert again.status.pending is not None and again.status.pending.queuePosition == 3
     assert not [a for a in again.actions if isinstance(a, Emit)]
+
+
+@pytest.mark.parametrize(("shown", "position", "want"), [
+    pytest.param(None, 900, 900, id="first-answer-is-written"),
+    pytest.param(900, 899, 900, id="far-back-one-place-up-is-not-a-write"),
+    pytest.param(900, 451, 900, id="not-yet-halved"),
+    pytest.param(900, 450, 450, id="halved-is-written"),
+    pytest.param(14, 10, 10, id="exact-near-the-front"),
+    pytest.param(7, 6, 6, id="every-place-counts-near-the-front"),
+    pytest.param(40, 60, 60, id="grown-after-a-restart-is-written"),
+])
+def test_queue_position_in_status_is_coarse_far_back_exact_near_the_front(
+        shown: int | None, position: int, want: int) -> None:
+    assert shown_queue_position(shown, position) == want
+
+
+def test_a_long_queue_costs_each_model_few_status_writes() -> None:
+    spec = spec_with()
+    s = replace(PROMOTED, pending=Pending(2, spec.version_key, ts(0)))
+    writes = 0
+    for i, position in enumerate(range(1000, 0, -1)):  # one place up per finished conversion
+        d = decide(spec, s, pending_obs(ConversionState.QUEUED, position), at(i))
+        writes += d.status != s
+        assert d.status.pending is not None and d.status.pending.queuePosition is not None
+        assert d.status.pending.queuePosition >= position  # never shows a place ahead of the truth
+        s = d.status
+    assert writes <= 10 + 7, f"{writes} status writes for one wait through 1,000 places"
 
 
 def test_leaving_the_queue_restarts_the_timeout_clock() -> None:
