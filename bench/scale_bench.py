@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -296,8 +298,12 @@ def main() -> int:
     ap.add_argument("--rollouts", type=int, default=50, help="canaries judged at once")
     ap.add_argument("--limit", type=int, default=os.cpu_count() or 1, help="conversions at once")
     ap.add_argument("--idle-seconds", type=float, default=60)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, etcd) for a look")
     ap.add_argument("--solo-runs", type=int, default=5, help="single rollouts measured one after another")
     args = ap.parse_args()
+    # SIGTERM (a timeout, a kill) unwinds like Ctrl-C: the ExitStack below stops the apiserver,
+    # etcd, Prometheus and the operator, which run in sessions of their own and would outlive us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="serin-scale-"))
     print(f"scale benchmark: {args.models} Models, {args.rollouts} rollouts at once, {args.limit} conversions "
           f"at once, on {os.cpu_count()} cores; work in {root}", flush=True)
@@ -306,6 +312,8 @@ def main() -> int:
     bad = demo_models.erroring_version(root / "bad", limit=LIMIT)
     t0 = time.monotonic()
     with ExitStack() as stack:
+        if not args.keep:  # runs last: after every process that writes there has stopped
+            stack.callback(shutil.rmtree, root, ignore_errors=True)
         cp = start_control_plane(root / "cp", controller_manager=False)
         stack.callback(cp.stop)
         prom: Prometheus = start_prometheus(root / "prometheus", cp.bin_dir)

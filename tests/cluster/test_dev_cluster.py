@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -93,8 +94,18 @@ def test_dev_up_cluster_serves_a_model_and_down_leaves_nothing(tmp_path: Path) -
         data=json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
                                      "data": [5.1, 3.5, 1.4, 0.2]}]}).encode(),
         headers={"Host": f"iris-{state['namespace']}.{state['gatewayDomain']}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        assert resp.status == 200 and len(json.loads(resp.read())["outputs"][0]["data"]) == 1
+    # Right after Promoted Traefik can answer 503 for a few hundred ms: the HTTPRoute's status is
+    # written before its router has the route (harness.from_first_served, docs/serving.md).
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                assert resp.status == 200 and len(json.loads(resp.read())["outputs"][0]["data"]) == 1
+                break
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
     down = serin("dev", "down", "--home", str(home), timeout=400)
     assert down.returncode == 0, f"{down.stdout}\n{down.stderr}"
