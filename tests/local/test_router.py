@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from typing import Any
 
 import aiohttp
 import pytest
@@ -33,6 +34,17 @@ def test_pick_follows_weights() -> None:
     assert 0.70 < counts["r1"] / 4000 < 0.80  # ±5 sd of Binomial(4000, 0.75)
 
 
+async def revision(handler: Any, **runner_args: Any) -> tuple[web.AppRunner, int]:
+    """A revision's server on a loopback port, answering every path with `handler`."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, **runner_args)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
 async def test_forwards_method_path_body_and_status() -> None:
     seen: list[tuple[str, str, bytes]] = []
 
@@ -40,13 +52,7 @@ async def test_forwards_method_path_body_and_status() -> None:
         seen.append((request.method, request.path_qs, await request.read()))
         return web.json_response({"ok": True}, status=201, headers={"X-Backend": "yes"})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await revision(echo)
     router = Router("ns/m")
     await router.start()
     try:
@@ -78,13 +84,7 @@ async def test_client_that_gives_up_cancels_its_upstream_request() -> None:
             raise
         return web.json_response({})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", stuck)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await revision(stuck, handler_cancellation=True)
     router = Router("ns/m")
     await router.start()
     router.set_routes({"r1": 100}, {"r1": f"http://127.0.0.1:{port}"})
