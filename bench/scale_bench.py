@@ -17,7 +17,9 @@ One operator process watches both. Printed, in order:
              made to fail at one instant: the load's inputs shift so that the canary model
              raises on most requests. Detection → 0 %: the canary's first failed answer to the
              last answer it gives. One rollout at a time first (--solo-runs of them, their
-             median is the baseline), then R at once, side by side.
+             median is the baseline, their shifts placed evenly between two analysis rounds as
+             the R canaries' fall by their start times), then R at once, side by side; each
+             group prints its wait from the shift to the next round, to show the mix is alike.
 
     bash hack/venv.sh && ~/.cache/serin/venv-py311/bin/python bench/scale_bench.py --models 1000 --rollouts 50
 
@@ -29,6 +31,7 @@ Figures only, no assertions: the machine is shared and noisy, read the ratios.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import shutil
 import signal
@@ -66,6 +69,7 @@ RATE, ROWS = 2, 20
 LIMIT, SHIFT = 4.0, 3.0
 # Half the traffic on the canary: enough requests per analysis round at this low rate.
 HOLD = {"steps": [{"weight": 50, "pause": "30m"}], "progressDeadline": "10m"}  # analysis: the defaults
+INTERVAL = 10.0  # the default analysis interval, seconds
 
 
 def model_doc(namespace: str, name: str, files: demo_models.VersionFiles,
@@ -241,10 +245,19 @@ def finished(s: dict[str, Any]) -> bool:
     return s.get("observedGeneration") == 2 and s.get("phase") in ("RolledBack", "Promoted") and not s.get("canary")
 
 
+@dataclass
+class Detections:
+    seconds: list[float | None]  # detection → 0 % per canary (None: never rolled back)
+    waits: list[float]  # per canary: from the shift to its next analysis round (as scheduled)
+
+
 def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
-             bad: demo_models.VersionFiles) -> list[float | None]:
+             bad: demo_models.VersionFiles, phase: float | None = None) -> Detections:
     """`names` served from v1, under load, their bad version held at step 1, then all made to fail
-    at once: detection → 0 % for each (None: never rolled back)."""
+    at one instant: detection → 0 % for each. Detection depends on where the shift falls between
+    two analysis rounds (a round right after it sees too few failures for the hard path and the
+    next one decides): `phase` (seconds after a round) places it, else it falls where it falls,
+    which for many canaries started at different times spreads over the whole interval."""
     apply_all(cp, [model_doc(CANARIES, n, v1, HOLD) for n in names])
     wait_all(cp, names, lambda s: s.get("phase") == "Promoted" and s.get("observedGeneration") == 1, 900, "v1")
     with ExitStack() as stack:
@@ -256,10 +269,19 @@ def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
             running.append(Canary(n, gen))
         apply_all(cp, [model_doc(CANARIES, n, bad, HOLD) for n in names])
         wait_all(cp, names, under_analysis, 900, "canary at step 1 under analysis")
-        time.sleep(12)  # every canary through one more round of analysis on healthy traffic
+        time.sleep(INTERVAL + 2)  # every canary through one more round of analysis on healthy traffic
+        if phase is not None:
+            before = last_rounds(cp, names)
+            while last_rounds(cp, names) == before:  # the next round has just been written
+                time.sleep(0.2)
+            last = last_rounds(cp, names)
+            time.sleep(max(0.0, max(last.values()) + phase - time.time()))
+        last = last_rounds(cp, names)
+        shifted = time.time()
         for c in running:
             c.shifted_at = c.load.now()
             c.load.set_shift(SHIFT)
+        waits = [(last[n] + INTERVAL - shifted) % INTERVAL for n in names]
         end = wait_all(cp, names, finished, 600, "rolled back")
         time.sleep(3)
     out: list[float | None] = []
@@ -272,7 +294,14 @@ def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
         out.append(max(served) - min(failed) if rolled_back and failed and served else None)
     for n in names:  # back to nothing, for the next measurement
         cp.kubectl("delete", "model", n, "-n", CANARIES, "--wait=false")
-    return out
+    return Detections(out, waits)
+
+
+def last_rounds(cp: ControlPlane, names: list[str]) -> dict[str, float]:
+    """Each canary's last analysis round (status.canary.lastAnalysisAt), as a Unix time."""
+    s = statuses(cp, CANARIES)
+    return {n: dt.datetime.fromisoformat((s[n].get("canary") or {})["lastAnalysisAt"]).timestamp()
+            for n in names}
 
 
 def wait_all(cp: ControlPlane, names: list[str], ok: Any, timeout: float, what: str) -> dict[str, dict[str, Any]]:
@@ -344,13 +373,18 @@ def main() -> int:
 
         # One rollout at a time, several times: a single detection depends on where the shift falls
         # between two analysis rounds, so the baseline is a median too.
-        alone = [d for i in range(args.solo_runs) for d in canaries(cp, [f"solo{i}"], v1, bad) if d is not None]
+        # The baseline's shifts are spread evenly over the interval, as the many canaries' are by
+        # their different start times: both medians then weigh the same mix of waits for a round.
+        solo = [canaries(cp, [f"solo{i}"], v1, bad, phase=(i + 0.5) / args.solo_runs * INTERVAL)
+                for i in range(args.solo_runs)]
+        alone = [d for r in solo for d in r.seconds if d is not None]
         print(f"rollouts: 1 at a time, {args.solo_runs} times: {len(alone)} rolled back, "
-              f"detection → 0 % {spread(alone)}", flush=True)
-        many = canaries(cp, [f"c{i:02d}" for i in range(args.rollouts)], v1, bad)
-        found = [d for d in many if d is not None]
-        print(f"rollouts: {args.rollouts} at once: {len(found)} rolled back, detection → 0 % {spread(found)}",
+              f"detection → 0 % {spread(alone)}; wait for the next round {spread([w for r in solo for w in r.waits])}",
               flush=True)
+        many = canaries(cp, [f"c{i:02d}" for i in range(args.rollouts)], v1, bad)
+        found = [d for d in many.seconds if d is not None]
+        print(f"rollouts: {args.rollouts} at once: {len(found)} rolled back, detection → 0 % {spread(found)}; "
+              f"wait for the next round {spread(many.waits)}", flush=True)
         if alone and found:
             print(f"  ratio, median of {args.rollouts} at once / median of one at a time: "
                   f"{statistics.median(found) / statistics.median(alone):.2f}")

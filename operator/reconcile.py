@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -156,13 +157,34 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     if new_status != status_to_dict(status):
         await deps.kube.patch_model_status(model, new_status)
     _failpoint("after-persist", decision)
-    for action in decision.actions:
+    for e in decision.actions:
+        if isinstance(e, Emit):  # logged when decided, posted after the writes
+            log.info("%s/%s %s: %s", namespace, name, e.reason, e.message)
+
+    async def apply(action: Action) -> None:
         await _apply(deps, model, spec, status, router, seen, action, now)
+
+    await apply_in_order(decision.actions, apply)
     if decision.rolled_back is not None:
         opmetrics.ROLLOUTS_ROLLED_BACK.labels(namespace, name, decision.rolled_back).inc()
     _observe_metrics(namespace, name, decision, measured=measurements is not None)
     return Reconciled(decision, wake_after(spec, decision.status, now, deps.executor.poll_seconds),
                       is_idle(decision.status))
+
+
+async def apply_in_order(actions: tuple[Action, ...], apply: Callable[[Action], Awaitable[None]]) -> None:
+    """The serving writes and conversions first, in the decision's order, then its Events: on a
+    busy apiserver an Event POST can take a second, and a rollback's traffic write must not queue
+    behind the two Events that announce it. A write that raises still has its Events posted
+    after it (the status is persisted already: no later tick emits them again)."""
+    try:
+        for action in actions:
+            if not isinstance(action, Emit):
+                await apply(action)
+    finally:
+        for action in actions:
+            if isinstance(action, Emit):
+                await apply(action)
 
 
 async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Status, router: Router,
@@ -194,7 +216,6 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
     elif isinstance(action, ClearAnnotation):
         await deps.kube.remove_annotation(model, action.key)
     elif isinstance(action, Emit):
-        log.info("%s/%s %s: %s", meta["namespace"], meta["name"], action.reason, action.message)
         _count_event(meta["namespace"], meta["name"], before, action, now)
         await deps.kube.event(model, action.type, action.reason, action.message)
 

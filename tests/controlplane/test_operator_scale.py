@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.controlplane
 
-MODELS = 24
+MODELS = 100  # the issue's idle figure: 100 Models, ~4 min of conversions at 2 at once
+PROMOTED_WITHIN = 900  # seconds: 2 CI cores convert ~1 Model/2.4 s, with room for a slow machine
 LIMIT = 2
 READ_VERBS = {"GET", "LIST"}
 
@@ -55,7 +56,7 @@ def test_many_models_convert_within_the_limit_then_cost_no_reads_at_idle(cluster
     c.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
 
     most, queued_seen = 0, set()
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + PROMOTED_WITHIN
     while time.monotonic() < deadline:
         most = max(most, converters_running())
         items = models(c)
@@ -65,9 +66,9 @@ def test_many_models_convert_within_the_limit_then_cost_no_reads_at_idle(cluster
             break
         time.sleep(0.2)
     else:
-        raise AssertionError(f"not all {MODELS} Models promoted in 300s\n{c.operator.tail()}")
+        raise AssertionError(f"not all {MODELS} Models promoted in {PROMOTED_WITHIN}s\n{c.operator.tail()}")
     assert 1 <= most <= LIMIT, f"{most} conversions ran at once, limit {LIMIT}"
-    assert queued_seen, "no Model was ever shown queued, with 24 applied at once and 2 slots"
+    assert queued_seen, f"no Model was ever shown queued, with {MODELS} applied at once and {LIMIT} slots"
     assert len(c.events("ConversionQueued")) >= MODELS - LIMIT - 2  # each queued version says so once
 
     time.sleep(3)  # the last writes' own watch events settle

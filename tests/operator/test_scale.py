@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from clock import at, ts
-from serin.operator.actions import ApplyServing, Emit, StartConversion
+from serin.operator.actions import Action, ApplyServing, Emit, Served, StartConversion
 from serin.operator.cache import Store, model_of, newer, strip
 from serin.operator.executors.base import ConversionRequest
 from serin.operator.executors.queue import ConversionQueue
@@ -24,6 +24,7 @@ from serin.operator.observations import (
     Variant,
 )
 from serin.operator.prometheus import Prometheus
+from serin.operator.reconcile import apply_in_order
 from serin.operator.rollout import analysis_due, decide, is_idle, next_due, shown_queue_position
 from serin.operator.spec import ModelSpec, parse_spec
 from serin.operator.status import Canary, Pending, Status, Version, Waiting
@@ -367,3 +368,32 @@ async def test_a_busy_prometheus_makes_measurements_inconclusive_never_late() ->
     # 2 slots for 1 s of 0.3 s queries answer at most 8: the rest gave up at their deadline
     # instead of being answered late.
     assert len(answered) <= 8 and len(busy) >= 4, (len(answered), len(busy))
+
+
+# -- the order of a decision's writes -----------------------------------------------------------
+
+
+def test_serving_writes_go_before_the_events_that_announce_them() -> None:
+    failed, rollback = Emit("Warning", "AnalysisFailed", "x"), Emit("Warning", "RollbackStarted", "y")
+    write = ApplyServing(Served(1, "file:///m/v1.onnx"))
+    done: list[Action] = []
+
+    async def apply(action: Action) -> None:
+        done.append(action)
+
+    asyncio.run(apply_in_order((failed, rollback, write), apply))
+    assert done == [write, failed, rollback]
+
+
+def test_a_write_that_raises_still_has_its_events_posted() -> None:
+    announce, write = Emit("Warning", "RollbackStarted", "y"), ApplyServing(Served(1, "file:///m/v1.onnx"))
+    done: list[Action] = []
+
+    async def apply(action: Action) -> None:
+        if action is write:
+            raise OSError("apiserver gone")
+        done.append(action)
+
+    with pytest.raises(OSError, match="apiserver gone"):
+        asyncio.run(apply_in_order((announce, write), apply))
+    assert done == [announce]
