@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -90,6 +91,7 @@ def main() -> int:
           f"{whole_on * 1e6:.1f} µs each, off {whole_off * 1e6:.1f} µs (on/off {whole_on / whole_off:.2f})")
     for name, seconds in stages.items():
         print(f"  {name:42s} {seconds * 1e6:6.1f} µs  {seconds / whole_off:5.0%} of the app without monitoring")
+    shutil.rmtree(tmp, ignore_errors=True)
     rest = whole_off - sum(stages.values())
     print(f"  {'the rest (routing, body, response, metrics)':42s} {rest * 1e6:6.1f} µs  {rest / whole_off:5.0%}")
     return 0
