@@ -61,8 +61,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=20000)
     args = ap.parse_args()
-    n = args.requests
     tmp = Path(tempfile.mkdtemp(prefix="serin-stages-"))
+    try:
+        measure(args.requests, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def measure(n: int, tmp: Path) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp / "prometheus")
     (tmp / "prometheus").mkdir()
     clf, x = mf.sklearn_forest(features=30, trees=100, depth=12)
@@ -80,10 +87,10 @@ def main() -> int:
     model = without.model
     feeds, _ = decode_v1(parse_json(body), model.inputs)
     results = model.run(feeds, None)
+    parse = per_call(lambda: parse_json(body), n)
     stages = {
-        "parse JSON (orjson)": per_call(lambda: parse_json(body), n),
-        "decode + validate (after parsing)": per_call(lambda: decode_v1(parse_json(body), model.inputs), n)
-        - per_call(lambda: parse_json(body), n),
+        "parse JSON (orjson)": parse,
+        "decode + validate (after parsing)": per_call(lambda: decode_v1(parse_json(body), model.inputs), n) - parse,
         "model.run (onnxruntime and its wrapper)": per_call(lambda: model.run(feeds, None), n),
         "encode the V1 response": per_call(lambda: model.v1_response(results), n),
     }
@@ -91,10 +98,8 @@ def main() -> int:
           f"{whole_on * 1e6:.1f} µs each, off {whole_off * 1e6:.1f} µs (on/off {whole_on / whole_off:.2f})")
     for name, seconds in stages.items():
         print(f"  {name:42s} {seconds * 1e6:6.1f} µs  {seconds / whole_off:5.0%} of the app without monitoring")
-    shutil.rmtree(tmp, ignore_errors=True)
     rest = whole_off - sum(stages.values())
     print(f"  {'the rest (routing, body, response, metrics)':42s} {rest * 1e6:6.1f} µs  {rest / whole_off:5.0%}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -272,9 +272,8 @@ def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
         time.sleep(INTERVAL + 2)  # every canary through one more round of analysis on healthy traffic
         if phase is not None:
             before = last_rounds(cp, names)
-            while last_rounds(cp, names) == before:  # the next round has just been written
+            while (last := last_rounds(cp, names)) == before:  # until the next round is written
                 time.sleep(0.2)
-            last = last_rounds(cp, names)
             time.sleep(max(0.0, max(last.values()) + phase - time.time()))
         last = last_rounds(cp, names)
         shifted = time.time()
