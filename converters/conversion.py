@@ -153,6 +153,8 @@ def _convert(request: Request, rep: dict[str, Any]) -> None:
     output_name = onnx_model.graph.output[0].name  # "label" for classifiers, values otherwise
     prof = profile.build(sample, converted, task, classes, output_name,
                          request.bins)
+    prof["batching"] = parity.batching(model_bytes, sample.feeds())
+    rep["batching"] = prof["batching"]
     rep["sha256"]["onnx"] = _sha256(model_bytes)
     rep["inputs"] = input_signature(onnx_model)
     # model.onnx and profile.json first, report.json last: a passing report implies both exist.

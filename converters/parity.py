@@ -65,6 +65,46 @@ def run_onnx(model_bytes: bytes, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     return [np.asarray(o) for o in session(model_bytes).run(None, feeds)]
 
 
+BATCH_CHECK_ROWS = 64
+
+
+def batching(model_bytes: bytes, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Whether the model's rows are independent: the first BATCH_CHECK_ROWS rows of the sample
+    run one by one and as one batch give the same outputs (floats within float32 rounding; the
+    kernels for one row and for many may sum in another order). The runtime batches requests
+    that arrive together only for such a model (serin.runtime.batching)."""
+    n = min(BATCH_CHECK_ROWS, min(len(v) for v in feeds.values()))
+    sess = session(model_bytes)
+    head = {name: value[:n] for name, value in feeds.items()}
+    together = [np.asarray(o) for o in sess.run(None, head)]
+    alone = [[np.asarray(o) for o in sess.run(None, {k: v[i:i + 1] for k, v in head.items()})]
+             for i in range(n)]
+    worst = 0.0
+    for k, batch_out in enumerate(together):
+        if batch_out.ndim == 0 or batch_out.shape[0] != n:
+            return {"rowsIndependent": False, "rows": n,
+                    "reason": f"output {k} has shape {list(batch_out.shape)}, not one entry per row"}
+        rows = np.concatenate([a[k] for a in alone])
+        if rows.shape != batch_out.shape:
+            return {"rowsIndependent": False, "rows": n,
+                    "reason": f"output {k}: shape {list(rows.shape)} row by row, "
+                              f"{list(batch_out.shape)} as a batch"}
+        if batch_out.dtype.kind == "f":
+            a, b = rows.astype(np.float64), batch_out.astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                diff = np.where(a == b, 0.0, np.abs(a - b))  # equal infinities: 0, not NaN
+            same = (diff <= 1e-6 + 1e-5 * np.abs(b)) | (np.isnan(a) & np.isnan(b))
+            if not same.all():
+                worst_diff = float(np.nanmax(np.where(same, 0.0, diff), initial=0.0))
+                return {"rowsIndependent": False, "rows": n,
+                        "reason": f"output {k} differs by up to {worst_diff:.3g}"}
+            worst = max(worst, float(np.nanmax(np.where(same & ~np.isnan(diff), diff, 0.0),
+                                               initial=0.0)))
+        elif not np.array_equal(rows, batch_out):
+            return {"rowsIndependent": False, "rows": n, "reason": f"output {k} differs"}
+    return {"rowsIndependent": True, "rows": n, "maxAbsDiff": worst}
+
+
 def onnx_outputs(raw: list[np.ndarray], task: str) -> Outputs:
     if task == CLASSIFICATION:
         return Outputs(raw[0].ravel(), raw[1].astype(np.float64), "probabilities")

@@ -13,9 +13,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from serin.runtime import batching
 from serin.runtime.decode import RequestError, decode_v1, decode_v2, parse_json, requested_outputs
 from serin.runtime.drift import Drift
 from serin.runtime.model import OnnxModel
@@ -56,11 +58,18 @@ class App:
         max_body: int = DEFAULT_MAX_BODY,
         drift_interval: float = 2.0,
         revision: str = "",
+        batch_rows: int = 0,
     ) -> None:
         self.model = model
+        # Rows in one batched run of requests that arrive together (batching.py); 0 or 1: none.
+        self.batch_rows = batch_rows
+        if batch_rows > 1 and not model.has_batch_dimension:
+            log.warning("batching off: the model declares a fixed first dimension")
+            self.batch_rows = 0
         # Every answer names the revision that gave it: which version served a request is then
         # visible behind any router (a Service over several predictors, a Gateway's weights).
         self._headers = [(REVISION_HEADER, revision.encode())] if revision else []
+        self.revision_header_line = b"%s: %s\r\n" % self._headers[0] if revision else b""
         self.monitor = monitor
         self.drift = drift
         self.metrics = metrics
@@ -69,6 +78,7 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         # One thread: runs stay serial per worker, as inline; parallelism comes from workers.
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serin-inference")
+        self._queue = _InferenceQueue(self)
         name = model.name
         ready = orjson.dumps({"name": name, "ready": True})
         self._static: dict[str, bytes] = {
@@ -122,7 +132,7 @@ class App:
         path: str = scope["path"]
         method: str = scope["method"]
         if method == "POST":
-            protocol, name = self._inference_route(path)
+            protocol, name = self.inference_route(path)
             if protocol is not None:
                 await self._infer(protocol, name, scope, receive, send)
                 return
@@ -140,7 +150,8 @@ class App:
         status, message = self._miss(method, path)
         await self._respond(send, status, _error(message))
 
-    def _inference_route(self, path: str) -> tuple[str | None, str]:
+    def inference_route(self, path: str) -> tuple[str | None, str]:
+        """(protocol, model name) of an inference path, (None, "") for any other path."""
         if path.startswith("/v1/models/") and path.endswith(":predict"):
             return "v1", path[len("/v1/models/") : -len(":predict")]
         if path.startswith("/v2/models/") and path.endswith("/infer"):
@@ -159,7 +170,7 @@ class App:
         known = (
             path in self._static
             or path == "/metrics"
-            or self._inference_route(path)[0] is not None
+            or self.inference_route(path)[0] is not None
         )
         if known:
             return 405, f"method {method} not allowed on {path}"
@@ -183,6 +194,96 @@ class App:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    # --- inference -------------------------------------------------------------------------
+    def runs_inline(self) -> bool:
+        """True while the model's recent runs fit INLINE_RUN_BUDGET_S: it may run on the loop."""
+        return self.model.recent_run_seconds < INLINE_RUN_BUDGET_S
+
+    def _decode(self, protocol: str, name: str, body: bytes) -> Request:
+        model = self.model
+        if name != model.name:
+            raise RequestError(f"model {name!r} not found", 404)
+        payload = parse_json(body)
+        if protocol == "v2":
+            feeds, rows = decode_v2(payload, model.inputs)
+            return Request(feeds, rows, requested_outputs(payload, model.output_names), payload.get("id"))
+        feeds, rows = decode_v1(payload, model.inputs)
+        return Request(feeds, rows, None, None)
+
+    def _encode(self, protocol: str, request: Request, results: dict[str, Any]) -> bytes:
+        if protocol == "v2":
+            return self.model.v2_response(results, request.id)
+        return self.model.v1_response(results)
+
+    def answer_inline(self, protocol: str, name: str, body: bytes) -> Answer:
+        """The whole request on the calling thread: for the direct path (serin.runtime.direct),
+        which calls it only while `runs_inline()`."""
+        decoded = self.decode_inline(protocol, name, body)
+        return decoded if isinstance(decoded, Answer) else self._answer_one(protocol, decoded)
+
+    def decode_inline(self, protocol: str, name: str, body: bytes) -> Request | Answer:
+        """The decoded request, or the error answer when it does not decode."""
+        try:
+            return self._decode(protocol, name, body)
+        except Exception as exc:
+            return _failed(exc, None)
+
+    def _answer_one(self, protocol: str, request: Request) -> Answer:
+        try:
+            results = self.model.run(request.feeds, request.outputs)
+            return Answer(200, self._encode(protocol, request, results), request, results)
+        except Exception as exc:
+            return _failed(exc, request)
+
+    def answer_many(self, requests: list[tuple[str, Request]]) -> list[Answer]:
+        """Decoded (protocol, request) pairs answered in order, consecutive ones that fit run as
+        one batch (batching.py) while `batch_rows` > 1. Never raises."""
+        answers: list[Answer] = []
+        start = 0
+        while start < len(requests):
+            end, rows = start + 1, requests[start][1].rows
+            key = batching.batch_key(requests[start][1].feeds) if self.batch_rows > 1 else None
+            while (key is not None and end < len(requests)
+                   and rows + requests[end][1].rows <= self.batch_rows
+                   and batching.batch_key(requests[end][1].feeds) == key):
+                rows += requests[end][1].rows
+                end += 1
+            answers += self._answer_batch(requests[start:end])
+            start = end
+        return answers
+
+    def _answer_batch(self, group: list[tuple[str, Request]]) -> list[Answer]:
+        if len(group) == 1:
+            return [self._answer_one(*group[0])]
+        try:
+            results = self.model.run(batching.merge([r.feeds for _, r in group]), None)
+        except Exception:
+            # One request's rows may fail the model: run them one by one so that only it fails.
+            return [self._answer_one(p, r) for p, r in group]
+        parts = batching.split(results, [r.rows for _, r in group])
+        if parts is None:
+            log.warning("the model's outputs do not have one entry per input row: batching off")
+            self.batch_rows = 0
+            return [self._answer_one(p, r) for p, r in group]
+        answers = []
+        for (protocol, request), part in zip(group, parts, strict=True):
+            if request.outputs is not None:
+                part = {name: part[name] for name in request.outputs}
+            try:
+                answers.append(Answer(200, self._encode(protocol, request, part), request, part))
+            except Exception as exc:
+                answers.append(_failed(exc, request))
+        return answers
+
+    def observe(self, protocol: str, answer: Answer, seconds: float) -> None:
+        if self.monitor is not None:
+            request = answer.request
+            if answer.results is None or request is None:  # only answered rows are counted
+                self.monitor.observe(protocol, answer.status, seconds, 0, None)
+            else:
+                self.monitor.observe(protocol, 200, seconds, request.rows, answer.results,
+                                     request.feeds)
+
     async def _run(self, model: OnnxModel, feeds: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
         if model.recent_run_seconds < INLINE_RUN_BUDGET_S:
             return model.run(feeds, names)
@@ -192,30 +293,84 @@ class App:
         self, protocol: str, name: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
         start = time.perf_counter()
-        model = self.model
-        results = None
-        feeds: dict[str, Any] = {}
-        rows = 0
+        request = None
         try:
-            if name != model.name:
-                raise RequestError(f"model {name!r} not found", 404)
-            payload = parse_json(await self._body(scope, receive))
-            if protocol == "v2":
-                feeds, rows = decode_v2(payload, model.inputs)
-                results = await self._run(model, feeds, requested_outputs(payload, model.output_names))
-                body = model.v2_response(results, payload.get("id"))
+            body = await self._body(scope, receive)
+            request = self._decode(protocol, name, body)
+            if self.batch_rows > 1 and not self.runs_inline():
+                answer = await self._queue.submit(protocol, request)
             else:
-                feeds, rows = decode_v1(payload, model.inputs)
-                results = await self._run(model, feeds, None)
-                body = model.v1_response(results)
-            status = 200
-        except RequestError as exc:
-            status, body, results = exc.status, _error(exc.message), None
+                results = await self._run(self.model, request.feeds, request.outputs)
+                answer = Answer(200, self._encode(protocol, request, results), request, results)
         except ConnectionResetError:
             return
-        except Exception as exc:  # a server bug: answer 500, keep the worker alive
-            log.exception("inference failed")
-            status, body, results = 500, _error(f"internal error: {type(exc).__name__}"), None
-        await self._respond(send, status, body)
-        if self.monitor is not None:
-            self.monitor.observe(protocol, status, time.perf_counter() - start, rows, results, feeds)
+        except Exception as exc:
+            answer = _failed(exc, request)
+        await self._respond(send, answer.status, answer.body)
+        self.observe(protocol, answer, time.perf_counter() - start)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A decoded inference request."""
+
+    feeds: dict[str, Any]
+    rows: int
+    outputs: list[str] | None  # the V2 `outputs` selection; None: all
+    id: Any  # the V2 request id, echoed in the answer
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    request: Request | None = None  # None when the body did not decode
+    results: dict[str, Any] | None = None  # None unless status is 200
+
+
+def _failed(exc: Exception, request: Request | None) -> Answer:
+    if isinstance(exc, RequestError):
+        return Answer(exc.status, _error(exc.message), request)
+    log.error("inference failed", exc_info=exc)  # a server bug: answer 500, keep the worker alive
+    return Answer(500, _error(f"internal error: {type(exc).__name__}"), request)
+
+
+class _InferenceQueue:
+    """Requests for a slow model (one that does not run inline) waiting for the inference thread,
+    run as batches (App.answer_many): each run takes whatever has queued up while the previous
+    one ran, up to `batch_rows` rows. A request that finds the thread idle runs at once, alone,
+    so the wait is bounded by one run and nothing waits for company."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.pending: list[tuple[str, Request, asyncio.Future[Answer]]] = []
+        self.draining = False
+
+    async def submit(self, protocol: str, request: Request) -> Answer:
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.pending.append((protocol, request, future))
+        if not self.draining:
+            self.draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.pending:
+                group, rows = 0, 0
+                while group < len(self.pending) and (
+                        group == 0 or rows + self.pending[group][1].rows <= self.app.batch_rows):
+                    rows += self.pending[group][1].rows
+                    group += 1
+                taken, self.pending = self.pending[:group], self.pending[group:]
+                try:
+                    answers = await loop.run_in_executor(
+                        self.app._inference, self.app.answer_many, [(p, r) for p, r, _ in taken])
+                except Exception as exc:  # the executor itself failed (shut down): answer 500
+                    answers = [_failed(exc, r) for _, r, _ in taken]
+                for (_, _, future), answer in zip(taken, answers, strict=True):
+                    if not future.done():
+                        future.set_result(answer)
+        finally:
+            self.draining = False

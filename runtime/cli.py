@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from serin.runtime.batching import DEFAULT_BATCH_ROWS
+
 log = logging.getLogger("serin.runtime")
 
 
@@ -32,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
                    "'local')")
     p.add_argument("--no-monitoring", dest="monitoring", action="store_false",
                    help="no Prometheus metrics and no drift monitoring")
+    p.add_argument("--no-direct-path", dest="direct_path", action="store_false",
+                   help="answer every request through the ASGI app (default: small inference "
+                   "requests are answered in the HTTP protocol itself; docs/runtime.md)")
+    p.add_argument("--batch-rows", dest="batch_rows", type=int,
+                   help="most rows in one run of requests that arrive together (default: "
+                   f"{DEFAULT_BATCH_ROWS} when the conversion proved the model's rows independent, "
+                   "else 0: no batching; docs/runtime.md)")
     p.add_argument("--max-body-bytes", dest="max_body", type=int, default=8 * 1024 * 1024)
     p.add_argument("--drift-window", type=int, default=2000, help="rows in the drift window")
     p.add_argument("--drift-min-rows", type=int, default=500,
@@ -74,7 +83,8 @@ def main(argv: list[str]) -> int:
         port=args.port, workers=max(1, args.workers), revision=revision(args.revision),
         monitoring=args.monitoring, max_body=args.max_body, drift_window=args.drift_window,
         drift_min_rows=args.drift_min_rows, drift_interval=args.drift_interval,
-        allow_nan=args.allow_nan, log_level=args.log_level.upper(),
+        allow_nan=args.allow_nan, log_level=args.log_level.upper(), direct_path=args.direct_path,
+        batch_rows=args.batch_rows,
     )
     try:
         return serve(cfg)

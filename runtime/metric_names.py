@@ -10,6 +10,9 @@ from __future__ import annotations
 REQUESTS_TOTAL = "serin_requests_total"
 REQUEST_DURATION_SECONDS = "serin_request_duration_seconds"
 INFERENCE_ROWS_TOTAL = "serin_inference_rows_total"
+# onnxruntime calls: a batch of requests run together counts once, so rows / runs is the mean
+# batch size (Triton's execution count beside its inference count).
+MODEL_RUNS_TOTAL = "serin_model_runs_total"
 PREDICTIONS_TOTAL = "serin_predictions_total"
 PREDICTION_VALUE = "serin_prediction_value"
 FEATURE_PSI = "serin_feature_psi"
@@ -35,6 +38,7 @@ LABELS: dict[str, tuple[str, ...]] = {
     REQUESTS_TOTAL: (MODEL, REVISION, PROTOCOL, CODE),
     REQUEST_DURATION_SECONDS: (MODEL, REVISION, PROTOCOL),
     INFERENCE_ROWS_TOTAL: (MODEL, REVISION),
+    MODEL_RUNS_TOTAL: (MODEL, REVISION),
     PREDICTIONS_TOTAL: (MODEL, REVISION, CLASS),
     PREDICTION_VALUE: (MODEL, REVISION),
     FEATURE_PSI: (MODEL, REVISION, FEATURE),

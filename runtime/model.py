@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -61,6 +62,11 @@ class OnnxModel:
     ) -> None:
         self.name = name
         self.recent_run_seconds = 0.0  # how long session.run has taken lately (see App._run)
+        self.runs = 0  # session.run calls so far (serin_model_runs_total)
+        # Ids for V2 answers to requests without one: unique across processes and restarts (a
+        # random prefix per process) without a uuid4 per request (an os.urandom call each).
+        self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
+        self._ids = itertools.count(1)
         self.model_dir = Path(model_dir)
         onnx_path = self.model_dir / "model.onnx"
         if not onnx_path.is_file():
@@ -114,11 +120,19 @@ class OnnxModel:
         return Task(None, None)
 
     @property
+    def has_batch_dimension(self) -> bool:
+        """Every input and output declares a dynamic first dimension (or no shape at all): rows
+        of several requests can then be stacked along it (serin.runtime.batching)."""
+        specs = [*self.inputs.values(), *self.outputs.values()]
+        return all(not spec.shape or spec.shape[0] is None for spec in specs)
+
+    @property
     def primary_output(self) -> str:
         return self.task.output or self.output_names[0]
 
     def run(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> dict[str, Any]:
         names = names or self.output_names
+        self.runs += 1
         started = time.perf_counter()
         try:
             values = self.session.run(names, feeds)
@@ -147,7 +161,7 @@ class OnnxModel:
         body: dict[str, Any] = {
             "model_name": self.name,
             # The V2 spec and KServe's InferResponse need a string id.
-            "id": str(request_id) if request_id is not None else str(uuid.uuid4()),
+            "id": str(request_id) if request_id is not None else f"{self._id_prefix}{next(self._ids)}",
             "outputs": outputs,
         }
         if self.version:

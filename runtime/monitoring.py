@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -96,7 +96,8 @@ def observe_many(child: Any, values: np.ndarray) -> None:
 class Monitor:
     flush_interval = FLUSH_INTERVAL
 
-    def __init__(self, model: str, revision: str, task: Task, drift: Drift | None) -> None:
+    def __init__(self, model: str, revision: str, task: Task, drift: Drift | None,
+                 runs: Callable[[], int] | None = None) -> None:
         self.model = model
         self.revision = revision
         self.task = task
@@ -116,6 +117,12 @@ class Monitor:
             mn.INFERENCE_ROWS_TOTAL, "Rows inferred (a batch counts each row)",
             mn.LABELS[mn.INFERENCE_ROWS_TOTAL], registry=None,
         ).labels(*base)
+        self._runs = Counter(
+            mn.MODEL_RUNS_TOTAL, "Model runs (requests batched together count once)",
+            mn.LABELS[mn.MODEL_RUNS_TOTAL], registry=None,
+        ).labels(*base)
+        self._count_runs = runs  # the model's running count of its runs
+        self._runs_flushed = runs() if runs is not None else 0
         self._predictions = Counter(
             mn.PREDICTIONS_TOTAL, "Predicted classes", mn.LABELS[mn.PREDICTIONS_TOTAL],
             registry=None,
@@ -189,6 +196,11 @@ class Monitor:
         if self.rows:
             self._rows.inc(self.rows)
             self.rows = 0
+        if self._count_runs is not None:
+            runs = self._count_runs()
+            if runs > self._runs_flushed:
+                self._runs.inc(runs - self._runs_flushed)
+                self._runs_flushed = runs
         classes, self.classes = self.classes, {}
         for label, n in classes.items():
             self._class_child(str(label)).inc(n)

@@ -45,6 +45,9 @@ class Profile:
     prediction: Prediction | None
     # Serin extension (optional, absent from version 1 writers): inputs that may carry NaN.
     nan_inputs: frozenset[str] = frozenset()
+    # Serin extension: the conversion ran the reference sample row by row and as one batch and
+    # got the same outputs, so requests may be batched (serin.runtime.batching).
+    rows_independent: bool = False
 
 
 def _feature(raw: dict[str, Any]) -> Feature:
@@ -97,6 +100,7 @@ def parse_profile(raw: dict[str, Any]) -> Profile:
             features=features,
             prediction=_prediction(raw.get("prediction")),
             nan_inputs=nan_inputs,
+            rows_independent=(raw.get("batching") or {}).get("rowsIndependent") is True,
         )
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ProfileError):

@@ -44,6 +44,8 @@ class ServeConfig:
     drift_interval: float = 2.0
     allow_nan: bool = False
     log_level: str = "INFO"
+    direct_path: bool = True  # small inference requests answered in the protocol (direct.py)
+    batch_rows: int | None = None  # None: batching.DEFAULT_BATCH_ROWS if the profile allows it
 
 
 def _bind(host: str, port: int, reuse_port: bool, listen: bool = True) -> socket.socket:
@@ -61,13 +63,21 @@ def _bind(host: str, port: int, reuse_port: bool, listen: bool = True) -> socket
 
 def build_app(cfg: ServeConfig) -> App:
     from serin.runtime.app import App
+    from serin.runtime.batching import DEFAULT_BATCH_ROWS
     from serin.runtime.model import OnnxModel
 
     model = OnnxModel(cfg.name, cfg.model_dir, allow_nan=cfg.allow_nan)
-    log.info("loaded %s: inputs %s, outputs %s, task %s", cfg.model_dir,
-             [s.as_metadata() for s in model.inputs.values()], model.output_names, model.task.kind)
+    batch_rows = cfg.batch_rows
+    if batch_rows is None:
+        proven = model.profile is not None and model.profile.rows_independent
+        batch_rows = DEFAULT_BATCH_ROWS if proven else 0
+    if batch_rows > 1 and not cfg.direct_path:
+        log.warning("batching needs the direct path: off")
+    log.info("loaded %s: inputs %s, outputs %s, task %s, batching %s", cfg.model_dir,
+             [s.as_metadata() for s in model.inputs.values()], model.output_names, model.task.kind,
+             f"up to {batch_rows} rows" if batch_rows > 1 else "off")
     if not cfg.monitoring:
-        return App(model, max_body=cfg.max_body, revision=cfg.revision)
+        return App(model, max_body=cfg.max_body, revision=cfg.revision, batch_rows=batch_rows)
 
     from serin.runtime.drift import Binner, Drift
     from serin.runtime.monitoring import Monitor
@@ -80,10 +90,11 @@ def build_app(cfg: ServeConfig) -> App:
                 binner, window=cfg.drift_window, workers=cfg.workers,
                 min_rows=cfg.drift_min_rows, state_dir=Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]),
             )
-    monitor = Monitor(cfg.name, cfg.revision, model.task, drift)
+    monitor = Monitor(cfg.name, cfg.revision, model.task, drift, runs=lambda: model.runs)
     return App(
         model, monitor=monitor, drift=drift, metrics=monitor.exposition,
         max_body=cfg.max_body, drift_interval=cfg.drift_interval, revision=cfg.revision,
+        batch_rows=batch_rows,
     )
 
 
@@ -94,14 +105,20 @@ def run_worker(cfg: ServeConfig, sock: socket.socket | None = None) -> None:
                         "%(levelname)s %(message)s")
     if sock is None:
         sock = _bind(cfg.host, cfg.port, reuse_port=True)
+    from serin.runtime.direct import direct_protocol
+
     app = build_app(cfg)
     config = uvicorn.Config(
-        app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
-        log_config=None, log_level="warning",
+        app, loop="uvloop", http=direct_protocol(app) if cfg.direct_path else "httptools",
+        lifespan="on", access_log=False, log_config=None, log_level="warning",
+        # No X-Forwarded-* rewriting: nothing here reads the client address or scheme.
+        proxy_headers=False,
         # Longer than typical proxy idle timeouts (Envoy/Istio), as KServe does.
         timeout_keep_alive=65,
     )
-    log.info("worker %d serving %r on %s:%d", os.getpid(), cfg.name, cfg.host, cfg.port)
+    log.info("worker %d serving %r on %s:%d (%s)", os.getpid(), cfg.name, cfg.host, cfg.port,
+             "direct path for small inference requests" if not isinstance(config.http, str)
+             else "every request through ASGI")
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -22,7 +22,7 @@ def read_report(out: Path) -> dict[str, Any]:
     return report
 
 REPORT_KEYS = {"passed", "reason", "error", "format", "estimator", "task", "opset", "rows", "parity",
-               "seconds", "sha256", "versions", "warnings", "inputs"}
+               "seconds", "sha256", "versions", "warnings", "inputs", "batching"}
 ZOO = zoo.models()
 REALISTIC = zoo.realistic()
 
@@ -76,6 +76,19 @@ def test_zoo_model_converts_and_passes_parity(entry: zoo.ZooModel, zoo_dir: Path
     assert math.isclose(sum(prediction["proportions"]), 1.0)
     if prediction["kind"] == "classification":
         assert all(isinstance(c, str) for c in prediction["classes"])
+    batching = profile["batching"]
+    assert batching == report["batching"]
+    assert batching["rows"] == min(64, len(frame))
+    if batching["rowsIndependent"]:
+        # Within float32 rounding, not always bit for bit: onnxruntime sums a batch of rows in
+        # another order than one row (regressors differ by up to ~1e-5 of their values).
+        assert isinstance(batching["maxAbsDiff"], float)
+    else:  # e.g. onnxruntime's SVMRegressor computes a batch's kernel values otherwise (~3e-3)
+        assert batching["reason"], batching
+    if entry.format in ("xgboost", "lightgbm") or any(
+            k in entry.id for k in ("forest", "tree", "boost", "logistic", "linear")):
+        # Tree ensembles and linear models, most of what is served: batched by the runtime.
+        assert batching["rowsIndependent"] is True, batching
 
 
 def test_zoo_covers_every_estimator_listed_as_supported() -> None:

@@ -81,7 +81,25 @@ def sklearn_forest(features: int, trees: int, depth: int, rows: int = 4000) -> A
     return RandomForestClassifier(n_estimators=trees, max_depth=depth, random_state=0).fit(x, y), x
 
 
-def forest_dir(dir_: Path, clf: Any, x: np.ndarray) -> Path:
+def sklearn_mlp(features: int, hidden: tuple[int, ...], rows: int = 4000) -> Any:
+    """A slow model for the benchmark: one row costs ~0.1 ms at (1024, 1024), and batches pay
+    (the weights are read once per run, not once per row)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    x = reference_rows(rows, features)
+    y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).astype(np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # 3 epochs: accurate enough for a bench
+        return MLPClassifier(hidden_layer_sizes=hidden, max_iter=3, random_state=0).fit(x, y), x
+
+
+def forest_dir(dir_: Path, clf: Any, x: np.ndarray,
+               batching: dict[str, Any] | None = None) -> Path:
+    """Any scikit-learn classifier on a float matrix (the name is historical). `batching`: the
+    profile's batching proof, when the caller has one (the converter computes it)."""
     onx = _to_onnx(clf, x.shape[1], {"zipmap": False})
     name = onx.graph.input[0].name
     profile = {
@@ -91,6 +109,8 @@ def forest_dir(dir_: Path, clf: Any, x: np.ndarray) -> Path:
         "prediction": {"kind": "classification", "output": "label", "classes": ["0", "1"],
                        "proportions": [0.5, 0.5]},
     }
+    if batching is not None:
+        profile["batching"] = batching
     return _write(dir_, onx, profile)
 
 

@@ -40,9 +40,10 @@ def test_v2_infer(server: Server, rows: list[list[float]]) -> None:
 
 
 def test_v2_ids_are_strings(server: Server) -> None:
-    generated = server.infer([v2_input(ROWS[:1])]).json()["id"]
+    generated = [server.infer([v2_input(ROWS[:1])]).json()["id"] for _ in range(3)]
     numeric = server.infer([v2_input(ROWS[:1])], id=42).json()["id"]
-    assert isinstance(generated, str) and generated
+    assert all(isinstance(i, str) and i for i in generated)
+    assert len(set(generated)) == 3  # each answer its own id
     assert numeric == "42"
 
 

@@ -73,3 +73,45 @@ def test_a_fast_model_stays_on_the_event_loop(models: dict[str, Path]) -> None:
     for _ in range(60):
         model.run({"input": np.zeros((1, 4), np.float32)})
     assert model.recent_run_seconds < INLINE_RUN_BUDGET_S, model.recent_run_seconds
+
+
+@pytest.fixture(scope="module")
+def batching_slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("slow-batched")
+    # ~0.2 GFLOP a row, ~8 ms: far past the inline budget, so runs go to the inference thread.
+    version = demo_models.slow_version(tmp / "model", depth=400)
+    srv = serve(tmp, version.model.parent, "slow", "--batch-rows", "8")
+    yield srv
+    stop_server(srv)
+
+
+def test_requests_queued_for_a_slow_model_run_as_batches(batching_slow_server: Server) -> None:
+    from test_metrics import value
+
+    srv = batching_slow_server
+    rows = np.random.default_rng(2).normal(size=(12, 4)).astype(np.float32)
+    alone = [srv.infer([rows_input(rows[i:i + 1])]).json()["outputs"] for i in range(len(rows))]
+    before = srv.metrics()
+    replies: dict[int, object] = {}
+
+    def one(i: int) -> None:
+        reply = srv.infer([rows_input(rows[i:i + 1])], timeout=120)
+        assert reply.status == 200, reply.body
+        replies[i] = reply.json()["outputs"]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(rows))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    after = srv.metrics()
+    assert sorted(replies) == list(range(len(rows)))
+    for i, outputs in replies.items():
+        for got, want in zip(outputs, alone[i], strict=True):  # type: ignore[call-overload]
+            assert got["name"] == want["name"] and got["shape"] == want["shape"]
+            assert got["data"] == pytest.approx(want["data"], rel=1e-5, abs=1e-6)
+    runs = (value(after, "serin_model_runs_total", model="slow") or 0) - \
+        (value(before, "serin_model_runs_total", model="slow") or 0)
+    # 12 requests at once: the first runs alone, the others queue behind it and run together.
+    print(f"{len(rows)} requests in {runs:.0f} runs")
+    assert runs < len(rows), runs
