@@ -59,6 +59,7 @@ class App:
         drift_interval: float = 2.0,
         revision: str = "",
         batch_rows: int = 0,
+        grpc: tuple[str, int, bool] | None = None,
     ) -> None:
         self.model = model
         # Rows in one batched run of requests that arrive together (batching.py); 0 or 1: none.
@@ -79,6 +80,9 @@ class App:
         # One thread: runs stay serial per worker, as inline; parallelism comes from workers.
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serin-inference")
         self._queue = _InferenceQueue(self)
+        # (host, port, shared by several workers): V2 over gRPC too, from lifespan startup.
+        self.grpc_address = grpc
+        self._grpc: Any = None
         name = model.name
         ready = orjson.dumps({"name": name, "ready": True})
         self._static: dict[str, bytes] = {
@@ -108,10 +112,22 @@ class App:
                 if self.drift is not None:
                     update = every(self.drift_interval, self.drift.tick, "drift update")
                     self._tasks.append(asyncio.create_task(update))
+                if self.grpc_address is not None:
+                    from serin.runtime import grpc_v2
+
+                    try:
+                        host, port, shared = self.grpc_address
+                        self._grpc = await grpc_v2.start(self, host, port, self.max_body, shared)
+                    except Exception as exc:  # a taken port: the worker must not half-start
+                        await send({"type": "lifespan.startup.failed",
+                                    "message": f"gRPC: {exc}"})
+                        return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in self._tasks:
                     task.cancel()
+                if self._grpc is not None:
+                    await self._grpc.stop(5)  # in-flight calls get 5 s to finish
                 if self.monitor is not None:
                     self.monitor.flush()  # uvicorn has drained in-flight requests by now
                 if self.drift is not None:
@@ -200,10 +216,15 @@ class App:
         return self.model.recent_run_seconds < INLINE_RUN_BUDGET_S
 
     def _decode(self, protocol: str, name: str, body: bytes) -> Request:
+        if name != self.model.name:  # before parsing: another model's path is a 404, any body
+            raise RequestError(f"model {name!r} not found", 404)
+        return self.decode_payload(protocol, name, parse_json(body))
+
+    def decode_payload(self, protocol: str, name: str, payload: Any) -> Request:
+        """A parsed V1 or V2 payload (V2 also from gRPC, grpc_v2.py) as a validated request."""
         model = self.model
         if name != model.name:
             raise RequestError(f"model {name!r} not found", 404)
-        payload = parse_json(body)
         if protocol == "v2":
             feeds, rows = decode_v2(payload, model.inputs)
             return Request(feeds, rows, requested_outputs(payload, model.output_names), payload.get("id"))
@@ -211,6 +232,8 @@ class App:
         return Request(feeds, rows, None, None)
 
     def _encode(self, protocol: str, request: Request, results: dict[str, Any]) -> bytes:
+        if protocol == "grpc":
+            return b""  # grpc_v2.py builds its message from the results
         if protocol == "v2":
             return self.model.v2_response(results, request.id)
         return self.model.v1_response(results)
@@ -226,14 +249,14 @@ class App:
         try:
             return self._decode(protocol, name, body)
         except Exception as exc:
-            return _failed(exc, None)
+            return failed(exc, None)
 
     def _answer_one(self, protocol: str, request: Request) -> Answer:
         try:
             results = self.model.run(request.feeds, request.outputs)
             return Answer(200, self._encode(protocol, request, results), request, results)
         except Exception as exc:
-            return _failed(exc, request)
+            return failed(exc, request)
 
     def answer_many(self, requests: list[tuple[str, Request]]) -> list[Answer]:
         """Decoded (protocol, request) pairs answered in order, consecutive ones that fit run as
@@ -272,7 +295,7 @@ class App:
             try:
                 answers.append(Answer(200, self._encode(protocol, request, part), request, part))
             except Exception as exc:
-                answers.append(_failed(exc, request))
+                answers.append(failed(exc, request))
         return answers
 
     def observe(self, protocol: str, answer: Answer, seconds: float) -> None:
@@ -283,6 +306,16 @@ class App:
             else:
                 self.monitor.observe(protocol, 200, seconds, request.rows, answer.results,
                                      request.feeds)
+
+    async def results(self, request: Request) -> dict[str, Any]:
+        """The model's outputs for a decoded request, by the HTTP path's rules (inline while
+        fast, else on the inference thread, batched with what is queued there); for gRPC."""
+        if self.batch_rows > 1 and not self.runs_inline():
+            answer = await self._queue.submit("grpc", request)
+            if answer.results is None:
+                raise RequestError(answer.error, answer.status)
+            return answer.results
+        return await self._run(self.model, request.feeds, request.outputs)
 
     async def _run(self, model: OnnxModel, feeds: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
         if model.recent_run_seconds < INLINE_RUN_BUDGET_S:
@@ -305,7 +338,7 @@ class App:
         except ConnectionResetError:
             return
         except Exception as exc:
-            answer = _failed(exc, request)
+            answer = failed(exc, request)
         await self._respond(send, answer.status, answer.body)
         self.observe(protocol, answer, time.perf_counter() - start)
 
@@ -326,13 +359,16 @@ class Answer:
     body: bytes
     request: Request | None = None  # None when the body did not decode
     results: dict[str, Any] | None = None  # None unless status is 200
+    error: str = ""  # the message in `body`, when status is not 200
 
 
-def _failed(exc: Exception, request: Request | None) -> Answer:
+def failed(exc: Exception, request: Request | None) -> Answer:
+    """The answer to a request that raised `exc`."""
     if isinstance(exc, RequestError):
-        return Answer(exc.status, _error(exc.message), request)
+        return Answer(exc.status, _error(exc.message), request, error=exc.message)
     log.error("inference failed", exc_info=exc)  # a server bug: answer 500, keep the worker alive
-    return Answer(500, _error(f"internal error: {type(exc).__name__}"), request)
+    message = f"internal error: {type(exc).__name__}"
+    return Answer(500, _error(message), request, error=message)
 
 
 class _InferenceQueue:
@@ -368,7 +404,7 @@ class _InferenceQueue:
                     answers = await loop.run_in_executor(
                         self.app._inference, self.app.answer_many, [(p, r) for p, r, _ in taken])
                 except Exception as exc:  # the executor itself failed (shut down): answer 500
-                    answers = [_failed(exc, r) for _, r, _ in taken]
+                    answers = [failed(exc, r) for _, r, _ in taken]
                 for (_, _, future), answer in zip(taken, answers, strict=True):
                     if not future.done():
                         future.set_result(answer)

@@ -29,8 +29,9 @@ DEFAULT_BATCH_ROWS = 32
 
 
 def batch_key(feeds: dict[str, np.ndarray]) -> tuple[Any, ...]:
-    """Requests with the same key can be concatenated row-wise."""
-    return tuple((name, arr.dtype.str, arr.shape[1:]) for name, arr in sorted(feeds.items()))
+    """Requests with the same key can be concatenated row-wise. (Inputs in another order give
+    another key: at worst a smaller batch.)"""
+    return tuple([(name, arr.dtype, arr.shape[1:]) for name, arr in feeds.items()])
 
 
 def merge(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -50,6 +51,8 @@ def split(results: dict[str, Any], rows: Sequence[int]) -> list[dict[str, Any]] 
             return None
     if len(rows) == 1:
         return [results]
-    cuts = np.cumsum(rows)[:-1]
-    pieces = {name: np.split(value, cuts) for name, value in results.items()}
-    return [{name: pieces[name][i] for name in results} for i in range(len(rows))]
+    parts, start = [], 0
+    for n in rows:  # slices are views: nothing is copied
+        parts.append({name: value[start:start + n] for name, value in results.items()})
+        start += n
+    return parts

@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--http_port", "--http-port", "--port", dest="port", type=int, default=8080)
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--grpc_port", "--grpc-port", dest="grpc_port", type=int,
-                   help="accepted for KServe compatibility; gRPC is not served")
+                   help="serve the V2 protocol over gRPC on this port too (default: HTTP only)")
     p.add_argument("--workers", type=int, default=int(os.environ.get("SERIN_WORKERS", "1")),
                    help="worker processes (one per core)")
     p.add_argument("--revision", help="revision label (default: $K_REVISION, $SERIN_REVISION, "
@@ -63,8 +63,6 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     if unknown:
         log.warning("ignoring arguments this runtime does not use: %s", " ".join(unknown))
-    if args.grpc_port:
-        log.warning("--grpc_port %s ignored: this runtime serves HTTP only", args.grpc_port)
     model_dir: Path = args.model_dir
     if not (model_dir / "model.onnx").is_file():
         log.error("%s has no model.onnx", model_dir)
@@ -84,7 +82,7 @@ def main(argv: list[str]) -> int:
         monitoring=args.monitoring, max_body=args.max_body, drift_window=args.drift_window,
         drift_min_rows=args.drift_min_rows, drift_interval=args.drift_interval,
         allow_nan=args.allow_nan, log_level=args.log_level.upper(), direct_path=args.direct_path,
-        batch_rows=args.batch_rows,
+        batch_rows=args.batch_rows, grpc_port=args.grpc_port or None,
     )
     try:
         return serve(cfg)

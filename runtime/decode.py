@@ -57,6 +57,10 @@ def _check_shape(spec: TensorSpec, shape: Sequence[int]) -> None:
         raise RequestError(f"input {spec.name!r}: empty batch (first dimension is 0)")
 
 
+# Floats accept JSON integers (1 for 1.0); integers and booleans must be exactly that.
+_ACCEPTED_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
+
+
 def _numbers(spec: TensorSpec, data: Any) -> np.ndarray:
     try:
         arr = np.asarray(data)
@@ -66,9 +70,7 @@ def _numbers(spec: TensorSpec, data: Any) -> np.ndarray:
         ) from None
     kind = arr.dtype.kind
     want = spec.dtype.kind
-    # Floats accept JSON integers (1 for 1.0); integers and booleans must be exactly that.
-    accepted = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}.get(want, "")
-    if kind not in accepted:
+    if kind not in _ACCEPTED_KINDS.get(want, ""):
         what = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans"}.get(want, want)
         raise RequestError(f"input {spec.name!r}: expected {what} ({spec.datatype}), got "
                            f"{_describe(arr)}")

@@ -23,12 +23,12 @@ DRIFT_WINDOW_ROWS = "serin_drift_window_rows"
 # serin_requests_total series for each (protocol, code) at start-up: `rate()` ignores the value a
 # series is born with, so a first burst of 5xx in a lazily created series would be invisible.
 ANSWERED_CODES: tuple[str, ...] = ("200", "400", "404", "413", "500")
-PROTOCOLS: tuple[str, ...] = ("v1", "v2")
+PROTOCOLS: tuple[str, ...] = ("v1", "v2", "grpc")  # grpc: V2 over gRPC
 
 # Label names.
 MODEL = "model"
 REVISION = "revision"
-PROTOCOL = "protocol"  # "v1" | "v2"
+PROTOCOL = "protocol"  # "v1" | "v2" | "grpc"
 CODE = "code"  # HTTP status code as a string, e.g. "200", "400"
 CLASS = "class"
 FEATURE = "feature"

@@ -65,7 +65,7 @@ class OnnxModel:
         self.runs = 0  # session.run calls so far (serin_model_runs_total)
         # Ids for V2 answers to requests without one: unique across processes and restarts (a
         # random prefix per process) without a uuid4 per request (an os.urandom call each).
-        self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
+        self.id_prefix = f"{uuid.uuid4().hex[:16]}-"
         self._ids = itertools.count(1)
         self.model_dir = Path(model_dir)
         onnx_path = self.model_dir / "model.onnx"
@@ -161,7 +161,7 @@ class OnnxModel:
         body: dict[str, Any] = {
             "model_name": self.name,
             # The V2 spec and KServe's InferResponse need a string id.
-            "id": str(request_id) if request_id is not None else f"{self._id_prefix}{next(self._ids)}",
+            "id": str(request_id) if request_id is not None else f"{self.id_prefix}{next(self._ids)}",
             "outputs": outputs,
         }
         if self.version:

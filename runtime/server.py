@@ -46,6 +46,7 @@ class ServeConfig:
     log_level: str = "INFO"
     direct_path: bool = True  # small inference requests answered in the protocol (direct.py)
     batch_rows: int | None = None  # None: batching.DEFAULT_BATCH_ROWS if the profile allows it
+    grpc_port: int | None = None  # V2 over gRPC too (grpc_v2.py)
 
 
 def _bind(host: str, port: int, reuse_port: bool, listen: bool = True) -> socket.socket:
@@ -76,8 +77,10 @@ def build_app(cfg: ServeConfig) -> App:
     log.info("loaded %s: inputs %s, outputs %s, task %s, batching %s", cfg.model_dir,
              [s.as_metadata() for s in model.inputs.values()], model.output_names, model.task.kind,
              f"up to {batch_rows} rows" if batch_rows > 1 else "off")
+    grpc = (cfg.host, cfg.grpc_port, cfg.workers > 1) if cfg.grpc_port else None
     if not cfg.monitoring:
-        return App(model, max_body=cfg.max_body, revision=cfg.revision, batch_rows=batch_rows)
+        return App(model, max_body=cfg.max_body, revision=cfg.revision, batch_rows=batch_rows,
+                   grpc=grpc)
 
     from serin.runtime.drift import Binner, Drift
     from serin.runtime.monitoring import Monitor
@@ -94,7 +97,7 @@ def build_app(cfg: ServeConfig) -> App:
     return App(
         model, monitor=monitor, drift=drift, metrics=monitor.exposition,
         max_body=cfg.max_body, drift_interval=cfg.drift_interval, revision=cfg.revision,
-        batch_rows=batch_rows,
+        batch_rows=batch_rows, grpc=grpc,
     )
 
 

@@ -65,8 +65,11 @@ def tensor_spec(name: str, onnx_type: str, shape: list[object], allow_nan: bool 
     return TensorSpec(name, known[0], known[1], dims, allow_nan)
 
 
+_DTYPE_DATATYPE = {dtype: datatype for datatype, dtype in ONNX_TYPES.values() if dtype.kind != "O"}
+
+
 def datatype_of(array: np.ndarray) -> str:
-    for datatype, dtype in ONNX_TYPES.values():
-        if array.dtype == dtype and dtype.kind != "O":
-            return datatype
+    known = _DTYPE_DATATYPE.get(array.dtype)  # one dict lookup: this runs for every output
+    if known is not None:
+        return known
     return _KIND_DATATYPE.get(array.dtype.kind, "BYTES")

@@ -142,7 +142,7 @@ def server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     """The numeric classifier started the way KServe starts custom runtimes."""
     port = free_port()
     argv = [PYTHON, "-m", "serin.runtime", "--model_name", "iris", "--model_dir",
-            str(models["numeric"]), "--http_port", str(port), "--grpc_port", "8081",
+            str(models["numeric"]), "--http_port", str(port), "--grpc_port", str(free_port()),
             "--host", "127.0.0.1", "--max-body-bytes", "1000000"]
     srv = start_server(argv, "iris", port, tmp_path_factory.mktemp("logs") / "iris.log",
                        env={"K_REVISION": "iris-predictor-00001", "SERIN_REVISION": "ignored"})
