@@ -133,7 +133,7 @@ class Servicer:
         self.pb = pb
         self._ids = 0
 
-    def _model_or_abort(self, name: str) -> None:
+    def _check_model(self, name: str) -> None:
         if name != self.app.model.name:
             raise RequestError(f"model {name!r} not found", 404)
 
@@ -151,14 +151,14 @@ class Servicer:
         return self.pb.ServerReadyResponse(ready=True)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        await self._call(context, self._model_or_abort, request.name)
+        await self._call(context, self._check_model, request.name)
         return self.pb.ModelReadyResponse(ready=True)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return self.pb.ServerMetadataResponse(name="serin-onnx", version="1", extensions=[])
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        await self._call(context, self._model_or_abort, request.name)
+        await self._call(context, self._check_model, request.name)
         meta = self.app.model.v2_metadata()
         tensor = self.pb.ModelMetadataResponse.TensorMetadata
         return self.pb.ModelMetadataResponse(
@@ -171,8 +171,8 @@ class Servicer:
         app = self.app
         decoded = None
         try:
-            payload = payload_of(request)
-            decoded = app.decode_payload("v2", request.model_name, payload)
+            self._check_model(request.model_name)  # first, as over HTTP: another model is a 404
+            decoded = app.decode_payload("v2", request.model_name, payload_of(request))
             results = await app.results(decoded)
             response = self._response(request, results)
             answer = Answer(200, b"", decoded, results)

@@ -265,3 +265,12 @@ def test_protos_load_without_importing_the_kserve_package() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout.strip()
     assert out == "[]"
+
+
+def test_another_models_name_is_not_found_whatever_the_tensors(stub: Any) -> None:
+    request = infer_request(ROWS[:1], raw=True, model="other")
+    request.raw_input_contents[0] = b"\x00"  # malformed too: the model's name is checked first
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(request)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == "model 'other' not found"
