@@ -218,13 +218,12 @@ class App:
     def _decode(self, protocol: str, name: str, body: bytes) -> Request:
         if name != self.model.name:  # before parsing: another model's path is a 404, any body
             raise RequestError(f"model {name!r} not found", 404)
-        return self.decode_payload(protocol, name, parse_json(body))
+        return self.decode_payload(protocol, parse_json(body))
 
-    def decode_payload(self, protocol: str, name: str, payload: Any) -> Request:
-        """A parsed V1 or V2 payload (V2 also from gRPC, grpc_v2.py) as a validated request."""
+    def decode_payload(self, protocol: str, payload: Any) -> Request:
+        """A parsed V1 or V2 payload (V2 also from gRPC, grpc_v2.py) for this model, as a
+        validated request; the caller has checked the model's name."""
         model = self.model
-        if name != model.name:
-            raise RequestError(f"model {name!r} not found", 404)
         if protocol == "v2":
             feeds, rows = decode_v2(payload, model.inputs)
             return Request(feeds, rows, requested_outputs(payload, model.output_names), payload.get("id"))
@@ -307,18 +306,19 @@ class App:
                 self.monitor.observe(protocol, 200, seconds, request.rows, answer.results,
                                      request.feeds)
 
-    async def results(self, request: Request) -> dict[str, Any]:
-        """The model's outputs for a decoded request, by the HTTP path's rules (inline while
-        fast, else on the inference thread, batched with what is queued there); for gRPC."""
+    async def answer(self, protocol: str, request: Request) -> Answer:
+        """A decoded request answered off the direct path (ASGI, gRPC): inline while the model
+        is fast, else on the inference thread, batched with what is queued there. Never raises."""
         if self.batch_rows > 1 and not self.runs_inline():
-            answer = await self._queue.submit("grpc", request)
-            if answer.results is None:
-                raise RequestError(answer.error, answer.status)
-            return answer.results
-        return await self._run(self.model, request.feeds, request.outputs)
+            return await self._queue.submit(protocol, request)
+        try:
+            results = await self._run(self.model, request.feeds, request.outputs)
+            return Answer(200, self._encode(protocol, request, results), request, results)
+        except Exception as exc:
+            return failed(exc, request)
 
     async def _run(self, model: OnnxModel, feeds: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
-        if model.recent_run_seconds < INLINE_RUN_BUDGET_S:
+        if self.runs_inline():
             return model.run(feeds, names)
         return await asyncio.get_running_loop().run_in_executor(self._inference, model.run, feeds, names)
 
@@ -329,12 +329,7 @@ class App:
         request = None
         try:
             body = await self._body(scope, receive)
-            request = self._decode(protocol, name, body)
-            if self.batch_rows > 1 and not self.runs_inline():
-                answer = await self._queue.submit(protocol, request)
-            else:
-                results = await self._run(self.model, request.feeds, request.outputs)
-                answer = Answer(200, self._encode(protocol, request, results), request, results)
+            answer = await self.answer(protocol, self._decode(protocol, name, body))
         except ConnectionResetError:
             return
         except Exception as exc:

@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from serin.runtime.app import Answer, App, failed
+from serin.runtime.app import App, failed
 from serin.runtime.decode import RequestError
 from serin.runtime.signature import ONNX_TYPES, datatype_of
 
@@ -131,7 +131,6 @@ class Servicer:
     def __init__(self, app: App, pb: ModuleType) -> None:
         self.app = app
         self.pb = pb
-        self._ids = 0
 
     def _check_model(self, name: str) -> None:
         if name != self.app.model.name:
@@ -169,16 +168,14 @@ class Servicer:
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         start = time.perf_counter()
         app = self.app
-        decoded = None
+        response = None
         try:
             self._check_model(request.model_name)  # first, as over HTTP: another model is a 404
-            decoded = app.decode_payload("v2", request.model_name, payload_of(request))
-            results = await app.results(decoded)
-            response = self._response(request, results)
-            answer = Answer(200, b"", decoded, results)
+            answer = await app.answer("grpc", app.decode_payload("v2", payload_of(request)))
+            if answer.results is not None:
+                response = self._response(request, answer.results)
         except Exception as exc:
-            answer = failed(exc, decoded)
-            response = None
+            answer = failed(exc, None)
         app.observe("grpc", answer, time.perf_counter() - start)
         if response is None:  # the same words as the HTTP path's {"error": ...}
             await context.abort(_grpc_status(answer.status), answer.error)
@@ -186,13 +183,9 @@ class Servicer:
 
     def _response(self, request: Any, results: dict[str, Any]) -> Any:
         model = self.app.model
-        if request.id:
-            request_id = request.id
-        else:
-            self._ids += 1
-            request_id = f"{model.id_prefix}g{self._ids}"
         response = self.pb.ModelInferResponse(model_name=model.name,
-                                              model_version=model.version or "", id=request_id)
+                                              model_version=model.version or "",
+                                              id=request.id or model.new_id())
         arrays = {name: np.asarray(value) for name, value in results.items()}
         datatypes = {name: datatype_of(arr) for name, arr in arrays.items()}
         # Raw for all outputs or none (the protocol's rule): raw when the request was, or when an

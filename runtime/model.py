@@ -65,7 +65,7 @@ class OnnxModel:
         self.runs = 0  # session.run calls so far (serin_model_runs_total)
         # Ids for V2 answers to requests without one: unique across processes and restarts (a
         # random prefix per process) without a uuid4 per request (an os.urandom call each).
-        self.id_prefix = f"{uuid.uuid4().hex[:16]}-"
+        self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
         self._ids = itertools.count(1)
         self.model_dir = Path(model_dir)
         onnx_path = self.model_dir / "model.onnx"
@@ -146,6 +146,10 @@ class OnnxModel:
             self.recent_run_seconds = max(time.perf_counter() - started, self.recent_run_seconds * 0.9)
         return dict(zip(names, values, strict=True))
 
+    def new_id(self) -> str:
+        """An answer id for a request that brought none (V2 over HTTP and gRPC)."""
+        return f"{self._id_prefix}{next(self._ids)}"
+
     # --- responses -------------------------------------------------------------------------
     def v2_response(self, results: dict[str, Any], request_id: Any) -> bytes:
         outputs = []
@@ -161,7 +165,7 @@ class OnnxModel:
         body: dict[str, Any] = {
             "model_name": self.name,
             # The V2 spec and KServe's InferResponse need a string id.
-            "id": str(request_id) if request_id is not None else f"{self.id_prefix}{next(self._ids)}",
+            "id": str(request_id) if request_id is not None else self.new_id(),
             "outputs": outputs,
         }
         if self.version:
