@@ -96,10 +96,8 @@ def sklearn_mlp(features: int, hidden: tuple[int, ...], rows: int = 4000) -> Any
         return MLPClassifier(hidden_layer_sizes=hidden, max_iter=3, random_state=0).fit(x, y), x
 
 
-def forest_dir(dir_: Path, clf: Any, x: np.ndarray,
-               batching: dict[str, Any] | None = None) -> Path:
-    """Any scikit-learn classifier on a float matrix (the name is historical). `batching`: the
-    profile's batching proof, when the caller has one (the converter computes it)."""
+def forest_dir(dir_: Path, clf: Any, x: np.ndarray) -> Path:
+    """Any scikit-learn classifier on a float matrix (the name is historical)."""
     onx = _to_onnx(clf, x.shape[1], {"zipmap": False})
     name = onx.graph.input[0].name
     profile = {
@@ -109,8 +107,6 @@ def forest_dir(dir_: Path, clf: Any, x: np.ndarray,
         "prediction": {"kind": "classification", "output": "label", "classes": ["0", "1"],
                        "proportions": [0.5, 0.5]},
     }
-    if batching is not None:
-        profile["batching"] = batching
     return _write(dir_, onx, profile)
 
 
