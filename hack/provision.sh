@@ -72,13 +72,13 @@ apt_install() {  # PACKAGE... (Debian packages, installed when a command they br
 
 install_node_packages() {
   local missing=() cmd
-  for cmd in runc containerd ctr iptables conntrack buildah debootstrap; do
+  for cmd in runc containerd ctr iptables nft conntrack buildah debootstrap; do
     command -v "$cmd" >/dev/null || missing+=("$cmd")
   done
   [[ -x /usr/lib/cni/bridge ]] || missing+=(cni)
   [[ ${#missing[@]} -eq 0 ]] && return
   log "installing Debian packages for the node and images (missing: ${missing[*]})"
-  apt_install runc containerd containernetworking-plugins iptables conntrack buildah debootstrap
+  apt_install runc containerd containernetworking-plugins iptables nftables conntrack buildah debootstrap
 }
 
 # Only the service discoveries Serin uses (file, static and http stay in every build): Prometheus'

@@ -299,13 +299,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         (w / "kube-proxy-config.yaml").write_text(yaml.safe_dump({
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
             "clientConnection": {"kubeconfig": str(w / "kube-proxy.kubeconfig")},
-            "hostnameOverride": NODE_NAME, "mode": "iptables", "clusterCIDR": POD_CIDR,
+            # nftables, not iptables: the iptables proxier commits the filter table and the nat table
+            # in two transactions, and a SYN to a Service that has just got its first endpoint can
+            # pass between them (the REJECT gone, no DNAT yet). Routed on un-NATed, it leaves a
+            # conntrack entry that every retransmission follows: the connection hangs until the
+            # client gives up (seen right after a Model's first version served; docs/cluster.md).
+            # The nftables proxier changes its one table in one transaction.
+            "hostnameOverride": NODE_NAME, "mode": "nftables", "clusterCIDR": POD_CIDR,
             "bindAddress": "127.0.0.1", "healthzBindAddress": "127.0.0.1:10256",
             "metricsBindAddress": "127.0.0.1:10249", "oomScoreAdj": 0,
             # Zeros: kube-proxy leaves the host-wide conntrack table settings alone.
             "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s",
                           "udpTimeout": "0s", "udpStreamTimeout": "0s"},
-            "iptables": {"masqueradeAll": False, "syncPeriod": "30s", "minSyncPeriod": "1s"},
+            "nftables": {"masqueradeAll": False, "syncPeriod": "30s", "minSyncPeriod": "1s"},
         }, sort_keys=False))
 
     def _init_script(self) -> str:

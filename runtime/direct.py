@@ -191,5 +191,11 @@ class _Batcher:
         answers = iter(self.app.answer_many(runnable))
         for conn, protocol, decoded, keep_alive, start in items:
             conn._in_batch -= 1
-            conn.answer(protocol, next(answers) if isinstance(decoded, Request) else decoded,
-                        keep_alive, start)
+            answer = next(answers) if isinstance(decoded, Request) else decoded
+            try:
+                conn.answer(protocol, answer, keep_alive, start)
+            except Exception:
+                # One connection's failure (its monitor, its transport) must not leave the other
+                # connections of the batch unanswered: this one is closed, the rest go on.
+                log.exception("answering a batched request failed: closing its connection")
+                conn.transport.close()

@@ -133,6 +133,7 @@ class Cluster:
     # operator moves through a step in milliseconds when the serving layer settles at once, which
     # polling would miss.
     weights: list[int] = field(default_factory=list)
+    standin_log: Path | None = None  # the KServe stand-in's log, shown when a wait times out
     _watch: subprocess.Popen[str] | None = None
 
     def apply(self, uri: Path | str, rollout: dict[str, Any] | None = None, conversion: dict[str, Any] | None = None,
@@ -181,8 +182,23 @@ class Cluster:
             if predicate(model):
                 return model
             time.sleep(0.25)
+        raise AssertionError(f"timed out waiting for {what}\n{self.diagnosis(model)}")
+
+    def diagnosis(self, model: dict[str, Any]) -> str:
+        """What a person needs to tell which side is stuck: the Model's status, the
+        InferenceService as the apiserver holds it (spec and KServe-shaped status), the timeline
+        this test saw, the operator's log and the stand-in's."""
         status = json.dumps(model.get("status"), indent=1)[:3000]
-        raise AssertionError(f"timed out waiting for {what}\nstatus: {status}\noperator log:\n{self.operator.tail()}")
+        isvc = self.isvc() or {}
+        served = {"resourceVersion": (isvc.get("metadata") or {}).get("resourceVersion"),
+                  "predictor": (isvc.get("spec") or {}).get("predictor"),
+                  "status": {k: v for k, v in (isvc.get("status") or {}).items() if k != "serinStandin"}}
+        text = (f"status: {status}\ninferenceservice: {json.dumps(served, indent=1)[:4000]}\n"
+                f"timeline: {self.timeline[-12:]}\noperator log:\n{self.operator.tail()}")
+        if self.standin_log is not None and self.standin_log.exists():
+            lines = self.standin_log.read_text(errors="replace").splitlines()[-40:]
+            text += "\nKServe stand-in log:\n" + "\n".join(lines)
+        return text
 
     def wait_phase(self, phase: str, generation: int | None = None, timeout: float = 120) -> dict[str, Any]:
         def ok(m: dict[str, Any]) -> bool:

@@ -21,7 +21,7 @@ def kserve_standin(crds: ControlPlane, namespace: str, tmp_path: Path) -> Iterat
 def cluster(crds: ControlPlane, namespace: str, prometheus: Prometheus, kserve_standin: subprocess.Popen[bytes],
             artifacts: Artifacts, tmp_path: Path) -> Iterator[Cluster]:
     op = OperatorProcess(crds, namespace, prometheus.url, tmp_path / "store", tmp_path / "operator.log")
-    c = Cluster(crds, namespace, artifacts, op)
+    c = Cluster(crds, namespace, artifacts, op, standin_log=tmp_path / "standin.log")
     yield c
     c.stop_watch()
     op.stop()

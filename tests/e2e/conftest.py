@@ -29,6 +29,6 @@ def platform(crds: ControlPlane, namespace: str, prometheus: Prometheus, artifac
     with standin(crds, namespace, tmp_path, data_plane=True, file_sd=prometheus.targets_file) as proc:
         op = OperatorProcess(crds, namespace, prometheus.url, tmp_path / "store", tmp_path / "operator.log")
         try:
-            yield Platform(Cluster(crds, namespace, artifacts, op), prometheus, proc)
+            yield Platform(Cluster(crds, namespace, artifacts, op, standin_log=tmp_path / "standin.log"), prometheus, proc)
         finally:
             op.stop()

@@ -151,3 +151,42 @@ def test_one_bad_request_fails_alone(model: OnnxModel) -> None:
     assert isinstance(bad, Answer) and bad.status == 400
     good = [("v1", decoded(app, v1([row]))) for row in ROWS[:3]]
     assert [a.status for a in app.answer_many(good)] == [200, 200, 200]
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Connection:
+    """What the batcher needs of a DirectProtocol connection: its count, answer and transport."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self._in_batch = 1
+        self.fails = fails
+        self.transport = _Transport()
+        self.statuses: list[int] = []
+
+    def answer(self, protocol: str, answer: Answer, keep_alive: bool, start: float) -> None:
+        if self.fails:
+            raise ConnectionResetError("the peer went away mid-write")
+        self.statuses.append(answer.status)
+
+
+def test_a_failing_connection_does_not_leave_the_rest_of_its_batch_unanswered(
+        model: OnnxModel) -> None:
+    from serin.runtime.direct import _Batcher
+
+    app = App(model, batch_rows=8)
+    batcher = _Batcher(app)
+    connections = [_Connection(), _Connection(fails=True), _Connection()]
+    for connection, row in zip(connections, ROWS, strict=False):
+        batcher.pending.append((connection, "v1", decoded(app, v1([row])), True, 0.0))
+    batcher.flush()
+    assert [c.statuses for c in connections] == [[200], [], [200]]
+    assert [c.transport.closed for c in connections] == [False, True, False]
+    assert [c._in_batch for c in connections] == [0, 0, 0]
+    assert batcher.pending == []
