@@ -85,22 +85,31 @@ def assess(metric: MetricSpec, measured: MeasuredValue) -> tuple[Verdict, str]:
 class Round:
     """One analysis round, judged: a record per metric of the spec, and the failure counters."""
 
-    records: tuple[Measurement, ...]
+    records: tuple[Measurement, ...]  # dry-run metrics' included, marked dryRun
     failures: dict[str, int]  # failed measurements per metric during this canary, this round included
     failure_limit: int
     hard: tuple[str, ...] = ()  # metrics that failed hard this round (the fast path)
 
     @property
+    def acted_on(self) -> tuple[Measurement, ...]:
+        """The records that count: every metric's but the dry-run ones'."""
+        return tuple(r for r in self.records if not r.dryRun)
+
+    @property
     def successful(self) -> bool:
-        return all(r.verdict == Verdict.SUCCESSFUL for r in self.records)
+        return all(r.verdict == Verdict.SUCCESSFUL for r in self.acted_on)
 
     @property
     def failed(self) -> tuple[Measurement, ...]:
-        return tuple(r for r in self.records if r.verdict == Verdict.FAILED)
+        return tuple(r for r in self.acted_on if r.verdict == Verdict.FAILED)
 
     @property
     def inconclusive(self) -> tuple[Measurement, ...]:
-        return tuple(r for r in self.records if r.verdict == Verdict.INCONCLUSIVE)
+        return tuple(r for r in self.acted_on if r.verdict == Verdict.INCONCLUSIVE)
+
+    @property
+    def dry_run_failed(self) -> tuple[Measurement, ...]:
+        return tuple(r for r in self.records if r.dryRun and r.verdict == Verdict.FAILED)
 
     @property
     def over_limit(self) -> Measurement | None:
@@ -123,11 +132,15 @@ def judge_round(spec: AnalysisSpec, measured: tuple[MeasuredValue, ...], failure
             verdict, reason, value = Verdict.INCONCLUSIVE, "not measured", None
         else:
             (verdict, reason), value = assess(metric, got), got.value
+        finite = value is not None and math.isfinite(value)  # JSON (and so status) has no NaN
+        if metric.dry_run:
+            records.append(Measurement(metric.name, verdict, at, generation, value if finite else None,
+                                       reason, dryRun=True))
+            continue  # never counted, never hard: shown only
         if verdict == Verdict.FAILED and got is not None and hard_failure(metric, got):
             hard.append(metric.name)
             reason = (f"{reason}, a hard failure ({got.samples:.0f} requests: at the limit this many errors "
                       f"would have a chance below {HARD_ALPHA:g})")
-        finite = value is not None and math.isfinite(value)  # JSON (and so status) has no NaN
         records.append(Measurement(metric.name, verdict, at, generation, value if finite else None, reason))
         if verdict == Verdict.FAILED:
             counts[metric.name] = counts.get(metric.name, 0) + 1

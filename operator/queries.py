@@ -56,6 +56,9 @@ def builtin_query(builtin: Builtin, ctx: QueryContext) -> str:
         )
     if builtin == Builtin.INPUT_PSI:
         return f"max({m.INPUT_PSI}{{{c}}})"
+    if builtin == Builtin.INPUT_DRIFT_P_VALUE:
+        # Each pod tests its own window; the smallest p-value is the most drifted pod's.
+        return f"min({m.INPUT_DRIFT_PVALUE}{{{c}}})"
     if builtin == Builtin.PREDICTION_SHIFT:
         # PSI of the canary's class distribution against the stable's over the same window,
         # with a small floor so a class one side never predicted does not make it infinite.

@@ -395,6 +395,8 @@ def _judge_measurements(t: _Tick, s: Status, c: Canary) -> tuple[Status, Canary]
     for r in judged.failed:
         t.emit("Warning", "AnalysisFailed",
                f"{r.reason} ({judged.failures[r.metric]} of {t.spec.analysis.failure_limit} allowed failures)")
+    for r in judged.dry_run_failed:
+        t.emit("Normal", "AnalysisDryRunFailed", f"{r.reason} (dry run: not acted on)")
     s = s.evolve(analysis=(s.analysis + judged.records)[-ANALYSIS_RECORDS_KEPT:])
     previous_streak = c.inconclusiveStreak
     streak = previous_streak + 1 if judged.inconclusive else 0

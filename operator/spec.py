@@ -45,6 +45,7 @@ class Builtin(enum.StrEnum):
     ERROR_RATE = "errorRate"
     LATENCY_P99_SECONDS = "latencyP99Seconds"
     INPUT_PSI = "inputPSI"
+    INPUT_DRIFT_P_VALUE = "inputDriftPValue"
     PREDICTION_SHIFT = "predictionShift"
 
 
@@ -115,6 +116,9 @@ class MetricSpec:
     query: str | None = None
     min: float | None = None
     max: float | None = None
+    # Measured, judged and recorded in status.analysis like any metric, never acted on: a new
+    # metric's limits can be watched on live rollouts before they can roll one back.
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,7 @@ def parse_spec(spec: dict[str, Any]) -> ModelSpec:
                 MetricSpec(
                     name=m["name"], builtin=Builtin(m["builtin"]) if m.get("builtin") else None,
                     query=m.get("query"), min=_float_or_none(m.get("min")), max=_float_or_none(m.get("max")),
+                    dry_run=bool(m.get("dryRun", False)),
                 )
                 for m in analysis.get("metrics", [])
             ),

@@ -184,6 +184,7 @@ class Measurement:
     generation: int
     value: float | None = None
     reason: str = ""
+    dryRun: bool | None = None  # True: a dry-run metric's, shown and never acted on (None: omitted)
 
 
 @dataclass(frozen=True)

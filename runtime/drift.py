@@ -15,7 +15,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,81 @@ def psi(counts: np.ndarray, expected: np.ndarray, eps: float = EPSILON) -> float
     q = np.maximum(counts / total, eps)
     p = np.maximum(expected / max(expected.sum(), eps), eps)
     return float(np.sum((q - p) * np.log(q / p)))
+
+
+# A bin whose expected count (both samples pooled) is below this is pooled with its neighbours
+# for the chi-squared test: its approximation needs expected counts of about 5 or more.
+MIN_EXPECTED = 5.0
+
+
+def _reference_counts(proportions: np.ndarray, reference_rows: int) -> np.ndarray:
+    return proportions / max(float(proportions.sum()), EPSILON) * reference_rows
+
+
+def chi2_pvalue(counts: np.ndarray, proportions: np.ndarray, reference_rows: int) -> float:
+    """p-value of a chi-squared test of homogeneity: the window's bin `counts` and the reference
+    sample (its `proportions` of `reference_rows` rows) drawn from one distribution. A two-sample
+    test: the reference's own sampling noise counts, so a small profile does not read as drift.
+    Bins expected to hold fewer than MIN_EXPECTED rows are pooled."""
+    from scipy.special import chdtrc  # lazily: only servers that monitor drift pay the import
+
+    window = counts.astype(np.float64)
+    reference = _reference_counts(proportions, reference_rows)
+    n, m = window.sum(), reference.sum()
+    if n <= 0 or m <= 0:
+        return 1.0
+    # Pool small bins left to right (for a numeric feature, neighbours; for a categorical one,
+    # the rare categories together).
+    table: list[tuple[float, float]] = []
+    acc_w = acc_r = 0.0
+    for w, r in zip(window, reference, strict=True):
+        acc_w, acc_r = acc_w + w, acc_r + r
+        if (acc_w + acc_r) * min(n, m) / (n + m) >= MIN_EXPECTED:
+            table.append((acc_w, acc_r))
+            acc_w = acc_r = 0.0
+    if acc_w + acc_r > 0:
+        if table:
+            last_w, last_r = table.pop()
+            table.append((last_w + acc_w, last_r + acc_r))
+        else:
+            table.append((acc_w, acc_r))
+    if len(table) < 2:
+        return 1.0
+    obs = np.asarray(table)  # (bins, 2): window, reference
+    col = obs.sum(axis=0)
+    expected = obs.sum(axis=1, keepdims=True) * col / col.sum()
+    stat = float(((obs - expected) ** 2 / expected).sum())
+    return float(chdtrc(len(table) - 1, stat))
+
+
+def ks_pvalue(counts: np.ndarray, proportions: np.ndarray, reference_rows: int) -> float:
+    """p-value of a two-sample Kolmogorov-Smirnov test on ordered bins (a numeric feature's): the
+    largest gap between the window's and the reference's cumulative shares, against Kolmogorov's
+    limiting distribution for n·m/(n+m) rows. On bins it sees the gaps at the cuts only, so it
+    can only err towards "no drift"."""
+    from scipy.special import kolmogorov
+
+    n = float(counts.sum())
+    if n <= 0 or reference_rows <= 0:
+        return 1.0
+    window_cdf = np.cumsum(counts) / n
+    reference_cdf = np.cumsum(proportions) / max(float(proportions.sum()), EPSILON)
+    gap = float(np.max(np.abs(window_cdf - reference_cdf)))
+    effective = n * reference_rows / (n + reference_rows)
+    return float(kolmogorov(np.sqrt(effective) * gap))
+
+
+def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
+    """Holm's adjusted p-values: feature f drifted at family-wise error rate alpha (the chance
+    that any feature is flagged when none drifted) when its adjusted p-value is <= alpha."""
+    ordered = sorted(pvalues.items(), key=lambda kv: kv[1])
+    m = len(ordered)
+    adjusted: dict[str, float] = {}
+    running = 0.0
+    for i, (name, p) in enumerate(ordered):
+        running = max(running, min(1.0, (m - i) * p))
+        adjusted[name] = running
+    return adjusted
 
 
 class Binner:
@@ -144,10 +219,29 @@ class Window:
 class DriftResult:
     rows: int
     feature_psi: dict[str, float]
+    # Holm-adjusted p-values of each feature's test (KS for numeric, chi-squared for categorical);
+    # empty when the profile does not say how many rows it was computed from.
+    feature_pvalue: dict[str, float] = field(default_factory=dict)
 
     @property
     def input_psi(self) -> float:
         return max(self.feature_psi.values(), default=0.0)
+
+    @property
+    def input_pvalue(self) -> float | None:
+        """The smallest adjusted p-value: "some feature drifted" at family-wise rate alpha when
+        it is <= alpha."""
+        return min(self.feature_pvalue.values(), default=None)
+
+
+def feature_pvalues(features: Sequence[Feature], offsets: np.ndarray, counts: np.ndarray,
+                    reference_rows: int) -> dict[str, float]:
+    """Holm-adjusted p-values, one per feature, of the window's merged bin `counts`."""
+    raw = {}
+    for f, off in zip(features, offsets, strict=True):
+        test = ks_pvalue if f.kind == "numeric" else chi2_pvalue
+        raw[f.name] = test(counts[off : off + f.bins], f.proportions, reference_rows)
+    return holm(raw)
 
 
 class Drift:
@@ -162,8 +256,12 @@ class Drift:
         min_rows: int,
         state_dir: Path,
         stale_after: float = 30.0,
+        reference_rows: int = 0,
     ) -> None:
         self.binner = binner
+        # Rows behind the profile's proportions (0: unknown, and no p-values: a test that took the
+        # reference as exact would call its sampling noise drift).
+        self.reference_rows = reference_rows
         self.window = Window(binner, math.ceil(window / max(1, workers)))
         self.min_rows = min_rows
         self.state_dir = Path(state_dir)
@@ -208,7 +306,9 @@ class Drift:
         scores = {}
         for f, off in zip(self.binner.features, self.binner.offsets, strict=True):
             scores[f.name] = psi(counts[off : off + f.bins], f.proportions)
-        self.result = DriftResult(rows, scores)
+        pvalues = (feature_pvalues(self.binner.features, self.binner.offsets, counts, self.reference_rows)
+                   if self.reference_rows > 0 else {})
+        self.result = DriftResult(rows, scores, pvalues)
 
     def close(self) -> None:
         self.path.unlink(missing_ok=True)

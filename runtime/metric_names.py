@@ -18,6 +18,10 @@ PREDICTION_VALUE = "serin_prediction_value"
 FEATURE_PSI = "serin_feature_psi"
 INPUT_PSI = "serin_input_psi"
 DRIFT_WINDOW_ROWS = "serin_drift_window_rows"
+# Drift as a test: Holm-adjusted p-values (KS for numeric features, chi-squared for categorical
+# ones) of the window against the reference sample, and their minimum.
+FEATURE_DRIFT_PVALUE = "serin_feature_drift_pvalue"
+INPUT_DRIFT_PVALUE = "serin_input_drift_pvalue"
 
 # Every HTTP status the inference path answers. The runtime exports a zero-valued
 # serin_requests_total series for each (protocol, code) at start-up: `rate()` ignores the value a
@@ -44,6 +48,8 @@ LABELS: dict[str, tuple[str, ...]] = {
     FEATURE_PSI: (MODEL, REVISION, FEATURE),
     INPUT_PSI: (MODEL, REVISION),
     DRIFT_WINDOW_ROWS: (MODEL, REVISION),
+    FEATURE_DRIFT_PVALUE: (MODEL, REVISION, FEATURE),
+    INPUT_DRIFT_PVALUE: (MODEL, REVISION),
 }
 
 # Request latency buckets (seconds): fine below 50 ms, where canary p99 limits usually sit.

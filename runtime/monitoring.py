@@ -69,6 +69,23 @@ class DriftCollector(Collector):
         )
         overall.add_metric(self.labels, result.input_psi)
         yield overall
+        smallest_pvalue = result.input_pvalue
+        if smallest_pvalue is None:
+            return  # a profile without its row count: no test (see Drift.reference_rows)
+        pvalue = GaugeMetricFamily(
+            mn.FEATURE_DRIFT_PVALUE,
+            "Holm-adjusted p-value of one feature's drift test (KS numeric, chi-squared categorical)",
+            labels=list(mn.LABELS[mn.FEATURE_DRIFT_PVALUE]),
+        )
+        for name, value in result.feature_pvalue.items():
+            pvalue.add_metric([*self.labels, name], value)
+        yield pvalue
+        smallest = GaugeMetricFamily(
+            mn.INPUT_DRIFT_PVALUE, "Smallest adjusted feature p-value: some feature drifted when <= alpha",
+            labels=list(mn.LABELS[mn.INPUT_DRIFT_PVALUE]),
+        )
+        smallest.add_metric(self.labels, smallest_pvalue)
+        yield smallest
 
 
 def _add_to_buckets(child: Any, counts: list[int] | np.ndarray, total: float) -> None:

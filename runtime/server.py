@@ -92,6 +92,7 @@ def build_app(cfg: ServeConfig) -> App:
             drift = Drift(
                 binner, window=cfg.drift_window, workers=cfg.workers,
                 min_rows=cfg.drift_min_rows, state_dir=Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]),
+                reference_rows=model.profile.rows,
             )
     monitor = Monitor(cfg.name, cfg.revision, model.task, drift, runs=lambda: model.runs)
     return App(

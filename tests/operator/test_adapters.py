@@ -132,18 +132,20 @@ def promtool() -> str:
 def test_builtin_queries_are_valid_promql(tmp_path: Path) -> None:
     """Checked by Prometheus' own parser, so a typo in a query template fails here, not mid-rollout."""
     ctx = QueryContext("fraud", "ml", "fraud-predictor-00002", "fraud-predictor-00001", window_for(10))
-    exprs = [builtin_query(b, ctx) for b in ("errorRate", "latencyP99Seconds", "inputPSI", "predictionShift")]
+    exprs = [builtin_query(b, ctx) for b in
+             ("errorRate", "latencyP99Seconds", "inputPSI", "inputDriftPValue", "predictionShift")]
     exprs.append(render(MetricSpec("biz", query='sum(rate(x{revision="{{revision}}"}[1m]))', min=1), ctx))
     rules = {"groups": [{"name": "serin", "rules": [{"record": f"serin:check{i}", "expr": e} for i, e in enumerate(exprs)]}]}
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rules))
     out = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "5 rules found" in out.stdout
+    assert "6 rules found" in out.stdout
     assert "{{" not in exprs[-1] and 'revision="fraud-predictor-00002"' in exprs[-1]
 
 
-@pytest.mark.parametrize("builtin", ["errorRate", "latencyP99Seconds", "inputPSI", "predictionShift"])
+@pytest.mark.parametrize("builtin", ["errorRate", "latencyP99Seconds", "inputPSI", "inputDriftPValue",
+                                     "predictionShift"])
 def test_every_builtin_selector_is_scoped_to_the_models_namespace(builtin: str) -> None:
     """Revision names repeat across namespaces (`<isvc>-predictor-00002`); a selector without the
     namespace lets a namesake's series answer for the canary."""

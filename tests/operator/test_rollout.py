@@ -589,3 +589,54 @@ def test_a_version_with_the_same_inputs_becomes_the_canary_and_keeps_them_when_p
     promoting = replace(d.status, canary=replace(d.status.canary, state="Promoting"))
     p = decide(SPEC, promoting, obs(2, serving=only(URI2, "m-predictor-00002")), at(10))
     assert p.status.stable is not None and (p.status.stable.generation, p.status.stable.inputSignature) == (2, "aaaa")
+
+
+# -- dryRun: measured and shown, never acted on --------------------------------------------------
+
+DRY_SPEC = make_spec(analysis={"interval": "10s", "failureLimit": 2, "inconclusiveLimit": 3, "metrics": [
+    {"name": "error-rate", "builtin": "errorRate", "max": 0.01},
+    {"name": "drift-test", "builtin": "inputDriftPValue", "min": 0.01, "dryRun": True},
+]})
+
+
+def dry(p_value: float | None) -> tuple[MeasuredValue, ...]:
+    return (MeasuredValue("error-rate", 0.001), MeasuredValue("drift-test", p_value))
+
+
+def test_a_failing_dry_run_metric_is_recorded_and_never_rolls_back() -> None:
+    status = LIVE
+    for i in range(1, 4):  # past failureLimit, and past the step's pause
+        d = decide(DRY_SPEC, status, obs(2, serving=canary_serving(10), measurements=dry(1e-9)), at(10 * i))
+        status = d.status
+        assert "RollbackStarted" not in events(d) and "AnalysisFailed" not in events(d)
+        assert "AnalysisDryRunFailed" in events(d)
+    assert status.canary is not None and status.canary.state == "Progressing"
+    assert status.canary.step == 1  # the step ended on its successful rounds
+    assert status.canary.failures == {}
+    record = [r for r in status.analysis if r.metric == "drift-test"][-1]
+    assert (record.verdict, record.dryRun, record.value) == ("Failed", True, 1e-9)
+    assert "< min 0.01" in record.reason
+    assert status_to_dict(status)["analysis"][-1]["dryRun"] is True
+    assert "dryRun" not in status_to_dict(status)["analysis"][-2]  # the acted-on metric's record
+
+
+def test_a_dry_run_metric_without_data_does_not_pause() -> None:
+    status = LIVE
+    for i in range(1, 5):
+        d = decide(DRY_SPEC, status, obs(2, serving=canary_serving(10), measurements=dry(None)), at(10 * i))
+        status = d.status
+        assert "AnalysisInconclusive" not in events(d)
+    assert status.canary is not None and status.canary.inconclusiveStreak == 0 and status.phase != "Paused"
+
+
+def test_without_dry_run_the_same_metric_rolls_back() -> None:
+    """The control: the same measurements with dryRun off roll the canary back."""
+    spec = make_spec(analysis={"interval": "10s", "failureLimit": 2, "inconclusiveLimit": 3, "metrics": [
+        {"name": "error-rate", "builtin": "errorRate", "max": 0.01},
+        {"name": "drift-test", "builtin": "inputDriftPValue", "min": 0.01},
+    ]})
+    status, seen = LIVE, []
+    for i in range(1, 3):
+        d = decide(spec, status, obs(2, serving=canary_serving(10), measurements=dry(1e-9)), at(10 * i))
+        status, seen = d.status, seen + events(d)
+    assert "RollbackStarted" in seen

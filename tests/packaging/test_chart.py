@@ -412,7 +412,8 @@ def test_dashboard_configmap(helm: Helm) -> None:
     titles = [p["title"] for p in dashboard["panels"]]
     for wanted in ("Canary weight per model", "Rollouts by outcome", "Analysis verdicts",
                    "Request rate by revision", "Error rate by revision", "p99 latency by revision",
-                   "Input PSI by revision", "Feature PSI by revision and feature"):
+                   "Input PSI by revision", "Feature PSI by revision and feature",
+                   "Input drift test by revision (smallest adjusted p-value)"):
         assert wanted in titles
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(set(ids)) == len(ids)

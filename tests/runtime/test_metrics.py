@@ -122,6 +122,13 @@ def test_reference_data_stays_below_0_1(drift_servers: tuple[Server, Server]) ->
                 if n == mn.FEATURE_PSI}
     assert set(features) == {"f0", "f1", "f2", "f3"}
     assert max(features.values()) == pytest.approx(psi)
+    # The test's view of the same window: no feature drifted (at a family-wise 0.1 %: the data
+    # is drawn from the reference's distribution, so a lower p-value would be a 1-in-1,000 draw).
+    pvalues = {dict(ls)["feature"]: v for (n, ls), v in samples(text).items()
+               if n == mn.FEATURE_DRIFT_PVALUE}
+    assert set(pvalues) == set(features)
+    assert value(text, mn.INPUT_DRIFT_PVALUE) == pytest.approx(min(pvalues.values()))
+    assert min(pvalues.values()) > 0.001
 
 
 def test_shifted_data_rises_above_0_2(drift_servers: tuple[Server, Server]) -> None:
@@ -130,6 +137,7 @@ def test_shifted_data_rises_above_0_2(drift_servers: tuple[Server, Server]) -> N
     x[:, 2] += 1.0  # one feature moves by one standard deviation
     feed(shifted, x)
     features: dict[str, float] = {}
+    pvalues: dict[str, float] = {}
 
     def drifted() -> bool:
         # One scrape for both the overall and the per-feature PSI: consecutive scrapes may reach
@@ -137,11 +145,17 @@ def test_shifted_data_rises_above_0_2(drift_servers: tuple[Server, Server]) -> N
         text = shifted.metrics()
         features.clear()
         features.update({dict(ls)["feature"]: v for (n, ls), v in samples(text).items() if n == mn.FEATURE_PSI})
+        pvalues.clear()
+        pvalues.update({dict(ls)["feature"]: v for (n, ls), v in samples(text).items()
+                        if n == mn.FEATURE_DRIFT_PVALUE})
         return (value(text, mn.INPUT_PSI) or 0) > mn.PSI_SIGNIFICANT
 
     wait_for(drifted)
     assert max(features, key=lambda k: features[k]) == "f2"
     assert features["f0"] < mn.PSI_MODERATE
+    # The drift tests flag the moved feature, and only it (family-wise 0.1 %).
+    assert pvalues["f2"] < 1e-6
+    assert min(v for k, v in pvalues.items() if k != "f2") > 0.001
 
 
 def test_workers_export_one_coherent_series(drift_servers: tuple[Server, Server]) -> None:

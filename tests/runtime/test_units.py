@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from serin.runtime import metric_names
 from serin.runtime.decode import RequestError, decode_v1, decode_v2, parse_json
-from serin.runtime.drift import Binner, Window, psi
+from serin.runtime.drift import Binner, Window, chi2_pvalue, holm, ks_pvalue, psi
 from serin.runtime.profile import Feature, ProfileError, parse_profile
 from serin.runtime.signature import TensorSpec
 
@@ -115,3 +115,42 @@ def test_metric_names_module_is_import_light() -> None:
     assert out.stdout.strip() == "False"
     assert metric_names.LABELS[metric_names.REQUESTS_TOTAL] == (
         "model", "revision", "protocol", "code")
+
+
+def test_drift_tests_agree_with_scipy_on_binned_samples() -> None:
+    """The runtime's tests see only bin counts and the profile's proportions; on the same bins,
+    scipy's tests on the raw samples (bin indices as values) must give the same p-values."""
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    for shift in (0.0, 0.1, 0.3):
+        reference = np.digitize(rng.normal(size=4000), np.linspace(-1.5, 1.5, 9))
+        window = np.digitize(rng.normal(shift, size=1000), np.linspace(-1.5, 1.5, 9))
+        ref_counts = np.bincount(reference, minlength=10)
+        counts = np.bincount(window, minlength=10)
+        proportions = ref_counts / ref_counts.sum()
+        # Kolmogorov's limiting distribution at the same gap (scipy's "asymp" now uses the exact
+        # one-sample law at round(n·m/(n+m)) rows instead: within 0.003 of it here).
+        ks = stats.ks_2samp(window, reference, method="asymp")
+        limit = stats.kstwobign.sf(np.sqrt(1000 * 4000 / 5000) * ks.statistic)
+        assert ks_pvalue(counts, proportions, 4000) == pytest.approx(limit, rel=1e-6, abs=1e-12)
+        assert ks_pvalue(counts, proportions, 4000) == pytest.approx(ks.pvalue, abs=0.005)
+        chi2 = stats.chi2_contingency(np.stack([counts, ref_counts]), correction=False).pvalue
+        assert chi2_pvalue(counts, proportions, 4000) == pytest.approx(chi2, rel=1e-6, abs=1e-12)
+
+
+def test_chi2_pools_rare_bins_and_needs_two() -> None:
+    # Categories a window of 200 rows would expect fewer than 5 of are pooled: 6 rare ones here.
+    proportions = np.array([0.5, 0.44] + [0.01] * 6)
+    counts = np.array([100, 88] + [2] * 6)
+    assert 0.5 < chi2_pvalue(counts, proportions, 1000) <= 1.0
+    assert chi2_pvalue(np.array([10, 0]), np.array([1.0, 0.0]), 1000) == 1.0  # one bin left
+    assert chi2_pvalue(np.array([0, 0]), np.array([0.5, 0.5]), 1000) == 1.0  # nothing seen
+
+
+def test_holm_adjusts_step_down_and_stays_monotone() -> None:
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5})
+    # sorted: a 0.01*4, c 0.03*3, b 0.04*2 -> max with c's, d 0.5*1 -> max with b's
+    assert adjusted == pytest.approx({"a": 0.04, "c": 0.09, "b": 0.09, "d": 0.5})
+    assert holm({}) == {}
+    assert holm({"x": 0.6, "y": 0.7}) == {"x": 1.0, "y": 1.0}
