@@ -52,7 +52,7 @@ def chi2_pvalue(counts: np.ndarray, proportions: np.ndarray, reference_rows: int
     sample (its `proportions` of `reference_rows` rows) drawn from one distribution. A two-sample
     test: the reference's own sampling noise counts, so a small profile does not read as drift.
     Bins expected to hold fewer than MIN_EXPECTED rows are pooled."""
-    from scipy.special import chdtrc  # lazily: only servers that monitor drift pay the import
+    from scipy.special import chdtrc  # only servers that test drift import scipy (Drift.__init__)
 
     window = counts.astype(np.float64)
     reference = _reference_counts(proportions, reference_rows)
@@ -262,6 +262,10 @@ class Drift:
         # Rows behind the profile's proportions (0: unknown, and no p-values: a test that took the
         # reference as exact would call its sampling noise drift).
         self.reference_rows = reference_rows
+        if reference_rows > 0:
+            # Now, at start-up: imported by the first update it would stall the event loop that
+            # serves requests for ~0.25 s.
+            import scipy.special  # noqa: F401
         self.window = Window(binner, math.ceil(window / max(1, workers)))
         self.min_rows = min_rows
         self.state_dir = Path(state_dir)
