@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from psi_false_alarm import FEATURES, default_input_psi_limit, profile, rows
 from serin.runtime import metric_names as mn
-from serin.runtime.drift import Binner, Drift
+from serin.runtime.drift import Binner, Drift, DriftResult
 from serin.runtime.profile import parse_profile
 from serin.runtime.signature import TensorSpec
 
@@ -43,32 +43,41 @@ SHIFTS = (0.0, 0.25, 0.5)
 ALPHAS = (0.05, 0.01)
 
 
+def binner_for(reference: np.ndarray) -> Binner:
+    """The runtime's binning for a profile computed from `reference`, the converter's way."""
+    spec = TensorSpec("input", "FP32", np.dtype(np.float32), (None, FEATURES))
+    return Binner(parse_profile(profile(reference)).features, {"input": spec})
+
+
+def judge(binner: Binner, window: np.ndarray, profile_rows: int, state: Path) -> DriftResult:
+    """What the runtime's drift code makes of one full window."""
+    drift = Drift(binner, window=len(window), workers=1, min_rows=len(window), state_dir=state,
+                  reference_rows=profile_rows)
+    drift.add({"input": window}, len(window))
+    drift.tick()
+    drift.close()
+    assert drift.result is not None and drift.result.input_pvalue is not None
+    return drift.result
+
+
 def flagged(args: argparse.Namespace, rng: np.random.Generator, state: Path, profile_rows: int,
             window_rows: int, shift: float) -> tuple[list[float], list[float]]:
     """(serin_input_psi, serin_input_drift_pvalue) of every window of this scenario."""
-    spec = TensorSpec("input", "FP32", np.dtype(np.float32), (None, FEATURES))
     psis, pvalues = [], []
     for _ in range(args.profiles):
-        binner = Binner(parse_profile(profile(rows(rng, profile_rows))).features, {"input": spec})
+        binner = binner_for(rows(rng, profile_rows))
         for _ in range(args.windows):
-            drift = Drift(binner, window=window_rows, workers=1, min_rows=window_rows,
-                          state_dir=state, reference_rows=profile_rows)
             x = rows(rng, window_rows)
             x[:, 0] += shift
-            drift.add({"input": x}, window_rows)
-            drift.tick()
-            result = drift.result
-            assert result is not None and result.input_pvalue is not None
+            result = judge(binner, x, profile_rows, state)
             psis.append(result.input_psi)
-            pvalues.append(result.input_pvalue)
-            drift.close()
+            pvalues.append(result.input_pvalue)  # type: ignore[arg-type]  # judge asserts it is set
     return psis, pvalues
 
 
 def evidently_side_by_side(args: argparse.Namespace, rng: np.random.Generator, state: Path) -> None:
     """Serin's tests and Evidently's defaults on the same windows (one profile's sample as the
     reference, 1,000-row windows)."""
-    spec = TensorSpec("input", "FP32", np.dtype(np.float32), (None, FEATURES))
     profile_rows, window_rows, alpha = 4000, 1000, 0.05
     print(f"\nSide by side with Evidently ({args.evidently}): profile {profile_rows} rows, windows of "
           f"{window_rows}, {args.evidently_windows} windows per shift, the same raw rows for both")
@@ -78,18 +87,11 @@ def evidently_side_by_side(args: argparse.Namespace, rng: np.random.Generator, s
     methods: list[str] = []
     for shift in SHIFTS:
         reference = rows(rng, profile_rows)
-        binner = Binner(parse_profile(profile(reference)).features, {"input": spec})
+        binner = binner_for(reference)
         windows = np.stack([rows(rng, window_rows) for _ in range(args.evidently_windows)])
         windows[:, :, 0] += shift
-        serin = []
-        for x in windows:
-            drift = Drift(binner, window=window_rows, workers=1, min_rows=window_rows, state_dir=state,
-                          reference_rows=profile_rows)
-            drift.add({"input": x}, window_rows)
-            drift.tick()
-            assert drift.result is not None and drift.result.input_pvalue is not None
-            serin.append(drift.result.input_pvalue <= alpha)
-            drift.close()
+        serin = [judge(binner, x, profile_rows, state).input_pvalue <= alpha  # type: ignore[operator]
+                 for x in windows]
         path = state / "windows.npz"
         np.savez(path, reference=reference, windows=windows)
         out = subprocess.run([args.evidently, str(Path(__file__).with_name("drift_evidently.py")), str(path)],

@@ -118,6 +118,7 @@ INVALID = [
     ("metric-min-above-max", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "query": "up", "min": 2, "max": 1}]}}}, ["spec.rollout.analysis.metrics[0].min", "less than or equal to max"]),
     ("metric-builtin-unknown", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "accuracy", "max": 1}]}}}, ["spec.rollout.analysis.metrics[0].builtin", "Unsupported value"]),
     ("metric-duplicate-name", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "errorRate", "max": 1}, {"name": "m", "builtin": "inputPSI", "max": 1}]}}}, ["spec.rollout.analysis.metrics[1]", "Duplicate value"]),
+    ("metric-dry-run-string", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "inputDriftPValue", "min": 0.01, "dryRun": "yes"}]}}}, ["spec.rollout.analysis.metrics[0].dryRun", "boolean"]),
     ("metric-name-uppercase", {"spec__rollout": {"analysis": {"metrics": [{"name": "Errors", "builtin": "errorRate", "max": 1}]}}}, ["spec.rollout.analysis.metrics[0].name", "should match"]),
     ("unknown-field", {"spec__source__url": "s3://typo/m.pkl"}, ["spec.source.url", "unknown field"]),
 ]
