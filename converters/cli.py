@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="model file or URI (path, file://, pvc://, s3://, gs://, https://)")
     p.add_argument("--sample", required=True, help="CSV with header, .npy or .parquet rows")
     p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--sample-labels", dest="sample_labels", metavar="COLUMN",
+                   help="the sample's column of true labels (or values): not a model input; "
+                   "calibrates the label-free accuracy estimate and records reference performance")
     p.add_argument("--format", choices=["sklearn", "xgboost", "lightgbm", "onnx"],
                    help="detected from the file when omitted")
     p.add_argument("--sha256", help="expected digest, verified before the artifact is loaded")
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     request = Request(
         source=args.artifact, sample=args.sample, out=args.out, format=args.format,
         sha256=args.sha256, opset=args.target_opset or DEFAULT_OPSET, bins=args.bins,
+        sample_labels=args.sample_labels,
         tolerance=Tolerance(
             absolute=defaults.absolute if args.atol is None else args.atol,
             relative=defaults.relative if args.rtol is None else args.rtol,

@@ -45,6 +45,7 @@ class Request:
     opset: int = DEFAULT_OPSET
     tolerance: Tolerance = field(default_factory=Tolerance)
     bins: int = 10
+    sample_labels: str | None = None  # the sample's column of true labels, not a model input
 
 
 @dataclass
@@ -102,6 +103,14 @@ def _convert(request: Request, rep: dict[str, Any]) -> None:
         rep["task"] = task
         frame = read_sample(artifacts.fetch(request.sample, workdir, "sample"))
 
+    truth = None
+    if request.sample_labels:
+        if request.sample_labels not in frame.columns:
+            shown = ", ".join(str(c) for c in list(frame.columns)[:12])
+            raise SampleError(f"sampleLabels: the sample has no column {request.sample_labels!r} "
+                              f"(its columns: {shown})")
+        truth = frame.pop(request.sample_labels).to_numpy()
+        rep["sampleLabels"] = request.sample_labels
     sample = converter.prepare(model, frame)
     rep["rows"] = sample.rows
     try:
@@ -152,7 +161,7 @@ def _convert(request: Request, rep: dict[str, Any]) -> None:
 
     output_name = onnx_model.graph.output[0].name  # "label" for classifiers, values otherwise
     prof = profile.build(sample, converted, task, classes, output_name,
-                         request.bins)
+                         request.bins, truth=truth)
     prof["batching"] = parity.batching(model_bytes, sample.feeds())
     rep["batching"] = prof["batching"]
     rep["sha256"]["onnx"] = _sha256(model_bytes)

@@ -39,7 +39,8 @@ FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx")
 
 # The request document's fields: name → (type, required). Nested objects list their own.
 _Shape = dict[str, tuple[type, bool]]
-_SOURCE: _Shape = {"uri": (str, True), "sampleUri": (str, True), "format": (str, False), "sha256": (str, False)}
+_SOURCE: _Shape = {"uri": (str, True), "sampleUri": (str, True), "format": (str, False), "sha256": (str, False),
+                   "sampleLabels": (str, False)}
 _TOLERANCE: _Shape = {"absolute": (float, False), "relative": (float, False), "labelAgreement": (float, False)}
 _CONVERSION: _Shape = {"targetOpset": (int, False), "tolerance": (dict, False)}
 _TOP: _Shape = {"source": (dict, True), "conversion": (dict, False), "out": (str, True)}
@@ -94,7 +95,7 @@ def parse_request(text: str | None) -> Request:
     d = Tolerance()
     return Request(
         source=source["uri"], sample=source["sampleUri"], out=Path(top["out"]),
-        format=source.get("format"), sha256=source.get("sha256"),
+        format=source.get("format"), sha256=source.get("sha256"), sample_labels=source.get("sampleLabels"),
         opset=int(conversion.get("targetOpset") or DEFAULT_OPSET),
         tolerance=Tolerance(absolute=float(tol.get("absolute", d.absolute)),
                             relative=float(tol.get("relative", d.relative)),

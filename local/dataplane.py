@@ -8,6 +8,7 @@ InferenceService). The stand-in's watcher drives either one and never looks insi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,8 +28,10 @@ class IsvcRef:
 
 
 class DataPlane(Protocol):
-    async def start(self, isvc: IsvcRef, revision: str, storage_uri: str) -> Readiness:
-        """Brings a new revision up; returns once it is ready or has failed (never Unknown)."""
+    async def start(self, isvc: IsvcRef, revision: str, storage_uri: str,
+                    env: Mapping[str, str] | None = None) -> Readiness:
+        """Brings a new revision up with the predictor container's environment (`env`, resolved);
+        returns once it is ready or has failed (never Unknown)."""
         ...
 
     async def stop(self, isvc: IsvcRef, revision: str) -> None:
@@ -76,7 +79,8 @@ def check_model_dir(storage_uri: str) -> Readiness:
 class ControlPlaneOnly:
     """No processes: a revision is ready when its model directory is servable."""
 
-    async def start(self, isvc: IsvcRef, revision: str, storage_uri: str) -> Readiness:
+    async def start(self, isvc: IsvcRef, revision: str, storage_uri: str,
+                    env: Mapping[str, str] | None = None) -> Readiness:
         return check_model_dir(storage_uri)
 
     async def stop(self, isvc: IsvcRef, revision: str) -> None:

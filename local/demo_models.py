@@ -36,8 +36,12 @@ def production_rows(n: int, seed: int = 0, shift: float = 0.0) -> np.ndarray:
     return x
 
 
-def _labels(x: np.ndarray) -> np.ndarray:
+def true_labels(x: np.ndarray) -> np.ndarray:
+    """The ground truth of production rows: what the load generator sends as feedback."""
     return (x[:, 0] + 0.5 * x[:, 1] - 0.25 * x[:, 2] > 0).astype(int)
+
+
+_labels = true_labels
 
 
 def _fit(seed: int, shift: float = 0.0):  # type: ignore[no-untyped-def]
@@ -58,6 +62,21 @@ def sklearn_version(directory: Path, seed: int, shift: float = 0.0) -> VersionFi
 
     directory.mkdir(parents=True, exist_ok=True)
     model, x = _fit(seed, shift)
+    joblib.dump(model, directory / "model.joblib")
+    _write_sample(directory / "sample.csv", x)
+    return VersionFiles(directory / "model.joblib", directory / "sample.csv", "sklearn")
+
+
+def less_accurate_version(directory: Path, seed: int = 13) -> VersionFiles:
+    """A model that serves the same traffic without errors, latency or input drift, but is less
+    often right: it learnt from feature 0 alone (the truth also weighs features 1 and 2), about 84 %
+    accurate against about 99 % for `sklearn_version`. Only ground truth can tell."""
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    directory.mkdir(parents=True, exist_ok=True)
+    x = production_rows(2000, seed=seed)
+    model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
     joblib.dump(model, directory / "model.joblib")
     _write_sample(directory / "sample.csv", x)
     return VersionFiles(directory / "model.joblib", directory / "sample.csv", "sklearn")

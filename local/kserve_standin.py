@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import logging
@@ -51,6 +52,7 @@ class KServeStandIn:
     def __init__(self, api: client.ApiClient, data_plane: DataPlane | None = None,
                  namespace: str | None = None) -> None:
         self.api = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
         # KServe watches every namespace; one namespace lets several stand-ins share an apiserver
         # (tests) without two of them writing the same status.
         self.namespace = namespace
@@ -181,7 +183,8 @@ class KServeStandIn:
 
     async def _start_revision(self, ref: IsvcRef, tracked: _Tracked, name: str, storage_uri: str) -> None:
         try:
-            state = await self.plane.start(ref, name, storage_uri)
+            env = await self._container_env(ref, tracked.obj or {})
+            state = await self.plane.start(ref, name, storage_uri, env)
         except Exception as exc:
             log.exception("starting %s %s failed", ref, name)
             state = Readiness("False", "StartFailed", str(exc))
@@ -189,6 +192,29 @@ class KServeStandIn:
         tracked.readiness[name] = state
         tracked.starting.pop(name, None)
         tracked.wake.set()
+
+    async def _container_env(self, ref: IsvcRef, isvc: dict[str, Any]) -> dict[str, str]:
+        """The predictor container's env as a kubelet resolves it: plain values, and values from a
+        Secret key (a missing optional one is left out, as the kubelet does)."""
+        env: dict[str, str] = {}
+        model = ((isvc.get("spec") or {}).get("predictor") or {}).get("model") or {}
+        for var in model.get("env") or []:
+            if "value" in var:
+                env[var["name"]] = str(var["value"])
+                continue
+            ref_ = ((var.get("valueFrom") or {}).get("secretKeyRef")) or {}
+            if not ref_:
+                continue  # fieldRef and the like: nothing a local process has
+            try:
+                secret = await self.core.read_namespaced_secret(ref_["name"], ref.namespace)
+            except ApiException as err:
+                if err.status == 404 and ref_.get("optional"):
+                    continue
+                raise
+            data = (secret.data or {}).get(ref_["key"])
+            if data is not None:
+                env[var["name"]] = base64.b64decode(data).decode()
+        return env
 
     async def _write_status(self, ref: IsvcRef, tracked: _Tracked, base: dict[str, Any],
                             body: dict[str, Any]) -> None:

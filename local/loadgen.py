@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from urllib.parse import urlparse
 
 import aiohttp
 import numpy as np
-from serin.local.demo_models import production_rows
+from serin.local.demo_models import production_rows, true_labels
 
 REVISION_HEADER = "Serin-Standin-Revision"
 RUNTIME_REVISION_HEADER = "serin-revision"  # runtime/app.py
@@ -46,10 +47,17 @@ class LoadGenerator:
     # False: a new connection per request. A Kubernetes Service balances connections, not
     # requests, so a keep-alive client stays on the Pods it first reached.
     keep_alive: bool = True
+    # The share of answered requests whose ground truth (demo_models.true_labels) is sent to the
+    # feedback endpoint, `feedback_delay` seconds after the answer: labels that arrive later.
+    feedback: float = 0.0
+    feedback_delay: float = 0.0
     answers: list[Answer] = field(default_factory=list)
+    feedback_answers: list[Answer] = field(default_factory=list)
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _t0: float = 0.0
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _chosen: np.random.Generator = field(default_factory=lambda: np.random.default_rng(7))  # feedback's requests
 
     def __post_init__(self) -> None:
         host = urlparse(self.url).hostname or ""
@@ -88,7 +96,7 @@ class LoadGenerator:
         headers = {"Host": self.host} if self.host else {}
         connector = aiohttp.TCPConnector(force_close=not self.keep_alive)
         async with aiohttp.ClientSession(timeout=timeout, headers=headers, connector=connector) as session:
-            tasks: set[asyncio.Task[None]] = set()
+            tasks = self._tasks
             i = 0
             while not self._stop.is_set() and self.now() < self.max_seconds:
                 start = (i * self.rows) % body_rows
@@ -109,14 +117,34 @@ class LoadGenerator:
         payload = {"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
                                "data": rows.ravel().tolist()}]}
         sent = time.monotonic()
+        body = b""
         try:
             async with session.post(f"{self.url}/v2/models/{self.model}/infer", json=payload) as resp:
-                await resp.read()
+                body = await resp.read()
                 revision = resp.headers.get(REVISION_HEADER) or resp.headers.get(RUNTIME_REVISION_HEADER) or ""
                 answer = Answer(sent - self._t0, resp.status, revision, time.monotonic() - sent)
         except (TimeoutError, aiohttp.ClientError):
             answer = Answer(sent - self._t0, 0, "", time.monotonic() - sent)
         self.answers.append(answer)
+        if answer.status == 200 and self.feedback > 0 and self._chosen.random() < self.feedback:
+            task = asyncio.create_task(self._tell(session, json.loads(body)["id"], rows, answer.revision))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _tell(self, session: aiohttp.ClientSession, prediction_id: str, rows: np.ndarray, revision: str) -> None:
+        """The ground truth of an answered request, sent to the feedback endpoint (any replica)."""
+        if self.feedback_delay > 0:
+            await asyncio.sleep(self.feedback_delay)
+        truth = true_labels(rows).tolist()  # the rows as sent: the world they came from
+        sent = time.monotonic()
+        try:
+            async with session.post(f"{self.url}/v2/models/{self.model}/feedback",
+                                    json={"id": prediction_id, "truth": truth}) as resp:
+                await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError):
+            status = 0
+        self.feedback_answers.append(Answer(sent - self._t0, status, revision, time.monotonic() - sent))
 
 
 def _in_local_cluster(host: str) -> bool:

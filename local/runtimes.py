@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,8 @@ class RuntimeProcesses:
 
     # -- DataPlane --------------------------------------------------------------------------
 
-    async def start(self, isvc: IsvcRef, revision: str, storage_uri: str) -> Readiness:
+    async def start(self, isvc: IsvcRef, revision: str, storage_uri: str,
+                    env: Mapping[str, str] | None = None) -> Readiness:
         directory = model_dir(storage_uri)
         if directory is None:
             return Readiness("False", "ExitCode1", f"storage initializer: {storage_uri}: only file:// "
@@ -70,7 +72,7 @@ class RuntimeProcesses:
         await self._router(isvc)
         if (isvc, revision) in self._runtimes:
             await self.stop(isvc, revision)
-        rt = await self._spawn(isvc, revision, directory)
+        rt = await self._spawn(isvc, revision, directory, env or {})
         self._runtimes[(isvc, revision)] = rt
         state = await self._wait_ready(rt)
         if state.ready:
@@ -122,10 +124,11 @@ class RuntimeProcesses:
                 self._routers[isvc] = router
             return router
 
-    async def _spawn(self, isvc: IsvcRef, revision: str, directory: Path) -> _Runtime:
+    async def _spawn(self, isvc: IsvcRef, revision: str, directory: Path, container_env: Mapping[str, str]) -> _Runtime:
         port = free_port()
         log = self.workdir / f"{isvc.namespace}_{revision}.log"
-        env = {**os.environ, "K_REVISION": revision}
+        # The container's environment as a kubelet would give it, then what Knative adds.
+        env = {**os.environ, **container_env, "K_REVISION": revision}
         argv = [self.python, "-m", "serin.runtime", "--model_name", isvc.name, "--model_dir", str(directory),
                 "--http_port", str(port), "--host", "127.0.0.1", *self.runtime_args]
         with log.open("ab") as out:

@@ -74,10 +74,30 @@ def assess(metric: MetricSpec, measured: MeasuredValue) -> tuple[Verdict, str]:
     value = measured.value
     if value is None or math.isnan(value):
         return Verdict.INCONCLUSIVE, "no data"
+    if measured.interval is not None:
+        return _assess_interval(metric, value, measured.interval)
     if metric.max is not None and value > metric.max:
         return Verdict.FAILED, f"{metric.name} = {value:.4g} > max {metric.max:g}"
     if metric.min is not None and value < metric.min:
         return Verdict.FAILED, f"{metric.name} = {value:.4g} < min {metric.min:g}"
+    return Verdict.SUCCESSFUL, ""
+
+
+def _assess_interval(metric: MetricSpec, value: float, interval: tuple[float, float]) -> tuple[Verdict, str]:
+    """A canary-against-stable figure with its confidence interval (spec.WITH_CONFIDENCE): Failed
+    when all of the interval is past a limit (the canary is worse by more than the tolerance, with
+    that confidence), Successful when all of it is within the limits, Inconclusive while it
+    straddles one: noise at small counts can hold a step, never roll a canary back."""
+    low, high = interval
+    shown = f"{metric.name} = {value:+.4g} ({metric.confidence:.0%} interval {low:+.4g} to {high:+.4g})"
+    if metric.max is not None and low > metric.max:
+        return Verdict.FAILED, f"{shown} > max {metric.max:g}"
+    if metric.min is not None and high < metric.min:
+        return Verdict.FAILED, f"{shown} < min {metric.min:g}"
+    if metric.max is not None and high > metric.max:
+        return Verdict.INCONCLUSIVE, f"{shown}: not yet shown to be within max {metric.max:g}"
+    if metric.min is not None and low < metric.min:
+        return Verdict.INCONCLUSIVE, f"{shown}: not yet shown to be within min {metric.min:g}"
     return Verdict.SUCCESSFUL, ""
 
 

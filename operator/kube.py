@@ -3,17 +3,19 @@ Events). Everything else works on plain dicts and dataclasses."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import secrets
 import uuid
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 from serin.operator.cache import Cache
+from serin.operator.routing.base import FEEDBACK_SECRET_KEY, Op, Write, feedback_secret_name
 from serin.operator.routing.base import GROUP as KSERVE_GROUP
 from serin.operator.routing.base import PLURAL as KSERVE_PLURAL
 from serin.operator.routing.base import VERSION as KSERVE_VERSION
-from serin.operator.routing.base import Op, Write
 from serin.operator.routing.standard import ISVC_LABEL
 
 GROUP, VERSION, PLURAL = "serin.dev", "v1alpha1", "models"
@@ -37,6 +39,7 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.component = component
         self.instance = f"{component}-{uuid.uuid4().hex[:8]}"
+        self._feedback_secrets: set[tuple[str, str]] = set()  # (namespace, Model uid) known to have one
 
     async def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
         if self.cache is not None:
@@ -131,6 +134,28 @@ class Kube:
                 return None
             raise
         return dict(self.api.sanitize_for_serialization(cm))
+
+    async def ensure_feedback_secret(self, model: dict[str, Any], owner: dict[str, Any]) -> None:
+        """The Model's feedback key (routing.base.feedback_secret_name): created once with a random
+        key, owned by the Model, never read or changed by the operator (only the predictors read
+        it). One create per Model per operator process; "already exists" is success."""
+        meta = model["metadata"]
+        known = (meta["namespace"], meta.get("uid", ""))
+        if known in self._feedback_secrets:
+            return
+        body = {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": feedback_secret_name(meta["name"]), "namespace": meta["namespace"],
+                         "labels": {"app.kubernetes.io/managed-by": "serin", "serin.dev/model": meta["name"]},
+                         "ownerReferences": [owner]},
+            "data": {FEEDBACK_SECRET_KEY: base64.b64encode(secrets.token_hex(32).encode()).decode()},
+        }
+        try:
+            await self.core.create_namespaced_secret(meta["namespace"], body)  # type: ignore[arg-type]  # a dict body is sent as it is
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        self._feedback_secrets.add(known)
 
     async def write(self, namespace: str, w: Write) -> None:
         """A router's write. A create that finds the object already there is a Conflict: the

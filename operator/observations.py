@@ -92,6 +92,8 @@ class MeasuredValue:
     # How many requests the value stands on, for a rate of requests (errorRate): what the fast
     # path for hard failures weighs its evidence by. None when unknown.
     samples: float | None = None
+    # For a builtin judged with confidence (spec.WITH_CONFIDENCE): the interval around `value`.
+    interval: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

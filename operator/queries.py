@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from serin.operator.spec import Builtin, MetricSpec
 from serin.runtime import metric_names as m
@@ -18,6 +19,9 @@ class QueryContext:
     revision: str  # canary revision
     stable_revision: str
     window: str  # PromQL range, e.g. "1m"
+    # PromQL range covering the canary's time with traffic (never shorter than `window`): what the
+    # ground-truth builtins add up, since labels are few and every one counts.
+    lifetime: str = ""
 
 
 def _sel(ctx: QueryContext, revision: str, extra: str = "") -> str:
@@ -59,6 +63,20 @@ def builtin_query(builtin: Builtin, ctx: QueryContext) -> str:
     if builtin == Builtin.INPUT_DRIFT_P_VALUE:
         # Each pod tests its own window; the smallest p-value is the most drifted pod's.
         return f"min({m.INPUT_DRIFT_PVALUE}{{{c}}})"
+    if builtin == Builtin.ERROR_RATE_VS_STABLE:
+        def share_5xx(revision: str) -> str:
+            s, s5 = _sel(ctx, revision), _sel(ctx, revision, ',code=~"5.."')
+            errors = f"(sum(rate({m.REQUESTS_TOTAL}{{{s5}}}[{w}])) or vector(0))"
+            return f"{errors} / sum(rate({m.REQUESTS_TOTAL}{{{s}}}[{w}]))"
+
+        # A stable without requests in the window (a 100 % step) has no share: 0, not "no data".
+        return f"{share_5xx(ctx.revision)} - scalar(({share_5xx(ctx.stable_revision)}) or vector(0))"
+    if builtin == Builtin.LATENCY_P99_VS_STABLE:
+        def p99(revision: str) -> str:
+            return (f"histogram_quantile(0.99, sum by (le) "
+                    f"(rate({m.REQUEST_DURATION_SECONDS}_bucket{{{_sel(ctx, revision)}}}[{w}])))")
+
+        return f"{p99(ctx.revision)} / scalar({p99(ctx.stable_revision)})"
     if builtin == Builtin.PREDICTION_SHIFT:
         # PSI of the canary's class distribution against the stable's over the same window,
         # with a small floor so a class one side never predicted does not make it infinite.
@@ -136,6 +154,110 @@ def regression_shift(canary: dict[str, float], stable: dict[str, float]) -> floa
     return psi
 
 
+# -- ground truth: canary against stable -------------------------------------------------------
+# The feedback counters (runtime/feedback.py) are labelled with the revision that made each
+# prediction, whichever replica took the truth; one query per counter returns both versions'.
+
+
+def feedback_query(ctx: QueryContext, counter: str) -> str:
+    """`counter`'s increase since the canary started, per revision (canary and stable).
+
+    A replica counts truth under the revision that predicted, so a stable replica starts a series
+    for the canary's revision (and the other way round) at its first feedback: the series is born
+    with a value, which increase() never counts (it sees increases between samples only); at a few
+    labels a minute that can be all there is. So per series the larger of increase(), right across
+    restarts, and the plain difference from the series' value when the canary started (0 when it
+    did not exist then), right for a series born since."""
+    selector = (f'{counter}{{namespace="{ctx.namespace}",model="{ctx.model}",'
+                f'revision=~"{ctx.revision}|{ctx.stable_revision}"}}')
+    span = ctx.lifetime or ctx.window
+    counted = f"increase({selector}[{span}])"
+    difference = f"({selector} - ({selector} offset {span} * 1 or {selector} * 0))"
+    return f"sum by (revision) (({counted} >= {difference}) or {difference})"
+
+
+FEEDBACK_COUNTERS: dict[Builtin, tuple[str, ...]] = {
+    Builtin.ACCURACY: (m.FEEDBACK_ROWS_TOTAL, m.FEEDBACK_CORRECT_TOTAL),
+    # The estimate's "correct" is a sum of probabilities: its binomial interval is conservative
+    # (the variance of a sum of Bernoulli(p_i) is at most n * mean(p) * (1 - mean(p))).
+    Builtin.ESTIMATED_ACCURACY: (m.ESTIMATED_ROWS_TOTAL, m.ESTIMATED_CORRECT_TOTAL),
+    Builtin.MEAN_ABSOLUTE_ERROR: (m.FEEDBACK_ROWS_TOTAL, m.FEEDBACK_ABSOLUTE_ERROR_TOTAL,
+                                  m.FEEDBACK_SQUARED_ERROR_TOTAL),
+}
+
+
+@dataclass(frozen=True)
+class Compared:
+    """A canary-against-stable figure with its confidence interval, or why there is none."""
+
+    value: float | None
+    interval: tuple[float, float] | None = None
+    why_none: str = ""
+
+
+def _z(confidence: float) -> float:
+    # Two-sided interval at `confidence`: each side is one-sided at (1 + confidence) / 2.
+    return NormalDist().inv_cdf((1.0 + confidence) / 2.0)
+
+
+def _missing(canary_rows: float, stable_rows: float, what: str = "ground truth") -> str:
+    sides = [name for name, n in (("canary", canary_rows), ("stable", stable_rows)) if n < 1]
+    return f"no {what} yet for the {' and the '.join(sides)}" if sides else ""
+
+
+def accuracy_difference(canary: tuple[float, float], stable: tuple[float, float], confidence: float,
+                        what: str = "ground truth") -> Compared:
+    """Canary accuracy minus stable accuracy from (rows, correct) each, with the Agresti-Caffo
+    interval (one success and one failure added to each side): it keeps its coverage at small
+    counts and at accuracies near 1, where the plain Wald interval is far too narrow."""
+    (n_c, x_c), (n_s, x_s) = canary, stable
+    why = _missing(n_c, n_s, what)
+    if why:
+        return Compared(None, why_none=why)
+    x_c, x_s = min(max(x_c, 0.0), n_c), min(max(x_s, 0.0), n_s)
+    p_c, p_s = (x_c + 1) / (n_c + 2), (x_s + 1) / (n_s + 2)
+    centre = p_c - p_s
+    half = _z(confidence) * math.sqrt(p_c * (1 - p_c) / (n_c + 2) + p_s * (1 - p_s) / (n_s + 2))
+    return Compared(x_c / n_c - x_s / n_s, (centre - half, centre + half))
+
+
+def mae_ratio(canary: tuple[float, float, float], stable: tuple[float, float, float], confidence: float) -> Compared:
+    """Canary MAE over stable MAE, minus 1, from (rows, sum |e|, sum e^2) each; the interval by the
+    delta method, with each side's variance of |e| from its own sums."""
+    (n_c, a_c, q_c), (n_s, a_s, q_s) = canary, stable
+    why = _missing(n_c, n_s)
+    if why:
+        return Compared(None, why_none=why)
+    if n_c < 2 or n_s < 2:
+        return Compared(None, why_none="fewer than 2 rows of ground truth on a side")
+    mae_c, mae_s = a_c / n_c, a_s / n_s
+    if mae_s <= 0:
+        return Compared(None, why_none="the stable's error is 0: no ratio")
+    var_c = max(0.0, q_c / n_c - mae_c**2) / (n_c - 1)
+    var_s = max(0.0, q_s / n_s - mae_s**2) / (n_s - 1)
+    ratio = mae_c / mae_s
+    half = _z(confidence) * math.sqrt(var_c / mae_s**2 + ratio**2 * var_s / mae_s**2)
+    return Compared(ratio - 1.0, (ratio - 1.0 - half, ratio - 1.0 + half))
+
+
+def compare_feedback(builtin: Builtin, sums: dict[str, dict[str, float]], ctx: QueryContext,
+                     confidence: float) -> Compared:
+    """The builtin's figure from the feedback counters' per-revision increases (`sums`: counter ->
+    revision -> increase), as feedback_query returns them."""
+    counters = FEEDBACK_COUNTERS[builtin]
+
+    def side(revision: str) -> tuple[float, ...]:
+        return tuple(sums.get(c, {}).get(revision, 0.0) for c in counters)
+
+    canary, stable = side(ctx.revision), side(ctx.stable_revision)
+    if builtin == Builtin.ACCURACY:
+        return accuracy_difference((canary[0], canary[1]), (stable[0], stable[1]), confidence)
+    if builtin == Builtin.ESTIMATED_ACCURACY:
+        return accuracy_difference((canary[0], canary[1]), (stable[0], stable[1]), confidence,
+                                   "answered row with class probabilities")
+    return mae_ratio((canary[0], canary[1], canary[2]), (stable[0], stable[1], stable[2]), confidence)
+
+
 def sample_query(metric: MetricSpec, ctx: QueryContext) -> str | None:
     """How many requests a builtin rate stands on over the window (the canary's), or None."""
     if metric.builtin == Builtin.ERROR_RATE:
@@ -158,3 +280,8 @@ def render(metric: MetricSpec, ctx: QueryContext) -> str:
 def window_for(interval_seconds: float) -> str:
     """rate() needs at least two scrapes in its window: never shorter than 30 s."""
     return f"{max(30, int(interval_seconds * 3))}s"
+
+
+def lifetime_for(interval_seconds: float, canary_age_seconds: float) -> str:
+    """The range since the canary got traffic, never shorter than the ordinary window."""
+    return f"{max(max(30, int(interval_seconds * 3)), math.ceil(canary_age_seconds))}s"

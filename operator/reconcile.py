@@ -23,7 +23,7 @@ from serin.operator.executors import ConversionExecutor, ConversionRequest
 from serin.operator.kube import Kube, owner_reference
 from serin.operator.observations import MeasuredValue, Observations
 from serin.operator.prometheus import MetricProvider
-from serin.operator.queries import QueryContext, render, sample_query, value_buckets_query, window_for
+from serin.operator.queries import QueryContext, lifetime_for, render, sample_query, value_buckets_query, window_for
 from serin.operator.rollout import Decision, analysis_due, decide, is_idle, next_due
 from serin.operator.routing import Router, Routing, Seen
 from serin.operator.routing.standard import route_name, split_service_name
@@ -96,16 +96,21 @@ def wake_after(spec: ModelSpec, status: Status, now: dt.datetime, poll_seconds: 
     return min(known) if known else None
 
 
-async def measure(deps: Deps, model: dict[str, Any], spec: ModelSpec, status: Status) -> tuple[MeasuredValue, ...]:
+async def measure(deps: Deps, model: dict[str, Any], spec: ModelSpec, status: Status,
+                  now: dt.datetime) -> tuple[MeasuredValue, ...]:
     meta = model["metadata"]
     assert status.canary is not None
+    since = to_time(status.canary.since)  # the canary's start: its feedback counts from then on
     ctx = QueryContext(model=meta["name"], namespace=meta["namespace"], revision=status.canary.revision,
                        stable_revision=status.stable.revision if status.stable else "",
-                       window=window_for(spec.analysis.interval))
+                       window=window_for(spec.analysis.interval),
+                       lifetime=lifetime_for(spec.analysis.interval, (now - since).total_seconds() if since else 0.0))
     async def one(metric: MetricSpec) -> MeasuredValue:
         if metric.builtin == Builtin.PREDICTION_SHIFT and status.canary is not None \
                 and status.canary.task == "regression":
             return await regression_shift(deps.metrics, metric.name, ctx)
+        if metric.builtin in queries.FEEDBACK_COUNTERS:
+            return await compare_feedback(deps.metrics, metric, ctx)
         samples_of = sample_query(metric, ctx)
         if samples_of is None:
             return await deps.metrics.measure(metric.name, render(metric, ctx))
@@ -114,6 +119,21 @@ async def measure(deps: Deps, model: dict[str, Any], spec: ModelSpec, status: St
         return replace(value, samples=samples.value)
 
     return tuple(await asyncio.gather(*(one(m) for m in spec.analysis.metrics)))
+
+
+async def compare_feedback(metrics: MetricProvider, metric: MetricSpec, ctx: QueryContext) -> MeasuredValue:
+    """A ground-truth builtin: the feedback counters of both versions, compared here."""
+    assert metric.builtin is not None
+    counters = queries.FEEDBACK_COUNTERS[metric.builtin]
+    answers = await asyncio.gather(*(metrics.by_label(queries.feedback_query(ctx, c), "revision") for c in counters))
+    errors = [err for _, err in answers if err]
+    if errors:
+        return MeasuredValue(metric.name, None, errors[0])
+    compared = queries.compare_feedback(metric.builtin, dict(zip(counters, (v for v, _ in answers), strict=True)),
+                                        ctx, metric.confidence)
+    if compared.value is None:
+        return MeasuredValue(metric.name, None, compared.why_none)
+    return MeasuredValue(metric.name, compared.value, interval=compared.interval)
 
 
 async def regression_shift(metrics: MetricProvider, name: str, ctx: QueryContext) -> MeasuredValue:
@@ -147,7 +167,7 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
         p = status.pending
         conversion = await deps.executor.poll(
             conversion_request(model, spec, p.generation, p.versionKey, p.attempt, p.startedAt))
-    measurements = await measure(deps, model, spec, status) if analysis_due(spec, status, now) else None
+    measurements = await measure(deps, model, spec, status, now) if analysis_due(spec, status, now) else None
     obs = Observations(generation, dict(model["metadata"].get("annotations") or {}), serving, conversion,
                        measurements)
 
@@ -202,7 +222,11 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
         # Planned from the objects read at the top of this tick: only this operator writes them.
         key = (meta["namespace"], meta["name"])
         try:
-            for write in router.plan(seen, action, spec, owner_reference(model)):
+            writes = router.plan(seen, action, spec, owner_reference(model))
+            if any(w.kind == "isvc" for w in writes):
+                # Before the predictors that read it: the Secret their feedback key comes from.
+                await deps.kube.ensure_feedback_secret(model, owner_reference(model))
+            for write in writes:
                 await deps.kube.write(meta["namespace"], write)
         except ApiException as err:
             if err.status not in (400, 403, 422):

@@ -47,6 +47,18 @@ class Builtin(enum.StrEnum):
     INPUT_PSI = "inputPSI"
     INPUT_DRIFT_P_VALUE = "inputDriftPValue"
     PREDICTION_SHIFT = "predictionShift"
+    # Canary against stable: the canary's figure minus (or over) the stable's over the same period.
+    ACCURACY = "accuracy"  # canary - stable accuracy on ground truth (feedback), since the canary serves
+    ESTIMATED_ACCURACY = "estimatedAccuracy"  # canary - stable label-free (CBPE) accuracy estimate
+    MEAN_ABSOLUTE_ERROR = "meanAbsoluteError"  # canary MAE / stable MAE - 1, on ground truth
+    ERROR_RATE_VS_STABLE = "errorRateVsStable"  # canary - stable share of 5xx answers
+    LATENCY_P99_VS_STABLE = "latencyP99VsStable"  # canary p99 / stable p99
+
+
+# Builtins judged on a confidence interval (analysis.assess): Failed only when the whole interval
+# is past the limit, Successful only when it is all within, Inconclusive while it straddles it.
+WITH_CONFIDENCE = frozenset({Builtin.ACCURACY, Builtin.ESTIMATED_ACCURACY, Builtin.MEAN_ABSOLUTE_ERROR})
+DEFAULT_CONFIDENCE = 0.99
 
 
 class ModelFormat(enum.StrEnum):
@@ -74,6 +86,7 @@ class SourceSpec:
     sampleUri: str
     format: ModelFormat | None = None  # detected from the artifact when absent
     sha256: str | None = None
+    sampleLabels: str | None = None  # the sample's column of true labels: calibrates estimatedAccuracy
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,9 @@ class MetricSpec:
     # Measured, judged and recorded in status.analysis like any metric, never acted on: a new
     # metric's limits can be watched on live rollouts before they can roll one back.
     dry_run: bool = False
+    # For WITH_CONFIDENCE builtins: the two-sided confidence of the interval judged against the
+    # limits, so each of "worse" and "not worse" is claimed with at least this confidence.
+    confidence: float = DEFAULT_CONFIDENCE
 
 
 @dataclass(frozen=True)
@@ -170,6 +186,7 @@ def parse_spec(spec: dict[str, Any]) -> ModelSpec:
                     name=m["name"], builtin=Builtin(m["builtin"]) if m.get("builtin") else None,
                     query=m.get("query"), min=_float_or_none(m.get("min")), max=_float_or_none(m.get("max")),
                     dry_run=bool(m.get("dryRun", False)),
+                    confidence=float(m.get("confidence", DEFAULT_CONFIDENCE)),
                 )
                 for m in analysis.get("metrics", [])
             ),
@@ -185,7 +202,8 @@ def version_key(source: dict[str, Any], conversion: dict[str, Any]) -> str:
 def _source(raw: dict[str, Any]) -> SourceSpec:
     fmt = raw.get("format")
     return SourceSpec(uri=str(raw["uri"]), sampleUri=str(raw.get("sampleUri", "")),
-                      format=ModelFormat(fmt) if fmt else None, sha256=raw.get("sha256") or None)
+                      format=ModelFormat(fmt) if fmt else None, sha256=raw.get("sha256") or None,
+                      sampleLabels=raw.get("sampleLabels") or None)
 
 
 def _conversion(raw: dict[str, Any]) -> ConversionSpec:

@@ -60,8 +60,13 @@ class App:
         revision: str = "",
         batch_rows: int = 0,
         grpc: tuple[str, int, bool] | None = None,
+        feedback: Any = None,  # serin.runtime.feedback.Feedback: prediction ids and the endpoint
     ) -> None:
         self.model = model
+        self.feedback = feedback
+        self._ids = feedback.ids if feedback is not None and feedback.ids.enabled else None
+        # Feedback touches SQLite (feedback.SeenStore), whose lock another worker may hold: off the loop.
+        self._feedback_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serin-feedback")
         # Rows in one batched run of requests that arrive together (batching.py); 0 or 1: none.
         self.batch_rows = batch_rows
         if batch_rows > 1 and not model.has_batch_dimension:
@@ -133,6 +138,9 @@ class App:
                 if self.drift is not None:
                     self.drift.close()
                 self._inference.shutdown(wait=False)
+                self._feedback_thread.shutdown(wait=True)
+                if self.feedback is not None:
+                    self.feedback.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -151,6 +159,10 @@ class App:
             protocol, name = self.inference_route(path)
             if protocol is not None:
                 await self._infer(protocol, name, scope, receive, send)
+                return
+            feedback_of = self.feedback_route(path)
+            if feedback_of is not None:
+                await self._feedback(feedback_of, scope, receive, send)
                 return
         elif method in ("GET", "HEAD"):
             static = self._static.get(path.rstrip("/") or "/")
@@ -177,6 +189,40 @@ class App:
                 return "v2", parts[0]
         return None, ""
 
+    def feedback_route(self, path: str) -> str | None:
+        """The model name of a feedback path (V2 `/v2/models/{name}/feedback`, V1
+        `/v1/models/{name}:feedback`), None for any other path."""
+        if path.startswith("/v2/models/") and path.endswith("/feedback"):
+            name = path[len("/v2/models/") : -len("/feedback")]
+            return name if "/" not in name else None
+        if path.startswith("/v1/models/") and path.endswith(":feedback"):
+            return path[len("/v1/models/") : -len(":feedback")]
+        return None
+
+    async def _feedback(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await self._body(scope, receive)
+            if name != self.model.name:
+                raise RequestError(f"model {name!r} not found", 404)
+            if self.feedback is None or self._ids is None:
+                raise RequestError("this model takes no feedback: "
+                                   + ("monitoring is disabled" if self.feedback is None else
+                                      "its task (classification or regression) is unknown"), 404)
+            payload = parse_json(body)
+            answer = await asyncio.get_running_loop().run_in_executor(
+                self._feedback_thread, self.feedback.take, payload)
+            status, out = 200, orjson.dumps(answer)
+        except ConnectionResetError:
+            return
+        except RequestError as exc:
+            status, out = exc.status, _error(exc.message)
+        except Exception as exc:
+            log.error("feedback failed", exc_info=exc)
+            status, out = 500, _error(f"internal error: {type(exc).__name__}")
+        await self._respond(send, status, out)
+        if self.feedback is not None and self.feedback.metrics is not None:
+            self.feedback.metrics.answered(status)
+
     def _miss(self, method: str, path: str) -> tuple[int, str]:
         for prefix in ("/v1/models/", "/v2/models/"):
             if path.startswith(prefix):
@@ -187,6 +233,7 @@ class App:
             path in self._static
             or path == "/metrics"
             or self.inference_route(path)[0] is not None
+            or self.feedback_route(path) is not None
         )
         if known:
             return 405, f"method {method} not allowed on {path}"
@@ -230,12 +277,17 @@ class App:
         feeds, rows = decode_v1(payload, model.inputs)
         return Request(feeds, rows, None, None)
 
+    def prediction_id(self, request: Request, results: dict[str, Any]) -> str | None:
+        """The signed id feedback names this answer by (feedback.py), None when feedback is off or
+        the answer is too large to carry one."""
+        return self._ids.issue(request.rows, results) if self._ids is not None else None
+
     def _encode(self, protocol: str, request: Request, results: dict[str, Any]) -> bytes:
         if protocol == "grpc":
             return b""  # grpc_v2.py builds its message from the results
         if protocol == "v2":
-            return self.model.v2_response(results, request.id)
-        return self.model.v1_response(results)
+            return self.model.v2_response(results, request.id, self.prediction_id(request, results))
+        return self.model.v1_response(results, self.prediction_id(request, results))
 
     def answer_inline(self, protocol: str, name: str, body: bytes) -> Answer:
         """The whole request on the calling thread: for the direct path (serin.runtime.direct),

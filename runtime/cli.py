@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,8 +50,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-nan", action="store_true",
                    help="accept NaN in every float input (default: only inputs the profile or "
                    "the ONNX metadata `serin.allow_nan` allow)")
+    p.add_argument("--state-dir", type=Path, default=default_state_dir(),
+                   help="where the ids that got their feedback are kept, shared by the workers; "
+                   f"keep it over restarts (default: $SERIN_STATE_DIR, else {STATE_DIR} when it is a "
+                   "writable directory (the operator mounts one), else a directory removed at exit)")
+    p.add_argument("--feedback-max-age", type=float, default=7 * 24 * 3600.0,
+                   help="seconds after a prediction that its ground truth is still taken")
     p.add_argument("--log-level", default=os.environ.get("SERIN_LOG_LEVEL", "INFO"))
     return p
+
+
+STATE_DIR = "/var/lib/serin"  # the operator's emptyDir mount (operator/routing/base.py STATE_DIR)
+
+
+def default_state_dir() -> Path | None:
+    if os.environ.get("SERIN_STATE_DIR"):
+        return Path(os.environ["SERIN_STATE_DIR"])
+    if os.path.isdir(STATE_DIR) and os.access(STATE_DIR, os.W_OK):
+        return Path(STATE_DIR)
+    return None
 
 
 def revision(flag: str | None) -> str:
@@ -74,7 +92,20 @@ def main(argv: list[str]) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="serin-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
+    from serin.runtime.feedback import KEY_ENV
     from serin.runtime.server import ServeConfig, serve
+
+    feedback_key = os.environ.get(KEY_ENV, "")
+    if args.monitoring and not feedback_key:
+        # Workers are spawned with this environment: they share the key, so ids verify on any of
+        # them; but not on other replicas or after a restart, which need the operator's Secret.
+        feedback_key = os.environ[KEY_ENV] = secrets.token_hex(32)
+        log.warning("%s is not set: prediction ids are signed with a key of this process only "
+                    "(feedback must reach this replica before it restarts)", KEY_ENV)
+    state_dir: Path | None = args.state_dir
+    own_state_dir = None
+    if args.monitoring and state_dir is None:
+        state_dir = own_state_dir = Path(tempfile.mkdtemp(prefix="serin-state-"))
 
     cfg = ServeConfig(
         model_dir=model_dir, name=args.name or model_dir.resolve().name, host=args.host,
@@ -83,6 +114,8 @@ def main(argv: list[str]) -> int:
         drift_min_rows=args.drift_min_rows, drift_interval=args.drift_interval,
         allow_nan=args.allow_nan, log_level=args.log_level.upper(), direct_path=args.direct_path,
         batch_rows=args.batch_rows, grpc_port=args.grpc_port or None,
+        feedback_key=feedback_key if args.monitoring else "", state_dir=state_dir,
+        feedback_max_age=args.feedback_max_age,
     )
     try:
         return serve(cfg)
@@ -92,3 +125,5 @@ def main(argv: list[str]) -> int:
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+        if own_state_dir is not None:
+            shutil.rmtree(own_state_dir, ignore_errors=True)

@@ -173,7 +173,9 @@ class Servicer:
             self._check_model(request.model_name)  # first, as over HTTP: another model is a 404
             answer = await app.answer("grpc", app.decode_payload("v2", payload_of(request)))
             if answer.results is not None:
-                response = self._response(request, answer.results)
+                assert answer.request is not None
+                response = self._response(request, answer.results,
+                                          app.prediction_id(answer.request, answer.results))
         except Exception as exc:
             answer = failed(exc, None)
         app.observe("grpc", answer, time.perf_counter() - start)
@@ -181,11 +183,15 @@ class Servicer:
             await context.abort(_grpc_status(answer.status), answer.error)
         return response
 
-    def _response(self, request: Any, results: dict[str, Any]) -> Any:
+    def _response(self, request: Any, results: dict[str, Any], prediction_id: str | None) -> Any:
         model = self.app.model
+        # As over HTTP: the client's id echoed (the prediction id then in a parameter), else the
+        # prediction id that feedback names this answer by.
         response = self.pb.ModelInferResponse(model_name=model.name,
                                               model_version=model.version or "",
-                                              id=request.id or model.new_id())
+                                              id=request.id or prediction_id or model.new_id())
+        if request.id and prediction_id:
+            response.parameters["prediction_id"].string_param = prediction_id
         arrays = {name: np.asarray(value) for name, value in results.items()}
         datatypes = {name: datatype_of(arr) for name, arr in arrays.items()}
         # Raw for all outputs or none (the protocol's rule): raw when the request was, or when an

@@ -23,6 +23,27 @@ DRIFT_WINDOW_ROWS = "serin_drift_window_rows"
 FEATURE_DRIFT_PVALUE = "serin_feature_drift_pvalue"
 INPUT_DRIFT_PVALUE = "serin_input_drift_pvalue"
 
+# Ground truth sent to the feedback endpoint (feedback.py), counted under the revision that made
+# the prediction: accuracy = correct / rows, log loss and Brier score = their sums / scored rows
+# (rows whose class probabilities were known), MAE = absolute error / rows, RMSE = sqrt(squared
+# error / rows). Sums are counters, so any window's figure is a ratio of increase()s.
+FEEDBACK_ROWS_TOTAL = "serin_feedback_rows_total"
+FEEDBACK_CORRECT_TOTAL = "serin_feedback_correct_total"
+FEEDBACK_SCORED_ROWS_TOTAL = "serin_feedback_scored_rows_total"
+FEEDBACK_LOG_LOSS_TOTAL = "serin_feedback_log_loss_total"
+FEEDBACK_BRIER_TOTAL = "serin_feedback_brier_total"
+FEEDBACK_ABSOLUTE_ERROR_TOTAL = "serin_feedback_absolute_error_total"
+FEEDBACK_SQUARED_ERROR_TOTAL = "serin_feedback_squared_error_total"
+# The label-free accuracy estimate (confidence-based, NannyML's CBPE): the sum over answered rows
+# of the calibrated probability of the predicted class, and those rows; their ratio over a window
+# is the accuracy the model should have there if its reference calibration holds.
+ESTIMATED_CORRECT_TOTAL = "serin_estimated_correct_total"
+ESTIMATED_ROWS_TOTAL = "serin_estimated_rows_total"
+# Feedback requests by answer code (200, 400 bad shape, 404 unknown or forged id, 409 duplicate,
+# 410 too old), under the revision of the replica that answered.
+FEEDBACK_REQUESTS_TOTAL = "serin_feedback_requests_total"
+FEEDBACK_CODES: tuple[str, ...] = ("200", "400", "404", "409", "410")
+
 # Every HTTP status the inference path answers. The runtime exports a zero-valued
 # serin_requests_total series for each (protocol, code) at start-up: `rate()` ignores the value a
 # series is born with, so a first burst of 5xx in a lazily created series would be invisible.
@@ -50,6 +71,11 @@ LABELS: dict[str, tuple[str, ...]] = {
     DRIFT_WINDOW_ROWS: (MODEL, REVISION),
     FEATURE_DRIFT_PVALUE: (MODEL, REVISION, FEATURE),
     INPUT_DRIFT_PVALUE: (MODEL, REVISION),
+    **{name: (MODEL, REVISION) for name in (
+        FEEDBACK_ROWS_TOTAL, FEEDBACK_CORRECT_TOTAL, FEEDBACK_SCORED_ROWS_TOTAL, FEEDBACK_LOG_LOSS_TOTAL,
+        FEEDBACK_BRIER_TOTAL, FEEDBACK_ABSOLUTE_ERROR_TOTAL, FEEDBACK_SQUARED_ERROR_TOTAL,
+        ESTIMATED_CORRECT_TOTAL, ESTIMATED_ROWS_TOTAL)},
+    FEEDBACK_REQUESTS_TOTAL: (MODEL, REVISION, CODE),
 }
 
 # Request latency buckets (seconds): fine below 50 ms, where canary p99 limits usually sit.

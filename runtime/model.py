@@ -31,6 +31,7 @@ class Task:
     output: str | None  # the output holding labels (classification) or values (regression)
     classes: tuple[str, ...] = ()
     cuts: tuple[float, ...] = ()
+    calibration: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # profile.Prediction's
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -111,7 +112,7 @@ class OnnxModel:
     def _task(self) -> Task:
         pred = self.profile.prediction if self.profile else None
         if pred and pred.output in self.outputs:
-            return Task(pred.kind, pred.output, pred.classes, pred.cuts)
+            return Task(pred.kind, pred.output, pred.classes, pred.cuts, pred.calibration)
         first = self.outputs[self.output_names[0]]
         if "label" in self.outputs or not first.is_float:
             return Task("classification", "label" if "label" in self.outputs else first.name)
@@ -151,7 +152,9 @@ class OnnxModel:
         return f"{self._id_prefix}{next(self._ids)}"
 
     # --- responses -------------------------------------------------------------------------
-    def v2_response(self, results: dict[str, Any], request_id: Any) -> bytes:
+    def v2_response(self, results: dict[str, Any], request_id: Any, prediction_id: str | None = None) -> bytes:
+        """The V2 answer. Its `id` is the client's when it sent one (the protocol echoes it; the
+        prediction id then goes in `parameters.prediction_id`), else the prediction id."""
         outputs = []
         for name, value in results.items():
             arr = np.asarray(value)
@@ -162,22 +165,24 @@ class OnnxModel:
                 "datatype": datatype_of(arr),
                 "data": flat.tolist() if flat.dtype.kind in "OUS" else flat,
             })
-        body: dict[str, Any] = {
-            "model_name": self.name,
-            # The V2 spec and KServe's InferResponse need a string id.
-            "id": str(request_id) if request_id is not None else self.new_id(),
-            "outputs": outputs,
-        }
+        # The V2 spec and KServe's InferResponse need a string id.
+        answer_id = str(request_id) if request_id is not None else prediction_id or self.new_id()
+        body: dict[str, Any] = {"model_name": self.name, "id": answer_id, "outputs": outputs}
         if self.version:
             body["model_version"] = self.version
+        if request_id is not None and prediction_id is not None:
+            body["parameters"] = {"prediction_id": prediction_id}
         return orjson.dumps(body, option=_ORJSON_OPTS)
 
-    def v1_response(self, results: dict[str, Any]) -> bytes:
+    def v1_response(self, results: dict[str, Any], prediction_id: str | None = None) -> bytes:
         arr = np.asarray(results[self.primary_output])
         if arr.ndim == 2 and arr.shape[1] == 1:
             arr = arr.ravel()
         preds = arr.tolist() if arr.dtype.kind in "OUS" else arr
-        return orjson.dumps({"predictions": preds}, option=_ORJSON_OPTS)
+        body: dict[str, Any] = {"predictions": preds}
+        if prediction_id is not None:
+            body["id"] = prediction_id  # what `:feedback` names this answer by
+        return orjson.dumps(body, option=_ORJSON_OPTS)
 
     def v2_metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {

@@ -33,6 +33,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from serin.runtime import metric_names as mn
 from serin.runtime.drift import Drift
+from serin.runtime.feedback import class_key
 from serin.runtime.model import Task
 
 log = logging.getLogger("serin.runtime.monitoring")
@@ -110,11 +111,95 @@ def observe_many(child: Any, values: np.ndarray) -> None:
                         float(values.sum()))
 
 
+class FeedbackMetrics:
+    """The performance counters the feedback endpoint adds to (feedback.py): few requests, so
+    written at once rather than batched like the request path's counts."""
+
+    def __init__(self, model: str, revision: str, task: Task) -> None:
+        self.model = model
+        self.revision = revision
+        def counter(name: str, text: str) -> Any:
+            return Counter(name, text, mn.LABELS[name], registry=None)
+
+        self._rows = counter(mn.FEEDBACK_ROWS_TOTAL, "Rows that got their ground truth, by predicting revision")
+        self._requests = counter(mn.FEEDBACK_REQUESTS_TOTAL, "Feedback requests by answer code")
+        if task.kind == "regression":
+            self._sums = {
+                "absolute_error": counter(mn.FEEDBACK_ABSOLUTE_ERROR_TOTAL, "Sum of |prediction - truth|"),
+                "squared_error": counter(mn.FEEDBACK_SQUARED_ERROR_TOTAL, "Sum of (prediction - truth)^2"),
+            }
+        else:
+            self._sums = {
+                "correct": counter(mn.FEEDBACK_CORRECT_TOTAL, "Rows whose predicted class was the true one"),
+                "scored_rows": counter(mn.FEEDBACK_SCORED_ROWS_TOTAL,
+                                       "Rows with ground truth whose class probabilities were known"),
+                "log_loss": counter(mn.FEEDBACK_LOG_LOSS_TOTAL, "Sum of -ln(probability of the true class)"),
+                "brier": counter(mn.FEEDBACK_BRIER_TOTAL, "Sum of the multi-class Brier score"),
+            }
+        # At 0 from the start for this replica's own revision: rate() ignores a series' first value.
+        self._rows.labels(model, revision)
+        for child in self._sums.values():
+            child.labels(model, revision)
+        for code in mn.FEEDBACK_CODES:
+            self._requests.labels(model, revision, code)
+
+    def count(self, revision: str, scores: Any) -> None:
+        self._rows.labels(self.model, revision).inc(scores.rows)
+        for field, counter in self._sums.items():
+            value = getattr(scores, field)
+            if value:
+                counter.labels(self.model, revision).inc(value)
+
+    def answered(self, code: int) -> None:
+        self._requests.labels(self.model, self.revision, str(code)).inc()
+
+
+class AccuracyEstimate:
+    """Confidence-based performance estimation (NannyML's CBPE) on live traffic: each answered row
+    is right with the calibrated probability of its predicted class (the profile's isotonic map
+    from the reference sample, converters/profile.py), so the estimated accuracy of any window is
+    increase(estimated correct) / increase(estimated rows). Folded at flush, off the request path."""
+
+    def __init__(self, model: str, revision: str, task: Task, probability_output: str) -> None:
+        self.output = task.output
+        self.probability_output = probability_output
+        self.class_index = {c: i for i, c in enumerate(task.classes)}
+        self.classes = len(task.classes)
+        self.knots = (np.asarray(task.calibration[0]), np.asarray(task.calibration[1])) if task.calibration else None
+        self._correct = Counter(mn.ESTIMATED_CORRECT_TOTAL, "Sum over answered rows of the calibrated probability "
+                                "of the predicted class", mn.LABELS[mn.ESTIMATED_CORRECT_TOTAL],
+                                registry=None).labels(model, revision)
+        self._rows = Counter(mn.ESTIMATED_ROWS_TOTAL, "Answered rows behind the accuracy estimate",
+                             mn.LABELS[mn.ESTIMATED_ROWS_TOTAL], registry=None).labels(model, revision)
+
+    def expected(self, answered: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, int]:
+        """(labels, probabilities) of answered requests → (expected correct rows, rows)."""
+        labels = np.concatenate([np.asarray(a).reshape(-1) for a, _ in answered])
+        probabilities = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, self.classes)
+                                        for _, p in answered])
+        if labels.shape[0] != probabilities.shape[0]:
+            return 0.0, 0
+        values, inverse = np.unique(labels, return_inverse=True)
+        columns = np.asarray([self.class_index.get(class_key(v), -1) for v in values.tolist()])[inverse]
+        known = columns >= 0  # a label the profile does not list has no column: not estimated
+        confidence = probabilities[np.flatnonzero(known), columns[known]]
+        if self.knots is not None:
+            confidence = np.interp(confidence, *self.knots)
+        return float(confidence.sum()), int(confidence.size)
+
+    def fold(self, answered: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """(labels, probabilities) of answered requests → the counters."""
+        correct, rows = self.expected(answered)
+        if rows:
+            self._correct.inc(correct)
+            self._rows.inc(rows)
+
+
 class Monitor:
     flush_interval = FLUSH_INTERVAL
 
     def __init__(self, model: str, revision: str, task: Task, drift: Drift | None,
-                 runs: Callable[[], int] | None = None) -> None:
+                 runs: Callable[[], int] | None = None, probability_output: str | None = None) -> None:
         self.model = model
         self.revision = revision
         self.task = task
@@ -164,6 +249,9 @@ class Monitor:
         self._classifier = task.kind == "classification"
         self._predicts = self._classifier or self._values is not None
         self._remember = drift.window.pending.append if drift is not None else None
+        self.estimate = (AccuracyEstimate(model, revision, task, probability_output)
+                         if probability_output is not None and self._classifier and task.classes else None)
+        self.answered: list[tuple[np.ndarray, np.ndarray]] = []  # (labels, probabilities), folded at flush
         # Not yet flushed: the request path touches only these.
         self.requests: dict[tuple[str, int, int], int] = {}  # (protocol, code, latency bucket)
         self.seconds = {p: 0.0 for p in self._durations}
@@ -184,6 +272,10 @@ class Monitor:
             return
         self.rows += rows
         values = results.get(self._output)  # type: ignore[arg-type]
+        if self.estimate is not None and values is not None:
+            probabilities = results.get(self.estimate.probability_output)
+            if probabilities is not None:
+                self.answered.append((values, probabilities))
         if values is not None and self._predicts:
             if rows == 1 and self._classifier:
                 label = values.item(0)  # a plain int or str: cheaper to hash than numpy scalars
@@ -221,6 +313,9 @@ class Monitor:
         classes, self.classes = self.classes, {}
         for label, n in classes.items():
             self._class_child(str(label)).inc(n)
+        answered, self.answered = self.answered, []
+        if answered and self.estimate is not None:
+            self.estimate.fold(answered)
         outputs, self.outputs = self.outputs, []
         if outputs:
             values = np.concatenate(outputs, axis=None)  # axis=None: flattened

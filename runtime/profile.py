@@ -36,6 +36,11 @@ class Prediction:
     output: str
     classes: tuple[str, ...] = ()
     cuts: tuple[float, ...] = ()
+    # Classifiers: the isotonic map from the predicted class's probability to the chance of being
+    # right, fitted on the reference sample's true labels (knots: confidence, accuracy); None: the
+    # probabilities are taken as calibrated (no labels in the sample).
+    calibration: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    reference_accuracy: float | None = None  # on the sample's true labels, when it had them
 
 
 @dataclass(frozen=True)
@@ -79,11 +84,23 @@ def _prediction(raw: dict[str, Any] | None) -> Prediction | None:
     kind = raw.get("kind")
     if kind not in ("classification", "regression"):
         raise ProfileError(f"prediction: unknown kind {kind!r}")
+    performance = raw.get("performance") or {}
+    calibration = performance.get("calibration")
+    knots = None
+    if calibration:
+        xs = tuple(float(x) for x in calibration["confidence"])
+        ys = tuple(float(y) for y in calibration["accuracy"])
+        if len(xs) != len(ys) or not xs or bool(np.any(np.diff(xs) < 0)):
+            raise ProfileError("prediction.performance.calibration: confidence must be sorted and as long as accuracy")
+        knots = (xs, ys)
+    accuracy = performance.get("accuracy")
     return Prediction(
         kind=kind,
         output=str(raw.get("output", "")),
         classes=tuple(str(c) for c in raw.get("classes", ())),
         cuts=tuple(float(c) for c in raw.get("cuts", ())),
+        calibration=knots,
+        reference_accuracy=float(accuracy) if accuracy is not None else None,
     )
 
 

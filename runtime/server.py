@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from serin.runtime.app import App
+    from serin.runtime.feedback import Feedback
+    from serin.runtime.model import OnnxModel
 
 log = logging.getLogger("serin.runtime")
 
@@ -47,6 +49,11 @@ class ServeConfig:
     direct_path: bool = True  # small inference requests answered in the protocol (direct.py)
     batch_rows: int | None = None  # None: batching.DEFAULT_BATCH_ROWS if the profile allows it
     grpc_port: int | None = None  # V2 over gRPC too (grpc_v2.py)
+    # Feedback (feedback.py): the key prediction ids are signed with (shared by every replica of the
+    # Model), where the ids that got their truth are kept, and for how long truth is taken.
+    feedback_key: str = ""
+    state_dir: Path | None = None
+    feedback_max_age: float = 7 * 24 * 3600.0
 
 
 def _bind(host: str, port: int, reuse_port: bool, listen: bool = True) -> socket.socket:
@@ -94,12 +101,27 @@ def build_app(cfg: ServeConfig) -> App:
                 min_rows=cfg.drift_min_rows, state_dir=Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]),
                 reference_rows=model.profile.rows,
             )
-    monitor = Monitor(cfg.name, cfg.revision, model.task, drift, runs=lambda: model.runs)
+    from serin.runtime.feedback import probability_output
+
+    monitor = Monitor(cfg.name, cfg.revision, model.task, drift, runs=lambda: model.runs,
+                      probability_output=probability_output(model.task, model.outputs))
     return App(
         model, monitor=monitor, drift=drift, metrics=monitor.exposition,
         max_body=cfg.max_body, drift_interval=cfg.drift_interval, revision=cfg.revision,
-        batch_rows=batch_rows, grpc=grpc,
+        batch_rows=batch_rows, grpc=grpc, feedback=build_feedback(cfg, model),
     )
+
+
+def build_feedback(cfg: ServeConfig, model: OnnxModel) -> Feedback | None:
+    from serin.runtime import feedback as fb
+    from serin.runtime.monitoring import FeedbackMetrics
+
+    if not cfg.feedback_key or cfg.state_dir is None:
+        return None
+    ids = fb.PredictionIds(fb.key_from(cfg.feedback_key), cfg.name, cfg.revision, model.task,
+                           fb.probability_output(model.task, model.outputs))
+    store = fb.SeenStore(cfg.state_dir / "feedback-seen.sqlite", cfg.feedback_max_age)
+    return fb.Feedback(ids, store, FeedbackMetrics(cfg.name, cfg.revision, model.task), cfg.feedback_max_age)
 
 
 def run_worker(cfg: ServeConfig, sock: socket.socket | None = None) -> None:

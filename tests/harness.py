@@ -266,6 +266,7 @@ class Versions:
     erroring: VersionFiles
     slow: VersionFiles
     drifted: VersionFiles
+    less_accurate: VersionFiles
 
 
 

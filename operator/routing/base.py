@@ -25,6 +25,22 @@ RUNTIME = "serin-onnx"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # The runtime labels its metrics with this revision (runtime/cli.py); Knative sets K_REVISION itself.
 REVISION_ENV = "SERIN_REVISION"
+# The key prediction ids are signed with (runtime/feedback.py): one per Model, in a Secret the
+# operator creates and every predictor of the Model reads, so ground truth for any answer can be
+# sent to any replica of either version, also after restarts.
+FEEDBACK_KEY_ENV = "SERIN_FEEDBACK_KEY"
+FEEDBACK_SECRET_KEY = "key"
+# Where the runtime keeps the ids that got their ground truth (runtime/cli.py picks it up when it is
+# a writable directory): an emptyDir, so a duplicate is still refused after a container restart.
+STATE_VOLUME, STATE_DIR = "serin-state", "/var/lib/serin"
+
+
+def feedback_secret_name(model: str) -> str:
+    return f"{model}-serin-feedback"[:253]
+
+
+def state_volumes() -> list[dict[str, Any]]:
+    return [{"name": STATE_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}}]
 
 
 Mode = DeploymentMode
@@ -103,9 +119,12 @@ def predictor_name(version: Served) -> str:
     return f"gen{version.generation}"
 
 
-def model_spec(version: Served, spec: ModelSpec, revision: str | None = None) -> dict[str, Any]:
+def model_spec(version: Served, spec: ModelSpec, revision: str | None = None, model: str = "",
+               state_volume: bool = False) -> dict[str, Any]:
+    """The predictor's model container; `model`: the Model's name, whose feedback Secret it reads;
+    `state_volume`: mount the predictor's STATE_VOLUME (state_volumes())."""
     serving = spec.serving
-    model: dict[str, Any] = {
+    container: dict[str, Any] = {
         "modelFormat": {"name": "onnx"},
         # Named explicitly: KServe would otherwise pick the highest-priority onnx runtime (Triton).
         "runtime": RUNTIME,
@@ -113,10 +132,20 @@ def model_spec(version: Served, spec: ModelSpec, revision: str | None = None) ->
         "protocolVersion": str(serving.protocol),
     }
     if serving.resources:
-        model["resources"] = serving.resources
+        container["resources"] = serving.resources
+    env: list[dict[str, Any]] = []
     if revision is not None:
-        model["env"] = [{"name": REVISION_ENV, "value": revision}]
-    return model
+        env.append({"name": REVISION_ENV, "value": revision})
+    if model:
+        env.append({"name": FEEDBACK_KEY_ENV, "valueFrom": {"secretKeyRef": {
+            # optional: a predictor whose Secret is missing (an operator without the right to create
+            # it) still serves; it signs ids with a key of its own, valid on that replica only.
+            "name": feedback_secret_name(model), "key": FEEDBACK_SECRET_KEY, "optional": True}}})
+    if state_volume:
+        container["volumeMounts"] = [{"name": STATE_VOLUME, "mountPath": STATE_DIR}]
+    if env:
+        container["env"] = env
+    return container
 
 
 def isvc_metadata(seen: Seen, owner: dict[str, Any], mode: Mode, annotations: dict[str, str]) -> dict[str, Any]:

@@ -14,7 +14,16 @@ from typing import Any
 
 from serin.operator.actions import ApplyServing, Served
 from serin.operator.observations import ServingObservation, Variant
-from serin.operator.routing.base import Mode, Op, Seen, Write, diff, isvc_metadata, model_spec, not_ready
+from serin.operator.routing.base import (
+    Mode,
+    Op,
+    Seen,
+    Write,
+    diff,
+    isvc_metadata,
+    model_spec,
+    not_ready,
+)
 from serin.operator.spec import ModelSpec
 
 
@@ -33,7 +42,7 @@ class KnativeRouter:
 
     def plan(self, seen: Seen, desired: ApplyServing, spec: ModelSpec, owner: dict[str, Any]) -> list[Write]:
         storage, percent = target(seen.isvc, desired)
-        want = predictor(storage, percent, spec)
+        want = predictor(storage, percent, spec, seen.name)
         if seen.isvc is None:
             body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
                     "metadata": isvc_metadata(seen, owner, Mode.KNATIVE, {}),
@@ -64,13 +73,16 @@ def target(isvc: dict[str, Any] | None, desired: ApplyServing) -> tuple[str, int
     return stable, None
 
 
-def predictor(storage: str, percent: int | None, spec: ModelSpec) -> dict[str, Any]:
+def predictor(storage: str, percent: int | None, spec: ModelSpec, model: str = "") -> dict[str, Any]:
+    """`model`: the Model's name (its feedback Secret and state volume; none when empty)."""
     return {
         "minReplicas": spec.serving.minReplicas,
         "maxReplicas": spec.serving.maxReplicas,
         # None removes the field in a merge patch: 100 % to the latest ready revision.
         "canaryTrafficPercent": percent,
-        "model": model_spec(Served(0, storage), spec),
+        # No state volume: Knative refuses emptyDir unless its kubernetes.podspec-volumes-emptydir
+        # feature is on; the runtime then keeps answered feedback ids in the container's own /tmp.
+        "model": model_spec(Served(0, storage), spec, model=model),
     }
 
 

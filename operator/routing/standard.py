@@ -40,6 +40,7 @@ from serin.operator.routing.base import (
     model_spec,
     not_ready,
     predictor_name,
+    state_volumes,
 )
 from serin.operator.spec import ModelSpec
 
@@ -148,21 +149,26 @@ def _variant(dep: dict[str, Any] | None, predictor: str, weight: int) -> Variant
 
 
 def isvc_spec(stable: Served, canary: Served | None, canary_percent: int, spec: ModelSpec,
-              stable_name: str | None = None) -> dict[str, Any]:
+              stable_name: str | None = None, model: str = "") -> dict[str, Any]:
     """`stable_name`: keep this name for the stable predictor (one an InferenceService already
-    serves it under: renaming it would make KServe start a new Deployment and delete the old one)."""
+    serves it under: renaming it would make KServe start a new Deployment and delete the old one).
+    `model`: the Model's name (its feedback Secret and state volume; none when empty)."""
+    volumes = {"volumes": state_volumes()} if model else {}
     serving = spec.serving
     name = predictor_name(stable) if stable_name is None else stable_name
     out: dict[str, Any] = {
         "predictor": {"name": name or None, "minReplicas": serving.minReplicas, "maxReplicas": serving.maxReplicas,
-                      "model": model_spec(stable, spec, revision=revision_name(name))},
+                      "model": model_spec(stable, spec, revision=revision_name(name), model=model,
+                                           state_volume=bool(model)), **volumes},
         "canary": None,
     }
     if canary is not None:
         cname = predictor_name(canary)
         # KServe refuses maxReplicas on a canary; it sizes the canary from trafficPercent (1..100).
         out["canary"] = [{"trafficPercent": max(1, min(100, canary_percent)),
-                          "predictor": {"name": cname, "model": model_spec(canary, spec, revision=cname)}}]
+                          "predictor": {"name": cname, "model": model_spec(canary, spec, revision=cname, model=model,
+                                                              state_volume=bool(model)),
+                                        **volumes}}]
     return out
 
 
@@ -173,7 +179,7 @@ def isvc_writes(seen: Seen, stable: Served, canary: Served | None, percent: int,
     running = ((seen.isvc or {}).get("spec") or {}).get("predictor") or {}
     keep = str(running.get("name") or "") if (running.get("model") or {}).get("storageUri") == stable.storageUri \
         else None
-    want = isvc_spec(stable, canary, percent, spec, stable_name=keep)
+    want = isvc_spec(stable, canary, percent, spec, stable_name=keep, model=seen.name)
     if seen.isvc is None:
         body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
                 "metadata": isvc_metadata(seen, owner, Mode.STANDARD, {}),

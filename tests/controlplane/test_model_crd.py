@@ -116,10 +116,13 @@ INVALID = [
     ("metric-neither", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "max": 1}]}}}, ["spec.rollout.analysis.metrics[0]", "exactly one of builtin or query"]),
     ("metric-no-bound", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "errorRate"}]}}}, ["spec.rollout.analysis.metrics[0]", "at least one of min or max"]),
     ("metric-min-above-max", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "query": "up", "min": 2, "max": 1}]}}}, ["spec.rollout.analysis.metrics[0].min", "less than or equal to max"]),
-    ("metric-builtin-unknown", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "accuracy", "max": 1}]}}}, ["spec.rollout.analysis.metrics[0].builtin", "Unsupported value"]),
+    ("metric-builtin-unknown", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "f1Score", "max": 1}]}}}, ["spec.rollout.analysis.metrics[0].builtin", "Unsupported value"]),
+    ("metric-confidence-elsewhere", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "errorRate", "max": 0.01, "confidence": 0.95}]}}}, ["spec.rollout.analysis.metrics[0].confidence", "only to the builtins accuracy, estimatedAccuracy and meanAbsoluteError"]),
+    ("metric-confidence-one", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "accuracy", "min": -0.01, "confidence": 1}]}}}, ["spec.rollout.analysis.metrics[0].confidence", "must be at least 0.5 and below 1"]),
     ("metric-duplicate-name", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "errorRate", "max": 1}, {"name": "m", "builtin": "inputPSI", "max": 1}]}}}, ["spec.rollout.analysis.metrics[1]", "Duplicate value"]),
     ("metric-dry-run-string", {"spec__rollout": {"analysis": {"metrics": [{"name": "m", "builtin": "inputDriftPValue", "min": 0.01, "dryRun": "yes"}]}}}, ["spec.rollout.analysis.metrics[0].dryRun", "boolean"]),
     ("metric-name-uppercase", {"spec__rollout": {"analysis": {"metrics": [{"name": "Errors", "builtin": "errorRate", "max": 1}]}}}, ["spec.rollout.analysis.metrics[0].name", "should match"]),
+    ("sample-labels-empty", {"spec__source__sampleLabels": ""}, ["spec.source.sampleLabels", "at least 1 chars long"]),
     ("unknown-field", {"spec__source__url": "s3://typo/m.pkl"}, ["spec.source.url", "unknown field"]),
 ]
 

@@ -19,6 +19,7 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
         erroring=demo_models.erroring_version(root / "erroring"),
         slow=demo_models.slow_version(root / "slow"),
         drifted=demo_models.drifted_version(root / "drifted"),
+        less_accurate=demo_models.less_accurate_version(root / "less-accurate"),
     )
 
 

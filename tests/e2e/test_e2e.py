@@ -41,13 +41,14 @@ def status(m: dict[str, Any]) -> dict[str, Any]:
     return m.get("status") or {}
 
 
-def start_with_v1(p: Platform, versions: Versions) -> LoadGenerator:
+def start_with_v1(p: Platform, versions: Versions, feedback: float = 0.0) -> LoadGenerator:
     p.cluster.operator.start()
     apply(p, versions.v1)
     p.cluster.wait_phase("Promoted", generation=1)
     isvc = p.cluster.isvc()
     assert isvc is not None
-    load = LoadGenerator(isvc["status"]["url"], p.cluster.name, rate=40, rows=20, max_seconds=600).start()
+    load = LoadGenerator(isvc["status"]["url"], p.cluster.name, rate=40, rows=20, max_seconds=600,
+                         feedback=feedback, feedback_delay=1.0).start()
     p.cluster.wait("load flowing", lambda _: len(load.answers) > 40, timeout=30)
     return load
 
@@ -60,12 +61,19 @@ def canary_serving(m: dict[str, Any]) -> bool:
     return bool(status(m).get("canary", {}).get("trafficSince"))
 
 
+ACCURACY = {"name": "accuracy", "builtin": "accuracy", "min": -0.03}
+
+
 def test_good_version_is_promoted_with_no_failed_request(platform: Platform, versions: Versions) -> None:
     rollout = copy.deepcopy(ROLLOUT)
     # A user PromQL metric next to the builtins: the canary's own successful request rate.
     rollout["analysis"]["metrics"].append({"name": "throughput", "min": 0.1, "query":
         'sum(rate(serin_requests_total{namespace="{{namespace}}",model="{{model}}",revision="{{revision}}",code="200"}[30s]))'})
-    load = start_with_v1(platform, versions)
+    # And ground truth for a third of the answers, a second late: as accurate as the stable, so
+    # the accuracy interval must close within the tolerance (Inconclusive until it does).
+    rollout["analysis"]["metrics"].append(ACCURACY)
+    rollout["analysis"]["inconclusiveLimit"] = 30
+    load = start_with_v1(platform, versions, feedback=0.33)
     try:
         apply(platform, versions.v2, rollout)
         s = status(platform.cluster.wait_phase("Promoted", generation=2, timeout=180))
@@ -79,6 +87,33 @@ def test_good_version_is_promoted_with_no_failed_request(platform: Platform, ver
     assert {"fraud-predictor-00001", "fraud-predictor-00002"} <= served
     throughput = [m for m in s["analysis"] if m["metric"] == "throughput"]
     assert throughput and all(m["verdict"] == "Successful" and m["value"] >= 0.1 for m in throughput)
+    accuracy = [m for m in s["analysis"] if m["metric"] == "accuracy"]
+    assert accuracy and accuracy[-1]["verdict"] == "Successful" and abs(accuracy[-1]["value"]) < 0.03, accuracy
+    assert all(m["verdict"] != "Failed" for m in accuracy), accuracy
+    # Truth for either version's answers reached either version's replicas: one key for both.
+    told = load.feedback_answers
+    assert len(told) > 20 and all(a.status == 200 for a in told), [a for a in told if a.status != 200][:5]
+
+
+def test_less_accurate_version_is_rolled_back_on_accuracy_alone(platform: Platform, versions: Versions) -> None:
+    """The canary answers every request, as fast, on the same inputs: only ground truth, sent to the
+    feedback endpoint a second after each answer, shows it is wrong more often."""
+    rollout = copy.deepcopy(ROLLOUT)
+    rollout["analysis"]["metrics"].append(ACCURACY)
+    rollout["analysis"]["inconclusiveLimit"] = 30
+    load = start_with_v1(platform, versions, feedback=0.33)
+    try:
+        apply(platform, versions.less_accurate, rollout)
+        s = status(platform.cluster.wait_phase("RolledBack", generation=2, timeout=180))
+        time.sleep(2)
+    finally:
+        load.stop()
+    assert "analysis failed: accuracy = " in s["failed"]["reason"], s["failed"]["reason"]
+    assert s["stable"]["generation"] == 1
+    others = [m for m in s["analysis"] if m["metric"] != "accuracy" and m.get("generation") == 2]
+    assert others and all(m["verdict"] != "Failed" for m in others), others
+    assert failures(load) == [], failures(load)[:5]
+    assert all(a.status == 200 for a in load.feedback_answers)
 
 
 # Each bad version is judged by the metric it breaks, so a noisy neighbour on a 2-core machine

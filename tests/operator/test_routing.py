@@ -40,9 +40,14 @@ def apply(obj: dict[str, Any] | None, writes: list[Write]) -> dict[str, Any] | N
 # -- Knative ----------------------------------------------------------------------------------
 
 
+FEEDBACK_ENV = [{"name": "SERIN_FEEDBACK_KEY", "valueFrom": {"secretKeyRef": {
+    "name": "fraud-serin-feedback", "key": "key", "optional": True}}}]
+
+
 def knative_isvc(storage: str, percent: int | None, generation: int = 3, **status: Any) -> dict[str, Any]:
     pred: dict[str, Any] = {"minReplicas": 1, "maxReplicas": 3, "model": {
         "modelFormat": {"name": "onnx"}, "runtime": "serin-onnx", "storageUri": storage, "protocolVersion": "v2",
+        "env": FEEDBACK_ENV,
         "name": "", "resources": {}}}  # the last two: what KServe's defaulting webhook adds
     if percent is not None:
         pred["canaryTrafficPercent"] = percent
@@ -60,8 +65,10 @@ def test_knative_creates_the_isvc_with_the_runtime_owner_and_mode() -> None:
     (w,) = KnativeRouter().plan(Seen("ml", "fraud"), ApplyServing(V1), SPEC, OWNER)
     assert (w.kind, w.op) == ("isvc", Op.CREATE)
     pred = w.body["spec"]["predictor"]
+    # Every predictor reads the Model's feedback key (runtime/feedback.py) from its Secret.
     assert pred["model"] == {"modelFormat": {"name": "onnx"}, "runtime": "serin-onnx",
-                             "storageUri": V1.storageUri, "protocolVersion": "v2"}
+                             "storageUri": V1.storageUri, "protocolVersion": "v2", "env": FEEDBACK_ENV}
+    assert "volumes" not in pred  # Knative refuses emptyDir unless a feature flag allows it
     assert "canaryTrafficPercent" not in pred and (pred["minReplicas"], pred["maxReplicas"]) == (1, 3)
     assert w.body["metadata"]["ownerReferences"] == [OWNER]
     assert w.body["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
@@ -170,7 +177,10 @@ def test_standard_names_every_version_and_labels_its_metrics() -> None:
     assert svc["spec"]["selector"] == {"serving.kserve.io/inferenceservice": "fraud", "component": "predictor"}
     assert svc["metadata"]["ownerReferences"] == [OWNER]
     pred = isvc["spec"]["predictor"]
-    assert pred["name"] == "gen1" and pred["model"]["env"] == [{"name": "SERIN_REVISION", "value": "gen1"}]
+    assert pred["name"] == "gen1" and pred["model"]["env"] == [{"name": "SERIN_REVISION", "value": "gen1"}, *FEEDBACK_ENV]
+    # Standard mode: the state volume keeps the ids that got their truth over container restarts.
+    assert pred["volumes"] == [{"name": "serin-state", "emptyDir": {"sizeLimit": "256Mi"}}]
+    assert pred["model"]["volumeMounts"] == [{"name": "serin-state", "mountPath": "/var/lib/serin"}]
     assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Standard"}
     assert "canary" not in isvc["spec"]
 
@@ -379,7 +389,7 @@ def test_an_unnamed_stable_from_an_older_serin_keeps_its_deployment_until_its_ne
     legacy["spec"]["predictor"]["model"].pop("env")
     isvc = written(router, standard(router, legacy), ApplyServing(V1, V2, 10))
     assert "name" not in isvc["spec"]["predictor"]  # renaming would replace its Deployment
-    assert isvc["spec"]["predictor"]["model"]["env"] == [{"name": "SERIN_REVISION", "value": "predictor"}]
+    assert isvc["spec"]["predictor"]["model"]["env"] == [{"name": "SERIN_REVISION", "value": "predictor"}, *FEEDBACK_ENV]
     assert isvc["spec"]["canary"][0]["predictor"]["name"] == "gen2"
     obs = router.observe(standard(router, isvc, {**deployment("", V1.storageUri), "metadata": {
         "name": "fraud-predictor", "generation": 2}}, deployment("gen2", V2.storageUri)))

@@ -48,6 +48,7 @@ NAMESPACED_RULES = {
     ("apps", "deployments"): {"list", "watch"},
     ("", "services"): {"list", "watch", "create", "patch"},
     ("batch", "jobs"): {"get", "list", "create", "delete"},
+    ("", "secrets"): {"create"},
     ("", "pods"): {"list"},
     ("", "events"): {"create"},
 }
@@ -413,7 +414,11 @@ def test_dashboard_configmap(helm: Helm) -> None:
     for wanted in ("Canary weight per model", "Rollouts by outcome", "Analysis verdicts",
                    "Request rate by revision", "Error rate by revision", "p99 latency by revision",
                    "Input PSI by revision", "Feature PSI by revision and feature",
-                   "Input drift test by revision (smallest adjusted p-value)"):
+                   "Input drift test by revision (smallest adjusted p-value)",
+                   "Accuracy by revision (ground truth, last hour)",
+                   "Log loss and Brier score by revision (ground truth, last hour)",
+                   "MAE and RMSE by revision (ground truth, regressors, last hour)", "Ground truth received",
+                   "Estimated accuracy by revision (no labels needed, last hour)"):
         assert wanted in titles
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(set(ids)) == len(ids)

@@ -224,6 +224,7 @@ NEEDED_IN_WATCHED = [
     *[(v, "jobs.batch") for v in ("get", "list", "create", "delete")],
     ("list", "pods"),
     ("create", "events"),
+    ("create", "secrets"),  # each Model's feedback key, once; never read back
 ]
 # What the operator does not use, so it must not have, in the namespaces it watches.
 UNUSED_IN_WATCHED = [
@@ -234,6 +235,7 @@ UNUSED_IN_WATCHED = [
     ("patch", "events"), ("create", "events.events.k8s.io"),
     *[(v, "deployments.apps") for v in ("get", "create", "patch", "delete")],
     *[(v, "services") for v in ("get", "update", "delete")],
+    *[(v, "secrets") for v in ("update", "patch", "delete")],
     *[(v, "httproutes.gateway.networking.k8s.io") for v in ("list", "watch", "create", "patch")],  # no Gateway
 ]
 # What it must never do, anywhere (None: checked across all namespaces).

@@ -239,3 +239,56 @@ def test_a_regressors_prediction_shift_is_measured_across_versions_with_their_ow
         prom.stop()
         stop_server(stable)
         stop_server(canary)
+
+
+def test_accuracy_against_stable_is_read_from_feedback_whichever_replica_took_it(tmp_path: Path) -> None:
+    """Ground truth sent to either version is counted under the revision that predicted; the
+    operator's accuracy builtin reads both versions' counts from a real Prometheus and compares."""
+    import asyncio
+
+    import model_factory as mf
+    from serin.operator.prometheus import Prometheus as Provider
+    from serin.operator.reconcile import compare_feedback
+    from serin.operator.spec import Builtin, MetricSpec
+
+    model_dir = mf.numeric_classifier(tmp_path / "model")
+    key = {"SERIN_FEEDBACK_KEY": "shared"}
+    stable = serve(tmp_path, model_dir, "acc", "--revision", "acc-predictor-00001", env=key)
+    canary = serve(tmp_path, model_dir, "acc", "--revision", "acc-predictor-00002", env=key)
+    prom = start_prometheus(tmp_path / "prometheus", provision(), scrape_interval="1s")
+    ctx = QueryContext(model="acc", namespace="perf", revision="acc-predictor-00002",
+                       stable_revision="acc-predictor-00001", window="60s", lifetime="120s")
+    metric = MetricSpec("accuracy", builtin=Builtin.ACCURACY, min=-0.05)
+    rng = np.random.default_rng(5)
+
+    def measured() -> tuple[float | None, str]:
+        got = asyncio.run(compare_feedback(Provider(prom.url), metric, ctx))
+        return got.value, got.error
+
+    def predict_and_tell(predictor: Server, told: Server, n: int, wrong_every: int) -> None:
+        for i in range(n):
+            answer = json.loads(predictor.infer([rows_input(rng.normal(size=(1, 4)).astype(np.float32))]).body)
+            label = next(o for o in answer["outputs"] if o["name"] == "label")["data"][0]
+            truth = 1 - label if wrong_every and i % wrong_every == 0 else label
+            reply = told.post("/v2/models/acc/feedback", {"id": answer["id"], "truth": [truth]})
+            assert reply.status == 200, reply.body
+
+    try:
+        prom.targets_file.write_text(json.dumps([target(stable, "perf"), target(canary, "perf")]))
+        wait_for(lambda: (scalar(prom, f'count(count_over_time({mn.FEEDBACK_ROWS_TOTAL}{{namespace="perf"}}'
+                                       f'[60s]) >= 2)') or 0) >= 2, timeout=30)
+        value, why = measured()
+        assert value is None and "no ground truth yet" in why, (value, why)
+        # Each version's truth sent to the other one: the counts must follow the predicting revision.
+        predict_and_tell(stable, canary, 100, wrong_every=0)  # stable: 100 %
+        predict_and_tell(canary, stable, 100, wrong_every=4)  # canary: 75 %
+        wait_for(lambda: (scalar(prom, f'sum({mn.FEEDBACK_ROWS_TOTAL}{{namespace="perf"}})') or 0) >= 200,
+                 timeout=30)
+        time.sleep(1.5)
+        value, why = measured()
+        # increase() extrapolates a little past the samples it has: the ratio stays the same.
+        assert value is not None and abs(value - (-0.25)) < 0.02, (value, why)
+    finally:
+        prom.stop()
+        stop_server(stable)
+        stop_server(canary)

@@ -52,6 +52,12 @@ ServiceAccount through whole rollouts. Add a rule only with the call that needs 
   resources: [httproutes]
   verbs: [list, watch, create, patch]
 {{- end }}
+# Secrets: each Model's feedback key (the key its predictors sign prediction ids with), created
+# once with the InferenceService, owned by the Model. Create only: the operator never reads,
+# lists or changes a Secret; the predictors read theirs through their env (secretKeyRef).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
 # Conversion Jobs (executor "job"): created per version, read for their Failed condition, deleted
 # when superseded or past their timeout (the Pod follows by owner reference), listed (converter
 # label) by the conversion queue to count those running against its limit.

@@ -1,0 +1,403 @@
+"""Ground truth for earlier predictions: signed prediction ids and the feedback endpoint.
+
+Every inference answer carries a prediction id (V2: the response `id`, or `parameters.
+prediction_id` when the client chose the id; V1: `id`). The id is self-contained: it carries the
+revision that answered, when, and what was predicted (labels and class probabilities, or values),
+sealed with an HMAC over the model's name and a key every replica of the Model shares (the
+operator keeps it in a Secret, docs/runtime.md#feedback). So `POST /v2/models/{name}/feedback`
+with `{"id": ..., "truth": [...]}` can be scored by any replica of either revision, hours later,
+after restarts, with no prediction store: nothing is kept per prediction but the ids that already
+got their truth, on disk (SeenStore), so a duplicate is refused.
+
+Scores go to counters labelled with the revision *in the id* (not the replica that took the
+feedback), so accuracy per revision is `rate(correct) / rate(rows)` whichever pod counted it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import logging
+import math
+import os
+import sqlite3
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from serin.runtime.decode import RequestError
+from serin.runtime.model import Task
+
+log = logging.getLogger("serin.runtime.feedback")
+
+KEY_ENV = "SERIN_FEEDBACK_KEY"
+TOKEN_VERSION = 1
+# An id carries the prediction itself: beyond this many bytes (a few hundred rows of a binary
+# classifier) the answer gets no feedback id, and feedback must be sent per smaller request.
+MAX_PAYLOAD_BYTES = 4096
+# Probabilities travel quantised to 16 bits: 1.5e-5 resolution, far below what a log loss or Brier
+# score averaged over many rows can show; they are left out beyond this many classes.
+MAX_PROBABILITY_CLASSES = 32
+PROBABILITY_SCALE = 65535
+SMALL_ANSWER = 64  # probabilities in an answer up to which they are packed without numpy
+# log(1 / p) of a true class given probability 0: capped at the quantisation's resolution.
+MIN_PROBABILITY = 1.0 / PROBABILITY_SCALE
+DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
+_MAC_BYTES = 16
+_KIND_CLASSIFICATION, _KIND_REGRESSION = 0, 1
+_LABELS_INDEXED, _LABELS_RAW = 0, 1
+_HEAD = struct.Struct(">BI12sB")  # version, issued at (unix s), nonce, kind
+
+
+class FeedbackError(RequestError):
+    """A feedback request that cannot be taken: a 4xx with a message."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What an id says was predicted."""
+
+    revision: str
+    issued_at: float
+    tag: bytes  # the MAC: unique per id, the key a duplicate is recognised by
+    rows: int
+    kind: str  # "classification" | "regression"
+    labels: tuple[str, ...] = ()  # classification: the predicted class of each row
+    probabilities: np.ndarray | None = None  # rows x classes, in `Task.classes` order
+    values: np.ndarray | None = None  # regression: the predicted value of each row
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One feedback's contribution to the performance counters."""
+
+    rows: int
+    correct: int = 0
+    scored_rows: int = 0  # rows whose probabilities were known (log loss, Brier)
+    log_loss: float = 0.0
+    brier: float = 0.0
+    absolute_error: float = 0.0
+    squared_error: float = 0.0
+
+
+def key_from(text: str) -> bytes:
+    """Any shared secret text as a 32-byte HMAC key."""
+    return hashlib.sha256(text.encode()).digest()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class PredictionIds:
+    """Issues and verifies the ids of one model's answers."""
+
+    def __init__(self, key: bytes, model: str, revision: str, task: Task,
+                 probability_output: str | None) -> None:
+        self.key = key
+        self.model = model.encode()
+        self.revision = revision.encode()[:255]
+        self.task = task
+        self.classes = task.classes
+        self.class_index = {c: i for i, c in enumerate(task.classes)}
+        self.probability_output = probability_output if len(self.classes) <= MAX_PROBABILITY_CLASSES else None
+        # Unique without a urandom call per id: a random prefix per process, then a counter.
+        self._prefix = os.urandom(8)
+        self._counter = itertools.count(1)
+        self._revision_field = bytes((len(self.revision),)) + self.revision
+        self._mac_prefix = self.model + b"\0"
+
+    @property
+    def enabled(self) -> bool:
+        return self.task.kind in ("classification", "regression") and self.task.output is not None
+
+    # --- issuing: the request path ------------------------------------------------------------
+    def issue(self, rows: int, results: dict[str, Any], now: float | None = None) -> str | None:
+        """The id of an answer, None when it cannot carry one (not a known task, too large)."""
+        predicted = results.get(self.task.output)  # type: ignore[arg-type]
+        if predicted is None or rows <= 0 or rows > 0xFFFF:
+            return None
+        nonce = self._prefix + struct.pack(">I", next(self._counter) & 0xFFFFFFFF)
+        issued = int(time.time() if now is None else now)
+        if self.task.kind == "classification":
+            body = self._one_row(predicted, results) if rows == 1 else None
+            if body is None:
+                body = self._classification(rows, predicted, results)
+            kind = _KIND_CLASSIFICATION
+        else:
+            values = np.asarray(predicted, dtype=">f4").reshape(-1)
+            if values.size != rows:
+                return None
+            body, kind = values.tobytes(), _KIND_REGRESSION
+        if body is None:
+            return None
+        payload = b"".join((_HEAD.pack(TOKEN_VERSION, issued, nonce, kind), self._revision_field,
+                            struct.pack(">H", rows), body))
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return None
+        return _b64(payload + self._mac(payload))
+
+    def _one_row(self, labels: Any, results: dict[str, Any]) -> bytes | None:
+        """The body of a one-row answer, the common case, without numpy; None: take the general path."""
+        if getattr(labels, "size", -1) != 1:
+            return None
+        column = self.class_index.get(class_key(labels.item(0)))
+        if column is None:
+            return None
+        labels_part = struct.pack(">BH", _LABELS_INDEXED, column)
+        p = results.get(self.probability_output) if self.probability_output is not None else None
+        k = len(self.classes)
+        if p is None or getattr(p, "shape", None) != (1, k):
+            return labels_part + b"\x00"
+        values = p.ravel().tolist()
+        if values[column] < max(values):  # columns in another order than the classes
+            return labels_part + b"\x00"
+        scaled = [min(PROBABILITY_SCALE, max(0, round(v * PROBABILITY_SCALE))) for v in values]
+        return labels_part + struct.pack(f">B{k}H", k, *scaled)
+
+    def _classification(self, rows: int, labels: Any, results: dict[str, Any]) -> bytes | None:
+        if getattr(labels, "size", -1) != rows:
+            return None
+        keys = [class_key(v) for v in labels.ravel().tolist()]
+        index = self.class_index
+        indexed = all(k in index for k in keys)
+        if indexed:
+            labels_part = bytes((_LABELS_INDEXED,)) + struct.pack(f">{rows}H", *(index[k] for k in keys))
+        else:  # a label the profile does not list (or no profile): the labels themselves
+            raw = orjson.dumps(keys)
+            labels_part = bytes((_LABELS_RAW,)) + struct.pack(">I", len(raw)) + raw
+        probabilities = self._probabilities(rows, keys if indexed else None, results)
+        if probabilities is None:
+            return labels_part + b"\x00"
+        return labels_part + bytes((len(self.classes),)) + probabilities
+
+    def _probabilities(self, rows: int, keys: list[str] | None, results: dict[str, Any]) -> bytes | None:
+        if self.probability_output is None or keys is None:
+            return None
+        p = results.get(self.probability_output)
+        if p is None:
+            return None
+        k = len(self.classes)
+        if getattr(p, "shape", None) != (rows, k):
+            return None
+        # The probability columns are taken to follow the profile's class order; a row whose most
+        # probable column is not its predicted label says they do not (or the model thresholds
+        # otherwise): then no probabilities, so no wrong log loss.
+        index = self.class_index
+        if rows * k <= SMALL_ANSWER:  # plain Python beats numpy's per-call overhead on a few values
+            flat = p.ravel().tolist()
+            for row, key in enumerate(keys):
+                values = flat[row * k : (row + 1) * k]
+                if values[index[key]] < max(values):
+                    return None
+            scaled = [min(PROBABILITY_SCALE, max(0, round(v * PROBABILITY_SCALE))) for v in flat]
+            return struct.pack(f">{rows * k}H", *scaled)
+        p = np.asarray(p, dtype=np.float64)
+        chosen = p[np.arange(rows), [index[key] for key in keys]]
+        if (chosen < p.max(axis=1)).any():
+            return None
+        return np.rint(np.clip(p, 0.0, 1.0) * PROBABILITY_SCALE).astype(">u2").tobytes()
+
+    def _mac(self, payload: bytes) -> bytes:
+        # Keyed BLAKE2b: a MAC by design (no HMAC construction needed), and the fastest in hashlib.
+        return hashlib.blake2b(self._mac_prefix + payload, key=self.key, digest_size=_MAC_BYTES).digest()
+
+    # --- verifying: the feedback path -----------------------------------------------------------
+    def verify(self, token: Any, now: float, max_age: float) -> Prediction:
+        if not isinstance(token, str) or not token:
+            raise FeedbackError('"id" must be the id string of an earlier answer')
+        try:
+            raw = _unb64(token)
+        except (ValueError, TypeError):
+            raise FeedbackError(f"unknown prediction id {token[:40]!r}: not an id this model issued", 404) from None
+        if len(raw) <= _MAC_BYTES + _HEAD.size or not hmac.compare_digest(
+                raw[-_MAC_BYTES:], self._mac(raw[:-_MAC_BYTES])):
+            raise FeedbackError(f"unknown prediction id {token[:40]!r}: not an id this model issued "
+                                "(it has no valid signature)", 404)
+        payload, tag = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        version, issued, _nonce, kind = _HEAD.unpack_from(payload)
+        if version != TOKEN_VERSION:
+            raise FeedbackError(f"prediction id version {version} is not understood here", 404)
+        age = now - issued
+        if age > max_age:
+            raise FeedbackError(f"prediction {token[:40]!r} is {age / 3600:.1f} h old: feedback is taken "
+                                f"for {max_age / 3600:g} h", 410)
+        pos = _HEAD.size
+        n = payload[pos]
+        revision = payload[pos + 1 : pos + 1 + n].decode()
+        pos += 1 + n
+        (rows,) = struct.unpack_from(">H", payload, pos)
+        pos += 2
+        if kind == _KIND_REGRESSION:
+            values = np.frombuffer(payload, dtype=">f4", count=rows, offset=pos).astype(np.float64)
+            return Prediction(revision, float(issued), tag, rows, "regression", values=values)
+        mode = payload[pos]
+        pos += 1
+        if mode == _LABELS_INDEXED:
+            indexes = struct.unpack_from(f">{rows}H", payload, pos)
+            pos += 2 * rows
+            labels = tuple(self.classes[i] if i < len(self.classes) else str(i) for i in indexes)
+        else:
+            (size,) = struct.unpack_from(">I", payload, pos)
+            labels = tuple(orjson.loads(payload[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+        k = payload[pos]
+        pos += 1
+        probabilities = None
+        if k:
+            probabilities = np.frombuffer(payload, dtype=">u2", count=rows * k, offset=pos).astype(
+                np.float64).reshape(rows, k) / PROBABILITY_SCALE
+        return Prediction(revision, float(issued), tag, rows, "classification", labels=labels,
+                          probabilities=probabilities)
+
+
+def class_key(label: Any) -> str:
+    """As the converter's profile writes classes (converters/profile.py class_key)."""
+    if type(label) is int:  # the common case first: ONNX labels are int64
+        return str(label)
+    if isinstance(label, bool):
+        return str(int(label))
+    if isinstance(label, (int, float)) and float(label).is_integer():
+        return str(int(label))
+    if isinstance(label, bytes):
+        return label.decode()
+    return str(label)
+
+
+def score(prediction: Prediction, classes: tuple[str, ...], truth: Any) -> Scores:
+    """The prediction scored against `truth`, one label or value per row; 400 when it does not fit."""
+    if prediction.rows == 1 and isinstance(truth, (str, int, float, bool)):
+        truth = [truth]  # one row: its label alone will do
+    if not isinstance(truth, list):
+        raise FeedbackError(f'"truth" must be a list of {prediction.rows} '
+                            f'{"labels" if prediction.kind == "classification" else "numbers"}, one per row')
+    if len(truth) != prediction.rows:
+        raise FeedbackError(f'"truth" has {len(truth)} entries, the prediction has {prediction.rows} rows')
+    if prediction.kind == "regression":
+        assert prediction.values is not None
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in truth):
+            bad = next(i for i, v in enumerate(truth) if not isinstance(v, (int, float)) or isinstance(v, bool))
+            raise FeedbackError(f'"truth"[{bad}]: {truth[bad]!r} is not a number (this model is a regressor)')
+        t = np.asarray(truth, dtype=np.float64)
+        if not np.all(np.isfinite(t)):
+            raise FeedbackError('"truth" must hold finite numbers')
+        err = prediction.values - t
+        return Scores(prediction.rows, absolute_error=float(np.abs(err).sum()),
+                      squared_error=float((err * err).sum()))
+    keys = []
+    for i, v in enumerate(truth):
+        if not isinstance(v, (str, int, float, bool)) or (isinstance(v, float) and not math.isfinite(v)):
+            raise FeedbackError(f'"truth"[{i}]: {v!r} is not a class label')
+        key = class_key(v)
+        if classes and key not in classes:
+            raise FeedbackError(f'"truth"[{i}]: {v!r} is not a class of this model '
+                                f'(classes: {", ".join(classes[:20])}{", ..." if len(classes) > 20 else ""})')
+        keys.append(key)
+    correct = sum(1 for p, t in zip(prediction.labels, keys, strict=True) if p == t)
+    p = prediction.probabilities
+    if p is None:
+        return Scores(prediction.rows, correct=correct)
+    index = {c: i for i, c in enumerate(classes)}
+    true_column = np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))
+    rows = np.arange(len(keys))
+    p_true = p[rows, true_column]
+    onehot = np.zeros_like(p)
+    onehot[rows, true_column] = 1.0
+    return Scores(prediction.rows, correct=correct, scored_rows=prediction.rows,
+                  log_loss=float(-np.log(np.maximum(p_true, MIN_PROBABILITY)).sum()),
+                  brier=float(((p - onehot) ** 2).sum()))
+
+
+class SeenStore:
+    """The ids that already got their truth, in SQLite on disk: shared by the worker processes of a
+    pod, kept over restarts (an emptyDir), bounded by the max age (older ids are refused anyway, so
+    they are pruned). Exact, unlike a Bloom filter: a legitimate feedback is never refused."""
+
+    PRUNE_EVERY_S = 60.0
+
+    def __init__(self, path: Path, max_age: float) -> None:
+        self.path = path
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS seen (tag BLOB PRIMARY KEY, issued REAL, at REAL)")
+        self._pruned = 0.0
+
+    def record(self, prediction: Prediction, now: float) -> float | None:
+        """None when this is the prediction's first feedback (now recorded), else when the first
+        one was recorded."""
+        with self._lock:
+            if now - self._pruned > self.PRUNE_EVERY_S:
+                self._db.execute("DELETE FROM seen WHERE issued < ?", (now - self.max_age - 3600,))
+                self._pruned = now
+            cur = self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?)",
+                                   (prediction.tag, prediction.issued_at, now))
+            if cur.rowcount == 1:
+                return None
+            row = self._db.execute("SELECT at FROM seen WHERE tag = ?", (prediction.tag,)).fetchone()
+            return float(row[0]) if row else now
+
+    def forget(self, prediction: Prediction) -> None:
+        """Undo `record` (the feedback failed after it): the truth may be sent again."""
+        with self._lock:
+            self._db.execute("DELETE FROM seen WHERE tag = ?", (prediction.tag,))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def probability_output(task: Task, outputs: dict[str, Any]) -> str | None:
+    """The output holding class probabilities (rows x classes floats), if the model has one."""
+    if task.kind != "classification" or not task.classes:
+        return None
+    candidates = [name for name, spec in outputs.items()
+                  if name != task.output and spec.is_float and len(spec.shape) == 2
+                  and spec.shape[1] in (None, len(task.classes))]
+    if "probabilities" in candidates:
+        return "probabilities"
+    return candidates[0] if len(candidates) == 1 else None
+
+
+class Feedback:
+    """The feedback endpoint's logic for one worker: verify, deduplicate, score, count."""
+
+    def __init__(self, ids: PredictionIds, store: SeenStore, metrics: Any, max_age: float) -> None:
+        self.ids = ids
+        self.store = store
+        self.metrics = metrics  # serin.runtime.monitoring.FeedbackMetrics, or None
+        self.max_age = max_age
+
+    def take(self, payload: Any, now: float | None = None) -> dict[str, Any]:
+        """A parsed feedback body → the answer's JSON; raises FeedbackError (4xx)."""
+        now = time.time() if now is None else now
+        if not isinstance(payload, dict):
+            raise FeedbackError('feedback must be a JSON object {"id": ..., "truth": [...]}')
+        if "id" not in payload or "truth" not in payload:
+            missing = [k for k in ("id", "truth") if k not in payload]
+            raise FeedbackError(f"feedback has no {' and no '.join(repr(k) for k in missing)}")
+        prediction = self.ids.verify(payload["id"], now, self.max_age)
+        scores = score(prediction, self.ids.classes, payload["truth"])
+        first = self.store.record(prediction, now)
+        if first is not None:
+            raise FeedbackError(f"feedback for this prediction was already recorded "
+                                f"{max(0.0, now - first):.0f} s ago", 409)
+        if self.metrics is not None:
+            self.metrics.count(prediction.revision, scores)
+        return {"id": payload["id"], "revision": prediction.revision, "rows": scores.rows}
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,253 @@
+"""The feedback contract (runtime/feedback.py) on real server processes: ids that any worker of any
+replica holding the key verifies, late truth, forged, unknown, duplicate and misshapen feedback
+refused with a 4xx that says why, and the performance counters per predicting revision."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import Server, serve, stop_server
+from serin.runtime import feedback as fb
+from serin.runtime.model import Task
+
+KEY = {"SERIN_FEEDBACK_KEY": "test-shared-secret"}
+
+
+def counter(text: str, name: str, revision: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'revision="{revision}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
+
+
+def infer(srv: Server, x: np.ndarray, **extra: object) -> dict:
+    reply = srv.infer([{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.ravel().tolist()}], **extra)
+    assert reply.status == 200, reply.body
+    return reply.json()
+
+
+def labels(answer: dict) -> list[int]:
+    return next(o for o in answer["outputs"] if o["name"] == "label")["data"]
+
+
+def feedback(srv: Server, body: object) -> tuple[int, dict]:
+    reply = srv.post(f"/v2/models/{srv.name}/feedback", body)
+    return reply.status, reply.json()
+
+
+@pytest.fixture
+def pair(models: dict[str, Path], tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Two replicas of one Model (two revisions, one key), the first with two workers."""
+    a = serve(tmp_path, models["numeric"], "fraud", "--revision", "rev-a", "--workers", "2",
+              "--state-dir", str(tmp_path / "a"), env=KEY)
+    b = serve(tmp_path, models["numeric"], "fraud", "--revision", "rev-b", "--state-dir", str(tmp_path / "b"),
+              env=KEY)
+    yield a, b
+    stop_server(a)
+    stop_server(b)
+
+
+def test_truth_for_an_answer_of_either_replica_is_scored_under_the_revision_that_predicted(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    x = rows(8)
+    answer = infer(a, x)
+    predicted = labels(answer)
+    truth = [1 - predicted[0], *predicted[1:]]  # one row wrong: 7 of 8 correct
+    # Sent to the other replica (other revision, other process): it verifies and counts for rev-a.
+    status, body = feedback(b, {"id": answer["id"], "truth": truth})
+    assert status == 200, body
+    assert body == {"id": answer["id"], "revision": "rev-a", "rows": 8}
+    deadline = time.monotonic() + 5
+    while counter(b.metrics(), "serin_feedback_rows_total", "rev-a") < 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    m = b.metrics()
+    assert counter(m, "serin_feedback_rows_total", "rev-a") == 8
+    assert counter(m, "serin_feedback_correct_total", "rev-a") == 7
+    assert counter(m, "serin_feedback_rows_total", "rev-b") == 0  # exported at 0, not absent
+    # Log loss and Brier come from the probabilities the id carries.
+    probabilities = np.asarray(next(o for o in answer["outputs"] if o["name"] == "probabilities")["data"]).reshape(8, 2)
+    p_true = probabilities[np.arange(8), truth]
+    assert counter(m, "serin_feedback_scored_rows_total", "rev-a") == 8
+    assert counter(m, "serin_feedback_log_loss_total", "rev-a") == pytest.approx(-np.log(p_true).sum(), abs=1e-3)
+    onehot = np.eye(2)[truth]
+    assert counter(m, "serin_feedback_brier_total", "rev-a") == pytest.approx(((probabilities - onehot) ** 2).sum(), abs=1e-3)
+
+
+def test_duplicates_are_refused_by_every_worker_and_after_a_restart(models: dict[str, Path], tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    srv = serve(tmp_path, models["numeric"], "fraud", "--revision", "r1", "--workers", "2",
+                "--state-dir", str(state), env=KEY)
+    try:
+        answers = [infer(srv, rows(1, seed)) for seed in range(6)]
+        for answer in answers[:3]:
+            status, body = feedback(srv, {"id": answer["id"], "truth": labels(answer)})
+            assert status == 200, body
+        # New connections land on either worker (SO_REUSEPORT): each refusal is a 409 all the same.
+        for answer in answers[:3]:
+            for _ in range(3):
+                status, body = feedback(srv, {"id": answer["id"], "truth": labels(answer)})
+                assert status == 409 and "already recorded" in body["error"], body
+    finally:
+        stop_server(srv)
+    again = serve(tmp_path, models["numeric"], "fraud", "--revision", "r1", "--state-dir", str(state), env=KEY)
+    try:
+        status, body = feedback(again, {"id": answers[0]["id"], "truth": labels(answers[0])})
+        assert status == 409, body
+        # Predictions from before the restart still take their (late) truth.
+        for answer in answers[3:]:
+            status, body = feedback(again, {"id": answer["id"], "truth": labels(answer)})
+            assert status == 200, body
+    finally:
+        stop_server(again)
+
+
+def test_bad_feedback_gets_a_4xx_that_says_why_and_costs_nothing(pair) -> None:  # type: ignore[no-untyped-def]
+    a, _ = pair
+    answer = infer(a, rows(3))
+    good = labels(answer)
+    token = answer["id"]
+    raw = bytearray(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    raw[-20] ^= 1  # one bit of the prediction changed: the signature no longer matches
+    forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    cases = [
+        ({"id": forged, "truth": good}, 404, "no valid signature"),
+        ({"id": "not-an-id", "truth": good}, 404, "not an id this model issued"),
+        ({"id": 12, "truth": good}, 400, '"id" must be'),
+        ({"id": token, "truth": good[:2]}, 400, "has 2 entries, the prediction has 3 rows"),
+        ({"id": token, "truth": [0, 1, 7]}, 400, "is not a class of this model"),
+        ({"id": token, "truth": [0, 1, [1]]}, 400, "is not a class label"),
+        ({"id": token, "truth": {"a": 1}}, 400, '"truth" must be a list of 3 labels'),
+        ({"id": token}, 400, "no 'truth'"),
+        ([1, 2], 400, "must be a JSON object"),
+    ]
+    for body, status, words in cases:
+        got, answer_body = feedback(a, body)
+        assert got == status and words in answer_body["error"], (body, got, answer_body)
+    reply = a.post("/v2/models/fraud/feedback", b"{not json")
+    assert reply.status == 400 and "invalid JSON" in reply.json()["error"]
+    reply = a.post("/v2/models/other/feedback", {"id": token, "truth": good})
+    assert reply.status == 404 and "not found" in reply.json()["error"]
+    # None of these used the id up: its truth is still taken, once.
+    assert feedback(a, {"id": token, "truth": good})[0] == 200
+    m = a.metrics()
+    assert counter(m, "serin_feedback_rows_total", "rev-a") == 3
+    assert counter(m, "serin_feedback_requests_total", "rev-a") >= len(cases) + 3
+    assert re.search(r'serin_feedback_requests_total\{[^}]*code="404"[^}]*\} [1-9]', m), m
+
+
+def test_a_key_other_replicas_do_not_share_makes_their_ids_unknown(models: dict[str, Path], tmp_path: Path) -> None:
+    a = serve(tmp_path, models["numeric"], "fraud", "--revision", "ra", env=KEY)
+    other = serve(tmp_path, models["numeric"], "fraud", "--revision", "rb", env={"SERIN_FEEDBACK_KEY": "another"})
+    try:
+        answer = infer(a, rows(1))
+        status, body = feedback(other, {"id": answer["id"], "truth": labels(answer)})
+        assert status == 404 and "no valid signature" in body["error"]
+    finally:
+        stop_server(a)
+        stop_server(other)
+
+
+def test_a_client_id_is_echoed_and_the_prediction_id_rides_in_parameters(pair) -> None:  # type: ignore[no-untyped-def]
+    a, _ = pair
+    answer = infer(a, rows(2), id="client-42")
+    assert answer["id"] == "client-42"
+    token = answer["parameters"]["prediction_id"]
+    assert feedback(a, {"id": token, "truth": labels(answer)})[0] == 200
+    # V1: the id is in the answer, and `:feedback` takes the same body.
+    reply = a.predict(rows(2).tolist())
+    assert reply.status == 200
+    v1 = reply.json()
+    reply = a.post("/v1/models/fraud:feedback", {"id": v1["id"], "truth": v1["predictions"]})
+    assert reply.status == 200, reply.body
+
+
+def test_regressor_feedback_counts_absolute_and_squared_error(models: dict[str, Path], tmp_path: Path) -> None:
+    srv = serve(tmp_path, models["regressor"], "price", "--revision", "r1", env=KEY)
+    try:
+        x = np.random.default_rng(3).normal(size=(4, 3)).astype(np.float32)
+        reply = srv.infer([{"name": "input", "shape": [4, 3], "datatype": "FP32", "data": x.ravel().tolist()}])
+        answer = reply.json()
+        predicted = np.asarray(answer["outputs"][0]["data"], dtype=np.float64)
+        truth = (predicted + np.array([1.0, -2.0, 0.5, 0.0])).tolist()
+        status, body = feedback(srv, {"id": answer["id"], "truth": truth})
+        assert status == 200, body
+        status, body = feedback(srv, {"id": answer["id"], "truth": ["a", 1, 2, 3]})
+        assert status == 400 and "is not a number" in body["error"]
+        m = srv.metrics()
+        assert counter(m, "serin_feedback_absolute_error_total", "r1") == pytest.approx(3.5, abs=1e-4)
+        assert counter(m, "serin_feedback_squared_error_total", "r1") == pytest.approx(5.25, abs=1e-3)
+    finally:
+        stop_server(srv)
+
+
+# --- the id itself, without a server --------------------------------------------------------------
+
+TASK = Task("classification", "label", ("0", "1", "2"))
+
+
+def ids(key: str = "k") -> fb.PredictionIds:
+    return fb.PredictionIds(fb.key_from(key), "m", "rev-1", TASK, "probabilities")
+
+
+def test_an_id_carries_what_was_predicted_and_expires() -> None:
+    p = np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]])
+    token = ids().issue(2, {"label": np.array([1, 0]), "probabilities": p}, now=1_000_000)
+    assert token is not None
+    pred = ids().verify(token, now=1_000_060, max_age=3600)
+    assert pred.revision == "rev-1" and pred.labels == ("1", "0") and pred.rows == 2
+    assert pred.probabilities is not None and np.allclose(pred.probabilities, p, atol=1e-4)
+    with pytest.raises(fb.FeedbackError) as late:
+        ids().verify(token, now=1_000_000 + 7200, max_age=3600)
+    assert late.value.status == 410
+    with pytest.raises(fb.FeedbackError) as other_key:
+        ids("other").verify(token, now=1_000_060, max_age=3600)
+    assert other_key.value.status == 404
+
+
+def test_probabilities_that_disagree_with_the_labels_are_left_out() -> None:
+    # Columns in another order than the classes: the most probable one is not the label.
+    token = ids().issue(1, {"label": np.array([0]), "probabilities": np.array([[0.1, 0.8, 0.1]])})
+    assert token is not None
+    pred = ids().verify(token, now=time.time(), max_age=60)
+    assert pred.labels == ("0",) and pred.probabilities is None
+    scores = fb.score(pred, TASK.classes, [0])
+    assert scores.correct == 1 and scores.scored_rows == 0
+
+
+def test_an_answer_too_large_for_an_id_gets_none() -> None:
+    n = fb.MAX_PAYLOAD_BYTES  # more rows than the payload can hold
+    assert ids().issue(n, {"label": np.zeros(n, np.int64), "probabilities": np.tile([1.0, 0, 0], (n, 1))}) is None
+
+
+def test_scores_on_a_table_of_outcomes() -> None:
+    pred = fb.Prediction("r", 0.0, b"t", 4, "classification", labels=("0", "1", "2", "1"),
+                         probabilities=np.array([[0.5, 0.25, 0.25], [0.2, 0.6, 0.2], [0.0, 0.1, 0.9], [0.3, 0.4, 0.3]]))
+    s = fb.score(pred, TASK.classes, [0, 1, 2, 0])
+    assert s.correct == 3 and s.rows == 4 and s.scored_rows == 4
+    assert s.log_loss == pytest.approx(-(np.log(0.5) + np.log(0.6) + np.log(0.9) + np.log(0.3)))
+    assert s.brier == pytest.approx((0.25 + 0.0625 * 2) + (0.04 + 0.16 + 0.04) + (0 + 0.01 + 0.01) + (0.49 + 0.16 + 0.09))
+
+
+def test_the_label_free_estimate_counts_every_answered_row(pair) -> None:  # type: ignore[no-untyped-def]
+    a, _ = pair
+    x = rows(30, seed=9)
+    answer = infer(a, x)
+    probabilities = np.asarray(next(o for o in answer["outputs"] if o["name"] == "probabilities")["data"]).reshape(30, 2)
+    deadline = time.monotonic() + 5
+    while counter(a.metrics(), "serin_estimated_rows_total", "rev-a") < 30 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    m = a.metrics()
+    # No calibration in this profile: the probability of each predicted class, added up.
+    assert counter(m, "serin_estimated_rows_total", "rev-a") == 30
+    assert counter(m, "serin_estimated_correct_total", "rev-a") == pytest.approx(probabilities.max(axis=1).sum(), abs=1e-4)
