@@ -159,7 +159,7 @@ def regression_shift(canary: dict[str, float], stable: dict[str, float]) -> floa
 # prediction, whichever replica took the truth; one query per counter returns both versions'.
 
 
-def feedback_query(ctx: QueryContext, counter: str) -> str:
+def feedback_query(ctx: QueryContext, counter: str, by: str = m.PREDICTED_REVISION) -> str:
     """`counter`'s increase since the canary started, per revision (canary and stable).
 
     A replica counts truth under the revision that predicted, so a stable replica starts a series
@@ -169,18 +169,18 @@ def feedback_query(ctx: QueryContext, counter: str) -> str:
     restarts, and the plain difference from the series' value when the canary started (0 when it
     did not exist then), right for a series born since."""
     selector = (f'{counter}{{namespace="{ctx.namespace}",model="{ctx.model}",'
-                f'revision=~"{ctx.revision}|{ctx.stable_revision}"}}')
+                f'{by}=~"{ctx.revision}|{ctx.stable_revision}"}}')
     span = ctx.lifetime or ctx.window
     counted = f"increase({selector}[{span}])"
     difference = f"({selector} - ({selector} offset {span} * 1 or {selector} * 0))"
-    return f"sum by (revision) (({counted} >= {difference}) or {difference})"
+    return f"sum by ({by}) (({counted} >= {difference}) or {difference})"
 
 
 FEEDBACK_COUNTERS: dict[Builtin, tuple[str, ...]] = {
     Builtin.ACCURACY: (m.FEEDBACK_ROWS_TOTAL, m.FEEDBACK_CORRECT_TOTAL),
     # The estimate's "correct" is a sum of probabilities: its binomial interval is conservative
     # (the variance of a sum of Bernoulli(p_i) is at most n * mean(p) * (1 - mean(p))).
-    Builtin.ESTIMATED_ACCURACY: (m.ESTIMATED_ROWS_TOTAL, m.ESTIMATED_CORRECT_TOTAL),
+    Builtin.ESTIMATED_ACCURACY: (m.ESTIMATED_ROWS_TOTAL, m.ESTIMATED_CORRECT_TOTAL),  # by `revision`
     Builtin.MEAN_ABSOLUTE_ERROR: (m.FEEDBACK_ROWS_TOTAL, m.FEEDBACK_ABSOLUTE_ERROR_TOTAL,
                                   m.FEEDBACK_SQUARED_ERROR_TOTAL),
 }

@@ -29,6 +29,7 @@ from serin.operator.routing import Router, Routing, Seen
 from serin.operator.routing.standard import route_name, split_service_name
 from serin.operator.spec import Builtin, MetricSpec, ModelSpec, parse_spec
 from serin.operator.status import CanaryState, Status, from_time, status_from_dict, status_to_dict, to_time
+from serin.runtime import metric_names as mn
 
 log = logging.getLogger("serin.reconcile")
 
@@ -125,7 +126,9 @@ async def compare_feedback(metrics: MetricProvider, metric: MetricSpec, ctx: Que
     """A ground-truth builtin: the feedback counters of both versions, compared here."""
     assert metric.builtin is not None
     counters = queries.FEEDBACK_COUNTERS[metric.builtin]
-    answers = await asyncio.gather(*(metrics.by_label(queries.feedback_query(ctx, c), "revision") for c in counters))
+    # Ground truth is counted under the predicting revision; the estimate under the Pod's own.
+    by = mn.REVISION if metric.builtin == Builtin.ESTIMATED_ACCURACY else mn.PREDICTED_REVISION
+    answers = await asyncio.gather(*(metrics.by_label(queries.feedback_query(ctx, c, by), by) for c in counters))
     errors = [err for _, err in answers if err]
     if errors:
         return MeasuredValue(metric.name, None, errors[0])

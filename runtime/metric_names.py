@@ -24,9 +24,12 @@ FEATURE_DRIFT_PVALUE = "serin_feature_drift_pvalue"
 INPUT_DRIFT_PVALUE = "serin_input_drift_pvalue"
 
 # Ground truth sent to the feedback endpoint (feedback.py), counted under the revision that made
-# the prediction: accuracy = correct / rows, log loss and Brier score = their sums / scored rows
-# (rows whose class probabilities were known), MAE = absolute error / rows, RMSE = sqrt(squared
-# error / rows). Sums are counters, so any window's figure is a ratio of increase()s.
+# the prediction (label `predicted_revision`; `revision` stays the answering replica's, as on every
+# series, since scrape configs often attach their own `revision` target label, which would
+# overwrite a `revision` that differs from the Pod's). Accuracy = correct / rows, log loss and
+# Brier score = their sums / scored rows (rows whose class probabilities were known), MAE =
+# absolute error / rows, RMSE = sqrt(squared error / rows). Sums are counters, so any window's
+# figure is a ratio of increase()s.
 FEEDBACK_ROWS_TOTAL = "serin_feedback_rows_total"
 FEEDBACK_CORRECT_TOTAL = "serin_feedback_correct_total"
 FEEDBACK_SCORED_ROWS_TOTAL = "serin_feedback_scored_rows_total"
@@ -57,6 +60,7 @@ PROTOCOL = "protocol"  # "v1" | "v2" | "grpc"
 CODE = "code"  # HTTP status code as a string, e.g. "200", "400"
 CLASS = "class"
 FEATURE = "feature"
+PREDICTED_REVISION = "predicted_revision"  # feedback: the revision that made the prediction
 
 # Labels per metric, in exposition order.
 LABELS: dict[str, tuple[str, ...]] = {
@@ -71,10 +75,11 @@ LABELS: dict[str, tuple[str, ...]] = {
     DRIFT_WINDOW_ROWS: (MODEL, REVISION),
     FEATURE_DRIFT_PVALUE: (MODEL, REVISION, FEATURE),
     INPUT_DRIFT_PVALUE: (MODEL, REVISION),
-    **{name: (MODEL, REVISION) for name in (
+    **{name: (MODEL, REVISION, PREDICTED_REVISION) for name in (
         FEEDBACK_ROWS_TOTAL, FEEDBACK_CORRECT_TOTAL, FEEDBACK_SCORED_ROWS_TOTAL, FEEDBACK_LOG_LOSS_TOTAL,
-        FEEDBACK_BRIER_TOTAL, FEEDBACK_ABSOLUTE_ERROR_TOTAL, FEEDBACK_SQUARED_ERROR_TOTAL,
-        ESTIMATED_CORRECT_TOTAL, ESTIMATED_ROWS_TOTAL)},
+        FEEDBACK_BRIER_TOTAL, FEEDBACK_ABSOLUTE_ERROR_TOTAL, FEEDBACK_SQUARED_ERROR_TOTAL)},
+    ESTIMATED_CORRECT_TOTAL: (MODEL, REVISION),
+    ESTIMATED_ROWS_TOTAL: (MODEL, REVISION),
     FEEDBACK_REQUESTS_TOTAL: (MODEL, REVISION, CODE),
 }
 

@@ -137,18 +137,19 @@ class FeedbackMetrics:
                 "brier": counter(mn.FEEDBACK_BRIER_TOTAL, "Sum of the multi-class Brier score"),
             }
         # At 0 from the start for this replica's own revision: rate() ignores a series' first value.
-        self._rows.labels(model, revision)
+        self._rows.labels(model, revision, revision)
         for child in self._sums.values():
-            child.labels(model, revision)
+            child.labels(model, revision, revision)
         for code in mn.FEEDBACK_CODES:
             self._requests.labels(model, revision, code)
 
-    def count(self, revision: str, scores: Any) -> None:
-        self._rows.labels(self.model, revision).inc(scores.rows)
+    def count(self, predicted_by: str, scores: Any) -> None:
+        """Scores of a prediction `predicted_by` made (a revision), whichever this replica is."""
+        self._rows.labels(self.model, self.revision, predicted_by).inc(scores.rows)
         for field, counter in self._sums.items():
             value = getattr(scores, field)
             if value:
-                counter.labels(self.model, revision).inc(value)
+                counter.labels(self.model, self.revision, predicted_by).inc(value)
 
     def answered(self, code: int) -> None:
         self._requests.labels(self.model, self.revision, str(code)).inc()

@@ -130,6 +130,14 @@ def test_first_version_serves_in_standard_mode_from_real_pods(platform: Platform
     assert pod["spec"]["containers"][0]["image"] == p.cluster.images["runtime"].ref
     # KServe's pod-mutating webhook mounted the model store claim where the runtime reads it.
     assert any(v.get("persistentVolumeClaim", {}).get("claimName") == "serin-models" for v in pod["spec"]["volumes"])
+    # The feedback key: a Secret the operator made for the Model (owned by it), read by the Pod;
+    # the state volume where the ids that got their truth outlive container restarts.
+    secret = get(p.cluster, "secret", f"{name}-serin-feedback", "-n", MODELS)
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "Model" and secret["data"]["key"]
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["SERIN_FEEDBACK_KEY"]["valueFrom"]["secretKeyRef"]["name"] == f"{name}-serin-feedback"
+    assert {"name": "serin-state", "mountPath": "/var/lib/serin"} in [
+        {k: m[k] for k in ("name", "mountPath")} for m in pod["spec"]["containers"][0]["volumeMounts"]]
     load = LoadGenerator(f"http://{service_ip(p, f'{name}-serin')}", name, rate=20, max_seconds=30,
                          keep_alive=False).start()
     time.sleep(3)
@@ -190,8 +198,9 @@ def gateway(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Ite
     yield gw
 
 
-def gateway_load(gw: Any, name: str, rate: float = 40) -> LoadGenerator:
-    return LoadGenerator(gw.address, name, rate=rate, max_seconds=600, host=f"{name}-{MODELS}.example.com").start()
+def gateway_load(gw: Any, name: str, rate: float = 40, feedback: float = 0.0) -> LoadGenerator:
+    return LoadGenerator(gw.address, name, rate=rate, max_seconds=600, host=f"{name}-{MODELS}.example.com",
+                         feedback=feedback, feedback_delay=0.5).start()
 
 
 def route_weights(p: Platform, name: str) -> dict[str, int]:
@@ -205,7 +214,9 @@ def test_gateway_walks_10_50_and_promotes_with_exact_weights_and_no_failed_reque
     apply_model(p, name, "v1")
     s = wait_phase(p, name, "Promoted", 1)
     assert s["serving"]["traffic"] == "gateway" and s["serving"]["url"] == f"http://{name}-{MODELS}.example.com"
-    load = gateway_load(gateway, name)
+    # Ground truth for a third of the answers, through the same route: truth for a canary answer
+    # often reaches a stable Pod and the other way round, which only a shared key makes work.
+    load = gateway_load(gateway, name, feedback=0.33)
     seen: dict[int, tuple[float, dict[str, int]]] = {}
     try:
         wait_for("the Gateway to serve the first version", lambda: by_revision(load.answers)["gen1"] > 20, timeout=60)
@@ -232,6 +243,9 @@ def test_gateway_walks_10_50_and_promotes_with_exact_weights_and_no_failed_reque
     bad = failed(from_first_served(load.answers))
     assert bad == [], f"{len(bad)} of {len(load.answers)} requests failed: {Counter(a.status for a in bad)}"
     assert route_weights(p, name) == {"gen2": 100}
+    told = Counter((a.revision, a.status) for a in load.feedback_answers)
+    assert told[("gen2", 200)] > 10 and told[("gen1", 200)] > 10, told
+    assert all(status == 200 for _, status in told), told
 
 
 def test_a_bad_version_is_rolled_back_with_the_stable_serving_throughout(platform: Platform, gateway: Any) -> None:

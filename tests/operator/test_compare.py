@@ -86,8 +86,8 @@ def test_compare_feedback_reads_the_counters_of_both_revisions() -> None:
     got = compare_feedback(Builtin.ACCURACY, sums, ctx, 0.99)
     assert got.value == pytest.approx(-0.1)
     query = feedback_query(ctx, mn.FEEDBACK_ROWS_TOTAL)
-    assert 'revision=~"m-2|m-1"' in query and "[300s]" in query and "offset 300s" in query
-    assert query.startswith("sum by (revision)")
+    assert "[300s]" in query and "offset 300s" in query
+    assert query.startswith("sum by (predicted_revision)") and 'predicted_revision=~"m-2|m-1"' in query
 
 
 def test_estimated_accuracy_reads_the_estimate_counters() -> None:

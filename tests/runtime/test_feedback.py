@@ -19,9 +19,12 @@ KEY = {"SERIN_FEEDBACK_KEY": "test-shared-secret"}
 
 
 def counter(text: str, name: str, revision: str) -> float:
+    """A series' value summed over replicas: feedback counters by the revision that predicted
+    (`predicted_revision`), other series by their own `revision`."""
+    label = "predicted_revision" if name.startswith("serin_feedback_") and "requests" not in name else "revision"
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") and f'revision="{revision}"' in line:
+        if line.startswith(name + "{") and f'{label}="{revision}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 

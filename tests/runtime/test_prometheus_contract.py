@@ -42,9 +42,11 @@ def erroring_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     stop_server(srv)
 
 
-def target(server: Server, namespace: str) -> dict[str, object]:
-    """A file_sd entry labelled as a PodMonitor labels a Pod's target."""
-    return {"targets": [f"127.0.0.1:{server.port}"], "labels": {"namespace": namespace}}
+def target(server: Server, namespace: str, revision: str = "") -> dict[str, object]:
+    """A file_sd entry labelled as a PodMonitor labels a Pod's target (and, with `revision`, as
+    scrape configs that relabel Knative's revision label onto the target do: the local platform's)."""
+    labels = {"namespace": namespace, **({"revision": revision} if revision else {})}
+    return {"targets": [f"127.0.0.1:{server.port}"], "labels": labels}
 
 
 @pytest.fixture
@@ -274,7 +276,10 @@ def test_accuracy_against_stable_is_read_from_feedback_whichever_replica_took_it
             assert reply.status == 200, reply.body
 
     try:
-        prom.targets_file.write_text(json.dumps([target(stable, "perf"), target(canary, "perf")]))
+        # Each target labelled with its Pod's revision: a metric's own `revision` that differed would
+        # be overwritten (renamed exported_revision), so truth must name its revision another way.
+        prom.targets_file.write_text(json.dumps([target(stable, "perf", "acc-predictor-00001"),
+                                                 target(canary, "perf", "acc-predictor-00002")]))
         wait_for(lambda: (scalar(prom, f'count(count_over_time({mn.FEEDBACK_ROWS_TOTAL}{{namespace="perf"}}'
                                        f'[60s]) >= 2)') or 0) >= 2, timeout=30)
         value, why = measured()
