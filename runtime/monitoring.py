@@ -167,6 +167,7 @@ class AccuracyEstimate:
         self.class_index = {c: i for i, c in enumerate(task.classes)}
         self.classes = len(task.classes)
         self.knots = (np.asarray(task.calibration[0]), np.asarray(task.calibration[1])) if task.calibration else None
+        self._columns: dict[Any, int] = {}  # raw label (as the model answers it) -> probability column
         self._correct = Counter(mn.ESTIMATED_CORRECT_TOTAL, "Sum over answered rows of the calibrated probability "
                                 "of the predicted class", mn.LABELS[mn.ESTIMATED_CORRECT_TOTAL],
                                 registry=None).labels(model, revision)
@@ -188,9 +189,22 @@ class AccuracyEstimate:
             confidence = np.interp(confidence, *self.knots)
         return float(confidence.sum()), int(confidence.size)
 
-    def fold(self, answered: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """(labels, probabilities) of answered requests → the counters."""
-        correct, rows = self.expected(answered)
+    def column(self, label: Any) -> int:
+        """The probability column of a raw label (a plain int or str), -1 when it has none."""
+        column = self._columns.get(label)
+        if column is None:
+            column = self._columns[label] = self.class_index.get(class_key(label), -1)
+        return column
+
+    def fold(self, answered: list[tuple[np.ndarray, np.ndarray]], confidences: list[float]) -> None:
+        """Multi-row answers' (labels, probabilities) and one-row answers' probabilities of their
+        predicted class → the counters."""
+        correct, rows = self.expected(answered) if answered else (0.0, 0)
+        if confidences:
+            values = np.asarray(confidences, dtype=np.float64)
+            if self.knots is not None:
+                values = np.interp(values, *self.knots)
+            correct, rows = correct + float(values.sum()), rows + len(confidences)
         if rows:
             self._correct.inc(correct)
             self._rows.inc(rows)
@@ -252,7 +266,10 @@ class Monitor:
         self._remember = drift.window.pending.append if drift is not None else None
         self.estimate = (AccuracyEstimate(model, revision, task, probability_output)
                          if probability_output is not None and self._classifier and task.classes else None)
-        self.answered: list[tuple[np.ndarray, np.ndarray]] = []  # (labels, probabilities), folded at flush
+        # Folded at flush: multi-row answers' (labels, probabilities), and for one-row answers (the
+        # common case, kept cheap: one float) the probability of the predicted class.
+        self.answered: list[tuple[np.ndarray, np.ndarray]] = []
+        self.confidences: list[float] = []
         # Not yet flushed: the request path touches only these.
         self.requests: dict[tuple[str, int, int], int] = {}  # (protocol, code, latency bucket)
         self.seconds = {p: 0.0 for p in self._durations}
@@ -273,14 +290,20 @@ class Monitor:
             return
         self.rows += rows
         values = results.get(self._output)  # type: ignore[arg-type]
-        if self.estimate is not None and values is not None:
-            probabilities = results.get(self.estimate.probability_output)
+        estimate = self.estimate
+        if estimate is not None and values is not None and rows != 1:
+            probabilities = results.get(estimate.probability_output)
             if probabilities is not None:
                 self.answered.append((values, probabilities))
         if values is not None and self._predicts:
             if rows == 1 and self._classifier:
                 label = values.item(0)  # a plain int or str: cheaper to hash than numpy scalars
                 self.classes[label] = self.classes.get(label, 0) + 1
+                if estimate is not None:
+                    probabilities = results.get(estimate.probability_output)
+                    column = estimate.column(label)
+                    if probabilities is not None and column >= 0 and probabilities.size > column:
+                        self.confidences.append(probabilities.item(column))
             else:
                 self.outputs.append(values)
         if self._remember is not None and feeds:
@@ -315,8 +338,9 @@ class Monitor:
         for label, n in classes.items():
             self._class_child(str(label)).inc(n)
         answered, self.answered = self.answered, []
-        if answered and self.estimate is not None:
-            self.estimate.fold(answered)
+        confidences, self.confidences = self.confidences, []
+        if (answered or confidences) and self.estimate is not None:
+            self.estimate.fold(answered, confidences)
         outputs, self.outputs = self.outputs, []
         if outputs:
             values = np.concatenate(outputs, axis=None)  # axis=None: flattened

@@ -78,7 +78,7 @@ def estimate_on(model: OnnxModel, x: np.ndarray) -> float:
     """What the runtime's counters say the accuracy is on these rows (no Prometheus: the fold)."""
     estimate = AccuracyEstimate("m", f"r{id(x)}", model.task, "probabilities")
     results = model.run({"input": x})
-    estimate.fold([(results["label"], results["probabilities"])])
+    estimate.fold([(results["label"], results["probabilities"])], [])
     return float(estimate._correct._value.get() / estimate._rows._value.get())
 
 
@@ -93,6 +93,6 @@ def test_the_estimate_lands_on_the_realised_accuracy_of_unseen_traffic(converted
     raw = Task(model.task.kind, model.task.output, model.task.classes, model.task.cuts, None)
     uncalibrated = AccuracyEstimate("m", "raw", raw, "probabilities")
     out = model.run({"input": x})
-    uncalibrated.fold([(out["label"], out["probabilities"])])
+    uncalibrated.fold([(out["label"], out["probabilities"])], [])
     raw_estimate = uncalibrated._correct._value.get() / uncalibrated._rows._value.get()
     assert raw_estimate > realised + 0.05, (raw_estimate, realised)
