@@ -225,10 +225,11 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
         # Planned from the objects read at the top of this tick: only this operator writes them.
         key = (meta["namespace"], meta["name"])
         try:
-            writes = router.plan(seen, action, spec, owner_reference(model))
+            owner = owner_reference(model)
+            writes = router.plan(seen, action, spec, owner)
             if any(w.kind == "isvc" for w in writes):
                 # Before the predictors that read it: the Secret their feedback key comes from.
-                await deps.kube.ensure_feedback_secret(model, owner_reference(model))
+                await deps.kube.ensure_feedback_secret(model, owner)
             for write in writes:
                 await deps.kube.write(meta["namespace"], write)
         except ApiException as err:

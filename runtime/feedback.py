@@ -96,6 +96,11 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def _quantised(probabilities: list[float]) -> list[int]:
+    """Probabilities as the 16-bit integers an id carries."""
+    return [min(PROBABILITY_SCALE, max(0, round(v * PROBABILITY_SCALE))) for v in probabilities]
+
+
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -163,8 +168,7 @@ class PredictionIds:
         values = p.ravel().tolist()
         if values[column] < max(values):  # columns in another order than the classes
             return labels_part + b"\x00"
-        scaled = [min(PROBABILITY_SCALE, max(0, round(v * PROBABILITY_SCALE))) for v in values]
-        return labels_part + struct.pack(f">B{k}H", k, *scaled)
+        return labels_part + struct.pack(f">B{k}H", k, *_quantised(values))
 
     def _classification(self, rows: int, labels: Any, results: dict[str, Any]) -> bytes | None:
         if getattr(labels, "size", -1) != rows:
@@ -201,8 +205,7 @@ class PredictionIds:
                 values = flat[row * k : (row + 1) * k]
                 if values[index[key]] < max(values):
                     return None
-            scaled = [min(PROBABILITY_SCALE, max(0, round(v * PROBABILITY_SCALE))) for v in flat]
-            return struct.pack(f">{rows * k}H", *scaled)
+            return struct.pack(f">{rows * k}H", *_quantised(flat))
         p = np.asarray(p, dtype=np.float64)
         chosen = p[np.arange(rows), [index[key] for key in keys]]
         if (chosen < p.max(axis=1)).any():
@@ -350,11 +353,6 @@ class SeenStore:
                 return None
             row = self._db.execute("SELECT at FROM seen WHERE tag = ?", (prediction.tag,)).fetchone()
             return float(row[0]) if row else now
-
-    def forget(self, prediction: Prediction) -> None:
-        """Undo `record` (the feedback failed after it): the truth may be sent again."""
-        with self._lock:
-            self._db.execute("DELETE FROM seen WHERE tag = ?", (prediction.tag,))
 
     def close(self) -> None:
         self._db.close()

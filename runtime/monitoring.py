@@ -182,7 +182,7 @@ class AccuracyEstimate:
         if labels.shape[0] != probabilities.shape[0]:
             return 0.0, 0
         values, inverse = np.unique(labels, return_inverse=True)
-        columns = np.asarray([self.class_index.get(class_key(v), -1) for v in values.tolist()])[inverse]
+        columns = np.asarray([self.column(v) for v in values.tolist()])[inverse]
         known = columns >= 0  # a label the profile does not list has no column: not estimated
         confidence = probabilities[np.flatnonzero(known), columns[known]]
         if self.knots is not None:

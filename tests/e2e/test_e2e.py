@@ -64,6 +64,13 @@ def canary_serving(m: dict[str, Any]) -> bool:
 ACCURACY = {"name": "accuracy", "builtin": "accuracy", "min": -0.03}
 
 
+def with_accuracy(rollout: dict[str, Any]) -> dict[str, Any]:
+    """`rollout` also gated on accuracy, with room for the rounds that wait for ground truth."""
+    rollout["analysis"]["metrics"].append(ACCURACY)
+    rollout["analysis"]["inconclusiveLimit"] = 30
+    return rollout
+
+
 def test_good_version_is_promoted_with_no_failed_request(platform: Platform, versions: Versions) -> None:
     rollout = copy.deepcopy(ROLLOUT)
     # A user PromQL metric next to the builtins: the canary's own successful request rate.
@@ -71,8 +78,7 @@ def test_good_version_is_promoted_with_no_failed_request(platform: Platform, ver
         'sum(rate(serin_requests_total{namespace="{{namespace}}",model="{{model}}",revision="{{revision}}",code="200"}[30s]))'})
     # And ground truth for a third of the answers, a second late: as accurate as the stable, so
     # the accuracy interval must close within the tolerance (Inconclusive until it does).
-    rollout["analysis"]["metrics"].append(ACCURACY)
-    rollout["analysis"]["inconclusiveLimit"] = 30
+    with_accuracy(rollout)
     load = start_with_v1(platform, versions, feedback=0.33)
     try:
         apply(platform, versions.v2, rollout)
@@ -98,9 +104,7 @@ def test_good_version_is_promoted_with_no_failed_request(platform: Platform, ver
 def test_less_accurate_version_is_rolled_back_on_accuracy_alone(platform: Platform, versions: Versions) -> None:
     """The canary answers every request, as fast, on the same inputs: only ground truth, sent to the
     feedback endpoint a second after each answer, shows it is wrong more often."""
-    rollout = copy.deepcopy(ROLLOUT)
-    rollout["analysis"]["metrics"].append(ACCURACY)
-    rollout["analysis"]["inconclusiveLimit"] = 30
+    rollout = with_accuracy(copy.deepcopy(ROLLOUT))
     load = start_with_v1(platform, versions, feedback=0.33)
     try:
         apply(platform, versions.less_accurate, rollout)
