@@ -96,3 +96,16 @@ def test_the_estimate_lands_on_the_realised_accuracy_of_unseen_traffic(converted
     uncalibrated.fold([(out["label"], out["probabilities"])], [])
     raw_estimate = uncalibrated._correct._value.get() / uncalibrated._rows._value.get()
     assert raw_estimate > realised + 0.05, (raw_estimate, realised)
+
+
+def test_a_corrupt_calibration_is_a_profile_error_naming_it() -> None:
+    from serin.runtime.profile import ProfileError, parse_profile
+
+    raw = {"version": 1, "rows": 10, "features": [], "prediction": {
+        "kind": "classification", "output": "label", "classes": ["0", "1"],
+        "performance": {"calibration": {"confidence": [0.9, 0.5], "accuracy": [0.8, 0.6]}}}}
+    with pytest.raises(ProfileError, match=r"prediction\.performance\.calibration: confidence must be sorted"):
+        parse_profile(raw)
+    raw["prediction"]["performance"]["calibration"] = {"confidence": [0.5, 0.9], "accuracy": [0.6]}
+    with pytest.raises(ProfileError, match="as long as accuracy"):
+        parse_profile(raw)
