@@ -39,6 +39,23 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _version(obj: dict[str, Any] | None) -> int | None:
+    try:
+        return int(((obj or {}).get("metadata") or {}).get("resourceVersion", ""))
+    except ValueError:
+        return None
+
+
+def _older(candidate: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
+    """Whether `candidate` is an older copy than `current` (etcd's resourceVersions are increasing
+    integers). The copies arrive by three ways that race: watch events, our own status writes'
+    responses, and the GET after a conflict, which may answer from before a change whose event has
+    already arrived. Reconciling an older copy that our status already matches would write
+    nothing, and the change it predates would never be acted on."""
+    a, b = _version(candidate), _version(current)
+    return a is not None and b is not None and a < b
+
+
 @dataclass
 class _Tracked:
     obj: dict[str, Any] | None
@@ -119,6 +136,8 @@ class KServeStandIn:
             if obj is None:
                 return
             tracked = self._tracked[ref] = _Tracked(obj)
+        if obj is not None and _older(obj, tracked.obj):
+            return  # the event of a version we hold a newer copy of (our own write's response)
         tracked.obj = obj
         tracked.wake.set()
         if tracked.worker is None or tracked.worker.done():
@@ -224,12 +243,22 @@ class KServeStandIn:
         try:
             written = await self.api.replace_namespaced_custom_object_status(
                 GROUP, VERSION, ref.namespace, PLURAL, ref.name, body)
-            if tracked.obj is base:  # nothing newer arrived meanwhile: continue from what we wrote
-                tracked.obj = written
+            # One line per status written: with the operator's log, which side waits on which.
+            comp = (body["status"].get("components") or {}).get("predictor") or {}
+            pred = (body.get("spec") or {}).get("predictor") or {}
+            log.info("%s status rv %s for spec rv %s (canaryTrafficPercent %s): created %s, ready %s, "
+                     "rolled out %s, traffic %s", ref, written["metadata"]["resourceVersion"],
+                     base["metadata"].get("resourceVersion"), pred.get("canaryTrafficPercent"),
+                     comp.get("latestCreatedRevision"), comp.get("latestReadyRevision"),
+                     comp.get("latestRolledoutRevision"),
+                     {t.get("revisionName"): t.get("percent") for t in comp.get("traffic") or []})
+            if tracked.obj is not None and not _older(written, tracked.obj):
+                tracked.obj = written  # nothing newer arrived meanwhile: continue from what we wrote
         except ApiException as exc:
             if exc.status == 409:
                 fresh = await self._get(ref)
-                tracked.obj = fresh
+                if fresh is None or not _older(fresh, tracked.obj):
+                    tracked.obj = fresh
                 tracked.wake.set()
             elif exc.status == 404:
                 tracked.obj = None

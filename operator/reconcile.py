@@ -231,6 +231,9 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
                 # Before the predictors that read it: the Secret their feedback key comes from.
                 await deps.kube.ensure_feedback_secret(model, owner)
             for write in writes:
+                # One line per serving write (a rollout makes a few): what the serving layer was told.
+                log.info("%s/%s %s %s %s: %s", *key, write.op.value, write.kind, write.name,
+                         json.dumps(write.body, separators=(",", ":"))[:240] if write.body else "")
                 await deps.kube.write(meta["namespace"], write)
         except ApiException as err:
             if err.status not in (400, 403, 422):

@@ -188,13 +188,22 @@ class Cluster:
         """What a person needs to tell which side is stuck: the Model's status, the
         InferenceService as the apiserver holds it (spec and KServe-shaped status), the timeline
         this test saw, the operator's log and the stand-in's."""
-        status = json.dumps(model.get("status"), indent=1)[:3000]
+        # The InferenceService and the timeline first, one line each: a log cut short (CI keeps a
+        # part) still shows which side is stuck.
         isvc = self.isvc() or {}
+        pred = (isvc.get("spec") or {}).get("predictor") or {}
         served = {"resourceVersion": (isvc.get("metadata") or {}).get("resourceVersion"),
-                  "predictor": (isvc.get("spec") or {}).get("predictor"),
-                  "status": {k: v for k, v in (isvc.get("status") or {}).items() if k != "serinStandin"}}
-        text = (f"status: {status}\ninferenceservice: {json.dumps(served, indent=1)[:4000]}\n"
-                f"timeline: {self.timeline[-12:]}\noperator log:\n{self.operator.tail()}")
+                  "canaryTrafficPercent": pred.get("canaryTrafficPercent"),
+                  "storageUri": (pred.get("model") or {}).get("storageUri"),
+                  "predictor status": ((isvc.get("status") or {}).get("components") or {}).get("predictor"),
+                  "conditions": [(c.get("type"), c.get("status"), c.get("reason"))
+                                 for c in (isvc.get("status") or {}).get("conditions") or []]}
+        model_status = dict(model.get("status") or {})
+        brief = {k: model_status.pop(k) for k in ("phase", "message", "canary", "waiting", "serving")
+                 if k in model_status}
+        text = (f"inferenceservice: {json.dumps(served)}\ntimeline: {self.timeline[-12:]}\n"
+                f"status: {json.dumps(brief)}\nrest of status: {json.dumps(model_status)[:3000]}\n"
+                f"operator log:\n{self.operator.tail()}")
         if self.standin_log is not None and self.standin_log.exists():
             lines = self.standin_log.read_text(errors="replace").splitlines()[-40:]
             text += "\nKServe stand-in log:\n" + "\n".join(lines)
