@@ -16,6 +16,7 @@ feedback), so accuracy per revision is `rate(correct) / rate(rows)` whichever po
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import itertools
@@ -53,7 +54,7 @@ DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
 _MAC_BYTES = 16
 _KIND_CLASSIFICATION, _KIND_REGRESSION = 0, 1
 _LABELS_INDEXED, _LABELS_RAW = 0, 1
-_HEAD = struct.Struct(">BI12sB")  # version, issued at (unix s), nonce, kind
+_HEAD = struct.Struct(">BI8sIB")  # version, issued at (unix s), nonce (8 random bytes, counter), kind
 
 
 class FeedbackError(RequestError):
@@ -92,8 +93,11 @@ def key_from(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
 def _quantised(probabilities: list[float]) -> list[int]:
@@ -121,7 +125,16 @@ class PredictionIds:
         self._prefix = os.urandom(8)
         self._counter = itertools.count(1)
         self._revision_field = bytes((len(self.revision),)) + self.revision
-        self._mac_prefix = self.model + b"\0"
+        # The key and the model name go through the hash once; each id copies that state.
+        self._sealer = hashlib.blake2b(key=key, digest_size=_MAC_BYTES)
+        self._sealer.update(self.model + b"\0")
+        # One-row answers, the common case: the bytes after the row count, up to the probabilities,
+        # per class column, and the column of each raw label seen (a few, bounded below).
+        k = len(self.classes)
+        self._one_row_heads = [struct.pack(">BHB", _LABELS_INDEXED, c, k) for c in range(k)]
+        self._one_row_bare = [struct.pack(">BHB", _LABELS_INDEXED, c, 0) for c in range(k)]
+        self._probabilities_format = struct.Struct(f">{k}H")
+        self._columns: dict[Any, int | None] = {}
 
     @property
     def enabled(self) -> bool:
@@ -133,8 +146,6 @@ class PredictionIds:
         predicted = results.get(self.task.output)  # type: ignore[arg-type]
         if predicted is None or rows <= 0 or rows > 0xFFFF:
             return None
-        nonce = self._prefix + struct.pack(">I", next(self._counter) & 0xFFFFFFFF)
-        issued = int(time.time() if now is None else now)
         if self.task.kind == "classification":
             body = self._one_row(predicted, results) if rows == 1 else None
             if body is None:
@@ -147,8 +158,9 @@ class PredictionIds:
             body, kind = values.tobytes(), _KIND_REGRESSION
         if body is None:
             return None
-        payload = b"".join((_HEAD.pack(TOKEN_VERSION, issued, nonce, kind), self._revision_field,
-                            struct.pack(">H", rows), body))
+        issued = int(time.time() if now is None else now)
+        head = _HEAD.pack(TOKEN_VERSION, issued, self._prefix, next(self._counter) & 0xFFFFFFFF, kind)
+        payload = b"".join((head, self._revision_field, struct.pack(">H", rows), body))
         if len(payload) > MAX_PAYLOAD_BYTES:
             return None
         return _b64(payload + self._mac(payload))
@@ -157,18 +169,31 @@ class PredictionIds:
         """The body of a one-row answer, the common case, without numpy; None: take the general path."""
         if getattr(labels, "size", -1) != 1:
             return None
-        column = self.class_index.get(class_key(labels.item(0)))
+        label = labels.item(0)
+        try:
+            column = self._columns[label]
+        except KeyError:
+            column = self.class_index.get(class_key(label))
+            if len(self._columns) < 4 * len(self.classes) + 16:  # a model answering junk labels
+                self._columns[label] = column
+        except TypeError:  # not hashable
+            return None
         if column is None:
             return None
-        labels_part = struct.pack(">BH", _LABELS_INDEXED, column)
         p = results.get(self.probability_output) if self.probability_output is not None else None
         k = len(self.classes)
         if p is None or getattr(p, "shape", None) != (1, k):
-            return labels_part + b"\x00"
+            return self._one_row_bare[column]
         values = p.ravel().tolist()
         if values[column] < max(values):  # columns in another order than the classes
-            return labels_part + b"\x00"
-        return labels_part + struct.pack(f">B{k}H", k, *_quantised(values))
+            return self._one_row_bare[column]
+        try:  # a probability is in [0, 1]: no clipping needed, unless the model says otherwise
+            quantised = self._probabilities_format.pack(*[int(v * PROBABILITY_SCALE + 0.5) for v in values])
+        except (struct.error, ValueError, OverflowError):  # out of range (clipped), or NaN (left out)
+            if any(math.isnan(v) for v in values):
+                return self._one_row_bare[column]
+            quantised = self._probabilities_format.pack(*_quantised(values))
+        return self._one_row_heads[column] + quantised
 
     def _classification(self, rows: int, labels: Any, results: dict[str, Any]) -> bytes | None:
         if getattr(labels, "size", -1) != rows:
@@ -201,6 +226,8 @@ class PredictionIds:
         index = self.class_index
         if rows * k <= SMALL_ANSWER:  # plain Python beats numpy's per-call overhead on a few values
             flat = p.ravel().tolist()
+            if any(math.isnan(v) for v in flat):  # no probability to score a row by
+                return None
             for row, key in enumerate(keys):
                 values = flat[row * k : (row + 1) * k]
                 if values[index[key]] < max(values):
@@ -208,13 +235,16 @@ class PredictionIds:
             return struct.pack(f">{rows * k}H", *_quantised(flat))
         p = np.asarray(p, dtype=np.float64)
         chosen = p[np.arange(rows), [index[key] for key in keys]]
-        if (chosen < p.max(axis=1)).any():
+        if np.isnan(p).any() or (chosen < p.max(axis=1)).any():
             return None
         return np.rint(np.clip(p, 0.0, 1.0) * PROBABILITY_SCALE).astype(">u2").tobytes()
 
     def _mac(self, payload: bytes) -> bytes:
         # Keyed BLAKE2b: a MAC by design (no HMAC construction needed), and the fastest in hashlib.
-        return hashlib.blake2b(self._mac_prefix + payload, key=self.key, digest_size=_MAC_BYTES).digest()
+        # Over the model's name and the payload; the keyed state is built once (__init__).
+        sealer = self._sealer.copy()
+        sealer.update(payload)
+        return sealer.digest()
 
     # --- verifying: the feedback path -----------------------------------------------------------
     def verify(self, token: Any, now: float, max_age: float) -> Prediction:
@@ -229,7 +259,7 @@ class PredictionIds:
             raise FeedbackError(f"unknown prediction id {token[:40]!r}: not an id this model issued "
                                 "(it has no valid signature)", 404)
         payload, tag = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        version, issued, _nonce, kind = _HEAD.unpack_from(payload)
+        version, issued, _process, _count, kind = _HEAD.unpack_from(payload)
         if version != TOKEN_VERSION:
             raise FeedbackError(f"prediction id version {version} is not understood here", 404)
         age = now - issued

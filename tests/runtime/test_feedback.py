@@ -227,6 +227,34 @@ def test_probabilities_that_disagree_with_the_labels_are_left_out() -> None:
     scores = fb.score(pred, TASK.classes, [0])
     assert scores.correct == 1 and scores.scored_rows == 0
 
+def test_a_one_row_answer_reads_back_as_the_general_path_writes_it() -> None:
+    """One-row answers take their own path (the common case, kept cheap): what it seals reads
+    back the same as a two-row answer's row, including probabilities a model rounds past 1 or
+    makes NaN (clipped to the 16-bit range), labels as ints or strings, unknown labels (kept raw)."""
+    many = ids()
+    for label, p in [(np.array([2]), [[0.05, 0.15, 0.8]]), (np.array(["1"]), [[0.2, 0.5, 0.3]]),
+                     (np.array([0]), [[1.0000002, 0.0, -1e-9]]), (np.array([1]), [[np.nan, 0.9, 0.1]])]:
+        probabilities = np.array(p, dtype=np.float32)
+        one = many.verify(many.issue(1, {"label": label, "probabilities": probabilities}), time.time(), 60)
+        two = many.verify(many.issue(2, {"label": np.repeat(label, 2), "probabilities": np.repeat(probabilities, 2, axis=0)}),
+                          time.time(), 60)
+        assert one.labels == two.labels[:1]
+        if two.probabilities is None:
+            assert one.probabilities is None
+        else:
+            assert one.probabilities is not None and np.allclose(one.probabilities, two.probabilities[:1], atol=2e-5)
+    rows = fb.SMALL_ANSWER  # past the plain-Python path: numpy's
+    p = np.tile([0.1, 0.2, 0.7], (rows, 1))
+    p[3, 0] = np.nan
+    big = many.verify(many.issue(rows, {"label": np.full(rows, 2), "probabilities": p}), time.time(), 60)
+    assert big.labels == ("2",) * rows and big.probabilities is None  # a NaN is not a probability to score
+    junk = many.verify(many.issue(1, {"label": np.array([7])}), time.time(), 60)
+    assert junk.labels == ("7",)  # not a class of the profile: the label itself travels
+    for label in range(1000):  # a model answering ever new labels does not grow the lookup
+        many.issue(1, {"label": np.array([label + 10])})
+    assert len(many._columns) <= 4 * len(TASK.classes) + 16
+    assert len({many.issue(1, {"label": np.array([0])}) for _ in range(100)}) == 100  # every id its own
+
 
 def test_an_answer_too_large_for_an_id_gets_none() -> None:
     n = fb.MAX_PAYLOAD_BYTES  # more rows than the payload can hold
