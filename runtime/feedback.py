@@ -102,7 +102,7 @@ def _b64(raw: bytes) -> str:
 
 def _quantised(probabilities: list[float]) -> list[int]:
     """Probabilities as the 16-bit integers an id carries."""
-    return [min(PROBABILITY_SCALE, max(0, round(v * PROBABILITY_SCALE))) for v in probabilities]
+    return [round(min(1.0, max(0.0, v)) * PROBABILITY_SCALE) for v in probabilities]  # inf is clipped too
 
 
 def _unb64(text: str) -> bytes:

@@ -229,11 +229,13 @@ def test_probabilities_that_disagree_with_the_labels_are_left_out() -> None:
 
 def test_a_one_row_answer_reads_back_as_the_general_path_writes_it() -> None:
     """One-row answers take their own path (the common case, kept cheap): what it seals reads
-    back the same as a two-row answer's row, including probabilities a model rounds past 1 or
-    makes NaN (clipped to the 16-bit range), labels as ints or strings, unknown labels (kept raw)."""
+    back the same as a two-row answer's row, including probabilities a model rounds past 1 or makes
+    infinite (clipped to the 16-bit range) or NaN (left out), labels as ints or strings, unknown
+    labels (kept raw)."""
     many = ids()
     for label, p in [(np.array([2]), [[0.05, 0.15, 0.8]]), (np.array(["1"]), [[0.2, 0.5, 0.3]]),
-                     (np.array([0]), [[1.0000002, 0.0, -1e-9]]), (np.array([1]), [[np.nan, 0.9, 0.1]])]:
+                     (np.array([0]), [[1.0000002, 0.0, -1e-9]]), (np.array([1]), [[np.nan, 0.9, 0.1]]),
+                     (np.array([0]), [[np.inf, 0.0, -np.inf]])]:
         probabilities = np.array(p, dtype=np.float32)
         one = many.verify(many.issue(1, {"label": label, "probabilities": probabilities}), time.time(), 60)
         two = many.verify(many.issue(2, {"label": np.repeat(label, 2), "probabilities": np.repeat(probabilities, 2, axis=0)}),
