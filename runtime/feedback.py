@@ -129,12 +129,12 @@ class PredictionIds:
         self._sealer = hashlib.blake2b(key=key, digest_size=_MAC_BYTES)
         self._sealer.update(self.model + b"\0")
         # One-row answers, the common case: the bytes after the row count, up to the probabilities,
-        # per class column, and the column of each raw label seen (a few, bounded below).
+        # per class column, and the column of each raw label.
         k = len(self.classes)
         self._one_row_heads = [struct.pack(">BHB", _LABELS_INDEXED, c, k) for c in range(k)]
         self._one_row_bare = [struct.pack(">BHB", _LABELS_INDEXED, c, 0) for c in range(k)]
         self._probabilities_format = struct.Struct(f">{k}H")
-        self._columns: dict[Any, int | None] = {}
+        self._column = ClassColumns(self.classes)
 
     @property
     def enabled(self) -> bool:
@@ -169,16 +169,8 @@ class PredictionIds:
         """The body of a one-row answer, the common case, without numpy; None: take the general path."""
         if getattr(labels, "size", -1) != 1:
             return None
-        label = labels.item(0)
-        try:
-            column = self._columns[label]
-        except KeyError:
-            column = self.class_index.get(class_key(label))
-            if len(self._columns) < 4 * len(self.classes) + 16:  # a model answering junk labels
-                self._columns[label] = column
-        except TypeError:  # not hashable
-            return None
-        if column is None:
+        column = self._column(labels.item(0))
+        if column < 0:
             return None
         p = results.get(self.probability_output) if self.probability_output is not None else None
         k = len(self.classes)
@@ -306,6 +298,31 @@ def class_key(label: Any) -> str:
     if isinstance(label, bytes):
         return label.decode()
     return str(label)
+
+
+class ClassColumns:
+    """The column of a raw label as a model answers it (a plain int or str) among the profile's
+    classes, -1 when it has none; cached per raw label for the request path, bounded so that a
+    model answering ever new labels does not grow it."""
+
+    def __init__(self, classes: tuple[str, ...]) -> None:
+        self.index = {c: i for i, c in enumerate(classes)}
+        self.limit = 4 * len(classes) + 16
+        self._seen: dict[Any, int] = {}
+
+    def __call__(self, label: Any) -> int:
+        try:
+            return self._seen[label]
+        except KeyError:
+            column = self.index.get(class_key(label), -1)
+            if len(self._seen) < self.limit:
+                self._seen[label] = column
+            return column
+        except TypeError:  # not hashable: not a label of any profile
+            return -1
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 def score(prediction: Prediction, classes: tuple[str, ...], truth: Any) -> Scores:

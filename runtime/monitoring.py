@@ -33,7 +33,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from serin.runtime import metric_names as mn
 from serin.runtime.drift import Drift
-from serin.runtime.feedback import class_key
+from serin.runtime.feedback import ClassColumns
 from serin.runtime.model import Task
 
 log = logging.getLogger("serin.runtime.monitoring")
@@ -164,10 +164,9 @@ class AccuracyEstimate:
     def __init__(self, model: str, revision: str, task: Task, probability_output: str) -> None:
         self.output = task.output
         self.probability_output = probability_output
-        self.class_index = {c: i for i, c in enumerate(task.classes)}
         self.classes = len(task.classes)
         self.knots = (np.asarray(task.calibration[0]), np.asarray(task.calibration[1])) if task.calibration else None
-        self._columns: dict[Any, int] = {}  # raw label (as the model answers it) -> probability column
+        self.column = ClassColumns(task.classes)  # raw label (as the model answers it) -> probability column
         self._correct = Counter(mn.ESTIMATED_CORRECT_TOTAL, "Sum over answered rows of the calibrated probability "
                                 "of the predicted class", mn.LABELS[mn.ESTIMATED_CORRECT_TOTAL],
                                 registry=None).labels(model, revision)
@@ -188,13 +187,6 @@ class AccuracyEstimate:
         if self.knots is not None:
             confidence = np.interp(confidence, *self.knots)
         return float(confidence.sum()), int(confidence.size)
-
-    def column(self, label: Any) -> int:
-        """The probability column of a raw label (a plain int or str), -1 when it has none."""
-        column = self._columns.get(label)
-        if column is None:
-            column = self._columns[label] = self.class_index.get(class_key(label), -1)
-        return column
 
     def fold(self, answered: list[tuple[np.ndarray, np.ndarray]], confidences: list[float]) -> None:
         """Multi-row answers' (labels, probabilities) and one-row answers' probabilities of their

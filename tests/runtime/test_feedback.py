@@ -254,7 +254,7 @@ def test_a_one_row_answer_reads_back_as_the_general_path_writes_it() -> None:
     assert junk.labels == ("7",)  # not a class of the profile: the label itself travels
     for label in range(1000):  # a model answering ever new labels does not grow the lookup
         many.issue(1, {"label": np.array([label + 10])})
-    assert len(many._columns) <= 4 * len(TASK.classes) + 16
+    assert len(many._column) <= 4 * len(TASK.classes) + 16
     assert len({many.issue(1, {"label": np.array([0])}) for _ in range(100)}) == 100  # every id its own
 
 
