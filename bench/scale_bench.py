@@ -19,7 +19,9 @@ One operator process watches both. Printed, in order:
              last answer it gives. One rollout at a time first (--solo-runs of them, their
              median is the baseline, their shifts placed evenly between two analysis rounds as
              the R canaries' fall by their start times), then R at once, side by side; each
-             group prints its wait from the shift to the next round, to show the mix is alike.
+             group prints its wait from the shift to the next round, to show the mix is alike,
+             and the median of each stage of a detection (first failed answer → start of the
+             deciding round → decision persisted → InferenceService write → last canary answer)
 
     bash hack/venv.sh && ~/.cache/serin/venv-py311/bin/python bench/scale_bench.py --models 1000 --rollouts 50
 
@@ -32,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
+import json
 import os
 import shutil
 import signal
@@ -88,8 +92,10 @@ def apply_all(cp: ControlPlane, docs: list[dict[str, Any]], batch: int = 100) ->
 
 
 def statuses(cp: ControlPlane, namespace: str) -> dict[str, dict[str, Any]]:
-    out = cp.kubectl("get", "models", "-n", namespace, "-o", "yaml")
-    return {m["metadata"]["name"]: m.get("status") or {} for m in (yaml.safe_load(out.stdout) or {}).get("items", [])}
+    # JSON, not YAML: PyYAML's pure-Python parser takes ~0.9 s of CPU for 50 Models' statuses, and
+    # at a poll a second the bench took a core of the 2 from the rollouts it measures.
+    out = cp.kubectl("get", "models", "-n", namespace, "-o", "json")
+    return {m["metadata"]["name"]: m.get("status") or {} for m in (json.loads(out.stdout) or {}).get("items", [])}
 
 
 def phases(cp: ControlPlane, namespace: str) -> list[str]:
@@ -249,10 +255,57 @@ def finished(s: dict[str, Any]) -> bool:
 class Detections:
     seconds: list[float | None]  # detection → 0 % per canary (None: never rolled back)
     waits: list[float]  # per canary: from the shift to its next analysis round (as scheduled)
+    stages: list[dict[str, float]] = field(default_factory=list)  # per canary: stage → seconds
+
+
+# Where a detection's time goes, from the wall-clock times of its steps: the canary's first failed
+# answer and last answer (the load's clock), the start of the analysis round that decided
+# (status.analysis[].at, the tick's own clock), the decision persisted (operator.log: Events are
+# logged once the status is written) and its InferenceService write (logged just before it is
+# sent). Consecutive steps, so the stages add up. Beside them, how late that round started after
+# it was due (the previous round's start + interval): the operator's wake-up, not its work.
+STEPS = ("first failed", "round start", "decided", "isvc write", "last canary answer")
+
+
+def log_times(path: Path, marker: str, since: float) -> list[float]:
+    """Wall-clock times of the log lines containing `marker`, at or after `since` (the operator's
+    and the stand-in's lines start with Python logging's local `asctime`)."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if marker in line:
+            with suppress(ValueError):
+                t = dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                if t >= since:
+                    out.append(t)
+    return out
+
+
+def stages(operator_log: Path, status: dict[str, Any], first_failed: float, last_answer: float,
+           ref: str) -> dict[str, float]:
+    decided = log_times(operator_log, f"{ref} RollbackStarted:", first_failed - 1.0)[:1]
+    written = log_times(operator_log, f"{ref} patch isvc ", decided[0] - 0.001)[:1] if decided else []
+    rounds = sorted({dt.datetime.fromisoformat(m["at"]).timestamp() for m in status.get("analysis") or []
+                     if m.get("generation") == 2 and not m.get("dryRun")})
+    rounds = [r for r in rounds if not decided or r <= decided[0]]
+    if not written or len(rounds) < 2:
+        return {}
+    times = dict(zip(STEPS, (first_failed, rounds[-1], decided[0], written[0], last_answer), strict=True))
+    out = {f"{a} → {b}": times[b] - times[a] for a, b in itertools.pairwise(STEPS)}
+    out["(round started late by)"] = rounds[-1] - rounds[-2] - INTERVAL
+    return out
+
+
+def print_stages(detections: Detections) -> None:
+    if not detections.stages:
+        return
+    print("  stages, median (min-max) over the rolled back: " + "; ".join(
+        f"{stage} {statistics.median(v):.2f}s ({min(v):.2f}-{max(v):.2f})"
+        for stage in detections.stages[0]
+        if (v := [s[stage] for s in detections.stages if stage in s])), flush=True)
 
 
 def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
-             bad: demo_models.VersionFiles, phase: float | None = None) -> Detections:
+             bad: demo_models.VersionFiles, operator_log: Path, phase: float | None = None) -> Detections:
     """`names` served from v1, under load, their bad version held at step 1, then all made to fail
     at one instant: detection → 0 % for each. Detection depends on where the shift falls between
     two analysis rounds (a round right after it sees too few failures for the hard path and the
@@ -263,7 +316,7 @@ def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
     with ExitStack() as stack:
         running = []
         for n in names:
-            isvc = yaml.safe_load(cp.kubectl("get", "inferenceservice", n, "-n", CANARIES, "-o", "yaml").stdout)
+            isvc = json.loads(cp.kubectl("get", "inferenceservice", n, "-n", CANARIES, "-o", "json").stdout)
             gen = LoadGenerator(isvc["status"]["url"], n, rate=RATE, rows=ROWS, max_seconds=1800).start()
             stack.callback(gen.stop)
             running.append(Canary(n, gen))
@@ -284,6 +337,7 @@ def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
         end = wait_all(cp, names, finished, 600, "rolled back")
         time.sleep(3)
     out: list[float | None] = []
+    steps: list[dict[str, float]] = []
     for c in running:
         revision = f"{c.name}-predictor-00002"
         answers = [a for a in list(c.load.answers) if a.t >= c.shifted_at]
@@ -291,9 +345,13 @@ def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
         served = [a.t for a in answers if a.revision == revision]
         rolled_back = end[c.name].get("phase") == "RolledBack"
         out.append(max(served) - min(failed) if rolled_back and failed and served else None)
+        if out[-1] is not None:
+            wall = shifted - c.shifted_at  # the load's clock → wall clock
+            steps.append(stages(operator_log, end[c.name], min(failed) + wall, max(served) + wall,
+                                f"{CANARIES}/{c.name}"))
     for n in names:  # back to nothing, for the next measurement
         cp.kubectl("delete", "model", n, "-n", CANARIES, "--wait=false")
-    return Detections(out, waits)
+    return Detections(out, waits, [x for x in steps if x])
 
 
 def last_rounds(cp: ControlPlane, names: list[str]) -> dict[str, float]:
@@ -328,13 +386,18 @@ def main() -> int:
     ap.add_argument("--idle-seconds", type=float, default=60)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, etcd) for a look")
     ap.add_argument("--solo-runs", type=int, default=5, help="single rollouts measured one after another")
+    ap.add_argument("--data-plane-nice", type=int, default=0,
+                    help="niceness of the canaries' data plane (the stand-in's router and runtime processes): "
+                         "in a cluster they run on other nodes than the operator and the apiserver; here they "
+                         "share 2 cores, and a positive value gives the control plane the first claim on them")
     args = ap.parse_args()
     # SIGTERM (a timeout, a kill) unwinds like Ctrl-C: the ExitStack below stops the apiserver,
     # etcd, Prometheus and the operator, which run in sessions of their own and would outlive us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="serin-scale-"))
     print(f"scale benchmark: {args.models} Models, {args.rollouts} rollouts at once, {args.limit} conversions "
-          f"at once, on {os.cpu_count()} cores; work in {root}", flush=True)
+          f"at once, on {os.cpu_count()} cores, the canaries' data plane at nice {args.data_plane_nice}; "
+          f"work in {root}", flush=True)
     fleet_files = demo_models.sklearn_version(root / "fleet-v1", seed=1)
     v1 = demo_models.sklearn_version(root / "v1", seed=2)
     bad = demo_models.erroring_version(root / "bad", limit=LIMIT)
@@ -363,6 +426,8 @@ def main() -> int:
         assert op.proc is not None
         time.sleep(5)
         rss_before = psutil.Process(op.proc.pid).memory_info().rss
+        # Inherited by every runtime process the stand-in starts from now on.
+        psutil.Process(canary_standin.pid).nice(args.data_plane_nice)
         platform_pids = [op.proc.pid, fleet_standin.pid, canary_standin.pid, *cp.pids().values(),
                          *([prom.pid] if prom.pid else [])]
         print(f"platform up in {time.monotonic() - t0:.0f}s; operator RSS with no Model {mb(rss_before)}", flush=True)
@@ -374,16 +439,18 @@ def main() -> int:
         # between two analysis rounds, so the baseline is a median too.
         # The baseline's shifts are spread evenly over the interval, as the many canaries' are by
         # their different start times: both medians then weigh the same mix of waits for a round.
-        solo = [canaries(cp, [f"solo{i}"], v1, bad, phase=(i + 0.5) / args.solo_runs * INTERVAL)
+        solo = [canaries(cp, [f"solo{i}"], v1, bad, op.log, phase=(i + 0.5) / args.solo_runs * INTERVAL)
                 for i in range(args.solo_runs)]
         alone = [d for r in solo for d in r.seconds if d is not None]
         print(f"rollouts: 1 at a time, {args.solo_runs} times: {len(alone)} rolled back, "
               f"detection → 0 % {spread(alone)}; wait for the next round {spread([w for r in solo for w in r.waits])}",
               flush=True)
-        many = canaries(cp, [f"c{i:02d}" for i in range(args.rollouts)], v1, bad)
+        print_stages(Detections([], [], [x for r in solo for x in r.stages]))
+        many = canaries(cp, [f"c{i:02d}" for i in range(args.rollouts)], v1, bad, op.log)
         found = [d for d in many.seconds if d is not None]
         print(f"rollouts: {args.rollouts} at once: {len(found)} rolled back, detection → 0 % {spread(found)}; "
               f"wait for the next round {spread(many.waits)}", flush=True)
+        print_stages(many)
         if alone and found:
             print(f"  ratio, median of {args.rollouts} at once / median of one at a time: "
                   f"{statistics.median(found) / statistics.median(alone):.2f}")
