@@ -268,11 +268,11 @@ class Detections:
 STEPS = ("first failed", "round start", "decided", "isvc write", "last canary answer")
 
 
-def log_times(path: Path, marker: str, since: float) -> list[float]:
-    """Wall-clock times of the log lines containing `marker`, at or after `since` (the operator's
-    and the stand-in's lines start with Python logging's local `asctime`)."""
+def log_times(lines: list[str], marker: str, since: float) -> list[float]:
+    """Wall-clock times of the operator's log lines containing `marker`, at or after `since` (its
+    lines start with Python logging's local `asctime`)."""
     out = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in lines:
         if marker in line:
             with suppress(ValueError):
                 t = dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
@@ -281,10 +281,10 @@ def log_times(path: Path, marker: str, since: float) -> list[float]:
     return out
 
 
-def stages(operator_log: Path, status: dict[str, Any], first_failed: float, last_answer: float,
+def stages(log_lines: list[str], status: dict[str, Any], first_failed: float, last_answer: float,
            ref: str) -> dict[str, float]:
-    decided = log_times(operator_log, f"{ref} RollbackStarted:", first_failed - 1.0)[:1]
-    written = log_times(operator_log, f"{ref} patch isvc ", decided[0] - 0.001)[:1] if decided else []
+    decided = log_times(log_lines, f"{ref} RollbackStarted:", first_failed - 1.0)[:1]
+    written = log_times(log_lines, f"{ref} patch isvc ", decided[0] - 0.001)[:1] if decided else []
     rounds = sorted({dt.datetime.fromisoformat(m["at"]).timestamp() for m in status.get("analysis") or []
                      if m.get("generation") == 2 and not m.get("dryRun")})
     rounds = [r for r in rounds if not decided or r <= decided[0]]
@@ -296,13 +296,13 @@ def stages(operator_log: Path, status: dict[str, Any], first_failed: float, last
     return out
 
 
-def print_stages(detections: Detections) -> None:
-    if not detections.stages:
+def print_stages(per_canary: list[dict[str, float]]) -> None:
+    if not per_canary:
         return
     print("  stages, median (min-max) over the rolled back: " + "; ".join(
         f"{stage} {statistics.median(v):.2f}s ({min(v):.2f}-{max(v):.2f})"
-        for stage in detections.stages[0]
-        if (v := [s[stage] for s in detections.stages if stage in s])), flush=True)
+        for stage in per_canary[0]
+        if (v := [s[stage] for s in per_canary if stage in s])), flush=True)
 
 
 def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
@@ -339,6 +339,7 @@ def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
         time.sleep(3)
     out: list[float | None] = []
     steps: list[dict[str, float]] = []
+    log_lines = operator_log.read_text(errors="replace").splitlines()  # once for the group
     for c in running:
         revision = f"{c.name}-predictor-00002"
         answers = [a for a in list(c.load.answers) if a.t >= c.shifted_at]
@@ -348,7 +349,7 @@ def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
         out.append(max(served) - min(failed) if rolled_back and failed and served else None)
         if out[-1] is not None:
             wall = shifted - c.shifted_at  # the load's clock → wall clock
-            steps.append(stages(operator_log, end[c.name], min(failed) + wall, max(served) + wall,
+            steps.append(stages(log_lines, end[c.name], min(failed) + wall, max(served) + wall,
                                 f"{CANARIES}/{c.name}"))
     for n in names:  # back to nothing, for the next measurement
         cp.kubectl("delete", "model", n, "-n", CANARIES, "--wait=false")
@@ -446,12 +447,12 @@ def main() -> int:
         print(f"rollouts: 1 at a time, {args.solo_runs} times: {len(alone)} rolled back, "
               f"detection → 0 % {spread(alone)}; wait for the next round {spread([w for r in solo for w in r.waits])}",
               flush=True)
-        print_stages(Detections([], [], [x for r in solo for x in r.stages]))
+        print_stages([x for r in solo for x in r.stages])
         many = canaries(cp, [f"c{i:02d}" for i in range(args.rollouts)], v1, bad, op.log)
         found = [d for d in many.seconds if d is not None]
         print(f"rollouts: {args.rollouts} at once: {len(found)} rolled back, detection → 0 % {spread(found)}; "
               f"wait for the next round {spread(many.waits)}", flush=True)
-        print_stages(many)
+        print_stages(many.stages)
         if alone and found:
             print(f"  ratio, median of {args.rollouts} at once / median of one at a time: "
                   f"{statistics.median(found) / statistics.median(alone):.2f}")

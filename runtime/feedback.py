@@ -119,7 +119,6 @@ class PredictionIds:
         self.revision = revision.encode()[:255]
         self.task = task
         self.classes = task.classes
-        self.class_index = {c: i for i, c in enumerate(task.classes)}
         self.probability_output = probability_output if len(self.classes) <= MAX_PROBABILITY_CLASSES else None
         # Unique without a urandom call per id: a random prefix per process, then a counter.
         self._prefix = os.urandom(8)
@@ -135,6 +134,7 @@ class PredictionIds:
         self._one_row_bare = [struct.pack(">BHB", _LABELS_INDEXED, c, 0) for c in range(k)]
         self._probabilities_format = struct.Struct(f">{k}H")
         self._column = ClassColumns(self.classes)
+        self.class_index = self._column.index  # class (as the profile writes it) -> column
 
     @property
     def enabled(self) -> bool:
