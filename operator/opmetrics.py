@@ -17,6 +17,16 @@ CONVERSIONS = Counter("serin_conversions", "Finished conversions by outcome", ["
 CONVERSION_SECONDS = Histogram("serin_conversion_seconds", "Time from conversion start to its result",
                                ["namespace", "model"], buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800))
 RECONCILE_ERRORS = Counter("serin_reconcile_errors", "Reconcile ticks that failed", ["namespace", "model"])
+# Where an analysis round's time goes, across all Models (no per-Model series: what matters is the
+# operator's load): many rollouts at once show up as waits for a query slot, a slow Prometheus as
+# long queries, a busy apiserver as a slow status write.
+_ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+PROMETHEUS_QUERY_SECONDS = Histogram(
+    "serin_prometheus_query_seconds", "Analysis queries: the wait for one of the operator's query slots "
+    "(phase=wait), then the query itself (phase=query)", ["phase"], buckets=_ROUND_BUCKETS)
+ANALYSIS_ROUND_SECONDS = Histogram(
+    "serin_analysis_round_seconds", "Analysis rounds: measuring every metric (stage=measure), then "
+    "judging and writing the Model's status (stage=persist)", ["stage"], buckets=_ROUND_BUCKETS)
 
 
 

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import aiohttp
 from serin.operator.observations import MeasuredValue
+from serin.operator.opmetrics import PROMETHEUS_QUERY_SECONDS
 
 
 class MetricProvider(Protocol):
@@ -60,7 +61,8 @@ class Prometheus:
     async def _query(self, query: str) -> object:
         """The response body, or why there is none (a string)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        start = loop.time()
+        deadline = start + self.timeout
         self.waiting += 1
         try:
             async with asyncio.timeout(self.timeout):
@@ -70,6 +72,8 @@ class Prometheus:
                     f"({self.concurrency} in flight, {self.waiting - 1} more waiting)")
         finally:
             self.waiting -= 1
+            PROMETHEUS_QUERY_SECONDS.labels("wait").observe(loop.time() - start)
+        started = loop.time()
         try:
             async with asyncio.timeout(max(0.1, deadline - loop.time())), \
                     self._client().get(f"{self.url}/api/v1/query", params={"query": query}) as resp:
@@ -78,6 +82,7 @@ class Prometheus:
             return f"prometheus unreachable: {type(err).__name__}: {err}"[:300]
         finally:
             self.slots.release()
+            PROMETHEUS_QUERY_SECONDS.labels("query").observe(loop.time() - started)
 
 
 def _failure(body: object) -> str:

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -170,7 +171,12 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
         p = status.pending
         conversion = await deps.executor.poll(
             conversion_request(model, spec, p.generation, p.versionKey, p.attempt, p.startedAt))
-    measurements = await measure(deps, model, spec, status, now) if analysis_due(spec, status, now) else None
+    measurements = None
+    if analysis_due(spec, status, now):
+        started = time.monotonic()
+        measurements = await measure(deps, model, spec, status, now)
+        measured_at = time.monotonic()
+        opmetrics.ANALYSIS_ROUND_SECONDS.labels("measure").observe(measured_at - started)
     obs = Observations(generation, dict(model["metadata"].get("annotations") or {}), serving, conversion,
                        measurements)
 
@@ -179,6 +185,8 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     _failpoint("before-persist", decision)
     if new_status != status_to_dict(status):
         await deps.kube.patch_model_status(model, new_status)
+    if measurements is not None:
+        opmetrics.ANALYSIS_ROUND_SECONDS.labels("persist").observe(time.monotonic() - measured_at)
     _failpoint("after-persist", decision)
     for e in decision.actions:
         if isinstance(e, Emit):  # logged when decided, posted after the writes

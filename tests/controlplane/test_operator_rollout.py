@@ -176,6 +176,14 @@ def operator_series(port: int, model: str) -> dict[str, float]:
     return out
 
 
+def operator_counts(port: int) -> dict[tuple[str, str], float]:
+    """Observations so far of the operator's histograms without a Model label, by (name, stage or phase)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(family.name, sample.labels.get("stage") or sample.labels.get("phase", "")): sample.value
+            for family in text_string_to_metric_families(text) if family.type == "histogram"
+            for sample in family.samples if sample.name == f"{family.name}_count" and "model" not in sample.labels}
+
+
 def test_a_deleted_model_leaves_no_operator_series(cluster: Cluster) -> None:
     """Else serin_canary_weight keeps its last value and the stuck-rollout alert fires for a
     Model that no longer exists."""
@@ -188,6 +196,14 @@ def test_a_deleted_model_leaves_no_operator_series(cluster: Cluster) -> None:
     series = operator_series(port, cluster.name)
     weight = [v for k, v in series.items() if k.startswith("serin_canary_weight[")]
     assert weight == [10.0] and any(k.startswith("serin_rollouts_started_total") for k in series)
+    # Where analysis rounds spend their time, across Models: every round measured and persisted,
+    # its one query waited for a slot and ran.
+    cluster.wait("an analysis round", lambda m: bool(status(m).get("analysis")))
+    counts = operator_counts(port)
+    assert counts[("serin_analysis_round_seconds", "measure")] >= 1, counts
+    assert counts[("serin_analysis_round_seconds", "persist")] >= 1, counts
+    assert counts[("serin_prometheus_query_seconds", "wait")] >= counts[("serin_analysis_round_seconds", "measure")]
+    assert counts[("serin_prometheus_query_seconds", "query")] >= 1, counts
     cluster.cp.kubectl("delete", "model", cluster.name, "-n", cluster.namespace, "--wait=true")
     deadline = time.monotonic() + 30
     while (left := operator_series(port, cluster.name)) and time.monotonic() < deadline:

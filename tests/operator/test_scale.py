@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from clock import at, ts
+from prometheus_client import REGISTRY
 from serin.operator.actions import Action, ApplyServing, Emit, Served, StartConversion
 from serin.operator.cache import Store, model_of, newer, strip
 from serin.operator.executors.base import ConversionRequest
@@ -354,6 +355,7 @@ async def test_a_busy_prometheus_makes_measurements_inconclusive_never_late() ->
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     prom = Prometheus(f"http://127.0.0.1:{port}", timeout=1.0, concurrency=2)
+    before = {phase: query_seconds(phase) for phase in ("wait", "query")}
     try:
         got = await asyncio.gather(*(prom.measure(f"m{i}", "vector(1)") for i in range(12)))
     finally:
@@ -361,6 +363,12 @@ async def test_a_busy_prometheus_makes_measurements_inconclusive_never_late() ->
         await runner.cleanup()
     answered = [m for m in got if m.value == 1.0]
     busy = [m for m in got if m.value is None]
+    # The operator's histograms say where the time went: every query waited, the ones that got a
+    # slot ran; queued behind 0.3 s queries, the waits add up to seconds.
+    waits, ran = (tuple(a - b for a, b in zip(query_seconds(p), before[p], strict=True)) for p in ("wait", "query"))
+    no_slot = [m for m in busy if "prometheus busy" in m.error]
+    assert waits[1] == 12 and ran[1] == 12 - len(no_slot), (waits, ran, len(no_slot))
+    assert waits[0] > 1.0 and ran[0] >= 0.3 * len(answered), (waits, ran)
     assert most[0] <= 2, f"{most[0]} queries in flight at once, limit 2"
     assert answered and busy, (answered, busy)
     assert all("prometheus busy" in m.error or "TimeoutError" in m.error for m in busy), [m.error for m in busy]
@@ -368,6 +376,14 @@ async def test_a_busy_prometheus_makes_measurements_inconclusive_never_late() ->
     # 2 slots for 1 s of 0.3 s queries answer at most 8: the rest gave up at their deadline
     # instead of being answered late.
     assert len(answered) <= 8 and len(busy) >= 4, (len(answered), len(busy))
+
+
+def query_seconds(phase: str) -> tuple[float, float]:
+    """serin_prometheus_query_seconds{phase}: (sum, count) so far in this process."""
+    def sample(part: str) -> float:
+        return REGISTRY.get_sample_value(f"serin_prometheus_query_seconds_{part}", {"phase": phase}) or 0.0
+
+    return sample("sum"), sample("count")
 
 
 # -- the order of a decision's writes -----------------------------------------------------------
