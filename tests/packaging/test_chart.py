@@ -418,7 +418,8 @@ def test_dashboard_configmap(helm: Helm) -> None:
                    "Accuracy by revision (ground truth, last hour)",
                    "Log loss and Brier score by revision (ground truth, last hour)",
                    "MAE and RMSE by revision (ground truth, regressors, last hour)", "Ground truth received",
-                   "Estimated accuracy by revision (no labels needed, last hour)"):
+                   "Estimated accuracy by revision (no labels needed, last hour)",
+                   "Operator: analysis round time (p95)"):
         assert wanted in titles
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(set(ids)) == len(ids)
