@@ -14,14 +14,19 @@ One operator process watches both. Printed, in order:
              Model (idle RSS with N Models less RSS before the first), the apiserver requests
              per second by resource (its own counter, apiserver_request_total)
   rollouts   canaries held at step 1 (50 %) under analysis (every 10 s, failureLimit 2), then
-             made to fail at one instant: the load's inputs shift so that the canary model
-             raises on most requests. Detection → 0 %: the canary's first failed answer to the
-             last answer it gives. One rollout at a time first (--solo-runs of them, their
-             median is the baseline, their shifts placed evenly between two analysis rounds as
-             the R canaries' fall by their start times), then R at once, side by side; each
-             group prints its wait from the shift to the next round, to show the mix is alike,
-             and the median of each stage of a detection (first failed answer → start of the
-             deciding round → decision persisted → InferenceService write → last canary answer)
+             made to fail: the load's inputs shift so that the canary model raises on most
+             requests. Detection → 0 %: the canary's first failed answer to the last answer it
+             gives. One rollout at a time first (--solo-runs of them, their median is the
+             baseline), then R at once, side by side. A detection depends on where the shift
+             falls between two of the canary's rounds, so each canary's shift is placed after
+             one of its own rounds, evenly over the interval in both groups (--shift together:
+             all R at one instant instead, wherever their rounds fall); each group prints its
+             wait from the shift to the next round, to show the mix is alike. Per group: the
+             median of each stage of a detection (first failed answer → start of the deciding
+             round → decision persisted → InferenceService write → last canary answer), the
+             operator's own mean cost per analysis round (its histograms: queries, their wait
+             for a slot, judging and the status write), and the CPU of each part of the
+             platform from the first shift to the last rollback
 
     bash hack/venv.sh && ~/.cache/serin/venv-py311/bin/python bench/scale_bench.py --models 1000 --rollouts 50
 
@@ -44,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import OperatorProcess, standin
 from prometheus_client.parser import text_string_to_metric_families
 from serin.local import demo_models
-from serin.local.controlplane import ControlPlane, start_control_plane
+from serin.local.controlplane import ControlPlane, free_port, start_control_plane
 from serin.local.dev import CRD_PATHS
 from serin.local.kserve_controller import install_crds as install_kserve_crds
 from serin.local.loadgen import LoadGenerator
@@ -176,6 +182,68 @@ class Sampler:
             self.peak_platform = max(self.peak_platform, rss(list(everything.values())))
 
 
+@dataclass
+class CpuMeter:
+    """CPU seconds used by each role's process trees while in use, sampled every `every` seconds
+    so that processes which start and exit inside the window (a runtime replaced on a rollback)
+    are counted up to their last sample."""
+
+    roles: dict[str, list[int]]  # role → the pids whose trees it covers
+    # Walking ~150 processes' /proc costs this bench CPU the rollouts share: not more often.
+    every: float = 2.0
+    _first: dict[int, float] = field(default_factory=dict)  # pid → its CPU seconds when first seen
+    _last: dict[int, float] = field(default_factory=dict)  # pid → its CPU seconds when last seen
+    _role: dict[int, str] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _t0: float = 0.0
+    wall: float = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self._t0 = time.monotonic()
+        self._sample(first=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        self._sample(first=False)
+        self.wall = time.monotonic() - self._t0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample(first=False)
+
+    def _sample(self, first: bool) -> None:
+        for role, pids in self.roles.items():
+            for proc in (p for pid in pids for p in tree(pid)):
+                with suppress(psutil.NoSuchProcess):
+                    t = proc.cpu_times()
+                    used = t.user + t.system
+                    self._role.setdefault(proc.pid, role)
+                    # A process born inside the window counts from zero.
+                    self._first.setdefault(proc.pid, used if first else 0.0)
+                    self._last[proc.pid] = used
+
+    def used(self) -> dict[str, float]:
+        """Each role's CPU seconds over the window."""
+        out = dict.fromkeys(self.roles, 0.0)
+        for pid, role in self._role.items():
+            out[role] += self._last[pid] - self._first[pid]
+        return out
+
+
+def print_cpu(meters: list[CpuMeter]) -> None:
+    """The mean share of a core of each role from the first shift to the last rollback."""
+    wall = sum(m.wall for m in meters)
+    used = {role: sum(m.used()[role] for m in meters) for role in meters[0].roles}
+    print(f"  CPU from the shift to the rollbacks ({wall:.0f}s), in cores of {os.cpu_count()}: " + ", ".join(
+        f"{role} {u / max(wall, 1e-9):.2f}" for role, u in used.items()), flush=True)
+
+
 def mb(n: float) -> str:
     return f"{n / 2**20:,.0f} MB"
 
@@ -241,6 +309,7 @@ class Canary:
     name: str
     load: LoadGenerator
     shifted_at: float = 0.0  # on the load's clock
+    shifted_wall: float = 0.0  # the same instant, wall clock
 
 
 def under_analysis(s: dict[str, Any]) -> bool:
@@ -256,7 +325,8 @@ def finished(s: dict[str, Any]) -> bool:
 class Detections:
     seconds: list[float | None]  # detection → 0 % per canary (None: never rolled back)
     waits: list[float]  # per canary: from the shift to its next analysis round (as scheduled)
-    stages: list[dict[str, float]] = field(default_factory=list)  # per canary: stage → seconds
+    stages: list[dict[str, float]]  # per canary: stage → seconds
+    cpu: CpuMeter  # from the first shift to the last rollback
 
 
 # Where a detection's time goes, from the wall-clock times of its steps: the canary's first failed
@@ -296,6 +366,24 @@ def stages(log_lines: list[str], status: dict[str, Any], first_failed: float, la
     return out
 
 
+# The stages on the operator's side of a detection: its round's work, its decision to the write.
+OPERATOR_STAGES = ("round start → decided", "decided → isvc write")
+
+
+def print_operator_share(alone: list[dict[str, float]], many: list[dict[str, float]], baseline: float) -> None:
+    """The operator's own part of a detection (the deciding round's start to its InferenceService
+    write), one at a time and many at once: what many rollouts add to a detection through the
+    operator, apart from when the failure falls and how fast the data plane shows it."""
+    def own(group: list[dict[str, float]]) -> list[float]:
+        return [sum(s[k] for k in OPERATOR_STAGES) for s in group if all(k in s for k in OPERATOR_STAGES)]
+
+    if own(alone) and own(many):
+        a, m = statistics.median(own(alone)), statistics.median(own(many))
+        print(f"  the operator's part (deciding round's start → InferenceService write), median: one at a time "
+              f"{a:.2f}s, many at once {m:.2f}s; added {m - a:.2f}s = {(m - a) / baseline:.0%} of one detection",
+              flush=True)
+
+
 def print_stages(per_canary: list[dict[str, float]]) -> None:
     if not per_canary:
         return
@@ -305,13 +393,13 @@ def print_stages(per_canary: list[dict[str, float]]) -> None:
         if (v := [s[stage] for s in per_canary if stage in s])), flush=True)
 
 
-def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
-             bad: demo_models.VersionFiles, operator_log: Path, phase: float | None = None) -> Detections:
-    """`names` served from v1, under load, their bad version held at step 1, then all made to fail
-    at one instant: detection → 0 % for each. Detection depends on where the shift falls between
-    two analysis rounds (a round right after it sees too few failures for the hard path and the
-    next one decides): `phase` (seconds after a round) places it, else it falls where it falls,
-    which for many canaries started at different times spreads over the whole interval."""
+def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles, bad: demo_models.VersionFiles,
+             operator_log: Path, roles: dict[str, list[int]], phases: list[float] | None = None) -> Detections:
+    """`names` served from v1, under load, their bad version held at step 1, then made to fail:
+    detection → 0 % for each. Detection depends on where the shift falls between two analysis rounds
+    (a round right after it sees too few failures for the hard path and the next one decides):
+    `phases[i]` (seconds after a round of canary i) places each canary's shift after its own round,
+    else all shift at one instant, where each canary's rounds happen to be."""
     apply_all(cp, [model_doc(CANARIES, n, v1, HOLD) for n in names])
     wait_all(cp, names, lambda s: s.get("phase") == "Promoted" and s.get("observedGeneration") == 1, 900, "v1")
     with ExitStack() as stack:
@@ -324,18 +412,23 @@ def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
         apply_all(cp, [model_doc(CANARIES, n, bad, HOLD) for n in names])
         wait_all(cp, names, under_analysis, 900, "canary at step 1 under analysis")
         time.sleep(INTERVAL + 2)  # every canary through one more round of analysis on healthy traffic
-        if phase is not None:
-            before = last_rounds(cp, names)
-            while (last := last_rounds(cp, names)) == before:  # until the next round is written
-                time.sleep(0.2)
-            time.sleep(max(0.0, max(last.values()) + phase - time.time()))
-        last = last_rounds(cp, names)
-        shifted = time.time()
-        for c in running:
-            c.shifted_at = c.load.now()
-            c.load.set_shift(SHIFT)
-        waits = [(last[n] + INTERVAL - shifted) % INTERVAL for n in names]
-        end = wait_all(cp, names, finished, 600, "rolled back")
+        before = last_rounds(cp, names)
+        while (last := last_rounds(cp, names)) == before:  # a fresh round written: the phase is known
+            time.sleep(0.2)
+        start = time.time() + 0.5
+        if phases is None:
+            at = {n: start for n in names}
+        else:  # each canary's first time after `start` that lies phases[i] after one of its rounds
+            at = {n: last[n] + p + INTERVAL * max(0, -((last[n] + p - start) // INTERVAL))
+                  for n, p in zip(names, phases, strict=True)}
+        time.sleep(max(0.0, min(at.values()) - time.time()))
+        with CpuMeter(roles) as cpu:
+            for c in sorted(running, key=lambda c: at[c.name]):
+                time.sleep(max(0.0, at[c.name] - time.time()))
+                c.shifted_wall, c.shifted_at = time.time(), c.load.now()
+                c.load.set_shift(SHIFT)
+            end = wait_all(cp, names, finished, 600, "rolled back")
+        waits = [(last[c.name] - c.shifted_wall) % INTERVAL for c in running]
         time.sleep(3)
     out: list[float | None] = []
     steps: list[dict[str, float]] = []
@@ -348,12 +441,87 @@ def canaries(cp: ControlPlane, names: list[str], v1: demo_models.VersionFiles,
         rolled_back = end[c.name].get("phase") == "RolledBack"
         out.append(max(served) - min(failed) if rolled_back and failed and served else None)
         if out[-1] is not None:
-            wall = shifted - c.shifted_at  # the load's clock → wall clock
+            wall = c.shifted_wall - c.shifted_at  # the load's clock → wall clock
             steps.append(stages(log_lines, end[c.name], min(failed) + wall, max(served) + wall,
                                 f"{CANARIES}/{c.name}"))
     for n in names:  # back to nothing, for the next measurement
         cp.kubectl("delete", "model", n, "-n", CANARIES, "--wait=false")
-    return Detections(out, waits, [x for x in steps if x])
+    return Detections(out, waits, [x for x in steps if x], cpu)
+
+
+def evenly(i: int, n: int) -> float:
+    """The i-th of n points spread evenly over an analysis interval (the middle of each n-th)."""
+    return (i + 0.5) / n * INTERVAL
+
+
+# The operator's own histograms of where an analysis round's time goes (operator/opmetrics.py).
+ROUND_COSTS = {("serin_analysis_round_seconds", "measure"): "measure",
+               ("serin_prometheus_query_seconds", "wait"): "of which a query's wait for a slot",
+               ("serin_prometheus_query_seconds", "query"): "and a query",
+               ("serin_analysis_round_seconds", "persist"): "judge and write status"}
+
+
+def round_costs(port: int) -> dict[tuple[str, str], tuple[float, float]]:
+    """(histogram, label) → (sum of seconds, count), from the operator's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[tuple[str, str], list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            label = sample.labels.get("stage") or sample.labels.get("phase") or ""
+            if (family.name, label) in ROUND_COSTS and sample.name.endswith(("_sum", "_count")):
+                sums_counts = out.setdefault((family.name, label), [0.0, 0.0])
+                sums_counts[0 if sample.name.endswith("_sum") else 1] = sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+# The apiserver's own time for the operator's writes on a rollback's path (its request histogram):
+# beside the operator's status-write time, it says whether a slow write waited in the apiserver.
+APISERVER_WRITES = (("models", "status", "PATCH"), ("inferenceservices", "", "PATCH"))
+SERVER_SIDE = ("apiserver", "etcd")
+
+
+def apiserver_write_costs(cp: ControlPlane) -> dict[tuple[str, str], tuple[float, float]]:
+    """("apiserver", "models/status PATCH") → (sum of seconds, count), from apiserver_request_duration_seconds,
+    and ("etcd", "Model update") from etcd_request_duration_seconds."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for family in text_string_to_metric_families(cp.kubectl("get", "--raw", "/metrics").stdout):
+        if family.name == "etcd_request_duration_seconds":  # the storage part of those writes
+            for sample in family.samples:
+                if sample.labels.get("operation") == "update" and sample.labels.get("resource") == "models" \
+                        and sample.name.endswith(("_sum", "_count")):
+                    sums_counts = out.setdefault(("etcd", "Model update"), [0.0, 0.0])
+                    sums_counts[0 if sample.name.endswith("_sum") else 1] += sample.value
+        if family.name != "apiserver_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            key = (sample.labels.get("resource"), sample.labels.get("subresource", ""), sample.labels.get("verb"))
+            if key in APISERVER_WRITES and sample.name.endswith(("_sum", "_count")):
+                what = f"{key[0]}{'/' + key[1] if key[1] else ''} {key[2]}"
+                sums_counts = out.setdefault(("apiserver", what), [0.0, 0.0])
+                sums_counts[0 if sample.name.endswith("_sum") else 1] += sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def cost_since(before: dict[tuple[str, str], tuple[float, float]],
+               after: dict[tuple[str, str], tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Mean seconds and count of each histogram between two reads."""
+    out = {}
+    names = ROUND_COSTS | {k: f"{k[0]} per {k[1]}" for k in after if k[0] in SERVER_SIDE}
+    for key, what in names.items():
+        s0, n0 = before.get(key, (0.0, 0.0))
+        s1, n1 = after.get(key, (0.0, 0.0))
+        if n1 > n0:
+            out[what] = ((s1 - s0) / (n1 - n0), n1 - n0)
+    return out
+
+
+def print_costs(costs: dict[str, tuple[float, float]]) -> None:
+    if costs:
+        rounds = costs.get("measure", (0.0, 0.0))[1]
+        print("  operator, mean per analysis round: " + ", ".join(
+            f"{what} {mean:.3f}s" for what, (mean, _) in costs.items() if not what.startswith(SERVER_SIDE))
+            + f" (over {rounds:.0f} rounds); " + ", ".join(
+            f"{what} {mean:.3f}s" for what, (mean, _) in costs.items() if what.startswith(SERVER_SIDE)), flush=True)
 
 
 def last_rounds(cp: ControlPlane, names: list[str]) -> dict[str, float]:
@@ -372,7 +540,9 @@ def wait_all(cp: ControlPlane, names: list[str], ok: Any, timeout: float, what: 
         if time.monotonic() > deadline:
             late = [n for n in names if not ok(s.get(n) or {})]
             raise TimeoutError(f"{what}: {len(late)} not after {timeout:.0f}s, e.g. {late[0]}: {s.get(late[0])}")
-        time.sleep(1)
+        # Each poll is a kubectl process and R statuses to parse, CPU the measured rollouts share;
+        # nothing is timed from it (detection is timed from the load's answers).
+        time.sleep(2)
 
 
 def spread(values: list[float]) -> str:
@@ -387,11 +557,16 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=os.cpu_count() or 1, help="conversions at once")
     ap.add_argument("--idle-seconds", type=float, default=60)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, etcd) for a look")
-    ap.add_argument("--solo-runs", type=int, default=5, help="single rollouts measured one after another")
+    ap.add_argument("--solo-runs", type=int, default=10, help="single rollouts measured one after another")
     ap.add_argument("--data-plane-nice", type=int, default=0,
                     help="niceness of the canaries' data plane (the stand-in's router and runtime processes): "
                          "in a cluster they run on other nodes than the operator and the apiserver; here they "
                          "share 2 cores, and a positive value gives the control plane the first claim on them")
+    ap.add_argument("--shift", choices=("spread", "together"), default="spread",
+                    help="spread: each of the R canaries starts failing at its own point between two of its "
+                         "rounds, evenly spread over the interval as the single rollouts' are, so that both "
+                         "medians weigh the same mix of waits for a round; together: all at one instant, "
+                         "wherever each canary's rounds happen to fall")
     args = ap.parse_args()
     # SIGTERM (a timeout, a kill) unwinds like Ctrl-C: the ExitStack below stops the apiserver,
     # etcd, Prometheus and the operator, which run in sessions of their own and would outlive us.
@@ -422,8 +597,10 @@ def main() -> int:
         fleet_standin = stack.enter_context(standin(cp, FLEET, root / FLEET, data_plane=False))
         canary_standin = stack.enter_context(standin(cp, CANARIES, root / CANARIES, data_plane=True,
                                                      file_sd=prom.targets_file_for(CANARIES)))
+        metrics_port = free_port()
         op = OperatorProcess(cp, None, prom.url, root / "store", root / "operator.log",
-                             env={"SERIN_MAX_CONVERSIONS": str(args.limit)}).start()
+                             env={"SERIN_MAX_CONVERSIONS": str(args.limit),
+                                  "SERIN_METRICS_PORT": str(metrics_port)}).start()
         stack.callback(op.stop)
         assert op.proc is not None
         time.sleep(5)
@@ -441,21 +618,37 @@ def main() -> int:
         # between two analysis rounds, so the baseline is a median too.
         # The baseline's shifts are spread evenly over the interval, as the many canaries' are by
         # their different start times: both medians then weigh the same mix of waits for a round.
-        solo = [canaries(cp, [f"solo{i}"], v1, bad, op.log, phase=(i + 0.5) / args.solo_runs * INTERVAL)
+        roles = {"operator": [op.proc.pid], "apiserver": [cp.pids()["kube-apiserver"]], "etcd": [cp.pids()["etcd"]],
+                 "prometheus": [prom.pid] if prom.pid else [], "data plane": [canary_standin.pid],
+                 "this bench": [os.getpid()]}
+        before = round_costs(metrics_port) | apiserver_write_costs(cp)
+        solo = [canaries(cp, [f"solo{i}"], v1, bad, op.log, roles, phases=[evenly(i, args.solo_runs)])
                 for i in range(args.solo_runs)]
+        solo_costs = cost_since(before, round_costs(metrics_port) | apiserver_write_costs(cp))
         alone = [d for r in solo for d in r.seconds if d is not None]
         print(f"rollouts: 1 at a time, {args.solo_runs} times: {len(alone)} rolled back, "
               f"detection → 0 % {spread(alone)}; wait for the next round {spread([w for r in solo for w in r.waits])}",
               flush=True)
         print_stages([x for r in solo for x in r.stages])
-        many = canaries(cp, [f"c{i:02d}" for i in range(args.rollouts)], v1, bad, op.log)
+        print_costs(solo_costs)
+        print_cpu([r.cpu for r in solo])
+        before = round_costs(metrics_port) | apiserver_write_costs(cp)
+        many = canaries(cp, [f"c{i:02d}" for i in range(args.rollouts)], v1, bad, op.log, roles,
+                        phases=None if args.shift == "together" else [evenly(i, args.rollouts)
+                                                                      for i in range(args.rollouts)])
+        many_costs = cost_since(before, round_costs(metrics_port) | apiserver_write_costs(cp))
         found = [d for d in many.seconds if d is not None]
         print(f"rollouts: {args.rollouts} at once: {len(found)} rolled back, detection → 0 % {spread(found)}; "
               f"wait for the next round {spread(many.waits)}", flush=True)
         print_stages(many.stages)
+        print_costs(many_costs)
+        print_cpu([many.cpu])
         if alone and found:
             print(f"  ratio, median of {args.rollouts} at once / median of one at a time: "
-                  f"{statistics.median(found) / statistics.median(alone):.2f}")
+                  f"{statistics.median(found) / statistics.median(alone):.2f}; of the means "
+                  f"({statistics.mean(found):.1f}s / {statistics.mean(alone):.1f}s): "
+                  f"{statistics.mean(found) / statistics.mean(alone):.2f}")
+            print_operator_share([x for r in solo for x in r.stages], many.stages, statistics.median(alone))
         print(f"\n{op.tail(5)}")
     print(f"done in {(time.monotonic() - t0) / 60:.1f} min")
     return 0
