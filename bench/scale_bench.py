@@ -461,6 +461,11 @@ ROUND_COSTS = {("serin_analysis_round_seconds", "measure"): "measure",
                ("serin_analysis_round_seconds", "persist"): "judge and write status"}
 
 
+def add_sum_or_count(out: dict[tuple[str, str], list[float]], key: tuple[str, str], sample: Any) -> None:
+    """Adds a histogram's _sum or _count sample to out[key] = [sum, count] (summed over its series)."""
+    out.setdefault(key, [0.0, 0.0])[0 if sample.name.endswith("_sum") else 1] += sample.value
+
+
 def round_costs(port: int) -> dict[tuple[str, str], tuple[float, float]]:
     """(histogram, label) → (sum of seconds, count), from the operator's /metrics."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -469,8 +474,7 @@ def round_costs(port: int) -> dict[tuple[str, str], tuple[float, float]]:
         for sample in family.samples:
             label = sample.labels.get("stage") or sample.labels.get("phase") or ""
             if (family.name, label) in ROUND_COSTS and sample.name.endswith(("_sum", "_count")):
-                sums_counts = out.setdefault((family.name, label), [0.0, 0.0])
-                sums_counts[0 if sample.name.endswith("_sum") else 1] = sample.value
+                add_sum_or_count(out, (family.name, label), sample)
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
@@ -489,16 +493,14 @@ def apiserver_write_costs(cp: ControlPlane) -> dict[tuple[str, str], tuple[float
             for sample in family.samples:
                 if sample.labels.get("operation") == "update" and sample.labels.get("resource") == "models" \
                         and sample.name.endswith(("_sum", "_count")):
-                    sums_counts = out.setdefault(("etcd", "Model update"), [0.0, 0.0])
-                    sums_counts[0 if sample.name.endswith("_sum") else 1] += sample.value
+                    add_sum_or_count(out, ("etcd", "Model update"), sample)
         if family.name != "apiserver_request_duration_seconds":
             continue
         for sample in family.samples:
             key = (sample.labels.get("resource"), sample.labels.get("subresource", ""), sample.labels.get("verb"))
             if key in APISERVER_WRITES and sample.name.endswith(("_sum", "_count")):
                 what = f"{key[0]}{'/' + key[1] if key[1] else ''} {key[2]}"
-                sums_counts = out.setdefault(("apiserver", what), [0.0, 0.0])
-                sums_counts[0 if sample.name.endswith("_sum") else 1] += sample.value
+                add_sum_or_count(out, ("apiserver", what), sample)
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
