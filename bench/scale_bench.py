@@ -520,10 +520,10 @@ def cost_since(before: dict[tuple[str, str], tuple[float, float]],
 def print_costs(costs: dict[str, tuple[float, float]]) -> None:
     if costs:
         rounds = costs.get("measure", (0.0, 0.0))[1]
-        print("  operator, mean per analysis round: " + ", ".join(
-            f"{what} {mean:.3f}s" for what, (mean, _) in costs.items() if not what.startswith(SERVER_SIDE))
-            + f" (over {rounds:.0f} rounds); " + ", ".join(
-            f"{what} {mean:.3f}s" for what, (mean, _) in costs.items() if what.startswith(SERVER_SIDE)), flush=True)
+        own = [f"{what} {mean:.3f}s" for what, (mean, _) in costs.items() if not what.startswith(SERVER_SIDE)]
+        server = [f"{what} {mean:.3f}s" for what, (mean, _) in costs.items() if what.startswith(SERVER_SIDE)]
+        print(f"  operator, mean per analysis round: {', '.join(own)} (over {rounds:.0f} rounds)"
+              + (f"; {', '.join(server)}" if server else ""), flush=True)
 
 
 def last_rounds(cp: ControlPlane, names: list[str]) -> dict[str, float]:
