@@ -50,6 +50,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +149,26 @@ def converters(procs: list[psutil.Process]) -> int:
     return n
 
 
+class Ticker:
+    """Calls `tick` every `every` seconds on a daemon thread, from start() until stop()."""
+
+    def __init__(self, every: float, tick: Callable[[], None]) -> None:
+        self.every, self.tick = every, tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.tick()
+
+
 @dataclass
 class Sampler:
     """Samples, every `every` seconds: RSS of the operator (its own process), converters running
@@ -160,26 +181,23 @@ class Sampler:
     peak_operator: int = 0
     peak_platform: int = 0
     most_converters: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _ticker: Ticker | None = None
 
     def __enter__(self) -> Sampler:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._ticker = Ticker(self.every, self._sample)
+        self._ticker.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(5)
+        if self._ticker:
+            self._ticker.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            op = tree(self.operator_pid)
-            self.peak_operator = max(self.peak_operator, rss(op[:1]))
-            self.most_converters = max(self.most_converters, converters(op[1:]))
-            everything = {p.pid: p for pid in self.platform_pids for p in tree(pid)}
-            self.peak_platform = max(self.peak_platform, rss(list(everything.values())))
+    def _sample(self) -> None:
+        op = tree(self.operator_pid)
+        self.peak_operator = max(self.peak_operator, rss(op[:1]))
+        self.most_converters = max(self.most_converters, converters(op[1:]))
+        everything = {p.pid: p for pid in self.platform_pids for p in tree(pid)}
+        self.peak_platform = max(self.peak_platform, rss(list(everything.values())))
 
 
 @dataclass
@@ -194,28 +212,22 @@ class CpuMeter:
     _first: dict[int, float] = field(default_factory=dict)  # pid → its CPU seconds when first seen
     _last: dict[int, float] = field(default_factory=dict)  # pid → its CPU seconds when last seen
     _role: dict[int, str] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _ticker: Ticker | None = None
     _t0: float = 0.0
     wall: float = 0.0
 
     def __enter__(self) -> CpuMeter:
         self._t0 = time.monotonic()
         self._sample(first=True)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._ticker = Ticker(self.every, lambda: self._sample(first=False))
+        self._ticker.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(5)
+        if self._ticker:
+            self._ticker.stop()
         self._sample(first=False)
         self.wall = time.monotonic() - self._t0
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self._sample(first=False)
 
     def _sample(self, first: bool) -> None:
         for role, pids in self.roles.items():
