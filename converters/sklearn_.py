@@ -13,7 +13,10 @@ import onnx
 import pandas as pd
 from serin.converters.errors import ConversionError, UnsupportedModel, first_line
 from serin.converters.registry import (
+    NativePredictError,
+    Outputs,
     SklearnApi,
+    predict_sklearn_api,
     task_of,
     unsupported,
 )
@@ -35,7 +38,7 @@ TESTED: tuple[str, ...] = (
     "MinMaxScaler", "MLPClassifier", "MLPRegressor", "MultinomialNB", "OneHotEncoder", "Pipeline",
     "RandomForestClassifier", "RandomForestRegressor", "Ridge", "SelectKBest", "SGDClassifier",
     "SGDRegressor", "SimpleImputer", "StandardScaler", "SVC", "SVR", "VarianceThreshold",
-    "XGBClassifier", "XGBRegressor",
+    "VotingClassifier", "XGBClassifier", "XGBRegressor",
 )
 
 # Estimators skl2onnx claims to convert but that fail Serin's zoo with the pinned versions:
@@ -91,39 +94,38 @@ def _register_boosters() -> None:
         pass
 
 
-def components(model: Any) -> Iterator[Any]:
-    """The model and every estimator nested in Pipelines, ColumnTransformers and FeatureUnions."""
+def _children(model: Any) -> list[Any] | None:
+    """The estimators a composite model holds ("drop" / "passthrough" left out), None for a leaf."""
     from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import VotingClassifier, VotingRegressor
     from sklearn.pipeline import FeatureUnion, Pipeline
 
-    yield model
     if isinstance(model, Pipeline):
         children = [step for _, step in model.steps]
     elif isinstance(model, ColumnTransformer):
         children = [t for _, t, _ in getattr(model, "transformers_", model.transformers)]
     elif isinstance(model, FeatureUnion):
         children = [t for _, t in model.transformer_list]
+    elif isinstance(model, (VotingClassifier, VotingRegressor)):
+        children = getattr(model, "estimators_", None) or [e for _, e in model.estimators]
     else:
-        children = []
-    for child in children:
-        if child is not None and not isinstance(child, str):  # "drop" / "passthrough"
-            yield from components(child)
+        return None
+    return [c for c in children if c is not None and not isinstance(c, str)]
+
+
+def components(model: Any) -> Iterator[Any]:
+    """The model and every estimator nested in Pipelines, ColumnTransformers, FeatureUnions and
+    voting ensembles."""
+    yield model
+    for child in _children(model) or []:
+        yield from components(child)
 
 
 def describe(model: Any) -> str:
-    from sklearn.compose import ColumnTransformer
-    from sklearn.pipeline import FeatureUnion, Pipeline
-
-    if isinstance(model, Pipeline):
-        children = [s for _, s in model.steps]
-    elif isinstance(model, ColumnTransformer):
-        children = [t for _, t, _ in getattr(model, "transformers_", model.transformers)]
-    elif isinstance(model, FeatureUnion):
-        children = [t for _, t in model.transformer_list]
-    else:
+    children = _children(model)
+    if children is None:
         return type(model).__name__
-    inner = ", ".join(describe(c) for c in children if c is not None and not isinstance(c, str))
-    return f"{type(model).__name__}({inner})"
+    return f"{type(model).__name__}({', '.join(describe(c) for c in children)})"
 
 
 def _selects_by_name(model: Any) -> bool:
@@ -176,6 +178,20 @@ class SklearnConverter(SklearnApi):
             return Sample(frame, column_inputs(frame), native_frame=True, layout="columns")
         return Sample(frame, matrix_inputs(frame), native_frame=names is not None)
 
+    def predict(self, model: Any, sample: Sample) -> Outputs:
+        from serin.converters import voting
+
+        x = sample.native_input()
+        try:
+            # Hard voting has neither predict_proba nor decision_function: its scores are the
+            # members' weighted votes, which its graph outputs as probabilities.
+            shares = voting.vote_shares(model, x)
+            if shares is not None:
+                return Outputs(np.asarray(model.predict(x)), shares, "probabilities")
+        except ValueError as exc:
+            raise NativePredictError(first_line(exc, 200)) from exc
+        return predict_sklearn_api(model, x, task_of(model))
+
     def convert(self, model: Any, sample: Sample, opset: int) -> onnx.ModelProto:
         _register_converters()
         if wants_float64(model):
@@ -198,8 +214,13 @@ class SklearnConverter(SklearnApi):
             return None
 
     def _convert(self, model: Any, inputs: tuple[InputSpec, ...], opset: int) -> onnx.ModelProto:
+        from serin.converters import voting
         from skl2onnx import convert_sklearn
         from sklearn.preprocessing import StandardScaler
+
+        # What the native model predicts, in a form skl2onnx converts; the parity proof
+        # compares the graph with the native model, not with this copy.
+        model = voting.for_onnx(model)
 
         # ai.onnx.ml 3 is the newest version skl2onnx's tree converters (and onnxmltools' ones
         # registered for Pipelines) emit; leaving it implicit fails with XGBoost/LightGBM steps.
@@ -252,13 +273,15 @@ def _casts_to_float32(part: Any) -> bool:
     """Estimators whose native predict rounds its input to float32 before comparing it with a
     threshold: scikit-learn's trees and forests, and XGBoost. LightGBM compares in float64 but
     onnxmltools writes float32 thresholds, so it too is exactly as good on a float32 input."""
-    from sklearn.ensemble import (
-        BaseEnsemble,
-    )
+    from sklearn.ensemble import BaseEnsemble, VotingClassifier
     from sklearn.tree import BaseDecisionTree
 
     if _is_hgb(part):
         return False
+    if isinstance(part, VotingClassifier):
+        # Members see one input: rounding it once for all is exact for the trees, and the
+        # others see what a float32 graph gives them anyway.
+        return any(_casts_to_float32(m) for m in _children(part) or [])
     if isinstance(part, (BaseDecisionTree, BaseEnsemble)):
         return True
     return type(part).__module__.split(".")[0] in ("xgboost", "lightgbm")

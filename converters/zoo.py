@@ -180,6 +180,23 @@ def _lgbm_booster(objective: str) -> Callable[[], tuple[Any, pd.DataFrame]]:
     return build
 
 
+def voting(kind: str, trees: int = 10, weights: list[float] | None = None) -> Any:
+    """An unfitted VotingClassifier with scikit-learn's default flatten_transform=True, which
+    skl2onnx refuses by itself (serin.converters.voting): a linear model, a tree, a forest and
+    naive Bayes, as teams combine them."""
+    from sklearn.ensemble import RandomForestClassifier, VotingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.tree import DecisionTreeClassifier
+
+    return VotingClassifier([
+        ("logistic", LogisticRegression(max_iter=500)),
+        ("tree", DecisionTreeClassifier(max_depth=5, random_state=0)),
+        ("forest", RandomForestClassifier(n_estimators=trees, random_state=0, n_jobs=1)),
+        ("bayes", GaussianNB()),
+    ], voting=kind, weights=weights)
+
+
 def _onnx_passthrough() -> tuple[Any, pd.DataFrame]:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
@@ -337,6 +354,10 @@ def models() -> list[ZooModel]:
         sk("select_k_best", _fit_clf(lambda: make_pipeline(SelectKBest(k=3), LogisticRegression()))),
         sk("variance_threshold",
            _fit_reg(lambda: make_pipeline(VarianceThreshold(0.1), Ridge()))),
+        sk("voting_soft_multiclass", _fit_clf(lambda: voting("soft"), 3)),
+        sk("scaler_voting_soft_weights", _fit_clf(lambda: make_pipeline(
+            StandardScaler(), voting("soft", weights=[2, 1, 1, 1])))),
+        sk("voting_hard_multiclass", _fit_clf(lambda: voting("hard"), 3)),
         sk("pipeline_scaler_xgboost", _fit_clf(pipe_xgb)),
         sk("pipeline_scaler_lightgbm", _fit_reg(pipe_lgbm)),
         ZooModel("xgboost_classifier_binary", "xgboost", ".joblib", xgb_model("clf")),
@@ -597,6 +618,7 @@ def realistic() -> list[ZooModel]:
         sk("realistic_minmax_multinomial_nb",
            _realistic(lambda: make_pipeline(MinMaxScaler(), MultinomialNB()), clf)),
         sk("realistic_bernoulli_nb", _realistic(BernoulliNB, clf)),
+        sk("realistic_voting_soft", _realistic(lambda: voting("soft", trees=100), clf)),
         sk("realistic_select_k_best_logistic",
            _realistic(lambda: make_pipeline(SelectKBest(k=10), LogisticRegression(max_iter=500)),
                       clf)),
