@@ -115,11 +115,13 @@ def bring_up(workdir: Path, namespace: str = "models", cluster: Cluster | None =
         prom = start_prometheus(workdir / "prometheus", cluster.control_plane.bin_dir, scrape_interval="1s",
                                 kubernetes=cluster.prometheus_discovery(), listen=HOST_ADDRESS)
         t = time.monotonic()
-        cluster.helm("install", RELEASE, str(CHART), "-n", SYSTEM, "--create-namespace", *image_values(cluster),
+        # upgrade --install: idempotent, whatever an earlier run over the same folder left.
+        cluster.helm("upgrade", "--install", RELEASE, str(CHART), "-n", SYSTEM, "--create-namespace",
+                     *image_values(cluster),
                      "--set", f"conversion.serviceAccount.namespaces={{{namespace}}}",
                      "--set", f"operator.replicas={operator_replicas}", "--set", f"operator.prometheusUrl={prom.url}",
                      "--wait", "--timeout", "240s")
-        timings["helm install"] = time.monotonic() - t
+        timings["helm upgrade --install"] = time.monotonic() - t
         platform = ClusterPlatform(cluster, namespace, volumes / "sources", prom, timings)
         if gateway:
             t = time.monotonic()

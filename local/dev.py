@@ -11,6 +11,11 @@ State (pids, addresses, kubeconfig) lives in one JSON file under the platform di
 `up` is idempotent and `down` leaves nothing behind, whichever shell started it. The cluster is
 held by a supervisor process that tears it down on SIGTERM; if that process was killed, `down`
 stops what it recorded and removes the node's state from the host itself.
+
+`up --cluster` after `down` starts a clean cluster (no Models, a fresh Helm release) and keeps one
+thing of the last one: the `sources` folder, the user's artifacts. Resuming the old cluster was
+tried: its apiserver comes back on another port and the Pods on the node no longer reach it through
+the `kubernetes` Service. `down --purge` deletes the sources folder too.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,6 +148,37 @@ def down(home: Path, quiet: bool = False) -> list[str]:
     return left
 
 
+def purge(home: Path) -> None:
+    """Deletes everything a stopped platform left under its home, the sources folder included."""
+    if read_state(home):
+        raise ControlPlaneError(f"a platform is running in {home}: `serin dev down` first")
+    for kept in ("cluster", "controlplane", "prometheus", "standin", "store"):
+        shutil.rmtree(home / kept, ignore_errors=True)
+    print(f"serin dev: deleted the platform's data under {home}, the sources folder too")
+
+
+def sources_dir(home: Path) -> Path:
+    """The `sources` claim's folder on the host (local/cluster_platform.py puts it there)."""
+    return home / "cluster" / "volumes" / "sources"
+
+
+def start_clean(home: Path) -> bool:
+    """Before a cluster starts: removes what an earlier one left (etcd's data, the node's state, the
+    model store), keeping its `sources` folder. Whether there was one."""
+    cluster = home / "cluster"
+    if not cluster.exists():
+        return False
+    sources, kept = sources_dir(home), home / "sources.kept"
+    if sources.exists():
+        shutil.rmtree(kept, ignore_errors=True)
+        sources.rename(kept)
+    shutil.rmtree(cluster)
+    if kept.exists():
+        sources.parent.mkdir(parents=True, exist_ok=True)
+        kept.rename(sources)
+    return True
+
+
 def _terminate(pid: int, timeout: float = 10.0) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -175,6 +212,9 @@ def up_cluster(home: Path, timeout: float = CLUSTER_UP_TIMEOUT) -> dict:
         raise ControlPlaneError("the real cluster needs root (network and mount namespaces, iptables, cgroups): "
                                 "run `serin dev up --cluster` as root, or `serin dev up` for the stand-in")
     down(home, quiet=True)  # a half-dead platform from an earlier run: clear it first
+    if start_clean(home):
+        print(f"serin dev: starting a clean cluster; the last one's Models are gone, its sources folder "
+              f"{sources_dir(home)} is kept", file=sys.stderr)
     log = home / "logs" / "supervisor.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as logf:
@@ -199,6 +239,7 @@ def up_cluster(home: Path, timeout: float = CLUSTER_UP_TIMEOUT) -> dict:
 def supervise_cluster(home: Path) -> int:
     """The supervisor: brings the platform up, records it, and holds it until SIGTERM or SIGINT,
     then tears it down and records what (if anything) was left on the host."""
+    from serin.local import examples
     from serin.local.cluster_platform import bring_up
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # taken by sigwait below
@@ -207,6 +248,7 @@ def supervise_cluster(home: Path) -> int:
     try:
         cp, gateway = platform.cluster.control_plane, platform.gateway
         assert gateway is not None
+        examples.stage(platform.sources)  # what manifests/examples/platform/ points at
         state = {
             "kind": "cluster",
             "kubeconfig": str(cp.kubeconfig),
@@ -276,7 +318,8 @@ def print_usage_hint(state: dict) -> None:
     print("  kubectl get models,inferenceservices -A")
     if _kind(state) == "cluster":
         ns = state["namespace"]
-        print(f"  Models go in namespace {ns}: copy an artifact under {state['sources']}/ and point "
+        print(f"  kubectl apply -f {REPO_ROOT / 'manifests' / 'examples' / 'platform'}/   # one Model per format")
+        print(f"  Your own: Models go in namespace {ns}; copy an artifact under {state['sources']}/ and point "
               f"spec.source.uri at pvc://sources/<its path there>")
         print(f"  a Model's endpoint: curl -H 'Host: <model>-{ns}.{state['gatewayDomain']}' "
               f"{state['gateway']}/v2/models/<model>/infer")
@@ -292,13 +335,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="platform state directory")
     parser.add_argument("--cluster", action="store_true",
                         help="up: the real cluster with KServe's controller and a Gateway (needs root)")
+    parser.add_argument("--purge", action="store_true",
+                        help="down: also delete the sources folder, which `up --cluster` keeps across runs")
     args = parser.parse_args(argv)
     args.home.mkdir(parents=True, exist_ok=True)
     try:
         if args.action == "up":
             print_usage_hint(up_cluster(args.home) if args.cluster else up(args.home))
         elif args.action == "down":
-            return 1 if down(args.home) else 0
+            left = down(args.home)
+            if args.purge:
+                purge(args.home)
+            return 1 if left else 0
         else:
             state = read_state(args.home)
             if not state:

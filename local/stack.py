@@ -23,9 +23,12 @@ def standin_argv(kubeconfig: Path, workdir: Path, file_sd: Path | None, namespac
 
 
 def operator_argv(prometheus_url: str, store: Path | str, namespace: str | None = None,
-                  metrics_port: int = 0) -> list[str]:
-    argv = [sys.executable, "-m", "serin.operator.cli", "operator", "--prometheus-url", prometheus_url,
-            "--model-store", str(store)]
+                  metrics_port: int = 0, executor: str = "local") -> list[str]:
+    """`serin operator` as the local stack runs it. Its executor is asked for by name: the operator's
+    own default is `job` (a converter unpickles models: not in the operator's process unless asked),
+    and the local stack has no kubelet to run Jobs, so conversions are subprocesses writing to `store`."""
+    argv = [sys.executable, "-m", "serin.operator.cli", "operator", "--executor", executor,
+            "--prometheus-url", prometheus_url, "--model-store", str(store)]
     if namespace:
         argv += ["--namespace", namespace]
     if metrics_port:

@@ -87,6 +87,10 @@ KINDS: dict[str, KindSpec] = {
     "deployments": KindSpec("deployments", *_typed(client.AppsV1Api, "list_namespaced_deployment",
                                                     "list_deployment_for_all_namespaces"),
                             selector=ISVC_LABEL, index_label=ISVC_LABEL),
+    # The predictor Pods (either mode), while a rollout waits on them: the reasons they do not
+    # serve (unschedulable, image, crash loop, OOM) are told as they happen (operator/pods.py).
+    "pods": KindSpec("pods", *_typed(client.CoreV1Api, "list_namespaced_pod", "list_pod_for_all_namespaces"),
+                     selector=ISVC_LABEL, index_label=ISVC_LABEL),
     # Standard mode without a Gateway: the Model's split Service; with one: its HTTPRoute.
     "service": KindSpec("service", *_typed(client.CoreV1Api, "list_namespaced_service",
                                            "list_service_for_all_namespaces"),
@@ -103,7 +107,18 @@ def strip(obj: dict[str, Any]) -> dict[str, Any]:
     annotations = meta.get("annotations")
     if annotations:
         annotations.pop(LAST_APPLIED, None)
-    if obj.get("kind") == "Deployment":
+    if obj.get("kind") == "Pod":
+        # Of a Pod, only what operator/pods.py reads: who it is and why it is not running.
+        status = obj.get("status") or {}
+        obj["spec"] = {}
+        obj["status"] = {k: status[k] for k in ("phase", "conditions", "initContainerStatuses",
+                                               "containerStatuses") if k in status}
+        for key in ("initContainerStatuses", "containerStatuses"):
+            for cs in obj["status"].get(key) or []:
+                for drop in ("image", "imageID", "containerID", "volumeMounts", "resources", "allocatedResources",
+                             "user", "started"):
+                    cs.pop(drop, None)
+    elif obj.get("kind") == "Deployment":
         template = (obj.get("spec") or {}).get("template")
         if isinstance(template, dict):
             obj["spec"]["template"] = {"metadata": template.get("metadata") or {}}

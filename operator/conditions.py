@@ -21,6 +21,11 @@ def derive_conditions(spec: ModelSpec, s: Status, generation: int, now: str) -> 
     if s.waiting is not None and s.waiting.exceeded:
         # A Deployment's convention: Progressing False, ProgressDeadlineExceeded, while still trying.
         wanted.append(("Progressing", "False", "ProgressDeadlineExceeded", s.message))
+    elif s.waiting is not None and s.waiting.blocked:
+        # Still progressing (the deadline has not passed), but the reason says what holds it.
+        wanted.append(("Progressing", "True", s.waiting.blocked, s.message))
+    elif s.pending is not None and s.pending.blocked:
+        wanted.append(("Progressing", "True", s.pending.blocked, s.message))
     else:
         wanted.append(("Progressing", "True" if busy else "False", s.phase, s.message))
 
@@ -36,6 +41,9 @@ def derive_conditions(spec: ModelSpec, s: Status, generation: int, now: str) -> 
         wanted.append(("Converted", "Unknown", "Converting", f"converting generation {s.pending.generation}"))
     elif failed_here and s.failed is not None and s.failed.kind == FailureKind.CONVERSION_FAILED:
         wanted.append(("Converted", "False", "ConversionFailed", s.failed.reason))
+    elif failed_here and s.failed is not None and s.failed.kind == FailureKind.ANALYSIS_REQUIRED \
+            and not any(v is not None and v.versionKey == key for v in (s.stable, s.canary)):
+        wanted.append(("Converted", "Unknown", "NotStarted", "refused before conversion: " + s.failed.reason))
     elif any(v is not None and v.versionKey == key for v in (s.stable, s.canary, s.failed)):
         wanted.append(("Converted", "True", "ParityPassed", "ONNX predictions match the native model"))
     else:

@@ -24,6 +24,7 @@ from serin.operator.cache import Cache
 from serin.operator.kube import GROUP, PLURAL, VERSION, Kube
 from serin.operator.leader import LeaderElector
 from serin.operator.loop import Registry
+from serin.operator.policy import Policy
 from serin.operator.prometheus import Prometheus
 from serin.operator.reconcile import Deps
 from serin.operator.routing import Routing, default_mode_from_configmap, parse_gateway
@@ -52,14 +53,17 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     namespaces = tuple(ns for ns in os.environ.get("SERIN_NAMESPACES", "").split(",") if ns)
     CACHE.append(Cache(api, namespaces, REGISTRY.wake))
     kube = Kube(api, cache=CACHE[0])
-    executor_kind = os.environ.get("SERIN_EXECUTOR", "local")
+    executor_kind = executors.kind_from_environment()
     limit = int(os.environ.get("SERIN_MAX_CONVERSIONS") or executors.default_limit(executor_kind))
+    per_namespace = int(os.environ.get("SERIN_MAX_CONVERSIONS_PER_NAMESPACE") or 0)
     executor = executors.ConversionQueue(executors.from_environment(api, executor_kind, namespaces), limit,
-                                         started=REGISTRY.wake)
+                                         started=REGISTRY.wake, per_namespace=per_namespace)
     routing = await load_routing(kube)
+    # `serin operator` writes "true" or "false"; anything else set by hand is the safe choice.
+    policy = Policy(require_analysis=os.environ.get("SERIN_REQUIRE_ANALYSIS", "true").strip().lower() != "false")
     REGISTRY.deps = Deps(kube, executor, Prometheus(os.environ.get("SERIN_PROMETHEUS_URL", "http://localhost:9090"),
                                                     concurrency=int(os.environ.get("SERIN_PROMETHEUS_QUERIES", "16"))),
-                         routing)
+                         routing, policy=policy)
     lease_ns = os.environ.get("POD_NAMESPACE", "")
     if lease_ns:
         REGISTRY.leader = LeaderElector(api, lease_ns)
@@ -68,8 +72,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     port = int(os.environ.get("SERIN_METRICS_PORT", "0"))
     if port:
         start_http_server(port)
-    log.info("serin operator started: executor=%s (%d at a time), leader election=%s, KServe default mode=%s, "
-             "gateway=%s", executor_kind, limit, bool(lease_ns), routing.default_mode,
+    log.info("serin operator started: executor=%s (%d at a time, %s per namespace), require analysis=%s, "
+             "leader election=%s, KServe default mode=%s, gateway=%s", executor_kind, limit,
+             per_namespace or "no limit", policy.require_analysis, bool(lease_ns), routing.default_mode,
              f"{routing.gateway.gateway_namespace}/{routing.gateway.gateway_name}" if routing.gateway else "none")
 
 
@@ -131,6 +136,8 @@ async def model_event(type: str | None, body: kopf.Body, name: str, namespace: s
         opmetrics.forget(namespace, name)
         if cache is not None:
             cache.forget_model(namespace, name)
+        if REGISTRY.deps is not None:
+            REGISTRY.deps.secrets.pop((namespace, name), None)
         if REGISTRY.deps is not None and isinstance(REGISTRY.deps.executor, executors.ConversionQueue):
             await REGISTRY.deps.executor.forget(namespace, name)
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import secrets
 import uuid
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 from serin.operator.cache import Cache
+from serin.operator.feedback_secret import SecretCheck, SecretState, classify
+from serin.operator.names import bounded
 from serin.operator.routing.base import FEEDBACK_SECRET_KEY, Op, Write, feedback_secret_name
 from serin.operator.routing.base import GROUP as KSERVE_GROUP
 from serin.operator.routing.base import PLURAL as KSERVE_PLURAL
@@ -104,6 +107,13 @@ class Kube:
         deps = await self.apps.list_namespaced_deployment(namespace, label_selector=f"{ISVC_LABEL}={isvc}")
         return tuple(self.api.sanitize_for_serialization(d) for d in deps.items)
 
+    async def isvc_pods(self, namespace: str, isvc: str) -> tuple[dict[str, Any], ...]:
+        """The Pods KServe made for one InferenceService (by its label), in either mode."""
+        if self.cache is not None:
+            return await self.cache.by_label("pods", namespace, isvc)
+        pods = await self.core.list_namespaced_pod(namespace, label_selector=f"{ISVC_LABEL}={isvc}")
+        return tuple(self.api.sanitize_for_serialization(p) for p in pods.items)
+
     async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
         if self.cache is not None:
             return await self.cache.get("service", namespace, name)
@@ -135,27 +145,66 @@ class Kube:
             raise
         return dict(self.api.sanitize_for_serialization(cm))
 
-    async def ensure_feedback_secret(self, model: dict[str, Any], owner: dict[str, Any]) -> None:
+    async def ensure_feedback_secret(self, model: dict[str, Any], owner: dict[str, Any],
+                                     verify: bool = True) -> SecretCheck:
         """The Model's feedback key (routing.base.feedback_secret_name): created once with a random
-        key, owned by the Model, never read or changed by the operator (only the predictors read
-        it). One create per Model per operator process; "already exists" is success."""
+        key, owned by the Model, never changed by the operator (only the predictors read the key).
+        `verify` (before the Model's first deployment): a Secret of that name that is already there
+        is used only when its owner is this Model, by uid (feedback_secret.py says why); without it
+        (the Model serves, so its first deployment made or checked the Secret) one that is there is
+        taken as the Model's. Checked once per Model per operator process; an answer of the
+        apiserver's that stops it (403, 400, 422) is returned, not raised: the caller tells it and
+        asks again later."""
         meta = model["metadata"]
-        known = (meta["namespace"], meta.get("uid", ""))
-        if known in self._feedback_secrets:
-            return
+        ns, uid = meta["namespace"], meta.get("uid", "")
+        name = feedback_secret_name(meta["name"])
+        where = f"{ns}/{name}"
+        if (ns, uid) in self._feedback_secrets:
+            return SecretCheck(SecretState.OURS, where, model_uid=uid)
         body = {
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": feedback_secret_name(meta["name"]), "namespace": meta["namespace"],
-                         "labels": {"app.kubernetes.io/managed-by": "serin", "serin.dev/model": meta["name"]},
+            "metadata": {"name": name, "namespace": ns,
+                         "labels": {"app.kubernetes.io/managed-by": "serin", "serin.dev/model": bounded(meta["name"])},
                          "ownerReferences": [owner]},
             "data": {FEEDBACK_SECRET_KEY: base64.b64encode(secrets.token_hex(32).encode()).decode()},
         }
+        for _ in range(2):  # a second create when the Secret found went before it could be read
+            try:
+                await self.core.create_namespaced_secret(ns, body)  # type: ignore[arg-type]  # a dict body is sent as it is
+                check = SecretCheck(SecretState.OURS, where, model_uid=uid)
+            except ApiException as err:
+                if err.status == 403:
+                    return SecretCheck(SecretState.FORBIDDEN, where, api_message(err), uid)
+                if err.status in (400, 422):
+                    return SecretCheck(SecretState.REFUSED, where, api_message(err), uid)
+                if err.status != 409:
+                    raise
+                check = (await self._owner_of_secret(ns, name, model) if verify
+                         else SecretCheck(SecretState.OURS, where, model_uid=uid))
+            if check.state != SecretState.GONE:
+                break
+        if check.usable:
+            self._feedback_secrets.add((ns, uid))
+        return check
+
+    async def _owner_of_secret(self, ns: str, name: str, model: dict[str, Any]) -> SecretCheck:
+        """Whose the existing Secret is, by its owner references, when the operator may read it
+        (the chart does not let it read Secrets: UNVERIFIED, and the caller waits for the Secret to
+        go). A read returns the key too: only the owner references are kept."""
+        where = f"{ns}/{name}"
         try:
-            await self.core.create_namespaced_secret(meta["namespace"], body)  # type: ignore[arg-type]  # a dict body is sent as it is
+            found = await self.core.read_namespaced_secret(name, ns)
         except ApiException as err:
-            if err.status != 409:
-                raise
-        self._feedback_secrets.add(known)
+            if err.status == 403:
+                return SecretCheck(SecretState.UNVERIFIED, where, api_message(err), model["metadata"].get("uid", ""))
+            if err.status == 404:  # deleted in between (the garbage collector)
+                return SecretCheck(SecretState.GONE, where, "deleted while it was checked",
+                                   model["metadata"].get("uid", ""))
+            raise
+        refs = (found.metadata.owner_references or []) if found.metadata is not None else []
+        owners = [{"apiVersion": r.api_version, "kind": r.kind, "name": r.name, "uid": r.uid} for r in refs]
+        del found
+        return classify(where, owners, model["metadata"])
 
     async def write(self, namespace: str, w: Write) -> None:
         """A router's write. A create that finds the object already there is a Conflict: the
@@ -209,6 +258,15 @@ class Kube:
             action=reason,
         )
         await self.core.create_namespaced_event(meta["namespace"], body)
+
+
+def api_message(err: ApiException) -> str:
+    """The apiserver's own words in a refusal (its Status message: which verb RBAC denied, which
+    field was invalid), else the HTTP reason."""
+    try:
+        return str(json.loads(err.body or b"{}").get("message") or err.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(err.reason)
 
 
 def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from serin.operator.pods import PodTrouble
 from serin.operator.status import ConversionSummary
 
 
@@ -25,6 +26,8 @@ class ConversionResult:
     summary: ConversionSummary | None = None  # what the converter reported, when it did
     retryable: bool = False  # Failed, but transiently (fetch failed): another attempt may pass
     position: int = 0  # Queued: its place in line, 1 being next
+    # Running, but its Pod does not run: Kubernetes' reason (Unschedulable, ...); `reason` has its words.
+    blocked: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class ServingObservation:
     # Why the layer is not serving what it was asked yet, in its own words when it gives them
     # (KServe's Ready condition): what a progressDeadline report says did not happen.
     not_ready: str = ""
+    # Kubernetes' own reason one of the Model's Pods does not serve (unschedulable, image, crash
+    # loop, OOM kill), as it happens: what a wait on the serving layer is told instead of nothing.
+    trouble: PodTrouble | None = None
     mode: str = ""  # the KServe deployment mode in use (Knative | Standard)
     traffic: str = ""  # how weights are set: knative | replicaRatio | gateway
     url: str = ""  # the address clients call
@@ -103,3 +109,6 @@ class Observations:
     serving: ServingObservation = ServingObservation()
     conversion: ConversionResult | None = None  # for status.pending, when there is one
     measurements: tuple[MeasuredValue, ...] | None = None  # None: not measured this tick
+    # Why the Model's feedback Secret is not usable, in words ("" when it is, or none was needed):
+    # the operator may not create or read it, or the Secret of its name is not this Model's.
+    feedback_secret: str = ""

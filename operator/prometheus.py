@@ -75,8 +75,10 @@ class Prometheus:
             PROMETHEUS_QUERY_SECONDS.labels("wait").observe(loop.time() - start)
         started = loop.time()
         try:
+            # Prometheus is told the same deadline: a query abandoned here must not run on there.
+            params = {"query": query, "timeout": f"{self.timeout:g}s"}
             async with asyncio.timeout(max(0.1, deadline - loop.time())), \
-                    self._client().get(f"{self.url}/api/v1/query", params={"query": query}) as resp:
+                    self._client().get(f"{self.url}/api/v1/query", params=params) as resp:
                 return await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             return f"prometheus unreachable: {type(err).__name__}: {err}"[:300]
@@ -93,44 +95,119 @@ def _failure(body: object) -> str:
     return f"prometheus error: {error}"[:300]
 
 
-def parse_vector(body: object, label: str) -> tuple[dict[str, float], str]:
+# Everything below reads an answer from outside: any shape it has is no value with a reason (which
+# the analysis judges Inconclusive), never an exception. One raised here would fail every tick of
+# the Model, so a broken or hostile Prometheus could hold a canary where it is with no deadline,
+# abort or rollback acting on it.
+MALFORMED = "malformed prometheus answer"
+
+
+def _data(body: object) -> tuple[object, object] | str:
+    """(resultType, result) of a successful answer, or why there is none."""
     failure = _failure(body)
     if failure:
-        return {}, failure
+        return failure
     assert isinstance(body, dict)
-    data = body.get("data") or {}
-    if data.get("resultType") != "vector":
-        return {}, f"unsupported result type {data.get('resultType')!r}"
+    data = body.get("data")
+    if not isinstance(data, dict):
+        return f"{MALFORMED}: data is {_show(data)}, not an object"
+    return data.get("resultType"), data.get("result")
+
+
+def _samples(result: object) -> list[object] | str:
+    if not isinstance(result, list):
+        return f"{MALFORMED}: vector result is {_show(result)}, not a list"
+    return result
+
+
+def _sample(sample: object) -> tuple[dict[str, object], float | None] | str:
+    """A vector sample's labels and value (None for NaN: no data), or why it is malformed."""
+    if not isinstance(sample, dict):
+        return f"sample {_show(sample)} is not an object"
+    labels = sample.get("metric", {})
+    if not isinstance(labels, dict):
+        return f"metric {_show(labels)} is not an object"
+    if "value" not in sample:
+        return "no value"
+    value = _value(sample["value"])
+    return value if isinstance(value, str) else (labels, value)
+
+
+def _value(pair: object) -> float | str | None:
+    """The number of a [time, "value"] pair (None for NaN), or why it is not one."""
+    if not isinstance(pair, list) or len(pair) != 2:
+        return f"value {_show(pair)} is not a [time, value] pair"
+    text = pair[1]
+    if not isinstance(text, str):  # the HTTP API sends every sample value as a string
+        return f"value {_show(text)} is not a string"
+    try:
+        value = float(text)
+    except ValueError:
+        return f"value {_show(text)} is not a number"
+    if math.isnan(value):
+        return None  # 0/0, e.g. a ratio over no requests: no data yet, not a malformed answer
+    if math.isinf(value):
+        # Not below any min nor, as -Inf, above any max: read as a number it could pass a limit.
+        return f"value {text} is not finite"
+    return value
+
+
+def _show(value: object) -> str:
+    return repr(value)[:60]
+
+
+def parse_vector(body: object, label: str) -> tuple[dict[str, float], str]:
+    """The samples by their `label`, and why they are not to be trusted ("" if fine): a malformed
+    sample is left out and named, and the caller takes no value from an answer with a reason."""
+    data = _data(body)
+    if isinstance(data, str):
+        return {}, data
+    kind, result = data
+    if kind != "vector":
+        return {}, f"unsupported result type {kind!r}"
+    samples = _samples(result)
+    if isinstance(samples, str):
+        return {}, samples
     out: dict[str, float] = {}
-    for sample in data.get("result") or []:
-        value = _number(sample["value"][1])
-        key = (sample.get("metric") or {}).get(label)
+    malformed: list[str] = []
+    for i, sample in enumerate(samples):
+        read = _sample(sample)
+        if isinstance(read, str):
+            malformed.append(f"sample {i}: {read}")
+            continue
+        labels, value = read
+        key = labels.get(label)
         if key is not None and value is not None:
             out[str(key)] = value
+    if malformed:
+        more = f" (and {len(malformed) - 1} more)" if len(malformed) > 1 else ""
+        return out, f"{MALFORMED}: {malformed[0]}{more}"[:300]
     return out, ""
 
 
 def parse_response(metric: str, body: object) -> MeasuredValue:
     """One number from an instant query, or why there is none (which makes it Inconclusive)."""
-    failure = _failure(body)
-    if failure:
-        return MeasuredValue(metric, None, failure)
-    assert isinstance(body, dict)
-    data = body.get("data") or {}
-    kind, result = data.get("resultType"), data.get("result")
+    data = _data(body)
+    if isinstance(data, str):
+        return MeasuredValue(metric, None, data)
+    kind, result = data
     if kind == "scalar":
         if not isinstance(result, list) or len(result) != 2:
             return MeasuredValue(metric, None, "prometheus error: malformed scalar result")
-        return MeasuredValue(metric, _number(result[1]))
+        value = _value(result)
+        if isinstance(value, str):
+            return MeasuredValue(metric, None, f"{MALFORMED}: scalar {value}"[:300])
+        return MeasuredValue(metric, value)
     if kind == "vector":
-        if not result:
+        samples = _samples(result)
+        if isinstance(samples, str):
+            return MeasuredValue(metric, None, samples)
+        if not samples:
             return MeasuredValue(metric, None)  # no series: no data yet
-        if len(result) > 1:
-            return MeasuredValue(metric, None, f"query returned {len(result)} series; aggregate it to one")
-        return MeasuredValue(metric, _number(result[0]["value"][1]))
+        if len(samples) > 1:
+            return MeasuredValue(metric, None, f"query returned {len(samples)} series; aggregate it to one")
+        read = _sample(samples[0])
+        if isinstance(read, str):
+            return MeasuredValue(metric, None, f"{MALFORMED}: {read}"[:300])
+        return MeasuredValue(metric, read[1])
     return MeasuredValue(metric, None, f"unsupported result type {kind!r}")
-
-
-def _number(text: str) -> float | None:
-    value = float(text)
-    return None if math.isnan(value) else value

@@ -1,5 +1,7 @@
 """PromQL for the builtin metrics and user templates. Metric names come from the runtime's
-contract module, so a rename there cannot silently break analysis here."""
+contract module, so a rename there cannot silently break analysis here. A user's query is
+confined to its Model's namespace (promql.py) before it is sent; the builtins are Serin's own and
+sent as written."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import math
 from dataclasses import dataclass
 from statistics import NormalDist
 
+from serin.operator.promql import QueryRefused, confine
 from serin.operator.spec import Builtin, MetricSpec
 from serin.runtime import metric_names as m
 
@@ -265,16 +268,41 @@ def sample_query(metric: MetricSpec, ctx: QueryContext) -> str | None:
     return None
 
 
+# Sent in place of a refused user query: it reads no series, so it answers "no data" (Inconclusive)
+# whether or not the caller asked `refusal` for the reason first.
+REFUSED = "vector(0) unless vector(0)"
+
+
 def render(metric: MetricSpec, ctx: QueryContext) -> str:
+    """The PromQL to send for `metric`: a builtin as written; a user query with its placeholders
+    filled in and confined to ctx.namespace, or REFUSED when it cannot be (`refusal` says why)."""
     if metric.builtin:
         return builtin_query(metric.builtin, ctx)
+    try:
+        return _user_query(metric, ctx)
+    except QueryRefused:
+        return REFUSED
+
+
+def refusal(metric: MetricSpec, ctx: QueryContext) -> str:
+    """Why `metric`'s query is not sent ("" when it is): the reason to record in status."""
+    if metric.builtin:
+        return ""
+    try:
+        _user_query(metric, ctx)
+    except QueryRefused as err:
+        return f"query refused: {err}"
+    return ""
+
+
+def _user_query(metric: MetricSpec, ctx: QueryContext) -> str:
     assert metric.query is not None  # the CRD requires exactly one of builtin / query
-    return (
+    return confine(
         metric.query.replace("{{model}}", ctx.model)
         .replace("{{namespace}}", ctx.namespace)
         .replace("{{revision}}", ctx.revision)
-        .replace("{{stableRevision}}", ctx.stable_revision)
-    )
+        .replace("{{stableRevision}}", ctx.stable_revision),
+        ctx.namespace)
 
 
 def window_for(interval_seconds: float) -> str:

@@ -21,12 +21,16 @@ from kubernetes_asyncio.client.rest import ApiException
 from serin.operator import opmetrics, queries
 from serin.operator.actions import Action, ApplyServing, CancelConversion, ClearAnnotation, Emit, StartConversion
 from serin.operator.executors import ConversionExecutor, ConversionRequest
-from serin.operator.kube import Kube, owner_reference
+from serin.operator.feedback_secret import SecretCheck
+from serin.operator.kube import Conflict, Kube, api_message, owner_reference
 from serin.operator.observations import MeasuredValue, Observations
+from serin.operator.policy import DEFAULT as DEFAULT_POLICY
+from serin.operator.policy import Policy
 from serin.operator.prometheus import MetricProvider
 from serin.operator.queries import QueryContext, lifetime_for, render, sample_query, value_buckets_query, window_for
 from serin.operator.rollout import Decision, analysis_due, decide, is_idle, next_due
-from serin.operator.routing import Router, Routing, Seen
+from serin.operator.routing import Router, Routing, Seen, Write
+from serin.operator.routing.base import Op
 from serin.operator.routing.standard import route_name, split_service_name
 from serin.operator.spec import Builtin, MetricSpec, ModelSpec, parse_spec
 from serin.operator.status import CanaryState, Status, from_time, status_from_dict, status_to_dict, to_time
@@ -60,15 +64,22 @@ class Deps:
     # The serving layer's last refusal of a write, per Model (a webhook's 4xx): fed to the next
     # tick's observation, so the decision says why in status instead of retrying blindly.
     rejected: dict[tuple[str, str], str] = field(default_factory=dict)
+    # What the cluster admin requires of every Model (serin operator --require-analysis).
+    policy: Policy = field(default_factory=Policy)
+    # Per Model, its feedback Secret when it was last found unusable, and when: told in status by
+    # the next ticks, checked again when due (feedback_secret.py), forgotten once usable.
+    secrets: dict[tuple[str, str], tuple[SecretCheck, dt.datetime]] = field(default_factory=dict)
 
 
 async def read_serving(kube: Kube, router: Router, namespace: str, name: str,
-                       isvc: dict[str, Any] | None) -> Seen:
+                       isvc: dict[str, Any] | None, idle: bool = False, uid: str = "") -> Seen:
     kinds = router.kinds()
     deployments = await kube.isvc_deployments(namespace, name) if "deployments" in kinds else ()
     service = await kube.get_service(namespace, split_service_name(name)) if "service" in kinds else None
     route = await kube.get_route(namespace, route_name(name)) if "route" in kinds else None
-    return Seen(namespace, name, isvc, deployments, service, route)
+    # Only while something is awaited of them: a Pod's reason explains a wait (rollout.py).
+    pods = await kube.isvc_pods(namespace, name) if isvc is not None and not idle else ()
+    return Seen(namespace, name, isvc, deployments, service, route, pods, uid)
 
 
 def conversion_request(model: dict[str, Any], spec: ModelSpec, generation: int, key: str,
@@ -85,11 +96,13 @@ class Reconciled:
     idle: bool  # nothing in flight
 
 
-def wake_after(spec: ModelSpec, status: Status, now: dt.datetime, poll_seconds: float | None) -> float | None:
-    """When to reconcile again without a change: the decision's own next deadline, and the next
+def wake_after(spec: ModelSpec, status: Status, now: dt.datetime, poll_seconds: float | None,
+               policy: Policy = DEFAULT_POLICY, secret: SecretCheck | None = None) -> float | None:
+    """When to reconcile again without a change: the decision's own next deadline, the next
     poll of a conversion whose end no watch reports (QUEUE_REFRESH while it waits in line, to
-    refresh its position; its start wakes it at once)."""
-    due = [next_due(spec, status, now)]
+    refresh its position; its start wakes it at once), and the next check of a feedback Secret
+    that was not usable (no watch reports Secrets)."""
+    due = [next_due(spec, status, now, policy), secret.retry_seconds if secret is not None else None]
     p = status.pending
     if p is not None and p.retryAt is None:
         # decide() records every Queued answer as queuePosition, so the status alone says it waits.
@@ -108,6 +121,9 @@ async def measure(deps: Deps, model: dict[str, Any], spec: ModelSpec, status: St
                        window=window_for(spec.analysis.interval),
                        lifetime=lifetime_for(spec.analysis.interval, (now - since).total_seconds() if since else 0.0))
     async def one(metric: MetricSpec) -> MeasuredValue:
+        refused = queries.refusal(metric, ctx)
+        if refused:  # a user query that cannot be confined to the Model's namespace: nothing is sent
+            return MeasuredValue(metric.name, None, refused)
         if metric.builtin == Builtin.PREDICTION_SHIFT and status.canary is not None \
                 and status.canary.task == "regression":
             return await regression_shift(deps.metrics, metric.name, ctx)
@@ -161,7 +177,8 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
 
     isvc = await deps.kube.get_isvc(namespace, name)
     router = deps.routing.router_for(spec, isvc)
-    seen = await read_serving(deps.kube, router, namespace, name, isvc)
+    seen = await read_serving(deps.kube, router, namespace, name, isvc, idle=is_idle(status),
+                              uid=str(model["metadata"].get("uid") or ""))
     serving = deps.routing.observe(router, spec, seen)
     rejected = deps.rejected.get((namespace, name))
     if rejected and not serving.refused:
@@ -177,10 +194,11 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
         measurements = await measure(deps, model, spec, status, now)
         measured_at = time.monotonic()
         opmetrics.ANALYSIS_ROUND_SECONDS.labels("measure").observe(measured_at - started)
+    secret = _secret_problem(deps, model)
     obs = Observations(generation, dict(model["metadata"].get("annotations") or {}), serving, conversion,
-                       measurements)
+                       measurements, feedback_secret=secret.describe() if secret is not None else "")
 
-    decision = decide(spec, status, obs, now)
+    decision = decide(spec, status, obs, now, deps.policy)
     new_status = status_to_dict(decision.status)
     _failpoint("before-persist", decision)
     if new_status != status_to_dict(status):
@@ -199,7 +217,8 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     if decision.rolled_back is not None:
         opmetrics.ROLLOUTS_ROLLED_BACK.labels(namespace, name, decision.rolled_back).inc()
     _observe_metrics(namespace, name, decision, measured=measurements is not None)
-    return Reconciled(decision, wake_after(spec, decision.status, now, deps.executor.poll_seconds),
+    return Reconciled(decision, wake_after(spec, decision.status, now, deps.executor.poll_seconds, deps.policy,
+                                          _secret_problem(deps, model)),
                       is_idle(decision.status))
 
 
@@ -232,22 +251,41 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
     elif isinstance(action, ApplyServing):
         # Planned from the objects read at the top of this tick: only this operator writes them.
         key = (meta["namespace"], meta["name"])
+        if seen.foreign():
+            return  # observed as refused: the decision says why, nothing is written to it
+        write: Write | None = None
         try:
             owner = owner_reference(model)
             writes = router.plan(seen, action, spec, owner)
-            if any(w.kind == "isvc" for w in writes):
-                # Before the predictors that read it: the Secret their feedback key comes from.
-                await deps.kube.ensure_feedback_secret(model, owner)
+            # Before the predictors that read it: the Secret their feedback key comes from.
+            if not await _feedback_secret(deps, model, owner, seen, now, any(w.kind == "isvc" for w in writes)):
+                return
             for write in writes:
                 # One line per serving write (a rollout makes a few): what the serving layer was told.
                 log.info("%s/%s %s %s %s: %s", *key, write.op.value, write.kind, write.name,
                          json.dumps(write.body, separators=(",", ":"))[:240] if write.body else "")
-                await deps.kube.write(meta["namespace"], write)
+                try:
+                    await deps.kube.write(meta["namespace"], write)
+                except Conflict:
+                    # Every InferenceService is in the cache (a 409 there is the cache behind: read
+                    # again); Serin's Services and HTTPRoutes only when labelled as Serin's.
+                    if write.op != Op.CREATE or write.kind == "isvc":
+                        raise
+                    # Serin's Services and HTTPRoutes are watched by its label: a create that finds
+                    # one of that name meets an object Serin did not make (or no longer marks as
+                    # its own). Never taken over; said in status, not retried in a hot loop.
+                    reason = (f"{write.kind} {meta['namespace']}/{write.name} exists and is not Serin's "
+                              "(no app.kubernetes.io/managed-by: serin label): Serin does not take over objects "
+                              "it did not create; delete it, or name the Model otherwise")
+                    log.warning("%s/%s %s", *key, reason)
+                    deps.rejected[key] = reason
+                    return
         except ApiException as err:
             if err.status not in (400, 403, 422):
                 raise
             # Refused for good (a validating webhook, the schema, RBAC): say why, next tick.
-            reason = f"{write.kind} {write.name} {write.op} refused: {_api_message(err)}"
+            what = f"{write.kind} {write.name} {write.op}" if write is not None else "a serving write"
+            reason = f"{what} refused: {api_message(err)}"
             log.warning("%s/%s %s", *key, reason)
             deps.rejected[key] = reason
         else:
@@ -259,11 +297,40 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
         await deps.kube.event(model, action.type, action.reason, action.message)
 
 
-def _api_message(err: ApiException) -> str:
-    try:
-        return str(json.loads(err.body or b"{}").get("message") or err.reason)
-    except (TypeError, ValueError):
-        return str(err.reason)
+async def _feedback_secret(deps: Deps, model: dict[str, Any], owner: dict[str, Any], seen: Seen, now: dt.datetime,
+                           needed: bool) -> bool:
+    """Make sure of the Model's feedback Secret before a write that starts predictors (`needed`),
+    or when a Secret found unusable is due to be checked again; False: hold this tick's serving
+    writes. A Secret that cannot be had (RBAC, the apiserver's refusal) holds nothing: predictors
+    serve with keys of their own. One that exists and is not known to be this Model's holds the
+    Model's first deployment only, never the writes of a Model that serves (a rollback must not
+    wait for it): its first deployment made or checked the Secret. Each new finding is a Warning
+    Event and a log line; status says it while it lasts (feedback_secret.py)."""
+    meta = model["metadata"]
+    key = (meta["namespace"], meta["name"])
+    known = deps.secrets.get(key)
+    if known is not None and known[0].model_uid != meta.get("uid"):
+        known = None  # found for an earlier Model of this name
+    due = known is not None and (now - known[1]).total_seconds() >= known[0].retry_seconds
+    if not needed and not due:
+        return True
+    # Serving already: the InferenceService is there and this Model's (routing.base.Seen.foreign).
+    serves = seen.isvc is not None and not seen.foreign()
+    check = await deps.kube.ensure_feedback_secret(model, owner, verify=not serves)
+    if check.usable:
+        deps.secrets.pop(key, None)
+        return True
+    if known is None or known[0] != check:
+        log.warning("%s/%s %s", *key, check.describe())
+        await deps.kube.event(model, "Warning", "FeedbackSecret", check.describe())
+    deps.secrets[key] = (check, now)
+    return serves or not check.holds_first_deployment
+
+
+def _secret_problem(deps: Deps, model: dict[str, Any]) -> SecretCheck | None:
+    meta = model["metadata"]
+    known = deps.secrets.get((meta["namespace"], meta["name"]))
+    return known[0] if known is not None and known[0].model_uid == meta.get("uid") else None
 
 
 def _count_event(ns: str, name: str, before: Status, e: Emit, now: dt.datetime) -> None:

@@ -27,6 +27,7 @@ from serin.operator.actions import (
 )
 from serin.operator.conditions import derive_conditions
 from serin.operator.observations import ConversionResult, ConversionState, Observations
+from serin.operator.policy import DEFAULT, Policy, ungated
 from serin.operator.spec import ModelSpec
 from serin.operator.status import (
     ANALYSIS_RECORDS_KEPT,
@@ -73,6 +74,7 @@ class _Tick:
     spec: ModelSpec
     obs: Observations
     now: dt.datetime
+    policy: Policy = DEFAULT
     actions: list[Action] = field(default_factory=list)
     rolled_back: RollbackReason | None = None
 
@@ -88,8 +90,9 @@ class _Tick:
         return 0.0 if t is None else (self.now - t).total_seconds()
 
 
-def decide(spec: ModelSpec, status: Status, obs: Observations, now: dt.datetime) -> Decision:
-    tick = _Tick(spec, obs, now)
+def decide(spec: ModelSpec, status: Status, obs: Observations, now: dt.datetime,
+           policy: Policy = DEFAULT) -> Decision:
+    tick = _Tick(spec, obs, now, policy)
     s = _admit_new_version(tick, status)
     s = _progress_conversion(tick, s)
     s = _confirm_stable(tick, s)
@@ -138,7 +141,8 @@ def analysis_due(spec: ModelSpec, status: Status, now: dt.datetime) -> bool:
 _AFTER = dt.timedelta(milliseconds=50)
 
 
-def next_due(spec: ModelSpec, status: Status, now: dt.datetime) -> float | None:
+def next_due(spec: ModelSpec, status: Status, now: dt.datetime,
+             policy: Policy = DEFAULT) -> float | None:
     """Seconds until the passing of time alone can change this status's next decision: a back-off
     ends, a conversion's timeout or a progressDeadline passes, an analysis round or a step's pause
     is due. None when only a change can (the Model, its InferenceService, a conversion's end), which
@@ -159,7 +163,7 @@ def next_due(spec: ModelSpec, status: Status, now: dt.datetime) -> float | None:
         elif spec.analysis.metrics:
             last = to_time(c.lastAnalysisAt) or to_time(c.trafficSince)
             due.append(last + dt.timedelta(seconds=spec.analysis.interval) if last else None)
-        elif spec.steps and not spec.paused:
+        elif spec.steps and not spec.paused and ungated(spec, policy) is None:
             since = to_time(c.trafficSince)
             due.append(since + dt.timedelta(seconds=spec.steps[c.step].pause) if since else None)
     w = status.waiting
@@ -188,21 +192,34 @@ def _admit_new_version(t: _Tick, s: Status) -> Status:
         t.actions.append(CancelConversion(s.pending.generation, s.pending.versionKey, s.pending.attempt))
         t.emit("Normal", "ConversionCancelled", "the source was set back to the stable version")
         return s.evolve(pending=None)
-    # A version refused for its inputs is converted again once the user allows the change.
-    retry = s.failed is not None and s.failed.kind == FailureKind.INPUTS_CHANGED and t.spec.allow_input_change
+    # A version refused for its inputs is converted again once the user allows the change; one
+    # refused for want of analysis once the spec can gate its canary.
+    retry = s.failed is not None and (
+        (s.failed.kind == FailureKind.INPUTS_CHANGED and t.spec.allow_input_change)
+        or (s.failed.kind == FailureKind.ANALYSIS_REQUIRED and ungated(t.spec, t.policy) is None))
     failed = None if retry else s.failed
     known = {v.versionKey for v in (s.stable, s.canary, s.pending, failed) if v is not None}
     if key in known:
         return s
     if s.pending:
         t.actions.append(CancelConversion(s.pending.generation, s.pending.versionKey, s.pending.attempt))
+    refused = _analysis_refused(t, s, t.obs.generation, key)
+    if refused is not None:
+        # Refused before it takes a conversion slot. What ran for an older spec goes as it would
+        # for any new version: the spec no longer names it.
+        canary = s.canary
+        if canary and canary.state != ROLLING_BACK:
+            canary = _start_rollback(t, canary, RollbackReason.SUPERSEDED,
+                                     f"superseded by generation {t.obs.generation}")
+        return s.evolve(pending=None, canary=canary, failed=refused)
     pending = Pending(generation=t.obs.generation, versionKey=key, startedAt=t.now_s)
     t.actions.append(StartConversion(pending.generation, key, pending.attempt))
     t.emit("Normal", "ConversionStarted", f"converting generation {pending.generation} ({t.spec.source.uri})")
     canary = s.canary
     if canary and canary.state != ROLLING_BACK:
         canary = _start_rollback(t, canary, RollbackReason.SUPERSEDED, f"superseded by generation {pending.generation}")
-    return s.evolve(pending=pending, canary=canary)
+    # A refused version admitted again: its refusal is over (else, promoted, it would read Failed).
+    return s.evolve(pending=pending, canary=canary, failed=failed)
 
 
 # Within this many places of the front the position in status is exact.
@@ -258,7 +275,12 @@ def _progress_conversion(t: _Tick, s: Status) -> Status:
         timeout = t.spec.conversion.timeout
         if t.since(p.startedAt) > timeout.seconds:
             t.actions.append(CancelConversion(p.generation, p.versionKey, p.attempt))
-            return _conversion_failed(t, s, p, f"conversion did not finish within {timeout.text}", None)
+            why = f": {result.reason}" if result.blocked else ""
+            return _conversion_failed(t, s, p, f"conversion did not finish within {timeout.text}{why}", None)
+        if result.blocked != p.blocked:
+            if result.blocked:  # told once per reason, not at every poll
+                t.emit("Warning", "ConversionBlocked", f"generation {p.generation}: {result.reason}")
+            s = s.evolve(pending=replace(p, blocked=result.blocked))
         return s
     if result.state == ConversionState.FAILED:
         if result.retryable and p.attempt < MAX_CONVERSION_ATTEMPTS:
@@ -279,7 +301,7 @@ def _progress_conversion(t: _Tick, s: Status) -> Status:
     if s.stable is None or not s.stableConfirmed:
         t.emit("Normal", "Deploying", f"deploying generation {p.generation} at 100%")
         return s.evolve(stable=version, stableConfirmed=False)
-    refused = _inputs_refused(t, s.stable, version)
+    refused = _inputs_refused(t, s.stable, version) or _analysis_refused(t, s, p.generation, p.versionKey)
     if refused is not None:
         return s.evolve(failed=refused)
     steps = t.spec.steps
@@ -309,6 +331,18 @@ def _inputs_refused(t: _Tick, stable: Version, new: Version) -> Failure | None:
               "spec.rollout.allowInputChange: true once clients send the new inputs")
     t.emit("Warning", "InputsChanged", f"generation {new.generation} refused: {reason}")
     return Failure(new.generation, new.versionKey, FailureKind.INPUTS_CHANGED, reason, t.now_s)
+
+
+def _analysis_refused(t: _Tick, s: Status, generation: int, key: str) -> Failure | None:
+    """A new version next to a serving one, whose canary nothing could stop, under a policy that
+    requires analysis: refused, once, with a Warning Event (the spec's next change retries it)."""
+    if s.stable is None or not s.stableConfirmed:
+        return None  # a first version: nothing to compare it with, nothing serving to protect
+    reason = ungated(t.spec, t.policy)
+    if reason is None:
+        return None
+    t.emit("Warning", "AnalysisRequired", f"generation {generation} refused: {reason}")
+    return Failure(generation, key, FailureKind.ANALYSIS_REQUIRED, reason, t.now_s)
 
 
 def _summary(result: ConversionResult, p: Pending) -> ConversionSummary:
@@ -353,8 +387,9 @@ def _progress_canary(t: _Tick, s: Status, c: Canary) -> Status:
     if c.trafficSince is None:
         if not sv.serves_canary(c.storageUri, c.weight):
             if t.since(c.stepSince) > t.spec.progress_deadline:
+                why = sv.trouble.describe() if sv.trouble is not None else sv.not_ready
                 c = _start_rollback(t, c, RollbackReason.DEADLINE, f"canary not serving {c.weight}% within "
-                                    f"{t.spec.progress_deadline:g}s (progressDeadline)")
+                                    f"{t.spec.progress_deadline:g}s (progressDeadline)" + (f": {why}" if why else ""))
             return s.evolve(canary=c)
         assert sv.canary is not None
         achieved = sv.canary.weight
@@ -422,8 +457,8 @@ def _judge_measurements(t: _Tick, s: Status, c: Canary) -> tuple[Status, Canary]
 
 
 def _maybe_advance(t: _Tick, c: Canary) -> Canary:
-    if not t.spec.steps or t.spec.paused:
-        return c
+    if not t.spec.steps or t.spec.paused or ungated(t.spec, t.policy) is not None:
+        return c  # held: analysis the policy requires was taken out of the spec mid-canary
     step = t.spec.steps[c.step]
     if t.spec.analysis.metrics:
         # A step's pause elapses only while measurements succeed, and it never ends on a round
@@ -509,6 +544,7 @@ def _track_wait(t: _Tick, s: Status) -> Status:
     if what is None:
         return s.evolve(waiting=None)
     w = s.waiting if s.waiting is not None and s.waiting.what == what else Waiting(what, t.now_s)
+    w = _track_trouble(t, w)
     deadline = t.spec.progress_deadline
     if not w.exceeded and t.since(w.since) > deadline:
         w = replace(w, exceeded=True)
@@ -516,29 +552,50 @@ def _track_wait(t: _Tick, s: Status) -> Status:
     return s.evolve(waiting=w)
 
 
+def _track_trouble(t: _Tick, w: Waiting) -> Waiting:
+    """What the Pods say while the wait lasts: a Warning Event when a new reason appears (not at
+    every retry of the kubelet), nothing when it clears (status.message and the Progressing
+    condition lose it at once)."""
+    trouble = t.obs.serving.trouble
+    reason = trouble.reason if trouble is not None else ""
+    if reason and reason != w.blocked:
+        assert trouble is not None
+        t.emit("Warning", "ServingBlocked", f"waiting for {w.what}: {trouble.describe()}")
+    return replace(w, blocked=reason) if reason != w.blocked else w
+
+
 def _wait_report(t: _Tick, w: Waiting) -> str:
     sv = t.obs.serving
-    why = sv.refused or sv.not_ready or ("there is no InferenceService" if not sv.exists
-                                         else "KServe gives no reason")
+    trouble = sv.trouble.describe() if sv.trouble is not None else ""
+    why = sv.refused or trouble or sv.not_ready or ("there is no InferenceService" if not sv.exists
+                                                    else "KServe gives no reason")
     return f"waited over {t.spec.progress_deadline:g}s for {w.what}: {why}"
 
 
 def _summarise(t: _Tick, s: Status) -> Status:
     s = _track_wait(t, s)
-    phase, message = _phase(t.spec, s)
+    phase, message = _phase(t.spec, s, ungated(t.spec, t.policy))
     sv = t.obs.serving
     if phase == Phase.DEPLOYING and sv.refused:
         message = f"{message}: {sv.refused}"
+    conversion = t.obs.conversion
+    if phase == Phase.CONVERTING and s.pending is not None and s.pending.blocked and conversion is not None:
+        message = f"{message}: {conversion.reason}"
     if s.waiting is not None and s.waiting.exceeded:
         message = f"{message}; progressDeadline exceeded: {_wait_report(t, s.waiting)}"
+    elif s.waiting is not None and s.waiting.blocked and sv.trouble is not None:
+        message = f"{message}: {sv.trouble.describe()}"
+    if t.obs.feedback_secret:
+        message = f"{message}; {t.obs.feedback_secret}"
     s = s.evolve(phase=phase, message=message, observedGeneration=t.obs.generation)
     if sv.exists and sv.mode:
         s = s.evolve(serving=Serving(sv.mode, sv.traffic, sv.url))
     return s.evolve(conditions=derive_conditions(t.spec, s, t.obs.generation, t.now_s))
 
 
-def _phase(spec: ModelSpec, s: Status) -> tuple[Phase, str]:
-    """Derived, never stored by hand (as Argo's CalculateRolloutPhase)."""
+def _phase(spec: ModelSpec, s: Status, held: str | None = None) -> tuple[Phase, str]:
+    """Derived, never stored by hand (as Argo's CalculateRolloutPhase). `held`: why the policy
+    holds a canary whose spec lost its analysis (ungated())."""
     c = s.canary
     if c is not None:
         if c.state == ROLLING_BACK:
@@ -547,6 +604,8 @@ def _phase(spec: ModelSpec, s: Status) -> tuple[Phase, str]:
             return Phase.PROGRESSING, f"promoting generation {c.generation}: {c.reason}"
         if spec.paused:
             return Phase.PAUSED, f"paused by user at step {c.step + 1}, weight {c.weight}%"
+        if held is not None:
+            return Phase.PAUSED, f"held at step {c.step + 1}, weight {c.weight}%: {held}"
         if c.inconclusiveStreak >= spec.analysis.inconclusive_limit:
             latest = s.analysis[-len(spec.analysis.metrics):]
             reasons = analysis.reasons([m for m in latest if m.verdict == Verdict.INCONCLUSIVE])

@@ -98,6 +98,14 @@ class Tolerance:
     labelAgreement: float = 1.0
 
 
+# The CRD's limits (CEL rules on spec.conversion.timeout and spec.rollout.progressDeadline), applied
+# here too: the apiserver lets a Model stored before them keep its value (validation ratcheting).
+# A conversion holds one of the operator's few slots while it runs; no serving layer starts a
+# version within less than the shortest deadline.
+MAX_CONVERSION_TIMEOUT = Duration("1h")
+MIN_PROGRESS_DEADLINE = 10.0
+
+
 @dataclass(frozen=True)
 class ConversionSpec:
     targetOpset: int = 17
@@ -176,7 +184,7 @@ def parse_spec(spec: dict[str, Any]) -> ModelSpec:
                     for s in rollout.get("steps", [])),
         paused=bool(rollout.get("paused", d.paused)),
         allow_input_change=bool(rollout.get("allowInputChange", d.allow_input_change)),
-        progress_deadline=_seconds(rollout, "progressDeadline", d.progress_deadline),
+        progress_deadline=max(_seconds(rollout, "progressDeadline", d.progress_deadline), MIN_PROGRESS_DEADLINE),
         analysis=AnalysisSpec(
             interval=_seconds(analysis, "interval", da.interval),
             failure_limit=int(analysis.get("failureLimit", da.failure_limit)),
@@ -208,9 +216,10 @@ def _source(raw: dict[str, Any]) -> SourceSpec:
 
 def _conversion(raw: dict[str, Any]) -> ConversionSpec:
     d, tol = ConversionSpec(), raw.get("tolerance") or {}
+    timeout = Duration(str(raw.get("timeout", d.timeout.text)))
     return ConversionSpec(
         targetOpset=int(raw.get("targetOpset", d.targetOpset)),
-        timeout=Duration(str(raw.get("timeout", d.timeout.text))),
+        timeout=min(timeout, MAX_CONVERSION_TIMEOUT, key=lambda t: t.seconds),
         tolerance=Tolerance(
             absolute=float(tol.get("absolute", d.tolerance.absolute)),
             relative=float(tol.get("relative", d.tolerance.relative)),

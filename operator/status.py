@@ -69,6 +69,9 @@ class FailureKind(enum.StrEnum):
     ROLLED_BACK = "RolledBack"
     # Converted, but it takes other inputs than the stable version: refused before any traffic.
     INPUTS_CHANGED = "InputsChanged"
+    # Refused before conversion: the operator requires analysis (requireAnalysis) and the spec has
+    # no canary steps or no metric that is not dryRun. Admitted again once it has them.
+    ANALYSIS_REQUIRED = "AnalysisRequired"
 
 
 class Verdict(enum.StrEnum):
@@ -152,6 +155,9 @@ class Pending:
     # Set while it waits for a conversion slot (the operator's concurrency limit): its place in line,
     # 1 being next. startedAt is reset when it leaves the queue, so the timeout counts its run only.
     queuePosition: int | None = None
+    # Kubernetes' reason the conversion's Pod does not run (Unschedulable, ...), "" when none: told
+    # once per reason with an Event, and in status.message while it lasts.
+    blocked: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,9 @@ class Waiting:
     what: str  # in words, and its identity: a new wait starts when this changes
     since: str
     exceeded: bool = False  # past the deadline (reported once, with a Warning Event)
+    # Kubernetes' reason a Pod does not serve (Unschedulable, ImagePullBackOff, CrashLoopBackOff,
+    # OOMKilled, ...) while this wait lasts, "" when none: told once per reason with an Event.
+    blocked: str = ""
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,10 @@ class OperatorProcess:
                             "SERIN_FAILPOINT": failpoint} | self.env
         with self.log.open("ab") as out:
             out.write(f"\n=== start failpoint={failpoint!r} ===\n".encode())
-            self.proc = subprocess.Popen(operator_argv(self.prometheus_url, self.store, self.namespace),
+            # Conversions as subprocesses, unless this operator was given SERIN_EXECUTOR (job).
+            executor = self.env.get("SERIN_EXECUTOR", "local")
+            self.proc = subprocess.Popen(operator_argv(self.prometheus_url, self.store, self.namespace,
+                                                       executor=executor),
                                          env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 

@@ -5,8 +5,8 @@ code). Every executor gets the same ConversionRequest, hands the converter the s
 request, and reads back the same summary document into a ConversionResult, so the decision never
 knows which one ran:
 
-- `local` (local.py): a subprocess writing under a directory (serin dev, tests);
-- `job` (job.py): a Kubernetes Job with the converter image and no API credentials.
+- `job` (job.py): a Kubernetes Job with the converter image and no API credentials: the default;
+- `local` (local.py): a subprocess writing under a directory (serin dev, tests), only when asked for.
 """
 
 from __future__ import annotations
@@ -20,8 +20,18 @@ from serin.operator.executors.job import JobExecutor, JobSettings
 from serin.operator.executors.local import LocalExecutor
 from serin.operator.executors.queue import ConversionQueue
 
-__all__ = ["ConversionExecutor", "ConversionQueue", "ConversionRequest", "JobExecutor", "JobSettings",
-           "LocalExecutor", "default_limit", "from_environment", "result_from_summary"]
+__all__ = ["DEFAULT_KIND", "ConversionExecutor", "ConversionQueue", "ConversionRequest", "JobExecutor", "JobSettings",
+           "LocalExecutor", "default_limit", "from_environment", "kind_from_environment", "result_from_summary"]
+
+# A converter unpickles the model it is given, which runs whatever code the pickle holds. The local
+# executor runs it as a child of the operator, in the operator's Pod with its credentials; a Job
+# runs it in a Pod of its own without any. So nothing but an explicit `local` gets the former.
+DEFAULT_KIND = "job"
+
+
+def kind_from_environment() -> str:
+    """The executor SERIN_EXECUTOR names (`serin operator --executor` sets it), `job` when unset."""
+    return os.environ.get("SERIN_EXECUTOR") or DEFAULT_KIND
 
 
 def from_environment(api: client.ApiClient, kind: str, namespaces: tuple[str, ...] = ()) -> ConversionExecutor:

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from serin.operator.names import FILE_NAME_MAX, bounded
 from serin.operator.observations import ConversionResult, ConversionState
 from serin.operator.spec import ConversionSpec, SourceSpec
 from serin.operator.status import parse_conversion_summary
@@ -34,8 +35,10 @@ class ConversionRequest:
     @property
     def slug(self) -> str:
         # Each retry writes to a place of its own: a failed attempt's report never answers for the next.
+        # It names a directory of the model store: at most a file name's 255 bytes (a Model's name
+        # may have 253), cut with a hash of the whole when longer (names.py).
         retry = f"-a{self.attempt}" if self.attempt > 1 else ""
-        return f"{self.name}-g{self.generation}-{self.versionKey[:8]}{retry}"
+        return bounded(f"{self.name}-g{self.generation}-{self.versionKey[:8]}{retry}", FILE_NAME_MAX)
 
     def document(self, out: str) -> str:
         """The request as the converter reads it (serin.converters.job.parse_request)."""

@@ -14,7 +14,9 @@ from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
+from serin.operator import pods as pods_
 from serin.operator.executors.base import REQUEST_ENV, ConversionRequest, result_from_summary
+from serin.operator.names import bounded
 from serin.operator.observations import ConversionResult, ConversionState
 
 STORE_MOUNT = "/mnt/serin-store"
@@ -40,7 +42,9 @@ def _store(settings: JobSettings) -> tuple[str, str]:
 
 
 def job_name(req: ConversionRequest) -> str:
-    return f"serin-convert-{req.slug}-a{req.attempt}"[:63].rstrip("-")
+    """Unique per (Model, generation, version, attempt) in the namespace, and a valid label value
+    (its Pods' job-name label): cut with a hash of the whole name when it is longer than 63."""
+    return bounded(f"serin-convert-{req.slug}-a{req.attempt}")
 
 
 def storage_uri(req: ConversionRequest, settings: JobSettings) -> str:
@@ -61,7 +65,7 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
     out = "/".join(p for p in (STORE_MOUNT, prefix, req.namespace, req.slug) if p)
     deadline = int(req.conversion.timeout.seconds)
     labels = {"app.kubernetes.io/name": "serin-converter", "app.kubernetes.io/managed-by": "serin",
-              "serin.dev/model": req.name, "serin.dev/generation": str(req.generation)}
+              "serin.dev/model": bounded(req.name), "serin.dev/generation": str(req.generation)}
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
@@ -200,6 +204,10 @@ class JobExecutor:
             if cond.type == "Failed" and cond.status == "True":
                 return ConversionResult(ConversionState.FAILED,
                                         reason=f"conversion Job failed: {cond.reason}: {cond.message}")
+        # Running as far as the Job goes; its Pod may still wait for Kubernetes (a node with room).
+        stuck = pods_.trouble(self.api.sanitize_for_serialization(pod) for pod in pods.items)
+        if stuck is not None:
+            return ConversionResult(ConversionState.RUNNING, reason=stuck.describe(), blocked=stuck.reason)
         return ConversionResult(ConversionState.RUNNING)
 
     async def cancel(self, req: ConversionRequest) -> None:

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
+from serin.operator import pods
 from serin.operator.observations import ServingObservation
 from serin.operator.routing.base import MODE_ANNOTATION, Mode, Router, Seen, Write, parse_mode
 from serin.operator.routing.knative import KnativeRouter
@@ -53,6 +54,10 @@ class Routing:
 
     def observe(self, router: Router, spec: ModelSpec, seen: Seen) -> ServingObservation:
         obs = router.observe(seen)
+        obs = replace(obs, trouble=pods.trouble(seen.pods) or pods.serving_trouble(obs.not_ready, seen.name))
+        foreign = seen.foreign()
+        if foreign:
+            return replace(obs, refused=foreign)
         wanted = spec.serving.deploymentMode
         if seen.isvc is not None and wanted is not None and wanted != router.mode:
             return replace(obs, refused=(

@@ -70,6 +70,22 @@ class Seen:
     deployments: tuple[dict[str, Any], ...] = ()  # Standard mode: the predictor Deployments
     service: dict[str, Any] | None = None  # Standard mode without a Gateway: Serin's split Service
     route: dict[str, Any] | None = None  # with a Gateway: Serin's HTTPRoute
+    pods: tuple[dict[str, Any], ...] = ()  # the InferenceService's Pods (KServe's label), either mode
+    uid: str = ""  # the Model's: what Serin writes is owned by it, and nothing else is written
+
+    def foreign(self) -> str:
+        """Why the InferenceService of this Model's name is not this Model's to write ("" when it
+        is, or there is none): Serin never takes over an object it did not create. One made by
+        hand, by another tool, or left by an earlier Model of the same name (its garbage
+        collection pending) is reported, never patched."""
+        if self.isvc is None or not self.uid:
+            return ""
+        refs = (self.isvc.get("metadata") or {}).get("ownerReferences") or []
+        if any(r.get("kind") == "Model" and r.get("uid") == self.uid for r in refs):
+            return ""
+        owners = ", ".join(f"{r.get('kind')} {r.get('name')} (uid {r.get('uid')})" for r in refs) or "no owner"
+        return (f"InferenceService {self.namespace}/{self.name} exists and is not this Model's ({owners}): "
+                "Serin does not take over objects it did not create; delete it, or name the Model otherwise")
 
 
 class Op(enum.StrEnum):

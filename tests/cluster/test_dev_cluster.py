@@ -16,10 +16,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+import yaml
 from harness import wait_for
 from serin.local import demo_models
+from serin.local.loadgen import LoadGenerator
 from serin.local.node import Node
 
 
@@ -46,6 +50,9 @@ def kubectl(state: dict, *args: str, input: str | None = None) -> str:
     return out.stdout
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def up(home: Path) -> dict:
     t = time.monotonic()
     out = serin("dev", "up", "--cluster", "--home", str(home))
@@ -55,8 +62,67 @@ def up(home: Path) -> dict:
     return state
 
 
-def test_dev_up_cluster_serves_a_model_and_down_leaves_nothing(tmp_path: Path) -> None:
+def model(state: dict, name: str, path: str = "{.status.phase}") -> str:
+    return kubectl(state, "get", "model", name, "-n", state["namespace"], "-o", f"jsonpath={path}")
+
+
+def stage(state: dict, name: str, version: str, files: demo_models.VersionFiles) -> dict:
+    """What `up` tells a user: copy an artifact under the sources folder, point a Model at it."""
+    target = Path(state["sources"]) / name / version
+    target.mkdir(parents=True)
+    for f in (files.model, files.sample):
+        shutil.copy(f, target / f.name)
+    return {"uri": f"pvc://sources/{name}/{version}/{files.model.name}", "format": files.format,
+            "sampleUri": f"pvc://sources/{name}/{version}/{files.sample.name}"}
+
+
+def apply_model(state: dict, name: str, spec: dict) -> None:
+    kubectl(state, "apply", "-f", "-", input=json.dumps({
+        "apiVersion": "serin.dev/v1alpha1", "kind": "Model",
+        "metadata": {"name": name, "namespace": state["namespace"]}, "spec": spec}))
+
+
+def answer(state: dict, name: str, timeout: float = 15) -> dict:
+    """One answer through the Gateway, by the Host header `up` prints."""
+    request = urllib.request.Request(
+        f"{state['gateway']}/v2/models/{name}/infer", method="POST",
+        data=json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                                     "data": [5.1, 3.5, 1.4, 0.2]}]}).encode(),
+        headers={"Host": f"{name}-{state['namespace']}.{state['gatewayDomain']}", "Content-Type": "application/json"})
+    # Right after Promoted Traefik can answer 503 for a few hundred ms: the HTTPRoute's status is
+    # written before its router has the route (harness.from_first_served, docs/serving.md).
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                assert resp.status == 200
+                body: dict = json.loads(resp.read())
+                return body
+        except (urllib.error.HTTPError, urllib.error.URLError, ConnectionError) as exc:
+            if getattr(exc, "code", 503) != 503 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    """The platform's home; whatever a failed test left running is stopped, and the host checked."""
     home = tmp_path / "dev"
+    yield home
+    if (home / "state.json").exists():
+        serin("dev", "down", "--home", str(home), timeout=400)
+        assert Node.leftovers() == []
+
+
+@pytest.mark.timeout(1800)
+def test_dev_up_cluster_takes_a_newcomers_model_through_a_canary_and_survives_down_up(tmp_path: Path,
+                                                                                        home: Path) -> None:
+    """Issue 33, as a newcomer does it with the commands the README and `up` print: the first
+    version of one's own model, a canary of the second promoted under traffic (it must fit on the
+    node beside the stable), every example of manifests/examples/platform/ serving as it is, a
+    Pod that cannot be scheduled explained in the Model within seconds, objects of a Model's name
+    that Serin did not make left alone, then down and up again:
+    a clean cluster that kept the sources folder, and `down` leaves nothing on the host."""
     state = up(home)
     assert state["kind"] == "cluster"
     assert {"supervisor", "etcd", "kube-apiserver", "kube-scheduler", "kserve-manager", "traefik",
@@ -72,51 +138,88 @@ def test_dev_up_cluster_serves_a_model_and_down_leaves_nothing(tmp_path: Path) -
     again = serin("dev", "up", "--cluster", "--home", str(home))
     assert again.returncode == 0 and json.loads((home / "state.json").read_text())["pids"] == state["pids"]
     assert time.monotonic() - t < 30, "a second `up` must find the running platform, not start one"
+    assert "manifests/examples/platform" in again.stdout, again.stdout
     standin = serin("dev", "up", "--home", str(home))
     assert standin.returncode == 1 and "cluster platform is running" in standin.stderr
     status = serin("dev", "status", "--home", str(home))
     assert status.returncode == 0 and state["gateway"] in status.stdout
 
-    # What the hint tells a user to do: an artifact on the sources claim, a Model, an answer through the Gateway.
-    files = demo_models.sklearn_version(tmp_path / "v1", seed=1)
-    target = Path(state["sources"]) / "iris" / "v1"
-    target.mkdir(parents=True)
-    for f in (files.model, files.sample):
-        shutil.copy(f, target / f.name)
-    kubectl(state, "apply", "-f", "-", input=json.dumps({
-        "apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": "iris", "namespace": state["namespace"]},
-        "spec": {"source": {"uri": f"pvc://sources/iris/v1/{files.model.name}", "format": files.format,
-                            "sampleUri": f"pvc://sources/iris/v1/{files.sample.name}"}}}))
-    wait_for("iris Promoted", lambda: kubectl(state, "get", "model", "iris", "-n", state["namespace"], "-o",
-                                              "jsonpath={.status.phase}") == "Promoted", timeout=240)
-    request = urllib.request.Request(
-        f"{state['gateway']}/v2/models/iris/infer", method="POST",
-        data=json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
-                                     "data": [5.1, 3.5, 1.4, 0.2]}]}).encode(),
-        headers={"Host": f"iris-{state['namespace']}.{state['gatewayDomain']}", "Content-Type": "application/json"})
-    # Right after Promoted Traefik can answer 503 for a few hundred ms: the HTTPRoute's status is
-    # written before its router has the route (harness.from_first_served, docs/serving.md).
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with urllib.request.urlopen(request, timeout=10) as resp:
-                assert resp.status == 200 and len(json.loads(resp.read())["outputs"][0]["data"]) == 1
-                break
-        except urllib.error.HTTPError as exc:
-            if exc.code != 503 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    # One's own model: the first version, then a canary under traffic, promoted.
+    v1 = stage(state, "iris", "v1", demo_models.sklearn_version(tmp_path / "v1", seed=1))
+    apply_model(state, "iris", {"source": v1})
+    wait_for("iris Promoted", lambda: model(state, "iris") == "Promoted", timeout=240)
+    assert len(answer(state, "iris")["outputs"][0]["data"]) == 1
+    load = LoadGenerator(state["gateway"], "iris", rate=10, rows=5, max_seconds=600,
+                         host=f"iris-{state['namespace']}.{state['gatewayDomain']}").start()
+    try:
+        v2 = stage(state, "iris", "v2", demo_models.sklearn_version(tmp_path / "v2", seed=2))
+        apply_model(state, "iris", {"source": v2, "rollout": {
+            "steps": [{"weight": 50, "pause": "10s"}], "analysis": {"interval": "5s"}}})
+        wait_for("iris generation 2 promoted", lambda: model(state, "iris", "{.status.stable.generation}") == "2"
+                 and model(state, "iris") == "Promoted", timeout=300)
+    finally:
+        load.stop()
+    served = [a for a in load.answers if a.status == 200]
+    assert {a.revision for a in served} >= {"gen1", "gen2"}, "the canary served a share before its promotion"
 
+    # Every platform example applies as it is and serves; so does a second Model of one's own.
+    examples = sorted((REPO / "manifests" / "examples" / "platform").glob("*.yaml"))
+    names = [yaml.safe_load(p.read_text())["metadata"]["name"] for p in examples]
+    assert len(names) == 4
+    kubectl(state, "apply", "-f", str(REPO / "manifests" / "examples" / "platform"))
+    for name in names:
+        wait_for(f"example {name} Promoted", lambda name=name: model(state, name) == "Promoted", timeout=300)
+
+    # A Pod Kubernetes cannot place: the Model says so within seconds, not at its progressDeadline.
+    big = stage(state, "big", "v1", demo_models.sklearn_version(tmp_path / "big", seed=3))
+    apply_model(state, "big", {"source": big, "serving": {"resources": {"requests": {"cpu": "64"}}}})
+    message = wait_for("big's wait explained", lambda: "Insufficient cpu" in model(state, "big", "{.status.message}")
+                       and model(state, "big", "{.status.message}"), timeout=240)
+    assert "Unschedulable" in message and model(state, "big") == "Deploying", message
+    assert model(state, "big", "{.status.conditions[?(@.type=='Progressing')].reason}") == "Unschedulable"
+    time.sleep(5)  # the kubelet and the scheduler retry: the Event is not repeated
+    events = json.loads(kubectl(state, "get", "events", "-n", state["namespace"], "-o", "json",
+                                "--field-selector", "involvedObject.name=big,reason=ServingBlocked"))["items"]
+    assert len(events) == 1 and events[0].get("count", 1) == 1 and "Insufficient cpu" in events[0]["message"], events
+    kubectl(state, "delete", "model", "big", "-n", state["namespace"], "--wait=true")
+
+    # Objects of a Model's name that Serin did not make are reported, never taken over (issue 32 #10).
+    ns = state["namespace"]
+    kubectl(state, "apply", "-f", "-", input=json.dumps({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "squat", "namespace": ns},
+        "spec": {"hostnames": ["squat.example.org"], "rules": [{"backendRefs": [{"name": "elsewhere", "port": 80}]}]}}))
+    apply_model(state, "squat", {"source": big})
+    message = wait_for("squat's route refused", lambda: "is not Serin's" in model(state, "squat", "{.status.message}")
+                       and model(state, "squat", "{.status.message}"), timeout=240)
+    assert f"httproute {ns}/squat exists" in message and model(state, "squat") == "Deploying", message
+    route = json.loads(kubectl(state, "get", "httproute", "squat", "-n", ns, "-o", "json"))
+    assert route["spec"]["hostnames"] == ["squat.example.org"] and not route["metadata"].get("ownerReferences")
+    kubectl(state, "delete", "model", "squat", "-n", ns, "--wait=true")
+
+    # Down, then up again: a clean cluster, with the sources folder of the last one.
     down = serin("dev", "down", "--home", str(home), timeout=400)
     assert down.returncode == 0, f"{down.stdout}\n{down.stderr}"
     assert [name for name, pid in state["pids"].items() if alive(pid)] == []
     assert Node.leftovers() == []
     assert json.loads((home / "left.json").read_text()) == [], "the supervisor's own teardown left state"
     assert serin("dev", "status", "--home", str(home)).returncode == 1
+    again = serin("dev", "up", "--cluster", "--home", str(home))
+    assert again.returncode == 0 and "starting a clean cluster" in again.stderr, f"{again.stdout}\n{again.stderr}"
+    state = json.loads((home / "state.json").read_text())
+    assert kubectl(state, "get", "models", "-n", state["namespace"], "-o", "name") == ""
+    assert (Path(state["sources"]) / "iris" / "v2" / "model.joblib").exists(), "the sources folder is kept"
+    apply_model(state, "iris", {"source": v2})
+    wait_for("iris served again", lambda: model(state, "iris") == "Promoted", timeout=240)
+    assert len(answer(state, "iris")["outputs"][0]["data"]) == 1
+
+    down = serin("dev", "down", "--purge", "--home", str(home), timeout=400)
+    assert down.returncode == 0, f"{down.stdout}\n{down.stderr}"
+    assert [name for name, pid in state["pids"].items() if alive(pid)] == []
+    assert Node.leftovers() == []
+    assert not (home / "cluster").exists(), "down --purge keeps nothing, the sources folder neither"
 
 
-def test_dev_down_cleans_up_after_a_killed_supervisor(tmp_path: Path) -> None:
-    home = tmp_path / "dev"
+def test_dev_down_cleans_up_after_a_killed_supervisor(home: Path) -> None:
     state = up(home)
     os.kill(state["pids"]["supervisor"], signal.SIGKILL)
     wait_for("the supervisor gone", lambda: not alive(state["pids"]["supervisor"]), timeout=10)

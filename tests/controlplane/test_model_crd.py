@@ -101,6 +101,12 @@ INVALID = [
     ("tolerance-negative", {"spec__conversion__tolerance": {"absolute": -1}}, ["spec.conversion.tolerance.absolute", "greater than or equal to 0"]),
     ("label-agreement-above-1", {"spec__conversion__tolerance": {"labelAgreement": 1.5}}, ["spec.conversion.tolerance.labelAgreement", "less than or equal to 1"]),
     ("conversion-timeout-words", {"spec__conversion__timeout": "ten minutes"}, ["spec.conversion.timeout", "should match"]),
+    # A conversion holds one of a few slots while it runs: a day-long timeout lets four sleeping
+    # pickles hold them all for a day.
+    ("conversion-timeout-over-1h", {"spec__conversion__timeout": "61m"}, ["spec.conversion.timeout", "between 1s and 1h"]),
+    ("conversion-timeout-zero", {"spec__conversion__timeout": "0s"}, ["spec.conversion.timeout", "between 1s and 1h"]),
+    ("progress-deadline-zero", {"spec__rollout": {"progressDeadline": "0s"}}, ["spec.rollout.progressDeadline", "at least 10s"]),
+    ("progress-deadline-9s", {"spec__rollout": {"progressDeadline": "9s"}}, ["spec.rollout.progressDeadline", "at least 10s"]),
     ("min-above-max-replicas", {"spec__serving": {"minReplicas": 3, "maxReplicas": 2}}, ["spec.serving.minReplicas", "maxReplicas"]),
     ("max-replicas-zero", {"spec__serving": {"maxReplicas": 0}}, ["spec.serving.maxReplicas", "greater than or equal to 1"]),
     ("protocol-grpc", {"spec__serving": {"protocol": "grpc"}}, ["spec.serving.protocol", "Unsupported value"]),
@@ -147,10 +153,26 @@ def test_valid_manifest_passes_the_same_dry_run(crds: ControlPlane, namespace: s
     assert out.returncode == 0, out.stderr
 
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "manifests" / "examples").glob("*.yaml"))
+@pytest.mark.parametrize("overrides", [
+    {"spec__conversion__timeout": "1h", "spec__rollout": {"progressDeadline": "10s"}},
+    {"spec__conversion__timeout": "1s", "spec__rollout": {"progressDeadline": "24h"}},
+], ids=["longest-timeout-shortest-deadline", "shortest-timeout-long-deadline"])
+def test_duration_limits_accept_their_bounds(crds: ControlPlane, namespace: str, overrides: dict[str, Any]) -> None:
+    out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest("edge", **overrides),
+                       check=False)
+    assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "manifests" / "examples").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[f"{p.parent.name}/{p.stem}" for p in EXAMPLES])
 def test_examples_are_valid(crds: ControlPlane, namespace: str, path: Path) -> None:
-    out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path), check=False)
+    """Every example passes the schema; the local platform's name their namespace (`models`) and
+    are applied as they are (tests/cluster/test_dev_cluster.py serves them)."""
+    if path.parent.name == "platform":
+        crds.kubectl("create", "namespace", "models", check=False)
+        out = crds.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
+    else:
+        out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path), check=False)
     assert out.returncode == 0, out.stderr

@@ -211,6 +211,45 @@ def test_a_deleted_model_leaves_no_operator_series(cluster: Cluster) -> None:
     assert left == {}, f"series of the deleted Model still exported: {sorted(left)}"
 
 
+def test_a_canary_nothing_could_stop_is_refused_by_default(cluster: Cluster) -> None:
+    """The operator's --require-analysis is on unless turned off: a Model whose metrics are all
+    taken out serves its first version, and its next version is refused in status (not promoted
+    on time alone, not left hanging); with a metric back it is rolled out."""
+    ungated = copy.deepcopy(FAST_ROLLOUT)
+    ungated["analysis"]["metrics"] = []
+    cluster.operator.start()
+    cluster.apply(cluster.artifacts.good_v1, rollout=ungated)
+    cluster.wait_phase("Promoted", generation=1)
+    cluster.apply(cluster.artifacts.good_v2, rollout=ungated)
+    m = cluster.wait_phase("Failed", generation=2)
+    assert status(m)["failed"]["kind"] == "AnalysisRequired"
+    assert "requireAnalysis" in status(m)["message"] and "no metrics" in status(m)["message"]
+    assert status(m)["stable"]["generation"] == 1 and "pending" not in status(m)
+    assert [e["type"] for e in cluster.events("AnalysisRequired")] == ["Warning"]
+    cluster.patch({"spec": {"rollout": {"analysis": {"metrics": FAST_ROLLOUT["analysis"]["metrics"]}}}})
+    m = cluster.wait_phase("Promoted", generation=3)
+    assert status(m)["history"][-1]["generation"] == 3
+
+
+def test_a_feedback_secret_the_model_did_not_create_is_never_used(cluster: Cluster) -> None:
+    """A Secret of the Model's feedback-key name is already there, owned by nothing (made by hand,
+    or orphaned by an earlier Model): the first deployment waits, saying so, instead of starting
+    predictors that would sign with someone else's key; once it is gone the Model gets its own."""
+    secret = f"{cluster.name}-serin-feedback"
+    cluster.cp.kubectl("create", "secret", "generic", secret, "-n", cluster.namespace, "--from-literal=key=not-yours")
+    cluster.operator.start()
+    cluster.apply(cluster.artifacts.good_v1)
+    m = cluster.wait("the first deployment held", lambda m: "is not this Model's" in status(m).get("message", ""))
+    assert status(m)["phase"] == "Deploying" and cluster.isvc() is None
+    assert f"Secret {cluster.namespace}/{secret} exists and is not this Model's (no owner)" in status(m)["message"]
+    assert [e["type"] for e in cluster.events("FeedbackSecret")] == ["Warning"]
+    cluster.cp.kubectl("delete", "secret", secret, "-n", cluster.namespace)
+    m = cluster.wait_phase("Promoted", generation=1)
+    mine = json.loads(cluster.cp.kubectl("get", "secret", secret, "-n", cluster.namespace, "-o", "json").stdout)
+    assert [r["uid"] for r in mine["metadata"]["ownerReferences"]] == [m["metadata"]["uid"]]
+    assert "Secret" not in status(m)["message"]
+
+
 # (failpoint, rollout, expected end phase). The operator exits abruptly at the failpoint; a fresh
 # operator must finish the rollout with no step repeated or skipped and the rollback not lost.
 KILL_POINTS = [

@@ -207,3 +207,41 @@ def test_status_merge_patch_round_trips() -> None:
            "conversion": {"passed": False, "reason": "x"}, "analysis": [1, 2]}
     new = {"phase": "Promoted", "stable": {"generation": 1}, "conversion": {"passed": True}, "analysis": []}
     assert apply(old, merge_patch(old, new)) == new
+
+
+# -- conversion Job names: unique per version and attempt, valid whatever the Model's name ----------
+
+# A Job's name becomes its Pods' job-name label: a DNS-1123 label of at most 63 characters.
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def conversion(name: str, generation: int = 7, attempt: int = 1, key: str = "abcdef0123456789") -> ConversionRequest:
+    return ConversionRequest("ml", name, "uid-1", generation, key, attempt, REQ_SPEC.source, REQ_SPEC.conversion)
+
+
+@pytest.mark.parametrize("length", [5, 20, 36, 47, 63, 64, 200, 253],
+                         ids=lambda n: f"model-name-{n}-chars")
+def test_job_names_are_unique_per_version_and_attempt_and_always_valid(length: int) -> None:
+    """From 36 characters of Model name every attempt shared one Job name (cut at 63), from 47
+    every generation did: a new version read the old one's summary. Cut names keep a readable
+    prefix and end with a hash of the whole identity, as Kubernetes and KServe do."""
+    name = ("fraud-model-" * 30)[:length - 1] + "x"
+    requests = [conversion(name, g, a, k) for g in (1, 2, 10, 11) for a in (1, 2, 3)
+                for k in ("abcdef0123456789", "0123456789abcdef")]
+    names = [job_name(r) for r in requests]
+    assert len(set(names)) == len(requests), "two versions or attempts share a Job"
+    for n in names:
+        assert len(n) <= 63 and DNS_LABEL.match(n), n
+        assert n.startswith("serin-convert-" + name[:10])  # still says whose it is
+    labels = job_body(requests[0], JobSettings(image="i"))["metadata"]["labels"]
+    assert all(len(v) <= 63 and LABEL_VALUE.match(v) for v in labels.values()), labels
+    # The directory each attempt writes to in the model store: one path component, its own.
+    slugs = [r.slug for r in requests]
+    assert len(set(slugs)) == len(requests) and all(len(s) <= 255 for s in slugs)
+
+
+def test_short_job_names_are_unchanged() -> None:
+    """A Job started by an earlier operator is found again under the same name after an upgrade."""
+    assert job_name(conversion("fraud")) == "serin-convert-fraud-g7-abcdef01-a1"
+    assert job_name(conversion("fraud", attempt=2)) == "serin-convert-fraud-g7-abcdef01-a2-a2"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from serin.operator.observations import (
     ServingObservation,
     Variant,
 )
+from serin.operator.policy import Policy
 from serin.operator.rollout import (
     ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
@@ -58,6 +59,7 @@ def make_spec(uri: str = "file:///models/v2.joblib", **rollout: Any) -> ModelSpe
 
 
 V1_SPEC = make_spec("file:///models/v1.joblib")
+LENIENT = Policy(require_analysis=False)  # an operator started with --require-analysis=false
 SPEC = make_spec()  # the spec names v2
 K1, K2 = V1_SPEC.version_key, SPEC.version_key
 STABLE = Version(1, K1, "file:///store/v1", "s1", "m-predictor-00001")
@@ -128,6 +130,7 @@ class Case:
     check: Callable[[Decision], None]
     spec: ModelSpec = SPEC
     now: float = 0.0
+    policy: Policy = field(default_factory=Policy)  # the operator's default: requireAnalysis on
 
 
 def check_all(*checks: Callable[[Decision], Any]) -> Callable[[Decision], None]:
@@ -236,10 +239,10 @@ CASES = [
     Case("rolled-back-version-is-not-retried", replace(PROMOTED, failed=Failure(2, K2, "RolledBack", "errors", ts(0))),
          obs(2, serving=SERVES_V1), check_all(
         lambda d: of(d, StartConversion) == [], lambda d: d.status.phase == "RolledBack")),
-    Case("no-steps-promotes-directly", replace(PROMOTED, pending=Pending(2, K2, ts(0))),
+    Case("no-steps-promotes-directly-when-analysis-is-not-required", replace(PROMOTED, pending=Pending(2, K2, ts(0))),
          obs(2, serving=SERVES_V1, conversion=ConversionResult("Succeeded", URI2, "s2")), check_all(
         lambda d: d.status.canary is not None and d.status.canary.state == "Promoting",
-        lambda d: serving_action(d) == PROMOTE_V2), spec=make_spec(steps=[])),
+        lambda d: serving_action(d) == PROMOTE_V2), spec=make_spec(steps=[]), policy=LENIENT),
     Case("replicas-change-is-not-a-new-version", PROMOTED, obs(3, serving=SERVES_V1), check_all(
         lambda d: of(d, StartConversion) == [], lambda d: d.status.phase == "Promoted",
         lambda d: d.status.observedGeneration == 3), spec=replace(V1_SPEC, serving={"maxReplicas": 3})),
@@ -323,10 +326,10 @@ CASES = [
     Case("user-pause-still-rolls-back-on-failure", replace(PROMOTED, canary=canary(trafficSince=ts(0), failures={"error-rate": 1})),
          obs(2, serving=canary_serving(10), measurements=measured(error_rate=0.5)), check_all(
         lambda d: d.status.phase == "RollingBack"), spec=make_spec(paused=True), now=10),
-    Case("no-metrics-step-lasts-its-pause", replace(PROMOTED, canary=canary(trafficSince=ts(0))),
+    Case("no-metrics-step-lasts-its-pause-when-analysis-is-not-required", replace(PROMOTED, canary=canary(trafficSince=ts(0))),
          obs(2, serving=canary_serving(10)), check_all(
         lambda d: d.status.canary is not None and d.status.canary.step == 1),
-         spec=make_spec(analysis={"metrics": []}), now=31),
+         spec=make_spec(analysis={"metrics": []}), now=31, policy=LENIENT),
     # -- manual control ---------------------------------------------------------------------
     Case("manual-promote", LIVE, obs(2, serving=canary_serving(10), annotations={PROMOTE_ANNOTATION: "2"}), check_all(
         lambda d: d.status.canary is not None and d.status.canary.state == "Promoting",
@@ -418,12 +421,60 @@ CASES = [
     Case("new-version-after-rollback-converts", replace(PROMOTED, failed=Failure(2, K2, "RolledBack", "x", ts(0))),
          obs(3, serving=SERVES_V1), check_all(lambda d: of(d, StartConversion) == [StartConversion(3, make_spec("file:///v3").version_key, 1)]),
          spec=make_spec("file:///v3")),
+    # -- requireAnalysis (the operator's setting, on by default): no canary without a gate -----
+    Case("required-analysis-refuses-a-version-without-metrics", PROMOTED, obs(2, serving=SERVES_V1), check_all(
+        lambda d: of(d, StartConversion) == [], lambda d: d.status.pending is None,
+        lambda d: d.status.failed is not None and (d.status.failed.kind, d.status.failed.versionKey)
+        == ("AnalysisRequired", K2),
+        lambda d: d.status.phase == "Failed", lambda d: "requireAnalysis" in d.status.message,
+        lambda d: "no metrics" in d.status.message, lambda d: "generation 1 still serving" in d.status.message,
+        lambda d: "AnalysisRequired" in events(d), lambda d: serving_action(d) == ONLY_V1,
+        lambda d: {c.type: (c.status, c.reason) for c in d.status.conditions}["Degraded"]
+        == ("True", "AnalysisRequired"),
+        lambda d: {c.type: c.status for c in d.status.conditions}["Converted"] != "True"),
+         spec=make_spec(analysis={"metrics": []})),
+    Case("required-analysis-refuses-only-dry-run-metrics", PROMOTED, obs(2, serving=SERVES_V1), check_all(
+        lambda d: of(d, StartConversion) == [], lambda d: "only dryRun metrics" in d.status.message),
+         spec=make_spec(analysis={"metrics": [{"name": "e", "builtin": "errorRate", "max": 0.01, "dryRun": True}]})),
+    Case("required-analysis-refuses-no-steps", PROMOTED, obs(2, serving=SERVES_V1), check_all(
+        lambda d: of(d, StartConversion) == [], lambda d: "spec.rollout.steps is empty" in d.status.message),
+         spec=make_spec(steps=[])),
+    Case("required-analysis-refusal-is-said-once", replace(PROMOTED, failed=Failure(2, K2, "AnalysisRequired", "x", ts(0))),
+         obs(2, serving=SERVES_V1), check_all(
+        lambda d: of(d, StartConversion) == [], lambda d: events(d) == [], lambda d: d.status.phase == "Failed"),
+         spec=make_spec(analysis={"metrics": []})),
+    Case("required-analysis-lets-a-first-version-deploy", Status(), obs(1), check_all(
+        lambda d: of(d, StartConversion) == [StartConversion(1, K2, 1)]), spec=make_spec(analysis={"metrics": []})),
+    Case("a-metric-added-admits-the-refused-version", replace(PROMOTED, failed=Failure(2, K2, "AnalysisRequired", "x", ts(0))),
+         obs(3, serving=SERVES_V1), check_all(
+        lambda d: of(d, StartConversion) == [StartConversion(3, K2, 1)], lambda d: d.status.phase == "Converting",
+        lambda d: d.status.failed is None)),  # else the version, once promoted, would still read Failed
+    Case("metrics-removed-while-converting-refuses-the-canary", replace(PROMOTED, pending=Pending(2, K2, ts(0))),
+         obs(3, serving=SERVES_V1, conversion=ConversionResult("Succeeded", URI2, "s2")), check_all(
+        lambda d: d.status.canary is None, lambda d: serving_action(d) == ONLY_V1,
+        lambda d: d.status.failed is not None and d.status.failed.kind == "AnalysisRequired",
+        lambda d: "AnalysisRequired" in events(d)), spec=make_spec(analysis={"metrics": []})),
+    Case("metrics-removed-during-the-canary-hold-its-step", replace(PROMOTED, canary=canary(trafficSince=ts(0))),
+         obs(3, serving=canary_serving(10)), check_all(
+        lambda d: d.status.canary is not None and (d.status.canary.step, d.status.canary.state) == (0, "Progressing"),
+        lambda d: d.status.phase == "Paused", lambda d: "requireAnalysis" in d.status.message,
+        lambda d: serving_action(d) == at_weight(10)), spec=make_spec(analysis={"metrics": []}), now=31),
+    Case("dry-run-only-canary-holds-after-passing-rounds",
+         replace(PROMOTED, canary=canary(trafficSince=ts(0), lastAnalysisAt=ts(20), stepProgress=20.0)),
+         obs(2, serving=canary_serving(10), measurements=(MeasuredValue("e", 0.001),)), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.step == 0, lambda d: d.status.phase == "Paused"),
+         spec=make_spec(analysis={"metrics": [{"name": "e", "builtin": "errorRate", "max": 0.01, "dryRun": True}]}),
+         now=30),
+    Case("a-held-canary-can-still-be-promoted-by-hand", replace(PROMOTED, canary=canary(trafficSince=ts(0))),
+         obs(2, serving=canary_serving(10), annotations={PROMOTE_ANNOTATION: "2"}), check_all(
+        lambda d: d.status.canary is not None and d.status.canary.state == "Promoting"),
+         spec=make_spec(analysis={"metrics": []})),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_decide(case: Case) -> None:
-    case.check(decide(case.spec, case.status, case.observations, at(case.now)))
+    case.check(decide(case.spec, case.status, case.observations, at(case.now), case.policy))
 
 
 @pytest.mark.parametrize(("status", "now", "due"), [
@@ -578,6 +629,7 @@ def test_a_version_with_other_inputs_is_refused_before_any_traffic() -> None:
     allowed = make_spec(allowInputChange=True)
     again = decide(allowed, later.status, obs(3, serving=SERVES_V1), at(20))
     assert of(again, StartConversion) == [StartConversion(3, K2, 1)]
+    assert again.status.failed is None  # its refusal is over: promoted later, it must not read Failed
     done = decide(allowed, again.status, replace(converted("bbbb", "input:float[29]"), generation=3), at(30))
     assert done.status.canary is not None and done.status.canary.inputSignature == "bbbb"
     assert [a.type for a in of(done, Emit) if a.reason == "InputsChanged"] == ["Normal"]

@@ -420,3 +420,25 @@ def test_every_router_passes_on_why_kserve_or_the_gateway_is_not_there_yet() -> 
         "type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound", "message": "service ml/x not found"}
     assert GW.observe(standard(GW, std, dep, route=route)).not_ready == \
         "HTTPRoute ResolvedRefs False: BackendNotFound service ml/x not found"
+
+
+@pytest.mark.parametrize(("owners", "foreign"), [
+    ([OWNER], False),
+    ([], True),
+    ([OWNER | {"uid": "u0"}], True),  # a Model of the same name, deleted: its garbage collection pending
+    ([{"apiVersion": "v1", "kind": "ConfigMap", "name": "fraud", "uid": "u1"}], True),
+], ids=["this-models", "made-by-hand", "an-earlier-model-of-that-name", "owned-by-something-else"])
+def test_an_inferenceservice_not_this_models_is_refused_never_written(owners: list[dict[str, Any]],
+                                                                       foreign: bool) -> None:
+    """Issue 32 #10: an InferenceService that happens to bear the Model's name is not taken over:
+    the observation refuses it, naming its owners, and the reconcile writes nothing to it."""
+    isvc = knative_isvc(V1.storageUri, None)
+    isvc["metadata"]["ownerReferences"] = owners
+    seen = Seen("ml", "fraud", isvc, uid="u1")
+    obs = Routing(default_mode=Mode.KNATIVE).observe(KnativeRouter(), SPEC, seen)
+    if foreign:
+        assert "is not this Model's" in seen.foreign() and obs.refused == seen.foreign()
+        assert "delete it, or name the Model otherwise" in obs.refused
+    else:
+        assert seen.foreign() == "" and obs.refused == ""
+    assert Seen("ml", "fraud", uid="u1").foreign() == ""  # nothing there yet: Serin creates it

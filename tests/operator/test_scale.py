@@ -24,6 +24,7 @@ from serin.operator.observations import (
     ServingObservation,
     Variant,
 )
+from serin.operator.policy import Policy
 from serin.operator.prometheus import Prometheus
 from serin.operator.reconcile import apply_in_order
 from serin.operator.rollout import analysis_due, decide, is_idle, next_due, shown_queue_position
@@ -41,6 +42,7 @@ def spec_with(uri: str = "file:///m/v2.onnx", metrics: bool = True, **rollout: A
 
 
 V1 = spec_with("file:///m/v1.onnx")
+LENIENT = Policy(require_analysis=False)  # an operator started with --require-analysis=false
 STABLE = Version(1, V1.version_key, "file:///store/v1", "s1", "m-predictor-00001")
 URI2 = "file:///store/v2"
 PROMOTED = Status(phase="Promoted", observedGeneration=1, stable=STABLE, stableConfirmed=True)
@@ -69,8 +71,8 @@ def canary(**kw: Any) -> Canary:
                  id="canary serving: the first analysis round"),
     pytest.param(replace(PROMOTED, canary=canary(trafficSince=ts(3), lastAnalysisAt=ts(12))), spec_with(), 19,
                  id="canary serving: the next analysis round"),
-    pytest.param(replace(PROMOTED, canary=canary(trafficSince=ts(3))), spec_with(metrics=False), 23,
-                 id="no metrics: the step's pause"),
+    pytest.param(replace(PROMOTED, canary=canary(trafficSince=ts(3))), spec_with(metrics=False), None,
+                 id="no metrics, analysis required: held, nothing is due"),
     pytest.param(replace(PROMOTED, canary=canary(trafficSince=ts(3))), spec_with(metrics=False, paused=True), None,
                  id="no metrics, paused: nothing"),
     pytest.param(replace(PROMOTED, canary=canary(trafficSince=ts(3)), waiting=Waiting("x", ts(1))),
@@ -82,6 +84,11 @@ def canary(**kw: Any) -> Canary:
 def test_next_due(status: Status, spec: ModelSpec, due: float | None) -> None:
     got = next_due(spec, status, at(0))
     assert got == (None if due is None else pytest.approx(due, abs=1e-6))
+
+
+def test_without_required_analysis_a_step_without_metrics_lasts_its_pause() -> None:
+    status = replace(PROMOTED, canary=canary(trafficSince=ts(3)))
+    assert next_due(spec_with(metrics=False), status, at(0), LENIENT) == pytest.approx(23)
 
 
 def test_a_passed_deadline_is_due_now() -> None:
@@ -99,7 +106,8 @@ def observed(applied: ApplyServing | None) -> ServingObservation:
                               canary=Variant(URI2, "m-predictor-00002", True, w), canaryTarget=w)
 
 
-def simulate(spec: ModelSpec, scheduled: bool, score: float = 0.9) -> list[tuple[str, float]]:
+def simulate(spec: ModelSpec, scheduled: bool, score: float = 0.9,
+             policy: Policy = LENIENT) -> list[tuple[str, float]]:
     """A whole rollout of v2 over v1 against an obliging world, ticking either every 0.1 s (the
     old loop) or only when something changed and at `next_due` (the new one): the Events and when
     they happen, in seconds."""
@@ -108,7 +116,7 @@ def simulate(spec: ModelSpec, scheduled: bool, score: float = 0.9) -> list[tuple
         conversion = ConversionResult(ConversionState.SUCCEEDED, URI2, "s2") if status.pending else None
         measurements = (MeasuredValue("score", score),) if analysis_due(spec, status, at(now)) else None
         d = decide(spec, status, Observations(2, serving=observed(applied), conversion=conversion,
-                                              measurements=measurements), at(now))
+                                              measurements=measurements), at(now), policy)
         emitted = [a.reason for a in d.actions if isinstance(a, Emit)]
         seen += [(reason, now) for reason in emitted]
         serving = [a for a in d.actions if isinstance(a, ApplyServing)]
@@ -121,7 +129,7 @@ def simulate(spec: ModelSpec, scheduled: bool, score: float = 0.9) -> list[tuple
         elif changed:
             now += 0.001  # the write's own watch event wakes it at once
         else:
-            due = next_due(spec, status, at(now))
+            due = next_due(spec, status, at(now), policy)
             assert due is not None, f"nothing would ever wake this Model: {status}"
             now += max(due, 0.05)
     raise AssertionError("the simulation did not end")
@@ -282,6 +290,47 @@ async def test_the_queue_counts_conversions_it_did_not_start_and_frees_slots_of_
 def test_a_limit_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ConversionQueue(FakeExecutor(), limit=0)
+    with pytest.raises(ValueError, match="per namespace"):
+        ConversionQueue(FakeExecutor(), limit=2, per_namespace=-1)
+
+
+async def test_a_free_slot_goes_to_the_namespace_served_least_recently_not_to_the_oldest_request() -> None:
+    """One namespace applying 20 Models first must not make every other namespace wait behind all
+    of them: namespaces take turns for free slots (oldest request first within each)."""
+    inner = FakeExecutor()
+    queue = ConversionQueue(inner, limit=2, clock=lambda: 0.0)
+    flood = [request(f"a{i}", at_s=i, namespace="team-a") for i in range(20)]
+    late_b, late_c = request("b0", at_s=100, namespace="team-b"), request("c0", at_s=101, namespace="team-c")
+    for r in [*flood, late_b, late_c]:
+        await queue.start(r)
+    assert inner.started == ["a0", "a1"]
+    assert (await queue.poll(late_b)).position == 1 and (await queue.poll(late_c)).position == 2
+    assert (await queue.poll(flood[2])).position == 3  # then team-a again
+    for done in (flood[0], flood[1]):
+        inner.finish(done)
+        await queue.poll(done)
+    assert inner.started == ["a0", "a1", "b0", "c0"]
+    inner.finish(late_b)
+    await queue.poll(late_b)
+    assert inner.started[-1] == "a2"
+
+
+async def test_a_per_namespace_cap_leaves_slots_for_other_namespaces() -> None:
+    """With --max-conversions-per-namespace, one namespace never holds every slot, even when it is
+    alone: a conversion can run for up to an hour, and the next namespace must not wait that long."""
+    inner = FakeExecutor()
+    queue = ConversionQueue(inner, limit=4, per_namespace=2, clock=lambda: 0.0)
+    for i in range(6):
+        await queue.start(request(f"a{i}", at_s=i, namespace="team-a"))
+    assert inner.started == ["a0", "a1"]
+    result = await queue.poll(request("a2", at_s=2, namespace="team-a"))
+    assert result.state == ConversionState.QUEUED and "2 per namespace" in result.reason
+    await queue.start(request("b0", at_s=50, namespace="team-b"))
+    assert inner.started == ["a0", "a1", "b0"]  # at once, two slots were kept free
+    inner.running.add(("team-a", "left-by-an-earlier-operator-g1-abc"))  # counts against team-a too
+    inner.finish(request("a0", at_s=0, namespace="team-a"))
+    await queue.poll(request("a0", at_s=0, namespace="team-a"))
+    assert inner.started == ["a0", "a1", "b0"]
 
 
 # -- the watch cache's store -----------------------------------------------------------------

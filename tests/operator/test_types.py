@@ -165,6 +165,23 @@ def test_a_defaulted_and_an_undefaulted_spec_parse_alike() -> None:
 
 
 
+def test_the_crds_duration_limits_also_hold_for_models_stored_before_them() -> None:
+    """The apiserver lets a stored Model keep a value a newer CRD refuses (validation ratcheting):
+    a 24h conversion timeout would still hold a conversion slot for a day. The operator applies the
+    CRD's limits itself, the same numbers."""
+    old = parse_spec({"source": {"uri": "file:///m", "sampleUri": "file:///s"}, "conversion": {"timeout": "24h"},
+                      "rollout": {"progressDeadline": "0s"}})
+    assert old.conversion.timeout.seconds == 3600 and old.conversion.timeout.text == "1h"
+    assert old.progress_deadline == 10
+    timeout_rule = schema_at("spec.conversion.timeout")["x-kubernetes-validations"][0]["rule"]
+    deadline_rule = schema_at("spec.rollout.progressDeadline")["x-kubernetes-validations"][0]["rule"]
+    assert "duration(self) <= duration('1h')" in timeout_rule
+    assert "duration(self) >= duration('10s')" in deadline_rule
+    within = parse_spec({"source": {"uri": "file:///m", "sampleUri": "file:///s"}, "conversion": {"timeout": "59m"},
+                         "rollout": {"progressDeadline": "11s"}})
+    assert (within.conversion.timeout.text, within.progress_deadline) == ("59m", 11)
+
+
 _SCHEMA_KEYWORDS = {"type", "description", "properties", "items", "required", "default", "enum", "format",
                     "minimum", "maximum", "maxLength", "minLength", "pattern", "maxItems", "minItems",
                     "additionalProperties", "anyOf", "x-kubernetes-validations", "x-kubernetes-int-or-string",

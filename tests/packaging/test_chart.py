@@ -49,7 +49,7 @@ NAMESPACED_RULES = {
     ("", "services"): {"list", "watch", "create", "patch"},
     ("batch", "jobs"): {"get", "list", "create", "delete"},
     ("", "secrets"): {"create"},
-    ("", "pods"): {"list"},
+    ("", "pods"): {"list", "watch"},
     ("", "events"): {"create"},
 }
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"create"},
@@ -110,6 +110,7 @@ def test_operator_command_and_args(helm: Helm, values: dict[str, Any],
     container = operator_container(helm.objects(values))
     assert container["command"] == ["serin", "operator"]
     assert container["args"] == [*namespace_args, "--executor=job", "--max-conversions=4",
+                                 "--max-conversions-per-namespace=0", "--require-analysis=true",
                                  "--prometheus-url=http://prometheus-operated.monitoring.svc:9090",
                                  "--metrics-port=8080", "--health-port=8081"]
 
@@ -318,6 +319,20 @@ def test_serving_runtime_is_the_manifest_with_only_image_and_labels_changed(helm
             got = {**got, "image": src["image"]}
         assert got == src
     assert not find(helm.objects({"servingRuntime": {"create": False}}), "ClusterServingRuntime")
+
+
+def test_serving_runtime_resources_are_small_by_default_and_set_by_a_value(helm: Helm) -> None:
+    """Issue 33: every predictor of a Model without resources of its own requested a whole CPU,
+    so a canary never fitted beside its stable on a 2-core node. The default requests are small;
+    the chart's servingRuntime.resources replaces them (a Model's spec.serving.resources wins in
+    KServe's merge)."""
+    (default,) = find(helm.objects(), "ClusterServingRuntime")
+    (container,) = [c for c in default["spec"]["containers"] if c["name"] == "kserve-container"]
+    assert container["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
+    mine = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
+    (custom,) = find(helm.objects({"servingRuntime": {"resources": mine}}), "ClusterServingRuntime")
+    (container,) = [c for c in custom["spec"]["containers"] if c["name"] == "kserve-container"]
+    assert container["resources"] == mine and container["image"] == "ghcr.io/serin/runtime:0.1.0"
 
 
 # -- monitoring: rules, dashboard ---------------------------------------------------------------

@@ -222,7 +222,7 @@ NEEDED_IN_WATCHED = [
     *[(v, "deployments.apps") for v in ("list", "watch")],
     *[(v, "services") for v in ("list", "watch", "create", "patch")],
     *[(v, "jobs.batch") for v in ("get", "list", "create", "delete")],
-    ("list", "pods"),
+    *[(v, "pods") for v in ("list", "watch")],
     ("create", "events"),
     ("create", "secrets"),  # each Model's feedback key, once; never read back
 ]
@@ -231,7 +231,7 @@ UNUSED_IN_WATCHED = [
     ("update", "models.serin.dev/status"), ("get", "models.serin.dev/status"),
     *[(v, "inferenceservices.serving.kserve.io") for v in ("get", "update", "delete")],
     ("watch", "jobs.batch"),
-    *[(v, "pods") for v in ("get", "watch")], ("get", "pods/log"),
+    ("get", "pods"), ("get", "pods/log"),
     ("patch", "events"), ("create", "events.events.k8s.io"),
     *[(v, "deployments.apps") for v in ("get", "create", "patch", "delete")],
     *[(v, "services") for v in ("get", "update", "delete")],

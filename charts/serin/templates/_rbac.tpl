@@ -53,8 +53,11 @@ ServiceAccount through whole rollouts. Add a rule only with the call that needs 
   verbs: [list, watch, create, patch]
 {{- end }}
 # Secrets: each Model's feedback key (the key its predictors sign prediction ids with), created
-# once with the InferenceService, owned by the Model. Create only: the operator never reads,
-# lists or changes a Secret; the predictors read theirs through their env (secretKeyRef).
+# once before its first InferenceService, owned by the Model. Create only: the operator never
+# reads, lists or changes a Secret; the predictors read theirs through their env (secretKeyRef).
+# A create that finds one of that name (an earlier Model's of the same name, not yet garbage
+# collected) cannot tell whose it is, so the first deployment waits for it to go. get would tell
+# (by its owner reference) but would also let the operator read every Secret where it watches.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [create]
@@ -64,10 +67,13 @@ ServiceAccount through whole rollouts. Add a rule only with the call that needs 
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, create, delete]
-# The conversion Pod, found by its job-name label: its termination message carries the report.
+# Pods, read only. list: the conversion Pod, found by its job-name label (its termination message
+# carries the report). list + watch: the predictor Pods (KServe's InferenceService label) into the
+# cache while a rollout waits on them, so Kubernetes' reasons they do not serve (Unschedulable,
+# ImagePullBackOff, CrashLoopBackOff, OOMKilled) reach the Model's status as they happen.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 # Events on Models (conversion passed or failed, step advanced, promoted, rolled back), posted by
 # the operator and by kopf (handler errors) through core/v1.
 - apiGroups: [""]

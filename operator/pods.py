@@ -1,0 +1,103 @@
+"""Kubernetes' own reasons a model's Pods are not serving, read off the Pods as they happen.
+
+While a rollout waits for the serving layer (a first version, a canary's weight, a promotion), the
+InferenceService says little until KServe gives up, and the progressDeadline says it late. The
+Pods say it at once: a Pod the scheduler cannot place, an image that cannot be pulled, a container
+that crash-loops or was OOM-killed. Argo Rollouts and Deployments surface the same reasons as they
+happen (a ReplicaSet's FailedCreate, a Pod's Unschedulable); so does Serin, in the Model's
+status.message, its Progressing condition and one Warning Event per reason.
+
+Pure: Pods in (plain dicts as the API returns them), one `PodTrouble` out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+# A container waiting for one of these will not start by itself soon: each is worth telling. Others
+# (ContainerCreating, PodInitializing) are the normal way to start.
+_WAITING_TROUBLE = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
+                    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+                    "ErrImageNeverPull")
+# Terminations that explain a restart.
+_TERMINATED_TROUBLE = ("OOMKilled", "Error", "ContainerCannotRun", "DeadlineExceeded", "StartError")
+MESSAGE_LIMIT = 300  # a scheduler's message lists every node: bounded, status stays small
+
+
+@dataclass(frozen=True)
+class PodTrouble:
+    """Why one of the Model's Pods does not serve (or cannot be made), in Kubernetes' own words."""
+
+    reason: str  # Unschedulable, ImagePullBackOff, CrashLoopBackOff, OOMKilled, ...: the Event's identity
+    message: str  # what Kubernetes says, bounded
+    pod: str
+    kind: str = "Pod"  # or InferenceService, when KServe cannot make the Pods at all
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.pod} {self.reason}" + (f": {self.message}" if self.message else "")
+
+
+# KServe's Ready condition reasons that are a failure, not a start in progress: its controller
+# could not make the predictor's objects (an invalid Deployment: a request above a limit), or
+# Knative failed the revision. Told as they happen, like a Pod's.
+_SERVING_FAILED = ("ReconcileFailed", "RevisionFailed")
+
+
+def serving_trouble(not_ready: str, isvc: str) -> PodTrouble | None:
+    """KServe's own reason (the router's `not_ready`, "Reason: message") when it is a failure."""
+    reason, _, message = not_ready.partition(": ")
+    if reason not in _SERVING_FAILED:
+        return None
+    return PodTrouble(reason, _bounded(message), isvc, kind="InferenceService")
+
+
+def trouble(pods: Iterable[dict[str, Any]]) -> PodTrouble | None:
+    """The first Pod trouble, in a stable order (by Pod name), or None when every Pod is on its
+    way. A Pod being deleted is not the Model's trouble any more."""
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name", ""))):
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        found = pod_trouble(pod)
+        if found is not None:
+            return found
+    return None
+
+
+def pod_trouble(pod: dict[str, Any]) -> PodTrouble | None:
+    name = str((pod.get("metadata") or {}).get("name", ""))
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Succeeded",):
+        return None
+    for cond in status.get("conditions") or []:
+        # PodScheduled False is the scheduler's verdict ("0/1 nodes are available: 1 Insufficient cpu").
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return PodTrouble(str(cond.get("reason") or "Unschedulable"), _bounded(cond.get("message")), name)
+    statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    for cs in statuses:
+        container = cs.get("name", "?")
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = str(waiting.get("reason") or "")
+        if reason in _WAITING_TROUBLE and reason != "CrashLoopBackOff":
+            # The kubelet alternates ErrImagePull and ImagePullBackOff: one trouble, one name.
+            reason = "ImagePullBackOff" if reason == "ErrImagePull" else reason
+            return PodTrouble(reason, _bounded(f"container {container}: {waiting.get('message') or ''}"), name)
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        # A crashing container alternates between waiting in CrashLoopBackOff and running unready
+        # after its last exit: both are one trouble, named by that exit (OOMKilled stands out), so
+        # the reason does not flap with the back-off and one Event tells it.
+        if reason == "CrashLoopBackOff" or (not cs.get("ready") and last.get("reason") in _TERMINATED_TROUBLE):
+            why = str(last.get("reason") or "")
+            detail = f"last exit {why} (code {last.get('exitCode', '?')})" if why else waiting.get("message") or ""
+            if last.get("message"):
+                detail = f"{detail}: {last['message']}"
+            return PodTrouble("OOMKilled" if why == "OOMKilled" else "CrashLoopBackOff",
+                              _bounded(f"container {container}: {detail}"), name)
+    return None
+
+
+def _bounded(text: Any) -> str:
+    words = " ".join(str(text or "").split())
+    return words if len(words) <= MESSAGE_LIMIT else words[:MESSAGE_LIMIT - 1] + "…"
