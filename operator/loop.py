@@ -44,6 +44,13 @@ class Registry:
 
     def touch(self, namespace: str, name: str) -> None:
         key = (namespace, name)
+        task = self.tasks.get(key)
+        if task is not None and task.done():
+            # A loop that ended (it never should: every tick's error is caught) is started again
+            # rather than leaving the Model unreconciled until the operator restarts.
+            log.error("%s/%s: its reconcile loop had ended (%r); restarting it", namespace, name,
+                      task.exception() if not task.cancelled() else "cancelled")
+            del self.tasks[key]
         if key not in self.tasks:
             self.wakeups[key] = asyncio.Event()
             self.tasks[key] = asyncio.create_task(self._loop(key), name=f"reconcile {namespace}/{name}")

@@ -12,6 +12,7 @@ Pure: Pods in (plain dicts as the API returns them), one `PodTrouble` out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ _WAITING_TROUBLE = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "Inv
                     "ErrImageNeverPull")
 # Terminations that explain a restart.
 _TERMINATED_TROUBLE = ("OOMKilled", "Error", "ContainerCannotRun", "DeadlineExceeded", "StartError")
+_IMAGE = re.compile(r'image "([^"]+)"')
 MESSAGE_LIMIT = 300  # a scheduler's message lists every node: bounded, status stays small
 
 
@@ -81,14 +83,21 @@ def pod_trouble(pod: dict[str, Any]) -> PodTrouble | None:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         reason = str(waiting.get("reason") or "")
         if reason in _WAITING_TROUBLE and reason != "CrashLoopBackOff":
-            # The kubelet alternates ErrImagePull and ImagePullBackOff: one trouble, one name.
-            reason = "ImagePullBackOff" if reason == "ErrImagePull" else reason
-            return PodTrouble(reason, _bounded(f"container {container}: {waiting.get('message') or ''}"), name)
+            message = str(waiting.get("message") or "")
+            if reason in ("ErrImagePull", "ImagePullBackOff"):
+                # The kubelet alternates the two, each with words of its own: one trouble, one name
+                # and one text (the image), so status is not rewritten at every pull retry.
+                reason = "ImagePullBackOff"
+                image = _IMAGE.search(message)
+                message = f'cannot pull image "{image.group(1)}"' if image else "cannot pull its image"
+            return PodTrouble(reason, _bounded(f"container {container}: {message}"), name)
         last = (cs.get("lastState") or {}).get("terminated") or {}
         # A crashing container alternates between waiting in CrashLoopBackOff and running unready
         # after its last exit: both are one trouble, named by that exit (OOMKilled stands out), so
         # the reason does not flap with the back-off and one Event tells it.
-        if reason == "CrashLoopBackOff" or (not cs.get("ready") and last.get("reason") in _TERMINATED_TROUBLE):
+        restarted = int(cs.get("restartCount") or 0) > 0
+        if reason == "CrashLoopBackOff" or (not cs.get("ready") and last and (
+                restarted or last.get("reason") in _TERMINATED_TROUBLE)):
             why = str(last.get("reason") or "")
             detail = f"last exit {why} (code {last.get('exitCode', '?')})" if why else waiting.get("message") or ""
             if last.get("message"):

@@ -16,6 +16,7 @@ the string checked; every `{...}` in it is a selector printed here with the name
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -57,10 +58,21 @@ def confine(query: str, namespace: str) -> str:
 
 
 def _parse(query: str) -> pp.Expr:
+    # The parser recurses on the native stack: thousands of unary signs or parentheses overflow it
+    # and take the process down (a segfault near 8,000 levels) before MAX_DEPTH is ever checked.
+    if sum(query.count(c) for c in "(-+[{") > 4 * MAX_DEPTH:
+        raise QueryRefused(f"nested more than {MAX_DEPTH} deep")
     try:
         return pp.parse(query)
     except (ValueError, OverflowError) as err:  # what the bindings raise for bad input
         raise QueryRefused(f"not PromQL the operator can check: {err}") from None
+    except BaseException as err:
+        # A Rust panic in the parser (`x offset NaN`, `x[1e300]`) arrives as pyo3's PanicException,
+        # a BaseException: let no such thing end a Model's reconcile task.
+        if isinstance(err, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
+            raise
+        raise QueryRefused(f"not PromQL the operator can check: the parser failed on it ({type(err).__name__})") \
+            from None
 
 
 class _Confiner:

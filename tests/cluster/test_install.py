@@ -51,7 +51,8 @@ def test_helm_install_runs_the_operator_pods_with_one_leader(installed: Cluster)
                      else None, timeout=60)
     (leader,) = [p for p in pods if lease["spec"]["holderIdentity"].startswith(f"{p}-")]
     logs = installed.kubectl("logs", "-n", SYSTEM, leader).stdout
-    assert "serin operator started: executor=job (4 at a time), leader election=True" in logs, logs
+    assert "serin operator started: executor=job (4 at a time, no limit per namespace), require analysis=True, " \
+           "leader election=True" in logs, logs
 
 
 @pytest.fixture(scope="module")

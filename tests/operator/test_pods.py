@@ -54,8 +54,9 @@ CRASH = {"reason": "Error", "exitCode": 1, "message": "ValueError: no model.onnx
 @pytest.mark.parametrize(("the_pod", "reason", "words"), [
     (UNSCHEDULABLE, "Unschedulable", "1 Insufficient cpu"),
     (pod(containers=[waiting("ImagePullBackOff", 'Back-off pulling image "ghcr.io/serin/runtime:x"')]),
-     "ImagePullBackOff", "Back-off pulling image"),
-    (pod(containers=[waiting("ErrImagePull", "not found")]), "ImagePullBackOff", "not found"),
+     "ImagePullBackOff", 'cannot pull image "ghcr.io/serin/runtime:x"'),
+    (pod(containers=[waiting("ErrImagePull", 'failed to pull and unpack image "ghcr.io/serin/runtime:x": '
+                                             "not found")]), "ImagePullBackOff", 'image "ghcr.io/serin/runtime:x"'),
     (pod(containers=[waiting("CreateContainerConfigError", 'secret "s" not found')]),
      "CreateContainerConfigError", 'secret "s" not found'),
     (pod(phase="Running", containers=[waiting("CrashLoopBackOff", "back-off 40s", lastState={"terminated": CRASH})]),
@@ -64,10 +65,13 @@ CRASH = {"reason": "Error", "exitCode": 1, "message": "ValueError: no model.onnx
     (pod(phase="Running", containers=[waiting("CrashLoopBackOff", "back-off", lastState={"terminated": OOM})]),
      "OOMKilled", "last exit OOMKilled (code 137)"),
     (pod(phase="Running", containers=[running(False, last=OOM)]), "OOMKilled", "code 137"),
+    (pod(phase="Running", containers=[running(False, last={"reason": "Completed", "exitCode": 0})]),
+     "CrashLoopBackOff", "last exit Completed (code 0)"),
     (pod(init=[waiting("CrashLoopBackOff", "", name="storage-initializer", lastState={"terminated": CRASH})]),
      "CrashLoopBackOff", "container storage-initializer"),
 ], ids=["unschedulable", "image-pull-backoff", "err-image-pull-is-the-same-trouble", "config-error",
         "crash-loop-waiting", "crash-loop-running-unready", "oom-killed-waiting", "oom-killed-running-unready",
+        "exiting-with-0-and-restarted",
         "storage-initializer-crashing"])
 def test_a_pods_trouble_in_kubernetes_own_words(the_pod: dict[str, Any], reason: str, words: str) -> None:
     found = pod_trouble(the_pod)
@@ -203,3 +207,12 @@ def test_kserve_failures_are_told_as_they_happen_starting_is_not(not_ready: str,
         assert found is None
     else:
         assert found is not None and found.reason == reason and found.describe().startswith(f"InferenceService big {reason}: ")
+
+
+def test_the_kubelets_alternating_image_pull_states_read_as_one_trouble() -> None:
+    """ErrImagePull and ImagePullBackOff alternate at every retry, each with its own words: the
+    trouble (reason and text) is the same, so status is not rewritten at every retry."""
+    image = "ghcr.io/serin/runtime:missing"
+    a = pod_trouble(pod(containers=[waiting("ErrImagePull", f'rpc error: failed to pull image "{image}": not found')]))
+    b = pod_trouble(pod(containers=[waiting("ImagePullBackOff", f'Back-off pulling image "{image}"')]))
+    assert a == b and a is not None and image in a.message

@@ -315,3 +315,14 @@ def test_the_feedback_and_value_queries_read_their_own_namespace() -> None:
     long_ago = QueryContext("fraud", "ml", "r2", "r1", "30s", lifetime="7200s")
     assert confined_to(queries.feedback_query(long_ago, "serin_feedback_rows_total"), "ml")
     assert confined_to(queries.value_buckets_query(CTX, CTX.revision), "ml")
+
+
+@pytest.mark.parametrize("query", ["x offset NaN", "x offset Inf", "x offset 1e30", "x[1e300]",
+                                   "-" * 8500 + "x", "(" * 5000 + "x" + ")" * 5000],
+                         ids=["offset-nan", "offset-inf", "offset-huge", "range-huge", "deep-unary", "deep-parens"])
+def test_what_makes_the_parser_panic_or_overflow_is_refused(query: str) -> None:
+    """Review of issue 32: the Rust parser panics on some inputs (pyo3's PanicException, a
+    BaseException that ended the Model's reconcile task) and overflows the native stack on deep
+    nesting (a segfault of the operator). Both are refused before or around the parser."""
+    with pytest.raises(QueryRefused):
+        confine(query, "ml")
