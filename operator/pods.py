@@ -17,11 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+# Container waiting reasons that no wait ends: a conversion Pod in one of them has failed
+# (executors/job.py); a predictor's is told.
+CANNOT_START = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+                          "CreateContainerConfigError", "CreateContainerError"})
 # A container waiting for one of these will not start by itself soon: each is worth telling. Others
 # (ContainerCreating, PodInitializing) are the normal way to start.
-_WAITING_TROUBLE = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
-                    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
-                    "ErrImageNeverPull")
+_WAITING_TROUBLE = CANNOT_START | {"CrashLoopBackOff", "RunContainerError"}
 # Terminations that explain a restart.
 _TERMINATED_TROUBLE = ("OOMKilled", "Error", "ContainerCannotRun", "DeadlineExceeded", "StartError")
 _IMAGE = re.compile(r'image "([^"]+)"')

@@ -26,7 +26,7 @@ from serin.operator.actions import (
     StartConversion,
 )
 from serin.operator.conditions import derive_conditions
-from serin.operator.observations import ConversionResult, ConversionState, Observations
+from serin.operator.observations import ConversionResult, ConversionState, Observations, ServingObservation
 from serin.operator.policy import DEFAULT, Policy, ungated
 from serin.operator.spec import ModelSpec
 from serin.operator.status import (
@@ -387,7 +387,7 @@ def _progress_canary(t: _Tick, s: Status, c: Canary) -> Status:
     if c.trafficSince is None:
         if not sv.serves_canary(c.storageUri, c.weight):
             if t.since(c.stepSince) > t.spec.progress_deadline:
-                why = sv.trouble.describe() if sv.trouble is not None else sv.not_ready
+                why = _kubernetes_reason(sv)
                 c = _start_rollback(t, c, RollbackReason.DEADLINE, f"canary not serving {c.weight}% within "
                                     f"{t.spec.progress_deadline:g}s (progressDeadline)" + (f": {why}" if why else ""))
             return s.evolve(canary=c)
@@ -564,11 +564,16 @@ def _track_trouble(t: _Tick, w: Waiting) -> Waiting:
     return replace(w, blocked=reason) if reason != w.blocked else w
 
 
+def _kubernetes_reason(sv: ServingObservation) -> str:
+    """Why the serving layer does not serve yet, in Kubernetes' words: a Pod's (or KServe's
+    failure), else KServe's Ready condition; "" when neither says."""
+    return sv.trouble.describe() if sv.trouble is not None else sv.not_ready
+
+
 def _wait_report(t: _Tick, w: Waiting) -> str:
     sv = t.obs.serving
-    trouble = sv.trouble.describe() if sv.trouble is not None else ""
-    why = sv.refused or trouble or sv.not_ready or ("there is no InferenceService" if not sv.exists
-                                                    else "KServe gives no reason")
+    why = sv.refused or _kubernetes_reason(sv) or ("there is no InferenceService" if not sv.exists
+                                                   else "KServe gives no reason")
     return f"waited over {t.spec.progress_deadline:g}s for {w.what}: {why}"
 
 

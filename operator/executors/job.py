@@ -113,12 +113,6 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
     }
 
 
-# Container waiting reasons that mean the converter will not start by waiting longer. Without this a
-# Job whose image is missing would look Running until the conversion timeout (10 minutes).
-_CANNOT_START = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
-                 "CreateContainerConfigError", "CreateContainerError"}
-
-
 def result_from_pod(pod: dict[str, Any] | None, uri: str) -> ConversionResult | None:
     """The report summary from a finished Pod's termination message, a failure when its container
     cannot start, or None while it runs."""
@@ -126,7 +120,8 @@ def result_from_pod(pod: dict[str, Any] | None, uri: str) -> ConversionResult | 
         return None
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in _CANNOT_START:
+        # Without this a Job whose image is missing would look Running until its timeout (10 minutes).
+        if waiting.get("reason") in pods_.CANNOT_START:
             # Retried like a fetch failure (a registry may be back a minute later), then final.
             return ConversionResult(
                 ConversionState.FAILED, retryable=True,
@@ -196,8 +191,9 @@ class JobExecutor:
             raise
         pods = await self.core.list_namespaced_pod(req.namespace, label_selector=f"job-name={job_name(req)}")
         uri = storage_uri(req, self.settings)
-        for pod in pods.items:
-            result = result_from_pod(self.api.sanitize_for_serialization(pod), uri)
+        found = [self.api.sanitize_for_serialization(pod) for pod in pods.items]
+        for pod in found:
+            result = result_from_pod(pod, uri)
             if result is not None:
                 return result
         for cond in job.status.conditions or []:
@@ -205,7 +201,7 @@ class JobExecutor:
                 return ConversionResult(ConversionState.FAILED,
                                         reason=f"conversion Job failed: {cond.reason}: {cond.message}")
         # Running as far as the Job goes; its Pod may still wait for Kubernetes (a node with room).
-        stuck = pods_.trouble(self.api.sanitize_for_serialization(pod) for pod in pods.items)
+        stuck = pods_.trouble(found)
         if stuck is not None:
             return ConversionResult(ConversionState.RUNNING, reason=stuck.describe(), blocked=stuck.reason)
         return ConversionResult(ConversionState.RUNNING)
