@@ -250,12 +250,16 @@ def test_converter_service_account_has_no_token_and_no_bindings(
     ({"monitoring": {"serviceMonitor": {"interval": "30 seconds"}}}, "interval"),
     ({"monitoring": {"prometheusRule": {"driftThreshold": -1}}}, "driftThreshold"),
     ({"monitoring": {"podMonitor": {"enabled": "yes"}}}, "enabled"),
+    ({"servingRuntime": {"resources": {"request": {"cpu": "100m"}}}}, "request"),
+    ({"servingRuntime": {"resources": {"limits": {"memory": ["1Gi"]}}}}, "memory"),
+    ({"operator": {"requireAnalysis": "no"}}, "requireAnalysis"),
 ], ids=["unknown-top-level-key", "misspelled-nested-key", "replicas-not-an-integer", "zero-replicas",
         "unknown-executor", "port-out-of-range", "prometheus-url-without-scheme", "digest-not-sha256",
         "unknown-pull-policy", "invalid-namespace-name", "namespaces-not-a-list",
         "model-store-bad-scheme", "model-store-not-a-pvc", "model-store-empty",
         "interval-not-a-duration", "negative-drift-threshold",
-        "enabled-not-a-boolean"])
+        "enabled-not-a-boolean", "runtime-resources-misspelled", "runtime-resource-not-a-quantity",
+        "require-analysis-not-a-boolean"])
 def test_schema_rejects_bad_values_naming_the_value(helm: Helm, values: dict[str, Any],
                                                     named: str) -> None:
     out = helm.template(values, check=False)
