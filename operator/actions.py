@@ -47,6 +47,9 @@ class Emit:
     type: str  # Normal | Warning
     reason: str
     message: str
+    # A name fixed by what the Event tells (monitoring.event_name): posted twice, the second is
+    # refused as a duplicate. "" for a generated name.
+    name: str = ""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "abort": ("serin.operator.control:abort_main", "roll the canary back now"),
     "pause": ("serin.operator.control:pause_main", "hold the canary at its current step"),
     "resume": ("serin.operator.control:resume_main", "let a paused canary continue"),
+    "silence": ("serin.operator.control:silence_main",
+                "no monitoring Events or alerts for a while: serin silence MODEL --for 2h"),
     "convert": ("serin.converters.cli", "convert a trained model to ONNX with a parity proof"),
     "serve": ("serin.runtime.cli", "serve a converted model directory (KServe V1/V2 protocol)"),
     "dev": ("serin.local.dev", "run the local platform: dev up|down|status"),

@@ -3,6 +3,7 @@ observedGeneration on each, lastTransitionTime moves only when the status value 
 
 from __future__ import annotations
 
+from serin.operator.monitoring import conditions as monitoring_conditions
 from serin.operator.spec import ModelSpec
 from serin.operator.status import CanaryState, Condition, FailureKind, Status
 
@@ -48,6 +49,9 @@ def derive_conditions(spec: ModelSpec, s: Status, generation: int, now: str) -> 
         wanted.append(("Converted", "True", "ParityPassed", "ONNX predictions match the native model"))
     else:
         wanted.append(("Converted", "Unknown", "NotStarted", ""))
+
+    if spec.monitoring.enabled or s.monitoring is not None:
+        wanted.extend(monitoring_conditions(s.monitoring))
 
     previous = {c.type: c for c in s.conditions}
     out = []

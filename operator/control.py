@@ -2,13 +2,16 @@
 
 Pause and resume set spec.rollout.paused (declarative: it survives anything). Promote and abort
 are one-shot commands, written as annotations naming the canary generation they mean, so a late
-command can never act on a later version; the operator clears them once read.
+command can never act on a later version; the operator clears them once read. `silence` is one
+too: it names the serving generation it means and until when (status.monitoring.silencedUntil
+records it), so a silence never carries over to a version promoted after it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import sys
 from typing import Any
@@ -16,14 +19,17 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 from serin.operator.kube import GROUP, MERGE, PLURAL, VERSION
-from serin.operator.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION
+from serin.operator.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, SILENCE_ANNOTATION
+from serin.operator.spec import parse_duration
+from serin.operator.status import from_time
 
 
 class CommandError(Exception):
     pass
 
 
-async def _run(action: str, name: str, namespace: str, kubeconfig: str | None) -> tuple[str, dict[str, Any]]:
+async def _run(action: str, name: str, namespace: str, kubeconfig: str | None,
+               silence_for: str = "") -> tuple[str, dict[str, Any]]:
     """(the text to print, the same as a JSON document)."""
     await config.load_kube_config(config_file=kubeconfig)
     async with client.ApiClient() as api:
@@ -36,7 +42,14 @@ async def _run(action: str, name: str, namespace: str, kubeconfig: str | None) -
         if action == "status":
             return render_status(model), status_document(model)
         patch: dict[str, Any]
-        if action in ("pause", "resume"):
+        if action == "silence":
+            stable = status.get("stable")
+            if not stable or not (status.get("monitoring") or {}).get("revision"):
+                raise CommandError(f"{name} has no monitored serving version (phase {status.get('phase', 'Pending')})")
+            until = from_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=parse_duration(silence_for)))
+            patch = {"metadata": {"annotations": {SILENCE_ANNOTATION: f"{stable['generation']}/{until}"}}}
+            message = f"{name}: monitoring of generation {stable['generation']} silenced until {until}"
+        elif action in ("pause", "resume"):
             patch = {"spec": {"rollout": {"paused": action == "pause"}}}
             message = f"{name}: rollout {'paused' if action == 'pause' else 'resumed'}"
         else:
@@ -77,6 +90,17 @@ def render_status(model: dict[str, Any]) -> str:
         value = "-" if m.get("value") is None else f"{m['value']:.4g}"
         lines.append(f"  {m.get('at', '')}  {m.get('metric'):<16} {value:>10}  {m.get('verdict')}"
                      f"  {m.get('reason', '')}")
+    m = s.get("monitoring")
+    if m:
+        silenced = f"  silenced until {m['silencedUntil']}" if m.get("silencedUntil") else ""
+        lines.append(f"  monitoring  {m.get('health', '')}  revision {m.get('revision')}  "
+                     f"{m.get('evaluations', 0)} evaluations, last {m.get('evaluatedAt', '')}{silenced}")
+        if m.get("problem"):
+            lines.append(f"    cannot read counts: {m['problem']}")
+        for x in m.get("signals") or []:
+            dry = " (dry run)" if x.get("dryRun") else ""
+            lines.append(f"    {x.get('signal', ''):<18} {x.get('state', ''):<10} evidence {x.get('evidence', 0):>6.0%}"
+                         f"{dry}  {x.get('message', '')}".rstrip())
     for c in s.get("conditions") or []:
         lines.append(f"  condition {c['type']}={c['status']} ({c.get('reason', '')}) {c.get('message', '')}".rstrip())
     return "\n".join(lines)
@@ -88,9 +112,18 @@ def main(argv: list[str], action: str) -> int:
     parser.add_argument("-n", "--namespace", default="default")
     parser.add_argument("--kubeconfig", default=None)
     parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    if action == "silence":
+        parser.add_argument("--for", dest="silence_for", required=True,
+                            help="how long, e.g. 2h or 30m (0s ends a silence)")
     args = parser.parse_args(argv)
+    if action == "silence":
+        try:
+            parse_duration(args.silence_for)
+        except ValueError:
+            parser.error(f"--for {args.silence_for!r}: not a duration such as 2h, 30m or 90s")
     try:
-        text, document = asyncio.run(_run(action, args.model, args.namespace, args.kubeconfig))
+        text, document = asyncio.run(_run(action, args.model, args.namespace, args.kubeconfig,
+                                          getattr(args, "silence_for", "")))
     except CommandError as err:
         print(f"serin {action}: {err}", file=sys.stderr)
         return 1
@@ -116,3 +149,7 @@ def pause_main(argv: list[str]) -> int:
 
 def resume_main(argv: list[str]) -> int:
     return main(argv, "resume")
+
+
+def silence_main(argv: list[str]) -> int:
+    return main(argv, "silence")

@@ -243,11 +243,14 @@ class Kube:
             return await self.core.patch_namespaced_service(w.name, namespace, w.body)
         return await self.core.delete_namespaced_service(w.name, namespace)
 
-    async def event(self, model: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    async def event(self, model: dict[str, Any], type_: str, reason: str, message: str, name: str = "") -> None:
+        """Post an Event. With a `name` (monitoring.event_name) a second post of the same Event is
+        refused by the apiserver as a duplicate, which is what exactly-once telling needs."""
         meta = model["metadata"]
         now = dt.datetime.now(dt.UTC)
         body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            metadata=client.V1ObjectMeta(namespace=meta["namespace"], name=name or None,
+                                         generate_name=None if name else f"{meta['name']}."),
             involved_object=client.V1ObjectReference(
                 api_version=f"{GROUP}/{VERSION}", kind="Model", name=meta["name"],
                 namespace=meta["namespace"], uid=meta["uid"], resource_version=meta.get("resourceVersion")),
@@ -257,7 +260,11 @@ class Kube:
             reporting_component=f"serin.dev/{self.component}", reporting_instance=self.instance,
             action=reason,
         )
-        await self.core.create_namespaced_event(meta["namespace"], body)
+        try:
+            await self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as err:
+            if not (name and err.status == 409):
+                raise
 
 
 def api_message(err: ApiException) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from serin.operator.monitoring import MonitoringObservation
 from serin.operator.pods import PodTrouble
 from serin.operator.status import ConversionSummary
 
@@ -112,3 +113,6 @@ class Observations:
     # Why the Model's feedback Secret is not usable, in words ("" when it is, or none was needed):
     # the operator may not create or read it, or the Secret of its name is not this Model's.
     feedback_secret: str = ""
+    # The serving version's counts since its last monitoring evaluation (None: not read this tick).
+    monitoring: MonitoringObservation | None = None
+    model: str = ""  # the Model's name: monitoring Events are named after it

@@ -4,6 +4,8 @@ so a metric can never disagree with what `kubectl describe model` shows."""
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -26,13 +28,25 @@ PROMETHEUS_QUERY_SECONDS = Histogram(
     "(phase=wait), then the query itself (phase=query)", ["phase"], buckets=_ROUND_BUCKETS)
 ANALYSIS_ROUND_SECONDS = Histogram(
     "serin_analysis_round_seconds", "Analysis rounds: measuring every metric (stage=measure), then "
-    "judging and writing the Model's status (stage=persist)", ["stage"], buckets=_ROUND_BUCKETS)
+    "judging and writing the Model's status (stage=persist), and reading a monitoring evaluation's counts "
+    "(stage=monitor)", ["stage"], buckets=_ROUND_BUCKETS)
+# Monitoring over time: Serin's verdict per (Model, signal), which the chart's alerts use (instead
+# of raw PSI), and how far each signal is towards an alarm. Six signals at most per Model.
+MONITORING_ALARM = Gauge(
+    "serin_monitoring_alarm", "Monitoring verdict of the serving version: 1 alarm, 0 watching, -1 no baseline",
+    ["namespace", "model", "signal", "dry_run", "silenced"])
+MONITORING_EVIDENCE = Gauge(
+    "serin_monitoring_evidence", "The signal's CUSUM over its alarm threshold (1 raises the alarm)",
+    ["namespace", "model", "signal"])
+MONITORING_EVALUATIONS = Counter(
+    "serin_monitoring_reads", "Monitoring reads of the serving version's counts, by outcome (read, error)",
+    ["outcome"])
 
 
 
 PER_MODEL: tuple[MetricWrapperBase, ...] = (
     ROLLOUTS_STARTED, ROLLOUTS_PROMOTED, ROLLOUTS_ROLLED_BACK, CANARY_WEIGHT, ANALYSIS_VERDICTS, CONVERSIONS,
-    CONVERSION_SECONDS, RECONCILE_ERRORS)
+    CONVERSION_SECONDS, RECONCILE_ERRORS, MONITORING_ALARM, MONITORING_EVIDENCE)
 
 
 def forget(namespace: str, model: str) -> None:
@@ -40,4 +54,20 @@ def forget(namespace: str, model: str) -> None:
     stuck-rollout alert would fire for a Model that no longer exists), and the series of 1,000
     deleted Models would stay in every scrape."""
     for metric in PER_MODEL:
+        metric.remove_by_labels({"namespace": namespace, "model": model})
+
+
+def set_monitoring(namespace: str, model: str, signal: str, alarm: int, evidence: float, dry_run: str,
+                   silenced: str) -> None:
+    # A change of dry_run or silenced must not leave the old series behind with its last value.
+    for other in (("true", "false"), ("false", "true"), ("true", "true"), ("false", "false")):
+        if other != (dry_run, silenced):
+            with contextlib.suppress(KeyError):  # never set
+                MONITORING_ALARM.remove(namespace, model, signal, *other)
+    MONITORING_ALARM.labels(namespace, model, signal, dry_run, silenced).set(alarm)
+    MONITORING_EVIDENCE.labels(namespace, model, signal).set(evidence)
+
+
+def forget_monitoring(namespace: str, model: str) -> None:
+    for metric in (MONITORING_ALARM, MONITORING_EVIDENCE):
         metric.remove_by_labels({"namespace": namespace, "model": model})

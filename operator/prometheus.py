@@ -20,6 +20,11 @@ class MetricProvider(Protocol):
         """An instant vector as {value of `label`: sample}, and why there is none ("" if fine)."""
         ...
 
+    async def vector(self, query: str, at: float | None = None) -> tuple[list[tuple[dict[str, str], float]], str]:
+        """An instant vector evaluated at unix time `at` (now when None): every sample's labels
+        and value, and why there is none ("" if fine)."""
+        ...
+
 
 class Prometheus:
     """At most `concurrency` queries in flight, on one connection pool: 50 rollouts analysing at
@@ -58,7 +63,13 @@ class Prometheus:
             return {}, body
         return parse_vector(body, label)
 
-    async def _query(self, query: str) -> object:
+    async def vector(self, query: str, at: float | None = None) -> tuple[list[tuple[dict[str, str], float]], str]:
+        body = await self._query(query, at)
+        if isinstance(body, str):
+            return [], body
+        return parse_samples(body)
+
+    async def _query(self, query: str, at: float | None = None) -> object:
         """The response body, or why there is none (a string)."""
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -77,6 +88,8 @@ class Prometheus:
         try:
             # Prometheus is told the same deadline: a query abandoned here must not run on there.
             params = {"query": query, "timeout": f"{self.timeout:g}s"}
+            if at is not None:
+                params["time"] = f"{at:.3f}"
             async with asyncio.timeout(max(0.1, deadline - loop.time())), \
                     self._client().get(f"{self.url}/api/v1/query", params=params) as resp:
                 return await resp.json(content_type=None)
@@ -154,6 +167,29 @@ def _value(pair: object) -> float | str | None:
 
 def _show(value: object) -> str:
     return repr(value)[:60]
+
+
+def parse_samples(body: object) -> tuple[list[tuple[dict[str, str], float]], str]:
+    """Every sample of an instant vector (NaN ones left out), and why the answer is not to be
+    trusted ("" if fine): the caller takes nothing from an answer with a reason."""
+    data = _data(body)
+    if isinstance(data, str):
+        return [], data
+    kind, result = data
+    if kind != "vector":
+        return [], f"unsupported result type {kind!r}"
+    samples = _samples(result)
+    if isinstance(samples, str):
+        return [], samples
+    out: list[tuple[dict[str, str], float]] = []
+    for i, sample in enumerate(samples):
+        read = _sample(sample)
+        if isinstance(read, str):
+            return [], f"{MALFORMED}: sample {i}: {read}"[:300]
+        labels, value = read
+        if value is not None:
+            out.append(({str(k): str(v) for k, v in labels.items()}, value))
+    return out, ""
 
 
 def parse_vector(body: object, label: str) -> tuple[dict[str, float], str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes_asyncio.client.rest import ApiException
-from serin.operator import opmetrics, queries
+from serin.operator import monitoring, monitoring_queries, opmetrics, queries
 from serin.operator.actions import Action, ApplyServing, CancelConversion, ClearAnnotation, Emit, StartConversion
 from serin.operator.executors import ConversionExecutor, ConversionRequest
 from serin.operator.feedback_secret import SecretCheck
@@ -32,8 +32,8 @@ from serin.operator.rollout import Decision, analysis_due, decide, is_idle, next
 from serin.operator.routing import Router, Routing, Seen, Write
 from serin.operator.routing.base import Op
 from serin.operator.routing.standard import route_name, split_service_name
-from serin.operator.spec import Builtin, MetricSpec, ModelSpec, parse_spec
-from serin.operator.status import CanaryState, Status, from_time, status_from_dict, status_to_dict, to_time
+from serin.operator.spec import Builtin, MetricSpec, ModelSpec, MonitoringSpec, parse_spec
+from serin.operator.status import CanaryState, Monitoring, Status, from_time, status_from_dict, status_to_dict, to_time
 from serin.runtime import metric_names as mn
 
 log = logging.getLogger("serin.reconcile")
@@ -139,6 +139,31 @@ async def measure(deps: Deps, model: dict[str, Any], spec: ModelSpec, status: St
     return tuple(await asyncio.gather(*(one(m) for m in spec.analysis.metrics)))
 
 
+async def observe_monitoring(metrics: MetricProvider, namespace: str, name: str, spec: MonitoringSpec,
+                             m: Monitoring, now: dt.datetime) -> monitoring.MonitoringObservation:
+    """The serving version's counts since its last evaluation, with its reference, and the
+    trailing window's when there are enough to judge (monitoring_queries.py)."""
+    at = now.replace(microsecond=0)
+    at_s = from_time(at) or ""
+    seconds = int(monitoring.window_seconds(m, at))
+    if seconds <= 0:
+        return monitoring.MonitoringObservation(m.revision, at_s, monitoring.Counts(), error="no time has passed")
+    samples, error = await metrics.vector(
+        monitoring_queries.window_query(namespace, name, m.revision, 0, seconds, with_reference=True), at.timestamp())
+    if error:
+        return monitoring.MonitoringObservation(m.revision, at_s, monitoring.Counts(), error=error)
+    window, reference = monitoring_queries.parse(samples)
+    trailing = None
+    if monitoring.enough(spec, m, window, at):
+        samples, error = await metrics.vector(monitoring_queries.window_query(
+            namespace, name, m.revision, seconds, monitoring.trailing_seconds(spec, seconds), with_reference=False),
+            at.timestamp())
+        if error:
+            return monitoring.MonitoringObservation(m.revision, at_s, monitoring.Counts(), error=error)
+        trailing, _ = monitoring_queries.parse(samples)
+    return monitoring.MonitoringObservation(m.revision, at_s, window, trailing, reference)
+
+
 async def compare_feedback(metrics: MetricProvider, metric: MetricSpec, ctx: QueryContext) -> MeasuredValue:
     """A ground-truth builtin: the feedback counters of both versions, compared here."""
     assert metric.builtin is not None
@@ -194,9 +219,17 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
         measurements = await measure(deps, model, spec, status, now)
         measured_at = time.monotonic()
         opmetrics.ANALYSIS_ROUND_SECONDS.labels("measure").observe(measured_at - started)
+    watched = monitoring.monitored_version(spec.monitoring, status.stable, status.stableConfirmed)
+    monitored = None
+    if status.monitoring is not None and monitoring.due(spec.monitoring, status.monitoring, watched, now):
+        started = time.monotonic()
+        monitored = await observe_monitoring(deps.metrics, namespace, name, spec.monitoring, status.monitoring, now)
+        opmetrics.MONITORING_EVALUATIONS.labels("error" if monitored.error else "read").inc()
+        opmetrics.ANALYSIS_ROUND_SECONDS.labels("monitor").observe(time.monotonic() - started)
     secret = _secret_problem(deps, model)
     obs = Observations(generation, dict(model["metadata"].get("annotations") or {}), serving, conversion,
-                       measurements, feedback_secret=secret.describe() if secret is not None else "")
+                       measurements, feedback_secret=secret.describe() if secret is not None else "",
+                       monitoring=monitored, model=name)
 
     decision = decide(spec, status, obs, now, deps.policy)
     new_status = status_to_dict(decision.status)
@@ -214,6 +247,14 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
         await _apply(deps, model, spec, status, router, seen, action, now)
 
     await apply_in_order(decision.actions, apply)
+    if monitoring.untold(decision.status.monitoring):
+        # The transitions' Events are posted (under names that make a second post a duplicate):
+        # only now are they recorded as told, so a kill before this line tells them again, once.
+        fresh = await deps.kube.get_model(namespace, name)
+        if fresh is not None:
+            told = decision.status.evolve(monitoring=monitoring.mark_told(decision.status.monitoring))
+            await deps.kube.patch_model_status(fresh, status_to_dict(told))
+    _observe_monitoring(namespace, name, decision.status.monitoring)
     if decision.rolled_back is not None:
         opmetrics.ROLLOUTS_ROLLED_BACK.labels(namespace, name, decision.rolled_back).inc()
     _observe_metrics(namespace, name, decision, measured=measurements is not None)
@@ -294,7 +335,7 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
         await deps.kube.remove_annotation(model, action.key)
     elif isinstance(action, Emit):
         _count_event(meta["namespace"], meta["name"], before, action, now)
-        await deps.kube.event(model, action.type, action.reason, action.message)
+        await deps.kube.event(model, action.type, action.reason, action.message, action.name)
 
 
 async def _feedback_secret(deps: Deps, model: dict[str, Any], owner: dict[str, Any], seen: Seen, now: dt.datetime,
@@ -343,6 +384,19 @@ def _count_event(ns: str, name: str, before: Status, e: Emit, now: dt.datetime) 
         started = to_time(before.pending.startedAt) if before.pending else None
         if started is not None:
             opmetrics.CONVERSION_SECONDS.labels(ns, name).observe((now - started).total_seconds())
+
+
+def _observe_monitoring(ns: str, name: str, m: Monitoring | None) -> None:
+    """One series per (Model, signal): 0 watching, 1 alarm, -1 no baseline; dry-run signals and
+    silenced Models are marked so that alerts can leave them out."""
+    if m is None:
+        opmetrics.forget_monitoring(ns, name)
+        return
+    silenced = "true" if m.silencedUntil and (to_time(m.silencedUntil) or dt.datetime.min.replace(tzinfo=dt.UTC)) \
+        > dt.datetime.now(dt.UTC) else "false"
+    for x in m.signals:
+        value = {monitoring.ALARM: 1, monitoring.NO_BASELINE: -1}.get(x.state, 0)
+        opmetrics.set_monitoring(ns, name, x.signal, value, x.evidence, "true" if x.dryRun else "false", silenced)
 
 
 def _observe_metrics(ns: str, name: str, decision: Decision, measured: bool) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field, replace
 
-from serin.operator import analysis
+from serin.operator import analysis, monitoring
 from serin.operator.actions import (
     Action,
     ApplyServing,
@@ -54,6 +54,8 @@ from serin.operator.status import (
 
 PROMOTE_ANNOTATION = "serin.dev/promote"
 ABORT_ANNOTATION = "serin.dev/abort"
+# `serin silence MODEL --for 2h`: "<serving generation>/<RFC 3339 end>".
+SILENCE_ANNOTATION = "serin.dev/silence"
 MAX_CONVERSION_ATTEMPTS = 3
 FETCH_RETRY_SECONDS = 15.0  # doubled per attempt: 15 s, then 30 s
 
@@ -98,6 +100,7 @@ def decide(spec: ModelSpec, status: Status, obs: Observations, now: dt.datetime,
     s = _confirm_stable(tick, s)
     if s.canary is not None:
         s = _progress_canary(tick, s, s.canary)
+    s = _monitor(tick, s)
     s = _summarise(tick, s)
     desired = desired_serving(s)
     if desired is not None:
@@ -171,6 +174,10 @@ def next_due(spec: ModelSpec, status: Status, now: dt.datetime,
         since = to_time(w.since)
         due.append(since + dt.timedelta(seconds=spec.progress_deadline) + _AFTER if since else None)
     times = [t for t in due if t is not None]
+    watched = monitoring.monitored_version(spec.monitoring, status.stable, status.stableConfirmed)
+    monitor_in = monitoring.seconds_until_due(spec.monitoring, status.monitoring, watched, now)
+    if monitor_in is not None:
+        times.append(now + dt.timedelta(seconds=monitor_in))
     return max(0.0, (min(times) - now).total_seconds()) if times else None
 
 
@@ -407,6 +414,25 @@ def _progress_canary(t: _Tick, s: Status, c: Canary) -> Status:
         if c.state != PROGRESSING:
             return s.evolve(canary=c)
     return s.evolve(canary=_maybe_advance(t, c))
+
+
+def _monitor(t: _Tick, s: Status) -> Status:
+    """The serving version watched over time (monitoring.py), and `serin silence`: an annotation
+    naming the serving generation it means and until when, cleared once read."""
+    stable = monitoring.monitored_version(t.spec.monitoring, s.stable, s.stableConfirmed)
+    silenced_until = None
+    raw = t.obs.annotations.get(SILENCE_ANNOTATION)
+    if raw is not None:
+        t.actions.append(ClearAnnotation(SILENCE_ANNOTATION))
+        generation, _, until = raw.partition("/")
+        if stable is not None and generation == str(stable.generation) and to_time(until) is not None:
+            silenced_until = until
+            t.emit("Normal", "MonitoringSilenced", f"generation {stable.generation}: no monitoring Events or "
+                                                   f"alerts until {until} (status keeps judging)")
+    out = monitoring.evaluate(t.spec.monitoring, s.monitoring, stable, t.obs.monitoring, t.now, t.obs.model,
+                              silenced_until)
+    t.actions.extend(out.emits)
+    return s.evolve(monitoring=out.monitoring)
 
 
 def _manual_controls(t: _Tick, c: Canary) -> Canary:

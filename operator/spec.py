@@ -153,6 +153,64 @@ class AnalysisSpec:
     metrics: tuple[MetricSpec, ...] = ()
 
 
+class Signal(enum.StrEnum):
+    """What spec.monitoring watches on the serving version (monitoring.py)."""
+
+    INPUT_DRIFT = "inputDrift"  # each profiled feature's bins against the reference profile
+    PREDICTION_SHIFT = "predictionShift"  # the predicted classes against the reference's
+    ERROR_RATE = "errorRate"  # the share of 5xx answers
+    LATENCY = "latency"  # the share of answers slower than an SLO threshold
+    ACCURACY = "accuracy"  # wrong answers among those whose ground truth came back (feedback)
+    ESTIMATED_ACCURACY = "estimatedAccuracy"  # the label-free estimate's expected wrong answers
+
+
+DRIFT_SIGNALS = frozenset({Signal.INPUT_DRIFT, Signal.PREDICTION_SHIFT})
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    enabled: bool = True
+    # Evaluated and shown in status.monitoring, never raising a condition, an Event or an alert:
+    # a tolerance can be tried on live traffic before it can wake anyone.
+    dry_run: bool = False
+    # Drift: the PSI beyond which drift matters (a smaller one is never an alarm, however much
+    # traffic shows it). errorRate / latency: the largest tolerated share of answers (5xx; slower
+    # than `threshold_seconds`). accuracy / estimatedAccuracy: the tolerated drop in points below
+    # the reference accuracy, unless `minimum` gives the accuracy itself.
+    tolerance: float = 0.0
+    threshold_seconds: float = 0.0  # latency only
+    minimum: float | None = None  # accuracy signals: an absolute floor instead of reference - tolerance
+
+
+# Defaults: conservative (an alarm means something) and usable without any knowledge of the model.
+DEFAULT_SIGNALS: dict[Signal, SignalSpec] = {
+    Signal.INPUT_DRIFT: SignalSpec(tolerance=0.02),
+    Signal.PREDICTION_SHIFT: SignalSpec(tolerance=0.02),
+    Signal.ERROR_RATE: SignalSpec(tolerance=0.01),
+    Signal.LATENCY: SignalSpec(tolerance=0.01, threshold_seconds=1.0),
+    Signal.ACCURACY: SignalSpec(tolerance=0.03),
+    Signal.ESTIMATED_ACCURACY: SignalSpec(tolerance=0.03),
+}
+
+
+@dataclass(frozen=True)
+class MonitoringSpec:
+    """spec.monitoring: the serving version watched over time (monitoring.py, sequential.py)."""
+
+    enabled: bool = True
+    interval: float = 300.0  # seconds between evaluations
+    # Expected false alarms per Model per month, all signals together: the budget sequential.py
+    # holds by construction (a CUSUM of e-values with threshold log(detectors * evaluations / budget)).
+    false_alarms_per_month: float = 0.05
+    min_rows: int = 200  # an evaluation waits for at least this many rows (up to MAX_WAIT)
+    trailing: float = 3600.0  # seconds of traffic behind each bet
+    resolve_after: int = 3  # evaluations back within tolerance that end an alarm
+    signals: dict[Signal, SignalSpec] = field(default_factory=lambda: dict(DEFAULT_SIGNALS))
+
+    def active(self) -> dict[Signal, SignalSpec]:
+        return {name: s for name, s in self.signals.items() if s.enabled}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     source: SourceSpec
@@ -167,6 +225,7 @@ class ModelSpec:
     allow_input_change: bool = False  # a canary may take other inputs than the stable
     progress_deadline: float = 600.0
     analysis: AnalysisSpec = AnalysisSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
 
 
 def parse_spec(spec: dict[str, Any]) -> ModelSpec:
@@ -199,6 +258,32 @@ def parse_spec(spec: dict[str, Any]) -> ModelSpec:
                 for m in analysis.get("metrics", [])
             ),
         ),
+        monitoring=_monitoring(spec.get("monitoring") or {}),
+    )
+
+
+def _monitoring(raw: dict[str, Any]) -> MonitoringSpec:
+    d = MonitoringSpec()
+    signals = {}
+    for name, default in DEFAULT_SIGNALS.items():
+        given = raw.get(str(name)) or {}
+        tolerance = given.get("maxShare" if name in (Signal.ERROR_RATE, Signal.LATENCY) else
+                              "maxDrop" if name in (Signal.ACCURACY, Signal.ESTIMATED_ACCURACY) else "tolerance")
+        signals[name] = SignalSpec(
+            enabled=bool(given.get("enabled", default.enabled)),
+            dry_run=bool(given.get("dryRun", default.dry_run)),
+            tolerance=float(tolerance) if tolerance is not None else default.tolerance,
+            threshold_seconds=_seconds(given, "threshold", default.threshold_seconds),
+            minimum=_float_or_none(given.get("min")),
+        )
+    return MonitoringSpec(
+        enabled=bool(raw.get("enabled", d.enabled)),
+        interval=_seconds(raw, "interval", d.interval),
+        false_alarms_per_month=float(raw.get("falseAlarmsPerMonth", d.false_alarms_per_month)),
+        min_rows=int(raw.get("minRows", d.min_rows)),
+        trailing=_seconds(raw, "trailingWindow", d.trailing),
+        resolve_after=int(raw.get("resolveAfter", d.resolve_after)),
+        signals=signals,
     )
 
 

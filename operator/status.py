@@ -243,6 +243,53 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class FeatureEvidence:
+    """One of the most drifted features of an inputDrift signal."""
+
+    feature: str
+    evidence: float  # CUSUM over its alarm threshold: 1 raises the alarm
+    psi: float  # the trailing window's PSI against the reference (bias-corrected)
+
+
+@dataclass(frozen=True)
+class SignalStatus:
+    """status.monitoring.signals[]: one watched signal of the serving version."""
+
+    signal: str
+    state: str  # Watching | Alarm | NoBaseline
+    since: str
+    evidence: float = 0.0  # the most advanced detector's CUSUM over its threshold (1: alarm)
+    message: str = ""
+    episode: int = 0  # alarms raised for this revision so far
+    announced: str = ""  # "<state>/<episode>" of the last transition told by an Event
+    calm: int = 0  # in Alarm: evaluations in a row back within tolerance
+    dryRun: bool | None = None
+    # Each detector's CUSUM (log-evidence; a feature's name for inputDrift, "" otherwise), rounded
+    # down: the state an operator restart resumes from. Only non-zero entries are kept.
+    cusum: dict[str, float] = field(default_factory=dict)
+    worst: tuple[FeatureEvidence, ...] = ()
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """status.monitoring: the serving version watched over time (monitoring.py)."""
+
+    revision: str
+    generation: int
+    startedAt: str
+    evaluatedAt: str  # counts up to this instant have been judged; the next window starts here
+    health: str = ""  # monitoring.health: the `kubectl get models` column
+    evaluations: int = 0
+    threshold: float = 0.0  # log-evidence an alarm needs (sequential.threshold)
+    silencedUntil: str | None = None
+    problem: str = ""  # why the last evaluation could not judge ("" when it could)
+    signals: tuple[SignalStatus, ...] = ()
+
+    def signal(self, name: str) -> SignalStatus | None:
+        return next((x for x in self.signals if x.signal == name), None)
+
+
+@dataclass(frozen=True)
 class Status:
     phase: Phase = Phase.PENDING
     message: str = ""
@@ -258,6 +305,7 @@ class Status:
     conditions: tuple[Condition, ...] = ()
     serving: Serving | None = None
     waiting: Waiting | None = None
+    monitoring: Monitoring | None = None
 
     def evolve(self, **changes: Any) -> Status:
         return replace(self, **changes)
@@ -285,8 +333,35 @@ def status_to_dict(status: Status) -> dict[str, Any]:
         "conditions": [asdict(c) for c in status.conditions],
         "serving": _drop_empty(asdict(status.serving)) if status.serving else None,
         "waiting": asdict(status.waiting) if status.waiting else None,
+        "monitoring": _monitoring_to_dict(status.monitoring) if status.monitoring else None,
     }
     return out
+
+
+def _monitoring_to_dict(m: Monitoring) -> dict[str, Any]:
+    out = _drop_empty({k: v for k, v in asdict(m).items() if k != "signals"})
+    out["evaluations"] = m.evaluations
+    out["signals"] = [_drop_empty({**_drop_none(asdict(x)), "worst": [asdict(w) for w in x.worst] or None,
+                                   "cusum": dict(x.cusum) or None}) | {"evidence": x.evidence, "episode": x.episode}
+                      for x in m.signals]
+    return out
+
+
+def _monitoring_from_dict(data: dict[str, Any] | None) -> Monitoring | None:
+    if not isinstance(data, dict) or not data.get("revision"):
+        return None
+    signals = []
+    for raw in data.get("signals") or []:
+        if not isinstance(raw, dict) or not raw.get("signal"):
+            continue
+        worst = tuple(w for w in (_build(FeatureEvidence, d) for d in raw.get("worst") or []) if w is not None)
+        cusum = {str(k): float(v) for k, v in (raw.get("cusum") or {}).items()}
+        # `state` here is a monitoring state, not a canary's (no enum conversion).
+        base = _build(SignalStatus, {k: v for k, v in raw.items() if k not in ("worst", "cusum")}, enums=False)
+        if base is not None:
+            signals.append(replace(base, worst=worst, cusum=cusum))
+    base_m = _build(Monitoring, {k: v for k, v in data.items() if k != "signals"})
+    return replace(base_m, signals=tuple(signals)) if base_m is not None else None
 
 
 def _drop_empty(d: dict[str, Any]) -> dict[str, Any]:
@@ -300,14 +375,14 @@ _ENUM_FIELDS: dict[str, type[enum.StrEnum]] = {
 }
 
 
-def _build(cls: type[T], data: dict[str, Any] | None) -> T | None:
+def _build(cls: type[T], data: dict[str, Any] | None, enums: bool = True) -> T | None:
     """A dataclass from its status dict. Keys it does not know are dropped (status written by an
     older operator), so reading never fails on them."""
     if not data:
         return None
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]  # cls is always a dataclass
     values = {k: v for k, v in data.items() if k in names}
-    for key, kind in _ENUM_FIELDS.items():
+    for key, kind in _ENUM_FIELDS.items() if enums else ():
         if key in values and values[key] is not None:
             values[key] = kind(values[key])
     return cls(**values)
@@ -335,6 +410,7 @@ def status_from_dict(data: dict[str, Any] | None) -> Status:
         conditions=_build_all(Condition, data.get("conditions")),
         serving=_build(Serving, data.get("serving")),
         waiting=_build(Waiting, data.get("waiting")),
+        monitoring=_monitoring_from_dict(data.get("monitoring")),
     )
 
 

@@ -165,6 +165,8 @@ class Window:
         self.ring = np.zeros((self.capacity, len(binner.features)), np.int64)
         self.head = 0
         self.filled = 0
+        # Rows binned and not yet added to the exported per-bin counters (Monitor.flush takes them).
+        self.unreported = np.zeros(binner.total_bins, np.int64)
         # Decoded feeds of recent requests, not binned yet. Single-row requests are appended
         # directly (`pending.append`: C, no Python frame): every request has at least one row, so
         # the newest `capacity` requests hold the newest `capacity` rows and older ones fall off
@@ -199,6 +201,8 @@ class Window:
             for name in self.binner.inputs
         }
         binned = self.binner.bin(merged)
+        if binned.size:
+            self.unreported += np.bincount(binned.ravel(), minlength=self.binner.total_bins)
         n = binned.shape[0]
         end = self.head + n
         if end <= self.capacity:
@@ -209,6 +213,10 @@ class Window:
             self.ring[: n - split] = binned[split:]
         self.head = end % self.capacity
         self.filled = min(self.capacity, self.filled + n)
+
+    def take_unreported(self) -> np.ndarray:
+        taken, self.unreported = self.unreported, np.zeros_like(self.unreported)
+        return taken
 
     def counts(self) -> np.ndarray:
         rows = self.ring[: self.filled]

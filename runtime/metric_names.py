@@ -23,6 +23,17 @@ DRIFT_WINDOW_ROWS = "serin_drift_window_rows"
 FEATURE_DRIFT_PVALUE = "serin_feature_drift_pvalue"
 INPUT_DRIFT_PVALUE = "serin_input_drift_pvalue"
 
+# Monitoring over time (the operator's monitoring.py): rows per bin of each profiled feature, a
+# counter (its differences between two instants are exact counts, which the sequential tests
+# need; PSI gauges over a sliding window are not), and the reference profile's share of each bin,
+# of each predicted class, and its accuracy, as gauges: the operator reads the reference from the
+# runtime that serves it, so it never needs the model store. Series per Pod: 2 x (bins of all
+# profiled features) + classes + 1; 30 features of 10 bins and 2 classes make 603.
+FEATURE_BIN_ROWS_TOTAL = "serin_feature_bin_rows_total"
+FEATURE_BIN_REFERENCE_RATIO = "serin_feature_bin_reference_ratio"
+PREDICTION_REFERENCE_RATIO = "serin_prediction_reference_ratio"
+REFERENCE_ACCURACY = "serin_reference_accuracy"
+
 # Ground truth sent to the feedback endpoint (feedback.py), counted under the revision that made
 # the prediction (label `predicted_revision`; `revision` stays the answering replica's, as on every
 # series, since scrape configs often attach their own `revision` target label, which would
@@ -60,6 +71,7 @@ PROTOCOL = "protocol"  # "v1" | "v2" | "grpc"
 CODE = "code"  # HTTP status code as a string, e.g. "200", "400"
 CLASS = "class"
 FEATURE = "feature"
+BIN = "bin"  # a feature's bin index in its profile, "0" upwards
 PREDICTED_REVISION = "predicted_revision"  # feedback: the revision that made the prediction
 
 # Labels per metric, in exposition order.
@@ -75,6 +87,10 @@ LABELS: dict[str, tuple[str, ...]] = {
     DRIFT_WINDOW_ROWS: (MODEL, REVISION),
     FEATURE_DRIFT_PVALUE: (MODEL, REVISION, FEATURE),
     INPUT_DRIFT_PVALUE: (MODEL, REVISION),
+    FEATURE_BIN_ROWS_TOTAL: (MODEL, REVISION, FEATURE, BIN),
+    FEATURE_BIN_REFERENCE_RATIO: (MODEL, REVISION, FEATURE, BIN),
+    PREDICTION_REFERENCE_RATIO: (MODEL, REVISION, CLASS),
+    REFERENCE_ACCURACY: (MODEL, REVISION),
     **{name: (MODEL, REVISION, PREDICTED_REVISION) for name in (
         FEEDBACK_ROWS_TOTAL, FEEDBACK_CORRECT_TOTAL, FEEDBACK_SCORED_ROWS_TOTAL, FEEDBACK_LOG_LOSS_TOTAL,
         FEEDBACK_BRIER_TOTAL, FEEDBACK_ABSOLUTE_ERROR_TOTAL, FEEDBACK_SQUARED_ERROR_TOTAL)},

@@ -35,6 +35,7 @@ from serin.runtime import metric_names as mn
 from serin.runtime.drift import Drift
 from serin.runtime.feedback import ClassColumns
 from serin.runtime.model import Task
+from serin.runtime.profile import Prediction
 
 log = logging.getLogger("serin.runtime.monitoring")
 
@@ -48,7 +49,21 @@ class DriftCollector(Collector):
         self.drift = drift
         self.labels = [model, revision]
 
+    def reference(self) -> Iterator[Metric]:
+        """The profile's share of each feature bin: what the operator's monitoring compares the
+        bin counters with (constant: a few hundred series that compress to nearly nothing)."""
+        ratio = GaugeMetricFamily(
+            mn.FEATURE_BIN_REFERENCE_RATIO, "Share of the reference profile's rows in each feature bin",
+            labels=list(mn.LABELS[mn.FEATURE_BIN_REFERENCE_RATIO]),
+        )
+        for f in self.drift.binner.features:
+            total = float(np.sum(f.proportions)) or 1.0
+            for b, share in enumerate(f.proportions.tolist()):
+                ratio.add_metric([*self.labels, f.name, str(b)], share / total)
+        yield ratio
+
     def collect(self) -> Iterator[Metric]:
+        yield from self.reference()
         rows = GaugeMetricFamily(
             mn.DRIFT_WINDOW_ROWS, "Rows in the drift window behind the PSI figures",
             labels=list(mn.LABELS[mn.DRIFT_WINDOW_ROWS]),
@@ -87,6 +102,32 @@ class DriftCollector(Collector):
         )
         smallest.add_metric(self.labels, smallest_pvalue)
         yield smallest
+
+
+class ReferenceCollector(Collector):
+    """The reference profile's predicted-class shares and accuracy, as constant gauges: the
+    operator's predictionShift and accuracy monitoring compare live counts with them."""
+
+    def __init__(self, prediction: Prediction, model: str, revision: str) -> None:
+        self.prediction = prediction
+        self.labels = [model, revision]
+
+    def collect(self) -> Iterator[Metric]:
+        p = self.prediction
+        if p.kind == "classification" and len(p.proportions) == len(p.classes) and p.classes:
+            ratio = GaugeMetricFamily(
+                mn.PREDICTION_REFERENCE_RATIO, "Share of each class among the reference profile's predictions",
+                labels=list(mn.LABELS[mn.PREDICTION_REFERENCE_RATIO]))
+            total = sum(p.proportions) or 1.0
+            for cls, share in zip(p.classes, p.proportions, strict=True):
+                ratio.add_metric([*self.labels, cls], share / total)
+            yield ratio
+        if p.reference_accuracy is not None:
+            accuracy = GaugeMetricFamily(
+                mn.REFERENCE_ACCURACY, "Accuracy on the reference sample's true labels",
+                labels=list(mn.LABELS[mn.REFERENCE_ACCURACY]))
+            accuracy.add_metric(self.labels, p.reference_accuracy)
+            yield accuracy
 
 
 def _add_to_buckets(child: Any, counts: list[int] | np.ndarray, total: float) -> None:
@@ -206,13 +247,23 @@ class Monitor:
     flush_interval = FLUSH_INTERVAL
 
     def __init__(self, model: str, revision: str, task: Task, drift: Drift | None,
-                 runs: Callable[[], int] | None = None, probability_output: str | None = None) -> None:
+                 runs: Callable[[], int] | None = None, probability_output: str | None = None,
+                 reference: Prediction | None = None) -> None:
         self.model = model
         self.revision = revision
         self.task = task
         self.drift = drift
         self.collector = DriftCollector(drift, model, revision) if drift is not None else None
+        self.reference = ReferenceCollector(reference, model, revision) if reference is not None else None
         base = (model, revision)
+        # Rows per feature bin (monitoring over time): every child made up front, so each exists
+        # at 0 before its first row (the operator differences counters between two instants).
+        self._bins: list[Any] = []
+        if drift is not None:
+            bins = Counter(mn.FEATURE_BIN_ROWS_TOTAL, "Rows per bin of each profiled input feature",
+                           mn.LABELS[mn.FEATURE_BIN_ROWS_TOTAL], registry=None)
+            self._bins = [bins.labels(*base, f.name, str(b))
+                          for f in drift.binner.features for b in range(f.bins)]
         # registry=None: in multiprocess mode the exposition registry is built per scrape.
         self._requests = Counter(
             mn.REQUESTS_TOTAL, "Inference requests by protocol and HTTP status code",
@@ -333,6 +384,10 @@ class Monitor:
         confidences, self.confidences = self.confidences, []
         if (answered or confidences) and self.estimate is not None:
             self.estimate.fold(answered, confidences)
+        if self._bins:
+            fresh = self.drift.window.take_unreported()  # type: ignore[union-attr]
+            for b in np.flatnonzero(fresh).tolist():
+                self._bins[b].inc(int(fresh[b]))
         outputs, self.outputs = self.outputs, []
         if outputs:
             values = np.concatenate(outputs, axis=None)  # axis=None: flattened
@@ -364,4 +419,6 @@ class Monitor:
         MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])  # type: ignore[no-untyped-call]
         if self.collector is not None:
             registry.register(self.collector)
+        if self.reference is not None:
+            registry.register(self.reference)
         return generate_latest(registry)

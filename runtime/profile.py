@@ -41,6 +41,9 @@ class Prediction:
     # probabilities are taken as calibrated (no labels in the sample).
     calibration: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     reference_accuracy: float | None = None  # on the sample's true labels, when it had them
+    # Classifiers: the share of each class among the reference sample's predictions (`classes`'
+    # order); regressors: of each bin between `cuts`.
+    proportions: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ def _prediction(raw: dict[str, Any] | None) -> Prediction | None:
         cuts=tuple(float(c) for c in raw.get("cuts", ())),
         calibration=knots,
         reference_accuracy=float(accuracy) if accuracy is not None else None,
+        proportions=tuple(float(p) for p in raw.get("proportions", ())),
     )
 
 

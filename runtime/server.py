@@ -104,7 +104,8 @@ def build_app(cfg: ServeConfig) -> App:
     from serin.runtime.feedback import probability_output
 
     monitor = Monitor(cfg.name, cfg.revision, model.task, drift, runs=lambda: model.runs,
-                      probability_output=probability_output(model.task, model.outputs))
+                      probability_output=probability_output(model.task, model.outputs),
+                      reference=model.profile.prediction if model.profile is not None else None)
     return App(
         model, monitor=monitor, drift=drift, metrics=monitor.exposition,
         max_body=cfg.max_body, drift_interval=cfg.drift_interval, revision=cfg.revision,

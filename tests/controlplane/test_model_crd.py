@@ -75,12 +75,14 @@ def test_short_name_and_category(crds: ControlPlane, namespace: str) -> None:
 def test_printer_columns_show_rollout_state(crds: ControlPlane, namespace: str) -> None:
     assert apply(crds, namespace, manifest("cols")).returncode == 0
     status = {"status": {"phase": "Progressing", "stable": {"generation": 1},
-                         "canary": {"generation": 2, "weight": 10, "step": 0}}}
+                         "canary": {"generation": 2, "weight": 10, "step": 0},
+                         "monitoring": {"revision": "cols-predictor-00001", "generation": 1, "health": "Drifted",
+                                        "startedAt": "2026-12-01T00:00:00Z", "evaluatedAt": "2026-12-01T00:05:00Z"}}}
     crds.kubectl("patch", "model", "cols", "-n", namespace, "--subresource=status",
                  "--type=merge", "-p", json.dumps(status))
     lines = crds.kubectl("get", "models", "-n", namespace).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "STABLE", "CANARY", "WEIGHT", "PHASE", "AGE"]
-    assert lines[1].split()[:5] == ["cols", "1", "2", "10", "Progressing"]
+    assert lines[0].split() == ["NAME", "STABLE", "CANARY", "WEIGHT", "PHASE", "HEALTH", "AGE"]
+    assert lines[1].split()[:6] == ["cols", "1", "2", "10", "Progressing", "Drifted"]
 
 
 # (id, overrides, words the apiserver's message must contain: the field path and the reason)
@@ -130,6 +132,15 @@ INVALID = [
     ("metric-name-uppercase", {"spec__rollout": {"analysis": {"metrics": [{"name": "Errors", "builtin": "errorRate", "max": 1}]}}}, ["spec.rollout.analysis.metrics[0].name", "should match"]),
     ("sample-labels-empty", {"spec__source__sampleLabels": ""}, ["spec.source.sampleLabels", "at least 1 chars long"]),
     ("unknown-field", {"spec__source__url": "s3://typo/m.pkl"}, ["spec.source.url", "unknown field"]),
+    ("monitoring-budget-zero", {"spec__monitoring": {"falseAlarmsPerMonth": 0}}, ["spec.monitoring.falseAlarmsPerMonth", "above 0 and at most 10"]),
+    ("monitoring-interval-5s", {"spec__monitoring": {"interval": "5s"}}, ["spec.monitoring.interval", "between 10s and 24h"]),
+    ("monitoring-trailing-shorter", {"spec__monitoring": {"interval": "10m", "trailingWindow": "5m"}}, ["spec.monitoring", "trailingWindow must be at least one interval"]),
+    ("monitoring-tolerance-negative", {"spec__monitoring": {"inputDrift": {"tolerance": -0.1}}}, ["spec.monitoring.inputDrift.tolerance", "above 0"]),
+    ("monitoring-share-one", {"spec__monitoring": {"errorRate": {"maxShare": 1}}}, ["spec.monitoring.errorRate.maxShare", "below 1"]),
+    ("monitoring-latency-10s", {"spec__monitoring": {"latency": {"threshold": "10s"}}}, ["spec.monitoring.latency.threshold", "at most 5s"]),
+    ("monitoring-accuracy-min-above-1", {"spec__monitoring": {"accuracy": {"min": 1.5}}}, ["spec.monitoring.accuracy", "min must be above 0 and below 1"]),
+    ("monitoring-min-rows-zero", {"spec__monitoring": {"minRows": 0}}, ["spec.monitoring.minRows", "greater than or equal to 1"]),
+    ("monitoring-unknown-signal", {"spec__monitoring": {"inputDrfit": {"tolerance": 0.1}}}, ["spec.monitoring.inputDrfit", "unknown field"]),
 ]
 
 

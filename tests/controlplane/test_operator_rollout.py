@@ -119,7 +119,10 @@ def test_conversion_failure_leaves_stable_serving(cluster: Cluster) -> None:
     pred = predictor(cluster)
     assert pred["model"]["storageUri"] == v1["stable"]["storageUri"] and "canaryTrafficPercent" not in pred
     conditions = {c["type"]: c["status"] for c in s["conditions"]}
-    assert conditions == {"Ready": "True", "Progressing": "False", "Degraded": "True", "Converted": "False"}
+    # Monitoring watches the version still serving: nothing judged in this short a time.
+    assert conditions == {"Ready": "True", "Progressing": "False", "Degraded": "True", "Converted": "False",
+                          "Drifted": "Unknown", "PerformanceDegraded": "Unknown"}
+    assert s["monitoring"]["revision"] == v1["stable"]["revision"] and s["monitoring"]["health"] == "Waiting"
 
 
 def serin(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
@@ -152,6 +155,17 @@ def test_manual_pause_resume_and_promote(cluster: Cluster) -> None:
     assert {c["type"] for c in document["status"]["conditions"]} >= {"Ready", "Progressing"}
     again = serin(cluster, "promote")
     assert again.returncode == 1 and "has no canary in progress" in again.stderr
+    # Monitoring of the serving version silenced for 2h: recorded, the annotation cleared.
+    silenced = serin(cluster, "silence", "--for", "2h")
+    assert silenced.returncode == 0 and "monitoring of generation 2 silenced until" in silenced.stdout, silenced
+    s = status(cluster.wait("silence recorded", lambda m: bool(status(m).get("monitoring", {}).get("silencedUntil"))))
+    assert s["monitoring"]["silencedUntil"] in silenced.stdout
+    assert "serin.dev/silence" not in (cluster.model()["metadata"].get("annotations") or {})
+    assert len(cluster.events("MonitoringSilenced")) == 1
+    shown = serin(cluster, "status")
+    assert "monitoring  Waiting  revision" in shown.stdout and "silenced until" in shown.stdout, shown.stdout
+    bad = serin(cluster, "silence", "--for", "two hours")
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
 
 
 def test_manual_abort_rolls_back(cluster: Cluster) -> None:

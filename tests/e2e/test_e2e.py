@@ -29,11 +29,12 @@ ROLLOUT: dict[str, Any] = {
 }
 
 
-def apply(p: Platform, files: demo_models.VersionFiles, rollout: dict[str, Any] = ROLLOUT) -> None:
+def apply(p: Platform, files: demo_models.VersionFiles, rollout: dict[str, Any] = ROLLOUT,
+          monitoring: dict[str, Any] | None = None) -> None:
     c = p.cluster
     body = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": c.name, "namespace": c.namespace},
             "spec": {"source": {"uri": files.model.as_uri(), "format": files.format, "sampleUri": files.sample.as_uri()},
-                     "rollout": rollout}}
+                     "rollout": rollout, **({"monitoring": monitoring} if monitoring else {})}}
     c.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
 
 
@@ -41,9 +42,10 @@ def status(m: dict[str, Any]) -> dict[str, Any]:
     return m.get("status") or {}
 
 
-def start_with_v1(p: Platform, versions: Versions, feedback: float = 0.0) -> LoadGenerator:
+def start_with_v1(p: Platform, versions: Versions, feedback: float = 0.0,
+                  monitoring: dict[str, Any] | None = None) -> LoadGenerator:
     p.cluster.operator.start()
-    apply(p, versions.v1)
+    apply(p, versions.v1, monitoring=monitoring)
     p.cluster.wait_phase("Promoted", generation=1)
     isvc = p.cluster.isvc()
     assert isvc is not None
@@ -225,3 +227,55 @@ def test_apiserver_restarted_mid_canary_finishes(platform: Platform, versions: V
         load.stop()
     assert s["stable"]["generation"] == 2
     assert failures(load) == [], "the data plane keeps serving while the control plane restarts"
+
+
+def conditions_of(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status(m).get("conditions", [])}
+
+
+def test_a_promoted_model_whose_traffic_shifts_turns_drifted_naming_the_feature_and_back(
+        platform: Platform, versions: Versions) -> None:
+    """Monitoring over time on the local platform: the operator reads the serving revision's
+    counters from the real Prometheus every 10s. Unchanged traffic raises nothing; traffic whose
+    features f0 and f1 move by one standard deviation raises one DriftDetected naming one of them,
+    told exactly once although the operator is killed right after recording the alarm and before
+    telling it; back to unchanged traffic, one DriftResolved."""
+    c = platform.cluster
+    monitoring = {"interval": "10s", "minRows": 500, "trailingWindow": "20s", "resolveAfter": 2}
+    load = start_with_v1(platform, versions, monitoring=monitoring)
+    try:
+        calm = c.wait("six evaluations of unchanged traffic",
+                      lambda m: status(m).get("monitoring", {}).get("evaluations", 0) >= 6, timeout=150)
+        assert conditions_of(calm)["Drifted"]["status"] == "False", conditions_of(calm)["Drifted"]
+        assert conditions_of(calm)["PerformanceDegraded"]["status"] == "False"
+        assert status(calm)["monitoring"]["health"] == "Healthy"
+        assert not c.events("DriftDetected") and not c.events("PerformanceDegraded")
+        # The next operator exits (as if SIGKILLed) right after persisting the alarm, before its Event.
+        c.operator.stop()
+        c.operator.start(failpoint="after-persist:DriftDetected")
+        load.set_shift(1.0)
+        assert c.operator.wait_exit(timeout=150) == 137, "the failpoint was not reached"
+        recorded = status(c.model())["monitoring"]
+        assert any(x["state"] == "Alarm" and x.get("announced", "") != f"Alarm/{x['episode']}" for x in recorded["signals"]), \
+            recorded  # persisted, not told yet
+        c.operator.start()
+        drifted = c.wait("Drifted", lambda m: conditions_of(m).get("Drifted", {}).get("status") == "True",
+                         timeout=120)
+        c.wait("the alarm told", lambda m: all(x.get("announced", "") == f"{x['state']}/{x['episode']}" or x["state"] != "Alarm"
+                                               for x in status(m)["monitoring"]["signals"]), timeout=60)
+        condition = conditions_of(drifted)["Drifted"]
+        assert condition["reason"] in ("InputDrift", "PredictionShift"), condition
+        signals = {x["signal"]: x for x in status(drifted)["monitoring"]["signals"]}
+        assert signals["inputDrift"]["state"] == "Alarm", signals["inputDrift"]
+        assert signals["inputDrift"]["worst"][0]["feature"] in ("f0", "f1"), signals["inputDrift"]
+        assert status(drifted)["monitoring"]["health"] == "Drifted"
+        load.set_shift(0.0)
+        back = c.wait("Drifted back to False",
+                      lambda m: conditions_of(m).get("Drifted", {}).get("status") == "False", timeout=120)
+        assert status(back)["monitoring"]["health"] == "Healthy"
+    finally:
+        load.stop()
+    detected = [e for e in c.events("DriftDetected") if "inputDrift" in e["message"]]
+    assert len(detected) == 1 and ("feature f0" in detected[0]["message"] or "feature f1" in detected[0]["message"])
+    assert len([e for e in c.events("DriftResolved") if "inputDrift" in e["message"]]) == 1
+    assert not c.events("PerformanceDegraded"), c.events("PerformanceDegraded")

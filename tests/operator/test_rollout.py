@@ -232,7 +232,9 @@ CASES = [
         lambda d: serving_action(d) == ONLY_V1,
         lambda d: "generation 1 still serving" in d.status.message,
         lambda d: {c.type: c.status for c in d.status.conditions} == {
-            "Ready": "True", "Progressing": "False", "Degraded": "True", "Converted": "False"})),
+            "Ready": "True", "Progressing": "False", "Degraded": "True", "Converted": "False",
+            # Monitoring started on the serving version, with nothing judged yet.
+            "Drifted": "Unknown", "PerformanceDegraded": "Unknown"})),
     Case("failed-version-is-not-retried", replace(PROMOTED, failed=Failure(2, K2, "ConversionFailed", "bad", ts(0))),
          obs(2, serving=SERVES_V1), check_all(
         lambda d: of(d, StartConversion) == [], lambda d: d.status.phase == "Failed")),

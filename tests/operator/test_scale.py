@@ -28,7 +28,7 @@ from serin.operator.policy import Policy
 from serin.operator.prometheus import Prometheus
 from serin.operator.reconcile import apply_in_order
 from serin.operator.rollout import analysis_due, decide, is_idle, next_due, shown_queue_position
-from serin.operator.spec import ModelSpec, parse_spec
+from serin.operator.spec import ModelSpec, MonitoringSpec, parse_spec
 from serin.operator.status import Canary, Pending, Status, Version, Waiting
 
 
@@ -195,7 +195,8 @@ def test_a_long_queue_costs_each_model_few_status_writes() -> None:
 
 
 def test_leaving_the_queue_restarts_the_timeout_clock() -> None:
-    spec = spec_with()
+    # Without monitoring, whose next evaluation (5m) would come before the timeout.
+    spec = replace(spec_with(), monitoring=MonitoringSpec(enabled=False))
     s = replace(PROMOTED, pending=Pending(2, spec.version_key, ts(0), queuePosition=1))
     d = decide(spec, s, pending_obs(ConversionState.RUNNING), at(900))  # queued past the 10m timeout
     assert d.status.pending is not None

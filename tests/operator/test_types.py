@@ -19,14 +19,17 @@ from serin.operator.status import (
     ConversionSummary,
     Failure,
     FailureKind,
+    FeatureEvidence,
     HistoryEntry,
     Measurement,
+    Monitoring,
     Outcome,
     Pending,
     Phase,
     RollbackReason,
     RollbackStage,
     Serving,
+    SignalStatus,
     Status,
     Verdict,
     Version,
@@ -83,7 +86,10 @@ def full_status() -> Status:
                   (Measurement("error-rate", Verdict.FAILED, t, 4, 0.5, "too high"),),
                   (HistoryEntry(3, Outcome.PROMOTED, t, "all steps passed"),),
                   (Condition("Ready", "True", "Serving", "m", 4, t),),
-                  Serving("Standard", "gateway", "http://m"), Waiting("all traffic off generation 4", t, True))
+                  Serving("Standard", "gateway", "http://m"), Waiting("all traffic off generation 4", t, True),
+                  Monitoring("m-predictor-00003", 3, t, t, "Drifted", 12, 15.6, t, "prometheus busy", (
+                      SignalStatus("inputDrift", "Alarm", t, 1.02, "feature f0: PSI 0.08", 2, "Alarm/2", 1, True,
+                                   {"f0": 3.25, "f1": 0.5}, (FeatureEvidence("f0", 1.02, 0.08),)),)))
 
 
 def test_every_status_field_survives_the_crd_schema() -> None:
@@ -148,6 +154,22 @@ def test_defaults_are_the_ones_the_apiserver_applies() -> None:
     assert bare.analysis.interval == spec_mod.parse_duration(crd_default("spec.rollout.analysis.interval"))
     assert bare.analysis.failure_limit == crd_default("spec.rollout.analysis.failureLimit")
     assert bare.analysis.inconclusive_limit == crd_default("spec.rollout.analysis.inconclusiveLimit")
+    m = bare.monitoring
+    assert m.enabled == crd_default("spec.monitoring.enabled")
+    assert m.interval == spec_mod.parse_duration(crd_default("spec.monitoring.interval"))
+    assert m.false_alarms_per_month == crd_default("spec.monitoring.falseAlarmsPerMonth")
+    assert m.min_rows == crd_default("spec.monitoring.minRows")
+    assert m.trailing == spec_mod.parse_duration(crd_default("spec.monitoring.trailingWindow"))
+    assert m.resolve_after == crd_default("spec.monitoring.resolveAfter")
+    signals = m.signals
+    for name, key in (("inputDrift", "tolerance"), ("predictionShift", "tolerance"), ("errorRate", "maxShare"),
+                      ("latency", "maxShare"), ("accuracy", "maxDrop"), ("estimatedAccuracy", "maxDrop")):
+        signal = signals[spec_mod.Signal(name)]
+        assert signal.tolerance == crd_default(f"spec.monitoring.{name}.{key}"), name
+        assert signal.enabled == crd_default(f"spec.monitoring.{name}.enabled")
+        assert signal.dry_run == crd_default(f"spec.monitoring.{name}.dryRun")
+    assert signals[spec_mod.Signal.LATENCY].threshold_seconds == spec_mod.parse_duration(
+        crd_default("spec.monitoring.latency.threshold"))
 
 
 def test_a_defaulted_and_an_undefaulted_spec_parse_alike() -> None:
@@ -183,7 +205,7 @@ def test_the_crds_duration_limits_also_hold_for_models_stored_before_them() -> N
 
 
 _SCHEMA_KEYWORDS = {"type", "description", "properties", "items", "required", "default", "enum", "format",
-                    "minimum", "maximum", "maxLength", "minLength", "pattern", "maxItems", "minItems",
+                    "minimum", "maximum", "maxLength", "minLength", "pattern", "maxItems", "minItems", "maxProperties",
                     "additionalProperties", "anyOf", "x-kubernetes-validations", "x-kubernetes-int-or-string",
                     "x-kubernetes-preserve-unknown-fields", "x-kubernetes-list-type", "x-kubernetes-list-map-keys"}
 

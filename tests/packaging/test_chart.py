@@ -248,7 +248,8 @@ def test_converter_service_account_has_no_token_and_no_bindings(
     ({"conversion": {"modelStore": "s3://models/serin"}}, "modelStore"),
     ({"conversion": {"modelStore": ""}}, "modelStore"),
     ({"monitoring": {"serviceMonitor": {"interval": "30 seconds"}}}, "interval"),
-    ({"monitoring": {"prometheusRule": {"driftThreshold": -1}}}, "driftThreshold"),
+    # Gone: drift alerts follow each Model's spec.monitoring verdict (an upgrade keeping it is told).
+    ({"monitoring": {"prometheusRule": {"driftThreshold": 0.25}}}, "driftThreshold"),
     ({"monitoring": {"podMonitor": {"enabled": "yes"}}}, "enabled"),
     ({"servingRuntime": {"resources": {"request": {"cpu": "100m"}}}}, "request"),
     ({"servingRuntime": {"resources": {"limits": {"memory": ["1Gi"]}}}}, "memory"),
@@ -375,13 +376,13 @@ def test_operator_exports_the_metrics_the_chart_was_written_against() -> None:
     assert {"serin_rollouts_started_total", "serin_rollouts_promoted_total",
             "serin_rollouts_rolled_back_total", "serin_canary_weight",
             "serin_analysis_verdicts_total", "serin_conversion_seconds",
-            "serin_reconcile_errors_total"} <= OPERATOR_METRICS, OPERATOR_METRICS
+            "serin_reconcile_errors_total", "serin_monitoring_alarm"} <= OPERATOR_METRICS, OPERATOR_METRICS
 
 
 def test_alerts_use_only_contract_metrics(helm: Helm) -> None:
     rules = prometheus_rule(helm)["spec"]["groups"][0]["rules"]
     assert [r["alert"] for r in rules] == ["SerinRollbacks", "SerinRolloutStuck",
-                                            "SerinHighInputDrift", "SerinReconcileErrors"]
+                                            "SerinModelDrifted", "SerinModelDegraded", "SerinReconcileErrors"]
     for rule in rules:
         assert metric_names_in(rule["expr"]) <= OPERATOR_METRICS | RUNTIME_METRICS, rule["expr"]
         assert rule["annotations"]["summary"] and rule["labels"]["severity"]
@@ -399,18 +400,27 @@ tests:
         values: '10x70'
       - series: 'serin_canary_weight{namespace="ml",model="moving"}'
         values: '10x20 0x50'
-      - series: 'serin_input_psi{namespace="ml",model="fraud",revision="fraud-predictor-00002"}'
-        values: '0.3x20'
-      - series: 'serin_input_psi{namespace="ml",model="calm",revision="calm-predictor-00001"}'
-        values: '0.05x20'
+      - series: 'serin_monitoring_alarm{namespace="ml",model="fraud",signal="inputDrift",dry_run="false",silenced="false"}'
+        values: '0x5 1x10 0x5'
+      - series: 'serin_monitoring_alarm{namespace="ml",model="trial",signal="inputDrift",dry_run="true",silenced="false"}'
+        values: '1x20'
+      - series: 'serin_monitoring_alarm{namespace="ml",model="quiet",signal="inputDrift",dry_run="false",silenced="true"}'
+        values: '1x20'
+      - series: 'serin_monitoring_alarm{namespace="ml",model="fraud",signal="accuracy",dry_run="false",silenced="false"}'
+        values: '0x10 1x10'
+      - series: 'serin_monitoring_alarm{namespace="ml",model="fresh",signal="accuracy",dry_run="false",silenced="false"}'
+        values: '-1x20'
       - series: 'serin_reconcile_errors_total{namespace="ml",model="broken"}'
         values: '0+1x30'
     alert_rule_test:
       - {eval_time: 4m, alertname: SerinRollbacks, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: fraud, reason: error-rate}, exp_annotations: {summary: "Model ml/fraud was rolled back (error-rate)", description: "The canary failed analysis and traffic went back to the stable version. See: kubectl describe model -n ml fraud"}}]}
       - {eval_time: 30m, alertname: SerinRolloutStuck, exp_alerts: []}
       - {eval_time: 65m, alertname: SerinRolloutStuck, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: stuck}, exp_annotations: {summary: "Canary of ml/stuck has held 10% of traffic for 1h", description: "The rollout neither promoted nor rolled back: check the Model's status (paused? inconclusive analysis? Prometheus reachable?), then serin promote or serin abort."}}]}
-      - {eval_time: 10m, alertname: SerinHighInputDrift, exp_alerts: []}
-      - {eval_time: 18m, alertname: SerinHighInputDrift, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: fraud, revision: fraud-predictor-00002}, exp_annotations: {summary: "Input drift on ml/fraud revision fraud-predictor-00002: PSI 0.30", description: "The largest per-feature PSI against the reference profile stayed above 0.25 for 15 minutes; serin_feature_psi shows which features moved."}}]}
+      - {eval_time: 3m, alertname: SerinModelDrifted, exp_alerts: []}
+      - {eval_time: 8m, alertname: SerinModelDrifted, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: fraud, signal: inputDrift}, exp_annotations: {summary: "Model ml/fraud drifted (inputDrift)", description: "The serving version's traffic moved beyond the Model's tolerance. Which feature and by how much: kubectl describe model -n ml fraud (condition Drifted, status.monitoring)."}}]}
+      - {eval_time: 18m, alertname: SerinModelDrifted, exp_alerts: []}
+      - {eval_time: 5m, alertname: SerinModelDegraded, exp_alerts: []}
+      - {eval_time: 12m, alertname: SerinModelDegraded, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: fraud, signal: accuracy}, exp_annotations: {summary: "Model ml/fraud degraded (accuracy)", description: "The serving version's performance is worse than the Model's limit. The measurement: kubectl describe model -n ml fraud (condition PerformanceDegraded, status.monitoring)."}}]}
       - {eval_time: 25m, alertname: SerinReconcileErrors, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: broken}, exp_annotations: {summary: "The Serin operator keeps failing to reconcile ml/broken", description: "Reconcile errors for 15 minutes: see the Model's Events and the operator's logs."}}]}
 """
 
@@ -438,7 +448,9 @@ def test_dashboard_configmap(helm: Helm) -> None:
                    "Log loss and Brier score by revision (ground truth, last hour)",
                    "MAE and RMSE by revision (ground truth, regressors, last hour)", "Ground truth received",
                    "Estimated accuracy by revision (no labels needed, last hour)",
-                   "Operator: analysis round time (p95)"):
+                   "Operator: analysis round time (p95)",
+                   "Monitoring verdict per model and signal (1 alarm, 0 watching, -1 no baseline)",
+                   "Monitoring evidence towards an alarm (1 raises it)"):
         assert wanted in titles
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(set(ids)) == len(ids)

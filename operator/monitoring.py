@@ -1,0 +1,427 @@
+"""Monitoring the serving version over time: (spec, status, counts, now) -> status and Events.
+
+Pure. After a version is promoted (and while it stays the stable one, a rollout or not), every
+`spec.monitoring.interval` the reconcile loop reads the counts its runtime exported since the
+last evaluation, and those of the trailing window before it (monitoring_queries.py: the only
+I/O); this module judges them with the detectors of sequential.py and says what changed.
+
+- One evaluation needs `minRows` rows: with fewer, its window simply stays open (status
+  unchanged, nothing written) until there are enough, or MAX_WAIT has passed.
+- Each signal has one detector (inputDrift: one per profiled feature). All detectors of a Model
+  share its monthly false-alarm budget: the threshold h makes D m e^-h equal it (sequential.py).
+- An alarm is raised once per episode: Watching -> Alarm when a detector's CUSUM reaches h; it
+  ends after `resolveAfter` evaluations in a row whose own counts are back within the tolerance
+  (hysteresis: reaching the threshold needs evidence *beyond* the tolerance, ending it needs a
+  window that looks within it); then a new episode may start from a zero CUSUM.
+- Events are told on transitions only, each under a name fixed by (revision, signal, episode,
+  transition): reconcile posts them before recording them as told, so a kill in between posts
+  the same name again, which the apiserver refuses as a duplicate. One Event per transition.
+- A silence (`serin silence`) keeps judging and keeps status true, and tells no one until it ends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from serin.operator import sequential as sq
+from serin.operator.actions import Emit
+from serin.operator.spec import DRIFT_SIGNALS, MonitoringSpec, Signal, SignalSpec
+from serin.operator.status import FeatureEvidence, Monitoring, SignalStatus, Version, from_time, to_time
+
+WATCHING = "Watching"
+ALARM = "Alarm"
+NO_BASELINE = "NoBaseline"  # nothing to judge against (no reference in the profile, no feedback)
+
+# An evaluation window that has not reached minRows is judged anyway after this long, so a
+# low-traffic Model is still judged every day on what it had (validity never needed minRows: it
+# only keeps each bet from being placed on a handful of rows).
+MAX_WAIT = 24 * 3600.0
+TOP_FEATURES = 3
+MAX_CUSUM_ENTRIES = 64  # detectors whose CUSUM is kept in status (the largest): status stays small
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Rows counted over one window, exactly (differences of counters, monitoring_queries.py)."""
+
+    rows: float = 0.0  # inference rows
+    features: dict[str, dict[int, float]] = field(default_factory=dict)  # feature -> bin -> rows
+    classes: dict[str, float] = field(default_factory=dict)  # predicted class -> rows
+    requests: float = 0.0  # answered inference requests
+    errors: float = 0.0  # of which 5xx
+    latency: dict[float, float] = field(default_factory=dict)  # le -> requests at most that slow
+    feedback_rows: float = 0.0  # ground truth received for this revision's answers
+    feedback_correct: float = 0.0
+    estimated_rows: float = 0.0
+    estimated_correct: float = 0.0  # sum of the calibrated chance each answer is right
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the serving version's profile expects (its runtime exports it)."""
+
+    features: dict[str, dict[int, float]] = field(default_factory=dict)  # feature -> bin -> share
+    classes: dict[str, float] = field(default_factory=dict)
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class MonitoringObservation:
+    revision: str
+    at: str  # the instant the counts were read up to
+    window: Counts  # since status.monitoring.evaluatedAt
+    trailing: Counts | None = None  # the trailing window before it (None: not read, too few rows)
+    reference: Reference = field(default_factory=Reference)
+    error: str = ""  # the counts could not be read: why
+
+
+@dataclass(frozen=True)
+class Outcome:
+    monitoring: Monitoring | None
+    emits: tuple[Emit, ...] = ()
+
+
+def monitored_version(spec: MonitoringSpec, stable: Version | None, confirmed: bool) -> Version | None:
+    if not spec.enabled or stable is None or not confirmed or not stable.revision:
+        return None
+    return stable
+
+
+def due(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None, now: dt.datetime) -> bool:
+    """Whether this tick should read the counts (the I/O `evaluate` judges)."""
+    if m is None or stable is None or m.revision != stable.revision:
+        return False
+    last = to_time(m.evaluatedAt)
+    return last is not None and (now - last).total_seconds() >= spec.interval
+
+
+def seconds_until_due(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
+                      now: dt.datetime) -> float | None:
+    if m is None or stable is None:
+        return None
+    if m.revision != stable.revision:
+        return 0.0
+    last = to_time(m.evaluatedAt)
+    return None if last is None else max(0.0, spec.interval - (now - last).total_seconds())
+
+
+def window_seconds(m: Monitoring, at: dt.datetime) -> float:
+    last = to_time(m.evaluatedAt)
+    return (at - last).total_seconds() if last is not None else 0.0
+
+
+TRAILING_WINDOWS = 10
+
+
+def trailing_seconds(spec: MonitoringSpec, window: float) -> int:
+    """The trailing window behind a bet: trailingWindow, or TRAILING_WINDOWS evaluation windows
+    when traffic is so low that a window spans longer (it waited for minRows): a bet placed on a
+    few hundred rows is mostly noise (bench/monitoring_bench.py measured 3 against 10)."""
+    return int(max(spec.trailing, TRAILING_WINDOWS * window, 1.0))
+
+
+def enough(spec: MonitoringSpec, m: Monitoring, window: Counts, at: dt.datetime) -> bool:
+    """Whether a window's counts are judged now, or it stays open for more rows."""
+    return window.rows >= spec.min_rows or (window_seconds(m, at) >= MAX_WAIT and window.rows > 0)
+
+
+def evaluate(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None, obs: MonitoringObservation | None,
+             now: dt.datetime, model: str, silenced_until: str | None = None) -> Outcome:
+    """The monitoring status after this tick, and the Events it tells."""
+    now_s = from_time(now) or ""
+    if stable is None:
+        return Outcome(None)
+    emits: list[Emit] = []
+    if m is None or m.revision != stable.revision:
+        if m is not None:
+            emits += _ended_by_replacement(m, stable, model, silenced_until, now)
+        # Whole seconds: windows are read as integer offsets from this instant (monitoring_queries.py).
+        start = from_time(now.replace(microsecond=0)) or ""
+        m = Monitoring(revision=stable.revision, generation=stable.generation, startedAt=start, evaluatedAt=start,
+                       health="Waiting")
+    if silenced_until is not None:
+        m = replace(m, silencedUntil=silenced_until)
+    if obs is None or obs.revision != m.revision:
+        return Outcome(m, tuple(emits) + _untold(m, model, now))
+    if obs.error:
+        if obs.error != m.problem:
+            emits.append(Emit("Warning", "MonitoringInconclusive",
+                              f"revision {m.revision}: monitoring could not read its counts: {obs.error}"))
+        return Outcome(replace(m, problem=obs.error), tuple(emits) + _untold(m, model, now))
+    at = to_time(obs.at) or now
+    if not enough(spec, m, obs.window, at):
+        if window_seconds(m, at) >= MAX_WAIT:  # no rows at all for a day: start a new window
+            m = replace(m, evaluatedAt=obs.at)
+        return Outcome(m, tuple(emits) + _untold(m, model, now))
+
+    active = spec.active()
+    trailing = obs.trailing or Counts()
+    per_month = sq.SECONDS_PER_MONTH / max(spec.interval, 1.0)
+    judged = {name: s for name, s in active.items() if _has_baseline(name, s, obs.reference)}
+    detectors = sum(len(obs.reference.features) if name == Signal.INPUT_DRIFT else 1
+                    for name, s in judged.items() if not s.dry_run)
+    h = sq.threshold(max(detectors, 1), per_month, spec.false_alarms_per_month)
+    signals = []
+    for name, s in active.items():
+        before = m.signal(name)
+        if name not in judged:
+            signals.append(_no_baseline(name, s, before, now_s))
+            continue
+        signals.append(_judge(name, s, spec, before, obs.window, trailing, obs.reference, h, now_s))
+    m = replace(m, evaluatedAt=obs.at, evaluations=m.evaluations + 1, threshold=round(h, 3), problem="",
+                signals=tuple(signals))
+    m = replace(m, health=health(m))
+    return Outcome(m, tuple(emits) + _untold(m, model, now))
+
+
+# -- one signal ----------------------------------------------------------------------------------
+
+
+def _has_baseline(name: Signal, s: SignalSpec, ref: Reference) -> bool:
+    if name == Signal.INPUT_DRIFT:
+        return bool(ref.features)
+    if name == Signal.PREDICTION_SHIFT:
+        return len(ref.classes) > 1
+    if name in (Signal.ACCURACY, Signal.ESTIMATED_ACCURACY):
+        return s.minimum is not None or ref.accuracy is not None
+    return True
+
+
+def _no_baseline(name: Signal, s: SignalSpec, before: SignalStatus | None, now: str) -> SignalStatus:
+    why = {Signal.INPUT_DRIFT: "the reference profile has no features",
+           Signal.PREDICTION_SHIFT: "the reference profile has no predicted classes (a regressor, or one class)",
+           }.get(name, "no min given and the reference profile has no accuracy (sampleLabels)")
+    since = before.since if before is not None and before.state == NO_BASELINE else now
+    return SignalStatus(str(name), NO_BASELINE, since, 0.0, why, before.episode if before else 0,
+                        before.announced if before else "", dryRun=s.dry_run or None)
+
+
+@dataclass(frozen=True)
+class _Judged:
+    cusum: dict[str, float]  # detector -> CUSUM after this evaluation
+    within: bool  # this window's own counts are within the tolerance
+    message: str  # the measurement, in words
+    worst: tuple[FeatureEvidence, ...] = ()
+
+
+def _judge(name: Signal, s: SignalSpec, spec: MonitoringSpec, before: SignalStatus | None, window: Counts,
+           trailing: Counts, ref: Reference, h: float, now: str) -> SignalStatus:
+    previous = dict(before.cusum) if before is not None else {}
+    if name in DRIFT_SIGNALS:
+        judged = _drift(name, s, previous, window, trailing, ref, h)
+    else:
+        judged = _rate(name, s, previous, window, trailing, ref)
+    top = max(judged.cusum.values(), default=0.0)
+    state = before.state if before is not None and before.state != NO_BASELINE else WATCHING
+    since = before.since if before is not None and before.state == state else now
+    episode = before.episode if before is not None else 0
+    calm = before.calm if before is not None else 0
+    cusum = judged.cusum
+    if state == WATCHING and top >= h and not s.dry_run:
+        state, since, episode, calm = ALARM, now, episode + 1, 0
+        cusum = {}  # the next episode starts from nothing
+    elif state == ALARM:
+        calm = calm + 1 if judged.within else 0
+        cusum = {}
+        if calm >= spec.resolve_after:
+            state, since, calm = WATCHING, now, 0
+    elif s.dry_run and top >= h:
+        cusum = {}  # a dry-run alarm: recorded by evidence 1 and the message, then starts over
+    kept = dict(sorted(cusum.items(), key=lambda kv: -kv[1])[:MAX_CUSUM_ENTRIES])
+    message = judged.message
+    if s.dry_run and top >= h:
+        message = f"dry run: would raise an alarm: {message}"
+    return SignalStatus(str(name), state, since, round(top / h, 4) if h > 0 else 0.0, message, episode,
+                        before.announced if before is not None else "", calm, s.dry_run or None,
+                        {k: math.floor(v * 1000) / 1000 for k, v in kept.items() if v > 0}, judged.worst)
+
+
+def _drift(name: Signal, s: SignalSpec, previous: dict[str, float], window: Counts, trailing: Counts,
+           ref: Reference, h: float) -> _Judged:
+    if name == Signal.INPUT_DRIFT:
+        keys = sorted(ref.features)
+        refs = [ref.features[k] for k in keys]
+        live = [window.features.get(k, {}) for k in keys]
+        past = [trailing.features.get(k, {}) for k in keys]
+    else:
+        keys = [""]
+        refs = [{i: share for i, share in enumerate(ref.classes.values())}]
+        order = list(ref.classes)
+        others = sum(v for c, v in window.classes.items() if c not in ref.classes)
+        live = [{i: window.classes.get(c, 0.0) for i, c in enumerate(order)}]
+        past = [{i: trailing.classes.get(c, 0.0) for i, c in enumerate(order)}]
+        if others:  # a class the reference never predicted: its own bin, expected at the floor
+            live[0][len(order)] = others
+            refs[0] = {**refs[0], len(order): 0.0}
+            past[0][len(order)] = sum(v for c, v in trailing.classes.items() if c not in ref.classes)
+    bins = max((max(r, default=-1) + 1 for r in refs), default=0)
+    bins = max(bins, max((max(x, default=-1) + 1 for x in live), default=0))
+
+    def matrix(rows: list[dict[int, float]]) -> np.ndarray:
+        out = np.zeros((len(rows), max(bins, 1)))
+        for i, row in enumerate(rows):
+            for b, v in row.items():
+                if 0 <= b < out.shape[1]:
+                    out[i, b] = max(v, 0.0)
+        return out
+
+    p, counts, trail = matrix(refs), matrix(live), matrix(past)
+    bet = sq.categorical_bet(trail, p, s.tolerance)
+    log_e = bet.log_e(counts)
+    now_psi = sq.trailing_psi(counts, p)
+    cusum = {k: sq.cusum(previous.get(k, 0.0), float(e)) for k, e in zip(keys, log_e, strict=True)}
+    within = bool(np.all(now_psi <= s.tolerance))
+    ranked = sorted(range(len(keys)), key=lambda i: (-cusum[keys[i]], -now_psi[i]))
+    worst = tuple(FeatureEvidence(keys[i], round(cusum[keys[i]] / h, 4), round(float(now_psi[i]), 4))
+                  for i in ranked[:TOP_FEATURES]) if name == Signal.INPUT_DRIFT else ()
+    i = ranked[0]
+    what = f"feature {keys[i]}" if name == Signal.INPUT_DRIFT else "predicted classes"
+    message = (f"{what}: PSI {now_psi[i]:.3g} over the last {counts[i].sum():.0f} rows (tolerance {s.tolerance:g}); "
+               f"evidence {cusum[keys[i]]:.3g} of {h:.3g} needed")
+    return _Judged(cusum, within, message, worst)
+
+
+def _rate(name: Signal, s: SignalSpec, previous: dict[str, float], window: Counts, trailing: Counts,
+          ref: Reference) -> _Judged:
+    """A share of rows above its limit: errors, slow answers, wrong answers, expected wrong answers."""
+    limit, events, rows, past_events, past_rows, what = _share(name, s, window, trailing, ref)
+    if limit is None or not 0 < limit < 1:
+        return _Judged({}, True, f"no limit in (0, 1) to judge {name} against")
+    bet = sq.rate_bet(past_events, past_rows, limit)
+    cusum = {"": sq.cusum(previous.get("", 0.0), bet.log_e(events, rows))}
+    share = events / rows if rows > 0 else 0.0
+    message = f"{what} {share:.3g} over {rows:.0f} (limit {limit:.3g}); evidence {cusum['']:.3g}"
+    return _Judged(cusum, rows <= 0 or share <= limit, message)
+
+
+def _share(name: Signal, s: SignalSpec, w: Counts, t: Counts, ref: Reference
+           ) -> tuple[float | None, float, float, float, float, str]:
+    """(limit, events, rows, trailing events, trailing rows, what the share is) of a rate signal."""
+    if name == Signal.ERROR_RATE:
+        return s.tolerance, w.errors, w.requests, t.errors, t.requests, "share of 5xx answers"
+    if name == Signal.LATENCY:
+        le = _bucket_at_least(w.latency or t.latency, s.threshold_seconds)
+        if le is None:
+            return None, 0, 0, 0, 0, ""
+
+        def slow(c: Counts) -> float:
+            return max(c.requests - c.latency.get(le, 0.0), 0.0) if c.latency else 0.0
+        return (s.tolerance, slow(w), w.requests if w.latency else 0.0, slow(t), t.requests if t.latency else 0.0,
+                f"share of answers slower than {le:g}s")
+    floor = s.minimum if s.minimum is not None else (ref.accuracy or 0.0) - s.tolerance
+    limit = 1.0 - floor  # the share of wrong answers tolerated
+    if name == Signal.ACCURACY:
+        return (limit, w.feedback_rows - w.feedback_correct, w.feedback_rows,
+                t.feedback_rows - t.feedback_correct, t.feedback_rows, "share of wrong answers (ground truth)")
+    return (limit, w.estimated_rows - w.estimated_correct, w.estimated_rows,
+            t.estimated_rows - t.estimated_correct, t.estimated_rows, "estimated share of wrong answers")
+
+
+def _bucket_at_least(buckets: dict[float, float], seconds: float) -> float | None:
+    """The latency bucket bound at or just above the SLO threshold (a request counts as slow when
+    it is slower than that bound: never more than the threshold's own share)."""
+    finite = sorted(le for le in buckets if math.isfinite(le) and le >= seconds - 1e-12)
+    return finite[0] if finite else None
+
+
+# -- telling people ------------------------------------------------------------------------------
+
+
+def _told(x: SignalStatus) -> str:
+    return f"{x.state}/{x.episode}"
+
+
+def _untold(m: Monitoring, model: str, now: dt.datetime) -> tuple[Emit, ...]:
+    """The Events for transitions not told yet (reconcile marks them told once posted)."""
+    silenced = (to_time(m.silencedUntil) or now) > now if m.silencedUntil else False
+    out = []
+    for x in m.signals:
+        if x.dryRun or x.state == NO_BASELINE or x.announced == _told(x):
+            continue
+        if x.state == WATCHING and not x.announced.startswith(ALARM):
+            continue  # nothing was raised: nothing to resolve
+        if silenced:
+            continue  # marked told all the same (mark_told): a silence does not queue Events for later
+        drift = x.signal in DRIFT_SIGNALS
+        if x.state == ALARM:
+            reason = "DriftDetected" if drift else "PerformanceDegraded"
+            text = f"revision {m.revision}: {x.signal} alarm (episode {x.episode}): {x.message}"
+            out.append(Emit("Warning", reason, text, event_name(model, m.revision, x.signal, x.episode, "raised")))
+        else:
+            reason = "DriftResolved" if drift else "PerformanceRecovered"
+            text = f"revision {m.revision}: {x.signal} back within tolerance (episode {x.episode}): {x.message}"
+            out.append(Emit("Normal", reason, text, event_name(model, m.revision, x.signal, x.episode, "ended")))
+    return tuple(out)
+
+
+def _ended_by_replacement(m: Monitoring, stable: Version, model: str, silenced_until: str | None,
+                          now: dt.datetime) -> list[Emit]:
+    out = []
+    for x in m.signals:
+        if x.state == ALARM and x.announced == _told(x):
+            drift = x.signal in DRIFT_SIGNALS
+            out.append(Emit("Normal", "DriftResolved" if drift else "PerformanceRecovered",
+                            f"revision {m.revision}: {x.signal} alarm (episode {x.episode}) ended: revision "
+                            f"{stable.revision} (generation {stable.generation}) serves instead",
+                            event_name(model, m.revision, x.signal, x.episode, "ended")))
+    return out
+
+
+def mark_told(m: Monitoring | None) -> Monitoring | None:
+    """The status once this tick's Events were posted (or silenced): every transition told."""
+    if m is None:
+        return None
+    return replace(m, signals=tuple(replace(x, announced=_told(x)) if x.state != NO_BASELINE else x
+                                    for x in m.signals))
+
+
+def untold(m: Monitoring | None) -> bool:
+    return m is not None and any(x.state != NO_BASELINE and not x.dryRun and x.announced != _told(x)
+                                 and (x.state == ALARM or x.announced.startswith(ALARM)) for x in m.signals)
+
+
+def event_name(model: str, revision: str, signal: str, episode: int, transition: str) -> str:
+    """A name fixed by what the Event tells, so posting it twice is refused as a duplicate."""
+    digest = hashlib.sha256(f"{revision}/{signal}/{episode}/{transition}".encode()).hexdigest()[:16]
+    return f"{model[:200]}.monitoring.{digest}"
+
+
+# -- conditions ----------------------------------------------------------------------------------
+
+
+def conditions(m: Monitoring | None) -> list[tuple[str, str, str, str]]:
+    """Drifted and PerformanceDegraded: (type, status, reason, message). Reasons name the signal."""
+    out = []
+    for kind, names in (("Drifted", DRIFT_SIGNALS), ("PerformanceDegraded", None)):
+        mine = [x for x in (m.signals if m else ()) if (x.signal in DRIFT_SIGNALS) == (names is not None)
+                and not x.dryRun]
+        alarms = [x for x in mine if x.state == ALARM]
+        if m is None:
+            out.append((kind, "Unknown", "NotMonitored", "no serving version is monitored"))
+        elif alarms:
+            first = alarms[0]
+            reason = {"inputDrift": "InputDrift", "predictionShift": "PredictionShift", "errorRate": "ErrorRate",
+                      "latency": "Latency", "accuracy": "Accuracy",
+                      "estimatedAccuracy": "EstimatedAccuracy"}.get(first.signal, first.signal)
+            out.append((kind, "True", reason, "; ".join(f"{x.signal}: {x.message}" for x in alarms)))
+        elif m.evaluations == 0:
+            out.append((kind, "Unknown", "NotEvaluated", f"revision {m.revision}: waiting for traffic to judge"))
+        else:
+            out.append((kind, "False", "WithinTolerance", f"revision {m.revision}: {m.evaluations} evaluations"))
+    return out
+
+
+def health(m: Monitoring | None) -> str:
+    """One word for `kubectl get models`: Healthy, Drifted, Degraded, Silenced, Waiting, -."""
+    if m is None:
+        return ""
+    alarms = [x for x in m.signals if x.state == ALARM and not x.dryRun]
+    if any(x.signal in DRIFT_SIGNALS for x in alarms):
+        return "Drifted"
+    if alarms:
+        return "Degraded"
+    return "Healthy" if m.evaluations else "Waiting"

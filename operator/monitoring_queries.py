@@ -1,0 +1,117 @@
+"""Reading the counts monitoring judges (monitoring.py) from Prometheus: the only I/O it needs.
+
+Counters differenced between two instants give *exact* counts of the rows in between, where
+`increase()` would extrapolate them to the window's edges (inflating the evidence of a short
+window by up to a scrape interval's share). Consecutive windows tile without gap or overlap: each
+ends at the instant the next one starts, both read at the last scrape before that instant. A Pod
+whose counters reset inside a window (a restart) is left out of that window entirely; one that
+started in it counts from zero (the runtime creates every counter at 0 at start-up), and one that
+went away in it is left out (its series lack the window's end): rows left out are never counted,
+and no difference of unrelated counters is ever taken for a count.
+
+One query per evaluation reads the window and the reference the runtime exports; a second reads
+the trailing window behind the bet only when the first holds enough rows to judge. Feedback is
+counted under the revision that made the prediction (`predicted_revision`), whichever Pod took it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from serin.operator.monitoring import Counts, Reference
+from serin.runtime import metric_names as m
+
+_COUNTERS = (
+    m.FEATURE_BIN_ROWS_TOTAL, m.PREDICTIONS_TOTAL, f"{m.REQUESTS_TOTAL}", f"{m.REQUEST_DURATION_SECONDS}_bucket",
+    m.INFERENCE_ROWS_TOTAL, m.ESTIMATED_CORRECT_TOTAL, m.ESTIMATED_ROWS_TOTAL,
+)
+_FEEDBACK = (m.FEEDBACK_ROWS_TOTAL, m.FEEDBACK_CORRECT_TOTAL)
+_REFERENCE = (m.FEATURE_BIN_REFERENCE_RATIO, m.PREDICTION_REFERENCE_RATIO, m.REFERENCE_ACCURACY)
+_BY = "name, feature, bin, class, code, le"
+
+
+def _names(names: Iterable[str]) -> str:
+    return "|".join(names)
+
+
+def _selector(namespace: str, model: str, revision: str, names: Iterable[str], label: str = m.REVISION) -> str:
+    return f'{{__name__=~"{_names(names)}",namespace="{namespace}",model="{model}",{label}="{revision}"}}'
+
+
+def _offset(seconds: int) -> str:
+    return f" offset {seconds}s" if seconds > 0 else ""
+
+
+def _difference(selector: str, guard: str, ends_before: int, seconds: int) -> str:
+    """Each series' rows in the `seconds` ending `ends_before` seconds before the query time,
+    left out for any instance whose counters reset in between. `guard` selects one counter per
+    runtime process set that always exists (created at 0 at start-up): all of a Pod's counters
+    reset together, and resets() over many metric names at once would yield clashing label sets."""
+    named = 'label_replace({sel}{off}, "name", "$1", "__name__", "(.+)")'
+    end = named.format(sel=selector, off=_offset(ends_before))
+    start = named.format(sel=selector, off=_offset(ends_before + seconds))
+    # A series with no sample at the start was born inside the window (a Pod started): the runtime
+    # creates every counter at 0, so all of its count belongs to the window.
+    return (f"({end} - ({start} or {end} * 0))"
+            f" unless on(instance) (resets({guard}[{seconds}s]{_offset(ends_before)}) > 0)")
+
+
+def window_query(namespace: str, model: str, revision: str, ends_before: int, seconds: int,
+                 with_reference: bool) -> str:
+    counters = _selector(namespace, model, revision, _COUNTERS)
+    feedback = _selector(namespace, model, revision, _FEEDBACK, m.PREDICTED_REVISION)
+    guard = f'{m.REQUESTS_TOTAL}{{namespace="{namespace}",model="{model}",protocol="v1",code="200"}}'
+    parts = [f"sum by ({_BY}) ({_difference(counters, guard, ends_before, seconds)})",
+             f"sum by ({_BY}) ({_difference(feedback, guard, ends_before, seconds)})"]
+    if with_reference:
+        reference = _selector(namespace, model, revision, _REFERENCE)
+        parts.append(f'max by ({_BY}) (label_replace({reference}, "name", "$1", "__name__", "(.+)"))')
+    return " or ".join(parts)
+
+
+def parse(samples: list[tuple[dict[str, str], float]]) -> tuple[Counts, Reference]:
+    """The counts and reference of one answer (a sample the runtime cannot have exported, such as
+    a bin that is not a number, is ignored)."""
+    features: dict[str, dict[int, float]] = {}
+    classes: dict[str, float] = {}
+    latency: dict[float, float] = {}
+    ref_features: dict[str, dict[int, float]] = {}
+    ref_classes: dict[str, float] = {}
+    totals = {"rows": 0.0, "requests": 0.0, "errors": 0.0, "feedback_rows": 0.0, "feedback_correct": 0.0,
+              "estimated_rows": 0.0, "estimated_correct": 0.0}
+    accuracy = None
+    for labels, value in samples:
+        name = labels.get("name", "")
+        if not math.isfinite(value):
+            continue
+        if name in (m.FEATURE_BIN_ROWS_TOTAL, m.FEATURE_BIN_REFERENCE_RATIO):
+            try:
+                b = int(labels.get(m.BIN, ""))
+            except ValueError:
+                continue
+            into = features if name == m.FEATURE_BIN_ROWS_TOTAL else ref_features
+            into.setdefault(labels.get(m.FEATURE, ""), {})[b] = value
+        elif name == m.PREDICTIONS_TOTAL:
+            classes[labels.get(m.CLASS, "")] = value
+        elif name == m.PREDICTION_REFERENCE_RATIO:
+            ref_classes[labels.get(m.CLASS, "")] = value
+        elif name == m.REFERENCE_ACCURACY:
+            accuracy = value
+        elif name == m.REQUESTS_TOTAL:
+            totals["requests"] += value
+            if labels.get(m.CODE, "").startswith("5"):
+                totals["errors"] += value
+        elif name == f"{m.REQUEST_DURATION_SECONDS}_bucket":
+            try:
+                latency[float(labels.get("le", ""))] = value
+            except ValueError:
+                continue
+        else:
+            key = {m.INFERENCE_ROWS_TOTAL: "rows", m.FEEDBACK_ROWS_TOTAL: "feedback_rows",
+                   m.FEEDBACK_CORRECT_TOTAL: "feedback_correct", m.ESTIMATED_ROWS_TOTAL: "estimated_rows",
+                   m.ESTIMATED_CORRECT_TOTAL: "estimated_correct"}.get(name)
+            if key is not None:
+                totals[key] += value
+    counts = Counts(features=features, classes=classes, latency=latency, **totals)
+    return counts, Reference(ref_features, dict(sorted(ref_classes.items())), accuracy)
