@@ -148,10 +148,13 @@ def evaluate(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
     if obs is None or obs.revision != m.revision:
         return Outcome(m, tuple(emits) + _untold(m, model, now))
     if obs.error:
-        if obs.error != m.problem:
+        # Told and written once per kind of trouble ("prometheus unreachable", "prometheus busy"),
+        # not each time its details change: an outage must not write every Model's status per tick.
+        if _kind(obs.error) != _kind(m.problem):
             emits.append(Emit("Warning", "MonitoringInconclusive",
                               f"revision {m.revision}: monitoring could not read its counts: {obs.error}"))
-        return Outcome(replace(m, problem=obs.error), tuple(emits) + _untold(m, model, now))
+            m = replace(m, problem=obs.error)
+        return Outcome(m, tuple(emits) + _untold(m, model, now))
     at = to_time(obs.at) or now
     if not enough(spec, m, obs.window, at):
         if window_seconds(m, at) >= MAX_WAIT:  # no rows at all for a day: start a new window
@@ -176,6 +179,10 @@ def evaluate(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
                 signals=tuple(signals))
     m = replace(m, health=health(m))
     return Outcome(m, tuple(emits) + _untold(m, model, now))
+
+
+def _kind(problem: str) -> str:
+    return problem.split(":", 1)[0]
 
 
 # -- one signal ----------------------------------------------------------------------------------

@@ -249,3 +249,23 @@ def test_serin_silence_names_the_serving_generation_and_is_cleared_once_read() -
         assert d.status.monitoring is not None
         assert (d.status.monitoring.silencedUntil == until) is honoured
         assert any(isinstance(a, Emit) and a.reason == "MonitoringSilenced" for a in d.actions) is honoured
+
+
+def test_an_unreadable_prometheus_is_told_once_per_kind_of_trouble() -> None:
+    run = Run(seed=12)
+    m = run.m
+
+    def failing(error: str, minute: float) -> mon.Outcome:
+        obs = mon.MonitoringObservation(STABLE.revision, from_time(at(minute)) or "", mon.Counts(), error=error)
+        return mon.evaluate(SPEC, m, STABLE, obs, at(minute), "fraud")
+
+    first = failing("prometheus busy: no query slot within 5s (16 in flight, 3 more waiting)", 5)
+    assert [e.reason for e in first.emits] == ["MonitoringInconclusive"]
+    m = first.monitoring
+    again = failing("prometheus busy: no query slot within 5s (16 in flight, 40 more waiting)", 10)
+    assert not again.emits and again.monitoring == m  # nothing new: no status write
+    other = failing("prometheus unreachable: ClientConnectorError: refused", 15)
+    assert [e.reason for e in other.emits] == ["MonitoringInconclusive"]
+    assert other.monitoring is not None and other.monitoring.problem.startswith("prometheus unreachable")
+    # The window is still open from where it was: nothing was judged or skipped.
+    assert other.monitoring.evaluatedAt == run.m.evaluatedAt  # type: ignore[union-attr]
