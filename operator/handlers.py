@@ -138,6 +138,7 @@ async def model_event(type: str | None, body: kopf.Body, name: str, namespace: s
             cache.forget_model(namespace, name)
         if REGISTRY.deps is not None:
             REGISTRY.deps.secrets.pop((namespace, name), None)
+            REGISTRY.deps.monitor_reads.pop((namespace, name), None)
         if REGISTRY.deps is not None and isinstance(REGISTRY.deps.executor, executors.ConversionQueue):
             await REGISTRY.deps.executor.forget(namespace, name)
         return

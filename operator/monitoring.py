@@ -91,21 +91,33 @@ def monitored_version(spec: MonitoringSpec, stable: Version | None, confirmed: b
     return stable
 
 
-def due(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None, now: dt.datetime) -> bool:
+def _last_read(m: Monitoring, read_at: dt.datetime | None) -> dt.datetime | None:
+    """When the counts were last read: the end of the last judged window, or a later read whose
+    window stayed open (too few rows) or failed, which only the operator's memory knows (a status
+    write per read would cost an idle Model a write per interval). After a restart the memory is
+    empty: one read at once, then one per interval again."""
+    judged = to_time(m.evaluatedAt)
+    if judged is None or read_at is None:
+        return judged
+    return max(judged, read_at)
+
+
+def due(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None, now: dt.datetime,
+        read_at: dt.datetime | None = None) -> bool:
     """Whether this tick should read the counts (the I/O `evaluate` judges)."""
     if m is None or stable is None or m.revision != stable.revision:
         return False
-    last = to_time(m.evaluatedAt)
+    last = _last_read(m, read_at)
     return last is not None and (now - last).total_seconds() >= spec.interval
 
 
 def seconds_until_due(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
-                      now: dt.datetime) -> float | None:
+                      now: dt.datetime, read_at: dt.datetime | None = None) -> float | None:
     if m is None or stable is None:
         return None
     if m.revision != stable.revision:
         return 0.0
-    last = to_time(m.evaluatedAt)
+    last = _last_read(m, read_at)
     return None if last is None else max(0.0, spec.interval - (now - last).total_seconds())
 
 
@@ -117,11 +129,16 @@ def window_seconds(m: Monitoring, at: dt.datetime) -> float:
 TRAILING_WINDOWS = 10
 
 
-def trailing_seconds(spec: MonitoringSpec, window: float) -> int:
-    """The trailing window behind a bet: trailingWindow, or TRAILING_WINDOWS evaluation windows
-    when traffic is so low that a window spans longer (it waited for minRows): a bet placed on a
-    few hundred rows is mostly noise (bench/monitoring_bench.py measured 3 against 10)."""
-    return int(max(spec.trailing, TRAILING_WINDOWS * window, 1.0))
+def trailing_seconds(spec: MonitoringSpec, m: Monitoring) -> int:
+    """The trailing window behind a bet: trailingWindow, or TRAILING_WINDOWS times the mean length
+    of the windows judged so far when traffic is so low that windows span longer (they wait for
+    minRows): a bet placed on a few hundred rows is mostly noise (bench/monitoring_bench.py
+    measured 3 windows against 10). Known before the window's rows are read, as a bet must be:
+    the current window's own length depends on its traffic."""
+    started, judged = to_time(m.startedAt), to_time(m.evaluatedAt)
+    mean = ((judged - started).total_seconds() / m.evaluations
+            if started is not None and judged is not None and m.evaluations > 0 else 0.0)
+    return int(max(spec.trailing, TRAILING_WINDOWS * mean, 1.0))
 
 
 def enough(spec: MonitoringSpec, m: Monitoring, window: Counts, at: dt.datetime) -> bool:
@@ -138,7 +155,7 @@ def evaluate(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
     emits: list[Emit] = []
     if m is None or m.revision != stable.revision:
         if m is not None:
-            emits += _ended_by_replacement(m, stable, model, silenced_until, now)
+            emits += _ended_by_replacement(m, stable, model, now)
         # Whole seconds: windows are read as integer offsets from this instant (monitoring_queries.py).
         start = from_time(now.replace(microsecond=0)) or ""
         m = Monitoring(revision=stable.revision, generation=stable.generation, startedAt=start, evaluatedAt=start,
@@ -156,6 +173,8 @@ def evaluate(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
             m = replace(m, problem=obs.error)
         return Outcome(m, tuple(emits) + _untold(m, model, now))
     at = to_time(obs.at) or now
+    if m.problem:
+        m = replace(m, problem="")  # read again: what was told is over
     if not enough(spec, m, obs.window, at):
         if window_seconds(m, at) >= MAX_WAIT:  # no rows at all for a day: start a new window
             m = replace(m, evaluatedAt=obs.at)
@@ -172,7 +191,10 @@ def evaluate(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
     for name, s in active.items():
         before = m.signal(name)
         if name not in judged:
-            signals.append(_no_baseline(name, s, before, now_s))
+            # An alarm, or evidence, is kept through a read that lacks the reference (a runtime
+            # restarting between scrapes): only a signal never judged says NoBaseline.
+            signals.append(before if before is not None and before.state != NO_BASELINE
+                           else _no_baseline(name, s, before, now_s))
             continue
         signals.append(_judge(name, s, spec, before, obs.window, trailing, obs.reference, h, now_s))
     m = replace(m, evaluatedAt=obs.at, evaluations=m.evaluations + 1, threshold=round(h, 3), problem="",
@@ -210,7 +232,7 @@ def _no_baseline(name: Signal, s: SignalSpec, before: SignalStatus | None, now: 
 @dataclass(frozen=True)
 class _Judged:
     cusum: dict[str, float]  # detector -> CUSUM after this evaluation
-    within: bool  # this window's own counts are within the tolerance
+    within: bool | None  # this window's own counts are within the tolerance (None: it has none)
     message: str  # the measurement, in words
     worst: tuple[FeatureEvidence, ...] = ()
 
@@ -232,19 +254,21 @@ def _judge(name: Signal, s: SignalSpec, spec: MonitoringSpec, before: SignalStat
         state, since, episode, calm = ALARM, now, episode + 1, 0
         cusum = {}  # the next episode starts from nothing
     elif state == ALARM:
-        calm = calm + 1 if judged.within else 0
+        if judged.within is not None:  # a window without rows of this signal (no feedback) says nothing
+            calm = calm + 1 if judged.within else 0
         cusum = {}
         if calm >= spec.resolve_after:
             state, since, calm = WATCHING, now, 0
     elif s.dry_run and top >= h:
         cusum = {}  # a dry-run alarm: recorded by evidence 1 and the message, then starts over
-    kept = dict(sorted(cusum.items(), key=lambda kv: -kv[1])[:MAX_CUSUM_ENTRIES])
+    floored = {k: math.floor(v * 1000) / 1000 for k, v in cusum.items()}  # down: never more evidence
+    kept = dict(sorted(((k, v) for k, v in floored.items() if v > 0), key=lambda kv: -kv[1])[:MAX_CUSUM_ENTRIES])
     message = judged.message
     if s.dry_run and top >= h:
         message = f"dry run: would raise an alarm: {message}"
     return SignalStatus(str(name), state, since, round(top / h, 4) if h > 0 else 0.0, message, episode,
                         before.announced if before is not None else "", calm, s.dry_run or None,
-                        {k: math.floor(v * 1000) / 1000 for k, v in kept.items() if v > 0}, judged.worst)
+                        kept, judged.worst)
 
 
 def _drift(name: Signal, s: SignalSpec, previous: dict[str, float], window: Counts, trailing: Counts,
@@ -281,7 +305,8 @@ def _drift(name: Signal, s: SignalSpec, previous: dict[str, float], window: Coun
     log_e = bet.log_e(counts)
     now_psi = sq.trailing_psi(counts, p)
     cusum = {k: sq.cusum(previous.get(k, 0.0), float(e)) for k, e in zip(keys, log_e, strict=True)}
-    within = bool(np.all(now_psi <= s.tolerance))
+    seen = counts.sum(axis=1) > 0  # a feature without rows in this window says nothing of itself
+    within = bool(np.all(now_psi[seen] <= s.tolerance)) if seen.any() else None
     ranked = sorted(range(len(keys)), key=lambda i: (-cusum[keys[i]], -now_psi[i]))
     worst = tuple(FeatureEvidence(keys[i], round(cusum[keys[i]] / h, 4), round(float(now_psi[i]), 4))
                   for i in ranked[:TOP_FEATURES]) if name == Signal.INPUT_DRIFT else ()
@@ -302,7 +327,7 @@ def _rate(name: Signal, s: SignalSpec, previous: dict[str, float], window: Count
     cusum = {"": sq.cusum(previous.get("", 0.0), bet.log_e(events, rows))}
     share = events / rows if rows > 0 else 0.0
     message = f"{what} {share:.3g} over {rows:.0f} (limit {limit:.3g}); evidence {cusum['']:.3g}"
-    return _Judged(cusum, rows <= 0 or share <= limit, message)
+    return _Judged(cusum, None if rows <= 0 else share <= limit, message)
 
 
 def _share(name: Signal, s: SignalSpec, w: Counts, t: Counts, ref: Reference
@@ -357,16 +382,19 @@ def _untold(m: Monitoring, model: str, now: dt.datetime) -> tuple[Emit, ...]:
         if x.state == ALARM:
             reason = "DriftDetected" if drift else "PerformanceDegraded"
             text = f"revision {m.revision}: {x.signal} alarm (episode {x.episode}): {x.message}"
-            out.append(Emit("Warning", reason, text, event_name(model, m.revision, x.signal, x.episode, "raised")))
+            out.append(Emit("Warning", reason, text, event_name(model, m, x.signal, x.episode, "raised")))
         else:
             reason = "DriftResolved" if drift else "PerformanceRecovered"
             text = f"revision {m.revision}: {x.signal} back within tolerance (episode {x.episode}): {x.message}"
-            out.append(Emit("Normal", reason, text, event_name(model, m.revision, x.signal, x.episode, "ended")))
+            out.append(Emit("Normal", reason, text, event_name(model, m, x.signal, x.episode, "ended")))
     return tuple(out)
 
 
-def _ended_by_replacement(m: Monitoring, stable: Version, model: str, silenced_until: str | None,
-                          now: dt.datetime) -> list[Emit]:
+def _ended_by_replacement(m: Monitoring, stable: Version, model: str, now: dt.datetime) -> list[Emit]:
+    """The told alarms of a revision that no longer serves, ended. At most once: the status that
+    drops them is written before these are posted (a kill in between loses them)."""
+    if m.silencedUntil and (to_time(m.silencedUntil) or now) > now:
+        return []
     out = []
     for x in m.signals:
         if x.state == ALARM and x.announced == _told(x):
@@ -374,7 +402,7 @@ def _ended_by_replacement(m: Monitoring, stable: Version, model: str, silenced_u
             out.append(Emit("Normal", "DriftResolved" if drift else "PerformanceRecovered",
                             f"revision {m.revision}: {x.signal} alarm (episode {x.episode}) ended: revision "
                             f"{stable.revision} (generation {stable.generation}) serves instead",
-                            event_name(model, m.revision, x.signal, x.episode, "ended")))
+                            event_name(model, m, x.signal, x.episode, "ended")))
     return out
 
 
@@ -391,10 +419,13 @@ def untold(m: Monitoring | None) -> bool:
                                  and (x.state == ALARM or x.announced.startswith(ALARM)) for x in m.signals)
 
 
-def event_name(model: str, revision: str, signal: str, episode: int, transition: str) -> str:
-    """A name fixed by what the Event tells, so posting it twice is refused as a duplicate."""
-    digest = hashlib.sha256(f"{revision}/{signal}/{episode}/{transition}".encode()).hexdigest()[:16]
-    return f"{model[:200]}.monitoring.{digest}"
+def event_name(model: str, m: Monitoring, signal: str, episode: int, transition: str) -> str:
+    """A name fixed by what the Event tells, so posting it twice is refused as a duplicate. The
+    monitoring's start is part of it: a Model re-created under its name, or monitoring turned off
+    and on again, counts episodes from 1 again and must not collide with the old Events."""
+    told = f"{m.revision}/{m.startedAt}/{signal}/{episode}/{transition}"
+    digest = hashlib.sha256(told.encode()).hexdigest()[:16]
+    return f"{model[:200].rstrip('-.')}.monitoring.{digest}"
 
 
 # -- conditions ----------------------------------------------------------------------------------
@@ -407,6 +438,7 @@ def conditions(m: Monitoring | None) -> list[tuple[str, str, str, str]]:
         mine = [x for x in (m.signals if m else ()) if (x.signal in DRIFT_SIGNALS) == (names is not None)
                 and not x.dryRun]
         alarms = [x for x in mine if x.state == ALARM]
+        judged = [x for x in mine if x.state != NO_BASELINE]
         if m is None:
             out.append((kind, "Unknown", "NotMonitored", "no serving version is monitored"))
         elif alarms:
@@ -415,15 +447,19 @@ def conditions(m: Monitoring | None) -> list[tuple[str, str, str, str]]:
                       "latency": "Latency", "accuracy": "Accuracy",
                       "estimatedAccuracy": "EstimatedAccuracy"}.get(first.signal, first.signal)
             out.append((kind, "True", reason, "; ".join(f"{x.signal}: {x.message}" for x in alarms)))
+        elif m.problem:
+            out.append((kind, "Unknown", "Inconclusive", f"revision {m.revision}: {m.problem}"))
         elif m.evaluations == 0:
             out.append((kind, "Unknown", "NotEvaluated", f"revision {m.revision}: waiting for traffic to judge"))
+        elif not judged:
+            out.append((kind, "Unknown", "NoBaseline", f"revision {m.revision}: nothing to judge these against"))
         else:
             out.append((kind, "False", "WithinTolerance", f"revision {m.revision}: {m.evaluations} evaluations"))
     return out
 
 
 def health(m: Monitoring | None) -> str:
-    """One word for `kubectl get models`: Healthy, Drifted, Degraded, Silenced, Waiting, -."""
+    """One word for `kubectl get models`: Healthy, Drifted, Degraded, Waiting ("" unmonitored)."""
     if m is None:
         return ""
     alarms = [x for x in m.signals if x.state == ALARM and not x.dryRun]

@@ -1,13 +1,16 @@
 """Reading the counts monitoring judges (monitoring.py) from Prometheus: the only I/O it needs.
 
-Counters differenced between two instants give *exact* counts of the rows in between, where
+Counters differenced between two instants give exact counts of the rows counted in between, where
 `increase()` would extrapolate them to the window's edges (inflating the evidence of a short
 window by up to a scrape interval's share). Consecutive windows tile without gap or overlap: each
 ends at the instant the next one starts, both read at the last scrape before that instant. A Pod
-whose counters reset inside a window (a restart) is left out of that window entirely; one that
-started in it counts from zero (the runtime creates every counter at 0 at start-up), and one that
-went away in it is left out (its series lack the window's end): rows left out are never counted,
-and no difference of unrelated counters is ever taken for a count.
+whose counters reset inside a window, or in the lookback before it, is left out of that window
+entirely; one that started in it counts from zero (the runtime creates every counter at 0 at
+start-up), and one that went away in it is left out with its rows (its series lack the window's
+end: with scale-to-zero and intermittent traffic a window can stay short of minRows for a day).
+Rows left out are never counted, and no difference of unrelated counters is ever taken for a count.
+What is counted is what the runtime binned: under overload it bins a sample of the rows (its drift
+window drops requests it has no time for), which changes the counts, not their distribution.
 
 One query per evaluation reads the window and the reference the runtime exports; a second reads
 the trailing window behind the bet only when the first holds enough rows to judge. Feedback is
@@ -29,6 +32,7 @@ _COUNTERS = (
 _FEEDBACK = (m.FEEDBACK_ROWS_TOTAL, m.FEEDBACK_CORRECT_TOTAL)
 _REFERENCE = (m.FEATURE_BIN_REFERENCE_RATIO, m.PREDICTION_REFERENCE_RATIO, m.REFERENCE_ACCURACY)
 _BY = "name, feature, bin, class, code, le"
+LOOKBACK = 300  # Prometheus' default lookback delta, seconds
 
 
 def _names(names: Iterable[str]) -> str:
@@ -52,9 +56,12 @@ def _difference(selector: str, guard: str, ends_before: int, seconds: int) -> st
     end = named.format(sel=selector, off=_offset(ends_before))
     start = named.format(sel=selector, off=_offset(ends_before + seconds))
     # A series with no sample at the start was born inside the window (a Pod started): the runtime
-    # creates every counter at 0, so all of its count belongs to the window.
+    # creates every counter at 0, so all of its count belongs to the window. The start's value is
+    # the last sample at or before the window's start, up to a lookback (5 minutes) earlier: a
+    # restart in that gap would make the difference one of unrelated counters, so the resets are
+    # looked for over the window and the lookback before it.
     return (f"({end} - ({start} or {end} * 0))"
-            f" unless on(instance) (resets({guard}[{seconds}s]{_offset(ends_before)}) > 0)")
+            f" unless on(instance) (resets({guard}[{seconds + LOOKBACK}s]{_offset(ends_before)}) > 0)")
 
 
 def window_query(namespace: str, model: str, revision: str, ends_before: int, seconds: int,

@@ -69,6 +69,9 @@ class Deps:
     # Per Model, its feedback Secret when it was last found unusable, and when: told in status by
     # the next ticks, checked again when due (feedback_secret.py), forgotten once usable.
     secrets: dict[tuple[str, str], tuple[SecretCheck, dt.datetime]] = field(default_factory=dict)
+    # Per Model, when its monitoring last read the counts (monitoring._last_read): a window left
+    # open for more rows, or a failed read, is tried again an interval later, not at once.
+    monitor_reads: dict[tuple[str, str], dt.datetime] = field(default_factory=dict)
 
 
 async def read_serving(kube: Kube, router: Router, namespace: str, name: str,
@@ -97,12 +100,13 @@ class Reconciled:
 
 
 def wake_after(spec: ModelSpec, status: Status, now: dt.datetime, poll_seconds: float | None,
-               policy: Policy = DEFAULT_POLICY, secret: SecretCheck | None = None) -> float | None:
+               policy: Policy = DEFAULT_POLICY, secret: SecretCheck | None = None,
+               monitor_read: dt.datetime | None = None) -> float | None:
     """When to reconcile again without a change: the decision's own next deadline, the next
     poll of a conversion whose end no watch reports (QUEUE_REFRESH while it waits in line, to
     refresh its position; its start wakes it at once), and the next check of a feedback Secret
     that was not usable (no watch reports Secrets)."""
-    due = [next_due(spec, status, now, policy), secret.retry_seconds if secret is not None else None]
+    due = [next_due(spec, status, now, policy, monitor_read), secret.retry_seconds if secret is not None else None]
     p = status.pending
     if p is not None and p.retryAt is None:
         # decide() records every Queued answer as queuePosition, so the status alone says it waits.
@@ -156,7 +160,7 @@ async def observe_monitoring(metrics: MetricProvider, namespace: str, name: str,
     trailing = None
     if monitoring.enough(spec, m, window, at):
         samples, error = await metrics.vector(monitoring_queries.window_query(
-            namespace, name, m.revision, seconds, monitoring.trailing_seconds(spec, seconds), with_reference=False),
+            namespace, name, m.revision, seconds, monitoring.trailing_seconds(spec, m), with_reference=False),
             at.timestamp())
         if error:
             return monitoring.MonitoringObservation(m.revision, at_s, monitoring.Counts(), error=error)
@@ -221,9 +225,11 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
         opmetrics.ANALYSIS_ROUND_SECONDS.labels("measure").observe(measured_at - started)
     watched = monitoring.monitored_version(spec.monitoring, status.stable, status.stableConfirmed)
     monitored = None
-    if status.monitoring is not None and monitoring.due(spec.monitoring, status.monitoring, watched, now):
+    read_at = deps.monitor_reads.get((namespace, name))
+    if status.monitoring is not None and monitoring.due(spec.monitoring, status.monitoring, watched, now, read_at):
         started = time.monotonic()
         monitored = await observe_monitoring(deps.metrics, namespace, name, spec.monitoring, status.monitoring, now)
+        deps.monitor_reads[(namespace, name)] = read_at = now
         opmetrics.MONITORING_EVALUATIONS.labels("error" if monitored.error else "read").inc()
         opmetrics.ANALYSIS_ROUND_SECONDS.labels("monitor").observe(time.monotonic() - started)
     secret = _secret_problem(deps, model)
@@ -259,7 +265,7 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
         opmetrics.ROLLOUTS_ROLLED_BACK.labels(namespace, name, decision.rolled_back).inc()
     _observe_metrics(namespace, name, decision, measured=measurements is not None)
     return Reconciled(decision, wake_after(spec, decision.status, now, deps.executor.poll_seconds, deps.policy,
-                                          _secret_problem(deps, model)),
+                                          _secret_problem(deps, model), read_at),
                       is_idle(decision.status))
 
 

@@ -145,7 +145,7 @@ _AFTER = dt.timedelta(milliseconds=50)
 
 
 def next_due(spec: ModelSpec, status: Status, now: dt.datetime,
-             policy: Policy = DEFAULT) -> float | None:
+             policy: Policy = DEFAULT, monitor_read: dt.datetime | None = None) -> float | None:
     """Seconds until the passing of time alone can change this status's next decision: a back-off
     ends, a conversion's timeout or a progressDeadline passes, an analysis round or a step's pause
     is due. None when only a change can (the Model, its InferenceService, a conversion's end), which
@@ -175,7 +175,7 @@ def next_due(spec: ModelSpec, status: Status, now: dt.datetime,
         due.append(since + dt.timedelta(seconds=spec.progress_deadline) + _AFTER if since else None)
     times = [t for t in due if t is not None]
     watched = monitoring.monitored_version(spec.monitoring, status.stable, status.stableConfirmed)
-    monitor_in = monitoring.seconds_until_due(spec.monitoring, status.monitoring, watched, now)
+    monitor_in = monitoring.seconds_until_due(spec.monitoring, status.monitoring, watched, now, monitor_read)
     if monitor_in is not None:
         times.append(now + dt.timedelta(seconds=monitor_in))
     return max(0.0, (min(times) - now).total_seconds()) if times else None

@@ -269,3 +269,68 @@ def test_an_unreadable_prometheus_is_told_once_per_kind_of_trouble() -> None:
     assert other.monitoring is not None and other.monitoring.problem.startswith("prometheus unreachable")
     # The window is still open from where it was: nothing was judged or skipped.
     assert other.monitoring.evaluatedAt == run.m.evaluatedAt  # type: ignore[union-attr]
+
+
+def test_a_window_left_open_is_read_again_an_interval_later_not_at_once() -> None:
+    """A Model without traffic: its window stays open (too few rows) and evaluatedAt stays; the
+    operator's memory of the read, not the status, spaces the reads (no reconcile spin)."""
+    from serin.operator.rollout import next_due
+
+    spec = parse_spec({"source": {"uri": "file:///m/v3.joblib", "sampleUri": "file:///s.csv"},
+                       "rollout": {"steps": []}})
+    m = Run().m
+    assert m is not None
+    status = Status(stable=STABLE, stableConfirmed=True, monitoring=m)
+    an_hour_later = at(60)
+    assert mon.due(spec.monitoring, m, STABLE, an_hour_later)  # nothing read since the start: read now
+    assert next_due(spec, status, an_hour_later) == 0.0
+    # Read at that instant, too few rows: the next read is an interval later, not at once.
+    assert not mon.due(spec.monitoring, m, STABLE, an_hour_later, read_at=an_hour_later)
+    assert next_due(spec, status, an_hour_later, monitor_read=an_hour_later) == spec.monitoring.interval
+    assert mon.due(spec.monitoring, m, STABLE, at(65), read_at=an_hour_later)
+
+
+def test_an_accuracy_alarm_does_not_end_on_windows_without_ground_truth() -> None:
+    run = Run(seed=13)
+    for _ in range(3):
+        run.step(counts(run.rng, 2000))
+    while run.signal("accuracy").state != mon.ALARM:  # type: ignore[attr-defined]
+        run.step(counts(run.rng, 2000, wrong=0.25))
+    for _ in range(SPEC.resolve_after + 3):
+        run.step(replace(counts(run.rng, 2000), feedback_rows=0.0, feedback_correct=0.0))
+    assert run.signal("accuracy").state == mon.ALARM  # type: ignore[attr-defined]
+    assert not [e for e in run.events if e.reason == "PerformanceRecovered"]
+
+
+def test_an_alarm_survives_a_read_without_the_reference() -> None:
+    run = Run(seed=14)
+    while run.signal("inputDrift") is None or run.signal("inputDrift").state != mon.ALARM:  # type: ignore[attr-defined]
+        run.step(counts(run.rng, 3000, shift={"age": 0.9}))
+    before = run.signal("inputDrift")
+    run.minute += 5
+    obs = mon.MonitoringObservation(STABLE.revision, from_time(at(run.minute)) or "", counts(run.rng, 3000),
+                                    run.previous, mon.Reference())
+    out = mon.evaluate(SPEC, run.m, STABLE, obs, at(run.minute), "fraud")
+    assert out.monitoring is not None and out.monitoring.signal("inputDrift") == before
+    assert not out.emits
+
+
+def test_event_names_differ_when_monitoring_starts_again() -> None:
+    m = Run().m
+    assert m is not None
+    later = replace(m, startedAt=from_time(at(60)) or "")
+    assert mon.event_name("fraud", m, "inputDrift", 1, "raised") != mon.event_name("fraud", later, "inputDrift", 1,
+                                                                                   "raised")
+    name = mon.event_name("a" * 199 + "-" + "b" * 20, m, "inputDrift", 1, "raised")
+    assert ".monitoring." in name and "-.monitoring" not in name and len(name) <= 253
+
+
+def test_conditions_are_unknown_while_nothing_can_be_judged() -> None:
+    run = Run(seed=15)
+    for _ in range(2):
+        run.step(counts(run.rng, 2000))
+    assert run.m is not None
+    kinds = {k: (s, r) for k, s, r, _ in mon.conditions(replace(run.m, problem="prometheus unreachable: refused"))}
+    assert kinds["Drifted"] == ("Unknown", "Inconclusive")
+    no_baseline = replace(run.m, signals=tuple(replace(x, state=mon.NO_BASELINE) for x in run.m.signals))
+    assert {k: (s, r) for k, s, r, _ in mon.conditions(no_baseline)}["Drifted"] == ("Unknown", "NoBaseline")

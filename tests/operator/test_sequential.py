@@ -155,20 +155,23 @@ def psi_boundary(p: np.ndarray, tolerance: float, direction: np.ndarray) -> np.n
     return q / q.sum()
 
 
-@pytest.mark.parametrize("tolerance", [0.01, 0.02, 0.05, 0.1])
+@pytest.mark.parametrize("tolerance", [0.01, 0.02, 0.1, 2.0])
 def test_every_distribution_within_the_psi_tolerance_is_within_the_tested_null(tolerance: float) -> None:
-    """The tolerance is stated as PSI and tested as KL(q||p) <= kl_tolerance(PSI): on the boundary
-    PSI == tolerance, in random directions and towards each single bin, for references whose
-    smallest bin holds 0.1 %, KL(q||p) stays under it (docs/monitoring.md states the measurement)."""
+    """The tolerance is stated as PSI and tested as KL(q||p) <= kl_tolerance(PSI). On the boundary
+    PSI == tolerance, in random directions and towards each single bin, for references with bins
+    down to the 1e-4 floor (a bin the reference never saw, filling up, is the hardest case),
+    KL(q||p) stays under it; and a share below 1 would not (why kl_tolerance is the PSI itself)."""
     rng = np.random.default_rng(int(tolerance * 1000))
     kappa = sq.kl_tolerance(tolerance)
     worst = 0.0
-    for _ in range(40):
-        p = np.maximum(rng.dirichlet(np.ones(10)), 0.001)
-        p /= p.sum()
-        directions = [rng.normal(size=10) for _ in range(20)] + [np.eye(10)[b] * sign for b in range(10)
+    for _ in range(30):
+        p = rng.dirichlet(np.ones(10))
+        p[rng.integers(10)] = 0.0  # a bin the reference never saw
+        p = sq.floored(p)
+        directions = [rng.normal(size=10) for _ in range(10)] + [np.eye(10)[b] * sign for b in range(10)
                                                                  for sign in (-1, 1)]
         for d in directions:
             worst = max(worst, float(sq.kl(psi_boundary(p, tolerance, d), p)))
-    assert worst <= kappa, (worst / tolerance, sq.KL_SHARE_OF_PSI)
-    assert worst > 0.45 * tolerance  # and the test is not loose by more than it needs
+    assert worst <= kappa
+    if tolerance >= 0.02:
+        assert worst > 0.75 * tolerance  # a share of 0.75 (tried first) would leave tolerated drift outside
