@@ -62,7 +62,8 @@ def test_first_version_goes_straight_to_100(cluster: Cluster) -> None:
     assert all(c["observedGeneration"] == 1 for c in conditions.values())
     assert [e["reason"] for e in cluster.events("ConversionSucceeded")] == ["ConversionSucceeded"]
     row = cluster.cp.kubectl("get", "model", cluster.name, "-n", cluster.namespace).stdout.splitlines()[1].split()
-    assert row[1] == "1" and row[-2] == "Promoted"
+    # ... PHASE HEALTH AGE: monitoring of the promoted version waits for traffic to judge.
+    assert row[1] == "1" and row[-3:-1] == ["Promoted", "Waiting"]
 
 
 def test_second_version_walks_the_steps_and_is_promoted(cluster: Cluster) -> None:
