@@ -1,8 +1,20 @@
-"""The conversion Job's entrypoint: `python -m serin.converters.job`.
+"""The conversion Job's entrypoint: `python -m serin.converters.job [all|fetch|convert|publish]`.
 
 The operator launches this in its own Pod (it never imports the converters: they unpickle
-models). It gets the whole request as one JSON document in SERIN_CONVERSION_REQUEST, shaped as the
-Model's spec.source and spec.conversion plus the output directory:
+models), as three containers that trust each other differently (docs/security.md):
+
+- `fetch` (trusted, an init container): copies the artifact and the sample to WORK_DIR/input and
+  checks the artifact's digest. It alone mounts the source claims (and will hold credentials).
+- `convert` (untrusted, an init container): gives up the network (sandbox.py), then loads the
+  artifact (unpickling runs its code), converts and proves parity, writing only WORK_DIR/output.
+  It mounts neither the sources nor the store, and input/ read-only.
+- `publish` (trusted, never unpickles): checks what convert wrote (publish.py), computes the
+  model's digest and input signature itself, and writes them to `out`: the Model's own directory
+  of the store, the only part of the store its Pod mounts (subPath).
+
+`all` runs the three in one process (the local executor). Each gets the whole request as one JSON
+document in SERIN_CONVERSION_REQUEST, shaped as the Model's spec.source and spec.conversion plus
+the output directory:
 
     {"source": {"uri": "pvc://models/fraud/model.joblib", "sampleUri": "pvc://models/fraud/sample.csv",
                 "format": "sklearn", "sha256": "…"},                      # format and sha256 optional
@@ -18,15 +30,19 @@ operator stores it as status.conversion.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serin.converters.cli import fail_early
+from serin.converters.cli import PROG, fail_early
 from serin.converters.errors import EXIT_USER_ERROR, ConversionError
 
 if TYPE_CHECKING:
@@ -36,6 +52,11 @@ REQUEST_ENV = "SERIN_CONVERSION_REQUEST"
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LIMIT = 4096
 FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx")
+STEPS = ("all", "fetch", "convert", "publish")
+# The Job's three containers share WORK_DIR: input/ (written by fetch, read-only for the others)
+# and output/ (the convert step's scratch, read by publish).
+WORK_ENV = "SERIN_WORK_DIR"
+WORK_DIR = "/work"
 
 # The request document's fields: name → (type, required). Nested objects list their own.
 _Shape = dict[str, tuple[type, bool]]
@@ -161,24 +182,128 @@ def write_termination_log(text: str, path: str) -> bool:
     return True
 
 
-def main(env: dict[str, str] | None = None) -> int:
+def main(env: dict[str, str] | None = None, step: str = "all") -> int:
+    """One step of a conversion (the Job runs fetch, convert and publish as three containers of
+    one Pod; the local executor runs `all` in one process). Returns the exit code."""
     environ = dict(os.environ) if env is None else env
     text = environ.get(REQUEST_ENV)
     termination = environ.get("SERIN_TERMINATION_LOG", TERMINATION_LOG)
+    work = Path(environ.get(WORK_ENV, WORK_DIR))
     try:
         request = parse_request(text)
+        if step not in STEPS:
+            raise ConversionError(f"unknown step {step!r} (one of {', '.join(STEPS)})")
     except ConversionError as exc:
-        code = fail_early(exc.message, _out_of(text))
+        code = fail_early(exc.message, _out_of(text) if step == "all" else None)
         write_termination_log(summary({"passed": False, "reason": exc.message}, code, "user-error"),
                               termination)
         return EXIT_USER_ERROR
+    if step == "all":
+        with tempfile.TemporaryDirectory(prefix="serin-conversion-") as tmp:
+            return _all(request, Path(tmp), termination)
+    if step == "fetch":
+        return _fetch_step(request, work / "input", termination)
+    if step == "convert":
+        return _convert_step(request, work / "input", work / "output", termination)
+    return _publish_step(request, work / "input", work / "output", termination)
+
+
+def _failed(exc: ConversionError) -> tuple[dict[str, Any], int, str]:
+    from serin.converters import report
+
+    rep = report.new_report()
+    rep["passed"], rep["reason"], rep["error"] = False, exc.message, exc.kind
+    return rep, exc.exit_code, exc.kind
+
+
+def _fetch_step(request: Request, inputs: Path, termination: str) -> int:
+    """Trusted, with the network: the artifact and the sample, copied to `inputs` and the
+    artifact's digest checked before anything can unpickle it."""
+    from serin.converters import artifacts
+
+    try:
+        for uri, what in ((request.source, "artifact"), (request.sample, "sample")):
+            found = artifacts.fetch(uri, inputs / "download", what)
+            target = inputs / what / found.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(found, target)
+            if what == "artifact":
+                artifacts.verify_digest(target, request.sha256)
+        shutil.rmtree(inputs / "download", ignore_errors=True)
+    except ConversionError as exc:
+        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
+        write_termination_log(summary(*_failed(exc)), termination)
+        return exc.exit_code
+    return 0
+
+
+def _fetched(inputs: Path, what: str) -> Path:
+    files = sorted((inputs / what).iterdir()) if (inputs / what).is_dir() else []
+    if len(files) != 1:
+        raise ConversionError(f"expected the fetched {what} in {inputs / what}, found {len(files)} files")
+    return files[0]
+
+
+def _convert_step(request: Request, inputs: Path, out: Path, termination: str) -> int:
+    """Untrusted: runs the artifact's code, so it first gives up the network for good. It reads
+    only what the fetch step copied, and writes only its scratch directory `out`."""
+    from serin.converters import sandbox
+
+    try:
+        sandbox.deny_network()
+        local = replace(request, source=str(_fetched(inputs, "artifact")), sample=str(_fetched(inputs, "sample")),
+                        out=out)
+    except (ConversionError, sandbox.SandboxError) as exc:
+        err = exc if isinstance(exc, ConversionError) else ConversionError(str(exc))
+        print(f"{PROG}: error: {err.message}", file=sys.stderr)
+        write_termination_log(summary(*_failed(err)), termination)
+        return err.exit_code
     from serin.converters import cli
 
-    outcome = cli.execute(request)
+    outcome = cli.execute(local, quiet=True)
     write_termination_log(summary(outcome.report, outcome.exit_code, outcome.error_kind), termination)
     return outcome.exit_code
 
 
+def _publish_step(request: Request, inputs: Path, scratch: Path, termination: str) -> int:
+    """Trusted, never unpickles: checks what the convert step wrote, computes the digests and the
+    input signature itself, and writes the Model's directory of the store (request.out)."""
+    from serin.converters.errors import EXIT_PARITY_FAILED
+    from serin.converters.publish import publish
+
+    try:
+        rep = publish(scratch, request.out, _fetched(inputs, "artifact"))
+    except ConversionError as exc:
+        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
+        write_termination_log(summary(*_failed(exc)), termination)
+        return exc.exit_code
+    if rep.get("passed") is not True:
+        reason = rep.get("reason") if isinstance(rep.get("reason"), str) else None
+        rep = {"passed": False, "reason": reason or "the conversion did not pass"}
+        write_termination_log(summary(rep, EXIT_PARITY_FAILED, None), termination)
+        return EXIT_PARITY_FAILED
+    write_termination_log(summary(rep, 0, None), termination)
+    return 0
+
+
+def _all(request: Request, work: Path, termination: str) -> int:
+    """The three steps in one process (the local executor): not a boundary, since the convert
+    step's code could tamper with the publish step's, but the same code path and no network."""
+    from serin.converters import report
+
+    for step in (lambda: _fetch_step(request, work / "input", termination),
+                 lambda: _convert_step(request, work / "input", work / "output", termination)):
+        code = step()
+        if code != 0:
+            # The report stays next to where the model would have been, as `serin convert` leaves it.
+            with contextlib.suppress(OSError, ValueError):
+                rep = json.loads((work / "output" / report.REPORT_FILE).read_text())
+                report.clear_outputs(request.out)
+                report.write_report(request.out, rep)
+            return code
+    return _publish_step(request, work / "input", work / "output", termination)
+
+
 if __name__ == "__main__":
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    sys.exit(main())
+    sys.exit(main(step=sys.argv[1] if len(sys.argv) > 1 else "all"))

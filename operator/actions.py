@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,10 @@ class Served:
 
     generation: int
     storageUri: str
+    # The model's digest, as the trusted publish step of its conversion computed it: the runtime
+    # refuses to serve bytes that do not match (a store that another writer reached). "" : unknown.
+    # Not part of the identity: a storageUri names one conversion's output, hence one digest.
+    sha256: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -112,9 +112,9 @@ def desired_serving(s: Status) -> ApplyServing | None:
     """What the serving layer should run, as the status calls for it. The router gets there in
     moves of its own that never send a request to a version the status does not name."""
     c = s.canary
-    stable = Served(s.stable.generation, s.stable.storageUri) if s.stable else None
+    stable = Served(s.stable.generation, s.stable.storageUri, s.stable.sha256) if s.stable else None
     if c is not None:
-        new = Served(c.generation, c.storageUri)
+        new = Served(c.generation, c.storageUri, c.sha256)
         if c.state == PROMOTING:
             return ApplyServing(new)
         assert stable is not None  # a canary only ever exists next to a stable version

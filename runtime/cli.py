@@ -7,6 +7,7 @@ KServe starts custom runtimes with underscore flags (`--model_name {{.Name}} --m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import secrets
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
                    "writable directory (the operator mounts one), else a directory removed at exit)")
     p.add_argument("--feedback-max-age", type=float, default=7 * 24 * 3600.0,
                    help="seconds after a prediction that its ground truth is still taken")
+    p.add_argument("--model_sha256", "--model-sha256", dest="model_sha256",
+                   default=os.environ.get("SERIN_MODEL_SHA256", ""),
+                   help="serve model.onnx only if it has this digest (default: $SERIN_MODEL_SHA256; "
+                   "the operator sets it from the conversion's record)")
     p.add_argument("--log-level", default=os.environ.get("SERIN_LOG_LEVEL", "INFO"))
     return p
 
@@ -69,6 +74,15 @@ def default_state_dir() -> Path | None:
     if os.path.isdir(STATE_DIR) and os.access(STATE_DIR, os.W_OK):
         return Path(STATE_DIR)
     return None
+
+
+def _termination_message(text: str) -> None:
+    """Kubernetes shows this file as the container's last message (and Serin as its reason). It
+    exists in a container; elsewhere nothing is written."""
+    path = Path(os.environ.get("SERIN_TERMINATION_LOG", "/dev/termination-log"))
+    if path.is_file():
+        with contextlib.suppress(OSError):
+            path.write_text(text[:4096])
 
 
 def revision(flag: str | None) -> str:
@@ -115,10 +129,16 @@ def main(argv: list[str]) -> int:
         allow_nan=args.allow_nan, log_level=args.log_level.upper(), direct_path=args.direct_path,
         batch_rows=args.batch_rows, grpc_port=args.grpc_port or None,
         feedback_key=feedback_key if args.monitoring else "", state_dir=state_dir,
-        feedback_max_age=args.feedback_max_age,
+        feedback_max_age=args.feedback_max_age, model_sha256=args.model_sha256,
     )
+    from serin.runtime.model import ModelRefused
+
     try:
         return serve(cfg)
+    except ModelRefused as exc:
+        log.error("%s", exc)
+        _termination_message(str(exc))
+        return 2
     except OSError as exc:
         log.error("cannot serve on %s:%d: %s", cfg.host, cfg.port, exc)
         return 1

@@ -34,7 +34,25 @@ class Task:
     calibration: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # profile.Prediction's
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
+class ModelRefused(Exception):
+    """The model directory holds something this runtime must not serve (the message says why)."""
+
+
+def verified_bytes(path: Path, sha256: str) -> bytes:
+    """model.onnx's bytes, if they have the digest its conversion recorded. The store may be
+    reachable by other writers (a volume shared across claims, a person with access to it): what
+    is served must be what was converted and analysed, never what a file now holds."""
+    import hashlib
+
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256.strip().lower():
+        raise ModelRefused(f"refusing to serve {path}: its sha256 is {actual}, not {sha256.strip().lower()} as its "
+                           "conversion recorded (the file was replaced after it was converted)")
+    return data
+
+
+def _session(path: Path | bytes, threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     # One thread per worker process: parallelism comes from processes (one per core), and a
     # thread pool per process would oversubscribe the cores and add wake-up latency to tiny runs.
@@ -42,7 +60,8 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
+                                providers=["CPUExecutionProvider"])
 
 
 def _nan_inputs(meta: dict[str, str], profile: Profile | None, allow_all: bool) -> set[str] | bool:
@@ -59,7 +78,7 @@ def _nan_inputs(meta: dict[str, str], profile: Profile | None, allow_all: bool) 
 
 class OnnxModel:
     def __init__(
-        self, name: str, model_dir: Path, *, allow_nan: bool = False, threads: int = 1
+        self, name: str, model_dir: Path, *, allow_nan: bool = False, threads: int = 1, sha256: str = ""
     ) -> None:
         self.name = name
         self.recent_run_seconds = 0.0  # how long session.run has taken lately (see App._run)
@@ -72,7 +91,8 @@ class OnnxModel:
         onnx_path = self.model_dir / "model.onnx"
         if not onnx_path.is_file():
             raise FileNotFoundError(f"{onnx_path} not found (a Serin model dir holds model.onnx)")
-        self.session = _session(onnx_path, threads)
+        # The bytes checked are the bytes loaded: no window for a swap between the two.
+        self.session = _session(verified_bytes(onnx_path, sha256) if sha256 else onnx_path, threads)
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.version = meta.get("serin.source_sha256", "")[:12] or None
         self.profile = self._load_profile()

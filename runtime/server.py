@@ -54,6 +54,7 @@ class ServeConfig:
     feedback_key: str = ""
     state_dir: Path | None = None
     feedback_max_age: float = 7 * 24 * 3600.0
+    model_sha256: str = ""  # model.onnx must have this digest ("" : not checked)
 
 
 def _bind(host: str, port: int, reuse_port: bool, listen: bool = True) -> socket.socket:
@@ -74,7 +75,7 @@ def build_app(cfg: ServeConfig) -> App:
     from serin.runtime.batching import DEFAULT_BATCH_ROWS
     from serin.runtime.model import OnnxModel
 
-    model = OnnxModel(cfg.name, cfg.model_dir, allow_nan=cfg.allow_nan)
+    model = OnnxModel(cfg.name, cfg.model_dir, allow_nan=cfg.allow_nan, sha256=cfg.model_sha256)
     batch_rows = cfg.batch_rows
     if batch_rows is None:
         proven = model.profile is not None and model.profile.rows_independent

@@ -2,8 +2,9 @@
 
 The Pod gets no API credentials (automountServiceAccountToken: false and a ServiceAccount with no
 bindings), runs non-root with a read-only root filesystem, has resource limits and a deadline.
-It writes the converted model to the model store volume and its report summary to the
-termination message, which this executor reads back from the Pod's status.
+Its three steps (job_body) end with the trusted publish step writing the converted model to the
+Model's own directory of the model store and the report summary to its termination message,
+which this executor reads back from the Pod's status.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from serin.operator.observations import ConversionResult, ConversionState
 STORE_MOUNT = "/mnt/serin-store"
 SLUG_ANNOTATION = "serin.dev/conversion"
 CONVERTER_SELECTOR = "app.kubernetes.io/name=serin-converter,app.kubernetes.io/managed-by=serin"
+WORK_MOUNT = "/work"  # the converter's WORK_DIR: input/ and output/, one emptyDir each
 SOURCE_MOUNT = "/mnt/pvc"  # the converter's PVC_MOUNT: pvc://CLAIM/path is read at SOURCE_MOUNT/CLAIM/path
 
 
@@ -47,9 +49,15 @@ def job_name(req: ConversionRequest) -> str:
     return bounded(f"serin-convert-{req.slug}-a{req.attempt}")
 
 
+def store_path(req: ConversionRequest, settings: JobSettings) -> str:
+    """The Model version's directory inside the store claim (the publish step's subPath)."""
+    _, prefix = _store(settings)
+    return "/".join(p for p in (prefix, req.namespace, req.slug) if p)
+
+
 def storage_uri(req: ConversionRequest, settings: JobSettings) -> str:
-    claim, prefix = _store(settings)
-    return "/".join(p for p in (f"pvc://{claim}", prefix, req.namespace, req.slug) if p)
+    claim, _ = _store(settings)
+    return f"pvc://{claim}/{store_path(req, settings)}"
 
 
 def source_claims(req: ConversionRequest) -> list[str]:
@@ -60,12 +68,41 @@ def source_claims(req: ConversionRequest) -> list[str]:
 
 
 def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
-    claim, prefix = _store(settings)
+    """One Pod, three steps (serin.converters.job): `fetch` and `publish` are trusted and never run
+    the artifact's code; `convert` runs it, with no network (it takes it away from itself before
+    loading anything), no credentials, no source claim and no store: it reads what fetch copied
+    and writes a scratch directory that publish checks and copies to the Model's own directory of
+    the store, the only part of the store the Pod mounts."""
+    claim, _ = _store(settings)
     sources = source_claims(req)
-    out = "/".join(p for p in (STORE_MOUNT, prefix, req.namespace, req.slug) if p)
     deadline = int(req.conversion.timeout.seconds)
     labels = {"app.kubernetes.io/name": "serin-converter", "app.kubernetes.io/managed-by": "serin",
               "serin.dev/model": bounded(req.name), "serin.dev/generation": str(req.generation)}
+    request = req.document(STORE_MOUNT)
+
+    def step(name: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "image": settings.image,
+            "command": ["python", "-m", "serin.converters.job", name],
+            "env": [{"name": REQUEST_ENV, "value": request}, {"name": "SERIN_WORK_DIR", "value": WORK_MOUNT}],
+            "terminationMessagePolicy": "File",
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                          "limits": {"cpu": settings.cpu, "memory": settings.memory}},
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+        }
+
+    def work(part: str, read_only: bool) -> dict[str, Any]:
+        return {"name": part, "mountPath": f"{WORK_MOUNT}/{part}", "readOnly": read_only}
+
+    fetch = step("fetch", [work("input", False),
+                           *({"name": f"source-{i}", "mountPath": f"{SOURCE_MOUNT}/{c}", "readOnly": True}
+                             for i, c in enumerate(sources))])
+    convert = step("convert", [work("input", True), work("output", False)])
+    publish = step("publish", [work("input", True), work("output", True),
+                               {"name": "store", "mountPath": STORE_MOUNT, "subPath": store_path(req, settings)}])
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
@@ -88,23 +125,12 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
                     "enableServiceLinks": False,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "fsGroup": 65532,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "convert",
-                        "image": settings.image,
-                        "command": ["python", "-m", "serin.converters.job"],
-                        "env": [{"name": REQUEST_ENV, "value": req.document(out)}],
-                        "terminationMessagePolicy": "File",
-                        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
-                                      "limits": {"cpu": settings.cpu, "memory": settings.memory}},
-                        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}},
-                        "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT},
-                                         {"name": "tmp", "mountPath": "/tmp"},
-                                         *({"name": f"source-{i}", "mountPath": f"{SOURCE_MOUNT}/{c}", "readOnly": True}
-                                           for i, c in enumerate(sources))],
-                    }],
+                    "initContainers": [fetch, convert],
+                    "containers": [publish],
                     "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": claim}},
                                 {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+                                {"name": "input", "emptyDir": {"sizeLimit": "4Gi"}},
+                                {"name": "output", "emptyDir": {"sizeLimit": "4Gi"}},
                                 *({"name": f"source-{i}", "persistentVolumeClaim": {"claimName": c, "readOnly": True}}
                                   for i, c in enumerate(sources))],
                 },
@@ -113,12 +139,20 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
     }
 
 
+def _terminated(cs: dict[str, Any]) -> dict[str, Any] | None:
+    term = (cs.get("state") or {}).get("terminated")
+    return term if isinstance(term, dict) else None
+
+
 def result_from_pod(pod: dict[str, Any] | None, uri: str) -> ConversionResult | None:
-    """The report summary from a finished Pod's termination message, a failure when its container
-    cannot start, or None while it runs."""
+    """The report summary from a finished Pod's termination messages, a failure when a container
+    cannot start, or None while it runs. Only the last step (publish, trusted) can say a conversion
+    passed: a step before it that failed says why, and what it says of passing is not believed."""
     if not pod:
         return None
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+    status = pod.get("status") or {}
+    for init, cs in [*((True, c) for c in status.get("initContainerStatuses") or []),
+                     *((False, c) for c in status.get("containerStatuses") or [])]:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         # Without this a Job whose image is missing would look Running until its timeout (10 minutes).
         if waiting.get("reason") in pods_.CANNOT_START:
@@ -127,16 +161,19 @@ def result_from_pod(pod: dict[str, Any] | None, uri: str) -> ConversionResult | 
                 ConversionState.FAILED, retryable=True,
                 reason=f"the converter container cannot start: {waiting['reason']}: "
                        f"{' '.join(str(waiting.get('message') or cs.get('image', '')).split())[:300]}")
-        term = (cs.get("state") or {}).get("terminated")
-        if not term:
+        term = _terminated(cs)
+        if term is None or (init and term.get("exitCode") == 0):
             continue
         try:
             summary = json.loads(term.get("message") or "")
         except ValueError:
             summary = None
-        if summary is None:
-            reason = f"converter exited with code {term.get('exitCode')} ({term.get('reason', 'no message')})"
+        step = f"the {cs.get('name')} step" if init else "the converter"
+        if not isinstance(summary, dict):
+            reason = f"{step} exited with code {term.get('exitCode')} ({term.get('reason', 'no message')})"
             return ConversionResult(ConversionState.FAILED, reason=reason)
+        if init:
+            summary = {**summary, "passed": False}
         return result_from_summary(summary, uri)
     return None
 

@@ -25,6 +25,8 @@ RUNTIME = "serin-onnx"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # The runtime labels its metrics with this revision (runtime/cli.py); Knative sets K_REVISION itself.
 REVISION_ENV = "SERIN_REVISION"
+# The runtime serves model.onnx only if its bytes have this digest (runtime/model.py).
+MODEL_SHA256_ENV = "SERIN_MODEL_SHA256"
 # The key prediction ids are signed with (runtime/feedback.py): one per Model, in a Secret the
 # operator creates and every predictor of the Model reads, so ground truth for any answer can be
 # sent to any replica of either version, also after restarts.
@@ -152,6 +154,8 @@ def model_spec(version: Served, spec: ModelSpec, revision: str | None = None, mo
     env: list[dict[str, Any]] = []
     if revision is not None:
         env.append({"name": REVISION_ENV, "value": revision})
+    if version.sha256:
+        env.append({"name": MODEL_SHA256_ENV, "value": version.sha256})
     if model:
         env.append({"name": FEEDBACK_KEY_ENV, "valueFrom": {"secretKeyRef": {
             # optional: a predictor whose Secret is missing (an operator without the right to create

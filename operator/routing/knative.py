@@ -42,7 +42,8 @@ class KnativeRouter:
 
     def plan(self, seen: Seen, desired: ApplyServing, spec: ModelSpec, owner: dict[str, Any]) -> list[Write]:
         storage, percent = target(seen.isvc, desired)
-        want = predictor(storage, percent, spec, seen.name)
+        digest = next((v.sha256 for v in (desired.stable, desired.canary) if v and v.storageUri == storage), "")
+        want = predictor(storage, percent, spec, seen.name, digest)
         if seen.isvc is None:
             body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
                     "metadata": isvc_metadata(seen, owner, Mode.KNATIVE, {}),
@@ -73,8 +74,9 @@ def target(isvc: dict[str, Any] | None, desired: ApplyServing) -> tuple[str, int
     return stable, None
 
 
-def predictor(storage: str, percent: int | None, spec: ModelSpec, model: str = "") -> dict[str, Any]:
-    """`model`: the Model's name (its feedback Secret and state volume; none when empty)."""
+def predictor(storage: str, percent: int | None, spec: ModelSpec, model: str = "", sha256: str = "") -> dict[str, Any]:
+    """`model`: the Model's name (its feedback Secret and state volume; none when empty);
+    `sha256`: the digest the runtime checks the model against."""
     return {
         "minReplicas": spec.serving.minReplicas,
         "maxReplicas": spec.serving.maxReplicas,
@@ -82,7 +84,7 @@ def predictor(storage: str, percent: int | None, spec: ModelSpec, model: str = "
         "canaryTrafficPercent": percent,
         # No state volume: Knative refuses emptyDir unless its kubernetes.podspec-volumes-emptydir
         # feature is on; the runtime then keeps answered feedback ids in the container's own /tmp.
-        "model": model_spec(Served(0, storage), spec, model=model),
+        "model": model_spec(Served(0, storage, sha256), spec, model=model),
     }
 
 

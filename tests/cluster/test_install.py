@@ -184,14 +184,121 @@ def test_the_leader_deleted_mid_conversion_hands_over_and_nothing_runs_twice(
     installed.kubectl("rollout", "status", "deployment/serin-operator", "-n", SYSTEM, "--timeout=120s")
 
 
-def runtime_pod(cluster: Cluster, ns: str, name: str, storage_uri: str) -> dict[str, Any]:
+# What a hostile artifact tries when it is unpickled (issue 32 #1, #2): the API server through the
+# `kubernetes` Service, the cloud metadata address, the operator's Pod, DNS, and the claims. It
+# reports in the exception it raises, which ends in status.conversion.reason (120 characters).
+PROBE = """
+import os, socket
+def tcp(host, port):
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        return "OK"
+    except OSError as exc:
+        return str(exc.errno)
+def dns():
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        return "OK"
+    except OSError as exc:
+        return str(exc.errno)
+seen = {"api": tcp(os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]),
+        "meta": tcp("169.254.169.254", 80), "op": tcp(OPERATOR_IP, OPERATOR_PORT), "dns": dns(),
+        "store": "yes" if os.path.exists("/mnt/serin-store") else "no",
+        "src": "yes" if os.path.exists("/mnt/pvc") else "no"}
+MESSAGE = "probe " + " ".join(f"{k}={v}" for k, v in seen.items())
+"""
+
+
+class _Hostile:
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exec, (self.code, {}))
+
+
+def test_a_hostile_pickle_reaches_no_network_and_no_other_models_file(
+        installed: Cluster, models_ns: tuple[str, Path, Path], artifacts: Any, tmp_path: Path) -> None:
+    """Issue 32 #1 and #2 on the real node. The same probe, run in a plain Pod of the converter
+    image, reaches the API server and the operator: the conversion's sandbox is what stops it."""
+    import hashlib
+    import pickle
+
+    ns, sources, store = models_ns
+    victim = stage(installed, ns, sources, artifacts.good_v1, artifacts.sample, "victim")
+    victim_status = passed(installed, ns, victim)
+    victim_file = store / victim_status["stable"]["storageUri"].removeprefix("pvc://serin-models/") / "model.onnx"
+    before = victim_file.read_bytes()
+    assert hashlib.sha256(before).hexdigest() == victim_status["conversion"]["onnxSha256"]
+    (operator,) = get(installed, "pods", "-n", SYSTEM, "-l", "app.kubernetes.io/name=serin")["items"][:1]
+    port = operator["spec"]["containers"][0]["ports"][0]["containerPort"]
+    probe = PROBE.replace("OPERATOR_IP", repr(operator["status"]["podIP"])).replace("OPERATOR_PORT", str(port))
+
+    control = f"control-{uuid.uuid4().hex[:6]}"
+    converter = {"name": "probe", "image": installed.images["converter"].ref, "imagePullPolicy": "Never",
+                 "command": ["python", "-c", probe + "\nprint(MESSAGE)"],
+                 "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                     "capabilities": {"drop": ["ALL"]}}}
+    installed.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": control, "namespace": ns},
+        "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [converter],
+                 "securityContext": {"runAsNonRoot": True, "runAsUser": 65532,
+                                     "seccompProfile": {"type": "RuntimeDefault"}}}}))
+    try:
+        wait_for("the control Pod to finish", lambda: get(installed, "pod", control, "-n", ns)["status"].get(
+            "phase") in ("Succeeded", "Failed"), timeout=120)
+        reached = installed.kubectl("logs", control, "-n", ns).stdout
+        print(f"\nwithout the sandbox: {reached.strip()}")
+        assert "api=OK" in reached and "op=OK" in reached, reached
+    finally:
+        installed.kubectl("delete", "pod", control, "-n", ns, "--wait=false", check=False)
+
+    (tmp_path / "evil.joblib").write_bytes(pickle.dumps(
+        _Hostile(probe + "\nraise ValueError(MESSAGE)"), protocol=4))
+    evil = stage(installed, ns, sources, tmp_path / "evil.joblib", artifacts.sample, "evil")
+    status = wait_for("the hostile conversion to fail", lambda: (s := model_status(installed, ns, evil)).get(
+        "phase") == "Failed" and s, timeout=240)
+    reason = status["conversion"]["reason"]
+    print(f"in the conversion: {reason}")
+    assert "probe api=13 meta=13 op=13 dns=13 store=no src=no" in reason, reason
+    assert victim_file.read_bytes() == before
+
+
+def test_a_model_file_replaced_in_the_store_is_refused_by_the_runtime(
+        installed: Cluster, models_ns: tuple[str, Path, Path], artifacts: Any) -> None:
+    """Issue 32 #1: whoever else can write the store (a volume shared by two claims, a person),
+    a predictor serves only the bytes its conversion recorded, and says so when they changed."""
+    ns, sources, store = models_ns
+    name = stage(installed, ns, sources, artifacts.good_v1, artifacts.sample, "swapped")
+    status = passed(installed, ns, name)
+    uri = status["stable"]["storageUri"]
+    other = stage(installed, ns, sources, artifacts.good_v2, artifacts.sample, "other")
+    other_uri = passed(installed, ns, other)["stable"]["storageUri"]
+    shutil.copy(store / other_uri.removeprefix("pvc://serin-models/") / "model.onnx",
+                store / uri.removeprefix("pvc://serin-models/") / "model.onnx")
+    body = runtime_pod(installed, ns, name, uri, sha256=status["conversion"]["onnxSha256"])
+    body["spec"]["restartPolicy"] = "Never"
+    installed.kubectl("apply", "-f", "-", input=json.dumps(body))
+    pod = body["metadata"]["name"]
+    try:
+        term = wait_for("the runtime to refuse the model", lambda: (get(installed, "pod", pod, "-n", ns)["status"].get(
+            "containerStatuses") or [{}])[0].get("state", {}).get("terminated"), timeout=120)
+        assert term["exitCode"] == 2
+        assert term["message"].startswith("refusing to serve /mnt/models/model.onnx: its sha256 is "), term
+        assert status["conversion"]["onnxSha256"] in term["message"]
+    finally:
+        installed.kubectl("delete", "pod", pod, "-n", ns, "--wait=false", check=False)
+
+
+def runtime_pod(cluster: Cluster, ns: str, name: str, storage_uri: str, sha256: str = "") -> dict[str, Any]:
     """A predictor Pod as KServe makes it from the `serin-onnx` ServingRuntime (its container read
     from manifests/serving-runtime/, the single source), with the converted model on the store claim."""
     runtime = yaml.safe_load((REPO / "manifests" / "serving-runtime" / "serin-onnx.yaml").read_text())
     container = runtime["spec"]["containers"][0]
     container["image"] = cluster.images["runtime"].ref
     container["args"] = [a.replace("{{.Name}}", name) for a in container["args"]]
-    container["env"] = [*container.get("env", []), {"name": "SERIN_REVISION", "value": f"{name}-predictor-00001"}]
+    container["env"] = [*container.get("env", []), {"name": "SERIN_REVISION", "value": f"{name}-predictor-00001"},
+                        *([{"name": "SERIN_MODEL_SHA256", "value": sha256}] if sha256 else [])]
     container["ports"] = [{"name": "http", "containerPort": 8080}]
     container["readinessProbe"] = {"httpGet": {"path": f"/v2/models/{name}/ready", "port": 8080}, "periodSeconds": 1}
     container["resources"] = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
@@ -216,7 +323,8 @@ def test_a_runtime_pod_serves_the_converted_model_and_prometheus_discovers_it(
     ns, sources, _ = models_ns
     name = stage(installed, ns, sources, artifacts.good_v1, artifacts.sample, "served")
     status = passed(installed, ns, name)
-    installed.kubectl("apply", "-f", "-", input=json.dumps(runtime_pod(installed, ns, name, status["stable"]["storageUri"])))
+    installed.kubectl("apply", "-f", "-", input=json.dumps(runtime_pod(installed, ns, name, status["stable"]["storageUri"],
+                                                                       sha256=status["conversion"]["onnxSha256"])))
     pod = f"{name}-predictor"
     installed.kubectl("wait", "--for=condition=Ready", f"pod/{pod}", "-n", ns, "--timeout=120s")
     ip = get(installed, "pod", pod, "-n", ns)["status"]["podIP"]

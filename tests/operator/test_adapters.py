@@ -64,20 +64,47 @@ def test_conversion_job_is_locked_down() -> None:
     settings = JobSettings(image="ghcr.io/serin/converter:0.1.0", model_store="pvc://models/serin")
     job = job_body(REQ, settings)
     pod = job["spec"]["template"]["spec"]
-    container = pod["containers"][0]
     assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "serin-converter"
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}}
-    assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    steps = [*pod["initContainers"], *pod["containers"]]
+    assert [c["name"] for c in steps] == ["fetch", "convert", "publish"]
+    for container in steps:
+        assert container["command"] == ["python", "-m", "serin.converters.job", container["name"]]
+        assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                                "capabilities": {"drop": ["ALL"]}}
+        assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     assert job["spec"]["activeDeadlineSeconds"] == 300 and job["spec"]["backoffLimit"] == 0
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in steps[-1]["env"]}
     request = json.loads(env[REQUEST_ENV])
-    assert request["out"] == "/mnt/serin-store/serin/ml/fraud-g7-abcdef01"
+    # publish writes the Model version's directory, which is all of the store its Pod mounts
+    assert request["out"] == "/mnt/serin-store"
     assert request["source"]["sha256"] == "a" * 64 and request["conversion"]["tolerance"]["absolute"] == 0.0001
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert job_name(REQ) == "serin-convert-fraud-g7-abcdef01-a1"
     assert storage_uri(REQ, settings) == "pvc://models/serin/ml/fraud-g7-abcdef01"
+
+
+def test_only_the_trusted_publish_step_mounts_the_store_and_only_its_own_directory() -> None:
+    """Issue 32 #1 and #2: the step that unpickles (convert) mounts neither the store nor a source
+    claim, and reads its input read-only; publish mounts the store at the version's directory."""
+    spec = parse_spec({"source": {"uri": "pvc://sources/m.joblib", "sampleUri": "pvc://sources/s.csv"}})
+    req = ConversionRequest("ml", "fraud", "uid-1", 7, "abcdef0123456789", 2, spec.source, spec.conversion)
+    pod = job_body(req, JobSettings(image="i", model_store="pvc://models/serin"))["spec"]["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    fetch, convert = pod["initContainers"]
+    (publish,) = pod["containers"]
+
+    def mounts(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {m["name"]: m for m in c["volumeMounts"]}
+
+    assert not set(mounts(convert)) & set(claims), "the unpickling step must mount no claim"
+    assert mounts(convert)["input"]["readOnly"] is True and mounts(convert)["output"]["readOnly"] is False
+    assert {claims[n] for n in mounts(fetch) if n in claims} == {"sources"}
+    assert all(m["readOnly"] for n, m in mounts(fetch).items() if n in claims)
+    store = [m for n, m in mounts(publish).items() if n in claims]
+    assert store == [{"name": "store", "mountPath": "/mnt/serin-store", "subPath": "serin/ml/fraud-g7-abcdef01-a2"}]
+    assert mounts(publish)["output"]["readOnly"] is True
+    assert all("env" not in c or all("valueFrom" not in e for e in c["env"]) for c in (fetch, convert, publish))
 
 
 @pytest.mark.parametrize(("source", "sample", "claims"), [
@@ -92,7 +119,7 @@ def test_pvc_sources_are_mounted_read_only_where_the_converter_reads_them(source
     req = ConversionRequest("ml", "fraud", "uid-1", 7, "abcdef0123456789", 1, spec.source, spec.conversion)
     pod = job_body(req, JobSettings(image="i"))["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"].startswith("/mnt/pvc/")]
+    mounts = [m for m in pod["initContainers"][0]["volumeMounts"] if m["mountPath"].startswith("/mnt/pvc/")]
     assert [m["mountPath"] for m in mounts] == [f"/mnt/pvc/{c}" for c in claims]
     assert all(m["readOnly"] for m in mounts)
     assert [volumes[m["name"]]["persistentVolumeClaim"] for m in mounts] == \
@@ -120,6 +147,32 @@ def test_pod_report_read_back() -> None:
     assert missing is not None and missing.state == "Failed" and missing.retryable
     assert missing.reason.startswith("the converter container cannot start: ErrImageNeverPull: Container image")
     assert result_from_summary(None, "u").reason == "the conversion ended without a report"
+
+
+def steps_pod(convert: dict[str, Any], publish: dict[str, Any] | None = None) -> dict[str, Any]:
+    done = {"state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": ""}}}
+    return {"status": {"initContainerStatuses": [{"name": "fetch", **done}, {"name": "convert", **convert}],
+                       "containerStatuses": [{"name": "publish", **(publish or {"state": {"waiting": {
+                           "reason": "PodInitializing"}}})}]}}
+
+
+def test_only_the_publish_step_can_say_a_conversion_passed() -> None:
+    """The convert step runs the artifact's code: its termination message is read for why it
+    failed, never for a pass, and a pass it claims while exiting 0 is not the result either."""
+    claims = json.dumps({"passed": True, "onnxSha256": "e" * 64})
+    lying = result_from_pod(steps_pod({"state": {"terminated": {"exitCode": 1, "message": claims}}}), "u")
+    assert lying is not None and lying.state == "Failed"
+    honest = result_from_pod(steps_pod({"state": {"terminated": {"exitCode": 1, "message": json.dumps(
+        {"passed": False, "reason": "parity failed: 3 of 200 rows"})}}}), "u")
+    assert honest is not None and (honest.state, honest.reason) == ("Failed", "parity failed: 3 of 200 rows")
+    oom = result_from_pod(steps_pod({"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}), "u")
+    assert oom is not None and oom.reason == "the convert step exited with code 137 (OOMKilled)"
+    # exit 0 with a message claiming a pass: publish, still initialising, decides; nothing yet
+    assert result_from_pod(steps_pod({"state": {"terminated": {"exitCode": 0, "message": claims}}}), "u") is None
+    published = result_from_pod(steps_pod({"state": {"terminated": {"exitCode": 0, "message": claims}}},
+                                          {"state": {"terminated": {"exitCode": 0, "message": json.dumps(
+                                              {"passed": True, "onnxSha256": "f" * 64})}}}), "pvc://m/x")
+    assert published is not None and (published.state, published.sha256) == ("Succeeded", "f" * 64)
     assert result_from_summary({"reason": "no verdict"}, "u").reason == "the conversion's report is malformed"
 
 

@@ -442,3 +442,23 @@ def test_an_inferenceservice_not_this_models_is_refused_never_written(owners: li
     else:
         assert seen.foreign() == "" and obs.refused == ""
     assert Seen("ml", "fraud", uid="u1").foreign() == ""  # nothing there yet: Serin creates it
+
+
+def test_every_predictor_is_told_the_digest_of_the_model_it_serves() -> None:
+    """Issue 32 #1: the runtime serves model.onnx only with the digest its conversion recorded; each
+    version's predictor carries its own (Standard: stable and canary; Knative: the storage it runs)."""
+    stable, canary = Served(1, V1.storageUri, "1" * 64), Served(2, V2.storageUri, "2" * 64)
+
+    def digests(model: dict[str, Any]) -> list[str]:
+        return [e["value"] for e in model.get("env", []) if e["name"] == "SERIN_MODEL_SHA256"]
+
+    isvc = ReplicaRatioRouter().plan(Seen("ml", "fraud"), ApplyServing(stable, canary, 10), SPEC, OWNER)[0].body
+    assert digests(isvc["spec"]["predictor"]["model"]) == ["1" * 64]
+    assert digests(isvc["spec"]["canary"][0]["predictor"]["model"]) == ["2" * 64]
+    (w,) = KnativeRouter().plan(Seen("ml", "fraud", isvc=knative_isvc(V1.storageUri, None)),
+                                ApplyServing(stable, canary, 10), SPEC, OWNER)
+    assert w.body["spec"]["predictor"]["model"]["storageUri"] == V2.storageUri
+    assert digests(w.body["spec"]["predictor"]["model"]) == ["2" * 64]
+    # a version converted before digests were recorded is served unchecked, as before
+    (w,) = KnativeRouter().plan(Seen("ml", "fraud"), ApplyServing(V1), SPEC, OWNER)
+    assert digests(w.body["spec"]["predictor"]["model"]) == []

@@ -1,0 +1,201 @@
+"""Issue 32 #1, #2: the conversion's steps as processes. The step that unpickles has no network
+(a seccomp filter it installs on itself, tried against a real listening socket), and the step that
+writes the store never trusts what it wrote: regular files only, bounded, a real ONNX model without
+external data, digests and input signature computed again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+from serin.converters.errors import ConversionError
+from serin.converters.job import REQUEST_ENV
+from serin.converters.publish import publish
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+class _Runs:
+    """Pickled, runs `code` when loaded: what a hostile artifact does."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exec, (self.code, {}))
+
+
+def hostile(path: Path, code: str) -> Path:
+    path.write_bytes(pickle.dumps(_Runs(code), protocol=4))
+    return path
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=env, check=False)
+
+
+def job_env(source: Path, sample: Path, out: Path, term: Path, work: Path | None = None) -> dict[str, str]:
+    doc = {"source": {"uri": str(source), "sampleUri": str(sample)}, "out": str(out)}
+    env = {**ENV, REQUEST_ENV: json.dumps(doc), "SERIN_TERMINATION_LOG": str(term)}
+    if work is not None:
+        env["SERIN_WORK_DIR"] = str(work)
+    return env
+
+
+@pytest.fixture
+def listener() -> Any:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.5)
+    yield server
+    server.close()
+
+
+def connections(server: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            conn, _ = server.accept()
+        except (TimeoutError, BlockingIOError):
+            return n
+        conn.close()
+        n += 1
+
+
+def test_the_unpickling_step_opens_no_network_socket(logreg: tuple[Path, Path], tmp_path: Path,
+                                                     listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    code = (f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+            "s.sendall(b'stolen')\n")
+    artifact = hostile(tmp_path / "m.pkl", code)
+    # The control: loaded without the sandbox, the same pickle reaches the listener.
+    loaded = run(["-c", f"import pickle; pickle.load(open({str(artifact)!r}, 'rb'))"], ENV)
+    assert loaded.returncode == 0, loaded.stderr
+    assert connections(listener) == 1
+    out, term = tmp_path / "out", tmp_path / "term"
+    proc = run(["-m", "serin.converters.job"], job_env(artifact, logreg[1], out, term))
+    assert proc.returncode == 2, proc.stderr
+    assert connections(listener) == 0
+    summary = json.loads(term.read_text())
+    assert summary["passed"] is False and "PermissionError" in summary["reason"], summary
+
+
+def test_no_thread_child_or_other_address_family_gets_the_network(logreg: tuple[Path, Path], tmp_path: Path,
+                                                                  listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    code = f"""
+import socket, subprocess, sys, threading
+tried = []
+def attempt(what, fn):
+    try:
+        fn()
+        tried.append(what + "=OPEN")
+    except OSError as exc:
+        tried.append(what + "=" + str(exc.errno))
+attempt("ipv4", lambda: socket.create_connection(("127.0.0.1", {port}), timeout=2))
+attempt("ipv6", lambda: socket.socket(socket.AF_INET6))
+attempt("netlink", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW))
+attempt("packet", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW))
+t = threading.Thread(target=attempt, args=("thread", lambda: socket.create_connection(("127.0.0.1", {port}))))
+t.start(); t.join()
+child = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', {port}))"],
+                       capture_output=True)
+tried.append("child=" + ("OPEN" if child.returncode == 0 else "refused"))
+socket.socketpair()  # local IPC stays possible (multiprocessing, joblib)
+tried.append("unix=ok")
+raise ValueError("probe " + " ".join(tried))
+"""
+    out, term = tmp_path / "out", tmp_path / "term"
+    proc = run(["-m", "serin.converters.job"], job_env(hostile(tmp_path / "m.pkl", code), logreg[1], out, term))
+    assert proc.returncode == 2, proc.stderr
+    reason = json.loads(term.read_text())["reason"]
+    # 13: EACCES, from the filter
+    assert "probe ipv4=13 ipv6=13 netlink=13 packet=13 thread=13 child=refused unix=ok" in reason, reason
+    assert connections(listener) == 0
+
+
+def test_the_three_steps_hand_over_through_the_work_directory(logreg: tuple[Path, Path], tmp_path: Path) -> None:
+    """As the Job runs them: fetch, convert, publish, each its own process; only publish writes `out`."""
+    work, out = tmp_path / "work", tmp_path / "store" / "fraud-g1"
+    terms = {step: tmp_path / f"term-{step}" for step in ("fetch", "convert", "publish")}
+    for step, term in terms.items():
+        proc = run(["-m", "serin.converters.job", step], job_env(logreg[0], logreg[1], out, term, work))
+        assert proc.returncode == 0, (step, proc.stderr)
+        if step != "publish":
+            assert not out.exists(), f"{step} wrote the store"
+    assert sorted(p.name for p in (work / "input").iterdir()) == ["artifact", "sample"]
+    summary = json.loads(terms["publish"].read_text())
+    model_bytes = (out / "model.onnx").read_bytes()
+    assert summary["passed"] is True and summary["onnxSha256"] == hashlib.sha256(model_bytes).hexdigest()
+    assert summary["sha256"] == hashlib.sha256(logreg[0].read_bytes()).hexdigest()
+    assert json.loads((out / "report.json").read_text())["passed"] is True
+    assert (out / "profile.json").exists()
+
+
+def scratch(tmp_path: Path, logreg: tuple[Path, Path]) -> Path:
+    """What an honest convert step leaves: a passing conversion's three files."""
+    out = tmp_path / "scratch"
+    proc = run(["-m", "serin.converters.cli", str(logreg[0]), "--sample", str(logreg[1]), "--out", str(out), "-q"],
+               ENV)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_publish_computes_what_the_gates_trust_itself(logreg: tuple[Path, Path], tmp_path: Path) -> None:
+    src = scratch(tmp_path, logreg)
+    rep = json.loads((src / "report.json").read_text())
+    rep["sha256"]["onnx"], rep["inputs"] = "0" * 64, "anything:float[1]"
+    (src / "report.json").write_text(json.dumps(rep))
+    dst = tmp_path / "dst"
+    published = publish(src, dst, logreg[0])
+    assert published["sha256"]["onnx"] == hashlib.sha256((dst / "model.onnx").read_bytes()).hexdigest()
+    (only,) = onnx.load(dst / "model.onnx").graph.input
+    assert published["inputs"].startswith(f"{only.name}:float[")
+    assert json.loads((dst / "report.json").read_text()) == published
+
+
+def external_data(src: Path) -> None:
+    """A tensor whose bytes the runtime would read from another file (here, one outside the model's
+    directory)."""
+    from onnx.external_data_helper import set_external_data
+
+    model = onnx.load(src / "model.onnx")
+    tensor = onnx.helper.make_tensor("stolen", onnx.TensorProto.FLOAT, [1], b"\0\0\0\0", raw=True)
+    set_external_data(tensor, location="../../etc/hostname")
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    model.graph.initializer.append(tensor)
+    (src / "model.onnx").write_bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize(("spoil", "message"), [
+    pytest.param(lambda s: ((s / "model.onnx").unlink(), (s / "model.onnx").symlink_to("/etc/hostname")),
+                 "cannot be read as a file", id="model-a-symlink"),
+    pytest.param(lambda s: (s / "model.onnx").write_bytes(b"\x08\x07garbage" * 10), "is not an ONNX model",
+                 id="model-not-onnx"),
+    pytest.param(external_data, "refers to external data", id="model-with-external-data"),
+    pytest.param(lambda s: ((s / "profile.json").unlink(), os.mkfifo(s / "profile.json")),
+                 "is not a regular file", id="profile-a-fifo"),
+    pytest.param(lambda s: (s / "profile.json").write_text("[1, 2]"), "profile is not a JSON object",
+                 id="profile-not-an-object"),
+    pytest.param(lambda s: (s / "report.json").write_bytes(b" " * (5 << 20)), "larger than", id="report-too-large"),
+    pytest.param(lambda s: (s / "model.onnx").unlink(), "wrote no model", id="model-missing"),
+])
+def test_publish_refuses_what_it_cannot_trust(logreg: tuple[Path, Path], tmp_path: Path, spoil: Any,
+                                              message: str) -> None:
+    src = scratch(tmp_path, logreg)
+    spoil(src)
+    dst = tmp_path / "dst"
+    with pytest.raises(ConversionError, match=message):
+        publish(src, dst, logreg[0])
+    assert not dst.exists() or not any(dst.iterdir()), "nothing may be written"
