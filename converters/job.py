@@ -208,12 +208,15 @@ def main(env: dict[str, str] | None = None, step: str = "all") -> int:
     return _publish_step(request, work / "input", work / "output", termination)
 
 
-def _failed(exc: ConversionError) -> tuple[dict[str, Any], int, str]:
+def _failed(exc: ConversionError, termination: str) -> int:
+    """A step that failed: one line on stderr, the summary as its termination message."""
     from serin.converters import report
 
+    print(f"{PROG}: error: {exc.message}", file=sys.stderr)
     rep = report.new_report()
     rep["passed"], rep["reason"], rep["error"] = False, exc.message, exc.kind
-    return rep, exc.exit_code, exc.kind
+    write_termination_log(summary(rep, exc.exit_code, exc.kind), termination)
+    return exc.exit_code
 
 
 def _fetch_step(request: Request, inputs: Path, termination: str) -> int:
@@ -231,9 +234,7 @@ def _fetch_step(request: Request, inputs: Path, termination: str) -> int:
                 artifacts.verify_digest(target, request.sha256)
         shutil.rmtree(inputs / "download", ignore_errors=True)
     except ConversionError as exc:
-        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
-        write_termination_log(summary(*_failed(exc)), termination)
-        return exc.exit_code
+        return _failed(exc, termination)
     return 0
 
 
@@ -253,11 +254,8 @@ def _convert_step(request: Request, inputs: Path, out: Path, termination: str) -
         sandbox.deny_network()
         local = replace(request, source=str(_fetched(inputs, "artifact")), sample=str(_fetched(inputs, "sample")),
                         out=out)
-    except (ConversionError, sandbox.SandboxError) as exc:
-        err = exc if isinstance(exc, ConversionError) else ConversionError(str(exc))
-        print(f"{PROG}: error: {err.message}", file=sys.stderr)
-        write_termination_log(summary(*_failed(err)), termination)
-        return err.exit_code
+    except ConversionError as exc:  # SandboxError included
+        return _failed(exc, termination)
     from serin.converters import cli
 
     outcome = cli.execute(local, quiet=True)
@@ -274,9 +272,7 @@ def _publish_step(request: Request, inputs: Path, scratch: Path, termination: st
     try:
         rep = publish(scratch, request.out, _fetched(inputs, "artifact"))
     except ConversionError as exc:
-        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
-        write_termination_log(summary(*_failed(exc)), termination)
-        return exc.exit_code
+        return _failed(exc, termination)
     if rep.get("passed") is not True:
         reason = rep.get("reason") if isinstance(rep.get("reason"), str) else None
         rep = {"passed": False, "reason": reason or "the conversion did not pass"}

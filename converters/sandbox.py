@@ -21,6 +21,8 @@ import os
 import platform
 import struct
 
+from serin.converters.errors import ConversionError
+
 # <linux/audit.h>, <linux/seccomp.h>, <linux/filter.h>, <linux/prctl.h>
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 # (seccomp, socket, io_uring_setup) syscall numbers per machine.
@@ -41,8 +43,8 @@ _RET_K = 0x06  # BPF_RET | BPF_K
 _NR, _ARCH, _ARG0_LOW = 0, 4, 16  # args[0]'s low 32 bits (little-endian machines only)
 
 
-class SandboxError(RuntimeError):
-    pass
+class SandboxError(ConversionError):
+    """The filter could not be installed: the conversion fails (exit 2) instead of going on."""
 
 
 def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
