@@ -264,13 +264,15 @@ def _convert_step(request: Request, inputs: Path, out: Path, termination: str) -
 
 
 def _publish_step(request: Request, inputs: Path, scratch: Path, termination: str) -> int:
-    """Trusted, never unpickles: checks what the convert step wrote, computes the digests and the
-    input signature itself, and writes the Model's directory of the store (request.out)."""
+    """Trusted, never unpickles: checks what the convert step wrote, computes the digests, the
+    input signature and the reference profile itself, and writes the Model's directory of the
+    store (request.out)."""
     from serin.converters.errors import EXIT_PARITY_FAILED
-    from serin.converters.publish import publish
+    from serin.converters.publish import SampleSource, publish
 
     try:
-        rep = publish(scratch, request.out, _fetched(inputs, "artifact"))
+        sample = SampleSource(_fetched(inputs, "sample"), request.sample_labels, request.bins)
+        rep = publish(scratch, request.out, _fetched(inputs, "artifact"), sample)
     except ConversionError as exc:
         return _failed(exc, termination)
     if rep.get("passed") is not True:

@@ -7,8 +7,21 @@ input: regular files only (a symlink could point anywhere this step can read), b
 model.onnx parsed as an ONNX model with its tensors inside it (external data would make the
 runtime read other files), profile.json and report.json as JSON objects. Then it computes itself
 what the operator and the runtime rely on: the model's digest (which the runtime checks before it
-serves the bytes), the artifact's digest and the input signature, and writes the three files to
-the Model's own directory of the store (the only part of the store this step's Pod mounts).
+serves the bytes), the artifact's digest, the input signature, and the reference profile the gates
+judge against (`reference`: drift bins, prediction shares, calibration knots, batching), and
+writes the three files to the Model's own directory of the store (the only part of the store this
+step's Pod mounts).
+
+The profile is rebuilt here from the sample and the ONNX model run by onnxruntime, so a candidate
+cannot write its own gate inputs (a calibration `accuracy: [1, 1]` would make its estimated
+accuracy always 1, a flat reference would hide drift). Of the untrusted profile only two claims
+are kept, each checked: which sample column feeds which model input (the ONNX graph names its
+inputs but not the columns behind them; the claim must cover every input's width exactly once with
+distinct columns the sample has), and the order of the classes (the graph's probability columns;
+the claim must have one per column and name every class the model predicts). Neither can make a
+candidate look better: a wrong column mapping misnames features and moves the reference away from
+live traffic (alarms, not silence), and a wrong class order can only lower the probability a row
+is credited with (the predicted class has the highest).
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ import hashlib
 import json
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +98,95 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def publish(src: Path, dst: Path, artifact: Path | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SampleSource:
+    """What the reference profile is computed from, as the trusted fetch step copied it."""
+
+    path: Path
+    labels: str | None = None  # the column of true labels (spec.source.sampleLabels)
+    bins: int = 10
+
+
+def reference(claimed: dict[str, Any], model_bytes: bytes, model: Any, source: SampleSource) -> dict[str, Any]:
+    """The reference profile (profile.build) computed by this step: the sample as read here, fed
+    to the ONNX model by onnxruntime here. `claimed` (the untrusted profile) gives only the column
+    of each input and the class order, both checked (module docstring)."""
+    from serin.converters import parity, profile
+    from serin.converters.conversion import _input_dtypes
+    from serin.converters.registry import CLASSIFICATION, REGRESSION
+    from serin.converters.sample import InputSpec, Sample, read_sample
+
+    frame = read_sample(source.path)
+    truth = None
+    if source.labels:
+        if source.labels not in frame.columns:
+            raise PublishError(f"the sample has no column {source.labels!r} (sampleLabels)")
+        truth = frame.pop(source.labels).to_numpy()
+    graph = [(i.name, i.type.tensor_type) for i in model.graph.input]
+    dtypes = _input_dtypes(model)
+    if len(dtypes) != len(graph):
+        raise PublishError("the conversion's model.onnx has an input of a type the runtime does not take")
+    features = claimed.get("features")
+    if not isinstance(features, list) or not all(isinstance(f, dict) for f in features):
+        raise PublishError("the conversion's profile has no features list")
+    columns: dict[str, dict[int, str]] = {name: {} for name, _ in graph}
+    for f in features:
+        name, where, index = f.get("name"), f.get("input"), f.get("column")
+        if not (isinstance(name, str) and isinstance(where, str) and type(index) is int):
+            raise PublishError("the conversion's profile has a feature without a name, input and column")
+        if where not in columns or index in columns[where]:
+            raise PublishError(f"the conversion's profile maps feature {name[:80]!r} to {where[:80]!r} column "
+                               f"{index}, which the model does not have or which is mapped twice")
+        columns[where][index] = name
+    names = [n for by_index in columns.values() for n in by_index.values()]
+    if len(set(names)) != len(names) or not set(names) <= set(frame.columns):
+        raise PublishError("the conversion's profile maps a sample column twice, or one the sample does not have")
+    specs = []
+    for name, tensor in graph:
+        dims = tensor.shape.dim
+        width = dims[1].dim_value if len(dims) == 2 and dims[1].HasField("dim_value") else None
+        mapped = columns[name]
+        if sorted(mapped) != list(range(len(mapped))) or not mapped or (width is not None and width != len(mapped)):
+            raise PublishError(f"the conversion's profile does not map every column of input {name[:80]!r} "
+                               f"({len(mapped)} mapped, the model takes {width if width is not None else '?'})")
+        specs.append(InputSpec(name, dtypes[name], tuple(mapped[i] for i in range(len(mapped)))))
+    sample = Sample(frame[names], tuple(specs), native_frame=False,
+                    layout="columns" if all(len(s.columns) == 1 for s in specs) and len(specs) > 1 else "matrix")
+    prediction = claimed.get("prediction")
+    kind = prediction.get("kind") if isinstance(prediction, dict) else None
+    task = {"classification": CLASSIFICATION, "regression": REGRESSION}.get(str(kind))
+    if task is None:
+        raise PublishError("the conversion's profile says neither classification nor regression")
+    try:
+        raw = parity.run_onnx(model_bytes, sample.feeds())
+    except Exception as exc:  # onnxruntime's Fail / InvalidArgument / NotImplemented
+        raise PublishError(f"onnxruntime cannot run the conversion's model on the sample: "
+                           f"{' '.join(str(exc).split())[:200]}") from None
+    classes: list[Any] | None = None
+    if task == CLASSIFICATION:
+        if len(raw) < 2 or raw[0].size != sample.rows or raw[1].ndim != 2 or len(raw[1]) != sample.rows:
+            raise PublishError("the conversion's model.onnx does not answer labels and probabilities per row, "
+                               "as a classifier's does")
+        claimed_classes = prediction.get("classes") if isinstance(prediction, dict) else None
+        if not isinstance(claimed_classes, list) or not all(isinstance(c, str) for c in claimed_classes):
+            raise PublishError("the conversion's profile has no list of classes")
+        predicted = {profile.class_key(v) for v in raw[0].tolist()}
+        if not predicted <= set(claimed_classes) or len(set(claimed_classes)) != len(claimed_classes):
+            raise PublishError("the conversion's profile's classes miss a class the model predicts, or repeat one")
+        classes = claimed_classes
+    elif not raw or len(raw[0]) != sample.rows or raw[0].dtype.kind != "f":
+        raise PublishError("the conversion's model.onnx does not answer one number per row, as a regressor's does")
+    outputs = parity.onnx_outputs(raw, task)
+    built = profile.build(sample, outputs, task, classes, model.graph.output[0].name, source.bins, truth=truth)
+    built["batching"] = parity.batching(model_bytes, sample.feeds())
+    return built
+
+
+def publish(src: Path, dst: Path, artifact: Path | None, sample: SampleSource | None = None) -> dict[str, Any]:
     """Checks what the untrusted step left in `src` and writes it to `dst`. Returns the report,
-    whose digests and input signature this step computed. A report that did not pass is returned
-    as it is, and nothing is written (the caller reports the failure)."""
+    whose digests, input signature and (given the `sample`) reference profile this step computed.
+    A report that did not pass is returned as it is, and nothing is written (the caller reports
+    the failure)."""
     from serin.converters.conversion import input_signature
 
     rep = _json_object(read_regular(src / report.REPORT_FILE, MAX_REPORT_BYTES, "report"), "report")
@@ -96,7 +195,11 @@ def publish(src: Path, dst: Path, artifact: Path | None) -> dict[str, Any]:
     model_bytes = read_regular(src / report.MODEL_FILE, MAX_MODEL_BYTES, "model")
     model = _onnx_model(model_bytes)
     profile_bytes = read_regular(src / report.PROFILE_FILE, MAX_PROFILE_BYTES, "profile")
-    _json_object(profile_bytes, "profile")
+    claimed_profile = _json_object(profile_bytes, "profile")
+    if sample is not None:
+        built = reference(claimed_profile, model_bytes, model, sample)
+        profile_bytes = (report.to_json(built) + "\n").encode()
+        rep["batching"] = built["batching"]
     claimed = rep.get("sha256")
     digests: dict[str, Any] = claimed if isinstance(claimed, dict) else {}
     digests["onnx"] = sha256_hex(model_bytes)

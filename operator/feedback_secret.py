@@ -22,9 +22,29 @@ Pure: kube.py makes the calls and `classify`s what it read; reconcile.py acts on
 
 from __future__ import annotations
 
+import base64
 import enum
+import secrets
 from dataclasses import dataclass
 from typing import Any
+
+from serin.operator.names import bounded
+from serin.operator.routing.base import FEEDBACK_SECRET_KEY, feedback_secret_name
+
+
+def secret_body(model_meta: dict[str, Any], owner: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+    """The Model's feedback Secret as the operator creates it (with a new random key unless `key`
+    is given): Opaque, Serin's labels, owned by the Model. The chart's admission policy accepts
+    exactly this shape from the operator."""
+    key = key if key is not None else secrets.token_hex(32)
+    model = model_meta["name"]
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": feedback_secret_name(model), "namespace": model_meta["namespace"],
+                     "labels": {"app.kubernetes.io/managed-by": "serin", "serin.dev/model": bounded(model)},
+                     "ownerReferences": [owner]},
+        "data": {FEEDBACK_SECRET_KEY: base64.b64encode(key.encode()).decode()},
+    }
 
 
 class SecretState(enum.StrEnum):

@@ -3,22 +3,19 @@ Events). Everything else works on plain dicts and dataclasses."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
-import secrets
 import uuid
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 from serin.operator.cache import Cache
-from serin.operator.feedback_secret import SecretCheck, SecretState, classify
-from serin.operator.names import bounded
-from serin.operator.routing.base import FEEDBACK_SECRET_KEY, Op, Write, feedback_secret_name
+from serin.operator.feedback_secret import SecretCheck, SecretState, classify, secret_body
 from serin.operator.routing.base import GROUP as KSERVE_GROUP
 from serin.operator.routing.base import PLURAL as KSERVE_PLURAL
 from serin.operator.routing.base import VERSION as KSERVE_VERSION
+from serin.operator.routing.base import Op, Write, feedback_secret_name
 from serin.operator.routing.standard import ISVC_LABEL
 
 GROUP, VERSION, PLURAL = "serin.dev", "v1alpha1", "models"
@@ -161,13 +158,7 @@ class Kube:
         where = f"{ns}/{name}"
         if (ns, uid) in self._feedback_secrets:
             return SecretCheck(SecretState.OURS, where, model_uid=uid)
-        body = {
-            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": name, "namespace": ns,
-                         "labels": {"app.kubernetes.io/managed-by": "serin", "serin.dev/model": bounded(meta["name"])},
-                         "ownerReferences": [owner]},
-            "data": {FEEDBACK_SECRET_KEY: base64.b64encode(secrets.token_hex(32).encode()).decode()},
-        }
+        body = secret_body(meta, owner)
         for _ in range(2):  # a second create when the Secret found went before it could be read
             try:
                 await self.core.create_namespaced_secret(ns, body)  # type: ignore[arg-type]  # a dict body is sent as it is

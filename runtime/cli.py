@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
                    "writable directory (the operator mounts one), else a directory removed at exit)")
     p.add_argument("--feedback-max-age", type=float, default=7 * 24 * 3600.0,
                    help="seconds after a prediction that its ground truth is still taken")
+    p.add_argument("--feedback-max-ids", type=int, default=1_000_000,
+                   help="predictions whose truth one replica keeps at most (within the max age); "
+                   "beyond, feedback gets 503 until older ids age out")
+    p.add_argument("--feedback-rate", type=float, default=50.0,
+                   help="feedback taken per second per worker, bursts of twice that (429 beyond); 0: no limit")
     p.add_argument("--model_sha256", "--model-sha256", dest="model_sha256",
                    default=os.environ.get("SERIN_MODEL_SHA256", ""),
                    help="serve model.onnx only if it has this digest (default: $SERIN_MODEL_SHA256; "
@@ -129,7 +134,8 @@ def main(argv: list[str]) -> int:
         allow_nan=args.allow_nan, log_level=args.log_level.upper(), direct_path=args.direct_path,
         batch_rows=args.batch_rows, grpc_port=args.grpc_port or None,
         feedback_key=feedback_key if args.monitoring else "", state_dir=state_dir,
-        feedback_max_age=args.feedback_max_age, model_sha256=args.model_sha256,
+        feedback_max_age=args.feedback_max_age, feedback_max_ids=args.feedback_max_ids,
+        feedback_rate=args.feedback_rate, model_sha256=args.model_sha256,
     )
     from serin.runtime.model import ModelRefused
 

@@ -369,16 +369,32 @@ def score(prediction: Prediction, classes: tuple[str, ...], truth: Any) -> Score
                   brier=float(((p - onehot) ** 2).sum()))
 
 
+# The ids a Pod keeps at most (issue 32 #6): about 100 bytes each in SQLite with its index, so
+# 1,000,000 fit the predictor's 256Mi state volume with room for the write-ahead log. Beyond it,
+# feedback is refused (503) until ids age out: dropping unexpired ids instead would let a replayed
+# id count twice.
+DEFAULT_MAX_IDS = 1_000_000
+# Feedback taken per second by one worker process, with bursts of twice that: a sender flooding
+# the endpoint gets 429s, not the Pod's CPU or disk.
+DEFAULT_RATE = 50.0
+
+
 class SeenStore:
     """The ids that already got their truth, in SQLite on disk: shared by the worker processes of a
     pod, kept over restarts (an emptyDir), bounded by the max age (older ids are refused anyway, so
-    they are pruned). Exact, unlike a Bloom filter: a legitimate feedback is never refused."""
+    they are pruned) and by a count. Exact, unlike a Bloom filter: a legitimate feedback is never
+    taken twice nor refused while the store has room.
+
+    The count is read from the table at every prune and grown by this process's own inserts in
+    between: other workers' inserts are seen at the next prune, so the store can exceed `max_ids`
+    by what the other workers take in PRUNE_EVERY_S (their rate bounds that)."""
 
     PRUNE_EVERY_S = 60.0
 
-    def __init__(self, path: Path, max_age: float) -> None:
+    def __init__(self, path: Path, max_age: float, max_ids: int = DEFAULT_MAX_IDS) -> None:
         self.path = path
         self.max_age = max_age
+        self.max_ids = max_ids
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
@@ -386,18 +402,29 @@ class SeenStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS seen (tag BLOB PRIMARY KEY, issued REAL, at REAL)")
         self._pruned = 0.0
+        self._count = 0
 
     def record(self, prediction: Prediction, now: float) -> float | None:
         """None when this is the prediction's first feedback (now recorded), else when the first
-        one was recorded."""
+        one was recorded. Raises FeedbackError (503) when the store is full."""
         with self._lock:
             if now - self._pruned > self.PRUNE_EVERY_S:
                 self._db.execute("DELETE FROM seen WHERE issued < ?", (now - self.max_age - 3600,))
+                self._count = int(self._db.execute("SELECT COUNT(*) FROM seen").fetchone()[0])
                 self._pruned = now
+            row = self._db.execute("SELECT at FROM seen WHERE tag = ?", (prediction.tag,)).fetchone()
+            if row is not None:
+                return float(row[0])
+            if self._count >= self.max_ids:
+                raise FeedbackError(
+                    f"this replica keeps the truth of {self.max_ids} predictions at most and is full; "
+                    f"older ones age out after {self.max_age:.0f} s (--feedback-max-age): retry later", 503)
             cur = self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?)",
                                    (prediction.tag, prediction.issued_at, now))
             if cur.rowcount == 1:
+                self._count += 1
                 return None
+            # Another worker recorded it between the read and the insert.
             row = self._db.execute("SELECT at FROM seen WHERE tag = ?", (prediction.tag,)).fetchone()
             return float(row[0]) if row else now
 
@@ -417,17 +444,40 @@ def probability_output(task: Task, outputs: dict[str, Any]) -> str | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
-class Feedback:
-    """The feedback endpoint's logic for one worker: verify, deduplicate, score, count."""
+class TokenBucket:
+    """`rate` takes per second, up to `burst` at once."""
 
-    def __init__(self, ids: PredictionIds, store: SeenStore, metrics: Any, max_age: float) -> None:
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens, self._at = burst, now
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+class Feedback:
+    """The feedback endpoint's logic for one worker: limit, verify, deduplicate, score, count."""
+
+    def __init__(self, ids: PredictionIds, store: SeenStore, metrics: Any, max_age: float,
+                 rate: float = DEFAULT_RATE) -> None:
         self.ids = ids
         self.store = store
         self.metrics = metrics  # serin.runtime.monitoring.FeedbackMetrics, or None
         self.max_age = max_age
+        self.rate = rate
+        self._bucket = TokenBucket(rate, 2 * rate, time.monotonic()) if rate > 0 else None
 
-    def take(self, payload: Any, now: float | None = None) -> dict[str, Any]:
-        """A parsed feedback body → the answer's JSON; raises FeedbackError (4xx)."""
+    def take(self, payload: Any, now: float | None = None, clock: float | None = None) -> dict[str, Any]:
+        """A parsed feedback body → the answer's JSON; raises FeedbackError (4xx, 503). `clock`: a
+        monotonic reading for the rate limit (time.monotonic() when None)."""
+        if self._bucket is not None and not self._bucket.take(time.monotonic() if clock is None else clock):
+            raise FeedbackError(f"too much feedback: this replica takes {self.rate:g} per second per worker "
+                                "(--feedback-rate); slow down and retry", 429)
         now = time.time() if now is None else now
         if not isinstance(payload, dict):
             raise FeedbackError('feedback must be a JSON object {"id": ..., "truth": [...]}')

@@ -70,6 +70,13 @@ def split_service_name(model: str) -> str:
     return f"{model}-serin"
 
 
+# What the Gateway publishes of a runtime: the inference protocols (V1 `/v1/models/...`, V2 `/v2`,
+# `/v2/models/...`, health), feedback included (`/v2/models/{name}/feedback`). Not `/metrics`: the
+# per-Pod series are for the Prometheus that scrapes Pods directly, not for every client of the
+# Gateway (issue 32 #5). Gateway API prefixes match whole path segments: `/v2` is not `/v2x`.
+PUBLIC_PATHS = ("/v1", "/v2")
+
+
 def route_name(model: str) -> str:
     return model
 
@@ -339,7 +346,8 @@ class GatewayRouter:
         meta["annotations"] = {WEIGHT_ANNOTATION: str(asked), CANARY_ANNOTATION: note}
         return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": meta,
                 "spec": {"parentRefs": [parent], "hostnames": [self.hostname(seen)],
-                         "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                         "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": prefix}}
+                                                for prefix in PUBLIC_PATHS],
                                     "backendRefs": [{"name": svc, "port": PREDICTOR_PORT, "weight": wt}
                                                     for svc, wt in weights.items()]}]}}
 

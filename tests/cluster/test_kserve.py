@@ -12,6 +12,8 @@ import datetime as dt
 import json
 import re
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,6 +211,15 @@ def route_weights(p: Platform, name: str) -> dict[str, int]:
             for b in route["spec"]["rules"][0]["backendRefs"]}
 
 
+def through_gateway(gw: Any, host: str, path: str) -> int:
+    request = urllib.request.Request(f"{gw.address}{path}", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
 def test_gateway_walks_10_50_and_promotes_with_exact_weights_and_no_failed_request(platform: Platform, gateway: Any) -> None:
     p, name = platform, "fraud"
     apply_model(p, name, "v1")
@@ -246,6 +257,11 @@ def test_gateway_walks_10_50_and_promotes_with_exact_weights_and_no_failed_reque
     told = Counter((a.revision, a.status) for a in load.feedback_answers)
     assert told[("gen2", 200)] > 10 and told[("gen1", 200)] > 10, told
     assert all(status == 200 for _, status in told), told
+    # The Gateway publishes the protocols (feedback included, above), not the Pods' /metrics
+    # (issue 32 #5): Prometheus scrapes those from the Pods.
+    host = f"{name}-{MODELS}.example.com"
+    assert through_gateway(gateway, host, f"/v2/models/{name}") == 200
+    assert through_gateway(gateway, host, "/metrics") == 404
 
 
 def test_a_bad_version_is_rolled_back_with_the_stable_serving_throughout(platform: Platform, gateway: Any) -> None:

@@ -19,7 +19,7 @@ import onnx
 import pytest
 from serin.converters.errors import ConversionError
 from serin.converters.job import REQUEST_ENV
-from serin.converters.publish import publish
+from serin.converters.publish import SampleSource, publish
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
@@ -198,4 +198,101 @@ def test_publish_refuses_what_it_cannot_trust(logreg: tuple[Path, Path], tmp_pat
     dst = tmp_path / "dst"
     with pytest.raises(ConversionError, match=message):
         publish(src, dst, logreg[0])
+    assert not dst.exists() or not any(dst.iterdir()), "nothing may be written"
+
+
+# -- #7: the gate inputs (profile.json) are computed by publish, not by the step that unpickled ---
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A classifier whose sample carries its true labels (column y), so the profile holds a
+    reference accuracy and calibration knots; and the honest convert step's scratch for it."""
+    import joblib
+    import numpy as np
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+
+    d = tmp_path_factory.mktemp("labelled")
+    rng = np.random.default_rng(7)
+    x = pd.DataFrame(rng.normal(size=(600, 4)), columns=["age", "income", "debt", "tenure"])
+    y = ((x["age"] + 0.5 * x["income"] + rng.normal(scale=0.8, size=600)) > 0).astype(int)
+    model = RandomForestClassifier(n_estimators=20, max_depth=4, random_state=0).fit(x, y)
+    artifact, sample = d / "rf.joblib", d / "sample.csv"
+    joblib.dump(model, artifact)
+    x.assign(y=y).to_csv(sample, index=False)
+    out = d / "scratch"
+    proc = run(["-m", "serin.converters.cli", str(artifact), "--sample", str(sample), "--sample-labels", "y",
+                "--out", str(out), "-q"], ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert "calibration" in json.loads((out / "profile.json").read_text())["prediction"]["performance"]
+    return artifact, sample, out
+
+
+def copy_of(scratch_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(scratch_dir, tmp_path / "scratch"))
+
+
+def lie(src: Path, change: Any) -> None:
+    profile = json.loads((src / "profile.json").read_text())
+    change(profile)
+    (src / "profile.json").write_text(json.dumps(profile))
+
+
+def flat_reference(p: dict[str, Any]) -> None:
+    """A drift reference that hides drift: every feature one bin holding everything, the
+    prediction shares whatever live traffic will show."""
+    for f in p["features"]:
+        f.update(cuts=[], proportions=[1.0])
+    p["prediction"]["proportions"] = [0.5, 0.5]
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda p: p["prediction"]["performance"].update(
+        calibration={"confidence": [0.0, 1.0], "accuracy": [1.0, 1.0]}), id="calibration-always-right"),
+    pytest.param(lambda p: p["prediction"]["performance"].update(accuracy=1.0, confidence=1.0), id="reference-accuracy"),
+    pytest.param(flat_reference, id="flat-drift-reference"),
+    pytest.param(lambda p: p.update(batching={"rowsIndependent": True, "rows": 64, "maxAbsDiff": 0.0}),
+                 id="batching-claim"),
+])
+def test_publish_computes_the_profile_the_gates_trust(labelled: tuple[Path, Path, Path], tmp_path: Path,
+                                                      change: Any) -> None:
+    """Whatever the candidate writes into its profile's numbers, the published profile is the
+    one computed from the sample and the ONNX model: byte for byte an honest conversion's."""
+    artifact, sample, honest = labelled
+    src = copy_of(honest, tmp_path)
+    lie(src, change)
+    assert (src / "profile.json").read_bytes() != (honest / "profile.json").read_bytes()
+    publish(src, tmp_path / "dst", artifact, SampleSource(sample, labels="y"))
+    assert (tmp_path / "dst" / "profile.json").read_bytes() == (honest / "profile.json").read_bytes()
+
+
+def swap_columns(p: dict[str, Any]) -> None:
+    p["features"][0]["column"], p["features"][1]["column"] = 1, 1
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    pytest.param(lambda p: p["features"][0].update(name="salary"), "one the sample does not have",
+                 id="a-column-the-sample-lacks"),
+    pytest.param(lambda p: p["features"].pop(), "does not map every column", id="an-input-column-unmapped"),
+    pytest.param(swap_columns, "mapped twice", id="a-column-mapped-twice"),
+    pytest.param(lambda p: p["features"][0].update(input="other"), "does not have", id="an-input-the-model-lacks"),
+    pytest.param(lambda p: p["features"][1].update(name=p["features"][0]["name"]), "maps a sample column twice",
+                 id="a-sample-column-used-twice"),
+    pytest.param(lambda p: p["prediction"].update(classes=["1"]), "miss a class the model predicts",
+                 id="classes-missing-one"),
+    pytest.param(lambda p: p["prediction"].update(kind="ranking"), "neither classification nor regression",
+                 id="unknown-task"),
+    pytest.param(lambda p: p["prediction"].update(kind="regression"), "one number per row", id="wrong-task"),
+    pytest.param(lambda p: p.pop("features"), "no features list", id="no-features"),
+])
+def test_publish_refuses_a_profile_whose_claims_do_not_hold(labelled: tuple[Path, Path, Path], tmp_path: Path,
+                                                            change: Any, message: str) -> None:
+    artifact, sample, honest = labelled
+    src = copy_of(honest, tmp_path)
+    lie(src, change)
+    dst = tmp_path / "dst"
+    with pytest.raises(ConversionError, match=message):
+        publish(src, dst, artifact, SampleSource(sample, labels="y"))
     assert not dst.exists() or not any(dst.iterdir()), "nothing may be written"

@@ -11,6 +11,7 @@ from typing import Any
 import onnx
 import pytest
 from serin.converters import zoo
+from serin.converters.publish import SampleSource, publish
 from serin.converters.registry import converter_for
 from serin.converters.sklearn_ import components
 
@@ -78,6 +79,12 @@ def test_zoo_model_converts_and_passes_parity(entry: zoo.ZooModel, zoo_dir: Path
         assert all(isinstance(c, str) for c in prediction["classes"])
     batching = profile["batching"]
     assert batching == report["batching"]
+    # The trusted publish step rebuilds the profile from the sample and the ONNX model alone (the
+    # step that unpickled only claims columns and class order): for an honest conversion, the
+    # same bytes.
+    published = publish(out, tmp_path / "published", artifact, SampleSource(sample))
+    assert (tmp_path / "published" / "profile.json").read_bytes() == (out / "profile.json").read_bytes()
+    assert published["batching"] == report["batching"]
     assert batching["rows"] == min(64, len(frame))
     if batching["rowsIndependent"]:
         # Within float32 rounding, not always bit for bit: onnxruntime sums a batch of rows in

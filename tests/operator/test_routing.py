@@ -462,3 +462,12 @@ def test_every_predictor_is_told_the_digest_of_the_model_it_serves() -> None:
     # a version converted before digests were recorded is served unchecked, as before
     (w,) = KnativeRouter().plan(Seen("ml", "fraud"), ApplyServing(V1), SPEC, OWNER)
     assert digests(w.body["spec"]["predictor"]["model"]) == []
+
+
+def test_the_route_publishes_the_protocols_and_not_the_pods_metrics() -> None:
+    """Issue 32 #5: /v1 and /v2 (inference, health, feedback) through the Gateway; /metrics is for
+    the Prometheus that scrapes Pods, not for the Gateway's clients."""
+    route = GW.route_body(Seen("ml", "fraud"), OWNER, {"fraud-gen1-predictor": 100}, 0)
+    [rule] = route["spec"]["rules"]
+    assert [m["path"] for m in rule["matches"]] == [{"type": "PathPrefix", "value": "/v1"},
+                                                    {"type": "PathPrefix", "value": "/v2"}]

@@ -17,6 +17,9 @@ CHART = REPO / "charts" / "serin"
 MONITORING_CRDS = Path(__file__).with_name("monitoring-crds.yaml")
 # What `helm template` is told the cluster runs: the version hack/lib.sh provisions.
 KUBE_VERSION = re.search(r'KUBE_VERSION="v([0-9.]+)"', (REPO / "hack" / "lib.sh").read_text())[1]  # type: ignore[index]
+# The converter image of the chart's defaults: the only one its admission policy lets the operator
+# start conversion Jobs with.
+CONVERTER_IMAGE = f"ghcr.io/serin/converter:{yaml.safe_load((CHART / 'Chart.yaml').read_text())['appVersion']}"
 
 
 # Value sets shared by the render tests and the server-side dry runs.

@@ -82,7 +82,8 @@ def test_helm_lint_strict(helm: Helm, values: dict[str, Any]) -> None:
 def test_every_rendered_object_is_labelled_and_namespaced_as_expected(
         helm: Helm, values: dict[str, Any]) -> None:
     objects = helm.objects(values, namespace="ops")
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterServingRuntime"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterServingRuntime", "ValidatingAdmissionPolicy",
+                      "ValidatingAdmissionPolicyBinding"}
     for obj in objects:
         meta = obj["metadata"]
         assert meta["labels"]["app.kubernetes.io/instance"] == "serin", meta["name"]
@@ -542,3 +543,31 @@ def test_install_yaml_is_rendered_from_the_chart() -> None:
     assert docs[0]["kind"] == "Namespace"
     assert {d["kind"] for d in docs} >= {"CustomResourceDefinition", "Deployment", "ClusterRole",
                                         "ClusterServingRuntime", "ServiceAccount"}
+
+
+# -- the operator's admission policies (issue 32 #3; proven against the apiserver in
+# test_admission_policy.py) -----------------------------------------------------------------------
+
+def test_admission_policies_hold_the_operators_identity_to_the_configured_images(helm: Helm) -> None:
+    objects = helm.objects(CUSTOM_IMAGES, namespace="ops")
+    policies = find(objects, "ValidatingAdmissionPolicy")
+    bindings = find(objects, "ValidatingAdmissionPolicyBinding")
+    kinds = ("jobs", "services", "secrets", "inferenceservices", "httproutes")
+    assert sorted(p["metadata"]["name"] for p in policies) == sorted(f"serin-operator-{k}" for k in kinds)
+    assert {b["spec"]["policyName"] for b in bindings} == {p["metadata"]["name"] for p in policies}
+    assert all(b["spec"]["validationActions"] == ["Deny"] for b in bindings)
+    for policy in policies:
+        assert policy["spec"]["failurePolicy"] == "Fail"
+        [condition] = policy["spec"]["matchConditions"]
+        assert condition["expression"] == "request.userInfo.username == 'system:serviceaccount:ops:serin-operator'"
+    [jobs] = find(objects, "ValidatingAdmissionPolicy", name="serin-operator-jobs")
+    rules = json.dumps(jobs["spec"]["validations"])
+    assert "'registry.example/ml/serin-converter:0.1.0-rc1'" in rules and "'serin-converter'" in rules
+
+
+def test_admission_policies_can_be_left_out_and_need_kubernetes_1_30(helm: Helm) -> None:
+    assert not find(helm.objects({"operator": {"admissionPolicy": {"enabled": False}}}), "ValidatingAdmissionPolicy")
+    out = helm.run("template", "serin", str(CHART), "--kube-version", "1.29.0", check=False)
+    assert out.returncode != 0 and "operator.admissionPolicy.enabled=false" in out.stderr
+    assert helm.run("template", "serin", str(CHART), "--kube-version", "1.29.0",
+                    "--set", "operator.admissionPolicy.enabled=false").returncode == 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from harness import FAST_ROLLOUT, Artifacts, Cluster, OperatorProcess, standin
-from packaging_helpers import ALL_MONITORING, CHART, CUSTOM_IMAGES, KUBE_VERSION, Helm, values_args
+from packaging_helpers import ALL_MONITORING, CHART, CONVERTER_IMAGE, CUSTOM_IMAGES, KUBE_VERSION, Helm, values_args
 from serin.local.controlplane import ControlPlane
 from serin.local.prometheus import Prometheus
 
@@ -477,7 +477,7 @@ def test_operator_as_its_service_account_runs_conversion_jobs(
     conversion times out and the operator cancels it: every verb of the Job rules is used."""
     ns = cluster_wide.watched[0]
     op = operate_as(cluster_wide, crds, prometheus, tmp_path, watch=None, store="pvc://serin-models",
-                    SERIN_EXECUTOR="job", SERIN_CONVERTER_IMAGE="ghcr.io/serin/converter:test")
+                    SERIN_EXECUTOR="job", SERIN_CONVERTER_IMAGE=CONVERTER_IMAGE)
     c = Cluster(crds, ns, artifacts, op)
     op.start()
     try:

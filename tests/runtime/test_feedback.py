@@ -286,3 +286,55 @@ def test_the_label_free_estimate_counts_every_answered_row(pair) -> None:  # typ
     # No calibration in this profile: the probability of each predicted class, added up.
     assert counter(m, "serin_estimated_rows_total", "rev-a") == 35
     assert counter(m, "serin_estimated_correct_total", "rev-a") == pytest.approx(probabilities.max(axis=1).sum(), abs=1e-4)
+
+
+# -- issue 32 #6: the feedback store and endpoint are bounded by count and rate, not age only --
+
+def test_a_full_store_refuses_new_truth_with_503_and_takes_it_again_when_ids_age_out(tmp_path: Path) -> None:
+    store = fb.SeenStore(tmp_path / "seen.sqlite", max_age=3600, max_ids=3)
+    issue = ids()
+    p = np.array([[0.9, 0.05, 0.05]])
+    preds = [issue.verify(issue.issue(1, {"label": np.array([0]), "probabilities": p}, now=1000 + i), now=1010,
+                          max_age=3600) for i in range(5)]
+    assert [store.record(pred, now=1010) for pred in preds[:3]] == [None, None, None]
+    with pytest.raises(fb.FeedbackError) as full:
+        store.record(preds[3], now=1010)
+    assert full.value.status == 503 and "3 predictions at most" in full.value.message
+    assert store.record(preds[0], now=1011) == 1010, "a duplicate is still told as one, full or not"
+    # Past max age (+ the hour of grace) the first ids are pruned: room again, exactly as much.
+    later = 1000 + 3600 + 3600 + 61
+    assert store.record(preds[3], now=later) is None
+    store.close()
+
+
+def test_a_flood_of_feedback_gets_429_beyond_the_rate(tmp_path: Path) -> None:
+    store = fb.SeenStore(tmp_path / "seen.sqlite", max_age=3600)
+    issue = ids()
+    take = fb.Feedback(issue, store, None, max_age=3600, rate=2.0)  # bursts of 4
+    p = np.array([[0.9, 0.05, 0.05]])
+    tokens = [issue.issue(1, {"label": np.array([0]), "probabilities": p}, now=1000 + i) for i in range(8)]
+    answers = []
+    for token in tokens[:5]:
+        try:
+            answers.append(take.take({"id": token, "truth": [0]}, now=1010, clock=50.0)["rows"])
+        except fb.FeedbackError as exc:
+            answers.append(exc.status)
+    assert answers == [1, 1, 1, 1, 429]
+    assert take.take({"id": tokens[5], "truth": [0]}, now=1010, clock=50.5)["rows"] == 1  # one more per 1/rate s
+    with pytest.raises(fb.FeedbackError) as flood:
+        take.take({"id": tokens[6], "truth": [0]}, now=1010, clock=50.5)
+    assert flood.value.status == 429 and "--feedback-rate" in flood.value.message
+    store.close()
+
+
+def test_the_served_endpoint_applies_both_bounds(models: dict[str, Path], tmp_path: Path) -> None:
+    srv = serve(tmp_path, models["numeric"], "fraud", "--revision", "r1", "--state-dir", str(tmp_path / "s"),
+                "--feedback-max-ids", "2", "--feedback-rate", "0", env=KEY)
+    try:
+        answers = [infer(srv, rows(1, seed)) for seed in range(3)]
+        got = [feedback(srv, {"id": a["id"], "truth": labels(a)}) for a in answers]
+        assert [status for status, _ in got] == [200, 200, 503], got
+        assert "at most" in got[2][1]["error"]
+        assert counter(srv.metrics(), "serin_feedback_requests_total", "r1") >= 3
+    finally:
+        stop_server(srv)

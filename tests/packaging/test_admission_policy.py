@@ -1,0 +1,273 @@
+"""The chart's ValidatingAdmissionPolicies (issue 32 #3) against the real kube-apiserver: as the
+operator's own ServiceAccount (a real token), what the operator writes is admitted, and each way a
+compromised or confused operator could use its RBAC rights to reach further (another image,
+another ServiceAccount, the host, a NodePort, a token Secret, an object that is not Serin's) is
+refused by the apiserver, naming the rule. The bodies admitted are built by the operator's own
+code (job_body, the routers, secret_body), so a change on either side that breaks the other fails
+here. Every request is a server-side dry run unless it needs an object to exist: admission runs
+the same, nothing is stored."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging_helpers import CHART, CONVERTER_IMAGE, Helm, values_args
+from serin.local.controlplane import ControlPlane
+from serin.local.gateway import gateway_dir
+from serin.operator.actions import ApplyServing, Served
+from serin.operator.executors import ConversionRequest
+from serin.operator.executors.job import JobSettings, job_body
+from serin.operator.feedback_secret import secret_body
+from serin.operator.routing.base import Seen
+from serin.operator.routing.knative import KnativeRouter
+from serin.operator.routing.standard import GatewayRouter, ReplicaRatioRouter, split_service
+from serin.operator.spec import parse_spec
+
+pytestmark = pytest.mark.packaging
+
+GATEWAY_NS, GATEWAY = "serin-gateway", "serin"
+SPEC = parse_spec({"source": {"uri": "pvc://models/m.joblib", "sampleUri": "pvc://models/s.csv", "sha256": "a" * 64,
+                              "format": "sklearn"},
+                   "conversion": {"timeout": "5m"}})
+
+
+@dataclass
+class Policed:
+    cp: ControlPlane
+    operator: Path  # kubeconfig with the operator's token
+    ns: str  # a namespace it watches
+    release: str
+
+    def as_operator(self, *args: str, input: str | None = None) -> tuple[bool, str]:
+        out = self.cp.kubectl(*args, input=input, kubeconfig=self.operator, check=False)
+        return out.returncode == 0, out.stdout + out.stderr
+
+    def create(self, body: dict[str, Any]) -> tuple[bool, str]:
+        return self.as_operator("create", "--dry-run=server", "-f", "-", input=json.dumps(body))
+
+
+@pytest.fixture(scope="module")
+def policed(cluster_helm: Helm, crds: ControlPlane) -> Iterator[Policed]:
+    """A cluster-wide release with a Gateway configured (every policy has work to do), and the
+    Gateway API's CRDs (as the cluster tier installs them) so HTTPRoutes can be sent."""
+    for crd in sorted((gateway_dir() / "crds").glob("*.yaml")):
+        crds.kubectl("apply", "--server-side", "-f", str(crd))
+    crds.wait_established([f"{p}.gateway.networking.k8s.io" for p in ("gateways", "httproutes")])
+    suffix = uuid.uuid4().hex[:6]
+    ns, team = f"serin-{suffix}", f"team-{suffix}"
+    for n in (ns, team):
+        crds.kubectl("create", "namespace", n)
+    release = f"serin-vap-{suffix}"
+    values = {"servingRuntime": {"create": False}, "gateway": {"name": GATEWAY, "namespace": GATEWAY_NS}}
+    cluster_helm.run("install", release, str(CHART), "--namespace", ns, *values_args(values))
+    try:
+        yield Policed(crds, crds.service_account_kubeconfig(ns, "serin-operator"), team, release)
+    finally:
+        cluster_helm.run("uninstall", release, "--namespace", ns, check=False)
+        for n in (ns, team):
+            crds.kubectl("delete", "namespace", n, "--wait=false", check=False)
+
+
+def owner(name: str = "fraud") -> dict[str, Any]:
+    return {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "name": name, "uid": str(uuid.uuid4()),
+            "controller": True, "blockOwnerDeletion": True}
+
+
+# -- what the operator writes, built by its own code ---------------------------------------------
+
+def conversion_job(ns: str) -> dict[str, Any]:
+    req = ConversionRequest(ns, "fraud", str(uuid.uuid4()), 3, "abcdef0123456789", 1, SPEC.source, SPEC.conversion)
+    return job_body(req, JobSettings(image=CONVERTER_IMAGE, model_store="pvc://serin-models"))
+
+
+def knative_isvc(ns: str) -> dict[str, Any]:
+    seen = Seen(ns, "fraud", uid="u")
+    [write] = KnativeRouter().plan(seen, ApplyServing(Served(1, "pvc://serin-models/fraud/v1", "b" * 64)),
+                                   SPEC, owner())
+    return write.body
+
+
+def standard_isvc_with_canary(ns: str) -> dict[str, Any]:
+    seen = Seen(ns, "fraud", uid="u")
+    want = ApplyServing(Served(1, "pvc://serin-models/fraud/v1", "b" * 64),
+                        Served(2, "pvc://serin-models/fraud/v2", "c" * 64), 10)
+    writes = ReplicaRatioRouter().plan(seen, want, SPEC, owner())
+    isvc = next(w.body for w in writes if w.kind == "isvc")
+    # What KServe's defaulting webhook adds (this tier has KServe's schema, not its webhook), and
+    # its schema requires on a canary's model.
+    isvc["spec"]["canary"][0]["predictor"]["model"]["name"] = ""
+    return isvc
+
+
+def service(ns: str) -> dict[str, Any]:
+    return split_service(Seen(ns, "fraud", uid="u"), owner())
+
+
+def route(ns: str) -> dict[str, Any]:
+    return GatewayRouter(GATEWAY_NS, GATEWAY).route_body(Seen(ns, "fraud", uid="u"), owner(),
+                                                         {"fraud-predictor-gen1": 90, "fraud-predictor-gen2": 10}, 10)
+
+
+def secret(ns: str) -> dict[str, Any]:
+    return secret_body({"name": "fraud", "namespace": ns}, owner())
+
+
+BUILDERS: dict[str, Callable[[str], dict[str, Any]]] = {
+    "job": conversion_job, "knative-isvc": knative_isvc, "standard-isvc": standard_isvc_with_canary,
+    "service": service, "httproute": route, "secret": secret}
+
+
+@pytest.mark.parametrize("kind", BUILDERS)
+def test_what_the_operator_writes_is_admitted(policed: Policed, kind: str) -> None:
+    ok, out = policed.create(BUILDERS[kind](policed.ns))
+    assert ok, out
+
+
+# -- what it must not write ----------------------------------------------------------------------
+
+def _pod(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def _step(job: dict[str, Any], name: str) -> dict[str, Any]:
+    pod = _pod(job)
+    return next(c for c in [*pod["initContainers"], *pod["containers"]] if c["name"] == name)
+
+
+def _predictor(isvc: dict[str, Any]) -> dict[str, Any]:
+    return isvc["spec"]["predictor"]  # type: ignore[no-any-return]
+
+
+Spoil = Callable[[dict[str, Any]], object]
+# (builder, how it is spoiled, the policy that must refuse it, words of its message)
+REFUSED: list[tuple[str, str, Spoil, str, str]] = [
+    ("job", "another image", lambda j: _step(j, "convert").update(image="docker.io/library/python:3"),
+     "jobs", "runs the steps fetch, convert, publish"),
+    ("job", "another ServiceAccount", lambda j: _pod(j).update(serviceAccountName="default"),
+     "jobs", "runs as the ServiceAccount serin-converter"),
+    ("job", "a mounted token", lambda j: _pod(j).update(automountServiceAccountToken=True),
+     "jobs", "with no token mounted"),
+    ("job", "the host network", lambda j: _pod(j).update(hostNetwork=True), "jobs", "no host namespace"),
+    ("job", "a hostPath", lambda j: _pod(j)["volumes"].append({"name": "host", "hostPath": {"path": "/"}}),
+     "jobs", "mounts only scratch"),
+    ("job", "a Secret volume", lambda j: _pod(j)["volumes"].append({"name": "s", "secret": {"secretName": "x"}}),
+     "jobs", "mounts only scratch"),
+    ("job", "convert mounting the store",
+     lambda j: _step(j, "convert")["volumeMounts"].append({"name": "store", "mountPath": "/mnt/store"}),
+     "jobs", "convert mounts only scratch"),
+    ("job", "publish mounting the whole store",
+     lambda j: next(m for m in _step(j, "publish")["volumeMounts"] if m["name"] == "store").pop("subPath"),
+     "jobs", "only publish mounts the store"),
+    ("job", "another command", lambda j: _step(j, "publish").update(command=["sh", "-c", "id"]),
+     "jobs", "runs the steps fetch, convert, publish"),
+    ("job", "a Secret in the environment",
+     lambda j: _step(j, "fetch")["env"].append({"name": "K", "valueFrom": {"secretKeyRef": {"name": "x", "key": "k"}}}),
+     "jobs", "no Secret in its environment"),
+    ("job", "a privileged step",
+     lambda j: _step(j, "publish")["securityContext"].update(privileged=True, allowPrivilegeEscalation=True),
+     "jobs", "unprivileged"),
+    # (Labels left out would be defaulted from the Pod template's: other labels are written instead.)
+    ("job", "no Serin labels", lambda j: j["metadata"].update(labels={"app": "nightly"}),
+     "jobs", "only Serin's conversion Jobs"),
+    ("service", "a NodePort", lambda s: s["spec"].update(type="NodePort"), "services", "ClusterIP Service"),
+    ("service", "external IPs", lambda s: s["spec"].update(externalIPs=["10.0.0.1"]), "services", "no external IPs"),
+    ("service", "other Pods selected", lambda s: s["spec"].update(selector={"app": "database"}),
+     "services", "selects exactly its Model's predictor Pods"),
+    ("service", "no Serin labels", lambda s: s["metadata"].pop("labels"), "services", "labelled managed-by=serin"),
+    ("secret", "a ServiceAccount token",
+     lambda s: (s.update(type="kubernetes.io/service-account-token"),
+                s["metadata"].update(annotations={"kubernetes.io/service-account.name": "default"})),
+     "secrets", "Opaque {model}-serin-feedback key"),
+    ("secret", "another name", lambda s: s["metadata"].update(name="registry-credentials"),
+     "secrets", "Opaque {model}-serin-feedback key"),
+    ("knative-isvc", "a container of its own",
+     lambda i: _predictor(i).update(containers=[{"name": "x", "image": "docker.io/library/busybox"}]),
+     "inferenceservices", "no containers, ServiceAccount"),
+    ("knative-isvc", "another ServiceAccount", lambda i: _predictor(i).update(serviceAccountName="admin"),
+     "inferenceservices", "no containers, ServiceAccount"),
+    ("standard-isvc", "a hostPath on the canary",
+     lambda i: i["spec"]["canary"][0]["predictor"].update(volumes=[{"name": "h", "hostPath": {"path": "/"}}]),
+     "inferenceservices", "volume of its own but scratch"),
+    ("knative-isvc", "another runtime", lambda i: _predictor(i)["model"].update(runtime="kserve-tritonserver"),
+     "inferenceservices", "runs the serin-onnx runtime"),
+    ("standard-isvc", "another image", lambda i: _predictor(i)["model"].update(image="docker.io/library/busybox"),
+     "inferenceservices", "runs the serin-onnx runtime"),
+    ("standard-isvc", "another Model's key",
+     lambda i: _predictor(i)["model"]["env"].append(
+         {"name": "K", "valueFrom": {"secretKeyRef": {"name": "payments-serin-feedback", "key": "key"}}}),
+     "inferenceservices", "reading no Secret but its Model's feedback key"),
+    ("knative-isvc", "a transformer",
+     lambda i: i["spec"].update(transformer={"containers": [{"name": "t", "image": "docker.io/library/busybox"}]}),
+     "inferenceservices", "a predictor only"),
+    ("httproute", "another Gateway", lambda r: r["spec"]["parentRefs"][0].update(name="internal"),
+     "httproutes", "attaches only to the Gateway"),
+    ("httproute", "a Service of another namespace",
+     lambda r: r["spec"]["rules"][0]["backendRefs"][0].update(namespace="kube-system"),
+     "httproutes", "only to Services of its own namespace"),
+    ("httproute", "a mirror filter",
+     lambda r: r["spec"]["rules"][0].update(filters=[{"type": "RequestMirror", "requestMirror": {
+         "backendRef": {"name": "collector", "port": 80}}}]),
+     "httproutes", "with no filters"),
+]
+
+
+@pytest.mark.parametrize(("kind", "what", "spoil", "policy", "words"), REFUSED,
+                         ids=[f"{k}: {w}" for k, w, *_ in REFUSED])
+def test_what_the_operator_must_not_write_is_refused(policed: Policed, kind: str, what: str, spoil: Spoil,
+                                                      policy: str, words: str) -> None:
+    body = copy.deepcopy(BUILDERS[kind](policed.ns))
+    spoil(body)
+    ok, out = policed.create(body)
+    assert not ok, f"{kind} with {what} was admitted"
+    assert f"'{policed.release}-operator-{policy}'" in out and words in out, out
+
+
+def test_the_policies_bind_the_operator_only(policed: Policed) -> None:
+    """Anyone else (here cluster-admin) writes what RBAC lets them: the policies are no cluster
+    policy, they hold one identity to the objects it exists to make."""
+    body = service(policed.ns)
+    body["spec"]["type"] = "NodePort"
+    out = policed.cp.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(body), check=False)
+    assert out.returncode == 0, out.stderr
+
+
+def test_objects_that_are_not_serins_cannot_be_changed_or_deleted(policed: Policed) -> None:
+    """What RBAC lets the operator patch or delete (Services, InferenceServices, HTTPRoutes, Jobs
+    in the namespaces it watches), it may still not touch when it is someone else's."""
+    cp, ns = policed.cp, policed.ns
+    theirs = {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "payments", "namespace": ns},
+         "spec": {"selector": {"app": "payments"}, "ports": [{"port": 80}]}},
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "nightly", "namespace": ns},
+         "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                        "containers": [{"name": "c", "image": "docker.io/library/busybox"}]}}}},
+        {**knative_isvc(ns), "metadata": {"name": "handmade", "namespace": ns}},
+        {**route(ns), "metadata": {"name": "handmade", "namespace": ns}},
+    ]}
+    cp.kubectl("create", "-f", "-", input=json.dumps(theirs))
+    labels = {"app.kubernetes.io/managed-by": "serin", "serin.dev/model": "x"}
+    service, _job, isvc, httproute = theirs["items"]  # RBAC gives no patch on Jobs
+    for obj, policy in ((service, "services"), (isvc, "inferenceservices"), (httproute, "httproutes")):
+        # A patch (server-side apply: kubectl's plain patch would read the object first, which
+        # RBAC does not allow) that would label it Serin's.
+        takeover = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                    "metadata": {"name": obj["metadata"]["name"], "namespace": ns, "labels": labels}}
+        ok, out = policed.as_operator("apply", "--server-side", "--field-manager=serin", "-f", "-",
+                                      input=json.dumps(takeover))
+        assert not ok and f"-operator-{policy}'" in out and "changes no" in out, out
+    ok, out = policed.as_operator("delete", "job", "nightly", "-n", ns, "--wait=false")
+    assert not ok and "-operator-jobs" in out and "only Serin's conversion Jobs" in out, out
+    # A conversion Job of Serin's is the operator's to delete (superseded, or past its timeout).
+    ours = conversion_job(ns)
+    del ours["metadata"]["ownerReferences"]  # no Model here: the garbage collector would race the delete
+    cp.kubectl("create", "-f", "-", input=json.dumps(ours))
+    name = ours["metadata"]["name"]
+    ok, out = policed.as_operator("delete", "job", name, "-n", ns, "--wait=false")
+    assert ok, out
