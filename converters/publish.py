@@ -173,6 +173,12 @@ def reference(claimed: dict[str, Any], model_bytes: bytes, model: Any, source: S
         predicted = {profile.class_key(v) for v in raw[0].tolist()}
         if not predicted <= set(claimed_classes) or len(set(claimed_classes)) != len(claimed_classes):
             raise PublishError("the conversion's profile's classes miss a class the model predicts, or repeat one")
+        if 1 < raw[1].shape[1] < len(claimed_classes):
+            # More classes than probability columns: no honest profile has it (its classes are the
+            # model's), and it would leave the probabilities unrelated to classes, uncalibrated.
+            # (One column is a binary decision function's score, as a LinearSVC's: no probability.)
+            raise PublishError(f"the conversion's profile names {len(claimed_classes)} classes for "
+                               f"{raw[1].shape[1]} probability columns")
         classes = claimed_classes
     elif not raw or len(raw[0]) != sample.rows or raw[0].dtype.kind != "f":
         raise PublishError("the conversion's model.onnx does not answer one number per row, as a regressor's does")
@@ -182,9 +188,10 @@ def reference(claimed: dict[str, Any], model_bytes: bytes, model: Any, source: S
     return built
 
 
-def publish(src: Path, dst: Path, artifact: Path | None, sample: SampleSource | None = None) -> dict[str, Any]:
+def publish(src: Path, dst: Path, artifact: Path | None, sample: SampleSource) -> dict[str, Any]:
     """Checks what the untrusted step left in `src` and writes it to `dst`. Returns the report,
-    whose digests, input signature and (given the `sample`) reference profile this step computed.
+    whose digests, input signature, task and reference profile (from `sample`) this step computed;
+    its parity figures remain the untrusted step's claim (docs/security.md).
     A report that did not pass is returned as it is, and nothing is written (the caller reports
     the failure)."""
     from serin.converters.conversion import input_signature
@@ -196,10 +203,10 @@ def publish(src: Path, dst: Path, artifact: Path | None, sample: SampleSource | 
     model = _onnx_model(model_bytes)
     profile_bytes = read_regular(src / report.PROFILE_FILE, MAX_PROFILE_BYTES, "profile")
     claimed_profile = _json_object(profile_bytes, "profile")
-    if sample is not None:
-        built = reference(claimed_profile, model_bytes, model, sample)
-        profile_bytes = (report.to_json(built) + "\n").encode()
-        rep["batching"] = built["batching"]
+    built = reference(claimed_profile, model_bytes, model, sample)
+    profile_bytes = (report.to_json(built) + "\n").encode()
+    rep["batching"] = built["batching"]
+    rep["task"] = built["prediction"]["kind"]  # what the operator picks its prediction-shift query by
     claimed = rep.get("sha256")
     digests: dict[str, Any] = claimed if isinstance(claimed, dict) else {}
     digests["onnx"] = sha256_hex(model_bytes)

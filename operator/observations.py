@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from serin.operator.monitoring import MonitoringObservation
-from serin.operator.pods import PodTrouble
+from serin.operator.pods import Crashes, PodTrouble
 from serin.operator.status import ConversionSummary
 
 
@@ -64,6 +64,9 @@ class ServingObservation:
     # Kubernetes' own reason one of the Model's Pods does not serve (unschedulable, image, crash
     # loop, OOM kill), as it happens: what a wait on the serving layer is told instead of nothing.
     trouble: PodTrouble | None = None
+    # How often the canary's containers died since it was deployed (None: no canary, or its Pods
+    # are not known: the Knative stand-in has none).
+    canary_crashes: Crashes | None = None
     mode: str = ""  # the KServe deployment mode in use (Knative | Standard)
     traffic: str = ""  # how weights are set: knative | replicaRatio | gateway
     url: str = ""  # the address clients call

@@ -109,6 +109,45 @@ def pod_trouble(pod: dict[str, Any]) -> PodTrouble | None:
     return None
 
 
+@dataclass(frozen=True)
+class Crashes:
+    """How often a version's containers died while it was deployed (issue 32 #8): the runtime
+    counts errors only for requests it lives to answer, so a model that OOMs or segfaults on some
+    inputs shows no error rate at all. Kubernetes counts those deaths."""
+
+    count: int = 0  # container restarts, plus Pods that failed outright (evicted, killed)
+    last: str = ""  # the latest, in Kubernetes' words: "pod P container C OOMKilled (exit 137)"
+
+
+def selected(pods: Iterable[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """The Pods carrying every one of `labels` (a Deployment's matchLabels, a revision label)."""
+    if not labels:
+        return []
+    return [p for p in pods
+            if all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+
+def crashes(pods: Iterable[dict[str, Any]]) -> Crashes:
+    count, latest, last = 0, "", ""
+    for pod in pods:
+        name = str((pod.get("metadata") or {}).get("name", ""))
+        status = pod.get("status") or {}
+        if status.get("phase") == "Failed":
+            count += 1
+            if not latest:
+                why = f"{status.get('reason') or 'Failed'} {_bounded(status.get('message'))}".strip()
+                last = f"pod {name} failed: {why}"
+        for cs in status.get("containerStatuses") or []:
+            restarts = int(cs.get("restartCount") or 0)
+            count += restarts
+            ended = (cs.get("lastState") or {}).get("terminated") or {}
+            if restarts and ended and str(ended.get("finishedAt") or "") >= latest:
+                latest = str(ended.get("finishedAt") or "")
+                last = (f"pod {name} container {cs.get('name', '?')} {ended.get('reason') or 'exited'} "
+                        f"(exit {ended.get('exitCode', '?')})")
+    return Crashes(count, last)
+
+
 def _bounded(text: Any) -> str:
     words = " ".join(str(text or "").split())
     return words if len(words) <= MESSAGE_LIMIT else words[:MESSAGE_LIMIT - 1] + "…"

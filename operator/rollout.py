@@ -391,6 +391,9 @@ def _progress_canary(t: _Tick, s: Status, c: Canary) -> Status:
     sv = t.obs.serving
     if sv.refused:
         return s.evolve(canary=_start_rollback(t, c, RollbackReason.UNSUPPORTED, sv.refused))
+    crashed = _crashed(t, c)
+    if crashed:
+        return s.evolve(canary=_start_rollback(t, c, RollbackReason.CRASHED, crashed))
     if c.trafficSince is None:
         if not sv.serves_canary(c.storageUri, c.weight):
             if t.since(c.stepSince) > t.spec.progress_deadline:
@@ -414,6 +417,24 @@ def _progress_canary(t: _Tick, s: Status, c: Canary) -> Status:
         if c.state != PROGRESSING:
             return s.evolve(canary=c)
     return s.evolve(canary=_maybe_advance(t, c))
+
+
+def _crashed(t: _Tick, c: Canary) -> str:
+    """Why the canary is rolled back for dying ("" when it is not): its containers restarted
+    more often than spec.analysis.maxRestarts since it was deployed. The runtime counts errors
+    only for requests it lives to answer; an OOM kill or a crash on some inputs answers none, so
+    without this a canary that dies on a tenth of its inputs could pass every gate. Counted from
+    the start (a canary that OOMs while loading under its own limits is not safe either); the
+    stable's restarts are not the canary's business."""
+    sv = t.obs.serving
+    died = sv.canary_crashes
+    if died is None or sv.canary is None or sv.canary.storageUri != c.storageUri:
+        return ""
+    limit = t.spec.analysis.max_restarts
+    if died.count <= limit:
+        return ""
+    return (f"the canary's containers restarted {died.count} time{'s' if died.count != 1 else ''} "
+            f"({limit} allowed: spec.analysis.maxRestarts); the last: {died.last or 'no reason given'}")
 
 
 def _monitor(t: _Tick, s: Status) -> Status:

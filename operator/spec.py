@@ -150,6 +150,9 @@ class AnalysisSpec:
     interval: float = 10.0
     failure_limit: int = 2
     inconclusive_limit: int = 3
+    # Restarts of the canary's containers (and its Pods failed outright) tolerated before rollback:
+    # a model that OOMs or crashes on some inputs answers no error for them (issue 32 #8).
+    max_restarts: int = 0
     metrics: tuple[MetricSpec, ...] = ()
 
 
@@ -248,6 +251,7 @@ def parse_spec(spec: dict[str, Any]) -> ModelSpec:
             interval=_seconds(analysis, "interval", da.interval),
             failure_limit=int(analysis.get("failureLimit", da.failure_limit)),
             inconclusive_limit=int(analysis.get("inconclusiveLimit", da.inconclusive_limit)),
+            max_restarts=int(analysis.get("maxRestarts", da.max_restarts)),
             metrics=tuple(
                 MetricSpec(
                     name=m["name"], builtin=Builtin(m["builtin"]) if m.get("builtin") else None,

@@ -54,6 +54,7 @@ class RollbackReason(enum.StrEnum):
     SUPERSEDED = "superseded"
     REVERTED = "reverted"
     UNSUPPORTED = "unsupported"  # the serving layer cannot split traffic for a canary here
+    CRASHED = "crashed"  # the canary's containers restarted more than spec.analysis.maxRestarts
     OTHER = "other"  # recorded by no decision: a rollback an older operator started
 
 

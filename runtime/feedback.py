@@ -475,9 +475,6 @@ class Feedback:
     def take(self, payload: Any, now: float | None = None, clock: float | None = None) -> dict[str, Any]:
         """A parsed feedback body → the answer's JSON; raises FeedbackError (4xx, 503). `clock`: a
         monotonic reading for the rate limit (time.monotonic() when None)."""
-        if self._bucket is not None and not self._bucket.take(time.monotonic() if clock is None else clock):
-            raise FeedbackError(f"too much feedback: this replica takes {self.rate:g} per second per worker "
-                                "(--feedback-rate); slow down and retry", 429)
         now = time.time() if now is None else now
         if not isinstance(payload, dict):
             raise FeedbackError('feedback must be a JSON object {"id": ..., "truth": [...]}')
@@ -486,6 +483,11 @@ class Feedback:
             raise FeedbackError(f"feedback has no {' and no '.join(repr(k) for k in missing)}")
         prediction = self.ids.verify(payload["id"], now, self.max_age)
         scores = score(prediction, self.ids.classes, payload["truth"])
+        # Charged only for a verified id with well-formed truth: a flood of junk is refused by the
+        # checks above (cheap, no disk) and cannot use up the rate of legitimate senders.
+        if self._bucket is not None and not self._bucket.take(time.monotonic() if clock is None else clock):
+            raise FeedbackError(f"too much feedback: this replica takes {self.rate:g} per second per worker "
+                                "(--feedback-rate); slow down and retry", 429)
         first = self.store.record(prediction, now)
         if first is not None:
             raise FeedbackError(f"feedback for this prediction was already recorded "

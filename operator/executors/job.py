@@ -81,17 +81,22 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
     request = req.document(STORE_MOUNT)
 
     def step(name: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+        # `-P` and workingDir `/`: nothing writable is ever on the import path. With `-m` Python
+        # would put the working directory first, and a directory the convert step could write
+        # (its /tmp, were it shared) would let the artifact's code run inside the trusted steps.
         return {
             "name": name,
             "image": settings.image,
-            "command": ["python", "-m", "serin.converters.job", name],
+            "command": ["python", "-P", "-m", "serin.converters.job", name],
+            "workingDir": "/",
             "env": [{"name": REQUEST_ENV, "value": request}, {"name": "SERIN_WORK_DIR", "value": WORK_MOUNT}],
             "terminationMessagePolicy": "File",
             "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
                           "limits": {"cpu": settings.cpu, "memory": settings.memory}},
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]}},
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+            # The untrusted step's /tmp is its own: nothing it leaves there reaches fetch or publish.
+            "volumeMounts": [{"name": "convert-tmp" if name == "convert" else "tmp", "mountPath": "/tmp"}, *mounts],
         }
 
     def work(part: str, read_only: bool) -> dict[str, Any]:
@@ -129,6 +134,7 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
                     "containers": [publish],
                     "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": claim}},
                                 {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+                                {"name": "convert-tmp", "emptyDir": {"sizeLimit": "2Gi"}},
                                 {"name": "input", "emptyDir": {"sizeLimit": "4Gi"}},
                                 {"name": "output", "emptyDir": {"sizeLimit": "4Gi"}},
                                 *({"name": f"source-{i}", "persistentVolumeClaim": {"claimName": c, "readOnly": True}}
@@ -178,6 +184,18 @@ def result_from_pod(pod: dict[str, Any] | None, uri: str) -> ConversionResult | 
     return None
 
 
+# Answers to a create that no retry changes: invalid (a limit, a name), forbidden (RBAC, an
+# admission policy), unprocessable (an admission policy's denial, a schema).
+REFUSALS = frozenset({400, 403, 422})
+
+
+def _api_message(err: ApiException) -> str:
+    try:
+        return " ".join(str(json.loads(err.body or b"{}").get("message") or err.reason).split())[:600]
+    except ValueError:
+        return str(err.reason)
+
+
 def _finished(job: Any) -> bool:
     status = job.status
     if status is None:
@@ -195,6 +213,8 @@ class JobExecutor:
         self.core = client.CoreV1Api(api)
         self.settings = settings
         self.namespaces = namespaces  # () : all namespaces
+        # (namespace, Job name) -> the apiserver's words, for a create it refused for good.
+        self._refused: dict[tuple[str, str], str] = {}
         # A running Job is read every poll_seconds (2 requests): bounded by the conversion limit,
         # and nothing at all once no conversion runs.
         self._poll_seconds = poll_seconds
@@ -216,10 +236,19 @@ class JobExecutor:
         try:
             await self.batch.create_namespaced_job(req.namespace, job_body(req, self.settings))  # type: ignore[arg-type]  # dicts serialise as-is
         except ApiException as err:
-            if err.status != 409:  # already created by an earlier tick or operator
-                raise
+            if err.status == 409:  # already created by an earlier tick or operator
+                return
+            if err.status in REFUSALS:
+                # No attempt will be let through either: the next poll fails the conversion with
+                # the apiserver's own words (an admission policy, RBAC, a quota), not "did not run".
+                self._refused[(req.namespace, job_name(req))] = _api_message(err)
+                return
+            raise
 
     async def poll(self, req: ConversionRequest) -> ConversionResult:
+        refused = self._refused.pop((req.namespace, job_name(req)), None)
+        if refused is not None:
+            return ConversionResult(ConversionState.FAILED, reason=f"the conversion Job was refused: {refused}")
         try:
             job = await self.batch.read_namespaced_job(job_name(req), req.namespace)
         except ApiException as err:

@@ -12,7 +12,7 @@ from serin.operator import pods
 from serin.operator.observations import ServingObservation
 from serin.operator.routing.base import MODE_ANNOTATION, Mode, Router, Seen, Write, parse_mode
 from serin.operator.routing.knative import KnativeRouter
-from serin.operator.routing.standard import GatewayRouter, ReplicaRatioRouter
+from serin.operator.routing.standard import GatewayRouter, ReplicaRatioRouter, deployment_name
 from serin.operator.spec import ModelSpec
 
 log = logging.getLogger("serin.routing")
@@ -54,7 +54,8 @@ class Routing:
 
     def observe(self, router: Router, spec: ModelSpec, seen: Seen) -> ServingObservation:
         obs = router.observe(seen)
-        obs = replace(obs, trouble=pods.trouble(seen.pods) or pods.serving_trouble(obs.not_ready, seen.name))
+        obs = replace(obs, trouble=pods.trouble(seen.pods) or pods.serving_trouble(obs.not_ready, seen.name),
+                      canary_crashes=canary_crashes(router, seen, obs))
         foreign = seen.foreign()
         if foreign:
             return replace(obs, refused=foreign)
@@ -64,6 +65,25 @@ class Routing:
                 f"spec.serving.deploymentMode is {wanted} but the InferenceService runs in {router.mode} mode, "
                 "and KServe cannot change the mode of an InferenceService: delete the InferenceService to move"))
         return obs
+
+
+# The label Knative puts on a revision's Pods.
+KNATIVE_REVISION_LABEL = "serving.knative.dev/revision"
+
+
+def canary_crashes(router: Router, seen: Seen, obs: ServingObservation) -> pods.Crashes | None:
+    """The canary's Pods, told apart from the stable's: Knative labels them with their revision;
+    in Standard mode they are the canary predictor Deployment's (its selector)."""
+    if obs.canary is None or not obs.canary.revision or not seen.pods:
+        return None
+    if router.mode == Mode.KNATIVE:
+        labels = {KNATIVE_REVISION_LABEL: obs.canary.revision}
+    else:
+        name = deployment_name(seen.name, obs.canary.revision)
+        dep = next((d for d in seen.deployments if (d.get("metadata") or {}).get("name") == name), None)
+        labels = dict((((dep or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+    mine = pods.selected(seen.pods, labels)
+    return pods.crashes(mine) if mine else None
 
 
 def parse_gateway(value: str, domain: str = "") -> GatewayRouter | None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -468,4 +471,50 @@ def test_a_version_bad_by_its_own_behaviour_is_rolled_back(platform: Platform, g
         after = load.window(done + 1)
         assert after and by_revision(after).keys() == {"gen1"}, by_revision(after)
     finally:  # the node has room for a few Models at a time
+        p.cluster.kubectl("delete", "model", name, "-n", MODELS, "--wait=false")
+
+
+# -- issue 32 #8: a canary that dies is rolled back, though no request it answered failed --------
+
+def kill_container(container_id: str) -> int:
+    """SIGKILL every process of one container, from the host (as a segfault or the kernel's OOM
+    killer would end it): the node keeps each container in a cgroup of its own under /serin-node
+    (local/node.py). Returns how many processes were killed."""
+    cid = container_id.partition("://")[2]
+    procs = list(Path("/sys/fs/cgroup/pids/serin-node").rglob(f"*{cid}*/cgroup.procs"))
+    pids = {int(x) for f in procs for x in f.read_text().split()}
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def test_a_canary_that_dies_is_rolled_back_though_no_request_failed(platform: Platform, gateway: Any) -> None:
+    p, name = platform, "crashy"
+    load = v1_served_under_load(p, gateway, name)
+    try:
+        # A step long enough that only its death can end it; error rate as the only metric, which
+        # sees no error: the runtime counts errors of requests it answers, and a dead one answers none.
+        apply_model(p, name, "v2", steps=[{"weight": 50, "pause": "10m"}],
+                    analysis={"interval": "3s", "metrics": [{"name": "errors", "builtin": "errorRate", "max": 0.05}]})
+        wait_for("the canary on the route", lambda: route_weights(p, name).get("gen2", 0) > 0, timeout=300, every=0.25)
+        wait_for("the canary answering", lambda: by_revision(load.answers)["gen2"] > 5, timeout=60)
+        selector = get(p.cluster, "deployment", f"{name}-gen2-predictor", "-n", MODELS)["spec"]["selector"]["matchLabels"]
+        pods = json.loads(p.cluster.kubectl("get", "pods", "-n", MODELS, "-o", "json", "-l",
+                                            ",".join(f"{k}={v}" for k, v in selector.items())).stdout)["items"]
+        [runtime] = [cs for pod in pods for cs in pod["status"]["containerStatuses"] if cs["name"] == "kserve-container"]
+        assert kill_container(runtime["containerID"]) > 0
+        s = wait_phase(p, name, "RolledBack", 2, timeout=120)
+        done = load.now()
+        wait_for("answers after the rollback", lambda: load.now() > done + 3, timeout=10)
+    finally:
+        load.stop()
+    try:
+        reason = s["failed"]["reason"]
+        assert "the canary's containers restarted 1 time (0 allowed: spec.analysis.maxRestarts)" in reason, reason
+        assert "container kserve-container" in reason and "(exit 137)" in reason, reason
+        assert s["stable"]["generation"] == 1 and route_weights(p, name) == {"gen1": 100}
+        assert all(r["verdict"] != "Failed" for r in s.get("analysis") or []), "no metric saw it"
+        after = load.window(done + 1)
+        assert after and by_revision(after).keys() == {"gen1"} and not failed(after), by_revision(after)
+    finally:
         p.cluster.kubectl("delete", "model", name, "-n", MODELS, "--wait=false")

@@ -157,7 +157,7 @@ def test_publish_computes_what_the_gates_trust_itself(logreg: tuple[Path, Path],
     rep["sha256"]["onnx"], rep["inputs"] = "0" * 64, "anything:float[1]"
     (src / "report.json").write_text(json.dumps(rep))
     dst = tmp_path / "dst"
-    published = publish(src, dst, logreg[0])
+    published = publish(src, dst, logreg[0], SampleSource(logreg[1]))
     assert published["sha256"]["onnx"] == hashlib.sha256((dst / "model.onnx").read_bytes()).hexdigest()
     (only,) = onnx.load(dst / "model.onnx").graph.input
     assert published["inputs"].startswith(f"{only.name}:float[")
@@ -197,7 +197,7 @@ def test_publish_refuses_what_it_cannot_trust(logreg: tuple[Path, Path], tmp_pat
     spoil(src)
     dst = tmp_path / "dst"
     with pytest.raises(ConversionError, match=message):
-        publish(src, dst, logreg[0])
+        publish(src, dst, logreg[0], SampleSource(logreg[1]))
     assert not dst.exists() or not any(dst.iterdir()), "nothing may be written"
 
 
@@ -268,6 +268,15 @@ def test_publish_computes_the_profile_the_gates_trust(labelled: tuple[Path, Path
     assert (tmp_path / "dst" / "profile.json").read_bytes() == (honest / "profile.json").read_bytes()
 
 
+def test_publish_states_the_task_the_model_has(labelled: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """The operator picks the prediction-shift query by the report's task: publish's, not the claim."""
+    artifact, sample, honest = labelled
+    src = copy_of(honest, tmp_path)
+    rep = json.loads((src / "report.json").read_text())
+    (src / "report.json").write_text(json.dumps({**rep, "task": "regression"}))
+    assert publish(src, tmp_path / "dst", artifact, SampleSource(sample, labels="y"))["task"] == "classification"
+
+
 def swap_columns(p: dict[str, Any]) -> None:
     p["features"][0]["column"], p["features"][1]["column"] = 1, 1
 
@@ -286,6 +295,8 @@ def swap_columns(p: dict[str, Any]) -> None:
                  id="unknown-task"),
     pytest.param(lambda p: p["prediction"].update(kind="regression"), "one number per row", id="wrong-task"),
     pytest.param(lambda p: p.pop("features"), "no features list", id="no-features"),
+    pytest.param(lambda p: p["prediction"].update(classes=["0", "1", "phantom"]), "3 classes for 2 probability",
+                 id="a-phantom-class"),
 ])
 def test_publish_refuses_a_profile_whose_claims_do_not_hold(labelled: tuple[Path, Path, Path], tmp_path: Path,
                                                             change: Any, message: str) -> None:
@@ -296,3 +307,22 @@ def test_publish_refuses_a_profile_whose_claims_do_not_hold(labelled: tuple[Path
     with pytest.raises(ConversionError, match=message):
         publish(src, dst, artifact, SampleSource(sample, labels="y"))
     assert not dst.exists() or not any(dst.iterdir()), "nothing may be written"
+
+
+def test_what_the_untrusted_step_leaves_in_a_working_directory_is_never_imported(tmp_path: Path) -> None:
+    """Found by review: were the steps' /tmp shared and their working directory, `python -m`
+    would put it first on sys.path, and a package the artifact's code wrote there would run in
+    the trusted publish step. The Job runs every step as `python -P -m` from `/` (and convert
+    gets a /tmp of its own): here the same command, from a directory holding such a package."""
+    planted = tmp_path / "serin" / "converters"
+    planted.mkdir(parents=True)
+    (tmp_path / "serin" / "__init__.py").write_text("")
+    (planted / "__init__.py").write_text("")
+    (planted / "job.py").write_text("print('HIJACKED')\n")
+    env = {k: v for k, v in ENV.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    without = subprocess.run([sys.executable, "-m", "serin.converters.job", "publish"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert "HIJACKED" in without.stdout, "control: without -P the planted package runs"
+    safe = subprocess.run([sys.executable, "-P", "-m", "serin.converters.job", "publish"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert "HIJACKED" not in safe.stdout and safe.returncode != 0  # the real step: no request, refused

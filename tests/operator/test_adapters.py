@@ -69,7 +69,13 @@ def test_conversion_job_is_locked_down() -> None:
     steps = [*pod["initContainers"], *pod["containers"]]
     assert [c["name"] for c in steps] == ["fetch", "convert", "publish"]
     for container in steps:
-        assert container["command"] == ["python", "-m", "serin.converters.job", container["name"]]
+        # Nothing writable on the import path (-P, workingDir /), and the untrusted step's /tmp its
+        # own: with a shared /tmp as the working directory, `python -m` would import what convert
+        # left there into publish (found by review).
+        assert container["command"] == ["python", "-P", "-m", "serin.converters.job", container["name"]]
+        assert container["workingDir"] == "/"
+        tmp = next(m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+        assert tmp == ("convert-tmp" if container["name"] == "convert" else "tmp")
         assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                                 "capabilities": {"drop": ["ALL"]}}
         assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}

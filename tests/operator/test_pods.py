@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from clock import at, ts
 from serin.operator.observations import Observations, ServingObservation, Variant
-from serin.operator.pods import MESSAGE_LIMIT, PodTrouble, pod_trouble, trouble
+from serin.operator.pods import MESSAGE_LIMIT, Crashes, PodTrouble, crashes, pod_trouble, selected, trouble
 from serin.operator.rollout import decide
 from serin.operator.spec import parse_spec
 from serin.operator.status import Canary, Status, Version, status_from_dict, status_to_dict
@@ -216,3 +216,31 @@ def test_the_kubelets_alternating_image_pull_states_read_as_one_trouble() -> Non
     a = pod_trouble(pod(containers=[waiting("ErrImagePull", f'rpc error: failed to pull image "{image}": not found')]))
     b = pod_trouble(pod(containers=[waiting("ImagePullBackOff", f'Back-off pulling image "{image}"')]))
     assert a == b and a is not None and image in a.message
+
+
+# -- issue 32 #8: how often a canary's containers died ----------------------------------------------
+
+def restarted(count: int, reason: str, at_s: str, name: str = "kserve-container") -> dict[str, Any]:
+    return {"name": name, "ready": True, "restartCount": count,
+            "state": {"running": {"startedAt": "2026-12-06T00:10:00Z"}},
+            "lastState": {"terminated": {"reason": reason, "exitCode": 137 if reason == "OOMKilled" else 1,
+                                         "finishedAt": f"2026-12-06T00:0{at_s}Z"}}}
+
+
+def test_crashes_count_every_restart_and_failed_pod_and_name_the_latest() -> None:
+    pods_ = [pod("a", phase="Running", containers=[restarted(2, "Error", "1:00")]),
+             pod("b", phase="Running", containers=[restarted(1, "OOMKilled", "5:00"), running(True)]),
+             pod("c", phase="Failed"), pod("d", phase="Running", containers=[running(True)])]
+    got = crashes(pods_)
+    assert got.count == 4
+    assert got.last == "pod b container kserve-container OOMKilled (exit 137)"
+    assert crashes([pod("d", phase="Running", containers=[running(True)])]) == Crashes(0, "")
+
+
+def test_a_versions_pods_are_told_apart_by_their_labels() -> None:
+    mine = pod("canary", phase="Running", containers=[restarted(1, "OOMKilled", "2:00")])
+    mine["metadata"]["labels"]["app"] = "isvc.m-gen2-predictor"
+    other = pod("stable", phase="Running", containers=[restarted(5, "Error", "3:00")])
+    other["metadata"]["labels"]["app"] = "isvc.m-gen1-predictor"
+    assert selected([mine, other], {"app": "isvc.m-gen2-predictor"}) == [mine]
+    assert selected([mine, other], {}) == [], "no selector selects nothing, not everything"

@@ -26,6 +26,7 @@ from serin.operator.observations import (
     ServingObservation,
     Variant,
 )
+from serin.operator.pods import Crashes
 from serin.operator.policy import Policy
 from serin.operator.rollout import (
     ABORT_ANNOTATION,
@@ -398,6 +399,30 @@ CASES = [
         lambda d: d.status.canary is not None and d.status.canary.rollbackReason == "unsupported",
         lambda d: "KServe dropped spec.canary" in d.status.message,
         lambda d: serving_action(d) == at_weight(0))),
+    # -- a canary that dies (issue 32 #8): its restarts, not its error rate ---------------------
+    Case("a-canary-that-was-oom-killed-rolls-back-with-healthy-metrics", LIVE,
+         obs(2, serving=replace(canary_serving(10), canary_crashes=Crashes(
+             1, "pod m-gen2-1 container kserve-container OOMKilled (exit 137)")), measurements=measured()),
+         check_all(
+        lambda d: d.status.phase == "RollingBack",
+        lambda d: d.status.canary is not None and d.status.canary.rollbackReason == "crashed",
+        lambda d: "restarted 1 time (0 allowed: spec.analysis.maxRestarts)" in d.status.message,
+        lambda d: "OOMKilled (exit 137)" in d.status.message,
+        lambda d: serving_action(d) == at_weight(0)), now=20),
+    Case("restarts-within-maxRestarts-are-tolerated", LIVE,
+         obs(2, serving=replace(canary_serving(10), canary_crashes=Crashes(2, "pod p container c Error (exit 1)")),
+             measurements=measured()),
+         check_all(lambda d: d.status.phase != "RollingBack",
+                   lambda d: d.status.canary is not None and d.status.canary.state == "Progressing"),
+         now=20, spec=make_spec(analysis={"interval": "10s", "maxRestarts": 2, "metrics": [
+             {"name": "error-rate", "builtin": "errorRate", "max": 0.01}]})),
+    Case("a-crash-before-traffic-counts-too", replace(PROMOTED, canary=canary()),
+         obs(2, serving=replace(canary_serving(10), canary_crashes=Crashes(1, "pod p container c OOMKilled (exit 137)"))),
+         check_all(lambda d: d.status.canary is not None and d.status.canary.rollbackReason == "crashed"), now=5),
+    Case("crashes-of-another-version-are-not-this-canarys", LIVE,
+         obs(2, serving=replace(canary_serving(10), canary=Variant("file:///store/v3", "m-gen3", True, 10),
+                                canary_crashes=Crashes(3, "x"))),
+         check_all(lambda d: d.status.phase != "RollingBack"), now=5),
     Case("status-serving-reports-mode-and-address", PROMOTED,
          obs(1, serving=only(STABLE.storageUri, mode="Standard", traffic="gateway", url="http://m-ns.example.com")),
          check_all(lambda d: d.status.serving is not None

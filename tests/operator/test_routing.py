@@ -471,3 +471,41 @@ def test_the_route_publishes_the_protocols_and_not_the_pods_metrics() -> None:
     [rule] = route["spec"]["rules"]
     assert [m["path"] for m in rule["matches"]] == [{"type": "PathPrefix", "value": "/v1"},
                                                     {"type": "PathPrefix", "value": "/v2"}]
+
+
+def crashed_pod(labels: dict[str, str], restarts: int) -> dict[str, Any]:
+    return {"metadata": {"name": f"p-{restarts}", "labels": {"serving.kserve.io/inferenceservice": "fraud", **labels}},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": "kserve-container", "ready": True, "restartCount": restarts,
+                "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137,
+                                             "finishedAt": "2026-12-06T00:00:00Z"}}}]}}
+
+
+def test_the_canarys_deaths_are_counted_on_its_own_pods_in_standard_mode() -> None:
+    """Issue 32 #8: the canary predictor Deployment's Pods (by its selector), not the stable's."""
+    isvc = written(GW, Seen("ml", "fraud"), ApplyServing(V1))
+    isvc = written(GW, standard(GW, isvc), ApplyServing(V1, V2, 50))
+    deps = []
+    for name, storage in (("gen1", V1.storageUri), ("gen2", V2.storageUri)):
+        dep = deployment(name, storage)
+        dep["spec"]["selector"] = {"matchLabels": {"app": f"isvc.fraud-{name}-predictor"}}
+        deps.append(dep)
+    pods = (crashed_pod({"app": "isvc.fraud-gen1-predictor"}, 5), crashed_pod({"app": "isvc.fraud-gen2-predictor"}, 2))
+    seen = Seen("ml", "fraud", isvc, tuple(deps), SPLIT_SVC, None, pods, uid="")
+    obs = Routing().observe(ReplicaRatioRouter(), SPEC, seen)
+    assert obs.canary is not None and obs.canary_crashes is not None
+    assert obs.canary_crashes.count == 2 and "OOMKilled (exit 137)" in obs.canary_crashes.last
+    only_stable = Routing().observe(ReplicaRatioRouter(), SPEC, Seen("ml", "fraud", isvc, tuple(deps), SPLIT_SVC,
+                                                                       None, pods[:1]))
+    assert only_stable.canary_crashes is None, "the stable's restarts are not the canary's"
+
+
+def test_the_canarys_deaths_are_counted_on_its_revision_in_knative_mode() -> None:
+    isvc = knative_isvc(V2.storageUri, 10, **traffic("fraud-predictor-00002", "fraud-predictor-00002",
+                                                    "fraud-predictor-00001",
+                                                    {"fraud-predictor-00001": 90, "fraud-predictor-00002": 10}))
+    pods = (crashed_pod({"serving.knative.dev/revision": "fraud-predictor-00001"}, 4),
+            crashed_pod({"serving.knative.dev/revision": "fraud-predictor-00002"}, 1))
+    obs = Routing().observe(KnativeRouter(), SPEC, Seen("ml", "fraud", isvc, pods=pods))
+    assert obs.canary is not None and obs.canary.revision == "fraud-predictor-00002"
+    assert obs.canary_crashes is not None and obs.canary_crashes.count == 1

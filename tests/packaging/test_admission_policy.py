@@ -112,7 +112,7 @@ def service(ns: str) -> dict[str, Any]:
 
 def route(ns: str) -> dict[str, Any]:
     return GatewayRouter(GATEWAY_NS, GATEWAY).route_body(Seen(ns, "fraud", uid="u"), owner(),
-                                                         {"fraud-predictor-gen1": 90, "fraud-predictor-gen2": 10}, 10)
+                                                         {"fraud-gen1-predictor": 90, "fraud-gen2-predictor": 10}, 10)
 
 
 def secret(ns: str) -> dict[str, Any]:
@@ -154,7 +154,7 @@ REFUSED: list[tuple[str, str, Spoil, str, str]] = [
      "jobs", "runs as the ServiceAccount serin-converter"),
     ("job", "a mounted token", lambda j: _pod(j).update(automountServiceAccountToken=True),
      "jobs", "with no token mounted"),
-    ("job", "the host network", lambda j: _pod(j).update(hostNetwork=True), "jobs", "no host namespace"),
+    ("job", "the host network", lambda j: _pod(j).update(hostNetwork=True), "jobs", "in no host or shared process"),
     ("job", "a hostPath", lambda j: _pod(j)["volumes"].append({"name": "host", "hostPath": {"path": "/"}}),
      "jobs", "mounts only scratch"),
     ("job", "a Secret volume", lambda j: _pod(j)["volumes"].append({"name": "s", "secret": {"secretName": "x"}}),
@@ -176,6 +176,23 @@ REFUSED: list[tuple[str, str, Spoil, str, str]] = [
     # (Labels left out would be defaulted from the Pod template's: other labels are written instead.)
     ("job", "no Serin labels", lambda j: j["metadata"].update(labels={"app": "nightly"}),
      "jobs", "only Serin's conversion Jobs"),
+    ("job", "a step running as root", lambda j: _step(j, "publish")["securityContext"].update(runAsUser=0,
+                                                                                        runAsNonRoot=False),
+     "jobs", "unprivileged"),
+    ("job", "a capability added", lambda j: _step(j, "convert")["securityContext"]["capabilities"].update(
+        add=["SYS_PTRACE"]), "jobs", "every capability dropped"),
+    ("job", "a shared process namespace", lambda j: _pod(j).update(shareProcessNamespace=True),
+     "jobs", "shared process namespace"),
+    ("job", "convert as a sidecar", lambda j: _step(j, "convert").update(restartPolicy="Always"),
+     "jobs", "runs the steps fetch, convert, publish"),
+    ("job", "a writable working directory", lambda j: _step(j, "publish").update(workingDir="/tmp"),
+     "jobs", "from /"),
+    ("job", "another claim as the store",
+     lambda j: next(v for v in _pod(j)["volumes"] if v["name"] == "store")["persistentVolumeClaim"].update(
+         claimName="team-b-data"), "jobs", "only publish mounts the store"),
+    ("job", "another namespace's directory of the store",
+     lambda j: next(m for m in _step(j, "publish")["volumeMounts"] if m["name"] == "store").update(
+         subPath="team-b/fraud-g1-0123"), "jobs", "only publish mounts the store"),
     ("service", "a NodePort", lambda s: s["spec"].update(type="NodePort"), "services", "ClusterIP Service"),
     ("service", "external IPs", lambda s: s["spec"].update(externalIPs=["10.0.0.1"]), "services", "no external IPs"),
     ("service", "other Pods selected", lambda s: s["spec"].update(selector={"app": "database"}),
@@ -202,7 +219,19 @@ REFUSED: list[tuple[str, str, Spoil, str, str]] = [
     ("standard-isvc", "another Model's key",
      lambda i: _predictor(i)["model"]["env"].append(
          {"name": "K", "valueFrom": {"secretKeyRef": {"name": "payments-serin-feedback", "key": "key"}}}),
-     "inferenceservices", "reading no Secret but its Model's feedback key"),
+     "inferenceservices", "no Secret but its Model's feedback key"),
+    ("knative-isvc", "the deprecated serviceAccount field", lambda i: _predictor(i).update(serviceAccount="admin"),
+     "inferenceservices", "no containers, ServiceAccount"),
+    ("knative-isvc", "a probe that runs a command", lambda i: _predictor(i)["model"].update(
+        livenessProbe={"exec": {"command": ["sh", "-c", "id"]}}), "inferenceservices", "no image, command, probe"),
+    ("standard-isvc", "PYTHONPATH in the environment",
+     lambda i: _predictor(i)["model"]["env"].append({"name": "PYTHONPATH", "value": "/mnt/models"}),
+     "inferenceservices", "Serin's environment only"),
+    ("knative-isvc", "a payload logger", lambda i: _predictor(i).update(logger={"mode": "all",
+                                                                               "url": "http://collector.elsewhere"}),
+     "inferenceservices", "logger"),
+    ("knative-isvc", "labels that join other Services", lambda i: _predictor(i).update(labels={"app": "payments"}),
+     "inferenceservices", "labels"),
     ("knative-isvc", "a transformer",
      lambda i: i["spec"].update(transformer={"containers": [{"name": "t", "image": "docker.io/library/busybox"}]}),
      "inferenceservices", "a predictor only"),
@@ -210,7 +239,14 @@ REFUSED: list[tuple[str, str, Spoil, str, str]] = [
      "httproutes", "attaches only to the Gateway"),
     ("httproute", "a Service of another namespace",
      lambda r: r["spec"]["rules"][0]["backendRefs"][0].update(namespace="kube-system"),
-     "httproutes", "only to Services of its own namespace"),
+     "httproutes", "only to its Model's predictor Services"),
+    ("httproute", "another Model's hostname", lambda r: r["spec"].update(hostnames=["payments-team-a.example.com"]),
+     "httproutes", "serves only its Model's hostname"),
+    ("httproute", "a path of its own", lambda r: r["spec"]["rules"][0]["matches"].append(
+        {"path": {"type": "PathPrefix", "value": "/login"}}), "httproutes", "on the /v1 and /v2 paths"),
+    ("httproute", "a Service that is not a predictor",
+     lambda r: r["spec"]["rules"][0]["backendRefs"][0].update(name="payments-db"),
+     "httproutes", "only to its Model's predictor Services"),
     ("httproute", "a mirror filter",
      lambda r: r["spec"]["rules"][0].update(filters=[{"type": "RequestMirror", "requestMirror": {
          "backendRef": {"name": "collector", "port": 80}}}]),
@@ -262,6 +298,16 @@ def test_objects_that_are_not_serins_cannot_be_changed_or_deleted(policed: Polic
         ok, out = policed.as_operator("apply", "--server-side", "--field-manager=serin", "-f", "-",
                                       input=json.dumps(takeover))
         assert not ok and f"-operator-{policy}'" in out and "changes no" in out, out
+    # Labelled as Serin's but owned by no Model (KServe copies an InferenceService's labels onto
+    # the Services it makes): still not the operator's to change.
+    labelled = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "fraud-gen1-predictor", "namespace": ns,
+                                                                   "labels": dict(labels)},
+                "spec": {"selector": {"app": "x"}, "ports": [{"port": 80}]}}
+    cp.kubectl("create", "-f", "-", input=json.dumps(labelled))
+    ok, out = policed.as_operator("apply", "--server-side", "--field-manager=serin", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "fraud-gen1-predictor", "namespace": ns,
+                                                             "annotations": {"serin.dev/canary": "gen2"}}}))
+    assert not ok and "-operator-services'" in out and "changes no" in out, out
     ok, out = policed.as_operator("delete", "job", "nightly", "-n", ns, "--wait=false")
     assert not ok and "-operator-jobs" in out and "only Serin's conversion Jobs" in out, out
     # A conversion Job of Serin's is the operator's to delete (superseded, or past its timeout).
@@ -270,4 +316,19 @@ def test_objects_that_are_not_serins_cannot_be_changed_or_deleted(policed: Polic
     cp.kubectl("create", "-f", "-", input=json.dumps(ours))
     name = ours["metadata"]["name"]
     ok, out = policed.as_operator("delete", "job", name, "-n", ns, "--wait=false")
+    assert ok, out
+
+
+def test_a_models_spec_is_never_the_operators_to_change(policed: Policed) -> None:
+    """The operator patches Models only to take off the annotations it acted upon."""
+    cp, ns = policed.cp, policed.ns
+    model = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model",
+             "metadata": {"name": "fraud", "namespace": ns, "annotations": {"serin.dev/abort": "2"}},
+             "spec": {"source": {"uri": "pvc://models/m.joblib", "sampleUri": "pvc://models/s.csv"}}}
+    cp.kubectl("create", "-f", "-", input=json.dumps(model))
+    ok, out = policed.as_operator("patch", "model", "fraud", "-n", ns, "--type=merge", "-p",
+                                  json.dumps({"spec": {"source": {"uri": "pvc://models/evil.joblib"}}}))
+    assert not ok and "-operator-models'" in out and "never changes a Model's spec" in out, out
+    ok, out = policed.as_operator("patch", "model", "fraud", "-n", ns, "--type=merge", "-p",
+                                  json.dumps({"metadata": {"annotations": {"serin.dev/abort": None}}}))
     assert ok, out

@@ -552,7 +552,7 @@ def test_admission_policies_hold_the_operators_identity_to_the_configured_images
     objects = helm.objects(CUSTOM_IMAGES, namespace="ops")
     policies = find(objects, "ValidatingAdmissionPolicy")
     bindings = find(objects, "ValidatingAdmissionPolicyBinding")
-    kinds = ("jobs", "services", "secrets", "inferenceservices", "httproutes")
+    kinds = ("jobs", "services", "secrets", "inferenceservices", "httproutes", "models")
     assert sorted(p["metadata"]["name"] for p in policies) == sorted(f"serin-operator-{k}" for k in kinds)
     assert {b["spec"]["policyName"] for b in bindings} == {p["metadata"]["name"] for p in policies}
     assert all(b["spec"]["validationActions"] == ["Deny"] for b in bindings)

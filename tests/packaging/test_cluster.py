@@ -499,3 +499,24 @@ def test_operator_as_its_service_account_runs_conversion_jobs(
     finally:
         op.stop()
     assert forbidden_in_log(op) == []
+
+
+def test_a_conversion_job_the_admission_policy_refuses_fails_the_conversion_saying_why(
+        crds: ControlPlane, cluster_wide: Release, prometheus: Prometheus, artifacts: Artifacts,
+        tmp_path: Path) -> None:
+    """An operator set up with another converter image than the chart's (a misconfiguration, or a
+    compromised operator) gets its Jobs refused by the chart's admission policy: the Model's
+    conversion fails at once with the apiserver's reason, not after retries as "did not run"."""
+    ns = cluster_wide.watched[2]  # a namespace no other test converts in
+    op = operate_as(cluster_wide, crds, prometheus, tmp_path, watch=None, store="pvc://serin-models",
+                    SERIN_EXECUTOR="job", SERIN_CONVERTER_IMAGE="docker.io/library/python:3.11")
+    c = Cluster(crds, ns, artifacts, op)
+    op.start()
+    try:
+        c.apply(artifacts.good_v1)
+        reason = c.wait_phase("Failed", generation=1, timeout=60)["status"]["failed"]["reason"]
+        assert "the conversion Job was refused" in reason and "-operator-jobs" in reason, reason
+        assert "runs the steps fetch, convert, publish of " + CONVERTER_IMAGE in reason, reason
+        assert json.loads(crds.kubectl("get", "jobs", "-n", ns, "-o", "json").stdout)["items"] == []
+    finally:
+        op.stop()

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.packaging
 # the ServingRuntime's server).
 IMAGES = {
     "operator/Dockerfile": ["serin"],
-    "converters/Dockerfile": ["python", "-m", "serin.converters.job"],
+    "converters/Dockerfile": ["python", "-P", "-m", "serin.converters.job"],
     "runtime/Dockerfile": ["python", "-m", "serin.runtime"],
 }
 

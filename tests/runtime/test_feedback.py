@@ -324,6 +324,13 @@ def test_a_flood_of_feedback_gets_429_beyond_the_rate(tmp_path: Path) -> None:
     with pytest.raises(fb.FeedbackError) as flood:
         take.take({"id": tokens[6], "truth": [0]}, now=1010, clock=50.5)
     assert flood.value.status == 429 and "--feedback-rate" in flood.value.message
+    # Junk is refused before it is charged: forged ids cannot use up the rate of real senders.
+    fresh = fb.Feedback(issue, store, None, max_age=3600, rate=2.0)
+    for _ in range(20):
+        with pytest.raises(fb.FeedbackError) as forged:
+            fresh.take({"id": "AAAA" + tokens[7][4:], "truth": [0]}, now=1010, clock=60.0)
+        assert forged.value.status == 404
+    assert fresh.take({"id": tokens[7], "truth": [0]}, now=1010, clock=60.0)["rows"] == 1
     store.close()
 
 
