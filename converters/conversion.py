@@ -164,7 +164,7 @@ def _convert(request: Request, rep: dict[str, Any]) -> None:
                          request.bins, truth=truth)
     prof["batching"] = parity.batching(model_bytes, sample.feeds())
     rep["batching"] = prof["batching"]
-    rep["sha256"]["onnx"] = _sha256(model_bytes)
+    rep["sha256"]["onnx"] = sha256_hex(model_bytes)
     rep["inputs"] = input_signature(onnx_model)
     # model.onnx and profile.json first, report.json last: a passing report implies both exist.
     report.write_atomic(request.out / report.MODEL_FILE, model_bytes)
@@ -218,7 +218,7 @@ def _input_dtypes(model: onnx.ModelProto) -> dict[str, str]:
             if i.type.tensor_type.elem_type in names}
 
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()

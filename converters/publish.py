@@ -26,7 +26,6 @@ is credited with (the predicted class has the highest).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -78,7 +77,7 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
 
 def _onnx_model(data: bytes) -> Any:
     import onnx
-    from onnx.external_data_helper import uses_external_data
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     try:
         model = onnx.load_from_string(data)
@@ -86,16 +85,10 @@ def _onnx_model(data: bytes) -> Any:
         raise PublishError(f"the conversion's model.onnx is not an ONNX model ({type(exc).__name__})") from None
     if not model.graph.node:
         raise PublishError("the conversion's model.onnx has an empty graph")
-    from onnx.external_data_helper import _get_all_tensors
-
     if any(uses_external_data(t) for t in _get_all_tensors(model)):
         raise PublishError("the conversion's model.onnx refers to external data files; a served model "
                            "must hold its tensors itself")
     return model
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -157,8 +150,9 @@ def reference(claimed: dict[str, Any], model_bytes: bytes, model: Any, source: S
     task = {"classification": CLASSIFICATION, "regression": REGRESSION}.get(str(kind))
     if task is None:
         raise PublishError("the conversion's profile says neither classification nor regression")
+    feeds = sample.feeds()
     try:
-        raw = parity.run_onnx(model_bytes, sample.feeds())
+        raw = parity.run_onnx(model_bytes, feeds)
     except Exception as exc:  # onnxruntime's Fail / InvalidArgument / NotImplemented
         raise PublishError(f"onnxruntime cannot run the conversion's model on the sample: "
                            f"{' '.join(str(exc).split())[:200]}") from None
@@ -184,7 +178,7 @@ def reference(claimed: dict[str, Any], model_bytes: bytes, model: Any, source: S
         raise PublishError("the conversion's model.onnx does not answer one number per row, as a regressor's does")
     outputs = parity.onnx_outputs(raw, task)
     built = profile.build(sample, outputs, task, classes, model.graph.output[0].name, source.bins, truth=truth)
-    built["batching"] = parity.batching(model_bytes, sample.feeds())
+    built["batching"] = parity.batching(model_bytes, feeds)
     return built
 
 
@@ -194,7 +188,7 @@ def publish(src: Path, dst: Path, artifact: Path | None, sample: SampleSource) -
     its parity figures remain the untrusted step's claim (docs/security.md).
     A report that did not pass is returned as it is, and nothing is written (the caller reports
     the failure)."""
-    from serin.converters.conversion import input_signature
+    from serin.converters.conversion import input_signature, sha256_hex
 
     rep = _json_object(read_regular(src / report.REPORT_FILE, MAX_REPORT_BYTES, "report"), "report")
     if rep.get("passed") is not True:

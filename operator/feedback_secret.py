@@ -32,11 +32,11 @@ from serin.operator.names import bounded
 from serin.operator.routing.base import FEEDBACK_SECRET_KEY, feedback_secret_name
 
 
-def secret_body(model_meta: dict[str, Any], owner: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-    """The Model's feedback Secret as the operator creates it (with a new random key unless `key`
-    is given): Opaque, Serin's labels, owned by the Model. The chart's admission policy accepts
-    exactly this shape from the operator."""
-    key = key if key is not None else secrets.token_hex(32)
+def secret_body(model_meta: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    """The Model's feedback Secret as the operator creates it, with a new random key: Opaque,
+    Serin's labels, owned by the Model. The chart's admission policy accepts exactly this shape
+    from the operator."""
+    key = secrets.token_hex(32)
     model = model_meta["name"]
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",

@@ -17,6 +17,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 from serin.operator import pods as pods_
 from serin.operator.executors.base import REQUEST_ENV, ConversionRequest, result_from_summary
+from serin.operator.kube import api_message
 from serin.operator.names import bounded
 from serin.operator.observations import ConversionResult, ConversionState
 
@@ -189,13 +190,6 @@ def result_from_pod(pod: dict[str, Any] | None, uri: str) -> ConversionResult | 
 REFUSALS = frozenset({400, 403, 422})
 
 
-def _api_message(err: ApiException) -> str:
-    try:
-        return " ".join(str(json.loads(err.body or b"{}").get("message") or err.reason).split())[:600]
-    except ValueError:
-        return str(err.reason)
-
-
 def _finished(job: Any) -> bool:
     status = job.status
     if status is None:
@@ -241,7 +235,7 @@ class JobExecutor:
             if err.status in REFUSALS:
                 # No attempt will be let through either: the next poll fails the conversion with
                 # the apiserver's own words (an admission policy, RBAC, a quota), not "did not run".
-                self._refused[(req.namespace, job_name(req))] = _api_message(err)
+                self._refused[(req.namespace, job_name(req))] = " ".join(api_message(err).split())[:600]
                 return
             raise
 
