@@ -234,7 +234,7 @@ class ClusterBench:
         def load() -> LoadGenerator:
             assert p.gateway is not None
             return LoadGenerator(p.gateway.address, name, rate=RATE, rows=ROWS, max_seconds=900,
-                                 host=f"{name}-{ns}.example.com")
+                                 host=f"{name}.{ns}.example.com")
 
         try:
             return rollout(self.name, kind, f"{ns}/{name}", get, apply, load, new, "gen2")

@@ -260,7 +260,7 @@ def run_cluster(home: Path) -> int:
         apply("v1")
         follow(k, tl, prom, lambda s: s.get("phase") == "Promoted", None)
         assert platform.gateway is not None
-        host = f"{NAME}-{NAMESPACE}.example.com"
+        host = f"{NAME}.{NAMESPACE}.example.com"
         load = LoadGenerator(platform.gateway.address, NAME, rate=40, rows=20, host=host).start()
         tl.say(f"sending 40 requests/s of 20 rows through the Gateway ({platform.gateway.address}, Host: {host})")
         time.sleep(5)

@@ -321,7 +321,7 @@ def print_usage_hint(state: dict) -> None:
         print(f"  kubectl apply -f {REPO_ROOT / 'manifests' / 'examples' / 'platform'}/   # one Model per format")
         print(f"  Your own: Models go in namespace {ns}; copy an artifact under {state['sources']}/ and point "
               f"spec.source.uri at pvc://sources/<its path there>")
-        print(f"  a Model's endpoint: curl -H 'Host: <model>-{ns}.{state['gatewayDomain']}' "
+        print(f"  a Model's endpoint: curl -H 'Host: <model>.{ns}.{state['gatewayDomain']}' "
               f"{state['gateway']}/v2/models/<model>/infer")
     if state.get("logs"):
         print(f"  logs: {state['logs']}/" + (f"  operator metrics: {state['operatorMetrics']}"

@@ -10,11 +10,14 @@ here).
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
@@ -51,8 +54,10 @@ class LoadGenerator:
     # feedback endpoint, `feedback_delay` seconds after the answer: labels that arrive later.
     feedback: float = 0.0
     feedback_delay: float = 0.0
+    feedback_token: str = ""  # the Model's sender token (its Secret {model}-serin-feedback, key "token")
     answers: list[Answer] = field(default_factory=list)
     feedback_answers: list[Answer] = field(default_factory=list)
+    told_ids: list[str] = field(default_factory=list)  # the prediction ids truth was sent for
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _t0: float = 0.0
@@ -136,15 +141,25 @@ class LoadGenerator:
         if self.feedback_delay > 0:
             await asyncio.sleep(self.feedback_delay)
         truth = true_labels(rows).tolist()  # the rows as sent: the world they came from
+        self.told_ids.append(prediction_id)
         sent = time.monotonic()
         try:
             async with session.post(f"{self.url}/v2/models/{self.model}/feedback",
-                                    json={"id": prediction_id, "truth": truth}) as resp:
+                                    json={"id": prediction_id, "truth": truth},
+                                    headers={"Authorization": f"Bearer {self.feedback_token}"}) as resp:
                 await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError):
             status = 0
         self.feedback_answers.append(Answer(sent - self._t0, status, revision, time.monotonic() - sent))
+
+
+def sender_token(kubectl: Callable[..., Any], model: str, namespace: str) -> str:
+    """The Model's feedback sender token, read as its labelling pipeline would: the key "token" of
+    the Secret {model}-serin-feedback the operator made (`kubectl` runs kubectl with its arguments
+    and returns the CompletedProcess)."""
+    out = kubectl("get", "secret", f"{model}-serin-feedback", "-n", namespace, "-o", "jsonpath={.data.token}")
+    return base64.b64decode(out.stdout).decode()
 
 
 def _in_local_cluster(host: str) -> bool:

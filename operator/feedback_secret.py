@@ -29,21 +29,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from serin.operator.names import bounded
-from serin.operator.routing.base import FEEDBACK_SECRET_KEY, feedback_secret_name
+from serin.operator.routing.base import FEEDBACK_SECRET_KEY, FEEDBACK_SECRET_TOKEN, feedback_secret_name
 
 
 def secret_body(model_meta: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
-    """The Model's feedback Secret as the operator creates it, with a new random key: Opaque,
-    Serin's labels, owned by the Model. The chart's admission policy accepts exactly this shape
-    from the operator."""
-    key = secrets.token_hex(32)
+    """The Model's feedback Secret as the operator creates it, with a new random key (signs
+    prediction ids) and sender token (lets a sender tell their truth): Opaque, Serin's labels, owned
+    by the Model. The chart's admission policy accepts exactly this shape from the operator."""
     model = model_meta["name"]
+    values = {FEEDBACK_SECRET_KEY: secrets.token_hex(32), FEEDBACK_SECRET_TOKEN: secrets.token_hex(32)}
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": feedback_secret_name(model), "namespace": model_meta["namespace"],
                      "labels": {"app.kubernetes.io/managed-by": "serin", "serin.dev/model": bounded(model)},
                      "ownerReferences": [owner]},
-        "data": {FEEDBACK_SECRET_KEY: base64.b64encode(key.encode()).decode()},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
     }
 
 

@@ -40,6 +40,11 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 INLINE_RUN_BUDGET_S = 0.002
 
 
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The value of header `name` (lowercase), the first if repeated."""
+    return next((value for key, value in scope["headers"] if key == name), None)
+
+
 def _error(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
@@ -208,6 +213,7 @@ class App:
                 raise RequestError("this model takes no feedback: "
                                    + ("monitoring is disabled" if self.feedback is None else
                                       "its task (classification or regression) is unknown"), 404)
+            self.feedback.senders.check(_header(scope, b"authorization"))
             payload = parse_json(body)
             answer = await asyncio.get_running_loop().run_in_executor(
                 self._feedback_thread, self.feedback.take, payload)

@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
                    "beyond, feedback gets 503 until older ids age out")
     p.add_argument("--feedback-rate", type=float, default=50.0,
                    help="feedback taken per second per worker, bursts of twice that (429 beyond); 0: no limit")
+    p.add_argument("--feedback-senders", choices=("token", "anyone"), default="token",
+                   help="who may send ground truth: holders of the sender token in $SERIN_FEEDBACK_TOKEN "
+                   "(`Authorization: Bearer`; without one, feedback is refused), or anyone reaching the "
+                   "runtime (a runtime of your own behind your own authentication)")
     p.add_argument("--model_sha256", "--model-sha256", dest="model_sha256",
                    default=os.environ.get("SERIN_MODEL_SHA256", ""),
                    help="serve model.onnx only if it has this digest (default: $SERIN_MODEL_SHA256; "
@@ -111,7 +115,7 @@ def main(argv: list[str]) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="serin-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
-    from serin.runtime.feedback import KEY_ENV
+    from serin.runtime.feedback import KEY_ENV, TOKEN_ENV
     from serin.runtime.server import ServeConfig, serve
 
     feedback_key = os.environ.get(KEY_ENV, "")
@@ -121,6 +125,9 @@ def main(argv: list[str]) -> int:
         feedback_key = os.environ[KEY_ENV] = secrets.token_hex(32)
         log.warning("%s is not set: prediction ids are signed with a key of this process only "
                     "(feedback must reach this replica before it restarts)", KEY_ENV)
+    feedback_token = os.environ.get(TOKEN_ENV, "")
+    if args.monitoring and args.feedback_senders == "token" and not feedback_token:
+        log.warning("%s is not set: feedback is refused (403); set it, or --feedback-senders anyone", TOKEN_ENV)
     state_dir: Path | None = args.state_dir
     own_state_dir = None
     if args.monitoring and state_dir is None:
@@ -136,6 +143,7 @@ def main(argv: list[str]) -> int:
         feedback_key=feedback_key if args.monitoring else "", state_dir=state_dir,
         feedback_max_age=args.feedback_max_age, feedback_max_ids=args.feedback_max_ids,
         feedback_rate=args.feedback_rate, model_sha256=args.model_sha256,
+        feedback_token=feedback_token, feedback_senders_anyone=args.feedback_senders == "anyone",
     )
     from serin.runtime.model import ModelRefused
 

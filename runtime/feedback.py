@@ -39,6 +39,9 @@ from serin.runtime.model import Task
 log = logging.getLogger("serin.runtime.feedback")
 
 KEY_ENV = "SERIN_FEEDBACK_KEY"
+# The sender token: what a feedback request must carry (`Authorization: Bearer ...`). Apart from the
+# key on purpose: the key mints ids (what was predicted), the token only tells truth about them.
+TOKEN_ENV = "SERIN_FEEDBACK_TOKEN"
 TOKEN_VERSION = 1
 # An id carries the prediction itself: beyond this many bytes (a few hundred rows of a binary
 # classifier) the answer gets no feedback id, and feedback must be sent per smaller request.
@@ -460,11 +463,40 @@ class TokenBucket:
         return True
 
 
+@dataclass(frozen=True)
+class Senders:
+    """Who may send truth. An id proves which prediction it names, not who sends its truth: anyone
+    who got an answer (any inference client reaching the Gateway) holds ids, and with them could
+    tell a canary it was right every time. So truth is taken only from holders of the Model's sender
+    token (the operator's Secret, key `token`, read by the team's labelling pipeline), or from anyone
+    when the runtime is told so (`--feedback-senders anyone`: a runtime of one's own, not Serin's)."""
+
+    token: str = ""
+    anyone: bool = False
+    secret: str = "{model}-serin-feedback"  # where Serin keeps the token: named in refusals
+
+    def check(self, authorization: bytes | None) -> None:
+        """Raises FeedbackError (401, or 403 when no token is configured) unless the request's
+        Authorization header value lets it send truth."""
+        if self.anyone:
+            return
+        if not self.token:
+            raise FeedbackError(f"this replica has no feedback sender token ({TOKEN_ENV}, the key 'token' of "
+                                f"Secret {self.secret}): feedback is refused", 403)
+        scheme, _, given = (authorization or b"").decode("latin-1").strip().partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise FeedbackError(f"feedback needs 'Authorization: Bearer <token>', the key 'token' of "
+                                f"Secret {self.secret}", 401)
+        if not hmac.compare_digest(given.strip().encode("latin-1"), self.token.encode("latin-1", "replace")):
+            raise FeedbackError("wrong feedback sender token", 401)
+
+
 class Feedback:
     """The feedback endpoint's logic for one worker: limit, verify, deduplicate, score, count."""
 
     def __init__(self, ids: PredictionIds, store: SeenStore, metrics: Any, max_age: float,
-                 rate: float = DEFAULT_RATE) -> None:
+                 rate: float = DEFAULT_RATE, senders: Senders | None = None) -> None:
+        self.senders = senders if senders is not None else Senders()
         self.ids = ids
         self.store = store
         self.metrics = metrics  # serin.runtime.monitoring.FeedbackMetrics, or None

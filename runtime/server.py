@@ -56,6 +56,8 @@ class ServeConfig:
     feedback_max_age: float = 7 * 24 * 3600.0
     feedback_max_ids: int = 1_000_000  # feedback.DEFAULT_MAX_IDS
     feedback_rate: float = 50.0  # feedback.DEFAULT_RATE, per worker; 0: no limit
+    feedback_token: str = ""  # who may send truth (feedback.Senders): holders of this token ...
+    feedback_senders_anyone: bool = False  # ... or anyone; with neither, feedback is refused
     model_sha256: str = ""  # model.onnx must have this digest ("" : not checked)
 
 
@@ -125,8 +127,9 @@ def build_feedback(cfg: ServeConfig, model: OnnxModel) -> Feedback | None:
     ids = fb.PredictionIds(fb.key_from(cfg.feedback_key), cfg.name, cfg.revision, model.task,
                            fb.probability_output(model.task, model.outputs))
     store = fb.SeenStore(cfg.state_dir / "feedback-seen.sqlite", cfg.feedback_max_age, cfg.feedback_max_ids)
+    senders = fb.Senders(cfg.feedback_token, cfg.feedback_senders_anyone, f"{cfg.name}-serin-feedback")
     return fb.Feedback(ids, store, FeedbackMetrics(cfg.name, cfg.revision, model.task), cfg.feedback_max_age,
-                       cfg.feedback_rate)
+                       cfg.feedback_rate, senders)
 
 
 def run_worker(cfg: ServeConfig, sock: socket.socket | None = None) -> None:

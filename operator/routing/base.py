@@ -32,6 +32,10 @@ MODEL_SHA256_ENV = "SERIN_MODEL_SHA256"
 # sent to any replica of either version, also after restarts.
 FEEDBACK_KEY_ENV = "SERIN_FEEDBACK_KEY"
 FEEDBACK_SECRET_KEY = "key"
+# Who may send ground truth: holders of the sender token, kept in the same Secret (key "token"),
+# which the team's labelling pipeline reads; an answered client holds ids but not this.
+FEEDBACK_TOKEN_ENV = "SERIN_FEEDBACK_TOKEN"
+FEEDBACK_SECRET_TOKEN = "token"
 # Where the runtime keeps the ids that got their ground truth (runtime/cli.py picks it up when it is
 # a writable directory): an emptyDir, so a duplicate is still refused after a container restart.
 STATE_VOLUME, STATE_DIR = "serin-state", "/var/lib/serin"
@@ -157,10 +161,12 @@ def model_spec(version: Served, spec: ModelSpec, revision: str | None = None, mo
     if version.sha256:
         env.append({"name": MODEL_SHA256_ENV, "value": version.sha256})
     if model:
-        env.append({"name": FEEDBACK_KEY_ENV, "valueFrom": {"secretKeyRef": {
-            # optional: a predictor whose Secret is missing (an operator without the right to create
-            # it) still serves; it signs ids with a key of its own, valid on that replica only.
-            "name": feedback_secret_name(model), "key": FEEDBACK_SECRET_KEY, "optional": True}}})
+        # optional: a predictor whose Secret is missing (an operator without the right to create
+        # it) still serves; it signs ids with a key of its own, valid on that replica only, and
+        # without a sender token it refuses all feedback.
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {
+            "name": feedback_secret_name(model), "key": key, "optional": True}}}
+            for var, key in ((FEEDBACK_KEY_ENV, FEEDBACK_SECRET_KEY), (FEEDBACK_TOKEN_ENV, FEEDBACK_SECRET_TOKEN))]
     if state_volume:
         container["volumeMounts"] = [{"name": STATE_VOLUME, "mountPath": STATE_DIR}]
     if env:

@@ -66,6 +66,18 @@ def deployment_name(isvc: str, predictor: str) -> str:
     return f"{isvc}-{predictor}-predictor" if predictor else f"{isvc}-predictor"
 
 
+def model_hostname(model: str, namespace: str, domain: str) -> str:
+    """Where a Model is published: `{model}.{namespace}.{domain}`, Knative's default template.
+
+    KServe's default, `{model}-{namespace}.{domain}`, is ambiguous: Model `a-b` in namespace `c` and
+    `a` in `b-c` get one hostname, and whichever route came first would take the other tenant's
+    traffic. Neither a namespace nor a Model's name (the CRD holds it to a DNS label) has a dot, so
+    this form names one Model only, and a Gateway can give each namespace a listener of its own
+    (`*.{namespace}.{domain}`) that no other namespace's route can attach to.
+    """
+    return f"{model}.{namespace}.{domain}"
+
+
 def split_service_name(model: str) -> str:
     return f"{model}-serin"
 
@@ -283,8 +295,7 @@ class GatewayRouter:
         return ("deployments", "route")
 
     def hostname(self, seen: Seen) -> str:
-        # KServe's default domainTemplate: {{ .Name }}-{{ .Namespace }}.{{ .IngressDomain }}
-        return f"{seen.name}-{seen.namespace}.{self.domain}"
+        return model_hostname(seen.name, seen.namespace, self.domain)
 
     def observe(self, seen: Seen) -> ServingObservation:
         url = f"http://{self.hostname(seen)}"

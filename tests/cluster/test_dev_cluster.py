@@ -88,7 +88,7 @@ def answer(state: dict, name: str, timeout: float = 15) -> dict:
         f"{state['gateway']}/v2/models/{name}/infer", method="POST",
         data=json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
                                      "data": [5.1, 3.5, 1.4, 0.2]}]}).encode(),
-        headers={"Host": f"{name}-{state['namespace']}.{state['gatewayDomain']}", "Content-Type": "application/json"})
+        headers={"Host": f"{name}.{state['namespace']}.{state['gatewayDomain']}", "Content-Type": "application/json"})
     # Right after Promoted Traefik can answer 503 for a few hundred ms: the HTTPRoute's status is
     # written before its router has the route (harness.from_first_served, docs/serving.md).
     deadline = time.monotonic() + timeout

@@ -27,7 +27,7 @@ from harness import from_first_served, wait_for
 from serin.local import demo_models
 from serin.local.cluster import Cluster
 from serin.local.cluster_platform import MODEL_RESOURCES, RELEASE, SYSTEM, ClusterPlatform, bring_up
-from serin.local.loadgen import Answer, LoadGenerator
+from serin.local.loadgen import Answer, LoadGenerator, sender_token
 
 MODELS = "models"
 
@@ -138,9 +138,11 @@ def test_first_version_serves_in_standard_mode_from_real_pods(platform: Platform
     # The feedback key: a Secret the operator made for the Model (owned by it), read by the Pod;
     # the state volume where the ids that got their truth outlive container restarts.
     secret = get(p.cluster, "secret", f"{name}-serin-feedback", "-n", MODELS)
-    assert secret["metadata"]["ownerReferences"][0]["kind"] == "Model" and secret["data"]["key"]
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "Model" and secret["data"]["key"] and secret["data"]["token"]
     env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
     assert env["SERIN_FEEDBACK_KEY"]["valueFrom"]["secretKeyRef"]["name"] == f"{name}-serin-feedback"
+    assert env["SERIN_FEEDBACK_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": f"{name}-serin-feedback",
+                                                                        "key": "token", "optional": True}
     assert {"name": "serin-state", "mountPath": "/var/lib/serin"} in [
         {k: m[k] for k in ("name", "mountPath")} for m in pod["spec"]["containers"][0]["volumeMounts"]]
     load = LoadGenerator(f"http://{service_ip(p, f'{name}-serin')}", name, rate=20, max_seconds=30,
@@ -203,9 +205,9 @@ def gateway(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Ite
     yield gw
 
 
-def gateway_load(gw: Any, name: str, rate: float = 40, feedback: float = 0.0) -> LoadGenerator:
-    return LoadGenerator(gw.address, name, rate=rate, max_seconds=600, host=f"{name}-{MODELS}.example.com",
-                         feedback=feedback, feedback_delay=0.5).start()
+def gateway_load(gw: Any, name: str, rate: float = 40, feedback: float = 0.0, token: str = "") -> LoadGenerator:
+    return LoadGenerator(gw.address, name, rate=rate, max_seconds=600, host=f"{name}.{MODELS}.example.com",
+                         feedback=feedback, feedback_delay=0.5, feedback_token=token).start()
 
 
 def route_weights(p: Platform, name: str) -> dict[str, int]:
@@ -214,8 +216,11 @@ def route_weights(p: Platform, name: str) -> dict[str, int]:
             for b in route["spec"]["rules"][0]["backendRefs"]}
 
 
-def through_gateway(gw: Any, host: str, path: str) -> int:
-    request = urllib.request.Request(f"{gw.address}{path}", headers={"Host": host})
+def through_gateway(gw: Any, host: str, path: str, body: Any = None) -> int:
+    """The status of a GET (or, with `body`, a JSON POST) of `path` at `host` through the Gateway."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{gw.address}{path}", data=data,
+                                     headers={"Host": host, "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=10) as reply:
             return int(reply.status)
@@ -227,10 +232,10 @@ def test_gateway_walks_10_50_and_promotes_with_exact_weights_and_no_failed_reque
     p, name = platform, "fraud"
     apply_model(p, name, "v1")
     s = wait_phase(p, name, "Promoted", 1)
-    assert s["serving"]["traffic"] == "gateway" and s["serving"]["url"] == f"http://{name}-{MODELS}.example.com"
+    assert s["serving"]["traffic"] == "gateway" and s["serving"]["url"] == f"http://{name}.{MODELS}.example.com"
     # Ground truth for a third of the answers, through the same route: truth for a canary answer
     # often reaches a stable Pod and the other way round, which only a shared key makes work.
-    load = gateway_load(gateway, name, feedback=0.33)
+    load = gateway_load(gateway, name, feedback=0.33, token=sender_token(p.cluster.kubectl, name, MODELS))
     seen: dict[int, tuple[float, dict[str, int]]] = {}
     try:
         wait_for("the Gateway to serve the first version", lambda: by_revision(load.answers)["gen1"] > 20, timeout=60)
@@ -262,9 +267,13 @@ def test_gateway_walks_10_50_and_promotes_with_exact_weights_and_no_failed_reque
     assert all(status == 200 for _, status in told), told
     # The Gateway publishes the protocols (feedback included, above), not the Pods' /metrics
     # (issue 32 #5): Prometheus scrapes those from the Pods.
-    host = f"{name}-{MODELS}.example.com"
+    host = f"{name}.{MODELS}.example.com"
     assert through_gateway(gateway, host, f"/v2/models/{name}") == 200
     assert through_gateway(gateway, host, "/metrics") == 404
+    # An inference client holds ids (it got the answers) but not the sender token: its "truth" is
+    # refused, on the real route as on the Pods.
+    answer_id = load.told_ids[-1]
+    assert through_gateway(gateway, host, f"/v2/models/{name}/feedback", {"id": answer_id, "truth": [0]}) == 401
 
 
 def test_a_bad_version_is_rolled_back_with_the_stable_serving_throughout(platform: Platform, gateway: Any) -> None:

@@ -158,6 +158,23 @@ def test_invalid_model_is_rejected_server_side(
     assert crds.kubectl("get", "model", "bad", "-n", namespace, check=False).returncode != 0
 
 
+# A Model's name names its InferenceService (KServe takes only a DNS-1035 label, and used to refuse
+# it only after a conversion had been spent) and is the first label of its hostname
+# {model}.{namespace}.{domain}: refused at apply, naming the field.
+@pytest.mark.parametrize("name", ["fraud.v2", "a" * 64, "7fraud", "fraud-", "Fraud"])
+def test_a_name_that_is_not_a_dns_label_is_refused(crds: ControlPlane, namespace: str, name: str) -> None:
+    out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest(name), check=False)
+    assert out.returncode != 0, f"accepted: {out.stdout}"
+    # "Fraud" is refused by the apiserver itself (not even a DNS subdomain); the others by the CRD.
+    assert ("metadata.name" in out.stderr and "DNS" in out.stderr), out.stderr
+
+
+@pytest.mark.parametrize("name", ["a", "fraud-v2", "x" * 63])
+def test_a_dns_label_name_is_accepted(crds: ControlPlane, namespace: str, name: str) -> None:
+    out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest(name), check=False)
+    assert out.returncode == 0, out.stderr
+
+
 def test_valid_manifest_passes_the_same_dry_run(crds: ControlPlane, namespace: str) -> None:
     """The negative table is only meaningful if its baseline is accepted by the same path."""
     out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest("good"))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from harness import Platform, Versions
 from serin.local import demo_models
-from serin.local.loadgen import LoadGenerator
+from serin.local.loadgen import LoadGenerator, sender_token
 
 pytestmark = pytest.mark.e2e
 
@@ -49,8 +49,9 @@ def start_with_v1(p: Platform, versions: Versions, feedback: float = 0.0,
     p.cluster.wait_phase("Promoted", generation=1)
     isvc = p.cluster.isvc()
     assert isvc is not None
+    token = sender_token(p.cluster.cp.kubectl, p.cluster.name, p.cluster.namespace) if feedback else ""
     load = LoadGenerator(isvc["status"]["url"], p.cluster.name, rate=40, rows=20, max_seconds=600,
-                         feedback=feedback, feedback_delay=1.0).start()
+                         feedback=feedback, feedback_delay=1.0, feedback_token=token).start()
     p.cluster.wait("load flowing", lambda _: len(load.answers) > 40, timeout=30)
     return load
 

@@ -8,6 +8,7 @@ calls RBAC forbids."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from clock import at
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
-from serin.operator.feedback_secret import RETRY_LATER, RETRY_SOON
+from serin.operator.feedback_secret import RETRY_LATER, RETRY_SOON, secret_body
 from serin.operator.kube import Kube
 from serin.operator.observations import ConversionResult, ConversionState
 from serin.operator.reconcile import Deps, reconcile
@@ -299,3 +300,15 @@ async def test_a_secret_the_apiserver_refuses_is_said_not_raised(status: int) ->
     assert await w.tick() is not None
     assert w.isvc() is not None
     assert any(f"Secret {NS}/{SECRET}" in m for m in w.warnings())
+
+
+def test_the_secret_holds_a_signing_key_and_a_separate_sender_token_both_random() -> None:
+    # The key mints ids (what was predicted); the token only lets a sender tell truth about them:
+    # the labelling pipeline that reads the token must not be able to forge predictions.
+    owner = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "name": "fraud", "uid": "u", "controller": True}
+    bodies = [secret_body({"name": "fraud", "namespace": "ml"}, owner) for _ in range(2)]
+    values = [{k: base64.b64decode(v).decode() for k, v in b["data"].items()} for b in bodies]
+    assert all(set(v) == {"key", "token"} for v in values)
+    assert all(len(v["key"]) == len(v["token"]) == 64 and v["key"] != v["token"] for v in values)
+    assert values[0]["key"] != values[1]["key"] and values[0]["token"] != values[1]["token"]
+    assert bodies[0]["metadata"]["name"] == "fraud-serin-feedback" and bodies[0]["type"] == "Opaque"

@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from serin.operator.actions import ApplyServing, Served
 from serin.operator.routing import GatewayRouter, KnativeRouter, Mode, ReplicaRatioRouter, Routing, Seen, parse_gateway
 from serin.operator.routing.base import Op, Write, covers, diff
@@ -40,8 +42,11 @@ def apply(obj: dict[str, Any] | None, writes: list[Write]) -> dict[str, Any] | N
 # -- Knative ----------------------------------------------------------------------------------
 
 
+# The Model's Secret: the key that signs prediction ids, and the token a feedback sender must show.
 FEEDBACK_ENV = [{"name": "SERIN_FEEDBACK_KEY", "valueFrom": {"secretKeyRef": {
-    "name": "fraud-serin-feedback", "key": "key", "optional": True}}}]
+    "name": "fraud-serin-feedback", "key": "key", "optional": True}}},
+                {"name": "SERIN_FEEDBACK_TOKEN", "valueFrom": {"secretKeyRef": {
+                    "name": "fraud-serin-feedback", "key": "token", "optional": True}}}]
 
 
 def knative_isvc(storage: str, percent: int | None, generation: int = 3, **status: Any) -> dict[str, Any]:
@@ -297,10 +302,25 @@ def backends(route: dict[str, Any] | None) -> dict[str, int]:
     return {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]}
 
 
+DNS_LABEL = st.from_regex(r"\A[a-z]([-a-z0-9]{0,10}[a-z0-9])?\Z")
+
+
+def test_kserves_hostname_form_would_give_two_tenants_one_hostname_and_serins_does_not() -> None:
+    # KServe's default template {model}-{namespace}: Model "a-b" of namespace "c" and Model "a" of
+    # namespace "b-c" are both "a-b-c"; whichever route came first takes the other's traffic.
+    assert GW.hostname(Seen("c", "a-b")) != GW.hostname(Seen("b-c", "a"))
+    assert GW.hostname(Seen("c", "a-b")) == "a-b.c.models.example"
+
+
+@given(DNS_LABEL, DNS_LABEL, DNS_LABEL, DNS_LABEL)
+def test_two_models_share_a_hostname_only_if_they_are_one_model(ns1: str, m1: str, ns2: str, m2: str) -> None:
+    assert (GW.hostname(Seen(ns1, m1)) == GW.hostname(Seen(ns2, m2))) == ((ns1, m1) == (ns2, m2))
+
+
 def test_gateway_route_is_exact_and_gives_the_canary_weight_only_once_it_is_ready() -> None:
     isvc = written(GW, Seen("ml", "fraud"), ApplyServing(V1))
     route = route_of(Seen("ml", "fraud"), ApplyServing(V1))
-    assert route is not None and route["spec"]["hostnames"] == ["fraud-ml.models.example"]
+    assert route is not None and route["spec"]["hostnames"] == ["fraud.ml.models.example"]
     assert route["spec"]["parentRefs"] == [{"name": "serin", "namespace": "gateways", "sectionName": "web"}]
     assert backends(route) == {"fraud-gen1-predictor": 100}
     desired = ApplyServing(V1, V2, 10)
@@ -317,7 +337,7 @@ def test_gateway_route_is_exact_and_gives_the_canary_weight_only_once_it_is_read
     assert backends(route) == {"fraud-gen1-predictor": 90, "fraud-gen2-predictor": 10}
     obs = GW.observe(standard(GW, isvc, *ready.deployments, route=accepted(route or {}, 3)))
     assert obs.serves_canary(V2.storageUri, 10) and obs.canary is not None and obs.canary.weight == 10
-    assert obs.traffic == "gateway" and obs.url == "http://fraud-ml.models.example"
+    assert obs.traffic == "gateway" and obs.url == "http://fraud.ml.models.example"
     # Written but not yet accepted by the Gateway at this generation: not settled.
     assert not GW.observe(standard(GW, isvc, *ready.deployments, route=accepted(route or {}, 2) | {
         "metadata": {**(route or {})["metadata"], "generation": 3}})).settled

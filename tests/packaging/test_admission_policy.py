@@ -240,7 +240,10 @@ REFUSED: list[tuple[str, str, Spoil, str, str]] = [
     ("httproute", "a Service of another namespace",
      lambda r: r["spec"]["rules"][0]["backendRefs"][0].update(namespace="kube-system"),
      "httproutes", "only to its Model's predictor Services"),
-    ("httproute", "another Model's hostname", lambda r: r["spec"].update(hostnames=["payments-team-a.example.com"]),
+    ("httproute", "another Model's hostname", lambda r: r["spec"].update(hostnames=["payments.team-a.example.com"]),
+     "httproutes", "serves only its Model's hostname"),
+    ("httproute", "KServe's ambiguous form of its hostname",
+     lambda r: r["spec"].update(hostnames=[r["spec"]["hostnames"][0].replace(".", "-", 1)]),
      "httproutes", "serves only its Model's hostname"),
     ("httproute", "a path of its own", lambda r: r["spec"]["rules"][0]["matches"].append(
         {"path": {"type": "PathPrefix", "value": "/login"}}), "httproutes", "on the /v1 and /v2 paths"),

@@ -15,7 +15,9 @@ from conftest import Server, serve, stop_server
 from serin.runtime import feedback as fb
 from serin.runtime.model import Task
 
-KEY = {"SERIN_FEEDBACK_KEY": "test-shared-secret"}
+TOKEN = "test-sender-token"
+KEY = {"SERIN_FEEDBACK_KEY": "test-shared-secret", "SERIN_FEEDBACK_TOKEN": TOKEN}
+SENDER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def counter(text: str, name: str, revision: str) -> float:
@@ -45,7 +47,7 @@ def labels(answer: dict) -> list[int]:
 
 
 def feedback(srv: Server, body: object) -> tuple[int, dict]:
-    reply = srv.post(f"/v2/models/{srv.name}/feedback", body)
+    reply = srv.request("POST", f"/v2/models/{srv.name}/feedback", body, headers=SENDER)
     return reply.status, reply.json()
 
 
@@ -137,9 +139,9 @@ def test_bad_feedback_gets_a_4xx_that_says_why_and_costs_nothing(pair) -> None: 
     for body, status, words in cases:
         got, answer_body = feedback(a, body)
         assert got == status and words in answer_body["error"], (body, got, answer_body)
-    reply = a.post("/v2/models/fraud/feedback", b"{not json")
+    reply = a.request("POST", "/v2/models/fraud/feedback", b"{not json", headers=SENDER)
     assert reply.status == 400 and "invalid JSON" in reply.json()["error"]
-    reply = a.post("/v2/models/other/feedback", {"id": token, "truth": good})
+    reply = a.request("POST", "/v2/models/other/feedback", {"id": token, "truth": good}, headers=SENDER)
     assert reply.status == 404 and "not found" in reply.json()["error"]
     # None of these used the id up: its truth is still taken, once.
     assert feedback(a, {"id": token, "truth": good})[0] == 200
@@ -149,9 +151,67 @@ def test_bad_feedback_gets_a_4xx_that_says_why_and_costs_nothing(pair) -> None: 
     assert re.search(r'serin_feedback_requests_total\{[^}]*code="404"[^}]*\} [1-9]', m), m
 
 
+# -- issue 32 #5: an id proves the prediction, not the sender: truth only from the token's holders --
+
+def test_truth_is_taken_only_from_holders_of_the_sender_token(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    answer = infer(a, rows(2))
+    body = {"id": answer["id"], "truth": labels(answer)}
+    # An inference client holds the id (it got the answer), not the token.
+    refused = [({}, "needs 'Authorization: Bearer <token>'"),
+               ({"Authorization": "Basic dXNlcjpwdw=="}, "needs 'Authorization: Bearer <token>'"),
+               ({"Authorization": "Bearer "}, "needs 'Authorization: Bearer <token>'"),
+               ({"Authorization": "Bearer test-sender-tokem"}, "wrong feedback sender token"),
+               ({"Authorization": f"Bearer {TOKEN}x"}, "wrong feedback sender token")]
+    for headers, words in refused:
+        for path in ("/v2/models/fraud/feedback", "/v1/models/fraud:feedback"):
+            reply = b.request("POST", path, body, headers=headers)
+            assert reply.status == 401 and words in reply.json()["error"], (headers, path, reply.body)
+            assert "fraud-serin-feedback" in reply.json()["error"] or "wrong" in words
+    # None of them used the id up; the token's holder is heard once (the scheme is case-insensitive).
+    assert b.request("POST", "/v2/models/fraud/feedback", body,
+                     headers={"Authorization": f"bearer {TOKEN}"}).status == 200
+    assert feedback(b, body)[0] == 409
+    m = b.metrics()
+    assert counter(m, "serin_feedback_rows_total", "rev-a") == 2
+    assert re.search(r'serin_feedback_requests_total\{[^}]*code="401"[^}]*\} 10', m), m
+
+
+def test_a_replica_without_a_token_refuses_all_truth_unless_told_anyone_may_send(
+        models: dict[str, Path], tmp_path: Path) -> None:
+    closed = serve(tmp_path, models["numeric"], "fraud", "--revision", "rc", env={"SERIN_FEEDBACK_KEY": "k"})
+    open_ = serve(tmp_path, models["numeric"], "fraud", "--revision", "ro", "--feedback-senders", "anyone",
+                  env={"SERIN_FEEDBACK_KEY": "k"})
+    try:
+        answer = infer(closed, rows(1))
+        body = {"id": answer["id"], "truth": labels(answer)}
+        reply = closed.request("POST", "/v2/models/fraud/feedback", body, headers=SENDER)
+        assert reply.status == 403 and "SERIN_FEEDBACK_TOKEN" in reply.json()["error"], reply.body
+        assert "fraud-serin-feedback" in reply.json()["error"]
+        assert open_.request("POST", "/v2/models/fraud/feedback", body).status == 200
+    finally:
+        stop_server(closed)
+        stop_server(open_)
+
+
+def test_the_sender_check_on_a_table_of_headers() -> None:
+    senders = fb.Senders("s3cret", secret="m-serin-feedback")
+    senders.check(b"Bearer s3cret")
+    senders.check(b"BEARER   s3cret ")
+    for header in (None, b"", b"s3cret", b"Bearer", b"Token s3cret", b"Bearer s3cre", b"Bearer s3cret2", b"Bearer \xff"):
+        with pytest.raises(fb.FeedbackError) as refused:
+            senders.check(header)
+        assert refused.value.status == 401, header
+    with pytest.raises(fb.FeedbackError) as none:
+        fb.Senders("", secret="m-serin-feedback").check(b"Bearer anything")
+    assert none.value.status == 403 and "m-serin-feedback" in none.value.message
+    fb.Senders("", anyone=True).check(None)
+
+
 def test_a_key_other_replicas_do_not_share_makes_their_ids_unknown(models: dict[str, Path], tmp_path: Path) -> None:
     a = serve(tmp_path, models["numeric"], "fraud", "--revision", "ra", env=KEY)
-    other = serve(tmp_path, models["numeric"], "fraud", "--revision", "rb", env={"SERIN_FEEDBACK_KEY": "another"})
+    other = serve(tmp_path, models["numeric"], "fraud", "--revision", "rb",
+                  env={"SERIN_FEEDBACK_KEY": "another", "SERIN_FEEDBACK_TOKEN": TOKEN})
     try:
         answer = infer(a, rows(1))
         status, body = feedback(other, {"id": answer["id"], "truth": labels(answer)})
@@ -171,7 +231,8 @@ def test_a_client_id_is_echoed_and_the_prediction_id_rides_in_parameters(pair) -
     reply = a.predict(rows(2).tolist())
     assert reply.status == 200
     v1 = reply.json()
-    reply = a.post("/v1/models/fraud:feedback", {"id": v1["id"], "truth": v1["predictions"]})
+    reply = a.request("POST", "/v1/models/fraud:feedback", {"id": v1["id"], "truth": v1["predictions"]},
+                      headers=SENDER)
     assert reply.status == 200, reply.body
 
 

@@ -254,7 +254,7 @@ def test_accuracy_against_stable_is_read_from_feedback_whichever_replica_took_it
     from serin.operator.spec import Builtin, MetricSpec
 
     model_dir = mf.numeric_classifier(tmp_path / "model")
-    key = {"SERIN_FEEDBACK_KEY": "shared"}
+    key = {"SERIN_FEEDBACK_KEY": "shared", "SERIN_FEEDBACK_TOKEN": "sender"}
     stable = serve(tmp_path, model_dir, "acc", "--revision", "acc-predictor-00001", env=key)
     canary = serve(tmp_path, model_dir, "acc", "--revision", "acc-predictor-00002", env=key)
     prom = start_prometheus(tmp_path / "prometheus", provision(), scrape_interval="1s")
@@ -272,7 +272,8 @@ def test_accuracy_against_stable_is_read_from_feedback_whichever_replica_took_it
             answer = json.loads(predictor.infer([rows_input(rng.normal(size=(1, 4)).astype(np.float32))]).body)
             label = next(o for o in answer["outputs"] if o["name"] == "label")["data"][0]
             truth = 1 - label if wrong_every and i % wrong_every == 0 else label
-            reply = told.post("/v2/models/acc/feedback", {"id": answer["id"], "truth": [truth]})
+            reply = told.request("POST", "/v2/models/acc/feedback", {"id": answer["id"], "truth": [truth]},
+                                 headers={"Authorization": "Bearer sender"})
             assert reply.status == 200, reply.body
 
     try:
