@@ -4,7 +4,9 @@ Pause and resume set spec.rollout.paused (declarative: it survives anything). Pr
 are one-shot commands, written as annotations naming the canary generation they mean, so a late
 command can never act on a later version; the operator clears them once read. `silence` is one
 too: it names the serving generation it means and until when (status.monitoring.silencedUntil
-records it), so a silence never carries over to a version promoted after it.
+records it), so a silence never carries over to a version promoted after it. So is `rebaseline`:
+the serving generation and the traffic to accept as its reference, [now - window, now], fixed when
+the command runs (status.monitoring.baseline records it).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 from serin.operator.kube import GROUP, MERGE, PLURAL, VERSION
-from serin.operator.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, SILENCE_ANNOTATION
+from serin.operator.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, REBASELINE_ANNOTATION, SILENCE_ANNOTATION
 from serin.operator.spec import parse_duration
 from serin.operator.status import from_time
 
@@ -29,7 +31,7 @@ class CommandError(Exception):
 
 
 async def _run(action: str, name: str, namespace: str, kubeconfig: str | None,
-               silence_for: str = "") -> tuple[str, dict[str, Any]]:
+               silence_for: str = "", window: str = "", reason: str = "") -> tuple[str, dict[str, Any]]:
     """(the text to print, the same as a JSON document)."""
     await config.load_kube_config(config_file=kubeconfig)
     async with client.ApiClient() as api:
@@ -49,6 +51,18 @@ async def _run(action: str, name: str, namespace: str, kubeconfig: str | None,
             until = from_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=parse_duration(silence_for)))
             patch = {"metadata": {"annotations": {SILENCE_ANNOTATION: f"{stable['generation']}/{until}"}}}
             message = f"{name}: monitoring of generation {stable['generation']} silenced until {until}"
+        elif action == "rebaseline":
+            stable = status.get("stable")
+            if not stable or not (status.get("monitoring") or {}).get("revision"):
+                raise CommandError(f"{name} has no monitored serving version (phase {status.get('phase', 'Pending')})")
+            end = dt.datetime.now(dt.UTC).replace(microsecond=0)
+            start = end - dt.timedelta(seconds=parse_duration(window))
+            request = {"generation": int(stable["generation"]), "start": from_time(start), "end": from_time(end),
+                       "reason": reason}
+            patch = {"metadata": {"annotations": {REBASELINE_ANNOTATION: json.dumps(request)}}}
+            message = (f"{name}: rebaseline of generation {stable['generation']} to the traffic of "
+                       f"{request['start']} .. {request['end']} requested (serin status {name} shows the "
+                       "baseline once taken; a RebaselineRefused Event says why not)")
         elif action in ("pause", "resume"):
             patch = {"spec": {"rollout": {"paused": action == "pause"}}}
             message = f"{name}: rollout {'paused' if action == 'pause' else 'resumed'}"
@@ -97,6 +111,13 @@ def render_status(model: dict[str, Any]) -> str:
                      f"{m.get('evaluations', 0)} evaluations, last {m.get('evaluatedAt', '')}{silenced}")
         if m.get("problem"):
             lines.append(f"    cannot read counts: {m['problem']}")
+        b = m.get("baseline")
+        if b:
+            why = f": {b['reason']}" if b.get("reason") else ""
+            accuracy = (f", accuracy {b['accuracy']} ({b.get('accuracyFrom', '')})" if b.get("accuracy") is not None
+                        else "")
+            lines.append(f"    baseline  the traffic of {b.get('start')} .. {b.get('end')} "
+                         f"({b.get('rows', 0):.0f} rows){accuracy}, taken {b.get('takenAt')}{why}")
         for x in m.get("signals") or []:
             dry = " (dry run)" if x.get("dryRun") else ""
             lines.append(f"    {x.get('signal', ''):<18} {x.get('state', ''):<10} evidence {x.get('evidence', 0):>6.0%}"
@@ -115,15 +136,27 @@ def main(argv: list[str], action: str) -> int:
     if action == "silence":
         parser.add_argument("--for", dest="silence_for", required=True,
                             help="how long, e.g. 2h or 30m (0s ends a silence)")
+    if action == "rebaseline":
+        parser.add_argument("--window", default="24h",
+                            help="the traffic to accept, ending now: e.g. 24h or 168h (default 24h, at most 744h)")
+        parser.add_argument("--reason", default="", help="why, recorded in status and the Event")
     args = parser.parse_args(argv)
     if action == "silence":
         try:
             parse_duration(args.silence_for)
         except ValueError:
             parser.error(f"--for {args.silence_for!r}: not a duration such as 2h, 30m or 90s")
+    if action == "rebaseline":
+        try:
+            seconds = parse_duration(args.window)
+        except ValueError:
+            parser.error(f"--window {args.window!r}: not a duration such as 24h, 168h or 90m")
+        if not 0 < seconds <= 31 * 86400:
+            parser.error(f"--window {args.window}: must be above 0s and at most 744h (31 days)")
     try:
         text, document = asyncio.run(_run(action, args.model, args.namespace, args.kubeconfig,
-                                          getattr(args, "silence_for", "")))
+                                          getattr(args, "silence_for", ""), getattr(args, "window", ""),
+                                          getattr(args, "reason", "")))
     except CommandError as err:
         print(f"serin {action}: {err}", file=sys.stderr)
         return 1
@@ -153,3 +186,7 @@ def resume_main(argv: list[str]) -> int:
 
 def silence_main(argv: list[str]) -> int:
     return main(argv, "silence")
+
+
+def rebaseline_main(argv: list[str]) -> int:
+    return main(argv, "rebaseline")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field, replace
 
@@ -30,7 +31,7 @@ import numpy as np
 from serin.operator import sequential as sq
 from serin.operator.actions import Emit
 from serin.operator.spec import DRIFT_SIGNALS, MonitoringSpec, Signal, SignalSpec
-from serin.operator.status import FeatureEvidence, Monitoring, SignalStatus, Version, from_time, to_time
+from serin.operator.status import Baseline, FeatureEvidence, Monitoring, SignalStatus, Version, from_time, to_time
 
 WATCHING = "Watching"
 ALARM = "Alarm"
@@ -182,6 +183,7 @@ def evaluate(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
 
     active = spec.active()
     trailing = obs.trailing or Counts()
+    obs = replace(obs, reference=effective_reference(m, obs.reference))
     per_month = sq.SECONDS_PER_MONTH / max(spec.interval, 1.0)
     judged = {name: s for name, s in active.items() if _has_baseline(name, s, obs.reference)}
     detectors = sum(len(obs.reference.features) if name == Signal.INPUT_DRIFT else 1
@@ -201,6 +203,173 @@ def evaluate(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
                 signals=tuple(signals))
     m = replace(m, health=health(m))
     return Outcome(m, tuple(emits) + _untold(m, model, now))
+
+
+# -- serin rebaseline ---------------------------------------------------------------------------
+
+# A baseline taken from live traffic is an estimate: n rows over B bins put it about (B - 1) / 2n
+# of KL away from the distribution they came from, which the tolerance then no longer has room
+# for. So a rebaseline needs enough rows that this uses at most BASELINE_NOISE of the tolerance
+# (10 bins, tolerance 0.02: 4,500 rows), and never fewer than BASELINE_MIN_ROWS.
+BASELINE_NOISE = 0.05
+BASELINE_MIN_ROWS = 1000
+# Accuracy from a window: the lower end of a 95 % Wilson interval (at least this many rows with
+# ground truth, or estimated), so that the estimate's own noise cannot raise the limit.
+BASELINE_MIN_ACCURACY_ROWS = 500
+_Z95 = 1.96
+# Status stays within tens of kilobytes (the CRD's status schema holds these bounds too).
+MAX_BASELINE_FEATURES, MAX_BASELINE_BINS, MAX_BASELINE_CLASSES = 512, 256, 1024
+MAX_BASELINE_WINDOW = 31 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class RebaselineRequest:
+    """What `serin rebaseline` asked (the annotation, parsed): the generation it means and the
+    traffic to accept, [start, end], read by the operator before deciding (reconcile.py)."""
+
+    generation: int
+    start: str
+    end: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RebaselineObservation:
+    request: RebaselineRequest
+    counts: Counts | None = None  # the window's rows (None: not read)
+    reference: Reference = field(default_factory=Reference)  # the profile's, for the message
+    error: str = ""
+
+
+def parse_rebaseline(raw: str, now: dt.datetime) -> RebaselineRequest | str:
+    """The annotation's JSON `{"generation", "start", "end", "reason"}`, or why it is refused."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return "not JSON: use serin rebaseline"
+    if not isinstance(doc, dict):
+        return "not a JSON object: use serin rebaseline"
+    start, end = _instant(doc.get("start")), _instant(doc.get("end"))
+    generation = doc.get("generation")
+    if not isinstance(generation, int) or isinstance(generation, bool) or start is None or end is None:
+        return "it needs an integer generation and RFC 3339 start and end"
+    seconds = (end - start).total_seconds()
+    if not 0 < seconds <= MAX_BASELINE_WINDOW:
+        return f"its window must be longer than 0s and at most {MAX_BASELINE_WINDOW / 86400:.0f} days"
+    if end > now + dt.timedelta(minutes=5):
+        return f"its window ends in the future ({doc.get('end')})"
+    reason = str(doc.get("reason") or "")[:256]
+    return RebaselineRequest(generation, from_time(start) or "", from_time(end) or "", reason)
+
+
+def _instant(value: object) -> dt.datetime | None:
+    try:
+        t = to_time(value) if isinstance(value, str) and value else None
+    except ValueError:
+        return None
+    return t if t is not None and t.tzinfo is not None else None
+
+
+def effective_reference(m: Monitoring, profile: Reference) -> Reference:
+    """What the serving version is judged against: its profile, with whatever `serin rebaseline`
+    accepted in its place (bins and classes as shares, accuracy as its lower bound)."""
+    b = m.baseline
+    if b is None:
+        return profile
+    features = {f: dict(enumerate(shares)) for f, shares in b.features.items()} if b.features else profile.features
+    return Reference(features, dict(b.classes) if b.classes else profile.classes,
+                     b.accuracy if b.accuracy is not None else profile.accuracy)
+
+
+def _wilson_lower(successes: float, n: float) -> float:
+    p = successes / n
+    z2 = _Z95 * _Z95
+    centre = p + z2 / (2 * n)
+    spread = _Z95 * math.sqrt(max(p * (1 - p) / n + z2 / (4 * n * n), 0.0))
+    return max(0.0, (centre - spread) / (1 + z2 / n))
+
+
+def rows_needed(bins: int, tolerance: float) -> int:
+    """Rows a baseline over `bins` bins needs for its noise to use at most BASELINE_NOISE of `tolerance`."""
+    return max(BASELINE_MIN_ROWS, math.ceil((max(bins, 2) - 1) / (2 * BASELINE_NOISE * tolerance)))
+
+
+def rebaseline(spec: MonitoringSpec, m: Monitoring, obs: RebaselineObservation, now: dt.datetime
+               ) -> tuple[Monitoring, tuple[Emit, ...]]:
+    """Accept the traffic of the request's window as the reference of the signals it can stand
+    for: drift (every feature's bins, the predicted classes) and accuracy (ground truth, else the
+    estimate). Their detectors start from nothing, an alarm among them ends (told as resolved by
+    rebaseline); the others keep judging as before. Refused, with a Warning, when the window
+    cannot stand for a reference; a request already applied is not applied twice (a restart
+    between the status write and the annotation's removal)."""
+    req = obs.request
+    if m.baseline is not None and (m.baseline.start, m.baseline.end) == (req.start, req.end):
+        return m, ()
+
+    def refused(why: str) -> tuple[Monitoring, tuple[Emit, ...]]:
+        return m, (Emit("Warning", "RebaselineRefused", f"revision {m.revision}: the traffic of {req.start} .. "
+                                                          f"{req.end} was not made the baseline: {why}"),)
+
+    if obs.error:
+        return refused(f"its counts could not be read: {obs.error}")
+    counts = obs.counts or Counts()
+    active = spec.active()
+    features: dict[str, list[float]] = {}
+    if Signal.INPUT_DRIFT in active:
+        if len(counts.features) > MAX_BASELINE_FEATURES:
+            return refused(f"{len(counts.features)} features, more than {MAX_BASELINE_FEATURES} fit in status; "
+                           "roll out a version converted with a new sample instead")
+        for name, bins in sorted(counts.features.items()):
+            total = sum(max(v, 0.0) for v in bins.values())
+            width = max(max(bins, default=-1) + 1, len(obs.reference.features.get(name, {})))
+            if width > MAX_BASELINE_BINS:
+                return refused(f"feature {name} has {width} bins, more than {MAX_BASELINE_BINS}")
+            need = rows_needed(width, active[Signal.INPUT_DRIFT].tolerance)
+            if total < need:
+                return refused(f"feature {name} has {total:.0f} rows in it; a baseline of {width} bins needs "
+                               f"{need} (its noise must use at most {BASELINE_NOISE:.0%} of the tolerance "
+                               f"{active[Signal.INPUT_DRIFT].tolerance:g}): choose a longer window")
+            features[name] = [round(max(bins.get(b, 0.0), 0.0) / total, 6) for b in range(width)]
+        if not features:
+            return refused("no rows with features were counted in it (runtimes restarted inside it are left out)")
+    classes: dict[str, float] = {}
+    total_classes = sum(max(v, 0.0) for v in counts.classes.values())
+    if Signal.PREDICTION_SHIFT in active and len(counts.classes) > MAX_BASELINE_CLASSES:
+        return refused(f"{len(counts.classes)} predicted classes, more than {MAX_BASELINE_CLASSES}")
+    if Signal.PREDICTION_SHIFT in active and len(counts.classes) > 1:
+        need = rows_needed(len(counts.classes), active[Signal.PREDICTION_SHIFT].tolerance)
+        if total_classes < need:
+            return refused(f"{total_classes:.0f} predictions in it; {len(counts.classes)} classes need {need}")
+        classes = {c: round(max(v, 0.0) / total_classes, 6) for c, v in sorted(counts.classes.items())}
+    accuracy, accuracy_from = None, ""
+    if counts.feedback_rows >= BASELINE_MIN_ACCURACY_ROWS:
+        accuracy, accuracy_from = _wilson_lower(counts.feedback_correct, counts.feedback_rows), "groundTruth"
+    elif counts.estimated_rows >= BASELINE_MIN_ACCURACY_ROWS:
+        accuracy, accuracy_from = _wilson_lower(counts.estimated_correct, counts.estimated_rows), "estimate"
+    if not features and not classes and accuracy is None:
+        return refused("nothing in it can stand for a reference (no drift signal watched, too little ground truth)")
+    now_s = from_time(now) or ""
+    baseline = Baseline(req.start, req.end, now_s, round(counts.rows), req.reason, features, classes,
+                        round(accuracy, 4) if accuracy is not None else None, accuracy_from)
+    replaced = {Signal.INPUT_DRIFT: bool(features), Signal.PREDICTION_SHIFT: bool(classes),
+                Signal.ACCURACY: accuracy is not None, Signal.ESTIMATED_ACCURACY: accuracy is not None}
+    what = ", ".join(str(k) for k, v in replaced.items() if v and k in active)
+    words = f"rebaselined to the traffic of {req.start} .. {req.end} ({counts.rows:.0f} rows)"
+    if req.reason:
+        words += f": {req.reason}"
+    signals = []
+    for x in m.signals:
+        if not replaced.get(x.signal, False):  # type: ignore[call-overload]  # a StrEnum key is its str
+            signals.append(x)
+            continue
+        # From nothing, against the new reference: an alarm ends (told as such), evidence is dropped.
+        state_since = x.since if x.state == WATCHING else now_s
+        signals.append(replace(x, state=WATCHING, since=state_since, evidence=0.0, cusum={}, calm=0, worst=(),
+                               message=words))
+    m = replace(m, baseline=baseline, signals=tuple(signals))
+    m = replace(m, health=health(m))
+    accuracy_words = (f"; accuracy {accuracy:.4f} ({accuracy_from}, lower 95 % bound)" if accuracy is not None else "")
+    return m, (Emit("Normal", "MonitoringRebaselined", f"revision {m.revision}: {what} {words}{accuracy_words}"),)
 
 
 def _kind(problem: str) -> str:
@@ -385,7 +554,12 @@ def _untold(m: Monitoring, model: str, now: dt.datetime) -> tuple[Emit, ...]:
             out.append(Emit("Warning", reason, text, event_name(model, m, x.signal, x.episode, "raised")))
         else:
             reason = "DriftResolved" if drift else "PerformanceRecovered"
-            text = f"revision {m.revision}: {x.signal} back within tolerance (episode {x.episode}): {x.message}"
+            b = m.baseline
+            if b is not None and x.since == b.takenAt:  # ended by `serin rebaseline`, at that instant
+                text = (f"revision {m.revision}: {x.signal} alarm ended (episode {x.episode}): rebaselined to the "
+                        f"traffic of {b.start} .. {b.end}{f': {b.reason}' if b.reason else ''}")
+            else:
+                text = f"revision {m.revision}: {x.signal} back within tolerance (episode {x.episode}): {x.message}"
             out.append(Emit("Normal", reason, text, event_name(model, m, x.signal, x.episode, "ended")))
     return tuple(out)
 

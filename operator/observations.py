@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from serin.operator.monitoring import MonitoringObservation
+from serin.operator.monitoring import MonitoringObservation, RebaselineObservation
 from serin.operator.pods import Crashes, PodTrouble
 from serin.operator.status import ConversionSummary
 
@@ -118,4 +118,7 @@ class Observations:
     feedback_secret: str = ""
     # The serving version's counts since its last monitoring evaluation (None: not read this tick).
     monitoring: MonitoringObservation | None = None
+    # The traffic `serin rebaseline` asked to accept as the reference, read (None: not asked, or
+    # the request names no monitored serving version: rollout says so).
+    rebaseline: RebaselineObservation | None = None
     model: str = ""  # the Model's name: monitoring Events are named after it

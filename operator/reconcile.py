@@ -28,7 +28,7 @@ from serin.operator.policy import DEFAULT as DEFAULT_POLICY
 from serin.operator.policy import Policy
 from serin.operator.prometheus import MetricProvider
 from serin.operator.queries import QueryContext, lifetime_for, render, sample_query, value_buckets_query, window_for
-from serin.operator.rollout import Decision, analysis_due, decide, is_idle, next_due
+from serin.operator.rollout import REBASELINE_ANNOTATION, Decision, analysis_due, decide, is_idle, next_due
 from serin.operator.routing import Router, Routing, Seen, Write
 from serin.operator.routing.base import Op
 from serin.operator.routing.standard import route_name, split_service_name
@@ -168,6 +168,24 @@ async def observe_monitoring(metrics: MetricProvider, namespace: str, name: str,
     return monitoring.MonitoringObservation(m.revision, at_s, window, trailing, reference)
 
 
+async def observe_rebaseline(metrics: MetricProvider, namespace: str, name: str, revision: str,
+                             req: monitoring.RebaselineRequest, now: dt.datetime) -> monitoring.RebaselineObservation:
+    """The serving revision's counts over the traffic `serin rebaseline` asked to accept."""
+    start, end = to_time(req.start), to_time(req.end)
+    at = now.replace(microsecond=0)
+    if start is None or end is None:
+        return monitoring.RebaselineObservation(req, error="no window")
+    ends_before = max(0, int((at - end).total_seconds()))
+    seconds = int((end - start).total_seconds())
+    samples, error = await metrics.vector(
+        monitoring_queries.window_query(namespace, name, revision, ends_before, seconds, with_reference=True),
+        at.timestamp())
+    if error:
+        return monitoring.RebaselineObservation(req, error=error)
+    counts, reference = monitoring_queries.parse(samples)
+    return monitoring.RebaselineObservation(req, counts, reference)
+
+
 async def compare_feedback(metrics: MetricProvider, metric: MetricSpec, ctx: QueryContext) -> MeasuredValue:
     """A ground-truth builtin: the feedback counters of both versions, compared here."""
     assert metric.builtin is not None
@@ -232,10 +250,18 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
         deps.monitor_reads[(namespace, name)] = read_at = now
         opmetrics.MONITORING_EVALUATIONS.labels("error" if monitored.error else "read").inc()
         opmetrics.ANALYSIS_ROUND_SECONDS.labels("monitor").observe(time.monotonic() - started)
+    annotations = dict(model["metadata"].get("annotations") or {})
+    rebaselined = None
+    asked = annotations.get(REBASELINE_ANNOTATION)
+    if asked is not None and watched is not None and status.monitoring is not None \
+            and status.monitoring.revision == watched.revision:
+        req = monitoring.parse_rebaseline(asked, now)
+        if not isinstance(req, str) and req.generation == watched.generation:
+            rebaselined = await observe_rebaseline(deps.metrics, namespace, name, watched.revision, req, now)
     secret = _secret_problem(deps, model)
-    obs = Observations(generation, dict(model["metadata"].get("annotations") or {}), serving, conversion,
+    obs = Observations(generation, annotations, serving, conversion,
                        measurements, feedback_secret=secret.describe() if secret is not None else "",
-                       monitoring=monitored, model=name)
+                       monitoring=monitored, rebaseline=rebaselined, model=name)
 
     decision = decide(spec, status, obs, now, deps.policy)
     new_status = status_to_dict(decision.status)

@@ -38,6 +38,7 @@ from serin.operator.status import (
     Failure,
     FailureKind,
     HistoryEntry,
+    Monitoring,
     Outcome,
     Pending,
     Phase,
@@ -56,6 +57,8 @@ PROMOTE_ANNOTATION = "serin.dev/promote"
 ABORT_ANNOTATION = "serin.dev/abort"
 # `serin silence MODEL --for 2h`: "<serving generation>/<RFC 3339 end>".
 SILENCE_ANNOTATION = "serin.dev/silence"
+# `serin rebaseline MODEL --window 24h`: JSON {"generation", "start", "end", "reason"}.
+REBASELINE_ANNOTATION = "serin.dev/rebaseline"
 MAX_CONVERSION_ATTEMPTS = 3
 FETCH_RETRY_SECONDS = 15.0  # doubled per attempt: 15 s, then 30 s
 
@@ -450,10 +453,35 @@ def _monitor(t: _Tick, s: Status) -> Status:
             silenced_until = until
             t.emit("Normal", "MonitoringSilenced", f"generation {stable.generation}: no monitoring Events or "
                                                    f"alerts until {until} (status keeps judging)")
-    out = monitoring.evaluate(t.spec.monitoring, s.monitoring, stable, t.obs.monitoring, t.now, t.obs.model,
+    m = _rebaseline(t, s.monitoring, stable)
+    out = monitoring.evaluate(t.spec.monitoring, m, stable, t.obs.monitoring, t.now, t.obs.model,
                               silenced_until)
     t.actions.extend(out.emits)
     return s.evolve(monitoring=out.monitoring)
+
+
+def _rebaseline(t: _Tick, m: Monitoring | None, stable: Version | None) -> Monitoring | None:
+    """`serin rebaseline`: an annotation naming the serving generation and the traffic to accept
+    as its reference (read by reconcile), cleared once acted upon, applied once."""
+    raw = t.obs.annotations.get(REBASELINE_ANNOTATION)
+    if raw is None:
+        return m
+    t.actions.append(ClearAnnotation(REBASELINE_ANNOTATION))
+    req = monitoring.parse_rebaseline(raw, t.now)
+    if isinstance(req, str):
+        t.emit("Warning", "RebaselineRefused", f"annotation {REBASELINE_ANNOTATION}: {req}")
+        return m
+    if stable is None or m is None or m.revision != stable.revision or req.generation != stable.generation:
+        serving = f"generation {stable.generation} serves" if stable is not None else "no version serves"
+        t.emit("Warning", "RebaselineRefused", f"the rebaseline names generation {req.generation}; {serving}"
+                                               f"{'' if m is not None else ', unmonitored'}: nothing changed")
+        return m
+    seen = t.obs.rebaseline
+    if seen is None or seen.request != req:
+        seen = monitoring.RebaselineObservation(req, error="not read")
+    m, emits = monitoring.rebaseline(t.spec.monitoring, m, seen, t.now)
+    t.actions.extend(emits)
+    return m
 
 
 def _manual_controls(t: _Tick, c: Canary) -> Canary:

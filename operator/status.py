@@ -272,6 +272,23 @@ class SignalStatus:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """status.monitoring.baseline: live traffic accepted as the reference (`serin rebaseline`),
+    judged against instead of the profile's from then on, for this revision only."""
+
+    start: str  # the traffic of [start, end] is the baseline
+    end: str
+    takenAt: str  # when the operator recorded it
+    rows: float = 0.0
+    reason: str = ""  # the user's words (`--reason`)
+    # feature -> share of each bin (index = bin), predicted class -> share; empty: the profile's kept
+    features: dict[str, list[float]] = field(default_factory=dict)
+    classes: dict[str, float] = field(default_factory=dict)
+    accuracy: float | None = None  # None: the profile's (or spec's min) kept
+    accuracyFrom: str = ""  # "groundTruth" (feedback rows) or "estimate" (the label-free estimate)
+
+
+@dataclass(frozen=True)
 class Monitoring:
     """status.monitoring: the serving version watched over time (monitoring.py)."""
 
@@ -285,6 +302,7 @@ class Monitoring:
     silencedUntil: str | None = None
     problem: str = ""  # why the last evaluation could not judge ("" when it could)
     signals: tuple[SignalStatus, ...] = ()
+    baseline: Baseline | None = None
 
     def signal(self, name: str) -> SignalStatus | None:
         return next((x for x in self.signals if x.signal == name), None)
@@ -340,8 +358,10 @@ def status_to_dict(status: Status) -> dict[str, Any]:
 
 
 def _monitoring_to_dict(m: Monitoring) -> dict[str, Any]:
-    out = _drop_empty({k: v for k, v in asdict(m).items() if k != "signals"})
+    out = _drop_empty({k: v for k, v in asdict(m).items() if k not in ("signals", "baseline")})
     out["evaluations"] = m.evaluations
+    # None removes an earlier revision's baseline from the stored status (a merge patch).
+    out["baseline"] = _drop_empty({k: v for k, v in asdict(m.baseline).items() if v != {}}) if m.baseline else None
     out["signals"] = [_drop_empty({**_drop_none(asdict(x)), "worst": [asdict(w) for w in x.worst] or None,
                                    "cusum": dict(x.cusum) or None}) | {"evidence": x.evidence, "episode": x.episode}
                       for x in m.signals]
@@ -361,8 +381,20 @@ def _monitoring_from_dict(data: dict[str, Any] | None) -> Monitoring | None:
         base = _build(SignalStatus, {k: v for k, v in raw.items() if k not in ("worst", "cusum")}, enums=False)
         if base is not None:
             signals.append(replace(base, worst=worst, cusum=cusum))
-    base_m = _build(Monitoring, {k: v for k, v in data.items() if k != "signals"})
-    return replace(base_m, signals=tuple(signals)) if base_m is not None else None
+    base_m = _build(Monitoring, {k: v for k, v in data.items() if k not in ("signals", "baseline")})
+    return replace(base_m, signals=tuple(signals), baseline=_baseline_from_dict(data.get("baseline"))) \
+        if base_m is not None else None
+
+
+def _baseline_from_dict(data: Any) -> Baseline | None:
+    if not isinstance(data, dict) or not data.get("start") or not data.get("end"):
+        return None
+    base = _build(Baseline, {k: v for k, v in data.items() if k not in ("features", "classes")}, enums=False)
+    if base is None:
+        return None
+    features = {str(k): [float(x) for x in v] for k, v in (data.get("features") or {}).items() if isinstance(v, list)}
+    classes = {str(k): float(v) for k, v in (data.get("classes") or {}).items()}
+    return replace(base, features=features, classes=classes)
 
 
 def _drop_empty(d: dict[str, Any]) -> dict[str, Any]:

@@ -167,6 +167,16 @@ def test_manual_pause_resume_and_promote(cluster: Cluster) -> None:
     assert "monitoring  Waiting  revision" in shown.stdout and "silenced until" in shown.stdout, shown.stdout
     bad = serin(cluster, "silence", "--for", "two hours")
     assert bad.returncode == 2 and "not a duration" in bad.stderr
+    # A rebaseline to a window without traffic (this platform serves none): read from Prometheus,
+    # refused with a Warning saying why, the annotation cleared, nothing recorded.
+    asked = serin(cluster, "rebaseline", "--window", "1h", "--reason", "new market")
+    assert asked.returncode == 0 and "rebaseline of generation 2 to the traffic of" in asked.stdout, asked
+    cluster.wait("rebaseline read", lambda m: "serin.dev/rebaseline" not in (m["metadata"].get("annotations") or {})
+                 and bool(cluster.events("RebaselineRefused")))
+    [refused] = cluster.events("RebaselineRefused")
+    assert "no rows with features were counted" in refused["message"], refused
+    assert "baseline" not in status(cluster.model())["monitoring"]
+    assert serin(cluster, "rebaseline", "--window", "800h").returncode == 2
 
 
 def test_manual_abort_rolls_back(cluster: Cluster) -> None:

@@ -19,7 +19,7 @@ from serin.local.controlplane import provision
 from serin.local.prometheus import start_prometheus
 from serin.operator import monitoring as mon
 from serin.operator.prometheus import Prometheus as Provider
-from serin.operator.reconcile import observe_monitoring
+from serin.operator.reconcile import observe_monitoring, observe_rebaseline
 from serin.operator.spec import MonitoringSpec
 from serin.operator.status import Monitoring, Version
 from serin.runtime import metric_names as mn
@@ -89,6 +89,7 @@ def test_the_monitoring_query_counts_exactly_the_rows_served_in_its_window(tmp_p
                                                       profile["prediction"]["proportions"], strict=True)}
         assert obs.trailing is not None and obs.trailing.rows == 0  # nothing served before the window
         judged = mon.evaluate(spec, m, stable, obs, end, "watched")
+        first_end = end
         assert judged.monitoring is not None and judged.monitoring.evaluations == 1 and not judged.emits
         m = mon.mark_told(judged.monitoring)
 
@@ -110,6 +111,27 @@ def test_the_monitoring_query_counts_exactly_the_rows_served_in_its_window(tmp_p
         drift = m.signal("inputDrift")
         assert drift is not None and drift.state == mon.ALARM and drift.worst[0].feature == "f2", drift
         assert any(e.startswith("DriftDetected") and "feature f2" in e for e in events), events
+
+        # `serin rebaseline`: the counts of a window that ended earlier, read later (an offset), exact.
+        def rebaseline_counts(since: dt.datetime, until: dt.datetime) -> mon.Counts:
+            req = mon.RebaselineRequest(1, since.isoformat(), until.isoformat())
+
+            async def read() -> mon.RebaselineObservation:
+                try:
+                    return await observe_rebaseline(provider, "mon", "watched", REVISION, req,
+                                                    dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+                finally:
+                    await provider.close()
+            got = asyncio.run(read())
+            assert not got.error and got.counts is not None, got.error
+            assert got.reference.features == ref.features  # the profile's, for the message
+            return got.counts
+
+        unshifted, shifted = rebaseline_counts(start, first_end), rebaseline_counts(first_end, end)
+        assert unshifted.rows == 300 and shifted.rows == 600
+        assert all(sum(b.values()) == 600 for b in shifted.features.values())
+        top = max(shifted.features["f2"])  # the shifted feature's rows sit in its top bins now
+        assert shifted.features["f2"].get(top, 0) > 3 * unshifted.features["f2"].get(top, 0) + 100
     finally:
         prom.stop()
         stop_server(srv)

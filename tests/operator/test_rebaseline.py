@@ -1,0 +1,199 @@
+"""`serin rebaseline` (operator/monitoring.py rebaseline, rollout.py _rebaseline): accepting live
+traffic as the serving version's reference, without I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from serin.operator import monitoring as mon
+from serin.operator.actions import ClearAnnotation, Emit
+from serin.operator.observations import Observations, ServingObservation, Variant
+from serin.operator.rollout import REBASELINE_ANNOTATION, decide
+from serin.operator.spec import MonitoringSpec, parse_spec
+from serin.operator.status import Status, from_time, status_from_dict, status_to_dict
+from test_monitoring_decision import REFERENCE, SPEC, STABLE, T0, Run, at, counts
+
+SHIFT = {"age": 0.6}
+
+
+def request(hours: float = 24, end_minute: float = 0.0, generation: int = STABLE.generation,
+            reason: str = "new market") -> mon.RebaselineRequest:
+    end = at(end_minute)
+    return mon.RebaselineRequest(generation, from_time(end - dt.timedelta(hours=hours)) or "", from_time(end) or "",
+                                 reason)
+
+
+def drifted_alarm(run: Run) -> None:
+    for _ in range(12):
+        run.step(counts(run.rng, 2000))
+    for _ in range(8):
+        run.step(counts(run.rng, 2000, shift=SHIFT))
+    assert run.signal("inputDrift").state == mon.ALARM  # type: ignore[attr-defined]
+
+
+def rebaselined(run: Run, window: mon.Counts, req: mon.RebaselineRequest) -> tuple[Emit, ...]:
+    assert run.m is not None
+    m, emits = mon.rebaseline(run.spec, run.m, mon.RebaselineObservation(req, window, REFERENCE), at(run.minute))
+    run.m = m
+    return emits
+
+
+def test_an_accepted_drift_ends_its_alarm_and_that_traffic_raises_nothing_after_but_the_old_one_does() -> None:
+    run = Run(seed=21)
+    drifted_alarm(run)
+    day = counts(run.rng, 24 * 12 * 2000, shift=SHIFT)  # a day of the drifted traffic
+    emits = rebaselined(run, day, request(end_minute=run.minute))
+    assert [e.reason for e in emits] == ["MonitoringRebaselined"] and "new market" in emits[0].message
+    assert run.m is not None and run.m.baseline is not None and run.m.baseline.reason == "new market"
+    assert run.m.baseline.rows == day.rows and set(run.m.baseline.features) == set(REFERENCE.features)
+    assert abs(sum(run.m.baseline.features["age"]) - 1) < 1e-4
+    assert run.m.health == "Healthy"
+    x = run.signal("inputDrift")
+    assert x.state == mon.WATCHING and x.cusum == {} and x.message.startswith("rebaselined")  # type: ignore[attr-defined]
+    # The alarm's end is told, once, as ended by the rebaseline (not as traffic back within tolerance).
+    ended = run.step(counts(run.rng, 2000, shift=SHIFT))
+    assert [e.reason for e in ended] == ["DriftResolved"] and "alarm ended" in ended[0].message
+    assert "rebaselined" in ended[0].message
+    # A week of the accepted traffic: nothing.
+    for _ in range(7 * 24 * 12):
+        assert not run.step(counts(run.rng, 2000, shift=SHIFT))
+    # The old traffic is now the drift, judged against the new reference.
+    back: list[Emit] = []
+    for _ in range(12):
+        back += run.step(counts(run.rng, 2000))
+    assert [e.reason for e in back] == ["DriftDetected"] and "feature age" in back[0].message
+    # The baseline survives the status round trip (an operator restart).
+    status = Status(monitoring=run.m)
+    assert status_from_dict(status_to_dict(status)).monitoring == run.m
+
+
+def test_a_window_too_small_to_stand_for_a_reference_is_refused_and_changes_nothing() -> None:
+    run = Run(seed=22)
+    drifted_alarm(run)
+    before = run.m
+    emits = rebaselined(run, counts(run.rng, 3000, shift=SHIFT), request(end_minute=run.minute))
+    assert [e.reason for e in emits] == ["RebaselineRefused"] and emits[0].type == "Warning"
+    # 10 bins at tolerance 0.02: (10 - 1) / (2 x 0.05 x 0.02) rows, so that its noise uses 5 % of it.
+    assert "needs 4500" in emits[0].message and "longer window" in emits[0].message
+    assert run.m == before
+    unread = mon.rebaseline(SPEC, before, mon.RebaselineObservation(request(), error="prometheus unreachable: x"),  # type: ignore[arg-type]
+                            at(run.minute))
+    assert unread[0] == before and "could not be read: prometheus unreachable" in unread[1][0].message
+
+
+def test_the_same_request_is_applied_once() -> None:
+    """A restart between the status write and the annotation's removal reads the request again."""
+    run = Run(seed=23)
+    drifted_alarm(run)
+    req = request(end_minute=run.minute)
+    day = counts(run.rng, 100_000, shift=SHIFT)
+    assert rebaselined(run, day, req)
+    after = run.m
+    assert rebaselined(run, day, req) == () and run.m == after
+
+
+def test_accuracy_is_rebaselined_to_the_lower_bound_of_ground_truth_else_the_estimate() -> None:
+    run = Run(seed=24)
+    for _ in range(3):
+        run.step(counts(run.rng, 2000))
+    window = replace(counts(run.rng, 100_000), feedback_rows=2000.0, feedback_correct=1700.0)
+    rebaselined(run, window, request(end_minute=run.minute))
+    assert run.m is not None and run.m.baseline is not None and run.m.baseline.accuracyFrom == "groundTruth"
+    lower = run.m.baseline.accuracy
+    assert lower is not None and 0.82 < lower < 0.85  # 0.85 observed, 2,000 rows: its 95 % lower end
+    reference = mon.effective_reference(run.m, REFERENCE)
+    assert reference.accuracy == lower and reference.features["age"] == dict(enumerate(run.m.baseline.features["age"]))
+    # Too little ground truth: the label-free estimate stands for it.
+    run2 = Run(seed=25)
+    run2.step(counts(run2.rng, 2000))
+    rebaselined(run2, replace(counts(run2.rng, 100_000), feedback_rows=100.0), request(end_minute=run2.minute))
+    assert run2.m is not None and run2.m.baseline is not None and run2.m.baseline.accuracyFrom == "estimate"
+
+
+def test_a_signal_without_a_baseline_gets_one() -> None:
+    """A profile without accuracy (no sampleLabels): accuracy says NoBaseline until a rebaseline
+    with ground truth gives it one; then it is judged."""
+    spec = MonitoringSpec(interval=300.0, min_rows=200)
+    run = Run(spec, seed=26)
+    no_accuracy = replace(REFERENCE, accuracy=None)
+    m = run.m
+    obs = mon.MonitoringObservation(STABLE.revision, from_time(at(5)) or "", counts(run.rng, 2000), None, no_accuracy)
+    m = mon.evaluate(spec, m, STABLE, obs, at(5), "fraud").monitoring
+    assert m is not None and m.signal("accuracy").state == mon.NO_BASELINE  # type: ignore[union-attr]
+    window = replace(counts(run.rng, 100_000), feedback_rows=5000.0, feedback_correct=4500.0)
+    m, _ = mon.rebaseline(spec, m, mon.RebaselineObservation(request(end_minute=5), window, no_accuracy), at(5))
+    obs = mon.MonitoringObservation(STABLE.revision, from_time(at(10)) or "", counts(run.rng, 2000), None, no_accuracy)
+    m = mon.evaluate(spec, m, STABLE, obs, at(10), "fraud").monitoring
+    assert m is not None and m.signal("accuracy").state == mon.WATCHING  # type: ignore[union-attr]
+
+
+def test_only_the_signals_it_can_stand_for_are_rebaselined() -> None:
+    """Error rate and latency have no reference to replace: their evidence is kept."""
+    spec = MonitoringSpec(interval=300.0, min_rows=200)
+    run = Run(spec, seed=27)
+    for _ in range(6):
+        run.step(counts(run.rng, 2000, errors=0.05))
+    before = run.signal("errorRate")
+    rebaselined(run, counts(run.rng, 100_000), request(end_minute=run.minute))
+    assert run.signal("errorRate") == before
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    ("3/24h", "not JSON"),
+    ("[1]", "not a JSON object"),
+    (json.dumps({"generation": "3", "start": "2026-12-01T00:00:00Z", "end": "2026-12-01T01:00:00Z"}), "integer generation"),
+    (json.dumps({"generation": True, "start": "2026-12-01T00:00:00Z", "end": "2026-12-01T01:00:00Z"}), "integer generation"),
+    (json.dumps({"generation": 3, "start": "yesterday", "end": "2026-12-01T01:00:00Z"}), "RFC 3339"),
+    (json.dumps({"generation": 3, "start": "2026-12-01T00:00:00", "end": "2026-12-01T01:00:00Z"}), "RFC 3339"),
+    (json.dumps({"generation": 3, "start": "2026-12-01T01:00:00Z", "end": "2026-12-01T01:00:00Z"}), "longer than 0s"),
+    (json.dumps({"generation": 3, "start": "2026-10-01T00:00:00Z", "end": "2026-12-01T00:00:00Z"}), "at most 31 days"),
+    (json.dumps({"generation": 3, "start": "2026-12-01T00:00:00Z", "end": "2026-12-02T00:00:00Z"}), "in the future"),
+])
+def test_a_malformed_request_is_refused_saying_why(raw: str, words: str) -> None:
+    got = mon.parse_rebaseline(raw, T0)
+    assert isinstance(got, str) and words in got, got
+
+
+def test_serin_rebaseline_names_the_serving_generation_and_is_cleared_once_read() -> None:
+    spec = parse_spec({"source": {"uri": "file:///m/v3.joblib", "sampleUri": "file:///s.csv"},
+                       "rollout": {"steps": []}})
+    stable = replace(STABLE, versionKey=spec.version_key)
+    serving = ServingObservation(exists=True, settled=True,
+                                 stable=Variant(stable.storageUri, stable.revision, True, 100))
+    run = Run(seed=28)
+    run.step(counts(run.rng, 2000))
+    status = Status(phase="Promoted", observedGeneration=3, stable=stable, stableConfirmed=True, monitoring=run.m)
+    req = request(end_minute=run.minute)
+    raw = json.dumps({"generation": req.generation, "start": req.start, "end": req.end, "reason": req.reason})
+    window = counts(run.rng, 100_000, shift=SHIFT)
+    now = at(run.minute + 1)
+
+    def reasons(d) -> list[str]:  # type: ignore[no-untyped-def]
+        return [a.reason for a in d.actions if isinstance(a, Emit)]
+
+    taken = decide(spec, status, Observations(3, {REBASELINE_ANNOTATION: raw}, serving, model="fraud",
+                                              rebaseline=mon.RebaselineObservation(req, window, REFERENCE)), now)
+    assert ClearAnnotation(REBASELINE_ANNOTATION) in taken.actions and "MonitoringRebaselined" in reasons(taken)
+    assert taken.status.monitoring is not None and taken.status.monitoring.baseline is not None
+    assert taken.status.monitoring.baseline.start == req.start
+    # Another generation (the command raced a promotion), or a request that was not read: refused, cleared.
+    other = raw.replace(f'"generation": {req.generation}', '"generation": 2')
+    for value in (other, raw, "junk"):
+        d = decide(spec, status, Observations(3, {REBASELINE_ANNOTATION: value}, serving, model="fraud"), now)
+        assert ClearAnnotation(REBASELINE_ANNOTATION) in d.actions and reasons(d) == ["RebaselineRefused"]
+        assert d.status.monitoring is not None and d.status.monitoring.baseline is None
+
+
+def test_rows_needed_keeps_the_baselines_noise_to_a_twentieth_of_the_tolerance() -> None:
+    # The expected KL of n multinomial rows from their own distribution: about (bins - 1) / 2n.
+    rng = np.random.default_rng(29)
+    p = np.full(10, 0.1)
+    n = mon.rows_needed(10, 0.02)
+    kl = [float(np.sum(np.maximum(q := rng.multinomial(n, p) / n, 1e-12) * np.log(np.maximum(q, 1e-12) / p)))
+          for _ in range(2000)]
+    assert n == 4500 and np.mean(kl) <= 0.05 * 0.02 * 1.1
+    assert mon.rows_needed(2, 0.5) == mon.BASELINE_MIN_ROWS
