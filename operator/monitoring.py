@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from serin.operator import sequential as sq
 from serin.operator.actions import Emit
-from serin.operator.spec import DRIFT_SIGNALS, MonitoringSpec, Signal, SignalSpec
+from serin.operator.spec import DRIFT_SIGNALS, BaselineSource, MonitoringSpec, Signal, SignalSpec
 from serin.operator.status import Baseline, FeatureEvidence, Monitoring, SignalStatus, Version, from_time, to_time
 
 WATCHING = "Watching"
@@ -77,6 +77,7 @@ class MonitoringObservation:
     window: Counts  # since status.monitoring.evaluatedAt
     trailing: Counts | None = None  # the trailing window before it (None: not read, too few rows)
     reference: Reference = field(default_factory=Reference)
+    baseline: Counts | None = None  # a moving baseline's window (spec.monitoring.baseline; None: not read)
     error: str = ""  # the counts could not be read: why
 
 
@@ -142,6 +143,64 @@ def trailing_seconds(spec: MonitoringSpec, m: Monitoring) -> int:
     return int(max(spec.trailing, TRAILING_WINDOWS * mean, 1.0))
 
 
+WEEK = 7 * 24 * 3600
+
+
+def baseline_window(spec: MonitoringSpec, window_seconds: int) -> tuple[int, int] | None:
+    """A moving baseline's window for an evaluation window of `window_seconds` ending now:
+    (seconds before now it ends, its length); None for the profile. `trailing`: the `window`
+    just before the evaluation's; `lastWeek`: `window` centred on the evaluation window's middle,
+    seven days earlier."""
+    b = spec.baseline
+    length = int(b.window)
+    if b.source == BaselineSource.TRAILING:
+        return window_seconds, length
+    if b.source == BaselineSource.LAST_WEEK:
+        return max(0, WEEK + window_seconds // 2 - length // 2), length
+    return None
+
+
+def moving_reference(spec: MonitoringSpec, counts: Counts | None, fallback: Reference) -> tuple[Reference, str]:
+    """The drift reference of one evaluation: a moving baseline's shares when its window holds
+    enough rows to stand for a reference (rows_needed: its noise within BASELINE_NOISE of the
+    tolerance), else `fallback` (the profile, or a rebaseline); and words for the message."""
+    source = spec.baseline.source
+    if source == BaselineSource.PROFILE or counts is None:
+        return fallback, ""
+    what = ("the trailing " if source == BaselineSource.TRAILING else "last week's ") + _hours(spec.baseline.window)
+    features: dict[str, dict[int, float]] = dict(fallback.features)
+    drift = spec.signals.get(Signal.INPUT_DRIFT)
+    short = []
+    for name, profile_bins in fallback.features.items():
+        bins = counts.features.get(name, {})
+        total = sum(max(v, 0.0) for v in bins.values())
+        width = max(len(profile_bins), max(bins, default=-1) + 1)
+        if drift is None or total < rows_needed(width, drift.tolerance):
+            short.append(name)
+            continue
+        features[name] = {b: max(bins.get(b, 0.0), 0.0) / total for b in range(width)}
+    classes = dict(fallback.classes)
+    shift = spec.signals.get(Signal.PREDICTION_SHIFT)
+    total = sum(max(v, 0.0) for v in counts.classes.values())
+    names = sorted(set(fallback.classes) | set(counts.classes))
+    if shift is not None and len(names) > 1 and total >= rows_needed(len(names), shift.tolerance):
+        classes = {c: max(counts.classes.get(c, 0.0), 0.0) / total for c in names}
+    elif len(names) > 1:
+        short.append("predicted classes")
+    judged = len(fallback.features) + (1 if len(names) > 1 else 0)
+    if not short:
+        note = f"against {what}"
+    elif len(short) == judged:
+        note = f"against the profile ({what} had too few rows)"
+    else:
+        note = f"against {what}, the profile where it had too few rows ({len(short)} of {judged})"
+    return Reference(features, classes, fallback.accuracy), note
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g}h" if seconds >= 3600 else f"{seconds / 60:g}m"
+
+
 def enough(spec: MonitoringSpec, m: Monitoring, window: Counts, at: dt.datetime) -> bool:
     """Whether a window's counts are judged now, or it stays open for more rows."""
     return window.rows >= spec.min_rows or (window_seconds(m, at) >= MAX_WAIT and window.rows > 0)
@@ -183,10 +242,12 @@ def evaluate(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
 
     active = spec.active()
     trailing = obs.trailing or Counts()
-    obs = replace(obs, reference=effective_reference(m, obs.reference))
+    reference = effective_reference(m, obs.reference)
+    drift_reference, against = moving_reference(spec, obs.baseline, reference)
     per_month = sq.SECONDS_PER_MONTH / max(spec.interval, 1.0)
-    judged = {name: s for name, s in active.items() if _has_baseline(name, s, obs.reference)}
-    detectors = sum(len(obs.reference.features) if name == Signal.INPUT_DRIFT else 1
+    judged = {name: s for name, s in active.items()
+              if _has_baseline(name, s, drift_reference if name in DRIFT_SIGNALS else reference)}
+    detectors = sum(len(drift_reference.features) if name == Signal.INPUT_DRIFT else 1
                     for name, s in judged.items() if not s.dry_run)
     h = sq.threshold(max(detectors, 1), per_month, spec.false_alarms_per_month)
     signals = []
@@ -198,7 +259,9 @@ def evaluate(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
             signals.append(before if before is not None and before.state != NO_BASELINE
                            else _no_baseline(name, s, before, now_s))
             continue
-        signals.append(_judge(name, s, spec, before, obs.window, trailing, obs.reference, h, now_s))
+        drift = name in DRIFT_SIGNALS
+        signals.append(_judge(name, s, spec, before, obs.window, trailing, drift_reference if drift else reference, h,
+                              now_s, against if drift else ""))
     m = replace(m, evaluatedAt=obs.at, evaluations=m.evaluations + 1, threshold=round(h, 3), problem="",
                 signals=tuple(signals))
     m = replace(m, health=health(m))
@@ -407,10 +470,12 @@ class _Judged:
 
 
 def _judge(name: Signal, s: SignalSpec, spec: MonitoringSpec, before: SignalStatus | None, window: Counts,
-           trailing: Counts, ref: Reference, h: float, now: str) -> SignalStatus:
+           trailing: Counts, ref: Reference, h: float, now: str, against: str = "") -> SignalStatus:
     previous = dict(before.cusum) if before is not None else {}
     if name in DRIFT_SIGNALS:
         judged = _drift(name, s, previous, window, trailing, ref, h)
+        if against:
+            judged = replace(judged, message=f"{judged.message}; {against}")
     else:
         judged = _rate(name, s, previous, window, trailing, ref)
     top = max(judged.cusum.values(), default=0.0)

@@ -145,8 +145,8 @@ async def measure(deps: Deps, model: dict[str, Any], spec: ModelSpec, status: St
 
 async def observe_monitoring(metrics: MetricProvider, namespace: str, name: str, spec: MonitoringSpec,
                              m: Monitoring, now: dt.datetime) -> monitoring.MonitoringObservation:
-    """The serving version's counts since its last evaluation, with its reference, and the
-    trailing window's when there are enough to judge (monitoring_queries.py)."""
+    """The serving version's counts since its last evaluation, with its reference, and, when there
+    are enough to judge, the trailing window's and a moving baseline's (monitoring_queries.py)."""
     at = now.replace(microsecond=0)
     at_s = from_time(at) or ""
     seconds = int(monitoring.window_seconds(m, at))
@@ -165,6 +165,14 @@ async def observe_monitoring(metrics: MetricProvider, namespace: str, name: str,
         if error:
             return monitoring.MonitoringObservation(m.revision, at_s, monitoring.Counts(), error=error)
         trailing, _ = monitoring_queries.parse(samples)
+        moving = monitoring.baseline_window(spec, seconds)
+        if moving is not None:  # spec.monitoring.baseline: trailing or lastWeek
+            samples, error = await metrics.vector(monitoring_queries.window_query(
+                namespace, name, m.revision, moving[0], moving[1], with_reference=False), at.timestamp())
+            if error:
+                return monitoring.MonitoringObservation(m.revision, at_s, monitoring.Counts(), error=error)
+            baseline, _ = monitoring_queries.parse(samples)
+            return monitoring.MonitoringObservation(m.revision, at_s, window, trailing, reference, baseline)
     return monitoring.MonitoringObservation(m.revision, at_s, window, trailing, reference)
 
 

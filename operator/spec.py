@@ -196,6 +196,26 @@ DEFAULT_SIGNALS: dict[Signal, SignalSpec] = {
 }
 
 
+class BaselineSource(enum.StrEnum):
+    """What drift is judged against (spec.monitoring.baseline.from)."""
+
+    PROFILE = "profile"  # the conversion's reference profile, or what `serin rebaseline` accepted
+    TRAILING = "trailing"  # the traffic just before each evaluation's window: a change detector
+    LAST_WEEK = "lastWeek"  # the same hours a week earlier: traffic that follows the hour and weekday
+
+
+# A moving baseline's window when the spec gives none: a day behind for `trailing` (many rows, one
+# whole daily cycle), two hours around the same instant a week earlier for `lastWeek`.
+DEFAULT_BASELINE_WINDOW = {BaselineSource.PROFILE: 0.0, BaselineSource.TRAILING: 24 * 3600.0,
+                           BaselineSource.LAST_WEEK: 2 * 3600.0}
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    source: BaselineSource = BaselineSource.PROFILE
+    window: float = 0.0  # seconds of traffic that stand for the reference (moving baselines)
+
+
 @dataclass(frozen=True)
 class MonitoringSpec:
     """spec.monitoring: the serving version watched over time (monitoring.py, sequential.py)."""
@@ -209,6 +229,7 @@ class MonitoringSpec:
     trailing: float = 3600.0  # seconds of traffic behind each bet
     resolve_after: int = 3  # evaluations back within tolerance that end an alarm
     signals: dict[Signal, SignalSpec] = field(default_factory=lambda: dict(DEFAULT_SIGNALS))
+    baseline: BaselineSpec = BaselineSpec()  # what the drift signals are judged against
 
     def active(self) -> dict[Signal, SignalSpec]:
         return {name: s for name, s in self.signals.items() if s.enabled}
@@ -280,7 +301,11 @@ def _monitoring(raw: dict[str, Any]) -> MonitoringSpec:
             threshold_seconds=_seconds(given, "threshold", default.threshold_seconds),
             minimum=_float_or_none(given.get("min")),
         )
+    given = raw.get("baseline") or {}
+    source = BaselineSource(given.get("from") or BaselineSource.PROFILE)
+    baseline = BaselineSpec(source, _seconds(given, "window", DEFAULT_BASELINE_WINDOW[source]))
     return MonitoringSpec(
+        baseline=baseline,
         enabled=bool(raw.get("enabled", d.enabled)),
         interval=_seconds(raw, "interval", d.interval),
         false_alarms_per_month=float(raw.get("falseAlarmsPerMonth", d.false_alarms_per_month)),

@@ -140,6 +140,9 @@ INVALID = [
     ("monitoring-latency-10s", {"spec__monitoring": {"latency": {"threshold": "10s"}}}, ["spec.monitoring.latency.threshold", "at most 5s"]),
     ("monitoring-accuracy-min-above-1", {"spec__monitoring": {"accuracy": {"min": 1.5}}}, ["spec.monitoring.accuracy", "min must be above 0 and below 1"]),
     ("monitoring-min-rows-zero", {"spec__monitoring": {"minRows": 0}}, ["spec.monitoring.minRows", "greater than or equal to 1"]),
+    ("monitoring-baseline-unknown", {"spec__monitoring": {"baseline": {"from": "yesterday"}}}, ["spec.monitoring.baseline.from", "Unsupported value"]),
+    ("monitoring-baseline-5m", {"spec__monitoring": {"baseline": {"from": "trailing", "window": "5m"}}}, ["spec.monitoring.baseline.window", "between 10m and 168h"]),
+    ("monitoring-last-week-25h", {"spec__monitoring": {"baseline": {"from": "lastWeek", "window": "25h"}}}, ["spec.monitoring.baseline", "at most 24h with from: lastWeek"]),
     ("monitoring-unknown-signal", {"spec__monitoring": {"inputDrfit": {"tolerance": 0.1}}}, ["spec.monitoring.inputDrfit", "unknown field"]),
 ]
 
@@ -184,7 +187,11 @@ def test_valid_manifest_passes_the_same_dry_run(crds: ControlPlane, namespace: s
 @pytest.mark.parametrize("overrides", [
     {"spec__conversion__timeout": "1h", "spec__rollout": {"progressDeadline": "10s"}},
     {"spec__conversion__timeout": "1s", "spec__rollout": {"progressDeadline": "24h"}},
-], ids=["longest-timeout-shortest-deadline", "shortest-timeout-long-deadline"])
+    {"spec__monitoring": {"baseline": {"from": "lastWeek", "window": "24h"}}},
+    {"spec__monitoring": {"baseline": {"from": "trailing", "window": "168h"}}},
+    {"spec__monitoring": {"baseline": {"from": "trailing", "window": "10m"}}},
+], ids=["longest-timeout-shortest-deadline", "shortest-timeout-long-deadline", "last-week-24h", "trailing-168h",
+        "trailing-10m"])
 def test_duration_limits_accept_their_bounds(crds: ControlPlane, namespace: str, overrides: dict[str, Any]) -> None:
     out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest("edge", **overrides),
                        check=False)

@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import model_factory as mf
@@ -20,7 +21,7 @@ from serin.local.prometheus import start_prometheus
 from serin.operator import monitoring as mon
 from serin.operator.prometheus import Prometheus as Provider
 from serin.operator.reconcile import observe_monitoring, observe_rebaseline
-from serin.operator.spec import MonitoringSpec
+from serin.operator.spec import BaselineSource, BaselineSpec, MonitoringSpec
 from serin.operator.status import Monitoring, Version
 from serin.runtime import metric_names as mn
 from test_metrics import rows_input, wait_for
@@ -126,6 +127,19 @@ def test_the_monitoring_query_counts_exactly_the_rows_served_in_its_window(tmp_p
             assert not got.error and got.counts is not None, got.error
             assert got.reference.features == ref.features  # the profile's, for the message
             return got.counts
+
+        # A trailing baseline (spec.monitoring.baseline): the 10 minutes before the window, read as a
+        # third query: every row served before this window (all within them), exactly.
+        trailing_spec = replace(spec, baseline=BaselineSpec(BaselineSource.TRAILING, 600.0))
+        send(300)
+        wait_for(lambda: scraped_rows() >= sent["rows"], timeout=30)
+        later = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=1)
+        time.sleep(1.2)
+        spec = trailing_spec
+        obs = observe(m, later)
+        assert not obs.error and obs.window.rows == 300 and obs.baseline is not None, obs.error
+        assert obs.baseline.rows == sent["rows"] - 300 == 900
+        assert all(sum(b.values()) == 900 for b in obs.baseline.features.values())
 
         unshifted, shifted = rebaseline_counts(start, first_end), rebaseline_counts(first_end, end)
         assert unshifted.rows == 300 and shifted.rows == 600
