@@ -454,7 +454,8 @@ def _has_baseline(name: Signal, s: SignalSpec, ref: Reference) -> bool:
 
 def _no_baseline(name: Signal, s: SignalSpec, before: SignalStatus | None, now: str) -> SignalStatus:
     why = {Signal.INPUT_DRIFT: "the reference profile has no features",
-           Signal.PREDICTION_SHIFT: "the reference profile has no predicted classes (a regressor, or one class)",
+           Signal.PREDICTION_SHIFT: "the reference profile has no predicted classes or value bins (one class, or a "
+                                    "regressor's profile without cuts)",
            }.get(name, "no min given and the reference profile has no accuracy (sampleLabels)")
     since = before.since if before is not None and before.state == NO_BASELINE else now
     return SignalStatus(str(name), NO_BASELINE, since, 0.0, why, before.episode if before else 0,
@@ -545,7 +546,8 @@ def _drift(name: Signal, s: SignalSpec, previous: dict[str, float], window: Coun
     worst = tuple(FeatureEvidence(keys[i], round(cusum[keys[i]] / h, 4), round(float(now_psi[i]), 4))
                   for i in ranked[:TOP_FEATURES]) if name == Signal.INPUT_DRIFT else ()
     i = ranked[0]
-    what = f"feature {keys[i]}" if name == Signal.INPUT_DRIFT else "predicted classes"
+    what = (f"feature {keys[i]}" if name == Signal.INPUT_DRIFT else
+            "predicted values" if any(c.startswith("value ") for c in ref.classes) else "predicted classes")
     message = (f"{what}: PSI {now_psi[i]:.3g} over the last {counts[i].sum():.0f} rows (tolerance {s.tolerance:g}); "
                f"evidence {cusum[keys[i]]:.3g} of {h:.3g} needed")
     return _Judged(cusum, within, message, worst)

@@ -25,12 +25,14 @@ from collections.abc import Iterable
 from serin.operator.monitoring import Counts, Reference
 from serin.runtime import metric_names as m
 
+_VALUE_BUCKETS = f"{m.PREDICTION_VALUE}_bucket"  # a regressor's predicted values, by the profile's cuts
 _COUNTERS = (
     m.FEATURE_BIN_ROWS_TOTAL, m.PREDICTIONS_TOTAL, f"{m.REQUESTS_TOTAL}", f"{m.REQUEST_DURATION_SECONDS}_bucket",
-    m.INFERENCE_ROWS_TOTAL, m.ESTIMATED_CORRECT_TOTAL, m.ESTIMATED_ROWS_TOTAL,
+    m.INFERENCE_ROWS_TOTAL, m.ESTIMATED_CORRECT_TOTAL, m.ESTIMATED_ROWS_TOTAL, _VALUE_BUCKETS,
 )
 _FEEDBACK = (m.FEEDBACK_ROWS_TOTAL, m.FEEDBACK_CORRECT_TOTAL)
-_REFERENCE = (m.FEATURE_BIN_REFERENCE_RATIO, m.PREDICTION_REFERENCE_RATIO, m.REFERENCE_ACCURACY)
+_REFERENCE = (m.FEATURE_BIN_REFERENCE_RATIO, m.PREDICTION_REFERENCE_RATIO, m.REFERENCE_ACCURACY,
+              m.PREDICTION_VALUE_REFERENCE_RATIO)
 _BY = "name, feature, bin, class, code, le"
 LOOKBACK = 300  # Prometheus' default lookback delta, seconds
 
@@ -83,6 +85,8 @@ def parse(samples: list[tuple[dict[str, str], float]]) -> tuple[Counts, Referenc
     features: dict[str, dict[int, float]] = {}
     classes: dict[str, float] = {}
     latency: dict[float, float] = {}
+    values: dict[float, float] = {}  # a regressor's predicted values: rows at most `le` (cumulative)
+    ref_values: dict[float, float] = {}  # the profile's share of each value bucket, by its upper bound
     ref_features: dict[str, dict[int, float]] = {}
     ref_classes: dict[str, float] = {}
     totals = {"rows": 0.0, "requests": 0.0, "errors": 0.0, "feedback_rows": 0.0, "feedback_correct": 0.0,
@@ -109,16 +113,36 @@ def parse(samples: list[tuple[dict[str, str], float]]) -> tuple[Counts, Referenc
             totals["requests"] += value
             if labels.get(m.CODE, "").startswith("5"):
                 totals["errors"] += value
-        elif name == f"{m.REQUEST_DURATION_SECONDS}_bucket":
+        elif name in (f"{m.REQUEST_DURATION_SECONDS}_bucket", _VALUE_BUCKETS, m.PREDICTION_VALUE_REFERENCE_RATIO):
             try:
-                latency[float(labels.get("le", ""))] = value
+                le = float(labels.get("le", ""))
             except ValueError:
                 continue
+            by_le = {_VALUE_BUCKETS: values, m.PREDICTION_VALUE_REFERENCE_RATIO: ref_values}.get(name, latency)
+            by_le[le] = value
         else:
             key = {m.INFERENCE_ROWS_TOTAL: "rows", m.FEEDBACK_ROWS_TOTAL: "feedback_rows",
                    m.FEEDBACK_CORRECT_TOTAL: "feedback_correct", m.ESTIMATED_ROWS_TOTAL: "estimated_rows",
                    m.ESTIMATED_CORRECT_TOTAL: "estimated_correct"}.get(name)
             if key is not None:
                 totals[key] += value
+    if not classes and values:  # a regressor: its value buckets are the "classes" predictionShift judges
+        classes = value_bins(values)
+    if not ref_classes and ref_values:
+        ref_classes = {value_bin(le): share for le, share in ref_values.items()}
     counts = Counts(features=features, classes=classes, latency=latency, **totals)
     return counts, Reference(ref_features, dict(sorted(ref_classes.items())), accuracy)
+
+
+def value_bin(le: float) -> str:
+    """A regressor's value bucket as predictionShift names it: by its upper bound."""
+    return f"value <= {le!r}" if math.isfinite(le) else "value above the last cut"  # repr: exact, unique
+
+
+def value_bins(cumulative: dict[float, float]) -> dict[str, float]:
+    """Rows per bucket from a histogram's cumulative counts by upper bound."""
+    out, below = {}, 0.0
+    for le in sorted(cumulative):
+        out[value_bin(le)] = max(cumulative[le] - below, 0.0)
+        below = max(below, cumulative[le])
+    return out

@@ -33,6 +33,11 @@ FEATURE_BIN_ROWS_TOTAL = "serin_feature_bin_rows_total"
 FEATURE_BIN_REFERENCE_RATIO = "serin_feature_bin_reference_ratio"
 PREDICTION_REFERENCE_RATIO = "serin_prediction_reference_ratio"
 REFERENCE_ACCURACY = "serin_reference_accuracy"
+# Regressors: the reference profile's share of predicted values in each bucket of the
+# serin_prediction_value histogram, labelled with the bucket's upper bound `le` exactly as the
+# histogram labels it (bins between the profile's cuts): prediction shift over time for values.
+PREDICTION_VALUE_REFERENCE_RATIO = "serin_prediction_value_reference_ratio"
+LE = "le"
 
 # Ground truth sent to the feedback endpoint (feedback.py), counted under the revision that made
 # the prediction (label `predicted_revision`; `revision` stays the answering replica's, as on every
@@ -90,6 +95,7 @@ LABELS: dict[str, tuple[str, ...]] = {
     FEATURE_BIN_ROWS_TOTAL: (MODEL, REVISION, FEATURE, BIN),
     FEATURE_BIN_REFERENCE_RATIO: (MODEL, REVISION, FEATURE, BIN),
     PREDICTION_REFERENCE_RATIO: (MODEL, REVISION, CLASS),
+    PREDICTION_VALUE_REFERENCE_RATIO: (MODEL, REVISION, LE),
     REFERENCE_ACCURACY: (MODEL, REVISION),
     **{name: (MODEL, REVISION, PREDICTED_REVISION) for name in (
         FEEDBACK_ROWS_TOTAL, FEEDBACK_CORRECT_TOTAL, FEEDBACK_SCORED_ROWS_TOTAL, FEEDBACK_LOG_LOSS_TOTAL,

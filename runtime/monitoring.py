@@ -21,6 +21,7 @@ across workers (see drift.py).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
@@ -31,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from serin.runtime import metric_names as mn
 from serin.runtime.drift import Drift
 from serin.runtime.feedback import ClassColumns
@@ -122,6 +124,22 @@ class ReferenceCollector(Collector):
             for cls, share in zip(p.classes, p.proportions, strict=True):
                 ratio.add_metric([*self.labels, cls], share / total)
             yield ratio
+        if p.kind == "regression" and p.cuts and len(p.proportions) == len(p.cuts) + 1:
+            # One share per bucket of the value histogram (whose bounds are sorted(set(cuts))), by
+            # its upper bound as the histogram writes it; a bin the profile gives no width (a
+            # repeated cut) adds to the bucket that ends there.
+            shares: dict[float, float] = {}
+            total = sum(p.proportions) or 1.0
+            for i, share in enumerate(p.proportions):
+                upper = float(p.cuts[i]) if i < len(p.cuts) else math.inf
+                shares[upper] = shares.get(upper, 0.0) + share / total
+            values = GaugeMetricFamily(
+                mn.PREDICTION_VALUE_REFERENCE_RATIO,
+                "Share of the reference profile's predicted values in each bucket of serin_prediction_value",
+                labels=list(mn.LABELS[mn.PREDICTION_VALUE_REFERENCE_RATIO]))
+            for upper, share in sorted(shares.items()):
+                values.add_metric([*self.labels, floatToGoString(upper)], share)
+            yield values
         if p.reference_accuracy is not None:
             accuracy = GaugeMetricFamily(
                 mn.REFERENCE_ACCURACY, "Accuracy on the reference sample's true labels",

@@ -197,6 +197,11 @@ def test_regressor_prediction_histogram(models: dict[str, Path], tmp_path: Path)
         assert value(text, f"{mn.PREDICTION_VALUE}_bucket", le="-2.0") == 1
         assert value(text, f"{mn.PREDICTION_VALUE}_bucket", le="2.0") == 2
         assert value(text, mn.PREDICTIONS_TOTAL) is None
+        # The profile's share of each value bucket, labelled as the histogram labels its buckets,
+        # so the operator's predictionShift over time pairs them (monitoring_queries.value_bins).
+        for le in ("-2.0", "0.0", "2.0", "+Inf"):
+            assert value(text, mn.PREDICTION_VALUE_REFERENCE_RATIO, le=le) == 0.25, le
+            assert value(text, f"{mn.PREDICTION_VALUE}_bucket", le=le) is not None, le
     finally:
         stop_server(srv)
 
