@@ -54,7 +54,7 @@ class LoadGenerator:
     # feedback endpoint, `feedback_delay` seconds after the answer: labels that arrive later.
     feedback: float = 0.0
     feedback_delay: float = 0.0
-    feedback_token: str = ""  # the Model's sender token (its Secret {model}-serin-feedback, key "token")
+    feedback_token: str = ""  # the Model's sender token (its Secret {model}-serin-feedback-sender, key "token")
     answers: list[Answer] = field(default_factory=list)
     feedback_answers: list[Answer] = field(default_factory=list)
     told_ids: list[str] = field(default_factory=list)  # the prediction ids truth was sent for
@@ -156,9 +156,10 @@ class LoadGenerator:
 
 def sender_token(kubectl: Callable[..., Any], model: str, namespace: str) -> str:
     """The Model's feedback sender token, read as its labelling pipeline would: the key "token" of
-    the Secret {model}-serin-feedback the operator made (`kubectl` runs kubectl with its arguments
-    and returns the CompletedProcess)."""
-    out = kubectl("get", "secret", f"{model}-serin-feedback", "-n", namespace, "-o", "jsonpath={.data.token}")
+    the Secret {model}-serin-feedback-sender the operator made (`kubectl` runs kubectl with its
+    arguments and returns the CompletedProcess)."""
+    out = kubectl("get", "secret", f"{model}-serin-feedback-sender", "-n", namespace, "-o",
+                  "jsonpath={.data.token}")
     return base64.b64decode(out.stdout).decode()
 
 

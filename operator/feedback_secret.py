@@ -29,18 +29,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from serin.operator.names import bounded
-from serin.operator.routing.base import FEEDBACK_SECRET_KEY, FEEDBACK_SECRET_TOKEN, feedback_secret_name
+from serin.operator.routing.base import (
+    FEEDBACK_SECRET_KEY,
+    FEEDBACK_SECRET_TOKEN,
+    feedback_secret_name,
+    feedback_sender_secret_name,
+)
 
 
-def secret_body(model_meta: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
-    """The Model's feedback Secret as the operator creates it, with a new random key (signs
-    prediction ids) and sender token (lets a sender tell their truth): Opaque, Serin's labels, owned
-    by the Model. The chart's admission policy accepts exactly this shape from the operator."""
+def secret_body(model_meta: dict[str, Any], owner: dict[str, Any], sender: bool = False) -> dict[str, Any]:
+    """One of the Model's two feedback Secrets as the operator creates it, with a new random value:
+    the key that signs prediction ids (`{model}-serin-feedback`), or with `sender` the token a
+    feedback sender must show (`{model}-serin-feedback-sender`): apart, so that whoever may read the
+    token (the labelling pipeline) cannot read the key and mint ids. Opaque, Serin's labels, owned
+    by the Model: the chart's admission policy accepts exactly these shapes from the operator."""
     model = model_meta["name"]
-    values = {FEEDBACK_SECRET_KEY: secrets.token_hex(32), FEEDBACK_SECRET_TOKEN: secrets.token_hex(32)}
+    name = feedback_sender_secret_name(model) if sender else feedback_secret_name(model)
+    values = {FEEDBACK_SECRET_TOKEN if sender else FEEDBACK_SECRET_KEY: secrets.token_hex(32)}
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": feedback_secret_name(model), "namespace": model_meta["namespace"],
+        "metadata": {"name": name, "namespace": model_meta["namespace"],
                      "labels": {"app.kubernetes.io/managed-by": "serin", "serin.dev/model": bounded(model)},
                      "ownerReferences": [owner]},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
@@ -92,12 +100,15 @@ class SecretCheck:
         s, retried = self.secret, f"checked again every {self.retry_seconds:g}s"
         if self.state == SecretState.OURS:
             return ""
+        # Without the key, ids verify on one replica only; without the sender token, no feedback is taken.
+        without = ("its predictors sign ids with keys of their own, valid on one replica only"
+                   if not s.endswith("-sender") else "its predictors refuse all feedback (no sender token)")
         if self.state == SecretState.FORBIDDEN:
-            return (f"the operator may not create Secret {s}, the Model's feedback key ({self.detail}): its "
-                    f"predictors sign feedback ids with keys of their own, valid on one replica only; {retried}")
+            return (f"the operator may not create Secret {s}, one of the Model's feedback Secrets ({self.detail}): "
+                    f"{without}; {retried}")
         if self.state == SecretState.REFUSED:
-            return (f"the apiserver refused Secret {s}, the Model's feedback key ({self.detail}): its predictors "
-                    f"sign feedback ids with keys of their own, valid on one replica only; {retried}")
+            return (f"the apiserver refused Secret {s}, one of the Model's feedback Secrets ({self.detail}): "
+                    f"{without}; {retried}")
         if self.state == SecretState.UNVERIFIED:
             return (f"a Secret {s} exists and the operator may not read Secret {s} to check that it is this "
                     f"Model's ({self.detail}): the first deployment waits for it to go (an earlier Model's is "

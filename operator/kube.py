@@ -15,7 +15,7 @@ from serin.operator.feedback_secret import SecretCheck, SecretState, classify, s
 from serin.operator.routing.base import GROUP as KSERVE_GROUP
 from serin.operator.routing.base import PLURAL as KSERVE_PLURAL
 from serin.operator.routing.base import VERSION as KSERVE_VERSION
-from serin.operator.routing.base import Op, Write, feedback_secret_name
+from serin.operator.routing.base import Op, Write, feedback_secret_name, feedback_sender_secret_name
 from serin.operator.routing.standard import ISVC_LABEL
 
 GROUP, VERSION, PLURAL = "serin.dev", "v1alpha1", "models"
@@ -144,8 +144,10 @@ class Kube:
 
     async def ensure_feedback_secret(self, model: dict[str, Any], owner: dict[str, Any],
                                      verify: bool = True) -> SecretCheck:
-        """The Model's feedback key (routing.base.feedback_secret_name): created once with a random
-        key, owned by the Model, never changed by the operator (only the predictors read the key).
+        """The Model's feedback key and sender token (routing.base.feedback_secret_name and
+        feedback_sender_secret_name): each created once with a random value, owned by the Model,
+        never changed by the operator (the predictors read both; a sender, the token). A Model served
+        before sender tokens existed gets its token Secret at its next write that starts predictors.
         `verify` (before the Model's first deployment): a Secret of that name that is already there
         is used only when its owner is this Model, by uid (feedback_secret.py says why); without it
         (the Model serves, so its first deployment made or checked the Secret) one that is there is
@@ -154,11 +156,24 @@ class Kube:
         asks again later."""
         meta = model["metadata"]
         ns, uid = meta["namespace"], meta.get("uid", "")
-        name = feedback_secret_name(meta["name"])
-        where = f"{ns}/{name}"
         if (ns, uid) in self._feedback_secrets:
-            return SecretCheck(SecretState.OURS, where, model_uid=uid)
-        body = secret_body(meta, owner)
+            return SecretCheck(SecretState.OURS, f"{ns}/{feedback_secret_name(meta['name'])}", model_uid=uid)
+        # The signing key, then the sender token (a Secret of its own, so that a sender reading it
+        # cannot read the key): each created, or found and checked, the same way.
+        for sender in (False, True):
+            check = await self._ensure_secret(model, owner, verify, sender)
+            if not check.usable:
+                return check
+        self._feedback_secrets.add((ns, uid))
+        return check
+
+    async def _ensure_secret(self, model: dict[str, Any], owner: dict[str, Any], verify: bool,
+                             sender: bool) -> SecretCheck:
+        meta = model["metadata"]
+        ns, uid = meta["namespace"], meta.get("uid", "")
+        name = feedback_sender_secret_name(meta["name"]) if sender else feedback_secret_name(meta["name"])
+        where = f"{ns}/{name}"
+        body = secret_body(meta, owner, sender)
         for _ in range(2):  # a second create when the Secret found went before it could be read
             try:
                 await self.core.create_namespaced_secret(ns, body)  # type: ignore[arg-type]  # a dict body is sent as it is
@@ -174,8 +189,6 @@ class Kube:
                          else SecretCheck(SecretState.OURS, where, model_uid=uid))
             if check.state != SecretState.GONE:
                 break
-        if check.usable:
-            self._feedback_secrets.add((ns, uid))
         return check
 
     async def _owner_of_secret(self, ns: str, name: str, model: dict[str, Any]) -> SecretCheck:

@@ -473,7 +473,7 @@ class Senders:
 
     token: str = ""
     anyone: bool = False
-    secret: str = "{model}-serin-feedback"  # where Serin keeps the token: named in refusals
+    secret: str = "{model}-serin-feedback-sender"  # where Serin keeps the token: named in refusals
 
     def check(self, authorization: bytes | None) -> None:
         """Raises FeedbackError (401, or 403 when no token is configured) unless the request's
@@ -483,11 +483,12 @@ class Senders:
         if not self.token:
             raise FeedbackError(f"this replica has no feedback sender token ({TOKEN_ENV}, the key 'token' of "
                                 f"Secret {self.secret}): feedback is refused", 403)
-        scheme, _, given = (authorization or b"").decode("latin-1").strip().partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
+        scheme, _, given = (authorization or b"").strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not given.strip():
             raise FeedbackError(f"feedback needs 'Authorization: Bearer <token>', the key 'token' of "
                                 f"Secret {self.secret}", 401)
-        if not hmac.compare_digest(given.strip().encode("latin-1"), self.token.encode("latin-1", "replace")):
+        # Bytes against bytes, in constant time: the header as sent, the token as UTF-8.
+        if not hmac.compare_digest(given.strip(), self.token.encode("utf-8")):
             raise FeedbackError("wrong feedback sender token", 401)
 
 

@@ -127,7 +127,7 @@ def build_feedback(cfg: ServeConfig, model: OnnxModel) -> Feedback | None:
     ids = fb.PredictionIds(fb.key_from(cfg.feedback_key), cfg.name, cfg.revision, model.task,
                            fb.probability_output(model.task, model.outputs))
     store = fb.SeenStore(cfg.state_dir / "feedback-seen.sqlite", cfg.feedback_max_age, cfg.feedback_max_ids)
-    senders = fb.Senders(cfg.feedback_token, cfg.feedback_senders_anyone, f"{cfg.name}-serin-feedback")
+    senders = fb.Senders(cfg.feedback_token, cfg.feedback_senders_anyone, f"{cfg.name}-serin-feedback-sender")
     return fb.Feedback(ids, store, FeedbackMetrics(cfg.name, cfg.revision, model.task), cfg.feedback_max_age,
                        cfg.feedback_rate, senders)
 

@@ -32,8 +32,9 @@ MODEL_SHA256_ENV = "SERIN_MODEL_SHA256"
 # sent to any replica of either version, also after restarts.
 FEEDBACK_KEY_ENV = "SERIN_FEEDBACK_KEY"
 FEEDBACK_SECRET_KEY = "key"
-# Who may send ground truth: holders of the sender token, kept in the same Secret (key "token"),
-# which the team's labelling pipeline reads; an answered client holds ids but not this.
+# Who may send ground truth: holders of the sender token, kept in a Secret of its own (key
+# "token"), which the team's labelling pipeline may read without reading the key: a sender tells
+# truth about ids, it must not be able to mint them. An answered client holds ids but not this.
 FEEDBACK_TOKEN_ENV = "SERIN_FEEDBACK_TOKEN"
 FEEDBACK_SECRET_TOKEN = "token"
 # Where the runtime keeps the ids that got their ground truth (runtime/cli.py picks it up when it is
@@ -43,6 +44,10 @@ STATE_VOLUME, STATE_DIR = "serin-state", "/var/lib/serin"
 
 def feedback_secret_name(model: str) -> str:
     return f"{model}-serin-feedback"[:253]
+
+
+def feedback_sender_secret_name(model: str) -> str:
+    return f"{model}-serin-feedback-sender"[:253]
 
 
 def state_volumes() -> list[dict[str, Any]]:
@@ -164,9 +169,10 @@ def model_spec(version: Served, spec: ModelSpec, revision: str | None = None, mo
         # optional: a predictor whose Secret is missing (an operator without the right to create
         # it) still serves; it signs ids with a key of its own, valid on that replica only, and
         # without a sender token it refuses all feedback.
-        env += [{"name": var, "valueFrom": {"secretKeyRef": {
-            "name": feedback_secret_name(model), "key": key, "optional": True}}}
-            for var, key in ((FEEDBACK_KEY_ENV, FEEDBACK_SECRET_KEY), (FEEDBACK_TOKEN_ENV, FEEDBACK_SECRET_TOKEN))]
+        secrets = ((FEEDBACK_KEY_ENV, feedback_secret_name(model), FEEDBACK_SECRET_KEY),
+                   (FEEDBACK_TOKEN_ENV, feedback_sender_secret_name(model), FEEDBACK_SECRET_TOKEN))
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+                for var, secret, key in secrets]
     if state_volume:
         container["volumeMounts"] = [{"name": STATE_VOLUME, "mountPath": STATE_DIR}]
     if env:

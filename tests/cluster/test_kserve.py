@@ -138,10 +138,12 @@ def test_first_version_serves_in_standard_mode_from_real_pods(platform: Platform
     # The feedback key: a Secret the operator made for the Model (owned by it), read by the Pod;
     # the state volume where the ids that got their truth outlive container restarts.
     secret = get(p.cluster, "secret", f"{name}-serin-feedback", "-n", MODELS)
-    assert secret["metadata"]["ownerReferences"][0]["kind"] == "Model" and secret["data"]["key"] and secret["data"]["token"]
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "Model" and set(secret["data"]) == {"key"}
+    sender = get(p.cluster, "secret", f"{name}-serin-feedback-sender", "-n", MODELS)
+    assert sender["metadata"]["ownerReferences"][0]["kind"] == "Model" and set(sender["data"]) == {"token"}
     env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
     assert env["SERIN_FEEDBACK_KEY"]["valueFrom"]["secretKeyRef"]["name"] == f"{name}-serin-feedback"
-    assert env["SERIN_FEEDBACK_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": f"{name}-serin-feedback",
+    assert env["SERIN_FEEDBACK_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": f"{name}-serin-feedback-sender",
                                                                         "key": "token", "optional": True}
     assert {"name": "serin-state", "mountPath": "/var/lib/serin"} in [
         {k: m[k] for k in ("name", "mountPath")} for m in pod["spec"]["containers"][0]["volumeMounts"]]

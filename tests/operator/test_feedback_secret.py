@@ -269,9 +269,9 @@ async def test_the_models_own_secret_is_recognised_after_a_restart() -> None:
     w.leave_secret([EARLIER | {"uid": UID}])
     await w.tick()
     assert w.isvc() is not None and w.warnings() == []
-    assert w.core.secret_calls == ["create", "get"]
+    assert w.core.secret_calls == ["create", "get", "create"]  # the key found and checked, the token made
     await w.tick(1)
-    assert w.core.secret_calls == ["create", "get"], "checked once per Model per process"
+    assert w.core.secret_calls == ["create", "get", "create"], "checked once per Model per process"
 
 
 async def test_a_serving_models_secret_is_not_read_again_after_a_restart() -> None:
@@ -285,7 +285,7 @@ async def test_a_serving_models_secret_is_not_read_again_after_a_restart() -> No
     w.restart()
     w.core.secret_calls.clear()
     await w.tick(1)
-    assert w.core.secret_calls == ["create"] and w.warnings() == []
+    assert w.core.secret_calls == ["create", "create"] and w.warnings() == []
     assert w.isvc()["spec"]["predictor"]["model"]["storageUri"] == "pvc://serin-models/ml/fraud-g1-other"
 
 
@@ -302,13 +302,41 @@ async def test_a_secret_the_apiserver_refuses_is_said_not_raised(status: int) ->
     assert any(f"Secret {NS}/{SECRET}" in m for m in w.warnings())
 
 
-def test_the_secret_holds_a_signing_key_and_a_separate_sender_token_both_random() -> None:
+def test_the_signing_key_and_the_sender_token_are_random_and_in_secrets_of_their_own() -> None:
     # The key mints ids (what was predicted); the token only lets a sender tell truth about them:
-    # the labelling pipeline that reads the token must not be able to forge predictions.
+    # the labelling pipeline given `get` on the token's Secret must not be able to read the key.
     owner = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "name": "fraud", "uid": "u", "controller": True}
-    bodies = [secret_body({"name": "fraud", "namespace": "ml"}, owner) for _ in range(2)]
-    values = [{k: base64.b64decode(v).decode() for k, v in b["data"].items()} for b in bodies]
-    assert all(set(v) == {"key", "token"} for v in values)
-    assert all(len(v["key"]) == len(v["token"]) == 64 and v["key"] != v["token"] for v in values)
-    assert values[0]["key"] != values[1]["key"] and values[0]["token"] != values[1]["token"]
-    assert bodies[0]["metadata"]["name"] == "fraud-serin-feedback" and bodies[0]["type"] == "Opaque"
+    keys = [secret_body({"name": "fraud", "namespace": "ml"}, owner) for _ in range(2)]
+    tokens = [secret_body({"name": "fraud", "namespace": "ml"}, owner, sender=True) for _ in range(2)]
+    assert [b["metadata"]["name"] for b in (*keys, *tokens)] == ["fraud-serin-feedback"] * 2 + [
+        "fraud-serin-feedback-sender"] * 2
+    assert all(set(b["data"]) == {"key"} for b in keys) and all(set(b["data"]) == {"token"} for b in tokens)
+    values = [base64.b64decode(next(iter(b["data"].values()))).decode() for b in (*keys, *tokens)]
+    assert len(set(values)) == 4 and all(len(v) == 64 for v in values)
+    assert all(b["type"] == "Opaque" and b["metadata"]["ownerReferences"] == [owner] for b in (*keys, *tokens))
+
+
+async def test_a_model_served_before_sender_tokens_gets_its_token_secret_at_its_next_deployment() -> None:
+    """An operator upgraded under a serving Model: its key Secret is there (made by the older
+    operator, not readable by this one), its token Secret is not. The write that restarts its
+    predictors (the new variable) creates the token's Secret first, so they start with it."""
+    w = World()
+    await w.tick()
+    assert w.isvc() is not None
+    del w.core.secrets[(NS, f"{SECRET}-sender")]  # as an older operator left it
+    w.model()["status"]["stable"]["storageUri"] = "pvc://serin-models/ml/fraud-g1-other"  # asks for a patch
+    w.core.forbid = {"get"}
+    w.restart()
+    await w.tick(1)
+    sender = w.core.secrets[(NS, f"{SECRET}-sender")]
+    assert [r["uid"] for r in sender["metadata"]["ownerReferences"]] == [UID] and w.warnings() == []
+
+
+async def test_a_token_secret_someone_else_made_holds_the_first_deployment() -> None:
+    w = World()
+    w.core.secrets[(NS, f"{SECRET}-sender")] = {"metadata": {"name": f"{SECRET}-sender", "namespace": NS,
+                                                             "ownerReferences": []}, "data": {"token": "a25vd24="}}
+    await w.tick()
+    await w.tick(1)
+    assert w.isvc() is None
+    assert f"Secret {NS}/{SECRET}-sender exists and is not this Model's" in w.model()["status"]["message"]

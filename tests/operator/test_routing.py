@@ -42,11 +42,11 @@ def apply(obj: dict[str, Any] | None, writes: list[Write]) -> dict[str, Any] | N
 # -- Knative ----------------------------------------------------------------------------------
 
 
-# The Model's Secret: the key that signs prediction ids, and the token a feedback sender must show.
+# The Model's Secrets: the key that signs prediction ids, and (apart) the token a feedback sender must show.
 FEEDBACK_ENV = [{"name": "SERIN_FEEDBACK_KEY", "valueFrom": {"secretKeyRef": {
     "name": "fraud-serin-feedback", "key": "key", "optional": True}}},
                 {"name": "SERIN_FEEDBACK_TOKEN", "valueFrom": {"secretKeyRef": {
-                    "name": "fraud-serin-feedback", "key": "token", "optional": True}}}]
+                    "name": "fraud-serin-feedback-sender", "key": "token", "optional": True}}}]
 
 
 def knative_isvc(storage: str, percent: int | None, generation: int = 3, **status: Any) -> dict[str, Any]:

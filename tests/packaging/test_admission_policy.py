@@ -119,9 +119,13 @@ def secret(ns: str) -> dict[str, Any]:
     return secret_body({"name": "fraud", "namespace": ns}, owner())
 
 
+def sender_secret(ns: str) -> dict[str, Any]:
+    return secret_body({"name": "fraud", "namespace": ns}, owner(), sender=True)
+
+
 BUILDERS: dict[str, Callable[[str], dict[str, Any]]] = {
     "job": conversion_job, "knative-isvc": knative_isvc, "standard-isvc": standard_isvc_with_canary,
-    "service": service, "httproute": route, "secret": secret}
+    "service": service, "httproute": route, "secret": secret, "sender-secret": sender_secret}
 
 
 @pytest.mark.parametrize("kind", BUILDERS)
@@ -143,6 +147,12 @@ def _step(job: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _predictor(isvc: dict[str, Any]) -> dict[str, Any]:
     return isvc["spec"]["predictor"]  # type: ignore[no-any-return]
+
+
+def _env(isvc: dict[str, Any], name: str, source: dict[str, Any]) -> None:
+    """The predictor's variable `name` given from `source` instead of the operator's own."""
+    env = _predictor(isvc)["model"]["env"]
+    env[:] = [e for e in env if e["name"] != name] + [{"name": name, **source}]
 
 
 Spoil = Callable[[dict[str, Any]], object]
@@ -220,6 +230,21 @@ REFUSED: list[tuple[str, str, Spoil, str, str]] = [
      lambda i: _predictor(i)["model"]["env"].append(
          {"name": "K", "valueFrom": {"secretKeyRef": {"name": "payments-serin-feedback", "key": "key"}}}),
      "inferenceservices", "no Secret but its Model's feedback key"),
+    # A stolen operator identity (which cannot read Secrets) must not set a token or key it knows.
+    ("standard-isvc", "a sender token of the operator's choosing",
+     lambda i: _env(i, "SERIN_FEEDBACK_TOKEN", {"value": "known-to-the-attacker"}),
+     "inferenceservices", "each from its own Secret"),
+    ("knative-isvc", "a signing key of the operator's choosing",
+     lambda i: _env(i, "SERIN_FEEDBACK_KEY", {"value": "known-to-the-attacker"}),
+     "inferenceservices", "each from its own Secret"),
+    ("standard-isvc", "the sender token read from the key's Secret",
+     lambda i: _env(i, "SERIN_FEEDBACK_TOKEN", {"valueFrom": {"secretKeyRef": {"name": "fraud-serin-feedback",
+                                                                              "key": "key"}}}),
+     "inferenceservices", "each from its own Secret"),
+    ("knative-isvc", "the key read from another key of its Secret",
+     lambda i: _env(i, "SERIN_FEEDBACK_KEY", {"valueFrom": {"secretKeyRef": {"name": "fraud-serin-feedback",
+                                                                            "key": "other"}}}),
+     "inferenceservices", "each from its own Secret"),
     ("knative-isvc", "the deprecated serviceAccount field", lambda i: _predictor(i).update(serviceAccount="admin"),
      "inferenceservices", "no containers, ServiceAccount"),
     ("knative-isvc", "a probe that runs a command", lambda i: _predictor(i)["model"].update(

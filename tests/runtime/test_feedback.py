@@ -167,7 +167,7 @@ def test_truth_is_taken_only_from_holders_of_the_sender_token(pair) -> None:  # 
         for path in ("/v2/models/fraud/feedback", "/v1/models/fraud:feedback"):
             reply = b.request("POST", path, body, headers=headers)
             assert reply.status == 401 and words in reply.json()["error"], (headers, path, reply.body)
-            assert "fraud-serin-feedback" in reply.json()["error"] or "wrong" in words
+            assert "fraud-serin-feedback-sender" in reply.json()["error"] or "wrong" in words
     # None of them used the id up; the token's holder is heard once (the scheme is case-insensitive).
     assert b.request("POST", "/v2/models/fraud/feedback", body,
                      headers={"Authorization": f"bearer {TOKEN}"}).status == 200
@@ -187,7 +187,7 @@ def test_a_replica_without_a_token_refuses_all_truth_unless_told_anyone_may_send
         body = {"id": answer["id"], "truth": labels(answer)}
         reply = closed.request("POST", "/v2/models/fraud/feedback", body, headers=SENDER)
         assert reply.status == 403 and "SERIN_FEEDBACK_TOKEN" in reply.json()["error"], reply.body
-        assert "fraud-serin-feedback" in reply.json()["error"]
+        assert "fraud-serin-feedback-sender" in reply.json()["error"]
         assert open_.request("POST", "/v2/models/fraud/feedback", body).status == 200
     finally:
         stop_server(closed)
@@ -198,7 +198,8 @@ def test_the_sender_check_on_a_table_of_headers() -> None:
     senders = fb.Senders("s3cret", secret="m-serin-feedback")
     senders.check(b"Bearer s3cret")
     senders.check(b"BEARER   s3cret ")
-    for header in (None, b"", b"s3cret", b"Bearer", b"Token s3cret", b"Bearer s3cre", b"Bearer s3cret2", b"Bearer \xff"):
+    for header in (None, b"", b"s3cret", b"Bearer", b"Token s3cret", b"Bearer s3cre", b"Bearer s3cret2", b"Bearer \xff",
+                   b"Bearer ??????"):
         with pytest.raises(fb.FeedbackError) as refused:
             senders.check(header)
         assert refused.value.status == 401, header
@@ -206,6 +207,12 @@ def test_the_sender_check_on_a_table_of_headers() -> None:
         fb.Senders("", secret="m-serin-feedback").check(b"Bearer anything")
     assert none.value.status == 403 and "m-serin-feedback" in none.value.message
     fb.Senders("", anyone=True).check(None)
+    # A token that is not Latin-1 is compared as UTF-8 bytes: "??????" (what an encoding with
+    # replacement would make of it) does not pass for it, its own bytes do.
+    unicode = fb.Senders("jeton-\u00e9\u4e2d\u6587")
+    unicode.check("Bearer jeton-\u00e9\u4e2d\u6587".encode())
+    with pytest.raises(fb.FeedbackError):
+        unicode.check(b"Bearer jeton-??????")
 
 
 def test_a_key_other_replicas_do_not_share_makes_their_ids_unknown(models: dict[str, Path], tmp_path: Path) -> None:
