@@ -59,6 +59,9 @@ class Emit:
 @dataclass(frozen=True)
 class ClearAnnotation:
     key: str
+    # The value acted upon: the annotation is removed only if it still holds it, so a newer command
+    # written between the read and the removal is kept for the next tick ("" : removed whatever it holds).
+    value: str = ""
 
 
 Action = StartConversion | CancelConversion | ApplyServing | Emit | ClearAnnotation

@@ -114,8 +114,7 @@ def render_status(model: dict[str, Any]) -> str:
         b = m.get("baseline")
         if b:
             why = f": {b['reason']}" if b.get("reason") else ""
-            accuracy = (f", accuracy {b['accuracy']} ({b.get('accuracyFrom', '')})" if b.get("accuracy") is not None
-                        else "")
+            accuracy = "".join(f", {k} {b[k]}" for k in ("accuracy", "estimatedAccuracy") if b.get(k) is not None)
             lines.append(f"    baseline  the traffic of {b.get('start')} .. {b.get('end')} "
                          f"({b.get('rows', 0):.0f} rows){accuracy}, taken {b.get('takenAt')}{why}")
         for x in m.get("signals") or []:

@@ -20,6 +20,7 @@ from serin.operator.routing.standard import ISVC_LABEL
 
 GROUP, VERSION, PLURAL = "serin.dev", "v1alpha1", "models"
 MERGE = "application/merge-patch+json"  # custom resources take no strategic merge patch
+JSON_PATCH = "application/json-patch+json"
 GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES = "gateway.networking.k8s.io", "v1", "httproutes"
 
 
@@ -78,11 +79,22 @@ class Kube:
         if self.cache is not None:
             self.cache.put_model(written)
 
-    async def remove_annotation(self, model: dict[str, Any], key: str) -> None:
+    async def remove_annotation(self, model: dict[str, Any], key: str, value: str = "") -> None:
+        """Removes annotation `key`; with `value`, only while it still holds that value (a JSON
+        patch whose test fails changes nothing: a command written since is kept for next time)."""
         meta = model["metadata"]
-        body = {"metadata": {"annotations": {key: None}}}
-        written = await self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body, _content_type=MERGE)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
+        body: Any = {"metadata": {"annotations": {key: None}}}
+        content = MERGE
+        if value:
+            path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+            body, content = [{"op": "test", "path": path, "value": value}, {"op": "remove", "path": path}], JSON_PATCH
+        try:
+            written = await self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body, _content_type=content)  # type: ignore[call-arg]  # passed through **kwargs; the stubs omit it
+        except ApiException as err:
+            if value and err.status in (409, 422):  # the test failed: it holds another value now, or none
+                return
+            raise
         if self.cache is not None:
             self.cache.put_model(written)
 

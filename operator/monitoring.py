@@ -68,6 +68,8 @@ class Reference:
     features: dict[str, dict[int, float]] = field(default_factory=dict)  # feature -> bin -> share
     classes: dict[str, float] = field(default_factory=dict)
     accuracy: float | None = None
+    # The estimate's own reference when a rebaseline gave it one (None: `accuracy` stands for both).
+    estimated_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def moving_reference(spec: MonitoringSpec, counts: Counts | None, fallback: Refe
         note = f"against the profile ({what} had too few rows)"
     else:
         note = f"against {what}, the profile where it had too few rows ({len(short)} of {judged})"
-    return Reference(features, classes, fallback.accuracy), note
+    return replace(fallback, features=features, classes=classes), note
 
 
 def _hours(seconds: float) -> str:
@@ -279,9 +281,11 @@ BASELINE_MIN_ROWS = 1000
 # Accuracy from a window: the lower end of a 95 % Wilson interval (at least this many rows with
 # ground truth, or estimated), so that the estimate's own noise cannot raise the limit.
 BASELINE_MIN_ACCURACY_ROWS = 500
+ACCURACY_NOISE = 0.25  # of the tolerated drop: the most an accuracy baseline's interval may span
 _Z95 = 1.96
 # Status stays within tens of kilobytes (the CRD's status schema holds these bounds too).
 MAX_BASELINE_FEATURES, MAX_BASELINE_BINS, MAX_BASELINE_CLASSES = 512, 256, 1024
+MAX_BASELINE_NUMBERS = 20_000  # bins of all features together: about 200 KB of status at most
 MAX_BASELINE_WINDOW = 31 * 24 * 3600.0
 
 
@@ -341,7 +345,8 @@ def effective_reference(m: Monitoring, profile: Reference) -> Reference:
         return profile
     features = {f: dict(enumerate(shares)) for f, shares in b.features.items()} if b.features else profile.features
     return Reference(features, dict(b.classes) if b.classes else profile.classes,
-                     b.accuracy if b.accuracy is not None else profile.accuracy)
+                     b.accuracy if b.accuracy is not None else profile.accuracy,
+                     b.estimatedAccuracy if b.estimatedAccuracy is not None else profile.estimated_accuracy)
 
 
 def _wilson_lower(successes: float, n: float) -> float:
@@ -357,14 +362,23 @@ def rows_needed(bins: int, tolerance: float) -> int:
     return max(BASELINE_MIN_ROWS, math.ceil((max(bins, 2) - 1) / (2 * BASELINE_NOISE * tolerance)))
 
 
+def accuracy_rows_needed(share: float, tolerance: float) -> int:
+    """Rows a window needs for its accuracy's 95 % interval to span at most ACCURACY_NOISE of the
+    tolerated drop on either side (0.9 accurate, tolerance 0.03: about 6,100)."""
+    variance = max(share * (1 - share), 0.01)
+    return max(BASELINE_MIN_ACCURACY_ROWS, math.ceil(_Z95 * _Z95 * variance / (ACCURACY_NOISE * tolerance) ** 2))
+
+
 def rebaseline(spec: MonitoringSpec, m: Monitoring, obs: RebaselineObservation, now: dt.datetime
                ) -> tuple[Monitoring, tuple[Emit, ...]]:
     """Accept the traffic of the request's window as the reference of the signals it can stand
-    for: drift (every feature's bins, the predicted classes) and accuracy (ground truth, else the
-    estimate). Their detectors start from nothing, an alarm among them ends (told as resolved by
-    rebaseline); the others keep judging as before. Refused, with a Warning, when the window
-    cannot stand for a reference; a request already applied is not applied twice (a restart
-    between the status write and the annotation's removal)."""
+    for: drift (every feature's bins, the predicted classes or values), accuracy from ground truth
+    and the estimate's reference, each from its own rows and only where the spec judges against a
+    reference (no `min`). Their detectors start from nothing, an alarm among them ends (told as
+    ended by the rebaseline); the others keep judging as before. Refused, with a Warning, when the
+    window cannot stand for a drift reference (too few rows, too large for status); a request
+    already applied is not applied twice (a restart between the status write and the annotation's
+    removal)."""
     req = obs.request
     if m.baseline is not None and (m.baseline.start, m.baseline.end) == (req.start, req.end):
         return m, ()
@@ -374,55 +388,69 @@ def rebaseline(spec: MonitoringSpec, m: Monitoring, obs: RebaselineObservation, 
                                                           f"{req.end} was not made the baseline: {why}"),)
 
     if obs.error:
-        return refused(f"its counts could not be read: {obs.error}")
+        return refused(f"its counts could not be read ({obs.error}); run serin rebaseline again")
     counts = obs.counts or Counts()
     active = spec.active()
     features: dict[str, list[float]] = {}
-    if Signal.INPUT_DRIFT in active:
+    drift = active.get(Signal.INPUT_DRIFT)
+    if drift is not None:
         if len(counts.features) > MAX_BASELINE_FEATURES:
             return refused(f"{len(counts.features)} features, more than {MAX_BASELINE_FEATURES} fit in status; "
                            "roll out a version converted with a new sample instead")
+        numbers = 0
         for name, bins in sorted(counts.features.items()):
             total = sum(max(v, 0.0) for v in bins.values())
             width = max(max(bins, default=-1) + 1, len(obs.reference.features.get(name, {})))
-            if width > MAX_BASELINE_BINS:
-                return refused(f"feature {name} has {width} bins, more than {MAX_BASELINE_BINS}")
-            need = rows_needed(width, active[Signal.INPUT_DRIFT].tolerance)
+            numbers += width
+            if width > MAX_BASELINE_BINS or numbers > MAX_BASELINE_NUMBERS:
+                return refused(f"more than {MAX_BASELINE_BINS} bins in feature {name}, or more than "
+                               f"{MAX_BASELINE_NUMBERS} bins in all, do not fit in status")
+            need = rows_needed(width, drift.tolerance)
             if total < need:
                 return refused(f"feature {name} has {total:.0f} rows in it; a baseline of {width} bins needs "
                                f"{need} (its noise must use at most {BASELINE_NOISE:.0%} of the tolerance "
-                               f"{active[Signal.INPUT_DRIFT].tolerance:g}): choose a longer window")
+                               f"{drift.tolerance:g}): choose a longer window")
             features[name] = [round(max(bins.get(b, 0.0), 0.0) / total, 6) for b in range(width)]
         if not features:
             return refused("no rows with features were counted in it (runtimes restarted inside it are left out)")
     classes: dict[str, float] = {}
+    shift = active.get(Signal.PREDICTION_SHIFT)
     total_classes = sum(max(v, 0.0) for v in counts.classes.values())
-    if Signal.PREDICTION_SHIFT in active and len(counts.classes) > MAX_BASELINE_CLASSES:
+    if shift is not None and len(counts.classes) > MAX_BASELINE_CLASSES:
         return refused(f"{len(counts.classes)} predicted classes, more than {MAX_BASELINE_CLASSES}")
-    if Signal.PREDICTION_SHIFT in active and len(counts.classes) > 1:
-        need = rows_needed(len(counts.classes), active[Signal.PREDICTION_SHIFT].tolerance)
+    if shift is not None and len(counts.classes) > 1:
+        need = rows_needed(len(counts.classes), shift.tolerance)
         if total_classes < need:
             return refused(f"{total_classes:.0f} predictions in it; {len(counts.classes)} classes need {need}")
         classes = {c: round(max(v, 0.0) / total_classes, 6) for c, v in sorted(counts.classes.items())}
-    accuracy, accuracy_from = None, ""
-    if counts.feedback_rows >= BASELINE_MIN_ACCURACY_ROWS:
-        accuracy, accuracy_from = _wilson_lower(counts.feedback_correct, counts.feedback_rows), "groundTruth"
-    elif counts.estimated_rows >= BASELINE_MIN_ACCURACY_ROWS:
-        accuracy, accuracy_from = _wilson_lower(counts.estimated_correct, counts.estimated_rows), "estimate"
-    if not features and not classes and accuracy is None:
-        return refused("nothing in it can stand for a reference (no drift signal watched, too little ground truth)")
+    # Accuracy: each signal from its own rows (ground truth; the estimate), only where it is judged
+    # against a reference (a `min` does not move), and only with rows enough for its interval.
+    kept: list[str] = []
+    levels: dict[Signal, float] = {}
+    for signal, correct, rows in ((Signal.ACCURACY, counts.feedback_correct, counts.feedback_rows),
+                                  (Signal.ESTIMATED_ACCURACY, counts.estimated_correct, counts.estimated_rows)):
+        s = active.get(signal)
+        if s is None or s.minimum is not None:
+            continue
+        need = accuracy_rows_needed(correct / rows if rows > 0 else 0.9, s.tolerance)
+        if rows < need:
+            kept.append(f"{signal} kept its reference ({rows:.0f} rows in the window, {need} needed)")
+            continue
+        levels[signal] = round(_wilson_lower(correct, rows), 4)
+    if not features and not classes and not levels:
+        return refused("nothing in it can stand for a reference" + (f": {'; '.join(kept)}" if kept else ""))
     now_s = from_time(now) or ""
+    replaced = [str(x) for x, done in ((Signal.INPUT_DRIFT, bool(features)), (Signal.PREDICTION_SHIFT, bool(classes)),
+                                       (Signal.ACCURACY, Signal.ACCURACY in levels),
+                                       (Signal.ESTIMATED_ACCURACY, Signal.ESTIMATED_ACCURACY in levels)) if done]
     baseline = Baseline(req.start, req.end, now_s, round(counts.rows), req.reason, features, classes,
-                        round(accuracy, 4) if accuracy is not None else None, accuracy_from)
-    replaced = {Signal.INPUT_DRIFT: bool(features), Signal.PREDICTION_SHIFT: bool(classes),
-                Signal.ACCURACY: accuracy is not None, Signal.ESTIMATED_ACCURACY: accuracy is not None}
-    what = ", ".join(str(k) for k, v in replaced.items() if v and k in active)
+                        levels.get(Signal.ACCURACY), levels.get(Signal.ESTIMATED_ACCURACY), replaced)
     words = f"rebaselined to the traffic of {req.start} .. {req.end} ({counts.rows:.0f} rows)"
     if req.reason:
         words += f": {req.reason}"
     signals = []
     for x in m.signals:
-        if not replaced.get(x.signal, False):  # type: ignore[call-overload]  # a StrEnum key is its str
+        if x.signal not in replaced:
             signals.append(x)
             continue
         # From nothing, against the new reference: an alarm ends (told as such), evidence is dropped.
@@ -431,8 +459,9 @@ def rebaseline(spec: MonitoringSpec, m: Monitoring, obs: RebaselineObservation, 
                                message=words))
     m = replace(m, baseline=baseline, signals=tuple(signals))
     m = replace(m, health=health(m))
-    accuracy_words = (f"; accuracy {accuracy:.4f} ({accuracy_from}, lower 95 % bound)" if accuracy is not None else "")
-    return m, (Emit("Normal", "MonitoringRebaselined", f"revision {m.revision}: {what} {words}{accuracy_words}"),)
+    details = [f"{k} {v:.4f} (the lower end of its 95 % interval)" for k, v in levels.items()] + kept
+    told = f"revision {m.revision}: {', '.join(replaced)} {words}" + (f"; {'; '.join(details)}" if details else "")
+    return m, (Emit("Normal", "MonitoringRebaselined", told),)
 
 
 def _kind(problem: str) -> str:
@@ -448,8 +477,15 @@ def _has_baseline(name: Signal, s: SignalSpec, ref: Reference) -> bool:
     if name == Signal.PREDICTION_SHIFT:
         return len(ref.classes) > 1
     if name in (Signal.ACCURACY, Signal.ESTIMATED_ACCURACY):
-        return s.minimum is not None or ref.accuracy is not None
+        return s.minimum is not None or _reference_accuracy(name, ref) is not None
     return True
+
+
+def _reference_accuracy(name: Signal, ref: Reference) -> float | None:
+    """The accuracy a signal's drop is measured from: the estimate's own when a rebaseline gave it one."""
+    if name == Signal.ESTIMATED_ACCURACY and ref.estimated_accuracy is not None:
+        return ref.estimated_accuracy
+    return ref.accuracy
 
 
 def _no_baseline(name: Signal, s: SignalSpec, before: SignalStatus | None, now: str) -> SignalStatus:
@@ -580,7 +616,7 @@ def _share(name: Signal, s: SignalSpec, w: Counts, t: Counts, ref: Reference
             return max(c.requests - c.latency.get(le, 0.0), 0.0) if c.latency else 0.0
         return (s.tolerance, slow(w), w.requests if w.latency else 0.0, slow(t), t.requests if t.latency else 0.0,
                 f"share of answers slower than {le:g}s")
-    floor = s.minimum if s.minimum is not None else (ref.accuracy or 0.0) - s.tolerance
+    floor = s.minimum if s.minimum is not None else (_reference_accuracy(name, ref) or 0.0) - s.tolerance
     limit = 1.0 - floor  # the share of wrong answers tolerated
     if name == Signal.ACCURACY:
         return (limit, w.feedback_rows - w.feedback_correct, w.feedback_rows,
@@ -622,7 +658,7 @@ def _untold(m: Monitoring, model: str, now: dt.datetime) -> tuple[Emit, ...]:
         else:
             reason = "DriftResolved" if drift else "PerformanceRecovered"
             b = m.baseline
-            if b is not None and x.since == b.takenAt:  # ended by `serin rebaseline`, at that instant
+            if b is not None and x.signal in b.signals and x.since == b.takenAt:  # ended by `serin rebaseline`
                 text = (f"revision {m.revision}: {x.signal} alarm ended (episode {x.episode}): rebaselined to the "
                         f"traffic of {b.start} .. {b.end}{f': {b.reason}' if b.reason else ''}")
             else:

@@ -49,20 +49,25 @@ def _offset(seconds: int) -> str:
     return f" offset {seconds}s" if seconds > 0 else ""
 
 
-def _difference(selector: str, guard: str, ends_before: int, seconds: int) -> str:
+def _difference(selector: str, guard: str, started: str, ends_before: int, seconds: int) -> str:
     """Each series' rows in the `seconds` ending `ends_before` seconds before the query time,
     left out for any instance whose counters reset in between. `guard` selects one counter per
     runtime process set that always exists (created at 0 at start-up): all of a Pod's counters
-    reset together, and resets() over many metric names at once would yield clashing label sets."""
+    reset together, and resets() over many metric names at once would yield clashing label sets.
+    `started` selects the runtimes' start times (serin_start_time_seconds)."""
     named = 'label_replace({sel}{off}, "name", "$1", "__name__", "(.+)")'
     end = named.format(sel=selector, off=_offset(ends_before))
     start = named.format(sel=selector, off=_offset(ends_before + seconds))
-    # A series with no sample at the start was born inside the window (a Pod started): the runtime
-    # creates every counter at 0, so all of its count belongs to the window. The start's value is
-    # the last sample at or before the window's start, up to a lookback (5 minutes) earlier: a
-    # restart in that gap would make the difference one of unrelated counters, so the resets are
-    # looked for over the window and the lookback before it.
-    return (f"({end} - ({start} or {end} * 0))"
+    # A series with no sample at the start counts from zero (the runtime creates every counter at 0)
+    # only if its Pod started inside the window: one that was alive before and has no sample there
+    # (a scrape gap longer than the lookback, data past retention) would otherwise count its whole
+    # history as the window's; it is left out instead. The start's value is the last sample at or
+    # before the window's start, up to a lookback (5 minutes) earlier: a restart in that gap would
+    # make the difference one of unrelated counters, so the resets are looked for over the window
+    # and the lookback before it.
+    born = (f"({end} * 0 and on(instance) "
+            f"({started}{_offset(ends_before)} >= time() - {ends_before + seconds}))")
+    return (f"({end} - ({start} or {born}))"
             f" unless on(instance) (resets({guard}[{seconds + LOOKBACK}s]{_offset(ends_before)}) > 0)")
 
 
@@ -71,8 +76,9 @@ def window_query(namespace: str, model: str, revision: str, ends_before: int, se
     counters = _selector(namespace, model, revision, _COUNTERS)
     feedback = _selector(namespace, model, revision, _FEEDBACK, m.PREDICTED_REVISION)
     guard = f'{m.REQUESTS_TOTAL}{{namespace="{namespace}",model="{model}",protocol="v1",code="200"}}'
-    parts = [f"sum by ({_BY}) ({_difference(counters, guard, ends_before, seconds)})",
-             f"sum by ({_BY}) ({_difference(feedback, guard, ends_before, seconds)})"]
+    started = f'{m.START_TIME_SECONDS}{{namespace="{namespace}",model="{model}"}}'
+    parts = [f"sum by ({_BY}) ({_difference(counters, guard, started, ends_before, seconds)})",
+             f"sum by ({_BY}) ({_difference(feedback, guard, started, ends_before, seconds)})"]
     if with_reference:
         reference = _selector(namespace, model, revision, _REFERENCE)
         parts.append(f'max by ({_BY}) (label_replace({reference}, "name", "$1", "__name__", "(.+)"))')

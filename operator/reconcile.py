@@ -372,7 +372,7 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
         else:
             deps.rejected.pop(key, None)
     elif isinstance(action, ClearAnnotation):
-        await deps.kube.remove_annotation(model, action.key)
+        await deps.kube.remove_annotation(model, action.key, action.value)
     elif isinstance(action, Emit):
         _count_event(meta["namespace"], meta["name"], before, action, now)
         await deps.kube.event(model, action.type, action.reason, action.message, action.name)

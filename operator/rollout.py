@@ -447,7 +447,7 @@ def _monitor(t: _Tick, s: Status) -> Status:
     silenced_until = None
     raw = t.obs.annotations.get(SILENCE_ANNOTATION)
     if raw is not None:
-        t.actions.append(ClearAnnotation(SILENCE_ANNOTATION))
+        t.actions.append(ClearAnnotation(SILENCE_ANNOTATION, raw))
         generation, _, until = raw.partition("/")
         if stable is not None and generation == str(stable.generation) and to_time(until) is not None:
             silenced_until = until
@@ -466,7 +466,7 @@ def _rebaseline(t: _Tick, m: Monitoring | None, stable: Version | None) -> Monit
     raw = t.obs.annotations.get(REBASELINE_ANNOTATION)
     if raw is None:
         return m
-    t.actions.append(ClearAnnotation(REBASELINE_ANNOTATION))
+    t.actions.append(ClearAnnotation(REBASELINE_ANNOTATION, raw))
     req = monitoring.parse_rebaseline(raw, t.now)
     if isinstance(req, str):
         t.emit("Warning", "RebaselineRefused", f"annotation {REBASELINE_ANNOTATION}: {req}")
@@ -488,7 +488,7 @@ def _manual_controls(t: _Tick, c: Canary) -> Canary:
     ann = t.obs.annotations
     for key in (ABORT_ANNOTATION, PROMOTE_ANNOTATION):
         if key in ann:
-            t.actions.append(ClearAnnotation(key))
+            t.actions.append(ClearAnnotation(key, ann[key]))
     # The annotation names the canary generation it means, so a late or repeated command can
     # never act on a later version.
     if ann.get(ABORT_ANNOTATION) == str(c.generation):

@@ -284,8 +284,11 @@ class Baseline:
     # feature -> share of each bin (index = bin), predicted class -> share; empty: the profile's kept
     features: dict[str, list[float]] = field(default_factory=dict)
     classes: dict[str, float] = field(default_factory=dict)
-    accuracy: float | None = None  # None: the profile's (or spec's min) kept
-    accuracyFrom: str = ""  # "groundTruth" (feedback rows) or "estimate" (the label-free estimate)
+    # The lower end of a 95 % interval (None: the profile's kept): from ground truth for accuracy,
+    # from the label-free estimate for estimatedAccuracy, each from its own rows.
+    accuracy: float | None = None
+    estimatedAccuracy: float | None = None
+    signals: list[str] = field(default_factory=list)  # the signals judged against it
 
 
 @dataclass(frozen=True)
@@ -361,7 +364,8 @@ def _monitoring_to_dict(m: Monitoring) -> dict[str, Any]:
     out = _drop_empty({k: v for k, v in asdict(m).items() if k not in ("signals", "baseline")})
     out["evaluations"] = m.evaluations
     # None removes an earlier revision's baseline from the stored status (a merge patch).
-    out["baseline"] = _drop_empty({k: v for k, v in asdict(m.baseline).items() if v != {}}) if m.baseline else None
+    out["baseline"] = _drop_empty({k: v for k, v in asdict(m.baseline).items() if v not in ({}, [])}) \
+        if m.baseline else None
     out["signals"] = [_drop_empty({**_drop_none(asdict(x)), "worst": [asdict(w) for w in x.worst] or None,
                                    "cusum": dict(x.cusum) or None}) | {"evidence": x.evidence, "episode": x.episode}
                       for x in m.signals]
@@ -389,12 +393,14 @@ def _monitoring_from_dict(data: dict[str, Any] | None) -> Monitoring | None:
 def _baseline_from_dict(data: Any) -> Baseline | None:
     if not isinstance(data, dict) or not data.get("start") or not data.get("end"):
         return None
-    base = _build(Baseline, {k: v for k, v in data.items() if k not in ("features", "classes")}, enums=False)
+    base = _build(Baseline, {k: v for k, v in data.items() if k not in ("features", "classes", "signals")},
+                  enums=False)
     if base is None:
         return None
     features = {str(k): [float(x) for x in v] for k, v in (data.get("features") or {}).items() if isinstance(v, list)}
     classes = {str(k): float(v) for k, v in (data.get("classes") or {}).items()}
-    return replace(base, features=features, classes=classes)
+    signals = [str(x) for x in data.get("signals") or []]
+    return replace(base, features=features, classes=classes, signals=signals)
 
 
 def _drop_empty(d: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,11 @@ REFERENCE_ACCURACY = "serin_reference_accuracy"
 # histogram labels it (bins between the profile's cuts): prediction shift over time for values.
 PREDICTION_VALUE_REFERENCE_RATIO = "serin_prediction_value_reference_ratio"
 LE = "le"
+# When this runtime started (unix seconds), one series per Pod: the operator counts a series that
+# has no sample at a window's start from zero only if its Pod started inside the window; a Pod older
+# than that whose sample is missing (a scrape gap, data past retention) is left out, never counted
+# from its birth.
+START_TIME_SECONDS = "serin_start_time_seconds"
 
 # Ground truth sent to the feedback endpoint (feedback.py), counted under the revision that made
 # the prediction (label `predicted_revision`; `revision` stays the answering replica's, as on every
@@ -96,6 +101,7 @@ LABELS: dict[str, tuple[str, ...]] = {
     FEATURE_BIN_REFERENCE_RATIO: (MODEL, REVISION, FEATURE, BIN),
     PREDICTION_REFERENCE_RATIO: (MODEL, REVISION, CLASS),
     PREDICTION_VALUE_REFERENCE_RATIO: (MODEL, REVISION, LE),
+    START_TIME_SECONDS: (MODEL, REVISION),
     REFERENCE_ACCURACY: (MODEL, REVISION),
     **{name: (MODEL, REVISION, PREDICTED_REVISION) for name in (
         FEEDBACK_ROWS_TOTAL, FEEDBACK_CORRECT_TOTAL, FEEDBACK_SCORED_ROWS_TOTAL, FEEDBACK_LOG_LOSS_TOTAL,

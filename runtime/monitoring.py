@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -148,6 +149,20 @@ class ReferenceCollector(Collector):
             yield accuracy
 
 
+class StartTimeCollector(Collector):
+    """When the runtime started (its first process, shared by the workers), as a constant gauge."""
+
+    def __init__(self, started_at: float, model: str, revision: str) -> None:
+        self.started_at = started_at
+        self.labels = [model, revision]
+
+    def collect(self) -> Iterator[Metric]:
+        started = GaugeMetricFamily(mn.START_TIME_SECONDS, "When this runtime started (unix seconds)",
+                                    labels=list(mn.LABELS[mn.START_TIME_SECONDS]))
+        started.add_metric(self.labels, self.started_at)
+        yield started
+
+
 def _add_to_buckets(child: Any, counts: list[int] | np.ndarray, total: float) -> None:
     # prometheus_client has no public "add n observations to bucket i": its histogram child keeps
     # one value per bucket (`_buckets`, not cumulative, the last one +Inf) and `_sum`, which
@@ -266,13 +281,14 @@ class Monitor:
 
     def __init__(self, model: str, revision: str, task: Task, drift: Drift | None,
                  runs: Callable[[], int] | None = None, probability_output: str | None = None,
-                 reference: Prediction | None = None) -> None:
+                 reference: Prediction | None = None, started_at: float | None = None) -> None:
         self.model = model
         self.revision = revision
         self.task = task
         self.drift = drift
         self.collector = DriftCollector(drift, model, revision) if drift is not None else None
         self.reference = ReferenceCollector(reference, model, revision) if reference is not None else None
+        self.started = StartTimeCollector(time.time() if started_at is None else started_at, model, revision)
         base = (model, revision)
         # Rows per feature bin (monitoring over time): every child made up front, so each exists
         # at 0 before its first row (the operator differences counters between two instants).
@@ -439,4 +455,5 @@ class Monitor:
             registry.register(self.collector)
         if self.reference is not None:
             registry.register(self.reference)
+        registry.register(self.started)
         return generate_latest(registry)

@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -59,6 +59,9 @@ class ServeConfig:
     feedback_token: str = ""  # who may send truth (feedback.Senders): holders of this token ...
     feedback_senders_anyone: bool = False  # ... or anyone; with neither, feedback is refused
     model_sha256: str = ""  # model.onnx must have this digest ("" : not checked)
+    # When the runtime started: set once where the config is made (the first process), so every
+    # worker (spawned with a copy) exports the same instant (serin_start_time_seconds).
+    started_at: float = field(default_factory=time.time)
 
 
 def _bind(host: str, port: int, reuse_port: bool, listen: bool = True) -> socket.socket:
@@ -110,7 +113,8 @@ def build_app(cfg: ServeConfig) -> App:
 
     monitor = Monitor(cfg.name, cfg.revision, model.task, drift, runs=lambda: model.runs,
                       probability_output=probability_output(model.task, model.outputs),
-                      reference=model.profile.prediction if model.profile is not None else None)
+                      reference=model.profile.prediction if model.profile is not None else None,
+                      started_at=cfg.started_at)
     return App(
         model, monitor=monitor, drift=drift, metrics=monitor.exposition,
         max_body=cfg.max_body, drift_interval=cfg.drift_interval, revision=cfg.revision,

@@ -13,7 +13,7 @@ from serin.operator import monitoring as mon
 from serin.operator.actions import ClearAnnotation, Emit
 from serin.operator.observations import Observations, ServingObservation, Variant
 from serin.operator.rollout import REBASELINE_ANNOTATION, decide
-from serin.operator.spec import MonitoringSpec, parse_spec
+from serin.operator.spec import MonitoringSpec, Signal, SignalSpec, parse_spec
 from serin.operator.status import Status, from_time, status_from_dict, status_to_dict
 from test_monitoring_decision import REFERENCE, SPEC, STABLE, T0, Run, at, counts
 
@@ -82,7 +82,8 @@ def test_a_window_too_small_to_stand_for_a_reference_is_refused_and_changes_noth
     assert run.m == before
     unread = mon.rebaseline(SPEC, before, mon.RebaselineObservation(request(), error="prometheus unreachable: x"),  # type: ignore[arg-type]
                             at(run.minute))
-    assert unread[0] == before and "could not be read: prometheus unreachable" in unread[1][0].message
+    assert unread[0] == before and "could not be read (prometheus unreachable: x); run serin rebaseline again" \
+        in unread[1][0].message
 
 
 def test_the_same_request_is_applied_once() -> None:
@@ -96,22 +97,67 @@ def test_the_same_request_is_applied_once() -> None:
     assert rebaselined(run, day, req) == () and run.m == after
 
 
-def test_accuracy_is_rebaselined_to_the_lower_bound_of_ground_truth_else_the_estimate() -> None:
+def test_each_accuracy_signal_is_rebaselined_from_its_own_rows_to_the_lower_end_of_its_interval() -> None:
     run = Run(seed=24)
     for _ in range(3):
         run.step(counts(run.rng, 2000))
-    window = replace(counts(run.rng, 100_000), feedback_rows=2000.0, feedback_correct=1700.0)
-    rebaselined(run, window, request(end_minute=run.minute))
-    assert run.m is not None and run.m.baseline is not None and run.m.baseline.accuracyFrom == "groundTruth"
-    lower = run.m.baseline.accuracy
-    assert lower is not None and 0.82 < lower < 0.85  # 0.85 observed, 2,000 rows: its 95 % lower end
+    # 20,000 rows with ground truth, 85 % right; the estimate (counts()) says 90 % over 100,000.
+    window = replace(counts(run.rng, 100_000), feedback_rows=20_000.0, feedback_correct=17_000.0)
+    emits = rebaselined(run, window, request(end_minute=run.minute))
+    assert run.m is not None and run.m.baseline is not None
+    b = run.m.baseline
+    assert b.accuracy is not None and 0.844 < b.accuracy < 0.85  # its 95 % lower end (0.8450)
+    assert b.estimatedAccuracy is not None and 0.898 < b.estimatedAccuracy < 0.9
+    # The interval spans at most a quarter of the tolerated drop (0.03): the limit moves little.
+    assert 0.85 - b.accuracy <= 0.25 * 0.03
+    assert set(b.signals) == {"inputDrift", "predictionShift", "accuracy", "estimatedAccuracy"}
     reference = mon.effective_reference(run.m, REFERENCE)
-    assert reference.accuracy == lower and reference.features["age"] == dict(enumerate(run.m.baseline.features["age"]))
-    # Too little ground truth: the label-free estimate stands for it.
-    run2 = Run(seed=25)
-    run2.step(counts(run2.rng, 2000))
-    rebaselined(run2, replace(counts(run2.rng, 100_000), feedback_rows=100.0), request(end_minute=run2.minute))
-    assert run2.m is not None and run2.m.baseline is not None and run2.m.baseline.accuracyFrom == "estimate"
+    assert (reference.accuracy, reference.estimated_accuracy) == (b.accuracy, b.estimatedAccuracy)
+    assert reference.features["age"] == dict(enumerate(b.features["age"]))
+    assert "accuracy 0.84" in emits[0].message and "estimatedAccuracy 0.89" in emits[0].message
+
+
+def test_too_little_ground_truth_keeps_accuracys_reference_and_its_alarm() -> None:
+    """The estimate never stands in for ground truth (its calibration is what drift breaks)."""
+    run = Run(seed=25)
+    for _ in range(12):
+        run.step(counts(run.rng, 2000))
+    for _ in range(30):
+        run.step(counts(run.rng, 2000, wrong=0.3))  # ground truth: 70 % right, the profile says 90 %
+    assert run.signal("accuracy").state == mon.ALARM  # type: ignore[attr-defined]
+    emits = rebaselined(run, replace(counts(run.rng, 100_000), feedback_rows=400.0, feedback_correct=300.0),
+                        request(end_minute=run.minute))
+    assert run.m is not None and run.m.baseline is not None and run.m.baseline.accuracy is None
+    assert "accuracy" not in run.m.baseline.signals and "estimatedAccuracy" in run.m.baseline.signals
+    assert run.signal("accuracy").state == mon.ALARM  # type: ignore[attr-defined]
+    assert "accuracy kept its reference (400 rows in the window" in emits[0].message
+
+
+def test_an_accuracy_with_its_own_min_is_not_rebaselined() -> None:
+    spec = MonitoringSpec(interval=300.0, min_rows=200,
+                          signals={**SPEC.signals, Signal.ACCURACY: SignalSpec(tolerance=0.03, minimum=0.85)})
+    run = Run(spec, seed=30)
+    for _ in range(30):
+        run.step(counts(run.rng, 2000, wrong=0.3))
+    assert run.signal("accuracy").state == mon.ALARM  # type: ignore[attr-defined]
+    rebaselined(run, replace(counts(run.rng, 100_000), feedback_rows=50_000.0, feedback_correct=35_000.0),
+                request(end_minute=run.minute))
+    assert run.m is not None and run.m.baseline is not None and "accuracy" not in run.m.baseline.signals
+    assert run.signal("accuracy").state == mon.ALARM  # type: ignore[attr-defined]
+    assert not [e for e in run.step(counts(run.rng, 2000, wrong=0.3)) if e.reason == "PerformanceRecovered"]
+
+
+def test_an_alarm_the_rebaseline_did_not_replace_is_not_told_as_ended_by_it() -> None:
+    run = Run(seed=32)
+    drifted_alarm(run)
+    rebaselined(run, counts(run.rng, 100_000, shift=SHIFT), request(end_minute=run.minute))
+    assert run.m is not None and run.m.baseline is not None
+    error = mon.SignalStatus("errorRate", mon.WATCHING, run.m.baseline.takenAt, message="share of 5xx answers 0",
+                             episode=1, announced=f"{mon.ALARM}/1")
+    run.m = replace(run.m, signals=(*run.m.signals, error))
+    told = {e.message.split(":")[1].strip(): e.message for e in mon._untold(run.m, "fraud", at(run.minute))}
+    assert "rebaselined" in told["inputDrift alarm ended (episode 1)"]
+    assert "errorRate back within tolerance (episode 1)" in told
 
 
 def test_a_signal_without_a_baseline_gets_one() -> None:
@@ -124,7 +170,7 @@ def test_a_signal_without_a_baseline_gets_one() -> None:
     obs = mon.MonitoringObservation(STABLE.revision, from_time(at(5)) or "", counts(run.rng, 2000), None, no_accuracy)
     m = mon.evaluate(spec, m, STABLE, obs, at(5), "fraud").monitoring
     assert m is not None and m.signal("accuracy").state == mon.NO_BASELINE  # type: ignore[union-attr]
-    window = replace(counts(run.rng, 100_000), feedback_rows=5000.0, feedback_correct=4500.0)
+    window = replace(counts(run.rng, 100_000), feedback_rows=10_000.0, feedback_correct=9000.0)
     m, _ = mon.rebaseline(spec, m, mon.RebaselineObservation(request(end_minute=5), window, no_accuracy), at(5))
     obs = mon.MonitoringObservation(STABLE.revision, from_time(at(10)) or "", counts(run.rng, 2000), None, no_accuracy)
     m = mon.evaluate(spec, m, STABLE, obs, at(10), "fraud").monitoring
@@ -177,14 +223,14 @@ def test_serin_rebaseline_names_the_serving_generation_and_is_cleared_once_read(
 
     taken = decide(spec, status, Observations(3, {REBASELINE_ANNOTATION: raw}, serving, model="fraud",
                                               rebaseline=mon.RebaselineObservation(req, window, REFERENCE)), now)
-    assert ClearAnnotation(REBASELINE_ANNOTATION) in taken.actions and "MonitoringRebaselined" in reasons(taken)
+    assert ClearAnnotation(REBASELINE_ANNOTATION, raw) in taken.actions and "MonitoringRebaselined" in reasons(taken)
     assert taken.status.monitoring is not None and taken.status.monitoring.baseline is not None
     assert taken.status.monitoring.baseline.start == req.start
     # Another generation (the command raced a promotion), or a request that was not read: refused, cleared.
     other = raw.replace(f'"generation": {req.generation}', '"generation": 2')
     for value in (other, raw, "junk"):
         d = decide(spec, status, Observations(3, {REBASELINE_ANNOTATION: value}, serving, model="fraud"), now)
-        assert ClearAnnotation(REBASELINE_ANNOTATION) in d.actions and reasons(d) == ["RebaselineRefused"]
+        assert ClearAnnotation(REBASELINE_ANNOTATION, value) in d.actions and reasons(d) == ["RebaselineRefused"]
         assert d.status.monitoring is not None and d.status.monitoring.baseline is None
 
 

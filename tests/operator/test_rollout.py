@@ -336,12 +336,12 @@ CASES = [
     # -- manual control ---------------------------------------------------------------------
     Case("manual-promote", LIVE, obs(2, serving=canary_serving(10), annotations={PROMOTE_ANNOTATION: "2"}), check_all(
         lambda d: d.status.canary is not None and d.status.canary.state == "Promoting",
-        lambda d: of(d, ClearAnnotation) == [ClearAnnotation(PROMOTE_ANNOTATION)],
+        lambda d: of(d, ClearAnnotation) == [ClearAnnotation(PROMOTE_ANNOTATION, "2")],
         lambda d: serving_action(d) == PROMOTE_V2)),
     Case("stale-promote-is-ignored-and-cleared", LIVE, obs(2, serving=canary_serving(10), annotations={PROMOTE_ANNOTATION: "1"}),
          check_all(
         lambda d: d.status.canary is not None and d.status.canary.state == "Progressing",
-        lambda d: of(d, ClearAnnotation) == [ClearAnnotation(PROMOTE_ANNOTATION)])),
+        lambda d: of(d, ClearAnnotation) == [ClearAnnotation(PROMOTE_ANNOTATION, "1")])),
     Case("manual-abort", LIVE, obs(2, serving=canary_serving(10), annotations={ABORT_ANNOTATION: "2"}), check_all(
         lambda d: d.status.phase == "RollingBack", lambda d: "aborted by user" in d.status.message)),
     # -- promotion and rollback complete ----------------------------------------------------

@@ -149,3 +149,67 @@ def test_the_monitoring_query_counts_exactly_the_rows_served_in_its_window(tmp_p
     finally:
         prom.stop()
         stop_server(srv)
+
+
+def test_a_pod_older_than_its_first_sample_in_a_window_is_left_out_not_counted_from_its_birth(tmp_path: Path) -> None:
+    """A runtime that served rows before Prometheus first saw it (a scrape gap longer than the
+    lookback, or data past retention): its counters then hold history from before the window.
+    Counting such a series from zero made all of that history one window's rows (a huge, false
+    drift evidence, or a rebaseline of traffic the user meant to replace); now a series without a
+    sample at the window's start counts only if its runtime started inside the window."""
+    model_dir = mf.numeric_classifier(tmp_path / "model")
+    srv = serve(tmp_path, model_dir, "gap", "--revision", REVISION, "--drift-interval", "0.2")
+    prom = start_prometheus(tmp_path / "prometheus", provision(), scrape_interval="1s")
+    provider = Provider(prom.url)
+    rng = np.random.default_rng(1)
+    spec = MonitoringSpec(interval=10.0, min_rows=1, trailing=3600.0)
+    stable = Version(1, "k1", "file:///m", revision=REVISION)
+
+    def send(n: int) -> None:
+        for _ in range(n):
+            assert srv.infer([rows_input(rng.normal(size=(1, 4)).astype(np.float32))]).status == 200
+
+    def observe(m: Monitoring, now: dt.datetime) -> mon.MonitoringObservation:
+        async def read() -> mon.MonitoringObservation:
+            try:
+                return await observe_monitoring(provider, "gap", "gap", spec, m, now)
+            finally:
+                await provider.close()
+        return asyncio.run(read())
+
+    try:
+        send(300)  # history Prometheus never sees
+        time.sleep(1.1)
+        window_start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=1)
+        m = mon.evaluate(spec, None, stable, None, window_start, "gap").monitoring
+        assert m is not None
+        time.sleep(2.2)  # the window has started: only now is the runtime scraped, for the first time
+        prom.targets_file.write_text(json.dumps([target(srv, "gap", REVISION)]))
+        wait_for(lambda: (scalar(prom, f'sum({mn.INFERENCE_ROWS_TOTAL}{{namespace="gap"}})') or 0) >= 300, timeout=30)
+        send(100)
+        wait_for(lambda: (scalar(prom, f'sum({mn.INFERENCE_ROWS_TOTAL}{{namespace="gap"}})') or 0) >= 400, timeout=30)
+        end = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=1)
+        time.sleep(1.2)
+        obs = observe(m, end)
+        assert not obs.error, obs.error
+        # Before: 400 rows (its whole history as this window's). Now: left out, nothing invented.
+        assert obs.window.rows == 0 and not obs.window.features, obs.window
+        # A runtime started inside a window is still counted from zero: all its rows belong there.
+        late = serve(tmp_path, model_dir, "gap", "--revision", REVISION, "--drift-interval", "0.2")
+        try:
+            prom.targets_file.write_text(json.dumps([target(srv, "gap", REVISION), target(late, "gap", REVISION)]))
+            wait_for(lambda: (scalar(prom, f'count({mn.START_TIME_SECONDS}{{namespace="gap"}})') or 0) >= 2,
+                     timeout=30)
+            for _ in range(50):
+                assert late.infer([rows_input(rng.normal(size=(1, 4)).astype(np.float32))]).status == 200
+            wait_for(lambda: (scalar(prom, f'sum({mn.INFERENCE_ROWS_TOTAL}{{namespace="gap"}})') or 0) >= 450,
+                     timeout=30)
+            end = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=1)
+            time.sleep(1.2)
+            obs = observe(m, end)
+            assert not obs.error and obs.window.rows == 50, (obs.error, obs.window.rows)
+        finally:
+            stop_server(late)
+    finally:
+        prom.stop()
+        stop_server(srv)
