@@ -150,7 +150,7 @@ def test_dev_up_cluster_takes_a_newcomers_model_through_a_canary_and_survives_do
     wait_for("iris Promoted", lambda: model(state, "iris") == "Promoted", timeout=240)
     assert len(answer(state, "iris")["outputs"][0]["data"]) == 1
     load = LoadGenerator(state["gateway"], "iris", rate=10, rows=5, max_seconds=600,
-                         host=f"iris-{state['namespace']}.{state['gatewayDomain']}").start()
+                         host=f"iris.{state['namespace']}.{state['gatewayDomain']}").start()
     try:
         v2 = stage(state, "iris", "v2", demo_models.sklearn_version(tmp_path / "v2", seed=2))
         apply_model(state, "iris", {"source": v2, "rollout": {
