@@ -80,6 +80,7 @@ class MonitoringObservation:
     trailing: Counts | None = None  # the trailing window before it (None: not read, too few rows)
     reference: Reference = field(default_factory=Reference)
     baseline: Counts | None = None  # a moving baseline's window (spec.monitoring.baseline; None: not read)
+    baseline_error: str = ""  # why the moving baseline's window could not be read (the profile stands in)
     error: str = ""  # the counts could not be read: why
 
 
@@ -158,45 +159,56 @@ def baseline_window(spec: MonitoringSpec, window_seconds: int) -> tuple[int, int
     if b.source == BaselineSource.TRAILING:
         return window_seconds, length
     if b.source == BaselineSource.LAST_WEEK:
+        # At least the evaluation window's own span: a 6-hour window judged against 2 hours of last
+        # week would meet another mix of hours.
+        length = max(length, window_seconds)
         return max(0, WEEK + window_seconds // 2 - length // 2), length
     return None
 
 
-def moving_reference(spec: MonitoringSpec, counts: Counts | None, fallback: Reference) -> tuple[Reference, str]:
+def moving_reference(spec: MonitoringSpec, counts: Counts | None, fallback: Reference, error: str = ""
+                     ) -> tuple[Reference, dict[Signal, str]]:
     """The drift reference of one evaluation: a moving baseline's shares when its window holds
     enough rows to stand for a reference (rows_needed: its noise within BASELINE_NOISE of the
-    tolerance), else `fallback` (the profile, or a rebaseline); and words for the message."""
+    tolerance), else `fallback` (the profile, or a rebaseline); and, per drift signal, words for
+    its message saying what it was judged against. `error`: the moving window could not be read."""
     source = spec.baseline.source
-    if source == BaselineSource.PROFILE or counts is None:
-        return fallback, ""
+    if source == BaselineSource.PROFILE:
+        return fallback, {}
     what = ("the trailing " if source == BaselineSource.TRAILING else "last week's ") + _hours(spec.baseline.window)
+    if counts is None:
+        why = f"{what} could not be read: {error}" if error else f"{what} was not read"
+        return fallback, {Signal.INPUT_DRIFT: f"against the profile ({why})",
+                          Signal.PREDICTION_SHIFT: f"against the profile ({why})"}
+
+    def note(short: int, judged: int) -> str:
+        if not short:
+            return f"against {what}"
+        if short == judged:
+            return f"against the profile ({what} had too few rows)"
+        return f"against {what}, the profile where it had too few rows ({short} of {judged} features)"
+
     features: dict[str, dict[int, float]] = dict(fallback.features)
     drift = spec.signals.get(Signal.INPUT_DRIFT)
-    short = []
+    short = 0
     for name, profile_bins in fallback.features.items():
         bins = counts.features.get(name, {})
         total = sum(max(v, 0.0) for v in bins.values())
         width = max(len(profile_bins), max(bins, default=-1) + 1)
         if drift is None or total < rows_needed(width, drift.tolerance):
-            short.append(name)
+            short += 1
             continue
         features[name] = {b: max(bins.get(b, 0.0), 0.0) / total for b in range(width)}
     classes = dict(fallback.classes)
     shift = spec.signals.get(Signal.PREDICTION_SHIFT)
     total = sum(max(v, 0.0) for v in counts.classes.values())
     names = sorted(set(fallback.classes) | set(counts.classes))
-    if shift is not None and len(names) > 1 and total >= rows_needed(len(names), shift.tolerance):
+    used = shift is not None and len(names) > 1 and total >= rows_needed(len(names), shift.tolerance)
+    if used:
         classes = {c: max(counts.classes.get(c, 0.0), 0.0) / total for c in names}
-    elif len(names) > 1:
-        short.append("predicted classes")
-    judged = len(fallback.features) + (1 if len(names) > 1 else 0)
-    if not short:
-        note = f"against {what}"
-    elif len(short) == judged:
-        note = f"against the profile ({what} had too few rows)"
-    else:
-        note = f"against {what}, the profile where it had too few rows ({len(short)} of {judged})"
-    return replace(fallback, features=features, classes=classes), note
+    notes = {Signal.INPUT_DRIFT: note(short, len(fallback.features)),
+             Signal.PREDICTION_SHIFT: note(0 if used else 1, 1)}
+    return replace(fallback, features=features, classes=classes), notes
 
 
 def _hours(seconds: float) -> str:
@@ -245,7 +257,7 @@ def evaluate(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
     active = spec.active()
     trailing = obs.trailing or Counts()
     reference = effective_reference(m, obs.reference)
-    drift_reference, against = moving_reference(spec, obs.baseline, reference)
+    drift_reference, against = moving_reference(spec, obs.baseline, reference, obs.baseline_error)
     per_month = sq.SECONDS_PER_MONTH / max(spec.interval, 1.0)
     judged = {name: s for name, s in active.items()
               if _has_baseline(name, s, drift_reference if name in DRIFT_SIGNALS else reference)}
@@ -263,7 +275,7 @@ def evaluate(spec: MonitoringSpec, m: Monitoring | None, stable: Version | None,
             continue
         drift = name in DRIFT_SIGNALS
         signals.append(_judge(name, s, spec, before, obs.window, trailing, drift_reference if drift else reference, h,
-                              now_s, against if drift else ""))
+                              now_s, against.get(name, "")))
     m = replace(m, evaluatedAt=obs.at, evaluations=m.evaluations + 1, threshold=round(h, 3), problem="",
                 signals=tuple(signals))
     m = replace(m, health=health(m))
@@ -427,10 +439,12 @@ def rebaseline(spec: MonitoringSpec, m: Monitoring, obs: RebaselineObservation, 
     # against a reference (a `min` does not move), and only with rows enough for its interval.
     kept: list[str] = []
     levels: dict[Signal, float] = {}
+    # A regressor's truth is scored as errors, not right or wrong: no accuracy to take from it.
+    regressor = bool(counts.classes) and all(c.startswith("value ") for c in counts.classes)
     for signal, correct, rows in ((Signal.ACCURACY, counts.feedback_correct, counts.feedback_rows),
                                   (Signal.ESTIMATED_ACCURACY, counts.estimated_correct, counts.estimated_rows)):
         s = active.get(signal)
-        if s is None or s.minimum is not None:
+        if s is None or s.minimum is not None or regressor:
             continue
         need = accuracy_rows_needed(correct / rows if rows > 0 else 0.9, s.tolerance)
         if rows < need:
@@ -443,8 +457,13 @@ def rebaseline(spec: MonitoringSpec, m: Monitoring, obs: RebaselineObservation, 
     replaced = [str(x) for x, done in ((Signal.INPUT_DRIFT, bool(features)), (Signal.PREDICTION_SHIFT, bool(classes)),
                                        (Signal.ACCURACY, Signal.ACCURACY in levels),
                                        (Signal.ESTIMATED_ACCURACY, Signal.ESTIMATED_ACCURACY in levels)) if done]
-    baseline = Baseline(req.start, req.end, now_s, round(counts.rows), req.reason, features, classes,
-                        levels.get(Signal.ACCURACY), levels.get(Signal.ESTIMATED_ACCURACY), replaced)
+    # What this window does not replace keeps the reference it had: an earlier rebaseline's, or
+    # the profile's (absent here).
+    before = m.baseline or Baseline("", "", "")
+    baseline = Baseline(req.start, req.end, now_s, round(counts.rows), req.reason, features or before.features,
+                        classes or before.classes, levels.get(Signal.ACCURACY, before.accuracy),
+                        levels.get(Signal.ESTIMATED_ACCURACY, before.estimatedAccuracy),
+                        sorted(set(replaced) | set(before.signals)))
     words = f"rebaselined to the traffic of {req.start} .. {req.end} ({counts.rows:.0f} rows)"
     if req.reason:
         words += f": {req.reason}"

@@ -65,8 +65,13 @@ def _difference(selector: str, guard: str, started: str, ends_before: int, secon
     # before the window's start, up to a lookback (5 minutes) earlier: a restart in that gap would
     # make the difference one of unrelated counters, so the resets are looked for over the window
     # and the lookback before it.
+    # Born inside the window: its runtime started after the window's start, less a lookback (it
+    # loads its model before it is first scraped; the previous window left it out, as it had no
+    # sample there), or the Pod was scraped at the start (its guard has a sample), so a series it
+    # lacked there was not yet created: 0.
+    window_start = f"time() - {ends_before + seconds + LOOKBACK}"
     born = (f"({end} * 0 and on(instance) "
-            f"({started}{_offset(ends_before)} >= time() - {ends_before + seconds}))")
+            f"(({started}{_offset(ends_before)} >= {window_start}) or {guard}{_offset(ends_before + seconds)}))")
     return (f"({end} - ({start} or {born}))"
             f" unless on(instance) (resets({guard}[{seconds + LOOKBACK}s]{_offset(ends_before)}) > 0)")
 

@@ -169,8 +169,9 @@ async def observe_monitoring(metrics: MetricProvider, namespace: str, name: str,
         if moving is not None:  # spec.monitoring.baseline: trailing or lastWeek
             samples, error = await metrics.vector(monitoring_queries.window_query(
                 namespace, name, m.revision, moving[0], moving[1], with_reference=False), at.timestamp())
-            if error:
-                return monitoring.MonitoringObservation(m.revision, at_s, monitoring.Counts(), error=error)
+            if error:  # the profile stands in for the drift signals; the others are judged as ever
+                return monitoring.MonitoringObservation(m.revision, at_s, window, trailing, reference,
+                                                        baseline_error=error)
             baseline, _ = monitoring_queries.parse(samples)
             return monitoring.MonitoringObservation(m.revision, at_s, window, trailing, reference, baseline)
     return monitoring.MonitoringObservation(m.revision, at_s, window, trailing, reference)

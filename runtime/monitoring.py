@@ -173,14 +173,17 @@ def _add_to_buckets(child: Any, counts: list[int] | np.ndarray, total: float) ->
     child._sum.inc(total)
 
 
-def observe_many(child: Any, values: np.ndarray) -> None:
+def observe_many(child: Any, values: np.ndarray, below_bound: bool = False) -> None:
     """Add many observations to a prometheus_client histogram child. NaN is skipped: it has no
-    bucket, and in the sum it would make `_sum` NaN for good."""
+    bucket, and in the sum it would make `_sum` NaN for good. `below_bound`: a value equal to a
+    bucket's bound goes to the next bucket (bucket `le=b` holds values below b), the convention of
+    the profile's cuts (`searchsorted(cuts, x, "right")`), so that a regressor's live buckets and
+    the profile's shares of them count a value sitting on a cut on the same side."""
     values = values[~np.isnan(values)]
     if values.size:
         bounds = np.asarray(child._upper_bounds[:-1], np.float64)
         # side="left": the first bucket whose upper bound is >= the value, as `observe` does.
-        idx = np.searchsorted(bounds, values, side="left")
+        idx = np.searchsorted(bounds, values, side="right" if below_bound else "left")
         _add_to_buckets(child, np.bincount(idx, minlength=len(bounds) + 1).tolist(),
                         float(values.sum()))
 
@@ -430,7 +433,7 @@ class Monitor:
                 for label, n in zip(labels.tolist(), label_counts.tolist(), strict=True):
                     self._class_child(str(label)).inc(n)
             elif self._values is not None:
-                observe_many(self._values, values.astype(np.float64, copy=False))
+                observe_many(self._values, values.astype(np.float64, copy=False), below_bound=True)
 
     def _request_child(self, protocol: str, code: int) -> Any:
         child = self._request_children.get((protocol, code))

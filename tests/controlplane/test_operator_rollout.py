@@ -179,6 +179,29 @@ def test_manual_pause_resume_and_promote(cluster: Cluster) -> None:
     assert serin(cluster, "rebaseline", "--window", "800h").returncode == 2
 
 
+def test_an_annotation_is_removed_only_while_it_holds_the_value_acted_upon(cluster: Cluster) -> None:
+    """A command written between the operator's read and its removal of the one it read is kept
+    (a JSON patch whose test fails, answered 422 by the real apiserver, changes nothing)."""
+    import asyncio
+
+    from kubernetes_asyncio import client, config
+    from serin.operator.kube import Kube
+
+    cluster.apply(cluster.artifacts.good_v1)
+    cluster.cp.kubectl("annotate", "model", cluster.name, "-n", cluster.namespace, "serin.dev/silence=2/newer")
+
+    async def remove(value: str) -> None:
+        await config.load_kube_config(config_file=str(cluster.cp.kubeconfig))
+        async with client.ApiClient() as api:
+            await Kube(api).remove_annotation(cluster.model(), "serin.dev/silence", value)
+
+    asyncio.run(remove("1/older"))
+    assert (cluster.model()["metadata"].get("annotations") or {}).get("serin.dev/silence") == "2/newer"
+    asyncio.run(remove("2/newer"))
+    assert "serin.dev/silence" not in (cluster.model()["metadata"].get("annotations") or {})
+    asyncio.run(remove("2/newer"))  # gone already: nothing to do, nothing raised
+
+
 def test_manual_abort_rolls_back(cluster: Cluster) -> None:
     cluster.operator.start()
     v1 = status(serve_v1(cluster))

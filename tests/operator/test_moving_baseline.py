@@ -8,7 +8,7 @@ import datetime as dt
 import numpy as np
 from serin.operator import monitoring as mon
 from serin.operator.actions import Emit
-from serin.operator.spec import BaselineSource, BaselineSpec, MonitoringSpec, parse_spec
+from serin.operator.spec import BaselineSource, BaselineSpec, MonitoringSpec, Signal, parse_spec
 from serin.operator.status import Monitoring, from_time
 from test_monitoring_decision import BINS, FEATURES, REFERENCE, STABLE, T0
 
@@ -105,18 +105,23 @@ def test_a_trailing_baseline_detects_a_change_and_absorbs_it_after_its_window() 
 def test_a_baseline_window_with_too_few_rows_gives_way_to_the_profile() -> None:
     rng = np.random.default_rng(5)
     few = traffic(rng, 500, {})  # 10 bins at tolerance 0.02 need 4,500 rows, two classes 1,000
-    ref, note = mon.moving_reference(LAST_WEEK, few, REFERENCE)
+    drift, shift = Signal.INPUT_DRIFT, Signal.PREDICTION_SHIFT
+    ref, notes = mon.moving_reference(LAST_WEEK, few, REFERENCE)
     assert ref.features == REFERENCE.features and ref.classes == REFERENCE.classes
-    assert note == "against the profile (last week's 2h had too few rows)"
+    assert notes == dict.fromkeys((drift, shift), "against the profile (last week's 2h had too few rows)")
+    # Enough for the classes (1,000), not for the features (4,500): each signal says its own.
     some = traffic(rng, 1500, {})
-    ref, note = mon.moving_reference(LAST_WEEK, some, REFERENCE)
+    ref, notes = mon.moving_reference(LAST_WEEK, some, REFERENCE)
     assert ref.features == REFERENCE.features and ref.classes != REFERENCE.classes
-    assert note == "against last week's 2h, the profile where it had too few rows (3 of 4)"
+    assert notes == {drift: "against the profile (last week's 2h had too few rows)", shift: "against last week's 2h"}
     plenty = traffic(rng, 50_000, {"amount": 0.6})
-    ref, note = mon.moving_reference(LAST_WEEK, plenty, REFERENCE)
-    assert note == "against last week's 2h" and ref.features["amount"] != REFERENCE.features["amount"]
+    ref, notes = mon.moving_reference(LAST_WEEK, plenty, REFERENCE)
+    assert notes[drift] == "against last week's 2h" and ref.features["amount"] != REFERENCE.features["amount"]
     assert abs(sum(ref.features["amount"].values()) - 1) < 1e-9 and ref.accuracy == REFERENCE.accuracy
-    assert mon.moving_reference(PROFILE, plenty, REFERENCE) == (REFERENCE, "")
+    assert mon.moving_reference(PROFILE, plenty, REFERENCE) == (REFERENCE, {})
+    # The moving window could not be read (Prometheus busy on a long range): the profile, said so.
+    ref, notes = mon.moving_reference(LAST_WEEK, None, REFERENCE, "prometheus busy: x")
+    assert ref == REFERENCE and notes[drift] == "against the profile (last week's 2h could not be read: prometheus busy: x)"
 
 
 def test_the_baseline_windows_sit_where_they_say() -> None:
@@ -125,6 +130,9 @@ def test_the_baseline_windows_sit_where_they_say() -> None:
     ends_before, length = mon.baseline_window(LAST_WEEK, 300)  # type: ignore[misc]
     # Centred on the evaluation window's middle (150 s before now), seven days earlier.
     assert length == 7200 and ends_before + length / 2 == 7 * 86400 + 150
+    # A window longer than the baseline's: last week's span at least as long, on the same centre.
+    ends_before, length = mon.baseline_window(LAST_WEEK, 6 * 3600)  # type: ignore[misc]
+    assert length == 6 * 3600 and ends_before + length / 2 == 7 * 86400 + 3 * 3600
 
 
 def test_the_spec_gives_each_moving_baseline_its_default_window() -> None:

@@ -243,3 +243,29 @@ def test_rows_needed_keeps_the_baselines_noise_to_a_twentieth_of_the_tolerance()
           for _ in range(2000)]
     assert n == 4500 and np.mean(kl) <= 0.05 * 0.02 * 1.1
     assert mon.rows_needed(2, 0.5) == mon.BASELINE_MIN_ROWS
+
+
+def test_a_second_rebaseline_keeps_what_it_does_not_replace() -> None:
+    run = Run(seed=33)
+    drifted_alarm(run)
+    first = replace(counts(run.rng, 100_000, shift=SHIFT), feedback_rows=20_000.0, feedback_correct=17_000.0)
+    rebaselined(run, first, request(end_minute=run.minute))
+    assert run.m is not None and run.m.baseline is not None
+    accuracy = run.m.baseline.accuracy
+    # Too little ground truth the second time: accuracy keeps the first rebaseline's, not the profile's.
+    second = replace(counts(run.rng, 100_000, shift=SHIFT), feedback_rows=300.0, feedback_correct=250.0)
+    emits = rebaselined(run, second, request(hours=2, end_minute=run.minute + 60))
+    assert run.m.baseline.accuracy == accuracy and "accuracy" in run.m.baseline.signals
+    assert mon.effective_reference(run.m, REFERENCE).accuracy == accuracy
+    assert "accuracy kept its reference" in emits[0].message
+
+
+def test_a_regressor_gets_no_accuracy_from_a_rebaseline() -> None:
+    run = Run(seed=34)
+    values = {f"value <= {x!r}": 25_000.0 for x in (-2.0, 0.0, 2.0)} | {"value above the last cut": 25_000.0}
+    window = replace(counts(run.rng, 100_000), classes=values, feedback_rows=5000.0, feedback_correct=0.0,
+                     estimated_rows=0.0, estimated_correct=0.0)
+    emits = rebaselined(run, window, request(end_minute=run.minute))
+    assert run.m is not None and run.m.baseline is not None
+    assert run.m.baseline.accuracy is None and run.m.baseline.estimatedAccuracy is None
+    assert "accuracy" not in emits[0].message.split(":")[1] and "kept its reference" not in emits[0].message

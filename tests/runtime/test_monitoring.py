@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import Counter, Histogram
+from prometheus_client.utils import floatToGoString
 from serin.runtime import metric_names as mn
 from serin.runtime.drift import Binner, Drift
 from serin.runtime.model import Task
@@ -34,6 +35,25 @@ def test_observe_many_matches_prometheus_observe() -> None:
         direct.observe(v)
     observe_many(batched, np.array(VALUES))
     assert exported(batched) == exported(direct)
+
+
+def test_a_regressors_values_on_a_cut_count_where_the_profile_counts_them() -> None:
+    """The profile bins a value equal to a cut in the bin above it (converters/profile.py:
+    searchsorted "right"); the value histogram must too, or a regressor that predicts exactly a
+    cut value often (a clipped output, a tree's leaf) reads as drifted against its own profile."""
+    from serin.converters.profile import numeric_bins
+
+    # 40 % exactly 0 among continuous values: a quantile cut lands on 0.0 (the bins of 0.013 and
+    # 0.487 either side of it; "left" counting would read 0.413 and 0.087 from the same rows).
+    values = np.concatenate([np.zeros(400), np.random.default_rng(0).normal(size=600)])
+    profile = numeric_bins(values, 10)
+    hist = Histogram("v", "test", registry=None, buckets=sorted(set(profile["cuts"])))
+    observe_many(hist, values, below_bound=True)
+    samples = exported(hist)
+    cumulative = [samples[("v_bucket", (("le", le),))] for le in
+                  [*(floatToGoString(c) for c in sorted(set(profile["cuts"]))), "+Inf"]]
+    shares = np.diff([0.0, *cumulative]) / len(values)
+    assert np.allclose(shares, profile["proportions"]), (shares, profile)
 
 
 def test_observe_many_skips_nan() -> None:
