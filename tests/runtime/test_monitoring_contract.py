@@ -15,10 +15,12 @@ from pathlib import Path
 
 import model_factory as mf
 import numpy as np
+import pytest
 from conftest import serve, stop_server
 from serin.local.controlplane import provision
 from serin.local.prometheus import start_prometheus
 from serin.operator import monitoring as mon
+from serin.operator import monitoring_queries
 from serin.operator.prometheus import Prometheus as Provider
 from serin.operator.reconcile import observe_monitoring, observe_rebaseline
 from serin.operator.spec import BaselineSource, BaselineSpec, MonitoringSpec
@@ -151,12 +153,16 @@ def test_the_monitoring_query_counts_exactly_the_rows_served_in_its_window(tmp_p
         stop_server(srv)
 
 
-def test_a_pod_older_than_its_first_sample_in_a_window_is_left_out_not_counted_from_its_birth(tmp_path: Path) -> None:
+def test_a_pod_older_than_its_first_sample_in_a_window_is_left_out_not_counted_from_its_birth(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A runtime that served rows before Prometheus first saw it (a scrape gap longer than the
     lookback, or data past retention): its counters then hold history from before the window.
     Counting such a series from zero made all of that history one window's rows (a huge, false
     drift evidence, or a rebaseline of traffic the user meant to replace); now a series without a
-    sample at the window's start counts only if its runtime started inside the window."""
+    sample at the window's start counts only if its Pod was scraped there or its runtime started
+    after the window's start less a lookback. The lookback is 5 minutes; 2 seconds here, so that
+    a runtime started seconds before the window is "older" without a 5-minute wait."""
+    monkeypatch.setattr(monitoring_queries, "LOOKBACK", 2)
     model_dir = mf.numeric_classifier(tmp_path / "model")
     srv = serve(tmp_path, model_dir, "gap", "--revision", REVISION, "--drift-interval", "0.2")
     prom = start_prometheus(tmp_path / "prometheus", provision(), scrape_interval="1s")
@@ -179,7 +185,7 @@ def test_a_pod_older_than_its_first_sample_in_a_window_is_left_out_not_counted_f
 
     try:
         send(300)  # history Prometheus never sees
-        time.sleep(1.1)
+        time.sleep(3.1)
         window_start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=1)
         m = mon.evaluate(spec, None, stable, None, window_start, "gap").monitoring
         assert m is not None
