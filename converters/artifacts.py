@@ -15,7 +15,7 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from serin.converters.errors import (
@@ -26,10 +26,14 @@ from serin.converters.errors import (
     first_line,
 )
 
+if TYPE_CHECKING:
+    from serin.converters.s3 import S3Settings
+
 FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx")
 PICKLE_SUFFIXES = {".joblib", ".pkl", ".pickle", ".sav"}
-# Schemes handed to kserve-storage (the same code KServe's storage initializer runs).
-REMOTE_SCHEMES = ("s3://", "gs://", "http://", "https://", "hdfs://", "webhdfs://", "hf://")
+# Schemes handed to kserve-storage (the same code KServe's storage initializer runs); s3:// is
+# Serin's own (s3.py).
+REMOTE_SCHEMES = ("gs://", "http://", "https://", "hdfs://", "webhdfs://", "hf://")
 # The conversion Job mounts each claim a pvc:// URI names at PVC_MOUNT/CLAIM (read-only).
 PVC_MOUNT = "/mnt/pvc"
 FETCH_TIMEOUT = 300.0  # seconds; SERIN_FETCH_TIMEOUT overrides
@@ -46,9 +50,18 @@ class Artifact:
     model: Any
 
 
-def fetch(uri: str, workdir: Path, what: str) -> Path:
-    """Returns a local file for `uri` (a path, file://, pvc:// or a remote URI)."""
-    if uri.startswith("file://"):
+def fetch(uri: str, workdir: Path, what: str, s3: S3Settings | None = None) -> Path:
+    """Returns a local file for `uri` (a path, file://, pvc:// or a remote URI). s3:// URIs are
+    read with `s3` (the Model's spec.source.s3; by default the AWS SDK's environment variables)
+    and the keys in the environment, or anonymously without them."""
+    if uri.startswith("s3://"):
+        from serin.converters import s3 as s3_
+
+        settings = s3 if s3 is not None else s3_.S3Settings.from_env(os.environ)
+        _, key = s3_.split_uri(uri)
+        path = s3_.download(uri, workdir / f"download-{what}" / key.rsplit("/", 1)[-1], settings,
+                            s3_.Keys.from_env(os.environ))
+    elif uri.startswith("file://"):
         path = Path(unquote(urlparse(uri).path))
     elif uri.startswith("pvc://"):
         # pvc://CLAIM/path → $SERIN_PVC_MOUNT/CLAIM/path, where the Job mounts the claim: one

@@ -27,6 +27,7 @@ from serin.converters.errors import (
 )
 from serin.converters.parity import Tolerance
 from serin.converters.registry import NativePredictError, Outputs, converter_for
+from serin.converters.s3 import S3Settings
 from serin.converters.sample import Sample, has_nan, read_sample
 
 DEFAULT_OPSET = 17
@@ -46,6 +47,7 @@ class Request:
     tolerance: Tolerance = field(default_factory=Tolerance)
     bins: int = 10
     sample_labels: str | None = None  # the sample's column of true labels, not a model input
+    s3: S3Settings | None = None  # how s3:// URIs are read (spec.source.s3); None: the AWS variables
 
 
 @dataclass
@@ -89,7 +91,7 @@ def _convert(request: Request, rep: dict[str, Any]) -> None:
     request.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="serin-convert-") as tmp:
         workdir = Path(tmp)
-        source = artifacts.fetch(request.source, workdir, "artifact")
+        source = artifacts.fetch(request.source, workdir, "artifact", request.s3)
         # The digest is checked before anything is unpickled: a pickle runs code when loaded.
         rep["sha256"]["source"] = artifacts.sha256_of(source)
         artifacts.verify_digest(source, request.sha256)
@@ -101,7 +103,7 @@ def _convert(request: Request, rep: dict[str, Any]) -> None:
         rep["estimator"] = converter.describe(model)
         task = converter.task(model)
         rep["task"] = task
-        frame = read_sample(artifacts.fetch(request.sample, workdir, "sample"))
+        frame = read_sample(artifacts.fetch(request.sample, workdir, "sample", request.s3))
 
     truth = None
     if request.sample_labels:

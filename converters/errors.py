@@ -37,6 +37,13 @@ class FetchError(ConversionError):
     kind = "fetch-failed"
 
 
+class SourceUnavailable(ConversionError):
+    """The artifact or sample cannot be had until a person acts: the bucket or object does not
+    exist, the keys are refused, the settings are wrong. A user error: retrying will not help."""
+
+    kind = "source-unavailable"
+
+
 class DigestMismatch(ConversionError):
     kind = "digest-mismatch"
 

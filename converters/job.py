@@ -4,7 +4,8 @@ The operator launches this in its own Pod (it never imports the converters: they
 models), as three containers that trust each other differently (docs/security.md):
 
 - `fetch` (trusted, an init container): copies the artifact and the sample to WORK_DIR/input and
-  checks the artifact's digest. It alone mounts the source claims (and will hold credentials).
+  checks the artifact's digest. It alone mounts the source claims and holds the S3 keys of the
+  Model's Secret (spec.source.s3.secretName).
 - `convert` (untrusted, an init container): gives up the network (sandbox.py), then loads the
   artifact (unpickling runs its code), converts and proves parity, writing only WORK_DIR/output.
   It mounts neither the sources nor the store, and input/ read-only.
@@ -17,7 +18,9 @@ document in SERIN_CONVERSION_REQUEST, shaped as the Model's spec.source and spec
 the output directory:
 
     {"source": {"uri": "pvc://models/fraud/model.joblib", "sampleUri": "pvc://models/fraud/sample.csv",
-                "format": "sklearn", "sha256": "…"},                      # format and sha256 optional
+                "format": "sklearn", "sha256": "…",                       # format and sha256 optional
+                "s3": {"endpoint": "http://s3.storage:7070", "region": "us-east-1",  # s3:// only, optional
+                       "addressing": "path", "verifyTls": true, "secretName": "team-s3"}},
      "conversion": {"targetOpset": 17,
                     "tolerance": {"absolute": 1e-4, "relative": 1e-3, "labelAgreement": 1.0}},
      "out": "/mnt/serin-store/ml/fraud-g3-1a2b3c4d"}
@@ -61,7 +64,11 @@ WORK_DIR = "/work"
 # The request document's fields: name → (type, required). Nested objects list their own.
 _Shape = dict[str, tuple[type, bool]]
 _SOURCE: _Shape = {"uri": (str, True), "sampleUri": (str, True), "format": (str, False), "sha256": (str, False),
-                   "sampleLabels": (str, False)}
+                   "sampleLabels": (str, False), "s3": (dict, False)}
+# secretName is the operator's (it fills the fetch step's keys from that Secret); listed so the
+# document stays the Model's spec.source as written.
+_S3: _Shape = {"endpoint": (str, False), "region": (str, False), "addressing": (str, False),
+               "verifyTls": (bool, False), "secretName": (str, False)}
 _TOLERANCE: _Shape = {"absolute": (float, False), "relative": (float, False), "labelAgreement": (float, False)}
 _CONVERSION: _Shape = {"targetOpset": (int, False), "tolerance": (dict, False)}
 _TOP: _Shape = {"source": (dict, True), "conversion": (dict, False), "out": (str, True)}
@@ -98,6 +105,7 @@ def parse_request(text: str | None) -> Request:
     """The request document → the conversion Request. Raises ConversionError naming the field."""
     from serin.converters.conversion import DEFAULT_OPSET, Request
     from serin.converters.parity import Tolerance
+    from serin.converters.s3 import S3Settings
 
     if not text or not text.strip():
         raise ConversionError(f"{REQUEST_ENV} is not set: the conversion request is missing")
@@ -107,6 +115,9 @@ def parse_request(text: str | None) -> Request:
         raise ConversionError(f"{REQUEST_ENV} is not valid JSON: {exc}") from None
     top = _fields(doc, _TOP, "")
     source = _fields(top["source"], _SOURCE, "source.")
+    s3 = _fields(source.get("s3") or {}, _S3, "source.s3.")
+    if s3.get("addressing") not in (None, "path", "virtual"):
+        raise ConversionError(f"source.s3.addressing must be path or virtual, not {s3['addressing']!r}")
     conversion = _fields(top.get("conversion") or {}, _CONVERSION, "conversion.")
     tol = _fields(conversion.get("tolerance") or {}, _TOLERANCE, "conversion.tolerance.")
     if source.get("format") not in (None, *FORMATS):
@@ -117,7 +128,7 @@ def parse_request(text: str | None) -> Request:
     return Request(
         source=source["uri"], sample=source["sampleUri"], out=Path(top["out"]),
         format=source.get("format"), sha256=source.get("sha256"), sample_labels=source.get("sampleLabels"),
-        opset=int(conversion.get("targetOpset") or DEFAULT_OPSET),
+        opset=int(conversion.get("targetOpset") or DEFAULT_OPSET), s3=S3Settings.parse(s3) if s3 else None,
         tolerance=Tolerance(absolute=float(tol.get("absolute", d.absolute)),
                             relative=float(tol.get("relative", d.relative)),
                             label_agreement=float(tol.get("labelAgreement", d.label_agreement))),
@@ -226,7 +237,7 @@ def _fetch_step(request: Request, inputs: Path, termination: str) -> int:
 
     try:
         for uri, what in ((request.source, "artifact"), (request.sample, "sample")):
-            found = artifacts.fetch(uri, inputs / "download", what)
+            found = artifacts.fetch(uri, inputs / "download", what, request.s3)
             target = inputs / what / found.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(found, target)

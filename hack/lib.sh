@@ -20,6 +20,10 @@ PROMETHEUS_MODULE_VERSION="v0.316.0" PROMETHEUS_VERSION="3.16.0"
 KSERVE_VERSION="v0.20.0" TRAEFIK_VERSION="v3.6.12" GATEWAY_API_VERSION="v1.4.0"
 export KUBE_VERSION ETCD_VERSION HELM_VERSION PROMETHEUS_MODULE_VERSION PROMETHEUS_VERSION
 export KSERVE_VERSION TRAEFIK_VERSION GATEWAY_API_VERSION
+# The S3 server of the local platform and the tests: versitygw, an Apache-2.0 S3 gateway over a plain
+# folder (MinIO and Garage are AGPL; moto is a mock, not a server).
+VERSITYGW_VERSION="v1.8.0"
+export VERSITYGW_VERSION
 
 # BUILD_REV changes whenever the way the binaries are built changes (r2: version ldflags), so a warm
 # cache never serves binaries from an older recipe.
@@ -29,6 +33,7 @@ SERIN_VENV="$SERIN_CACHE/venv-py311"
 # Each in a directory of its own, keyed by version: the binary and the module files used with it.
 SERIN_KSERVE_HOME="$SERIN_CACHE/bin/kserve-$KSERVE_VERSION"
 SERIN_GATEWAY_HOME="$SERIN_CACHE/bin/traefik-$TRAEFIK_VERSION-gateway-api-$GATEWAY_API_VERSION"
-export SERIN_BIN SERIN_VENV SERIN_KSERVE_HOME SERIN_GATEWAY_HOME
+SERIN_S3_HOME="$SERIN_CACHE/bin/versitygw-$VERSITYGW_VERSION"
+export SERIN_BIN SERIN_VENV SERIN_KSERVE_HOME SERIN_GATEWAY_HOME SERIN_S3_HOME
 
 log() { printf '[serin %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

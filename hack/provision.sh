@@ -9,6 +9,7 @@
 #   prometheus, promtool                             go install github.com/prometheus/prometheus/cmd/…
 #   KServe's manager, CRDs, webhooks, config    github.com/kserve/kserve (own module dir)   -> $SERIN_KSERVE_HOME
 #   traefik, Gateway API CRDs                   github.com/traefik/traefik/v3, sigs.k8s.io/gateway-api -> $SERIN_GATEWAY_HOME
+#   versitygw (the S3 server)                   go install github.com/versity/versitygw/cmd/versitygw -> $SERIN_S3_HOME
 #   runc, containerd, CNI plugins, iptables, conntrack, buildah, debootstrap   Debian packages (the node, images)
 # Prints the bin directory on stdout. Cold: ~30 min on 2 cores, nearly all of it Go compiling (no
 # release binary can be downloaded here; docs/cluster.md has the parts). Warm: well under a second.
@@ -139,6 +140,16 @@ build_gateway() {
   rm -rf "$SERIN_GATEWAY_HOME"; mv "$SERIN_GATEWAY_HOME.tmp" "$SERIN_GATEWAY_HOME"
 }
 
+build_s3() {
+  [[ -x "$SERIN_S3_HOME/versitygw" ]] && return
+  need_go
+  log "building versitygw $VERSITYGW_VERSION, the S3 server (about 1 min cold)"
+  rm -rf "$SERIN_S3_HOME.tmp"; mkdir -p "$SERIN_S3_HOME.tmp"
+  GOBIN="$SERIN_S3_HOME.tmp" GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0 go install -trimpath -ldflags='-s -w' \
+    "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+  rm -rf "$SERIN_S3_HOME"; mv "$SERIN_S3_HOME.tmp" "$SERIN_S3_HOME"
+}
+
 mkdir -p "$SERIN_BIN"
 build_kube
 build_pause
@@ -147,11 +158,12 @@ build_prometheus
 install_node_packages
 build_kserve
 build_gateway
+build_s3
 for b in kube-apiserver kube-controller-manager kubectl etcd kubelet kube-scheduler kube-proxy pause helm \
          prometheus promtool; do
   [[ -x "$SERIN_BIN/$b" ]] || { log "missing $SERIN_BIN/$b after provisioning"; exit 1; }
 done
-for b in "$SERIN_KSERVE_HOME/manager" "$SERIN_GATEWAY_HOME/traefik"; do
+for b in "$SERIN_KSERVE_HOME/manager" "$SERIN_GATEWAY_HOME/traefik" "$SERIN_S3_HOME/versitygw"; do
   [[ -x "$b" ]] || { log "missing $b after provisioning"; exit 1; }
 done
 echo "$SERIN_BIN"

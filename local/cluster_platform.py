@@ -3,17 +3,21 @@ own controller and webhooks in Standard mode (local/kserve_controller.py), Traef
 (local/gateway.py), a Prometheus that discovers the runtime Pods through the Kubernetes API, and
 Serin installed with `helm install charts/serin` from its own images, pointed at the Gateway.
 
-Models read their artifacts from the `sources` claim (pvc://sources/...) and the conversion Jobs
-write to the `serin-models` claim, both hostPath volumes on the node. `serin demo --cluster` and the
+Models read their artifacts from the platform's S3 server (versitygw on the host end of the node's
+veth: a bucket and an S3 user per namespace, whose keys are the namespace's Secret `serin-s3`), or
+from the `sources` claim (pvc://sources/...); the conversion Jobs write to the `serin-models`
+claim. Both claims are hostPath volumes on the node. `serin demo --cluster` and the
 cluster tier's KServe tests run on it. It needs root, and `down()` leaves nothing on the host.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from serin.local.cluster import Cluster, start_cluster
 from serin.local.controlplane import REPO_ROOT
@@ -22,11 +26,14 @@ from serin.local.gateway import Gateway, install_gateway
 from serin.local.kserve_controller import KServeController, kserve_dir
 from serin.local.node import HOST_ADDRESS
 from serin.local.prometheus import Prometheus, start_prometheus
+from serin.local.s3 import S3Server, S3User, start_s3
 
 CHART = REPO_ROOT / "charts" / "serin"
 RELEASE, SYSTEM = "serin", "serin-system"
 # Small enough that a stable, a canary and the operator fit on 2 cores.
 MODEL_RESOURCES = {"requests": {"cpu": "50m", "memory": "192Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+# The namespace's S3 keys (a KServe S3 Secret's keys), named by its Models' spec.source.s3.secretName.
+S3_SECRET = "serin-s3"
 
 
 def image_values(cluster: Cluster) -> list[str]:
@@ -42,7 +49,14 @@ class ClusterPlatform:
     namespace: str
     sources: Path  # the `sources` claim's directory on the host
     prometheus: Prometheus
+    s3: S3Server
+    s3_user: S3User  # the namespace's S3 user, owner of its bucket
     started_in: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def bucket(self) -> str:
+        """The namespace's bucket (named after it) on the platform's S3 server."""
+        return self.namespace
 
     @property
     def gateway(self) -> Gateway | None:
@@ -56,6 +70,13 @@ class ClusterPlatform:
         shutil.copy(files.sample, target / files.sample.name)
         base = f"pvc://sources/{name}/{version}"
         return f"{base}/{files.model.name}", f"{base}/{files.sample.name}"
+
+    def upload(self, name: str, version: str, files: VersionFiles) -> dict[str, Any]:
+        """Uploads a version's artifact and sample to the namespace's bucket, with the namespace's
+        keys: the Model's spec.source (but its format) that reads them back."""
+        put = {what: self.s3.put(self.bucket, f"{name}/{version}/{path.name}", path, user=self.s3_user)
+               for what, path in (("uri", files.model), ("sampleUri", files.sample))}
+        return {**put, "s3": {"endpoint": self.s3.url, "secretName": S3_SECRET}}
 
     def use_gateway(self, workdir: Path) -> Gateway:
         """Traefik and the Gateway, and the operator pointed at it (helm upgrade)."""
@@ -79,11 +100,14 @@ class ClusterPlatform:
                 procs[name] = pid
         if self.prometheus.pid:
             procs["prometheus"] = self.prometheus.pid
+        if self.s3.pid:
+            procs["versitygw"] = self.s3.pid
         return procs
 
     def down(self) -> list[str]:
         """Stops everything; what was left on the host (nothing, or a defect)."""
         self.prometheus.stop()
+        self.s3.stop()
         return self.cluster.stop()
 
 
@@ -97,7 +121,8 @@ def bring_up(workdir: Path, namespace: str = "models", cluster: Cluster | None =
         cluster = start_cluster(workdir / "cluster")
         cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "manifests" / "crds"))
     timings.update(cluster.started_in)
-    prom = None
+    prom: Prometheus | None = None
+    s3: S3Server | None = None
     try:
         if cluster.kserve is None:
             cluster.kserve = KServeController(cluster.control_plane, cluster.control_plane.workdir / "kserve",
@@ -111,6 +136,18 @@ def bring_up(workdir: Path, namespace: str = "models", cluster: Cluster | None =
         volumes.chmod(0o755)
         for claim, sub in (("sources", "sources"), ("serin-models", "store")):
             cluster.hostpath_claim(namespace, claim, volumes / sub)
+        # The platform's S3 server, fresh with the cluster, where conversion Pods reach it: a bucket
+        # owned by the namespace's S3 user, whose keys are the namespace's Secret.
+        t = time.monotonic()
+        shutil.rmtree(workdir / "s3", ignore_errors=True)
+        s3 = start_s3(workdir / "s3", listen=HOST_ADDRESS)
+        s3_user = s3.create_user(namespace)
+        s3.create_bucket(namespace, owner=s3_user)
+        cluster.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": S3_SECRET, "namespace": namespace},
+            "stringData": {"AWS_ACCESS_KEY_ID": s3_user.access_key, "AWS_SECRET_ACCESS_KEY": s3_user.secret_key}}))
+        timings["S3"] = time.monotonic() - t
         # Where the operator's Pod reaches it: the host end of the node's veth.
         prom = start_prometheus(workdir / "prometheus", cluster.control_plane.bin_dir, scrape_interval="1s",
                                 kubernetes=cluster.prometheus_discovery(), listen=HOST_ADDRESS)
@@ -122,7 +159,7 @@ def bring_up(workdir: Path, namespace: str = "models", cluster: Cluster | None =
                      "--set", f"operator.replicas={operator_replicas}", "--set", f"operator.prometheusUrl={prom.url}",
                      "--wait", "--timeout", "240s")
         timings["helm upgrade --install"] = time.monotonic() - t
-        platform = ClusterPlatform(cluster, namespace, volumes / "sources", prom, timings)
+        platform = ClusterPlatform(cluster, namespace, volumes / "sources", prom, s3, s3_user, timings)
         if gateway:
             t = time.monotonic()
             platform.use_gateway(workdir / "gateway")
@@ -132,6 +169,8 @@ def bring_up(workdir: Path, namespace: str = "models", cluster: Cluster | None =
     except BaseException:
         if prom is not None:
             prom.stop()
+        if s3 is not None:
+            s3.stop()
         if own:
             cluster.stop()
         raise

@@ -2,7 +2,8 @@
 
 With `--cluster` (what hack/demo.sh runs; needs root): a real node, KServe's own controller in
 Standard mode, Traefik as the Gateway splitting traffic exactly, Serin installed by Helm from its
-own images, Prometheus discovering the runtime Pods; everything is torn down at the end.
+own images, Prometheus discovering the runtime Pods, an S3 server (versitygw) the conversion Jobs
+read each version from; everything is torn down at the end.
 Without it: the local platform (real kube-apiserver, operator, KServe stand-in in Knative mode,
 runtimes as processes, Prometheus), which keeps running afterwards.
 
@@ -74,12 +75,12 @@ class Timeline:
         console.print(f"[dim]{self.now():6.1f}s[/dim]  {text}", style=style)
 
 
-def apply_version(k: Kubectl, files: demo_models.VersionFiles, uris: tuple[str, str] | None = None,
+def apply_version(k: Kubectl, files: demo_models.VersionFiles, source: dict[str, Any] | None = None,
                   serving: dict[str, Any] | None = None) -> None:
-    """The Model at this version: its files by file:// URI (the local executor reads them), or at
-    `uris` (pvc:// on a cluster)."""
-    uri, sample = uris or (files.model.as_uri(), files.sample.as_uri())
-    spec: dict[str, Any] = {"source": {"uri": uri, "format": files.format, "sampleUri": sample}, "rollout": ROLLOUT}
+    """The Model at this version: its files by file:// URI (the local executor reads them), or
+    `source` (on a cluster: s3:// on the platform's S3 server, with the namespace's keys)."""
+    source = source or {"uri": files.model.as_uri(), "sampleUri": files.sample.as_uri()}
+    spec: dict[str, Any] = {"source": {**source, "format": files.format}, "rollout": ROLLOUT}
     if serving:
         spec["serving"] = serving
     body = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": NAME, "namespace": NAMESPACE},
@@ -237,7 +238,7 @@ def run_cluster(home: Path) -> int:
 
     tl = Timeline()
     tl.say("bringing up a real node, KServe's own controller (Standard mode), Traefik as the Gateway, "
-           "Prometheus, and Serin from `helm install charts/serin`")
+           "Prometheus, an S3 server (versitygw), and Serin from `helm install charts/serin`")
     work = home / "cluster-demo"
     shutil.rmtree(work, ignore_errors=True)
     platform = bring_up(work, NAMESPACE, gateway=True)
@@ -246,14 +247,15 @@ def run_cluster(home: Path) -> int:
     k = Kubectl({"bin": str(cp.bin_dir), "kubeconfig": str(cp.kubeconfig)})
     load: LoadGenerator | None = None
     try:
-        tl.say("training three versions (no downloads)")
+        tl.say(f"training three versions (no downloads), uploaded to s3://{platform.bucket}/ on {platform.s3.url} "
+               f"and read by each conversion Job with the keys of the namespace's Secret")
         versions = {"v1": demo_models.sklearn_version(work / "v1", seed=1),
                     "v2": demo_models.sklearn_version(work / "v2", seed=2),
                     "v3": demo_models.erroring_version(work / "v3")}
 
         def apply(version: str) -> None:
             files = versions[version]
-            apply_version(k, files, platform.stage(NAME, version, files), {"resources": MODEL_RESOURCES})
+            apply_version(k, files, platform.upload(NAME, version, files), {"resources": MODEL_RESOURCES})
 
         prom = platform.prometheus.url
         console.rule("v1: first version, straight to 100 % (a conversion Job, then KServe's Deployment)")

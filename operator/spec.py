@@ -81,12 +81,24 @@ class DeploymentMode(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class S3Source:
+    """spec.source.s3: how the conversion's fetch step reads s3:// URIs."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    addressing: str | None = None  # path | virtual (the converter's default when absent)
+    verifyTls: bool = True
+    secretName: str | None = None  # the Model's Secret with the keys, given to the fetch step only
+
+
+@dataclass(frozen=True)
 class SourceSpec:
     uri: str
     sampleUri: str
     format: ModelFormat | None = None  # detected from the artifact when absent
     sha256: str | None = None
     sampleLabels: str | None = None  # the sample's column of true labels: calibrates estimatedAccuracy
+    s3: S3Source | None = None
 
 
 @dataclass(frozen=True)
@@ -322,10 +334,14 @@ def version_key(source: dict[str, Any], conversion: dict[str, Any]) -> str:
 
 
 def _source(raw: dict[str, Any]) -> SourceSpec:
-    fmt = raw.get("format")
+    fmt, s3 = raw.get("format"), raw.get("s3")
     return SourceSpec(uri=str(raw["uri"]), sampleUri=str(raw.get("sampleUri", "")),
                       format=ModelFormat(fmt) if fmt else None, sha256=raw.get("sha256") or None,
-                      sampleLabels=raw.get("sampleLabels") or None)
+                      sampleLabels=raw.get("sampleLabels") or None,
+                      s3=None if s3 is None else S3Source(
+                          endpoint=s3.get("endpoint") or None, region=s3.get("region") or None,
+                          addressing=s3.get("addressing") or None, verifyTls=bool(s3.get("verifyTls", True)),
+                          secretName=s3.get("secretName") or None))
 
 
 def _conversion(raw: dict[str, Any]) -> ConversionSpec:

@@ -42,12 +42,18 @@ class ConversionRequest:
 
     def document(self, out: str) -> str:
         """The request as the converter reads it (serin.converters.job.parse_request)."""
-        source = {k: v for k, v in asdict(self.source).items() if v is not None}
+        source = _present(asdict(self.source))
         tolerance = asdict(self.conversion.tolerance)
         doc = {"source": source,
                "conversion": {"targetOpset": self.conversion.targetOpset, "tolerance": tolerance},
                "out": out}
         return json.dumps(doc, sort_keys=True)
+
+
+def _present(doc: dict[str, Any]) -> dict[str, Any]:
+    """The fields that are set, nested objects included: the converter reads an absent field as
+    its default, and a null as a mistake."""
+    return {k: _present(v) if isinstance(v, dict) else v for k, v in doc.items() if v is not None}
 
 
 class ConversionExecutor(Protocol):

@@ -26,6 +26,8 @@ SLUG_ANNOTATION = "serin.dev/conversion"
 CONVERTER_SELECTOR = "app.kubernetes.io/name=serin-converter,app.kubernetes.io/managed-by=serin"
 WORK_MOUNT = "/work"  # the converter's WORK_DIR: input/ and output/, one emptyDir each
 SOURCE_MOUNT = "/mnt/pvc"  # the converter's PVC_MOUNT: pvc://CLAIM/path is read at SOURCE_MOUNT/CLAIM/path
+# The fetch step's S3 keys: the AWS SDKs' variables, each from the Secret's key of the same name.
+S3_ACCESS_KEY, S3_SECRET_KEY, S3_SESSION_TOKEN = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,21 @@ def source_claims(req: ConversionRequest) -> list[str]:
     return list(dict.fromkeys(c for c in claims if c))
 
 
+def s3_keys_env(req: ConversionRequest) -> list[dict[str, Any]]:
+    """The fetch step's S3 keys, read by the kubelet from the Secret the Model names (in its own
+    namespace: a Model cannot name another team's), each variable from the key of its own name as
+    in KServe's S3 Secrets. The operator never reads the Secret; the other steps never get it."""
+    s3 = req.source.s3
+    if s3 is None or not s3.secretName:
+        return []
+
+    def ref(name: str, optional: bool) -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": s3.secretName, "key": name,
+                                                             **({"optional": True} if optional else {})}}}
+
+    return [ref(S3_ACCESS_KEY, False), ref(S3_SECRET_KEY, False), ref(S3_SESSION_TOKEN, True)]
+
+
 def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
     """One Pod, three steps (serin.converters.job): `fetch` and `publish` are trusted and never run
     the artifact's code; `convert` runs it, with no network (it takes it away from itself before
@@ -106,6 +123,7 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
     fetch = step("fetch", [work("input", False),
                            *({"name": f"source-{i}", "mountPath": f"{SOURCE_MOUNT}/{c}", "readOnly": True}
                              for i, c in enumerate(sources))])
+    fetch["env"] += s3_keys_env(req)
     convert = step("convert", [work("input", True), work("output", False)])
     publish = step("publish", [work("input", True), work("output", True),
                                {"name": "store", "mountPath": STORE_MOUNT, "subPath": store_path(req, settings)}])
@@ -163,11 +181,16 @@ def result_from_pod(pod: dict[str, Any] | None, uri: str) -> ConversionResult | 
         waiting = (cs.get("state") or {}).get("waiting") or {}
         # Without this a Job whose image is missing would look Running until its timeout (10 minutes).
         if waiting.get("reason") in pods_.CANNOT_START:
-            # Retried like a fetch failure (a registry may be back a minute later), then final.
+            said = " ".join(str(waiting.get("message") or cs.get("image", "")).split())[:300]
+            # The kubelet cannot read spec.source.s3.secretName's Secret or one of its keys: said so.
+            whose = (" (the Secret named by spec.source.s3.secretName)"
+                     if cs.get("name") == "fetch" and waiting["reason"] == "CreateContainerConfigError"
+                     and "secret" in said.lower() else "")
+            # Retried like a fetch failure (a registry may be back, a Secret created, a minute
+            # later), then final.
             return ConversionResult(
                 ConversionState.FAILED, retryable=True,
-                reason=f"the converter container cannot start: {waiting['reason']}: "
-                       f"{' '.join(str(waiting.get('message') or cs.get('image', '')).split())[:300]}")
+                reason=f"the converter container cannot start: {waiting['reason']}: {said}{whose}")
         term = _terminated(cs)
         if term is None or (init and term.get("exitCode") == 0):
             continue

@@ -126,7 +126,7 @@ def test_dev_up_cluster_takes_a_newcomers_model_through_a_canary_and_survives_do
     state = up(home)
     assert state["kind"] == "cluster"
     assert {"supervisor", "etcd", "kube-apiserver", "kube-scheduler", "kserve-manager", "traefik",
-            "prometheus"} <= set(state["pids"])
+            "prometheus", "versitygw"} <= set(state["pids"])
     assert all(alive(pid) for pid in state["pids"].values())
     assert kubectl(state, "get", "node", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}") \
         == "True"

@@ -18,6 +18,8 @@ import yaml
 from harness import wait_for
 from serin.local.cluster import Cluster
 from serin.local.cluster_platform import image_values
+from serin.local.node import HOST_ADDRESS
+from serin.local.s3 import S3Server, start_s3
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "serin"
@@ -129,6 +131,79 @@ def test_a_corrupt_artifact_fails_its_job_with_the_reason_in_status(
     assert status["failed"]["kind"] == "ConversionFailed"
     assert status["conversion"]["passed"] is False and status["conversion"]["exitCode"] == 2
     assert "cannot load" in status["conversion"]["reason"] or "unpickl" in status["conversion"]["reason"], status
+    assert "stable" not in status
+
+
+@pytest.fixture(scope="module")
+def s3_on_node(installed: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """The real S3 server on the host end of the node's veth, where conversion Pods reach it."""
+    server = start_s3(tmp_path_factory.mktemp("s3"), listen=HOST_ADDRESS)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def s3_secret(cluster: Cluster, ns: str, name: str, access_key: str, secret_key: str) -> None:
+    """A KServe-style S3 Secret: the keys under the AWS SDKs' names (its annotations would not be read)."""
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": name, "namespace": ns},
+        "stringData": {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}}))
+
+
+def test_an_s3_model_converts_with_its_namespaces_keys_and_a_missing_object_leaves_the_stable(
+        installed: Cluster, models_ns: tuple[str, Path, Path], artifacts: Any, s3_on_node: S3Server) -> None:
+    """Issue 34 #2 and issue 32 #2 on the real node: the conversion Job's fetch step reads s3://
+    with the keys of the Secret the Model names (in its own namespace), the unpickling step gets
+    none; an object that is not there fails the new version with the reason, the stable serving."""
+    ns, _, _ = models_ns
+    name = f"s3-{uuid.uuid4().hex[:6]}"
+    team = s3_on_node.create_user(name)
+    s3_on_node.create_bucket(name, owner=team)
+    uri = s3_on_node.put(name, "v1/model.joblib", artifacts.good_v1, user=team)
+    sample = s3_on_node.put(name, "v1/sample.csv", artifacts.sample, user=team)
+    s3_secret(installed, ns, f"{name}-keys", team.access_key, team.secret_key)
+    source = {"uri": uri, "sampleUri": sample,
+              "s3": {"endpoint": s3_on_node.url, "secretName": f"{name}-keys"}}
+    model = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": name, "namespace": ns},
+             "spec": {"source": source}}
+    installed.kubectl("apply", "-f", "-", input=json.dumps(model))
+    status = passed(installed, ns, name)
+    assert status["conversion"]["rows"] == 200 and status["stable"]["generation"] == 1
+    (job,) = get(installed, "jobs", "-n", ns, "-l", f"serin.dev/model={name}")["items"]
+    fetch, convert = job["spec"]["template"]["spec"]["initContainers"]
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in fetch["env"] if "valueFrom" in e} == {f"{name}-keys"}
+    assert all("valueFrom" not in e for e in convert["env"])
+
+    model["spec"]["source"] = {**source, "uri": f"s3://{name}/v2/model.joblib"}
+    installed.kubectl("apply", "-f", "-", input=json.dumps(model))
+    status = wait_for("generation 2 to fail", lambda: (s := model_status(installed, ns, name)).get(
+        "conversion", {}).get("generation") == 2 and s.get("failed") and s, timeout=240)
+    conv = status["conversion"]
+    assert conv["error"] == "source-unavailable" and conv["exitCode"] == 2, conv
+    assert f"no object v2/model.joblib in bucket {name}" in conv["reason"], conv
+    assert status["stable"]["generation"] == 1 and status["failed"]["generation"] == 2
+    # Tried once: a missing object is not worth a retry.
+    assert len(get(installed, "jobs", "-n", ns, "-l", f"serin.dev/model={name},serin.dev/generation=2")["items"]) == 1
+
+
+def test_an_s3_model_with_keys_the_server_refuses_fails_with_the_reason(
+        installed: Cluster, models_ns: tuple[str, Path, Path], artifacts: Any, s3_on_node: S3Server) -> None:
+    ns, _, _ = models_ns
+    name = f"s3-{uuid.uuid4().hex[:6]}"
+    team = s3_on_node.create_user(name)
+    s3_on_node.create_bucket(name, owner=team)
+    uri = s3_on_node.put(name, "model.joblib", artifacts.good_v1, user=team)
+    sample = s3_on_node.put(name, "sample.csv", artifacts.sample, user=team)
+    s3_secret(installed, ns, f"{name}-keys", team.access_key, "not-the-secret")
+    installed.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": name, "namespace": ns},
+        "spec": {"source": {"uri": uri, "sampleUri": sample,
+                            "s3": {"endpoint": s3_on_node.url, "secretName": f"{name}-keys"}}}}))
+    status = wait_for("the conversion to fail", lambda: (s := model_status(installed, ns, name)).get(
+        "phase") == "Failed" and s, timeout=240)
+    conv = status["conversion"]
+    assert conv["error"] == "source-unavailable" and "refused the signature" in conv["reason"], conv
     assert "stable" not in status
 
 

@@ -60,14 +60,16 @@ def platform(real_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
         yield Platform(real_cluster, up, versions)
     finally:
         up.prometheus.stop()
+        up.s3.stop()
 
 
 def apply_model(p: Platform, name: str, version: str, serving: dict[str, Any] | None = None, **rollout: Any) -> None:
     files = p.versions[version]
-    uri, sample = p.platform.stage(name, version, files)
+    # From the platform's S3 server, with the namespace's keys (the fetch step of each conversion Job).
+    source = p.platform.upload(name, version, files)
     p.cluster.kubectl("apply", "-f", "-", input=json.dumps({
         "apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": name, "namespace": MODELS},
-        "spec": {"source": {"uri": uri, "sampleUri": sample, "format": files.format},
+        "spec": {"source": {**source, "format": files.format},
                  "serving": {"resources": MODEL_RESOURCES} | (serving or {}),
                  "rollout": {"steps": [{"weight": 10, "pause": "10s"}, {"weight": 50, "pause": "10s"}]} | rollout}}))
 

@@ -132,6 +132,11 @@ INVALID = [
     ("metric-name-uppercase", {"spec__rollout": {"analysis": {"metrics": [{"name": "Errors", "builtin": "errorRate", "max": 1}]}}}, ["spec.rollout.analysis.metrics[0].name", "should match"]),
     ("sample-labels-empty", {"spec__source__sampleLabels": ""}, ["spec.source.sampleLabels", "at least 1 chars long"]),
     ("unknown-field", {"spec__source__url": "s3://typo/m.pkl"}, ["spec.source.url", "unknown field"]),
+    ("s3-on-claims", {"spec__source__uri": "pvc://m/a.joblib", "spec__source__sampleUri": "pvc://m/s.csv", "spec__source__s3": {"secretName": "k"}}, ["spec.source", "applies to s3:// URIs only"]),
+    ("s3-endpoint-with-path", {"spec__source__s3": {"endpoint": "http://s3.local:7070/bucket"}}, ["spec.source.s3.endpoint", "with no path"]),
+    ("s3-endpoint-no-scheme", {"spec__source__s3": {"endpoint": "s3.local:7070"}}, ["spec.source.s3.endpoint", "http://HOST[:PORT]"]),
+    ("s3-addressing-unknown", {"spec__source__s3": {"addressing": "dns"}}, ["spec.source.s3.addressing", "Unsupported value"]),
+    ("s3-secret-name-invalid", {"spec__source__s3": {"secretName": "Team_Keys"}}, ["spec.source.s3.secretName", "should match"]),
     ("monitoring-budget-zero", {"spec__monitoring": {"falseAlarmsPerMonth": 0}}, ["spec.monitoring.falseAlarmsPerMonth", "above 0 and at most 10"]),
     ("monitoring-interval-5s", {"spec__monitoring": {"interval": "5s"}}, ["spec.monitoring.interval", "between 10s and 24h"]),
     ("monitoring-trailing-shorter", {"spec__monitoring": {"interval": "10m", "trailingWindow": "5m"}}, ["spec.monitoring", "trailingWindow must be at least one interval"]),
@@ -190,8 +195,11 @@ def test_valid_manifest_passes_the_same_dry_run(crds: ControlPlane, namespace: s
     {"spec__monitoring": {"baseline": {"from": "lastWeek", "window": "24h"}}},
     {"spec__monitoring": {"baseline": {"from": "trailing", "window": "168h"}}},
     {"spec__monitoring": {"baseline": {"from": "trailing", "window": "10m"}}},
+    {"spec__source__s3": {"endpoint": "https://s3.eu-west-1.amazonaws.com", "region": "eu-west-1",
+                          "addressing": "virtual", "verifyTls": True, "secretName": "team.s3-keys"}},
+    {"spec__source__uri": "pvc://m/a.joblib", "spec__source__s3": {"endpoint": "http://10.250.0.1:7070"}},
 ], ids=["longest-timeout-shortest-deadline", "shortest-timeout-long-deadline", "last-week-24h", "trailing-168h",
-        "trailing-10m"])
+        "trailing-10m", "s3-every-field", "s3-for-the-sample-only"])
 def test_duration_limits_accept_their_bounds(crds: ControlPlane, namespace: str, overrides: dict[str, Any]) -> None:
     out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest("edge", **overrides),
                        check=False)

@@ -113,6 +113,44 @@ def test_only_the_trusted_publish_step_mounts_the_store_and_only_its_own_directo
     assert all("env" not in c or all("valueFrom" not in e for e in c["env"]) for c in (fetch, convert, publish))
 
 
+def test_only_the_fetch_step_gets_the_s3_keys_and_from_the_models_own_secret() -> None:
+    """Issue 32 #2: credentials per namespace, to the trusted step only. The kubelet reads them from
+    the Secret the Model names, in the Model's namespace; the operator never reads a Secret."""
+    spec = parse_spec({"source": {"uri": "s3://team-a/m.joblib", "sampleUri": "s3://team-a/s.csv",
+                                  "s3": {"endpoint": "http://s3.storage:7070", "region": "eu-west-1",
+                                         "secretName": "team-a-s3"}}})
+    req = ConversionRequest("team-a", "fraud", "uid-1", 7, "abcdef0123456789", 1, spec.source, spec.conversion)
+    pod = job_body(req, JobSettings(image="i"))["spec"]["template"]["spec"]
+    fetch, convert = pod["initContainers"]
+    (publish,) = pod["containers"]
+    secret_env = [e for e in fetch["env"] if "valueFrom" in e]
+    assert secret_env == [
+        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "team-a-s3", "key": "AWS_ACCESS_KEY_ID"}}},
+        {"name": "AWS_SECRET_ACCESS_KEY",
+         "valueFrom": {"secretKeyRef": {"name": "team-a-s3", "key": "AWS_SECRET_ACCESS_KEY"}}},
+        {"name": "AWS_SESSION_TOKEN",
+         "valueFrom": {"secretKeyRef": {"name": "team-a-s3", "key": "AWS_SESSION_TOKEN", "optional": True}}},
+    ]
+    assert all("valueFrom" not in e for c in (convert, publish) for e in c["env"])
+    # The settings travel in the request, as the Model's spec.source.s3 reads (absent fields absent).
+    request = json.loads(next(e["value"] for e in fetch["env"] if e["name"] == REQUEST_ENV))
+    assert request["source"]["s3"] == {"endpoint": "http://s3.storage:7070", "region": "eu-west-1",
+                                       "secretName": "team-a-s3", "verifyTls": True}
+    # Without a Secret: no keys at all (anonymous requests), and never the node's identity.
+    anonymous = parse_spec({"source": {"uri": "s3://public/m.onnx", "sampleUri": "s3://public/s.csv"}})
+    req = ConversionRequest("team-a", "m", "uid-1", 1, "abcdef0123456789", 1, anonymous.source, anonymous.conversion)
+    pod = job_body(req, JobSettings(image="i"))["spec"]["template"]["spec"]
+    assert all("valueFrom" not in e for c in pod["initContainers"] for e in c["env"])
+
+
+def test_a_fetch_step_that_cannot_read_its_secret_names_the_field() -> None:
+    pod = {"status": {"initContainerStatuses": [{"name": "fetch", "state": {"waiting": {
+        "reason": "CreateContainerConfigError", "message": 'secret "team-a-s3" not found'}}}]}}
+    result = result_from_pod(pod, "pvc://x")
+    assert result is not None and result.retryable
+    assert 'secret "team-a-s3" not found (the Secret named by spec.source.s3.secretName)' in (result.reason or "")
+
+
 @pytest.mark.parametrize(("source", "sample", "claims"), [
     pytest.param("s3://b/m.joblib", "s3://b/s.csv", [], id="no-claim"),
     pytest.param("pvc://models/fraud/m.joblib", "pvc://models/fraud/s.csv", ["models"], id="one-claim-mounted-once"),

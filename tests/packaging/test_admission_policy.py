@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -87,6 +89,17 @@ def conversion_job(ns: str) -> dict[str, Any]:
     return job_body(req, JobSettings(image=CONVERTER_IMAGE, model_store="pvc://serin-models"))
 
 
+S3_SPEC = parse_spec({"source": {"uri": "s3://team/m.joblib", "sampleUri": "s3://team/s.csv",
+                                 "s3": {"endpoint": "http://s3.storage:7070", "secretName": "team-s3"}}})
+
+
+def conversion_job_from_s3(ns: str) -> dict[str, Any]:
+    """The fetch step given the S3 keys of the Model's Secret (spec.source.s3.secretName)."""
+    req = ConversionRequest(ns, "fraud", str(uuid.uuid4()), 3, "abcdef0123456789", 1, S3_SPEC.source,
+                            S3_SPEC.conversion)
+    return job_body(req, JobSettings(image=CONVERTER_IMAGE, model_store="pvc://serin-models"))
+
+
 def knative_isvc(ns: str) -> dict[str, Any]:
     seen = Seen(ns, "fraud", uid="u")
     [write] = KnativeRouter().plan(seen, ApplyServing(Served(1, "pvc://serin-models/fraud/v1", "b" * 64)),
@@ -124,7 +137,7 @@ def sender_secret(ns: str) -> dict[str, Any]:
 
 
 BUILDERS: dict[str, Callable[[str], dict[str, Any]]] = {
-    "job": conversion_job, "knative-isvc": knative_isvc, "standard-isvc": standard_isvc_with_canary,
+    "job": conversion_job, "job-s3": conversion_job_from_s3, "knative-isvc": knative_isvc, "standard-isvc": standard_isvc_with_canary,
     "service": service, "httproute": route, "secret": secret, "sender-secret": sender_secret}
 
 
@@ -180,6 +193,15 @@ REFUSED: list[tuple[str, str, Spoil, str, str]] = [
     ("job", "a Secret in the environment",
      lambda j: _step(j, "fetch")["env"].append({"name": "K", "valueFrom": {"secretKeyRef": {"name": "x", "key": "k"}}}),
      "jobs", "no Secret in its environment"),
+    ("job-s3", "the S3 keys given to the step that unpickles",
+     lambda j: _step(j, "convert")["env"].extend(e for e in _step(j, "fetch")["env"] if "valueFrom" in e),
+     "jobs", "but the fetch step's S3 keys"),
+    ("job-s3", "an S3 variable from another key of the Secret",
+     lambda j: next(e for e in _step(j, "fetch")["env"] if e["name"] == "AWS_ACCESS_KEY_ID")["valueFrom"][
+         "secretKeyRef"].update(key="token"), "jobs", "but the fetch step's S3 keys"),
+    ("job-s3", "a Model's feedback key as an S3 key",
+     lambda j: next(e for e in _step(j, "fetch")["env"] if e["name"] == "AWS_SECRET_ACCESS_KEY")["valueFrom"][
+         "secretKeyRef"].update(name="fraud-serin-feedback"), "jobs", "a Secret that is not Serin's"),
     ("job", "a privileged step",
      lambda j: _step(j, "publish")["securityContext"].update(privileged=True, allowPrivilegeEscalation=True),
      "jobs", "unprivileged"),
@@ -360,3 +382,49 @@ def test_a_models_spec_is_never_the_operators_to_change(policed: Policed) -> Non
     ok, out = policed.as_operator("patch", "model", "fraud", "-n", ns, "--type=merge", "-p",
                                   json.dumps({"metadata": {"annotations": {"serin.dev/abort": None}}}))
     assert ok, out
+
+
+def test_only_who_may_read_a_secret_may_name_it_as_a_models_s3_keys(policed: Policed) -> None:
+    """Issue 32 #2: a Model's conversion signs requests with the keys of the Secret it names, to an
+    endpoint its author chooses; so naming a Secret takes the right to read it. Held for every
+    user (here a ServiceAccount that may write Models but not read Secrets), at each spec change."""
+    cp, ns = policed.cp, policed.ns
+    cp.kubectl("create", "serviceaccount", "modeler", "-n", ns)
+    cp.kubectl("create", "role", "modeler", "-n", ns, "--verb=get,list,create,update,patch",
+               "--resource=models.serin.dev")
+    cp.kubectl("create", "rolebinding", "modeler", "-n", ns, "--role=modeler", f"--serviceaccount={ns}:modeler")
+    cp.kubectl("create", "secret", "generic", "team-s3", "-n", ns,
+               "--from-literal=AWS_ACCESS_KEY_ID=a", "--from-literal=AWS_SECRET_ACCESS_KEY=b")
+    modeler = cp.service_account_kubeconfig(ns, "modeler")
+    model = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": "churn", "namespace": ns},
+             "spec": {"source": {"uri": "s3://team/m.joblib", "sampleUri": "s3://team/s.csv",
+                                 "s3": {"endpoint": "http://attacker.example:80", "secretName": "team-s3"}}}}
+
+    def create(body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return cp.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(body), kubeconfig=modeler,
+                          check=False)
+
+    refused = create(model)
+    assert refused.returncode != 0
+    assert (f"spec.source.s3.secretName: system:serviceaccount:{ns}:modeler may not get the Secret team-s3 in "
+            f"namespace {ns}") in refused.stderr, refused.stderr
+    without_keys = copy.deepcopy(model)
+    del without_keys["spec"]["source"]["s3"]["secretName"]
+    assert create(without_keys).returncode == 0, "a Model naming no Secret needs no right to one"
+    cp.kubectl("create", "role", "team-s3-reader", "-n", ns, "--verb=get", "--resource=secrets",
+               "--resource-name=team-s3")
+    cp.kubectl("create", "rolebinding", "team-s3-reader", "-n", ns, "--role=team-s3-reader",
+               f"--serviceaccount={ns}:modeler")
+    allowed = wait_until_admitted(lambda: create(model))
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def wait_until_admitted(attempt: Callable[[], subprocess.CompletedProcess[str]],
+                        timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    """The authorizer learns of a new RoleBinding from its informer, a moment after the write."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = attempt()
+        if out.returncode == 0 or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)

@@ -553,11 +553,15 @@ def test_admission_policies_hold_the_operators_identity_to_the_configured_images
     policies = find(objects, "ValidatingAdmissionPolicy")
     bindings = find(objects, "ValidatingAdmissionPolicyBinding")
     kinds = ("jobs", "services", "secrets", "inferenceservices", "httproutes", "models")
-    assert sorted(p["metadata"]["name"] for p in policies) == sorted(f"serin-operator-{k}" for k in kinds)
+    assert sorted(p["metadata"]["name"] for p in policies) == sorted(
+        [*(f"serin-operator-{k}" for k in kinds), "serin-model-secrets"])
     assert {b["spec"]["policyName"] for b in bindings} == {p["metadata"]["name"] for p in policies}
     assert all(b["spec"]["validationActions"] == ["Deny"] for b in bindings)
-    for policy in policies:
-        assert policy["spec"]["failurePolicy"] == "Fail"
+    assert all(p["spec"]["failurePolicy"] == "Fail" for p in policies)
+    # Every user's Models (who names an S3 Secret must be allowed to read it), not only the operator's.
+    [model_secrets] = find(objects, "ValidatingAdmissionPolicy", name="serin-model-secrets")
+    assert "matchConditions" not in model_secrets["spec"]
+    for policy in (p for p in policies if p["metadata"]["name"].startswith("serin-operator-")):
         [condition] = policy["spec"]["matchConditions"]
         assert condition["expression"] == "request.userInfo.username == 'system:serviceaccount:ops:serin-operator'"
     [jobs] = find(objects, "ValidatingAdmissionPolicy", name="serin-operator-jobs")

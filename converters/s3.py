@@ -1,0 +1,255 @@
+"""Fetching `s3://bucket/key` from any S3-compatible server, with reasons a person can act on.
+
+Serin's own client (boto3) rather than kserve-storage's for S3, for three reasons: it fetches
+exactly the key named (kserve-storage downloads every object under the key as a prefix, so
+`model.joblib` also brings `model.joblib.old`); it tells a missing bucket from a missing object,
+a refused key from an unreachable endpoint, and only the last is worth retrying; and in the
+conversion Job it never falls back to the node's cloud identity (instance metadata, shared
+files): it signs with the keys of the Model's own Secret, or asks anonymously.
+
+Settings come from the Model's `spec.source.s3` (endpoint, region, addressing, verifyTls); the
+keys from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN),
+which the conversion Job fills from the Model's Secret for its fetch step only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from serin.converters.errors import FetchError, SourceUnavailable, first_line
+
+# Reads are streamed to disk in blocks of this size; nothing holds a whole artifact in memory.
+BLOCK = 1 << 20
+CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0
+# botocore's "standard" retries: throttling, 5xx and dropped connections, with back-off. Errors that
+# outlast them reach the operator as transient (FetchError), which retries the whole fetch later.
+ATTEMPTS = 3
+# Answers no retry can change: the request, the keys or the object are wrong until a person acts.
+_REFUSED = {
+    "NoSuchBucket": "bucket {bucket} does not exist at {endpoint}",
+    "NoSuchKey": "no object {key} in bucket {bucket} at {endpoint}",
+    "InvalidAccessKeyId": "{endpoint} does not know the access key ID {key_id} (the Secret's AWS_ACCESS_KEY_ID)",
+    "SignatureDoesNotMatch": "{endpoint} refused the signature: the secret access key does not match "
+                             "the access key ID {key_id} (the Secret's AWS_SECRET_ACCESS_KEY)",
+    "AccessDenied": "access denied to {uri} for {who} at {endpoint}",
+    "ExpiredToken": "the session token has expired (the Secret's AWS_SESSION_TOKEN)",
+    "InvalidToken": "the session token is not valid (the Secret's AWS_SESSION_TOKEN)",
+    "AuthorizationHeaderMalformed": "{endpoint} refused the request's authorization: {message} "
+                                    "(is spec.source.s3.region right?)",
+    "PermanentRedirect": "bucket {bucket} is in another region or at another endpoint: {message}",
+    "InvalidBucketName": "{bucket} is not a valid bucket name",
+}
+_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
+                    "ThrottlingException", "RequestTimeTooSkewed", "TemporaryRedirect"}
+_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the S3 server is and how to talk to it (the Model's spec.source.s3)."""
+
+    endpoint: str | None = None  # http(s)://host[:port]; None: AWS's own endpoint for the region
+    region: str | None = None
+    addressing: str | None = None  # path | virtual; None: path with an endpoint, virtual without
+    verify_tls: bool = True
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None) -> S3Settings:
+        raw = raw or {}
+        return cls(endpoint=raw.get("endpoint") or None, region=raw.get("region") or None,
+                   addressing=raw.get("addressing") or None, verify_tls=bool(raw.get("verifyTls", True)))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> S3Settings:
+        """For `serin convert` run by hand: the AWS SDKs' own variables (AWS_ENDPOINT_URL_S3,
+        AWS_ENDPOINT_URL, AWS_REGION, AWS_DEFAULT_REGION)."""
+        return cls(endpoint=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+                   region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None)
+
+    @property
+    def where(self) -> str:
+        return self.endpoint or f"AWS S3 ({self.region or 'us-east-1'})"
+
+
+@dataclass(frozen=True)
+class Keys:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Keys | None:
+        key_id, secret = env.get("AWS_ACCESS_KEY_ID", ""), env.get("AWS_SECRET_ACCESS_KEY", "")
+        if not key_id and not secret:
+            return None
+        if not key_id or not secret:
+            missing = "AWS_ACCESS_KEY_ID" if not key_id else "AWS_SECRET_ACCESS_KEY"
+            raise SourceUnavailable(f"{missing} is empty: the Secret must hold both AWS_ACCESS_KEY_ID and "
+                                    "AWS_SECRET_ACCESS_KEY")
+        # Stripped: a Secret made from a file often ends its values with a newline.
+        return cls(key_id.strip(), secret.strip(), (env.get("AWS_SESSION_TOKEN") or "").strip() or None)
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """s3://bucket/key → (bucket, key), the key exactly as written: S3 keys may hold `#`, `?` and
+    `%`, which URL parsing would cut or decode. The key is one object, never a prefix."""
+    if not uri.startswith("s3://"):
+        raise SourceUnavailable(f"{uri} is not an s3://BUCKET/KEY URI")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise SourceUnavailable(f"{uri} is not an s3://BUCKET/KEY URI")
+    if not key or key.endswith("/") or key.rsplit("/", 1)[-1] in (".", ".."):
+        raise SourceUnavailable(f"{uri} names no object: point at the file itself (s3://{bucket}/path/to/file)")
+    return bucket, key
+
+
+# Where clouds serve a node's identity (instance metadata): link-local addresses, and AWS's IPv6 one.
+_METADATA_V6 = ipaddress.ip_address("fd00:ec2::254")
+
+
+def refuse_metadata_endpoint(settings: S3Settings) -> None:
+    """An endpoint that resolves to a link-local address is refused before any request: the
+    trusted fetch step has the network, and a Model must not make it read the node's cloud
+    identity (`http://169.254.169.254`, in any spelling: the resolver normalises them). Not a
+    wall (a name could resolve elsewhere a moment later): the chart's NetworkPolicy is one."""
+    if not settings.endpoint:
+        return
+    host = urlparse(settings.endpoint).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return  # unresolvable: the request fails as unreachable, and is retried
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if address.is_link_local or address == _METADATA_V6:
+            raise SourceUnavailable(
+                f"spec.source.s3.endpoint {settings.endpoint} resolves to {address}, a link-local address "
+                "(where clouds serve a node's instance metadata): refused")
+
+
+def client(settings: S3Settings, keys: Keys | None) -> Any:
+    """A boto3 S3 client that signs with `keys` only, or sends unsigned requests without them:
+    never the default credential chain (instance metadata, ~/.aws), whose identity is the node's."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    addressing = settings.addressing or ("path" if settings.endpoint else "virtual")
+    config = Config(
+        region_name=settings.region or "us-east-1",
+        signature_version=UNSIGNED if keys is None else "s3v4",
+        s3={"addressing_style": addressing},
+        connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+        retries={"max_attempts": ATTEMPTS, "mode": "standard"},
+    )
+    session = boto3.session.Session(
+        aws_access_key_id=keys.access_key_id if keys else None,
+        aws_secret_access_key=keys.secret_access_key if keys else None,
+        aws_session_token=keys.session_token if keys else None,
+    )
+    return session.client("s3", endpoint_url=settings.endpoint, verify=settings.verify_tls, config=config)
+
+
+def download(uri: str, target: Path, settings: S3Settings, keys: Keys | None) -> Path:
+    """Streams the object to `target`. Raises SourceUnavailable when only a person can fix it
+    (bucket, object, keys, settings) and FetchError when trying again later may work."""
+    bucket, key = split_uri(uri)
+    refuse_metadata_endpoint(settings)
+    s3 = client(settings, keys)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    try:
+        answer = s3.get_object(Bucket=bucket, Key=key)
+        expected = int(answer.get("ContentLength", -1))
+        md5, written = hashlib.md5(usedforsecurity=False), 0
+        with partial.open("wb") as out:
+            for block in answer["Body"].iter_chunks(BLOCK):
+                out.write(block)
+                md5.update(block)
+                written += len(block)
+    except Exception as exc:  # botocore raises its own hierarchy; each is sorted below
+        partial.unlink(missing_ok=True)
+        raise _reason(exc, uri, bucket, key, settings, keys) from exc
+    if expected >= 0 and written != expected:
+        partial.unlink(missing_ok=True)
+        raise FetchError(f"cannot fetch {uri}: the answer ended after {written} of {expected} bytes")
+    # A single-part upload's ETag is the MD5 of its bytes: a free check that nothing was changed on
+    # the way. Not for a multipart upload's, nor under SSE-KMS or SSE-C, whose ETags are not the
+    # MD5 of the data; botocore has then checked the CRC the server stored, where it has one, and
+    # the artifact's sha256 covers the rest.
+    etag = _MD5_ETAG.match(str(answer.get("ETag", "")))
+    encrypted = str(answer.get("ServerSideEncryption", "")).startswith("aws:kms") or "SSECustomerAlgorithm" in answer
+    if etag and not encrypted and etag.group(1) != md5.hexdigest():
+        partial.unlink(missing_ok=True)
+        raise FetchError(f"cannot fetch {uri}: the bytes received do not match the object's ETag")
+    try:
+        os.replace(partial, target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise FetchError(f"cannot fetch {uri}: {first_line(exc)}") from exc
+    return target
+
+
+def _reason(exc: Exception, uri: str, bucket: str, key: str, settings: S3Settings,
+            keys: Keys | None) -> Exception:
+    from botocore.exceptions import (
+        ClientError,
+        FlexibleChecksumError,
+        HTTPClientError,
+        ParamValidationError,
+        SSLError,
+    )
+    from botocore.exceptions import (
+        ConnectionError as BotoConnectionError,
+    )
+
+    endpoint = settings.where
+    if isinstance(exc, FlexibleChecksumError):  # the object's stored CRC, checked by botocore
+        return FetchError(f"cannot fetch {uri}: the bytes received do not match the object's checksum "
+                          f"({first_line(exc)})")
+    if isinstance(exc, SSLError):
+        said = first_line(exc)
+        if "certificate verify failed" in said.lower():  # only a new certificate or setting helps
+            return SourceUnavailable(f"cannot fetch {uri}: {endpoint}'s TLS certificate is not trusted ({said}); "
+                                     "check spec.source.s3.endpoint and the certificate it serves")
+        return FetchError(f"cannot fetch {uri}: TLS with {endpoint} failed ({said})")
+    if isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), ValueError):
+        # The HTTP layer refused a header before sending: a key with a character no header may hold.
+        # Its text would quote the key: not repeated.
+        return SourceUnavailable(f"cannot fetch {uri}: a key in the Secret cannot be sent in a request header "
+                                 "(a character such as a newline inside it?)")
+    if isinstance(exc, BotoConnectionError | HTTPClientError):
+        return FetchError(f"cannot fetch {uri}: {endpoint} cannot be reached or dropped the connection "
+                          f"({type(exc).__name__}); is spec.source.s3.endpoint right?")
+    if isinstance(exc, ParamValidationError):
+        return SourceUnavailable(f"cannot fetch {uri}: {first_line(exc)}")
+    if not isinstance(exc, ClientError):
+        return FetchError(f"cannot fetch {uri}: {first_line(exc)}")
+    error = exc.response.get("Error", {})
+    code, message = str(error.get("Code", "")), first_line(Exception(error.get("Message", "")))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    who = f"access key {keys.access_key_id}" if keys else "anonymous requests (no Secret named)"
+    template = _REFUSED.get(code)
+    if template is not None:
+        text = template.format(bucket=bucket, key=key, endpoint=endpoint, uri=uri, message=message, who=who,
+                               key_id=keys.access_key_id if keys else "(none)")
+        if code == "AccessDenied" and keys is None:
+            text += "; name a Secret with the keys in spec.source.s3.secretName"
+        return SourceUnavailable(f"cannot fetch {uri}: {text}")
+    if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+        return FetchError(f"cannot fetch {uri}: {endpoint} answered {status} {code or ''} {message}".rstrip())
+    if status == 404:  # a 404 without an S3 error code: something else answers at that address
+        return SourceUnavailable(f"cannot fetch {uri}: {endpoint} answered 404 without an S3 error; is it an "
+                                 "S3 endpoint (spec.source.s3.endpoint)?")
+    if status == 403:
+        return SourceUnavailable(f"cannot fetch {uri}: {endpoint} refused {who} ({code or 403}: {message})")
+    return SourceUnavailable(f"cannot fetch {uri}: {endpoint} answered {status} {code}: {message}")
