@@ -42,11 +42,15 @@ class S3Server:
     admin_port: int = field(default_factory=free_port)
     region: str = "us-east-1"
     root: S3User = field(default_factory=lambda: S3User("serin-root", secrets.token_hex(16)))
+    # (certificate, key): serve HTTPS on the S3 port (the admin port stays plain, on loopback);
+    # `ca` is what the certificate is checked against by client().
+    tls: tuple[Path, Path] | None = None
+    ca: Path | None = None
     _proc: _Proc | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.listen}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.listen}:{self.port}"
 
     @property
     def admin_url(self) -> str:
@@ -60,8 +64,9 @@ class S3Server:
     def start(self, timeout: float = 30.0) -> None:
         for sub in ("data", "iam"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        tls = ["--cert", str(self.tls[0]), "--key", str(self.tls[1])] if self.tls else []
         self._proc = _Proc("versitygw", [
-            str(self.binary), "--port", f"{self.listen}:{self.port}",
+            str(self.binary), "--port", f"{self.listen}:{self.port}", *tls,
             "--admin-port", f"127.0.0.1:{self.admin_port}", "--region", self.region,
             "--iam-dir", str(self.workdir / "iam"), "--quiet",
             "posix", str(self.workdir / "data"),
@@ -90,6 +95,7 @@ class S3Server:
 
         user = user or self.root
         return boto3.client("s3", endpoint_url=self.url, region_name=self.region,
+                            verify=str(self.ca) if self.ca else None,
                             aws_access_key_id=user.access_key, aws_secret_access_key=user.secret_key,
                             config=Config(s3={"addressing_style": "path"}, **config))
 

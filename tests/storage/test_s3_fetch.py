@@ -137,6 +137,34 @@ def test_an_endpoint_at_the_cloud_metadata_address_is_refused_before_any_request
     assert endpoint in refused.value.message
 
 
+@pytest.fixture(scope="module")
+def s3_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """The S3 server on HTTPS, its certificate from a CA of the test's own that no client trusts."""
+    from serin.local.pki import create_pki, issue_serving_cert
+
+    work = tmp_path_factory.mktemp("s3-tls")
+    pki = create_pki(work / "pki")
+    server = S3Server(workdir=work / "s3", tls=issue_serving_cert(pki, "s3", "s3"), ca=pki.ca_cert)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_an_untrusted_certificate_is_refused_and_says_so(s3_tls: S3Server, tmp_path: Path) -> None:
+    user = s3_tls.create_user("tls-team")
+    s3_tls.create_bucket("tls-team", owner=user)
+    uri = s3_tls.put("tls-team", "m.joblib", b"over TLS", user=user)
+    with pytest.raises(SourceUnavailable, match="TLS certificate is not trusted") as refused:
+        s3_.download(uri, tmp_path / "m", settings(s3_tls), keys(user))
+    assert "check spec.source.s3.endpoint and the certificate it serves" in refused.value.message
+    assert not any(tmp_path.iterdir())
+    # verifyTls: false reads it (the documented way out for a self-signed certificate, at that cost).
+    got = s3_.download(uri, tmp_path / "m", settings(s3_tls, verify_tls=False), keys(user))
+    assert got.read_bytes() == b"over TLS"
+
+
 def job(request: dict[str, object], env: dict[str, str], tmp_path: Path) -> tuple[int, dict[str, object]]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     termination = tmp_path / "termination"
