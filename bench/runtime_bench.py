@@ -20,6 +20,8 @@ drives all servers. Servers, each with the same number of worker processes (--wo
       Prometheus), batching as the profile allows
   (d) Serin runtime, --no-monitoring
   (e) Serin runtime, monitoring on, --batch-rows 0 (no batching)
+  (p) (q) (r) Serin as (c), capturing 1 %, 10 %, 100 % of the requests to a local directory
+      (issue 34; not run by default: --only cpqr)
 
 Interleaved slices: all servers of a model start and warm up first, then wrk loads one server at
 a time for --seconds/--rounds seconds, cycling f-m-a-...-e, e-...-f, ... until each has had
@@ -290,6 +292,11 @@ def servers_for(bench: Bench, workers: str) -> dict[str, tuple[str, list[str]]]:
         "c": ("Serin, monitoring on (as deployed)", serin_args),
         "d": ("Serin, monitoring off", [*serin_args, "--no-monitoring"]),
         "e": ("Serin, monitoring on, no batching", [*serin_args, "--batch-rows", "0"]),
+        # Payload capture (issue 34) on top of (c), to a local directory: what the request path
+        # pays (sampling, a queue append) and the writer thread's share of the core.
+        **{key: (f"Serin as deployed, capturing {share:g} %", [
+            *serin_args, "--capture-share", f"{share / 100:g}", "--capture-uri",
+            str(bench.onnx_dir.parent / f"capture-{key}")]) for key, share in (("p", 1), ("q", 10), ("r", 100))},
     }
 
 
@@ -306,7 +313,7 @@ def measure(args: argparse.Namespace, bench: Bench, tmp: Path) -> int:
             wait_ready(srv.port, srv.proc)
             srv.answer = post(srv.port, bench)
             wrk(srv.port, args.warmup, args.connections, bench)
-            if key in "ce":
+            if key in "cepqr":
                 threading.Thread(target=scraper, args=(srv.port, stop_scraping),
                                  daemon=True).start()
         runs: dict[str, list[Result]] = {k: [] for k in keys}
@@ -375,6 +382,9 @@ def goals(model: str, med: dict[str, Result], duel_ratio: float | None
         cost = duel_ratio if duel_ratio is not None else c.rps / d.rps
         how = "duel" if duel_ratio is not None else "interleaved"
         checks.append((f"monitoring: (c)/(d) = {cost:.3f} ({how})", cost >= 0.95, ">= 0.95"))
+    q = med.get("q")
+    if c and q:  # issue 34: 10 % capture costs at most 5 % of the throughput
+        checks.append((f"capture 10 %: (q)/(c) throughput = {q.rps / c.rps:.3f}", q.rps >= 0.95 * c.rps, ">= 0.95"))
     if c and med.get("a") and model == "forest":  # (an MLP is fast in scikit-learn too)
         a = med["a"]
         checks.append((f"(c)/(a) throughput = {c.rps / a.rps:.1f}x", c.rps >= 20 * a.rps, ">= 20x"))
@@ -397,6 +407,10 @@ def notes(med: dict[str, Result]) -> list[str]:
         out.append(f"(e) vs (m): Serin's own handling without batching ~{per:.0f} µs a request")
     if c and e:
         out.append(f"(c)/(e) = {c.rps / e.rps:.2f}: what batching requests that arrive together gives")
+    for key, share in (("p", "1 %"), ("q", "10 %"), ("r", "100 %")):
+        if c and (x := med.get(key)):
+            out.append(f"capture {share}: ({key})/(c) throughput {x.rps / c.rps:.3f}, p99 {x.p99_ms:.2f} ms vs "
+                       f"{c.p99_ms:.2f} ms")
     return out
 
 

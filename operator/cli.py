@@ -21,6 +21,8 @@ VERBS: dict[str, tuple[str, str]] = {
                 "no monitoring Events or alerts for a while: serin silence MODEL --for 2h"),
     "rebaseline": ("serin.operator.control:rebaseline_main",
                    "accept recent traffic as the reference: serin rebaseline MODEL --window 24h"),
+    "capture": ("serin.runtime.capture_export",
+                "captured traffic joined with its truth: serin capture export MODEL --since 24h --out rows.parquet"),
     "convert": ("serin.converters.cli", "convert a trained model to ONNX with a parity proof"),
     "serve": ("serin.runtime.cli", "serve a converted model directory (KServe V1/V2 protocol)"),
     "dev": ("serin.local.dev", "run the local platform: dev up|down|status"),

@@ -80,6 +80,9 @@ class DeploymentMode(enum.StrEnum):
     STANDARD = "Standard"
 
 
+S3_KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
 @dataclass(frozen=True)
 class S3Source:
     """spec.source.s3: how the conversion's fetch step reads s3:// URIs."""
@@ -89,6 +92,16 @@ class S3Source:
     addressing: str | None = None  # path | virtual (the converter's default when absent)
     verifyTls: bool = True
     secretName: str | None = None  # the Model's Secret with the keys, given to the fetch step only
+
+    def keys_env(self) -> list[dict[str, Any]]:
+        """The container variables that take the keys from the Secret (none without one): the AWS
+        SDKs' names, each from the Secret's key of the same name as in KServe's S3 Secrets, read by
+        the kubelet (the operator never reads a Secret); the session token optional."""
+        if not self.secretName:
+            return []
+        return [{"name": var, "valueFrom": {"secretKeyRef": {
+            "name": self.secretName, "key": var, **({"optional": True} if var == "AWS_SESSION_TOKEN" else {})}}}
+            for var in S3_KEY_VARIABLES]
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,17 @@ class ConversionSpec:
 
 
 @dataclass(frozen=True)
+class CaptureSpec:
+    """spec.serving.capture: what the predictors keep of their traffic, and where (S3)."""
+
+    share: float
+    uri: str
+    retention: float = 720 * 3600.0  # seconds
+    flush_interval: float = 30.0  # seconds
+    s3: S3Source | None = None
+
+
+@dataclass(frozen=True)
 class ServingSpec:
     minReplicas: int = 1
     maxReplicas: int = 1
@@ -134,6 +158,7 @@ class ServingSpec:
     deploymentMode: DeploymentMode | None = None
     # Kubernetes quantities, passed to the predictor container as they are.
     resources: dict[str, dict[str, str | int]] = field(default_factory=dict)
+    capture: CaptureSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -338,10 +363,13 @@ def _source(raw: dict[str, Any]) -> SourceSpec:
     return SourceSpec(uri=str(raw["uri"]), sampleUri=str(raw.get("sampleUri", "")),
                       format=ModelFormat(fmt) if fmt else None, sha256=raw.get("sha256") or None,
                       sampleLabels=raw.get("sampleLabels") or None,
-                      s3=None if s3 is None else S3Source(
-                          endpoint=s3.get("endpoint") or None, region=s3.get("region") or None,
-                          addressing=s3.get("addressing") or None, verifyTls=bool(s3.get("verifyTls", True)),
-                          secretName=s3.get("secretName") or None))
+                      s3=None if s3 is None else _s3(s3))
+
+
+def _s3(raw: dict[str, Any]) -> S3Source:
+    return S3Source(endpoint=raw.get("endpoint") or None, region=raw.get("region") or None,
+                    addressing=raw.get("addressing") or None, verifyTls=bool(raw.get("verifyTls", True)),
+                    secretName=raw.get("secretName") or None)
 
 
 def _conversion(raw: dict[str, Any]) -> ConversionSpec:
@@ -367,7 +395,15 @@ def _serving(raw: dict[str, Any]) -> ServingSpec:
         protocol=Protocol(raw.get("protocol", d.protocol)),
         deploymentMode=DeploymentMode(raw["deploymentMode"]) if raw.get("deploymentMode") else None,
         resources={kind: dict(values) for kind, values in resources.items() if values},
+        capture=_capture(raw["capture"]) if raw.get("capture") else None,
     )
+
+
+def _capture(raw: dict[str, Any]) -> CaptureSpec:
+    return CaptureSpec(share=float(raw["share"]), uri=str(raw["uri"]),
+                       retention=_seconds(raw, "retention", CaptureSpec(0, "").retention),
+                       flush_interval=_seconds(raw, "flushInterval", CaptureSpec(0, "").flush_interval),
+                       s3=_s3(raw["s3"]) if raw.get("s3") is not None else None)
 
 
 def _seconds(raw: dict[str, Any], key: str, default: float) -> float:

@@ -66,9 +66,11 @@ class App:
         batch_rows: int = 0,
         grpc: tuple[str, int, bool] | None = None,
         feedback: Any = None,  # serin.runtime.feedback.Feedback: prediction ids and the endpoint
+        capture: Any = None,  # serin.runtime.capture.Capture: a share of the answers, and their truth
     ) -> None:
         self.model = model
         self.feedback = feedback
+        self.capture = capture
         self._ids = feedback.ids if feedback is not None and feedback.ids.enabled else None
         # Feedback touches SQLite (feedback.SeenStore), whose lock another worker may hold: off the loop.
         self._feedback_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serin-feedback")
@@ -146,6 +148,9 @@ class App:
                 self._feedback_thread.shutdown(wait=True)
                 if self.feedback is not None:
                     self.feedback.close()
+                if self.capture is not None:
+                    # Off the loop: the last batch's write may take seconds (uvicorn has drained).
+                    await asyncio.get_running_loop().run_in_executor(None, self.capture.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -217,6 +222,8 @@ class App:
             payload = parse_json(body)
             answer = await asyncio.get_running_loop().run_in_executor(
                 self._feedback_thread, self.feedback.take, payload)
+            if self.capture is not None:  # taken: kept beside the captured prediction it names
+                self.capture.offer_truth(payload["id"], payload["truth"], answer["revision"], answer["rows"])
             status, out = 200, orjson.dumps(answer)
         except ConnectionResetError:
             return
@@ -288,12 +295,14 @@ class App:
         the answer is too large to carry one."""
         return self._ids.issue(request.rows, results) if self._ids is not None else None
 
-    def _encode(self, protocol: str, request: Request, results: dict[str, Any]) -> bytes:
-        if protocol == "grpc":
-            return b""  # grpc_v2.py builds its message from the results
-        if protocol == "v2":
-            return self.model.v2_response(results, request.id, self.prediction_id(request, results))
-        return self.model.v1_response(results, self.prediction_id(request, results))
+    def _encode(self, protocol: str, request: Request, results: dict[str, Any]) -> Answer:
+        """The 200 answer: its body, and the prediction id it carries (captured with it)."""
+        if protocol == "grpc":  # grpc_v2.py builds its message from the results, and names the id
+            return Answer(200, b"", request, results)
+        pid = self.prediction_id(request, results)
+        body = (self.model.v2_response(results, request.id, pid) if protocol == "v2"
+                else self.model.v1_response(results, pid))
+        return Answer(200, body, request, results, prediction_id=pid)
 
     def answer_inline(self, protocol: str, name: str, body: bytes) -> Answer:
         """The whole request on the calling thread: for the direct path (serin.runtime.direct),
@@ -311,7 +320,7 @@ class App:
     def _answer_one(self, protocol: str, request: Request) -> Answer:
         try:
             results = self.model.run(request.feeds, request.outputs)
-            return Answer(200, self._encode(protocol, request, results), request, results)
+            return self._encode(protocol, request, results)
         except Exception as exc:
             return failed(exc, request)
 
@@ -350,12 +359,15 @@ class App:
             if request.outputs is not None:
                 part = {name: part[name] for name in request.outputs}
             try:
-                answers.append(Answer(200, self._encode(protocol, request, part), request, part))
+                answers.append(self._encode(protocol, request, part))
             except Exception as exc:
                 answers.append(failed(exc, request))
         return answers
 
     def observe(self, protocol: str, answer: Answer, seconds: float) -> None:
+        if self.capture is not None and answer.results is not None and answer.request is not None:
+            self.capture.offer_prediction(answer.request.feeds, answer.results, answer.request.rows,
+                                          answer.prediction_id)
         if self.monitor is not None:
             request = answer.request
             if answer.results is None or request is None:  # only answered rows are counted
@@ -371,7 +383,7 @@ class App:
             return await self._queue.submit(protocol, request)
         try:
             results = await self._run(self.model, request.feeds, request.outputs)
-            return Answer(200, self._encode(protocol, request, results), request, results)
+            return self._encode(protocol, request, results)
         except Exception as exc:
             return failed(exc, request)
 
@@ -413,6 +425,7 @@ class Answer:
     request: Request | None = None  # None when the body did not decode
     results: dict[str, Any] | None = None  # None unless status is 200
     error: str = ""  # the message in `body`, when status is not 200
+    prediction_id: str | None = None  # the id the answer carries (feedback on), for capture
 
 
 def failed(exc: Exception, request: Request | None) -> Answer:

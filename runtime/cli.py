@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -70,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
                    default=os.environ.get("SERIN_MODEL_SHA256", ""),
                    help="serve model.onnx only if it has this digest (default: $SERIN_MODEL_SHA256; "
                    "the operator sets it from the conversion's record)")
+    p.add_argument("--capture-share", dest="capture_share", type=float,
+                   help="capture this share of the answers (0-1], and the truth sent back, to --capture-uri "
+                        "(default: $SERIN_CAPTURE, a JSON object {share, uri, namespace, s3: {...}})")
+    p.add_argument("--capture-uri", dest="capture_uri",
+                   help="where captured rows go: s3://bucket[/prefix] (keys from AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY) or a directory")
     p.add_argument("--log-level", default=os.environ.get("SERIN_LOG_LEVEL", "INFO"))
     return p
 
@@ -133,8 +140,23 @@ def main(argv: list[str]) -> int:
     if args.monitoring and state_dir is None:
         state_dir = own_state_dir = Path(tempfile.mkdtemp(prefix="serin-state-"))
 
+    from serin.runtime.capture import CAPTURE_ENV, CaptureSettings
+
+    name = args.name or model_dir.resolve().name
+    try:
+        capture = None
+        if args.capture_share is not None or args.capture_uri is not None:
+            capture = CaptureSettings.parse(json.dumps({"share": args.capture_share or 0, "uri": args.capture_uri}),
+                                            name, revision(args.revision))
+        elif os.environ.get(CAPTURE_ENV):
+            capture = CaptureSettings.parse(os.environ[CAPTURE_ENV], name, revision(args.revision))
+    except (ValueError, TypeError) as exc:
+        log.error("capture: %s", exc)
+        _termination_message(f"capture: {exc}")
+        return 2
+
     cfg = ServeConfig(
-        model_dir=model_dir, name=args.name or model_dir.resolve().name, host=args.host,
+        model_dir=model_dir, name=name, host=args.host,
         port=args.port, workers=max(1, args.workers), revision=revision(args.revision),
         monitoring=args.monitoring, max_body=args.max_body, drift_window=args.drift_window,
         drift_min_rows=args.drift_min_rows, drift_interval=args.drift_interval,
@@ -144,6 +166,7 @@ def main(argv: list[str]) -> int:
         feedback_max_age=args.feedback_max_age, feedback_max_ids=args.feedback_max_ids,
         feedback_rate=args.feedback_rate, model_sha256=args.model_sha256,
         feedback_token=feedback_token, feedback_senders_anyone=args.feedback_senders == "anyone",
+        capture=capture,
     )
     from serin.runtime.model import ModelRefused
 

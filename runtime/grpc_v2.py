@@ -20,6 +20,7 @@ import logging
 import struct
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -174,8 +175,9 @@ class Servicer:
             answer = await app.answer("grpc", app.decode_payload("v2", payload_of(request)))
             if answer.results is not None:
                 assert answer.request is not None
-                response = self._response(request, answer.results,
-                                          app.prediction_id(answer.request, answer.results))
+                pid = app.prediction_id(answer.request, answer.results)
+                response = self._response(request, answer.results, pid)
+                answer = replace(answer, prediction_id=pid)
         except Exception as exc:
             answer = failed(exc, None)
         app.observe("grpc", answer, time.perf_counter() - start)

@@ -68,6 +68,16 @@ ESTIMATED_ROWS_TOTAL = "serin_estimated_rows_total"
 FEEDBACK_REQUESTS_TOTAL = "serin_feedback_requests_total"
 FEEDBACK_CODES: tuple[str, ...] = ("200", "400", "404", "409", "410")
 
+# Payload capture (capture.py): rows written to the capture store by kind (predictions, truth), and
+# rows dropped by reason (queue_full: the store is slower than the traffic or down; write_failed:
+# the store refused a batch; unserialisable; too_large: one request beyond the bounds; shutdown:
+# unwritten when a graceful stop's time was up). Capture never fails an answer or waits on the
+# store: these say what it lost instead.
+CAPTURE_ROWS_TOTAL = "serin_capture_rows_total"
+CAPTURE_DROPPED_ROWS_TOTAL = "serin_capture_dropped_rows_total"
+CAPTURE_KINDS: tuple[str, ...] = ("predictions", "truth")
+CAPTURE_DROP_REASONS: tuple[str, ...] = ("queue_full", "write_failed", "unserialisable", "too_large", "shutdown")
+
 # Every HTTP status the inference path answers. The runtime exports a zero-valued
 # serin_requests_total series for each (protocol, code) at start-up: `rate()` ignores the value a
 # series is born with, so a first burst of 5xx in a lazily created series would be invisible.
@@ -83,6 +93,8 @@ CLASS = "class"
 FEATURE = "feature"
 BIN = "bin"  # a feature's bin index in its profile, "0" upwards
 PREDICTED_REVISION = "predicted_revision"  # feedback: the revision that made the prediction
+KIND = "kind"  # capture: predictions | truth
+REASON = "reason"  # capture: why rows were dropped
 
 # Labels per metric, in exposition order.
 LABELS: dict[str, tuple[str, ...]] = {
@@ -109,6 +121,8 @@ LABELS: dict[str, tuple[str, ...]] = {
     ESTIMATED_CORRECT_TOTAL: (MODEL, REVISION),
     ESTIMATED_ROWS_TOTAL: (MODEL, REVISION),
     FEEDBACK_REQUESTS_TOTAL: (MODEL, REVISION, CODE),
+    CAPTURE_ROWS_TOTAL: (MODEL, REVISION, KIND),
+    CAPTURE_DROPPED_ROWS_TOTAL: (MODEL, REVISION, REASON),
 }
 
 # Request latency buckets (seconds): fine below 50 ms, where canary p99 limits usually sit.

@@ -188,6 +188,28 @@ def observe_many(child: Any, values: np.ndarray, below_bound: bool = False) -> N
                         float(values.sum()))
 
 
+class CaptureMetrics:
+    """Rows the capture wrote and dropped (capture.py), counted as they happen (from its thread)."""
+
+    def __init__(self, model: str, revision: str) -> None:
+        self._rows = Counter(mn.CAPTURE_ROWS_TOTAL, "Rows written to the capture store, by kind",
+                             mn.LABELS[mn.CAPTURE_ROWS_TOTAL], registry=None)
+        self._dropped = Counter(mn.CAPTURE_DROPPED_ROWS_TOTAL, "Rows capture dropped, by reason",
+                                mn.LABELS[mn.CAPTURE_DROPPED_ROWS_TOTAL], registry=None)
+        self.model, self.revision = model, revision
+        # At 0 from the start: a first loss must show in increase(), which ignores a series' birth.
+        for kind in mn.CAPTURE_KINDS:
+            self._rows.labels(model, revision, kind)
+        for reason in mn.CAPTURE_DROP_REASONS:
+            self._dropped.labels(model, revision, reason)
+
+    def captured(self, kind: str, rows: int) -> None:
+        self._rows.labels(self.model, self.revision, kind).inc(rows)
+
+    def dropped(self, reason: str, rows: int) -> None:
+        self._dropped.labels(self.model, self.revision, reason).inc(rows)
+
+
 class FeedbackMetrics:
     """The performance counters the feedback endpoint adds to (feedback.py): few requests, so
     written at once rather than batched like the request path's counts."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from serin.runtime.app import App
+    from serin.runtime.capture import Capture, CaptureSettings
     from serin.runtime.feedback import Feedback
     from serin.runtime.model import OnnxModel
 
@@ -59,6 +60,9 @@ class ServeConfig:
     feedback_token: str = ""  # who may send truth (feedback.Senders): holders of this token ...
     feedback_senders_anyone: bool = False  # ... or anyone; with neither, feedback is refused
     model_sha256: str = ""  # model.onnx must have this digest ("" : not checked)
+    # Payload capture (capture.py): a share of the answers and the truth sent back, written in
+    # batches to object storage or a directory. Each worker captures its own requests.
+    capture: CaptureSettings | None = None
     # When the runtime started: set once where the config is made (the first process), so every
     # worker (spawned with a copy) exports the same instant (serin_start_time_seconds).
     started_at: float = field(default_factory=time.time)
@@ -93,9 +97,10 @@ def build_app(cfg: ServeConfig) -> App:
              [s.as_metadata() for s in model.inputs.values()], model.output_names, model.task.kind,
              f"up to {batch_rows} rows" if batch_rows > 1 else "off")
     grpc = (cfg.host, cfg.grpc_port, cfg.workers > 1) if cfg.grpc_port else None
+    capture = build_capture(cfg)
     if not cfg.monitoring:
         return App(model, max_body=cfg.max_body, revision=cfg.revision, batch_rows=batch_rows,
-                   grpc=grpc)
+                   grpc=grpc, capture=capture)
 
     from serin.runtime.drift import Binner, Drift
     from serin.runtime.monitoring import Monitor
@@ -118,8 +123,23 @@ def build_app(cfg: ServeConfig) -> App:
     return App(
         model, monitor=monitor, drift=drift, metrics=monitor.exposition,
         max_body=cfg.max_body, drift_interval=cfg.drift_interval, revision=cfg.revision,
-        batch_rows=batch_rows, grpc=grpc, feedback=build_feedback(cfg, model),
+        batch_rows=batch_rows, grpc=grpc, feedback=build_feedback(cfg, model), capture=capture,
     )
+
+
+def build_capture(cfg: ServeConfig) -> Capture | None:
+    """The worker's capture, writing from a thread of its own (counted when monitoring is on)."""
+    if cfg.capture is None:
+        return None
+    from serin.runtime.capture import Capture, sink_for
+
+    metrics = None
+    if cfg.monitoring:
+        from serin.runtime.monitoring import CaptureMetrics
+
+        metrics = CaptureMetrics(cfg.name, cfg.revision)
+    log.info("capturing %.3g of the answers and the truth sent back to %s", cfg.capture.share, cfg.capture.uri)
+    return Capture(cfg.capture, sink_for(cfg.capture), metrics).start()
 
 
 def build_feedback(cfg: ServeConfig, model: OnnxModel) -> Feedback | None:

@@ -26,8 +26,6 @@ SLUG_ANNOTATION = "serin.dev/conversion"
 CONVERTER_SELECTOR = "app.kubernetes.io/name=serin-converter,app.kubernetes.io/managed-by=serin"
 WORK_MOUNT = "/work"  # the converter's WORK_DIR: input/ and output/, one emptyDir each
 SOURCE_MOUNT = "/mnt/pvc"  # the converter's PVC_MOUNT: pvc://CLAIM/path is read at SOURCE_MOUNT/CLAIM/path
-# The fetch step's S3 keys: the AWS SDKs' variables, each from the Secret's key of the same name.
-S3_ACCESS_KEY, S3_SECRET_KEY, S3_SESSION_TOKEN = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -70,21 +68,6 @@ def source_claims(req: ConversionRequest) -> list[str]:
     return list(dict.fromkeys(c for c in claims if c))
 
 
-def s3_keys_env(req: ConversionRequest) -> list[dict[str, Any]]:
-    """The fetch step's S3 keys, read by the kubelet from the Secret the Model names (in its own
-    namespace: a Model cannot name another team's), each variable from the key of its own name as
-    in KServe's S3 Secrets. The operator never reads the Secret; the other steps never get it."""
-    s3 = req.source.s3
-    if s3 is None or not s3.secretName:
-        return []
-
-    def ref(name: str, optional: bool) -> dict[str, Any]:
-        return {"name": name, "valueFrom": {"secretKeyRef": {"name": s3.secretName, "key": name,
-                                                             **({"optional": True} if optional else {})}}}
-
-    return [ref(S3_ACCESS_KEY, False), ref(S3_SECRET_KEY, False), ref(S3_SESSION_TOKEN, True)]
-
-
 def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
     """One Pod, three steps (serin.converters.job): `fetch` and `publish` are trusted and never run
     the artifact's code; `convert` runs it, with no network (it takes it away from itself before
@@ -123,7 +106,9 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
     fetch = step("fetch", [work("input", False),
                            *({"name": f"source-{i}", "mountPath": f"{SOURCE_MOUNT}/{c}", "readOnly": True}
                              for i, c in enumerate(sources))])
-    fetch["env"] += s3_keys_env(req)
+    # The S3 keys of the Secret the Model names (in its own namespace: a Model cannot name another
+    # team's), to the fetch step alone; the step that unpickles never holds a key.
+    fetch["env"] += req.source.s3.keys_env() if req.source.s3 is not None else []
     convert = step("convert", [work("input", True), work("output", False)])
     publish = step("publish", [work("input", True), work("output", True),
                                {"name": "store", "mountPath": STORE_MOUNT, "subPath": store_path(req, settings)}])

@@ -13,12 +13,13 @@ tick and waits, through `seen`, for the previous one to take effect.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from serin.operator.actions import ApplyServing, Served
 from serin.operator.observations import ServingObservation
-from serin.operator.spec import DeploymentMode, ModelSpec
+from serin.operator.spec import CaptureSpec, DeploymentMode, ModelSpec
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 RUNTIME = "serin-onnx"
@@ -36,6 +37,7 @@ FEEDBACK_SECRET_KEY = "key"
 # "token"), which the team's labelling pipeline may read without reading the key: a sender tells
 # truth about ids, it must not be able to mint them. An answered client holds ids but not this.
 FEEDBACK_TOKEN_ENV = "SERIN_FEEDBACK_TOKEN"
+CAPTURE_ENV = "SERIN_CAPTURE"  # runtime/capture.py: one JSON object
 FEEDBACK_SECRET_TOKEN = "token"
 # Where the runtime keeps the ids that got their ground truth (runtime/cli.py picks it up when it is
 # a writable directory): an emptyDir, so a duplicate is still refused after a container restart.
@@ -146,10 +148,25 @@ def predictor_name(version: Served) -> str:
     return f"gen{version.generation}"
 
 
+def capture_env(capture: CaptureSpec, namespace: str) -> list[dict[str, Any]]:
+    """The runtime's capture settings (runtime/capture.py reads $SERIN_CAPTURE) and the S3 keys of
+    the Secret spec.serving.capture.s3.secretName names, each from the key of its own name."""
+    s3 = capture.s3
+    settings: dict[str, Any] = {"share": capture.share, "uri": capture.uri, "namespace": namespace,
+                                "retentionSeconds": capture.retention, "flushSeconds": capture.flush_interval}
+    if s3 is not None:
+        settings["s3"] = {k: v for k, v in (("endpoint", s3.endpoint), ("region", s3.region),
+                                            ("addressing", s3.addressing), ("verifyTls", s3.verifyTls))
+                          if v is not None}
+    return [{"name": CAPTURE_ENV, "value": json.dumps(settings, sort_keys=True)},
+            *(s3.keys_env() if s3 is not None else [])]
+
+
 def model_spec(version: Served, spec: ModelSpec, revision: str | None = None, model: str = "",
-               state_volume: bool = False) -> dict[str, Any]:
+               state_volume: bool = False, namespace: str = "") -> dict[str, Any]:
     """The predictor's model container; `model`: the Model's name, whose feedback Secret it reads;
-    `state_volume`: mount the predictor's STATE_VOLUME (state_volumes())."""
+    `state_volume`: mount the predictor's STATE_VOLUME (state_volumes()); `namespace`: the Model's,
+    which names its captured records' prefix."""
     serving = spec.serving
     container: dict[str, Any] = {
         "modelFormat": {"name": "onnx"},
@@ -173,6 +190,8 @@ def model_spec(version: Served, spec: ModelSpec, revision: str | None = None, mo
                    (FEEDBACK_TOKEN_ENV, feedback_sender_secret_name(model), FEEDBACK_SECRET_TOKEN))
         env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
                 for var, secret, key in secrets]
+    if serving.capture is not None:
+        env += capture_env(serving.capture, namespace)
     if state_volume:
         container["volumeMounts"] = [{"name": STATE_VOLUME, "mountPath": STATE_DIR}]
     if env:

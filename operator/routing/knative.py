@@ -43,7 +43,7 @@ class KnativeRouter:
     def plan(self, seen: Seen, desired: ApplyServing, spec: ModelSpec, owner: dict[str, Any]) -> list[Write]:
         storage, percent = target(seen.isvc, desired)
         digest = next((v.sha256 for v in (desired.stable, desired.canary) if v and v.storageUri == storage), "")
-        want = predictor(storage, percent, spec, seen.name, digest)
+        want = predictor(storage, percent, spec, seen.name, digest, seen.namespace)
         if seen.isvc is None:
             body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
                     "metadata": isvc_metadata(seen, owner, Mode.KNATIVE, {}),
@@ -74,9 +74,11 @@ def target(isvc: dict[str, Any] | None, desired: ApplyServing) -> tuple[str, int
     return stable, None
 
 
-def predictor(storage: str, percent: int | None, spec: ModelSpec, model: str = "", sha256: str = "") -> dict[str, Any]:
+def predictor(storage: str, percent: int | None, spec: ModelSpec, model: str = "", sha256: str = "",
+              namespace: str = "") -> dict[str, Any]:
     """`model`: the Model's name (its feedback Secret and state volume; none when empty);
-    `sha256`: the digest the runtime checks the model against."""
+    `sha256`: the digest the runtime checks the model against; `namespace`: the Model's (its
+    captured records' prefix)."""
     return {
         "minReplicas": spec.serving.minReplicas,
         "maxReplicas": spec.serving.maxReplicas,
@@ -84,7 +86,7 @@ def predictor(storage: str, percent: int | None, spec: ModelSpec, model: str = "
         "canaryTrafficPercent": percent,
         # No state volume: Knative refuses emptyDir unless its kubernetes.podspec-volumes-emptydir
         # feature is on; the runtime then keeps answered feedback ids in the container's own /tmp.
-        "model": model_spec(Served(0, storage, sha256), spec, model=model),
+        "model": model_spec(Served(0, storage, sha256), spec, model=model, namespace=namespace),
     }
 
 

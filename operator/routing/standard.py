@@ -168,17 +168,18 @@ def _variant(dep: dict[str, Any] | None, predictor: str, weight: int) -> Variant
 
 
 def isvc_spec(stable: Served, canary: Served | None, canary_percent: int, spec: ModelSpec,
-              stable_name: str | None = None, model: str = "") -> dict[str, Any]:
+              stable_name: str | None = None, model: str = "", namespace: str = "") -> dict[str, Any]:
     """`stable_name`: keep this name for the stable predictor (one an InferenceService already
     serves it under: renaming it would make KServe start a new Deployment and delete the old one).
-    `model`: the Model's name (its feedback Secret and state volume; none when empty)."""
+    `model`: the Model's name (its feedback Secret and state volume; none when empty), `namespace`
+    its namespace (its captured records' prefix)."""
     volumes = {"volumes": state_volumes()} if model else {}
     serving = spec.serving
     name = predictor_name(stable) if stable_name is None else stable_name
     out: dict[str, Any] = {
         "predictor": {"name": name or None, "minReplicas": serving.minReplicas, "maxReplicas": serving.maxReplicas,
                       "model": model_spec(stable, spec, revision=revision_name(name), model=model,
-                                           state_volume=bool(model)), **volumes},
+                                           state_volume=bool(model), namespace=namespace), **volumes},
         "canary": None,
     }
     if canary is not None:
@@ -186,7 +187,7 @@ def isvc_spec(stable: Served, canary: Served | None, canary_percent: int, spec: 
         # KServe refuses maxReplicas on a canary; it sizes the canary from trafficPercent (1..100).
         out["canary"] = [{"trafficPercent": max(1, min(100, canary_percent)),
                           "predictor": {"name": cname, "model": model_spec(canary, spec, revision=cname, model=model,
-                                                              state_volume=bool(model)),
+                                                              state_volume=bool(model), namespace=namespace),
                                         **volumes}}]
     return out
 
@@ -198,7 +199,7 @@ def isvc_writes(seen: Seen, stable: Served, canary: Served | None, percent: int,
     running = ((seen.isvc or {}).get("spec") or {}).get("predictor") or {}
     keep = str(running.get("name") or "") if (running.get("model") or {}).get("storageUri") == stable.storageUri \
         else None
-    want = isvc_spec(stable, canary, percent, spec, stable_name=keep, model=seen.name)
+    want = isvc_spec(stable, canary, percent, spec, stable_name=keep, model=seen.name, namespace=seen.namespace)
     if seen.isvc is None:
         body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
                 "metadata": isvc_metadata(seen, owner, Mode.STANDARD, {}),

@@ -9,6 +9,7 @@ that points the operator at Traefik) with one."""
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import os
 import re
@@ -26,7 +27,7 @@ import pytest
 from harness import from_first_served, wait_for
 from serin.local import demo_models
 from serin.local.cluster import Cluster
-from serin.local.cluster_platform import MODEL_RESOURCES, RELEASE, SYSTEM, ClusterPlatform, bring_up
+from serin.local.cluster_platform import MODEL_RESOURCES, RELEASE, S3_SECRET, SYSTEM, ClusterPlatform, bring_up
 from serin.local.loadgen import Answer, LoadGenerator, sender_token
 
 MODELS = "models"
@@ -123,7 +124,10 @@ ROUTE_LAG = 2.0
 def test_first_version_serves_in_standard_mode_from_real_pods(platform: Platform) -> None:
     p, name = platform, "iris"
     t0 = time.monotonic()
-    apply_model(p, name, "v1")
+    # Capturing every answer into the namespace's bucket, with the namespace's keys (issue 34 #4).
+    apply_model(p, name, "v1", serving={"capture": {
+        "share": 1, "uri": f"s3://{p.platform.bucket}/capture", "flushInterval": "2s",
+        "s3": {"endpoint": p.platform.s3.url, "secretName": S3_SECRET}}})
     s = wait_phase(p, name, "Promoted", 1)
     print(f"\napply -> first version serving (conversion Job, KServe Deployment, runtime Pod): "
           f"{time.monotonic() - t0:.1f}s")
@@ -154,6 +158,19 @@ def test_first_version_serves_in_standard_mode_from_real_pods(platform: Platform
     time.sleep(3)
     load.stop()
     assert failed(load.answers) == [] and by_revision(load.answers).keys() == {"gen1"}, by_revision(load.answers)
+    # The predictor Pod wrote what it answered to S3, under the Model's namespace, name and revision.
+    s3 = p.platform.s3.client(p.platform.s3_user)
+    prefix = f"capture/{MODELS}/{name}/gen1/predictions/"
+
+    def captured_rows() -> int:
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=p.platform.bucket, Prefix=prefix).get("Contents", [])]
+        return sum(json.loads(line)["rows"] for key in keys for line in gzip.decompress(
+            s3.get_object(Bucket=p.platform.bucket, Key=key)["Body"].read()).splitlines())
+
+    answered = sum(1 for a in load.answers if a.status == 200)
+    rows = wait_for("the answers captured in S3", lambda: (n := captured_rows()) >= answered * load.rows and n,
+                    timeout=60)
+    print(f"captured {rows} rows of {answered} answers in s3://{p.platform.bucket}/{prefix}")
 
 
 def test_replica_ratio_canary_reports_the_weight_it_achieved_and_promotes(platform: Platform) -> None:

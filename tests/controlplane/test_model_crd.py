@@ -137,6 +137,13 @@ INVALID = [
     ("s3-endpoint-no-scheme", {"spec__source__s3": {"endpoint": "s3.local:7070"}}, ["spec.source.s3.endpoint", "http://HOST[:PORT]"]),
     ("s3-addressing-unknown", {"spec__source__s3": {"addressing": "dns"}}, ["spec.source.s3.addressing", "Unsupported value"]),
     ("s3-secret-name-invalid", {"spec__source__s3": {"secretName": "Team_Keys"}}, ["spec.source.s3.secretName", "should match"]),
+    ("s3-secret-serins-feedback", {"spec__source__s3": {"secretName": "fraud-serin-feedback"}}, ["spec.source.s3.secretName", "one of Serin's feedback Secrets"]),
+    ("capture-share-zero", {"spec__serving": {"capture": {"share": 0, "uri": "s3://bk1/c"}}}, ["spec.serving.capture.share", "above 0 and at most 1"]),
+    ("capture-no-uri", {"spec__serving": {"capture": {"share": 0.1}}}, ["spec.serving.capture.uri", "Required value"]),
+    ("capture-on-a-claim", {"spec__serving": {"capture": {"share": 0.1, "uri": "pvc://store/c"}}}, ["spec.serving.capture.uri", "s3://BUCKET[/PREFIX]"]),
+    ("capture-retention-10m", {"spec__serving": {"capture": {"share": 0.1, "uri": "s3://bk1/c", "retention": "10m"}}}, ["spec.serving.capture.retention", "between 1h and 8760h"]),
+    ("capture-flush-500ms", {"spec__serving": {"capture": {"share": 0.1, "uri": "s3://bk1/c", "flushInterval": "500ms"}}}, ["spec.serving.capture.flushInterval", "between 1s and 1h"]),
+    ("capture-keys-from-feedback", {"spec__serving": {"capture": {"share": 0.1, "uri": "s3://bk1/c", "s3": {"secretName": "x-serin-feedback-sender"}}}}, ["spec.serving.capture.s3.secretName", "one of Serin's feedback Secrets"]),
     ("monitoring-budget-zero", {"spec__monitoring": {"falseAlarmsPerMonth": 0}}, ["spec.monitoring.falseAlarmsPerMonth", "above 0 and at most 10"]),
     ("monitoring-interval-5s", {"spec__monitoring": {"interval": "5s"}}, ["spec.monitoring.interval", "between 10s and 24h"]),
     ("monitoring-trailing-shorter", {"spec__monitoring": {"interval": "10m", "trailingWindow": "5m"}}, ["spec.monitoring", "trailingWindow must be at least one interval"]),
@@ -198,8 +205,12 @@ def test_valid_manifest_passes_the_same_dry_run(crds: ControlPlane, namespace: s
     {"spec__source__s3": {"endpoint": "https://s3.eu-west-1.amazonaws.com", "region": "eu-west-1",
                           "addressing": "virtual", "verifyTls": True, "secretName": "team.s3-keys"}},
     {"spec__source__uri": "pvc://m/a.joblib", "spec__source__s3": {"endpoint": "http://10.250.0.1:7070"}},
+    {"spec__serving": {"capture": {"share": 1, "uri": "s3://team-a.models", "retention": "8760h", "flushInterval": "1s",
+                                   "s3": {"endpoint": "http://s3.storage:7070", "secretName": "team-a-s3"}}}},
+    {"spec__serving": {"capture": {"share": 0.001, "uri": "s3://bk1/capture/fraud", "retention": "1h",
+                                   "flushInterval": "1h"}}},
 ], ids=["longest-timeout-shortest-deadline", "shortest-timeout-long-deadline", "last-week-24h", "trailing-168h",
-        "trailing-10m", "s3-every-field", "s3-for-the-sample-only"])
+        "trailing-10m", "s3-every-field", "s3-for-the-sample-only", "capture-every-field", "capture-bounds"])
 def test_duration_limits_accept_their_bounds(crds: ControlPlane, namespace: str, overrides: dict[str, Any]) -> None:
     out = crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest("edge", **overrides),
                        check=False)

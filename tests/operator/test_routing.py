@@ -529,3 +529,38 @@ def test_the_canarys_deaths_are_counted_on_its_revision_in_knative_mode() -> Non
     obs = Routing().observe(KnativeRouter(), SPEC, Seen("ml", "fraud", isvc, pods=pods))
     assert obs.canary is not None and obs.canary.revision == "fraud-predictor-00002"
     assert obs.canary_crashes is not None and obs.canary_crashes.count == 1
+
+
+# -- Payload capture (issue 34 #4) ----------------------------------------------------------------
+
+CAPTURE_SPEC = parse_spec({
+    "source": {"uri": "file:///m.joblib", "sampleUri": "file:///s.csv"},
+    "serving": {"capture": {"share": 0.1, "uri": "s3://team-a/capture", "retention": "48h",
+                            "s3": {"endpoint": "http://s3.storage:7070", "secretName": "team-a-capture"}}}})
+
+
+def _env(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in model["env"]}
+
+
+@pytest.mark.parametrize("router", [KnativeRouter(), ReplicaRatioRouter()], ids=["knative", "standard"])
+def test_capture_reaches_every_predictor_with_its_settings_and_its_secrets_keys(router: Routing) -> None:
+    writes = router.plan(Seen("team-a", "fraud"), ApplyServing(V1, V2, 10), CAPTURE_SPEC, OWNER)
+    isvc = next(w.body for w in writes if w.kind == "isvc")
+    predictors = [isvc["spec"]["predictor"], *(c["predictor"] for c in isvc["spec"].get("canary") or [])]
+    for predictor in predictors:
+        env = _env(predictor["model"])
+        # The records' prefix names the Model's namespace; the settings are the runtime's JSON.
+        assert json.loads(env["SERIN_CAPTURE"]["value"]) == {
+            "share": 0.1, "uri": "s3://team-a/capture", "namespace": "team-a", "retentionSeconds": 172800.0,
+            "flushSeconds": 30.0,
+            "s3": {"endpoint": "http://s3.storage:7070", "verifyTls": True}}
+        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
+            "secretKeyRef": {"name": "team-a-capture", "key": "AWS_ACCESS_KEY_ID"}}
+        assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_without_capture_the_predictor_has_no_capture_variable_and_no_key() -> None:
+    writes = ReplicaRatioRouter().plan(Seen("ml", "fraud"), ApplyServing(V1), SPEC, OWNER)
+    env = _env(writes[0].body["spec"]["predictor"]["model"])
+    assert not {"SERIN_CAPTURE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)

@@ -35,9 +35,9 @@ from serin.operator.spec import parse_spec
 pytestmark = pytest.mark.packaging
 
 GATEWAY_NS, GATEWAY = "serin-gateway", "serin"
-SPEC = parse_spec({"source": {"uri": "pvc://models/m.joblib", "sampleUri": "pvc://models/s.csv", "sha256": "a" * 64,
-                              "format": "sklearn"},
-                   "conversion": {"timeout": "5m"}})
+SPEC_SOURCE = {"uri": "pvc://models/m.joblib", "sampleUri": "pvc://models/s.csv", "sha256": "a" * 64,
+               "format": "sklearn"}
+SPEC = parse_spec({"source": SPEC_SOURCE, "conversion": {"timeout": "5m"}})
 
 
 @dataclass
@@ -119,6 +119,17 @@ def standard_isvc_with_canary(ns: str) -> dict[str, Any]:
     return isvc
 
 
+CAPTURE_SPEC = parse_spec({"source": SPEC_SOURCE, "serving": {"capture": {
+    "share": 0.1, "uri": "s3://team/capture", "s3": {"endpoint": "http://s3.storage:7070", "secretName": "team-s3"}}}})
+
+
+def standard_isvc_capturing(ns: str) -> dict[str, Any]:
+    """Predictors given the capture settings and the S3 keys of the Secret the Model names."""
+    writes = ReplicaRatioRouter().plan(Seen(ns, "fraud", uid="u"), ApplyServing(
+        Served(1, "pvc://serin-models/fraud/v1", "b" * 64)), CAPTURE_SPEC, owner())
+    return next(w.body for w in writes if w.kind == "isvc")
+
+
 def service(ns: str) -> dict[str, Any]:
     return split_service(Seen(ns, "fraud", uid="u"), owner())
 
@@ -138,6 +149,7 @@ def sender_secret(ns: str) -> dict[str, Any]:
 
 BUILDERS: dict[str, Callable[[str], dict[str, Any]]] = {
     "job": conversion_job, "job-s3": conversion_job_from_s3, "knative-isvc": knative_isvc, "standard-isvc": standard_isvc_with_canary,
+    "standard-isvc-capture": standard_isvc_capturing,
     "service": service, "httproute": route, "secret": secret, "sender-secret": sender_secret}
 
 
@@ -202,6 +214,20 @@ REFUSED: list[tuple[str, str, Spoil, str, str]] = [
     ("job-s3", "a Model's feedback key as an S3 key",
      lambda j: next(e for e in _step(j, "fetch")["env"] if e["name"] == "AWS_SECRET_ACCESS_KEY")["valueFrom"][
          "secretKeyRef"].update(name="fraud-serin-feedback"), "jobs", "a Secret that is not Serin's"),
+    ("standard-isvc-capture", "the capture keys from a Model's feedback Secret",
+     lambda i: _env(i, "AWS_SECRET_ACCESS_KEY", {"valueFrom": {"secretKeyRef": {
+         "name": "fraud-serin-feedback", "key": "AWS_SECRET_ACCESS_KEY"}}}),
+     "inferenceservices", "the capture store's S3 keys"),
+    ("standard-isvc-capture", "a capture key from another key of the Secret",
+     lambda i: _env(i, "AWS_ACCESS_KEY_ID", {"valueFrom": {"secretKeyRef": {"name": "team-s3", "key": "key"}}}),
+     "inferenceservices", "the capture store's S3 keys"),
+    ("standard-isvc-capture", "S3 keys on a predictor that captures nothing",
+     lambda i: _predictor(i)["model"].update(env=[e for e in _predictor(i)["model"]["env"]
+                                                 if e["name"] != "SERIN_CAPTURE"]),
+     "inferenceservices", "the capture store's S3 keys"),
+    ("standard-isvc-capture", "a literal S3 key of the operator's",
+     lambda i: _env(i, "AWS_ACCESS_KEY_ID", {"value": "AKIAOPERATOR"}),
+     "inferenceservices", "the capture store's S3 keys"),
     ("job", "a privileged step",
      lambda j: _step(j, "publish")["securityContext"].update(privileged=True, allowPrivilegeEscalation=True),
      "jobs", "unprivileged"),
@@ -417,6 +443,13 @@ def test_only_who_may_read_a_secret_may_name_it_as_a_models_s3_keys(policed: Pol
                f"--serviceaccount={ns}:modeler")
     allowed = wait_until_admitted(lambda: create(model))
     assert allowed.returncode == 0, allowed.stderr
+    # The same for the capture store's keys, which the predictors get.
+    capturing = copy.deepcopy(without_keys)
+    capturing["spec"]["serving"] = {"capture": {"share": 0.5, "uri": "s3://team/capture",
+                                                "s3": {"endpoint": "http://attacker.example:80",
+                                                       "secretName": "other-s3"}}}
+    refused = create(capturing)
+    assert refused.returncode != 0 and "spec.serving.capture.s3.secretName" in refused.stderr, refused.stderr
 
 
 def wait_until_admitted(attempt: Callable[[], subprocess.CompletedProcess[str]],
