@@ -88,8 +88,19 @@ def test_an_unreachable_endpoint_is_worth_retrying(s3: S3Server, team: Team, tmp
 @pytest.fixture
 def not_s3() -> Iterator[str]:
     """An HTTP server that is not S3 (a web page's 404 to everything)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
-    server.RequestHandlerClass.log_message = lambda *a: None  # type: ignore[method-assign]
+    class WebPage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html><body>Not Found</body></html>"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WebPage)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
