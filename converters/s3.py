@@ -137,9 +137,11 @@ def refuse_metadata_endpoint(settings: S3Settings) -> None:
                 "(where clouds serve a node's instance metadata): refused")
 
 
-def client(settings: S3Settings, keys: Keys | None) -> Any:
+def client(settings: S3Settings, keys: Keys | None, connect_timeout: float = CONNECT_TIMEOUT,
+           read_timeout: float = READ_TIMEOUT) -> Any:
     """A boto3 S3 client that signs with `keys` only, or sends unsigned requests without them:
-    never the default credential chain (instance metadata, ~/.aws), whose identity is the node's."""
+    never the default credential chain (instance metadata, ~/.aws), whose identity is the node's.
+    Also the runtime's capture store client (runtime/capture.py)."""
     import boto3
     from botocore import UNSIGNED
     from botocore.config import Config
@@ -149,7 +151,7 @@ def client(settings: S3Settings, keys: Keys | None) -> Any:
         region_name=settings.region or "us-east-1",
         signature_version=UNSIGNED if keys is None else "s3v4",
         s3={"addressing_style": addressing},
-        connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
         retries={"max_attempts": ATTEMPTS, "mode": "standard"},
     )
     session = boto3.session.Session(

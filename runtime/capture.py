@@ -170,22 +170,16 @@ def sink_for(settings: CaptureSettings, env: Mapping[str, str] = os.environ) -> 
     """The sink `settings.uri` names: S3 (keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, else
     unsigned, never the default credential chain), or a directory."""
     if settings.uri.startswith("s3://"):
-        import boto3
-        from botocore import UNSIGNED
-        from botocore.config import Config
+        # The conversion's S3 client (its signing, and its refusal of the default chain), with
+        # shorter timeouts: a capture write waits for no request, but should not hold its batch long.
+        from serin.converters import s3
 
         bucket, _, prefix = settings.uri[len("s3://"):].partition("/")
         key_id, secret = env.get("AWS_ACCESS_KEY_ID", "").strip(), env.get("AWS_SECRET_ACCESS_KEY", "").strip()
-        signed = bool(key_id and secret)
-        config = Config(region_name=settings.region or "us-east-1",
-                        signature_version="s3v4" if signed else UNSIGNED,
-                        s3={"addressing_style": settings.addressing or ("path" if settings.endpoint else "virtual")},
-                        connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
-        session = boto3.session.Session(
-            aws_access_key_id=key_id if signed else None, aws_secret_access_key=secret if signed else None,
-            aws_session_token=(env.get("AWS_SESSION_TOKEN") or "").strip() or None if signed else None)
-        return S3Sink(bucket, prefix.strip("/"), session.client(
-            "s3", endpoint_url=settings.endpoint, verify=settings.verify_tls, config=config))
+        keys = s3.Keys(key_id, secret, (env.get("AWS_SESSION_TOKEN") or "").strip() or None) \
+            if key_id and secret else None
+        where = s3.S3Settings(settings.endpoint, settings.region, settings.addressing, settings.verify_tls)
+        return S3Sink(bucket, prefix.strip("/"), s3.client(where, keys, connect_timeout=5, read_timeout=30))
     root = Path(urlparse(settings.uri).path) if settings.uri.startswith("file://") else Path(settings.uri)
     return DirectorySink(root)
 

@@ -151,20 +151,27 @@ def s3_secret(cluster: Cluster, ns: str, name: str, access_key: str, secret_key:
         "stringData": {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}}))
 
 
+def s3_team(cluster: Cluster, ns: str, s3: S3Server, artifacts: Any, folder: str,
+            secret_key: str | None = None) -> tuple[str, dict[str, Any]]:
+    """A team (S3 user and bucket, named alike) holding a good artifact and its sample under
+    `folder`, its keys in a Secret of `ns` (`secret_key` instead of the real one, when given): the
+    name, and the spec.source that reads them."""
+    name = f"s3-{uuid.uuid4().hex[:6]}"
+    team = s3.create_user(name)
+    s3.create_bucket(name, owner=team)
+    uri = s3.put(name, f"{folder}model.joblib", artifacts.good_v1, user=team)
+    sample = s3.put(name, f"{folder}sample.csv", artifacts.sample, user=team)
+    s3_secret(cluster, ns, f"{name}-keys", team.access_key, secret_key or team.secret_key)
+    return name, {"uri": uri, "sampleUri": sample, "s3": {"endpoint": s3.url, "secretName": f"{name}-keys"}}
+
+
 def test_an_s3_model_converts_with_its_namespaces_keys_and_a_missing_object_leaves_the_stable(
         installed: Cluster, models_ns: tuple[str, Path, Path], artifacts: Any, s3_on_node: S3Server) -> None:
     """Issue 34 #2 and issue 32 #2 on the real node: the conversion Job's fetch step reads s3://
     with the keys of the Secret the Model names (in its own namespace), the unpickling step gets
     none; an object that is not there fails the new version with the reason, the stable serving."""
     ns, _, _ = models_ns
-    name = f"s3-{uuid.uuid4().hex[:6]}"
-    team = s3_on_node.create_user(name)
-    s3_on_node.create_bucket(name, owner=team)
-    uri = s3_on_node.put(name, "v1/model.joblib", artifacts.good_v1, user=team)
-    sample = s3_on_node.put(name, "v1/sample.csv", artifacts.sample, user=team)
-    s3_secret(installed, ns, f"{name}-keys", team.access_key, team.secret_key)
-    source = {"uri": uri, "sampleUri": sample,
-              "s3": {"endpoint": s3_on_node.url, "secretName": f"{name}-keys"}}
+    name, source = s3_team(installed, ns, s3_on_node, artifacts, "v1/")
     model = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": name, "namespace": ns},
              "spec": {"source": source}}
     installed.kubectl("apply", "-f", "-", input=json.dumps(model))
@@ -190,16 +197,10 @@ def test_an_s3_model_converts_with_its_namespaces_keys_and_a_missing_object_leav
 def test_an_s3_model_with_keys_the_server_refuses_fails_with_the_reason(
         installed: Cluster, models_ns: tuple[str, Path, Path], artifacts: Any, s3_on_node: S3Server) -> None:
     ns, _, _ = models_ns
-    name = f"s3-{uuid.uuid4().hex[:6]}"
-    team = s3_on_node.create_user(name)
-    s3_on_node.create_bucket(name, owner=team)
-    uri = s3_on_node.put(name, "model.joblib", artifacts.good_v1, user=team)
-    sample = s3_on_node.put(name, "sample.csv", artifacts.sample, user=team)
-    s3_secret(installed, ns, f"{name}-keys", team.access_key, "not-the-secret")
+    name, source = s3_team(installed, ns, s3_on_node, artifacts, "", secret_key="not-the-secret")
     installed.kubectl("apply", "-f", "-", input=json.dumps({
         "apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": name, "namespace": ns},
-        "spec": {"source": {"uri": uri, "sampleUri": sample,
-                            "s3": {"endpoint": s3_on_node.url, "secretName": f"{name}-keys"}}}}))
+        "spec": {"source": source}}))
     status = wait_for("the conversion to fail", lambda: (s := model_status(installed, ns, name)).get(
         "phase") == "Failed" and s, timeout=240)
     conv = status["conversion"]

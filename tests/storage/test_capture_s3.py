@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import Team
+from harness import wait_for
 from serin.converters.conversion import Request, run
 from serin.local.controlplane import free_port
 from serin.local.s3 import S3Server, start_s3
@@ -161,20 +162,16 @@ def test_with_the_store_down_every_answer_is_a_200_and_the_loss_is_counted(serve
                          "flushSeconds": 0.2}, user)
         for i in range(5):
             runtime.infer([[float(i), 0, 0, 0]])
-        deadline = time.monotonic() + 30
-        while runtime.metric("serin_capture_rows_total", kind="predictions") < 5:
-            assert time.monotonic() < deadline, runtime.log.read_text()
-            time.sleep(0.2)
+        wait_for("5 rows captured", lambda: runtime.metric("serin_capture_rows_total", kind="predictions") >= 5,
+                 timeout=30, every=0.2)
     finally:
         own.stop()
     shutil.rmtree(tmp_path / "s3-down", ignore_errors=True)
     # The store is gone: answers go on, capture counts what it cannot write.
     for i in range(40):
         runtime.infer([[float(i), 1, 1, 1]])
-    deadline = time.monotonic() + 60
-    while runtime.metric("serin_capture_dropped_rows_total", reason="write_failed") < 40:
-        assert time.monotonic() < deadline, runtime.log.read_text()
-        time.sleep(0.5)
+    wait_for("40 rows counted as write_failed",
+             lambda: runtime.metric("serin_capture_dropped_rows_total", reason="write_failed") >= 40, timeout=60)
     assert runtime.metric("serin_requests_total", code="200") == 45
 
 
