@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from serin.operator.status import Notification
+
 
 @dataclass(frozen=True)
 class StartConversion:
@@ -54,6 +56,17 @@ class Emit:
     # A name fixed by what the Event tells (monitoring.event_name): posted twice, the second is
     # refused as a duplicate. "" for a generated name.
     name: str = ""
+    # What within the Model the Event is about, when not the Model as a whole: the monitoring signal
+    # of a drift or decay transition, the sink of a failed notification (notify.py reads it).
+    about: str = ""
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Send one pending notification (status.notifications) to its sink, unless it is on its way
+    already; the outcome comes back to a later tick (notifier.py, notify.py)."""
+
+    notification: Notification
 
 
 @dataclass(frozen=True)
@@ -64,4 +77,4 @@ class ClearAnnotation:
     value: str = ""
 
 
-Action = StartConversion | CancelConversion | ApplyServing | Emit | ClearAnnotation
+Action = StartConversion | CancelConversion | ApplyServing | Emit | ClearAnnotation | Deliver

@@ -10,6 +10,7 @@ Kubernetes to clean up. @kopf.on.event adds no finalizer.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from pathlib import Path
@@ -19,15 +20,17 @@ import kopf
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client import start_http_server
-from serin.operator import executors, opmetrics
+from serin.operator import executors, notify, opmetrics
 from serin.operator.cache import Cache
 from serin.operator.kube import GROUP, PLURAL, VERSION, Kube
 from serin.operator.leader import LeaderElector
 from serin.operator.loop import Registry
+from serin.operator.notifier import Notifier
 from serin.operator.policy import Policy
 from serin.operator.prometheus import Prometheus
 from serin.operator.reconcile import Deps
 from serin.operator.routing import Routing, default_mode_from_configmap, parse_gateway
+from serin.operator.spec import SinkSpec, parse_sinks
 
 log = logging.getLogger("serin.operator")
 REGISTRY = Registry()
@@ -63,7 +66,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     policy = Policy(require_analysis=os.environ.get("SERIN_REQUIRE_ANALYSIS", "true").strip().lower() != "false")
     REGISTRY.deps = Deps(kube, executor, Prometheus(os.environ.get("SERIN_PROMETHEUS_URL", "http://localhost:9090"),
                                                     concurrency=int(os.environ.get("SERIN_PROMETHEUS_QUERIES", "16"))),
-                         routing, policy=policy)
+                         routing, policy=policy,
+                         notifier=Notifier(kube.read_secret_data, os.environ.get("SERIN_NOTIFY_NAMESPACE")
+                                           or os.environ.get("POD_NAMESPACE", ""), REGISTRY.wake),
+                         notify_defaults=load_default_sinks(), notify_retry=load_retry_policy())
     lease_ns = os.environ.get("POD_NAMESPACE", "")
     if lease_ns:
         REGISTRY.leader = LeaderElector(api, lease_ns)
@@ -76,6 +82,30 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
              "leader election=%s, KServe default mode=%s, gateway=%s", executor_kind, limit,
              per_namespace or "no limit", policy.require_analysis, bool(lease_ns), routing.default_mode,
              f"{routing.gateway.gateway_namespace}/{routing.gateway.gateway_name}" if routing.gateway else "none")
+
+
+def load_default_sinks() -> tuple[SinkSpec, ...]:
+    """The chart's notification sinks ($SERIN_NOTIFY_SINKS: JSON, spec.notify.sinks' schema),
+    told of every Model's transitions unless a Model says includeDefaults: false."""
+    text = os.environ.get("SERIN_NOTIFY_SINKS", "").strip()
+    if not text:
+        return ()
+    try:
+        raw = json.loads(text)
+        sinks = parse_sinks(raw, shared=True)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise kopf.PermanentError(f"$SERIN_NOTIFY_SINKS (the chart's notifications.sinks) is not a list of sinks "
+                                  f"({type(err).__name__}: {err})") from None
+    bad = [s.name for s in sinks if bool(s.url) == bool(s.url_secret_key)]
+    if bad:
+        raise kopf.PermanentError(f"$SERIN_NOTIFY_SINKS: sink {bad[0]} needs exactly one of url and urlSecretKey")
+    return sinks
+
+
+def load_retry_policy() -> notify.RetryPolicy:
+    d = notify.RetryPolicy()
+    return notify.RetryPolicy(first_delay=float(os.environ.get("SERIN_NOTIFY_RETRY_SECONDS") or d.first_delay),
+                              attempts=int(os.environ.get("SERIN_NOTIFY_ATTEMPTS") or d.attempts))
 
 
 async def load_routing(kube: Kube) -> Routing:
@@ -120,6 +150,8 @@ async def cleanup(**_: Any) -> None:
         await cache.stop()
     if REGISTRY.deps is not None and isinstance(REGISTRY.deps.metrics, Prometheus):
         await REGISTRY.deps.metrics.close()
+    if REGISTRY.deps is not None and REGISTRY.deps.notifier is not None:
+        await REGISTRY.deps.notifier.close()
     if REGISTRY.leader_task is not None:
         REGISTRY.leader_task.cancel()
     if REGISTRY.leader is not None:
@@ -139,6 +171,8 @@ async def model_event(type: str | None, body: kopf.Body, name: str, namespace: s
         if REGISTRY.deps is not None:
             REGISTRY.deps.secrets.pop((namespace, name), None)
             REGISTRY.deps.monitor_reads.pop((namespace, name), None)
+            if REGISTRY.deps.notifier is not None:
+                REGISTRY.deps.notifier.forget(namespace, name)
         if REGISTRY.deps is not None and isinstance(REGISTRY.deps.executor, executors.ConversionQueue):
             await REGISTRY.deps.executor.forget(namespace, name)
         return

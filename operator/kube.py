@@ -3,6 +3,7 @@ Events). Everything else works on plain dicts and dataclasses."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import uuid
@@ -165,6 +166,17 @@ class Kube:
                 return None
             raise
         return dict(self.api.sanitize_for_serialization(cm))
+
+    async def read_secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """A Secret's data, decoded; None when absent or not readable (the chart lets the operator
+        get one Secret by name per namespace: spec.NOTIFY_SECRET)."""
+        try:
+            secret = await self.core.read_namespaced_secret(name, namespace)
+        except ApiException as err:
+            if err.status in (403, 404):
+                return None
+            raise
+        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
     async def ensure_feedback_secret(self, model: dict[str, Any], owner: dict[str, Any],
                                      verify: bool = True) -> SecretCheck:

@@ -673,7 +673,7 @@ def _untold(m: Monitoring, model: str, now: dt.datetime) -> tuple[Emit, ...]:
         if x.state == ALARM:
             reason = "DriftDetected" if drift else "PerformanceDegraded"
             text = f"revision {m.revision}: {x.signal} alarm (episode {x.episode}): {x.message}"
-            out.append(Emit("Warning", reason, text, event_name(model, m, x.signal, x.episode, "raised")))
+            out.append(Emit("Warning", reason, text, event_name(model, m, x.signal, x.episode, "raised"), x.signal))
         else:
             reason = "DriftResolved" if drift else "PerformanceRecovered"
             b = m.baseline
@@ -682,7 +682,7 @@ def _untold(m: Monitoring, model: str, now: dt.datetime) -> tuple[Emit, ...]:
                         f"traffic of {b.start} .. {b.end}{f': {b.reason}' if b.reason else ''}")
             else:
                 text = f"revision {m.revision}: {x.signal} back within tolerance (episode {x.episode}): {x.message}"
-            out.append(Emit("Normal", reason, text, event_name(model, m, x.signal, x.episode, "ended")))
+            out.append(Emit("Normal", reason, text, event_name(model, m, x.signal, x.episode, "ended"), x.signal))
     return tuple(out)
 
 
@@ -698,7 +698,7 @@ def _ended_by_replacement(m: Monitoring, stable: Version, model: str, now: dt.da
             out.append(Emit("Normal", "DriftResolved" if drift else "PerformanceRecovered",
                             f"revision {m.revision}: {x.signal} alarm (episode {x.episode}) ended: revision "
                             f"{stable.revision} (generation {stable.generation}) serves instead",
-                            event_name(model, m, x.signal, x.episode, "ended")))
+                            event_name(model, m, x.signal, x.episode, "ended"), x.signal))
     return out
 
 

@@ -42,6 +42,14 @@ MONITORING_EVALUATIONS = Counter(
     "serin_monitoring_reads", "Monitoring reads of the serving version's counts, by outcome (read, error)",
     ["outcome"])
 
+# Notifications (notify.py, notifier.py): each attempt by its result (delivered; failed, to be
+# retried; refused, which retrying cannot change), and each notification given up. By sink, not
+# by Model: a failing sink is what an alert names.
+NOTIFICATION_ATTEMPTS = Counter(
+    "serin_notification_attempts", "Notification delivery attempts by result (delivered, failed, refused)",
+    ["namespace", "sink", "result"])
+NOTIFICATIONS_FAILED = Counter(
+    "serin_notifications_failed", "Notifications given up (NotificationFailed Events)", ["namespace", "sink"])
 
 
 PER_MODEL: tuple[MetricWrapperBase, ...] = (

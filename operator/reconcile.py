@@ -18,11 +18,20 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes_asyncio.client.rest import ApiException
-from serin.operator import monitoring, monitoring_queries, opmetrics, queries
-from serin.operator.actions import Action, ApplyServing, CancelConversion, ClearAnnotation, Emit, StartConversion
+from serin.operator import monitoring, monitoring_queries, notify, opmetrics, queries
+from serin.operator.actions import (
+    Action,
+    ApplyServing,
+    CancelConversion,
+    ClearAnnotation,
+    Deliver,
+    Emit,
+    StartConversion,
+)
 from serin.operator.executors import ConversionExecutor, ConversionRequest
 from serin.operator.feedback_secret import SecretCheck
 from serin.operator.kube import Conflict, Kube, api_message, owner_reference
+from serin.operator.notifier import Notifier
 from serin.operator.observations import MeasuredValue, Observations
 from serin.operator.policy import DEFAULT as DEFAULT_POLICY
 from serin.operator.policy import Policy
@@ -32,7 +41,7 @@ from serin.operator.rollout import REBASELINE_ANNOTATION, Decision, analysis_due
 from serin.operator.routing import Router, Routing, Seen, Write
 from serin.operator.routing.base import Op
 from serin.operator.routing.standard import route_name, split_service_name
-from serin.operator.spec import Builtin, MetricSpec, ModelSpec, MonitoringSpec, parse_spec
+from serin.operator.spec import Builtin, MetricSpec, ModelSpec, MonitoringSpec, SinkSpec, parse_spec
 from serin.operator.status import CanaryState, Monitoring, Status, from_time, status_from_dict, status_to_dict, to_time
 from serin.runtime import metric_names as mn
 
@@ -72,6 +81,12 @@ class Deps:
     # Per Model, when its monitoring last read the counts (monitoring._last_read): a window left
     # open for more rows, or a failed read, is tried again an interval later, not at once.
     monitor_reads: dict[tuple[str, str], dt.datetime] = field(default_factory=dict)
+    # Notifications (notify.py): the sender, the chart's sinks (every Model's unless its spec says
+    # includeDefaults: false), and the back-off between attempts. No notifier: nothing is sent
+    # (notifications still wait in status, for an operator that has one).
+    notifier: Notifier | None = None
+    notify_defaults: tuple[SinkSpec, ...] = ()
+    notify_retry: notify.RetryPolicy = field(default_factory=notify.RetryPolicy)
 
 
 async def read_serving(kube: Kube, router: Router, namespace: str, name: str,
@@ -111,6 +126,7 @@ def wake_after(spec: ModelSpec, status: Status, now: dt.datetime, poll_seconds: 
     if p is not None and p.retryAt is None:
         # decide() records every Queued answer as queuePosition, so the status alone says it waits.
         due.append(QUEUE_REFRESH if p.queuePosition is not None else poll_seconds)
+    due.append(notify.next_attempt(status.notifications, now))
     known = [d for d in due if d is not None]
     return min(known) if known else None
 
@@ -273,10 +289,13 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
                        monitoring=monitored, rebaseline=rebaselined, model=name)
 
     decision = decide(spec, status, obs, now, deps.policy)
+    decision, delivered = _notifications(deps, model, spec, decision, now)
     new_status = status_to_dict(decision.status)
     _failpoint("before-persist", decision)
     if new_status != status_to_dict(status):
         await deps.kube.patch_model_status(model, new_status)
+    if deps.notifier is not None:  # the outcomes are in the status now
+        deps.notifier.acknowledge(namespace, name, delivered)
     if measurements is not None:
         opmetrics.ANALYSIS_ROUND_SECONDS.labels("persist").observe(time.monotonic() - measured_at)
     _failpoint("after-persist", decision)
@@ -302,6 +321,22 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     return Reconciled(decision, wake_after(spec, decision.status, now, deps.executor.poll_seconds, deps.policy,
                                           _secret_problem(deps, model), read_at),
                       is_idle(decision.status))
+
+
+def _notifications(deps: Deps, model: dict[str, Any], spec: ModelSpec, decision: Decision,
+                   now: dt.datetime) -> tuple[Decision, list[notify.Key]]:
+    """The decision with its outbox brought up to date (notify.update): the attempts that ended
+    since the last tick, this tick's transitions, what to send now. Also the outcomes it recorded,
+    to be acknowledged to the notifier once written."""
+    meta = model["metadata"]
+    outcomes = deps.notifier.outcomes(meta["namespace"], meta["name"]) if deps.notifier is not None else {}
+    ident = notify.Identity(meta["namespace"], meta["name"], str(meta.get("uid") or ""))
+    outbox, actions = notify.update(decision.status, decision.actions, spec.notify, deps.notify_defaults, outcomes,
+                                    ident, now, deps.notify_retry)
+    if outbox == decision.status.notifications and not actions:
+        return decision, list(outcomes)
+    return replace(decision, status=decision.status.evolve(notifications=outbox),
+                   actions=decision.actions + actions), list(outcomes)
 
 
 async def apply_in_order(actions: tuple[Action, ...], apply: Callable[[Action], Awaitable[None]]) -> None:
@@ -374,6 +409,10 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
             deps.rejected.pop(key, None)
     elif isinstance(action, ClearAnnotation):
         await deps.kube.remove_annotation(model, action.key, action.value)
+    elif isinstance(action, Deliver):
+        sink = notify.sinks_for(spec.notify, deps.notify_defaults).get(action.notification.sink)
+        if deps.notifier is not None and sink is not None:
+            deps.notifier.submit(meta["namespace"], meta["name"], action.notification, sink)
     elif isinstance(action, Emit):
         _count_event(meta["namespace"], meta["name"], before, action, now)
         await deps.kube.event(model, action.type, action.reason, action.message, action.name)
@@ -416,7 +455,9 @@ def _secret_problem(deps: Deps, model: dict[str, Any]) -> SecretCheck | None:
 
 
 def _count_event(ns: str, name: str, before: Status, e: Emit, now: dt.datetime) -> None:
-    if e.reason == "CanaryStarted":
+    if e.reason == "NotificationFailed":
+        opmetrics.NOTIFICATIONS_FAILED.labels(ns, e.about).inc()
+    elif e.reason == "CanaryStarted":
         opmetrics.ROLLOUTS_STARTED.labels(ns, name).inc()
     elif e.reason in ("Promoted", "Serving"):
         opmetrics.ROLLOUTS_PROMOTED.labels(ns, name).inc()

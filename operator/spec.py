@@ -272,6 +272,46 @@ class MonitoringSpec:
         return {name: s for name, s in self.signals.items() if s.enabled}
 
 
+class SinkFormat(enum.StrEnum):
+    CLOUDEVENTS = "CloudEvents"  # a structured CloudEvents 1.0 JSON document
+    SLACK = "Slack"  # {"text": ...}: Slack's incoming webhooks, Mattermost, Rocket.Chat, Teams workflows
+
+
+# The one Secret per namespace the operator may read (RBAC resourceNames): the keys of notification
+# sinks (a signing key, a URL that is itself a credential such as Slack's). Chart-level sinks read
+# the one in the operator's namespace.
+NOTIFY_SECRET = "serin-notify"
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """A webhook told of a Model's transitions (notify.py): spec.notify.sinks[] or the chart's."""
+
+    name: str
+    url: str = ""  # or url_secret_key
+    url_secret_key: str = ""  # the URL is this key of the Secret serin-notify
+    format: SinkFormat = SinkFormat.CLOUDEVENTS
+    signing_secret_key: str = ""  # HMAC-SHA256 with this key of the Secret serin-notify ("": unsigned)
+    events: tuple[str, ...] = ()  # Event reasons sent; (): every reason notify.TYPES names
+    shared: bool = False  # a chart-level sink (its Secret in the operator's namespace)
+
+
+@dataclass(frozen=True)
+class NotifySpec:
+    sinks: tuple[SinkSpec, ...] = ()
+    include_defaults: bool = True  # also the chart's sinks (notifications.sinks)
+
+
+def parse_sinks(raw: list[dict[str, Any]] | None, shared: bool = False) -> tuple[SinkSpec, ...]:
+    """spec.notify.sinks, or the chart's (the operator's $SERIN_NOTIFY_SINKS, the same schema)."""
+    return tuple(SinkSpec(name=str(s["name"]), url=str(s.get("url") or ""),
+                          url_secret_key=str(s.get("urlSecretKey") or ""),
+                          format=SinkFormat(s.get("format") or SinkFormat.CLOUDEVENTS),
+                          signing_secret_key=str(s.get("signingSecretKey") or ""),
+                          events=tuple(str(e) for e in s.get("events") or ()), shared=shared)
+                 for s in raw or ())
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     source: SourceSpec
@@ -287,6 +327,7 @@ class ModelSpec:
     progress_deadline: float = 600.0
     analysis: AnalysisSpec = AnalysisSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    notify: NotifySpec = NotifySpec()
 
 
 def parse_spec(spec: dict[str, Any]) -> ModelSpec:
@@ -321,6 +362,8 @@ def parse_spec(spec: dict[str, Any]) -> ModelSpec:
             ),
         ),
         monitoring=_monitoring(spec.get("monitoring") or {}),
+        notify=NotifySpec(sinks=parse_sinks((spec.get("notify") or {}).get("sinks")),
+                          include_defaults=bool((spec.get("notify") or {}).get("includeDefaults", True))),
     )
 
 

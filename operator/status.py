@@ -312,6 +312,28 @@ class Monitoring:
 
 
 @dataclass(frozen=True)
+class Notification:
+    """One transition on its way to one sink (notify.py): written with the status that decided the
+    transition, before anything is sent, so a kill at any point resends it under the same id."""
+
+    id: str  # the CloudEvent id, the same for every sink and every attempt
+    sink: str  # notify.sink_key: the Model's sink name, or "chart/<name>" for the chart's
+    reason: str
+    event: str  # the CloudEvent, compact JSON: every attempt sends these bytes (the same signature)
+    attempts: int = 0  # attempts that failed
+    nextAttemptAt: str | None = None  # None: at once
+    lastError: str = ""
+
+
+@dataclass(frozen=True)
+class Notifications:
+    pending: tuple[Notification, ...] = ()
+    # "<id> <sink>" of the latest delivered or given up: a transition told again (an Event posted
+    # again after a kill) is not sent again.
+    sent: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Status:
     phase: Phase = Phase.PENDING
     message: str = ""
@@ -328,6 +350,7 @@ class Status:
     serving: Serving | None = None
     waiting: Waiting | None = None
     monitoring: Monitoring | None = None
+    notifications: Notifications | None = None
 
     def evolve(self, **changes: Any) -> Status:
         return replace(self, **changes)
@@ -356,6 +379,10 @@ def status_to_dict(status: Status) -> dict[str, Any]:
         "serving": _drop_empty(asdict(status.serving)) if status.serving else None,
         "waiting": asdict(status.waiting) if status.waiting else None,
         "monitoring": _monitoring_to_dict(status.monitoring) if status.monitoring else None,
+        # Written whole (a merge patch replaces lists): None once nothing is pending or remembered.
+        "notifications": {"pending": [_drop_empty(asdict(n)) | {"attempts": n.attempts}
+                                      for n in status.notifications.pending],
+                          "sent": list(status.notifications.sent)} if status.notifications else None,
     }
     return out
 
@@ -450,7 +477,17 @@ def status_from_dict(data: dict[str, Any] | None) -> Status:
         serving=_build(Serving, data.get("serving")),
         waiting=_build(Waiting, data.get("waiting")),
         monitoring=_monitoring_from_dict(data.get("monitoring")),
+        notifications=_notifications_from_dict(data.get("notifications")),
     )
+
+
+def _notifications_from_dict(data: Any) -> Notifications | None:
+    if not isinstance(data, dict):
+        return None
+    pending = tuple(n for n in (_build(Notification, d, enums=False) for d in data.get("pending") or []
+                                if isinstance(d, dict) and d.get("id") and d.get("sink")) if n is not None)
+    sent = tuple(str(x) for x in data.get("sent") or [])
+    return Notifications(pending, sent) if pending or sent else None
 
 
 def parse_conversion_summary(data: dict[str, Any] | None) -> ConversionSummary | None:

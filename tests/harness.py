@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import http.server
 import json
 import os
 import signal
@@ -140,7 +141,7 @@ class Cluster:
     _watch: subprocess.Popen[str] | None = None
 
     def apply(self, uri: Path | str, rollout: dict[str, Any] | None = None, conversion: dict[str, Any] | None = None,
-              **source: Any) -> None:
+              notify: dict[str, Any] | None = None, **source: Any) -> None:
         body: dict[str, Any] = {
             "apiVersion": "serin.dev/v1alpha1", "kind": "Model",
             "metadata": {"name": self.name, "namespace": self.namespace},
@@ -149,6 +150,8 @@ class Cluster:
         }
         if conversion:
             body["spec"]["conversion"] = conversion
+        if notify:
+            body["spec"]["notify"] = notify
         self.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
         self.watch_weights()
 
@@ -296,3 +299,47 @@ def from_first_served(answers: list[Answer]) -> list[Answer]:
     measures that, not the rollout under test."""
     first = next((i for i, a in enumerate(answers) if a.status == 200), len(answers))
     return answers[first:]
+
+
+@dataclass
+class Receiver:
+    """A webhook on loopback: answers 503 while `down`, else 200; records every request."""
+
+    down: bool = False
+    requests: list[tuple[dict[str, str], bytes, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    url: str = ""
+
+    def delivered(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [json.loads(body) for _, body, code in self.requests if code == 200]
+
+    def reasons(self) -> list[str]:
+        return [e["data"]["reason"] for e in self.delivered()]
+
+
+@contextlib.contextmanager
+def webhook_receiver() -> Iterator[Receiver]:
+    """A Receiver serving on loopback for the block's duration."""
+    r = Receiver()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # the stdlib's name
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            code = 503 if r.down else 200
+            with r.lock:
+                r.requests.append((dict(self.headers), body, code))
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    r.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield r
+    server.shutdown()
+    server.server_close()

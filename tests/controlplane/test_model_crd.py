@@ -156,6 +156,15 @@ INVALID = [
     ("monitoring-baseline-5m", {"spec__monitoring": {"baseline": {"from": "trailing", "window": "5m"}}}, ["spec.monitoring.baseline.window", "between 10m and 168h"]),
     ("monitoring-last-week-25h", {"spec__monitoring": {"baseline": {"from": "lastWeek", "window": "25h"}}}, ["spec.monitoring.baseline", "at most 24h with from: lastWeek"]),
     ("monitoring-unknown-signal", {"spec__monitoring": {"inputDrfit": {"tolerance": 0.1}}}, ["spec.monitoring.inputDrfit", "unknown field"]),
+    ("notify-no-url", {"spec__notify": {"sinks": [{"name": "ops"}]}}, ["spec.notify.sinks[0]", "exactly one of url and urlSecretKey"]),
+    ("notify-url-and-key", {"spec__notify": {"sinks": [{"name": "ops", "url": "https://h/x", "urlSecretKey": "u"}]}}, ["spec.notify.sinks[0]", "exactly one of url and urlSecretKey"]),
+    ("notify-url-ftp", {"spec__notify": {"sinks": [{"name": "ops", "url": "ftp://h/x"}]}}, ["spec.notify.sinks[0].url", "http:// or https:// URL"]),
+    ("notify-url-credentials", {"spec__notify": {"sinks": [{"name": "ops", "url": "https://user:pw@h/x"}]}}, ["spec.notify.sinks[0].url", "belong in the Secret serin-notify"]),
+    ("notify-sink-name", {"spec__notify": {"sinks": [{"name": "Ops", "url": "https://h/x"}]}}, ["spec.notify.sinks[0].name", "should match"]),
+    ("notify-sink-twice", {"spec__notify": {"sinks": [{"name": "ops", "url": "https://h/x"}, {"name": "ops", "url": "https://h/y"}]}}, ["spec.notify.sinks[1]", "Duplicate value"]),
+    ("notify-event-unknown", {"spec__notify": {"sinks": [{"name": "ops", "url": "https://h/x", "events": ["StepAdvanced"]}]}}, ["spec.notify.sinks[0].events[0]", "Unsupported value"]),
+    ("notify-format-unknown", {"spec__notify": {"sinks": [{"name": "ops", "url": "https://h/x", "format": "Teams"}]}}, ["spec.notify.sinks[0].format", "Unsupported value"]),
+    ("notify-key-path", {"spec__notify": {"sinks": [{"name": "ops", "url": "https://h/x", "signingSecretKey": "../k"}]}}, ["spec.notify.sinks[0].signingSecretKey", "should match"]),
 ]
 
 

@@ -450,6 +450,22 @@ def test_only_who_may_read_a_secret_may_name_it_as_a_models_s3_keys(policed: Pol
                                                        "secretName": "other-s3"}}}
     refused = create(capturing)
     assert refused.returncode != 0 and "spec.serving.capture.s3.secretName" in refused.stderr, refused.stderr
+    # And for the keys of serin-notify that a notification sink names (spec.notify): a sink with a
+    # URL of its own and no key needs no right; one signing with a key of that Secret does.
+    notifying = copy.deepcopy(without_keys)
+    notifying["spec"]["notify"] = {"sinks": [{"name": "ops", "url": "https://attacker.example/hook"}]}
+    assert create(notifying).returncode == 0, "a sink using no key of serin-notify"
+    notifying["spec"]["notify"]["sinks"][0]["signingSecretKey"] = "ops-key"
+    refused = create(notifying)
+    assert refused.returncode != 0
+    assert (f"spec.notify.sinks: system:serviceaccount:{ns}:modeler may not get the Secret serin-notify in "
+            f"namespace {ns}") in refused.stderr, refused.stderr
+    cp.kubectl("create", "role", "team-notify-reader", "-n", ns, "--verb=get", "--resource=secrets",
+               "--resource-name=serin-notify")
+    cp.kubectl("create", "rolebinding", "team-notify-reader", "-n", ns, "--role=team-notify-reader",
+               f"--serviceaccount={ns}:modeler")
+    allowed = wait_until_admitted(lambda: create(notifying))
+    assert allowed.returncode == 0, allowed.stderr
 
 
 def wait_until_admitted(attempt: Callable[[], subprocess.CompletedProcess[str]],

@@ -49,6 +49,7 @@ NAMESPACED_RULES = {
     ("", "services"): {"list", "watch", "create", "patch"},
     ("batch", "jobs"): {"get", "list", "create", "delete"},
     ("", "secrets"): {"create"},
+    ("", "secrets", "serin-notify"): {"get"},
     ("", "pods"): {"list", "watch"},
     ("", "events"): {"create"},
 }
@@ -202,6 +203,21 @@ def test_httproutes_only_with_a_gateway_and_the_kserve_config_role_is_optional(h
     assert not find(without, "Role", namespace="kserve") and not find(without, "RoleBinding", namespace="kserve")
     refused = helm.template({"gateway": {"name": "serin"}}, check=False)
     assert refused.returncode != 0 and "gateway.namespace is required" in refused.stderr
+
+
+def test_the_charts_notification_sinks_reach_the_operator_with_a_read_of_one_secret(helm: Helm) -> None:
+    sinks = [{"name": "platform", "urlSecretKey": "slack-url", "format": "Slack", "events": ["RolledBack"]}]
+    objects = helm.objects({"notifications": {"sinks": sinks, "attempts": 4, "firstRetrySeconds": 2}})
+    (role,) = find(objects, "Role", name="serin-operator-notify")
+    assert role["metadata"]["namespace"] == "serin-system"
+    assert rules_of(role) == {("", "secrets", "serin-notify"): {"get"}}
+    (operator,) = find(objects, "Deployment")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env["SERIN_NOTIFY_SINKS"]) == sinks
+    assert (env["SERIN_NOTIFY_ATTEMPTS"], env["SERIN_NOTIFY_RETRY_SECONDS"]) == ("4", "2")
+    assert not find(helm.objects(), "Role", name="serin-operator-notify"), "no chart sinks, no read"
+    refused = helm.template({"notifications": {"sinks": [{"name": "x", "url": "ftp://x"}]}}, check=False)
+    assert refused.returncode != 0 and "/notifications/sinks/0/url" in refused.stderr
 
 
 def test_every_rbac_rule_says_why(helm: Helm) -> None:

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import FAST_ROLLOUT, Artifacts, Cluster, OperatorProcess, standin
+from harness import FAST_ROLLOUT, Artifacts, Cluster, OperatorProcess, standin, webhook_receiver
 from packaging_helpers import ALL_MONITORING, CHART, CONVERTER_IMAGE, CUSTOM_IMAGES, KUBE_VERSION, Helm, values_args
 from serin.local.controlplane import ControlPlane
 from serin.local.prometheus import Prometheus
+from serin.operator import notify
 
 pytestmark = pytest.mark.packaging
 
@@ -225,6 +226,7 @@ NEEDED_IN_WATCHED = [
     *[(v, "pods") for v in ("list", "watch")],
     ("create", "events"),
     ("create", "secrets"),  # each Model's feedback key, once; never read back
+    ("get", "secrets:serin-notify"),  # its notification sinks' keys (spec.notify): that one Secret by name
 ]
 # What the operator does not use, so it must not have, in the namespaces it watches.
 UNUSED_IN_WATCHED = [
@@ -241,6 +243,7 @@ UNUSED_IN_WATCHED = [
 # What it must never do, anywhere (None: checked across all namespaces).
 FORBIDDEN = [
     ("get", "secrets", None), ("list", "secrets", None), ("watch", "secrets", None),
+    ("get", "secrets:another", None), ("get", "secrets:serin-notify-x", None),
     ("create", "pods/exec", None), ("create", "pods", None), ("delete", "pods", None),
     ("create", "roles.rbac.authorization.k8s.io", None),
     ("patch", "roles.rbac.authorization.k8s.io", None),
@@ -454,16 +457,23 @@ def test_operator_as_its_service_account_rolls_out_namespaced(
     op = operate_as(namespaced, crds, prometheus, tmp_path, watch=ns)
     c = Cluster(crds, ns, artifacts, op)
     outside = Cluster(crds, namespaced.unwatched, artifacts, op)
-    with standin(crds, ns, tmp_path, data_plane=False):
+    with standin(crds, ns, tmp_path, data_plane=False), webhook_receiver() as receiver:
+        # Notifications signed with a key of the namespace's serin-notify: the one Secret it may get.
+        crds.kubectl("create", "secret", "generic", "serin-notify", "-n", ns, "--from-literal=key=k3y")
+        notify_spec = {"sinks": [{"name": "ops", "url": receiver.url, "signingSecretKey": "key"}]}
         op.start()
         try:
             outside.apply(artifacts.good_v1)
-            c.apply(artifacts.good_v1)
+            c.apply(artifacts.good_v1, notify=notify_spec)
             c.wait_phase("Promoted", generation=1)
-            c.apply(artifacts.good_v2)
+            c.apply(artifacts.good_v2, notify=notify_spec)
             c.wait_phase("Promoted", generation=2)
             assert c.weights_seen() == [10, 50]
             assert "status" not in outside.model(), "a namespaced operator touched a Model outside its namespaces"
+            c.wait("notifications sent", lambda m: not ((m.get("status") or {}).get("notifications") or {}).get("pending"))
+            assert receiver.reasons() == ["Serving", "CanaryStarted", "Promoted"]
+            assert all(notify.verify(body, headers[notify.SIGNATURE_HEADER], b"k3y")
+                       for headers, body, _ in receiver.requests)
         finally:
             op.stop()
     assert forbidden_in_log(op) == []

@@ -54,13 +54,20 @@ ServiceAccount through whole rollouts. Add a rule only with the call that needs 
 {{- end }}
 # Secrets: each Model's feedback key (the key its predictors sign prediction ids with), created
 # once before its first InferenceService, owned by the Model. Create only: the operator never
-# reads, lists or changes a Secret; the predictors read theirs through their env (secretKeyRef).
+# reads (but serin-notify, below), lists or changes a Secret; the predictors read theirs through their env (secretKeyRef).
 # A create that finds one of that name (an earlier Model's of the same name, not yet garbage
 # collected) cannot tell whose it is, so the first deployment waits for it to go. get would tell
 # (by its owner reference) but would also let the operator read every Secret where it watches.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [create]
+# One Secret read, by name: serin-notify, where a namespace keeps the signing keys and secret URLs
+# (Slack's carries its token) of its notification sinks (spec.notify). resourceNames limits get to
+# that name; no other Secret can be read, and none listed.
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: [serin-notify]
+  verbs: [get]
 # Conversion Jobs (executor "job"): created per version, read for their Failed condition, deleted
 # when superseded or past their timeout (the Pod follows by owner reference), listed (converter
 # label) by the conversion queue to count those running against its limit.
