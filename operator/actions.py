@@ -70,6 +70,15 @@ class Deliver:
 
 
 @dataclass(frozen=True)
+class CreateRetrainJob:
+    """Create the Job `name` from spec.monitoring.retrain.template with `env` added to every
+    container; AlreadyExists is success (reconcile.py)."""
+
+    name: str
+    env: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class ClearAnnotation:
     key: str
     # The value acted upon: the annotation is removed only if it still holds it, so a newer command
@@ -77,4 +86,4 @@ class ClearAnnotation:
     value: str = ""
 
 
-Action = StartConversion | CancelConversion | ApplyServing | Emit | ClearAnnotation | Deliver
+Action = StartConversion | CancelConversion | ApplyServing | Emit | ClearAnnotation | Deliver | CreateRetrainJob

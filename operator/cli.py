@@ -21,6 +21,8 @@ VERBS: dict[str, tuple[str, str]] = {
                 "no monitoring Events or alerts for a while: serin silence MODEL --for 2h"),
     "rebaseline": ("serin.operator.control:rebaseline_main",
                    "accept recent traffic as the reference: serin rebaseline MODEL --window 24h"),
+    "approve": ("serin.operator.control:approve_main",
+                "start a retraining awaiting approval: serin approve MODEL --generation G"),
     "capture": ("serin.runtime.capture_export",
                 "captured traffic joined with its truth: serin capture export MODEL --since 24h --out rows.parquet"),
     "convert": ("serin.converters.cli", "convert a trained model to ONNX with a parity proof"),

@@ -6,7 +6,8 @@ command can never act on a later version; the operator clears them once read. `s
 too: it names the serving generation it means and until when (status.monitoring.silencedUntil
 records it), so a silence never carries over to a version promoted after it. So is `rebaseline`:
 the serving generation and the traffic to accept as its reference, [now - window, now], fixed when
-the command runs (status.monitoring.baseline records it).
+the command runs (status.monitoring.baseline records it). `approve` lets a retraining awaiting
+approval (spec.monitoring.retrain.approval: Manual) start, naming the serving generation it means.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 from serin.operator.kube import GROUP, MERGE, PLURAL, VERSION
+from serin.operator.retrain import APPROVE_ANNOTATION
 from serin.operator.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, REBASELINE_ANNOTATION, SILENCE_ANNOTATION
 from serin.operator.spec import parse_duration
 from serin.operator.status import from_time
@@ -31,7 +33,8 @@ class CommandError(Exception):
 
 
 async def _run(action: str, name: str, namespace: str, kubeconfig: str | None,
-               silence_for: str = "", window: str = "", reason: str = "") -> tuple[str, dict[str, Any]]:
+               silence_for: str = "", window: str = "", reason: str = "",
+               generation: int = 0) -> tuple[str, dict[str, Any]]:
     """(the text to print, the same as a JSON document)."""
     await config.load_kube_config(config_file=kubeconfig)
     async with client.ApiClient() as api:
@@ -63,6 +66,17 @@ async def _run(action: str, name: str, namespace: str, kubeconfig: str | None,
             message = (f"{name}: rebaseline of generation {stable['generation']} to the traffic of "
                        f"{request['start']} .. {request['end']} requested (serin status {name} shows the "
                        "baseline once taken; a RebaselineRefused Event says why not)")
+        elif action == "approve":
+            r = status.get("retrain") or {}
+            if r.get("state") != "AwaitingApproval":
+                raise CommandError(f"{name} has no retraining awaiting approval"
+                                   + (f" (the latest: {r.get('state')}, Job {r.get('job')})" if r else ""))
+            if generation and generation != int(r["generation"]):
+                raise CommandError(f"{name}: the retraining awaiting approval is for generation {r['generation']}, "
+                                   f"not {generation}")
+            patch = {"metadata": {"annotations": {APPROVE_ANNOTATION: str(r["generation"])}}}
+            message = (f"{name}: retraining approved for the {r.get('signal')} alarm of generation {r['generation']} "
+                       f"(Job {r.get('job')})")
         elif action in ("pause", "resume"):
             patch = {"spec": {"rollout": {"paused": action == "pause"}}}
             message = f"{name}: rollout {'paused' if action == 'pause' else 'resumed'}"
@@ -121,6 +135,10 @@ def render_status(model: dict[str, Any]) -> str:
             dry = " (dry run)" if x.get("dryRun") else ""
             lines.append(f"    {x.get('signal', ''):<18} {x.get('state', ''):<10} evidence {x.get('evidence', 0):>6.0%}"
                          f"{dry}  {x.get('message', '')}".rstrip())
+    r = s.get("retrain")
+    if r:
+        lines.append(f"  retrain  {r.get('state')}  Job {r.get('job')}  {r.get('signal')} alarm of generation "
+                     f"{r.get('generation')}, triggered {r.get('triggeredAt')}  {r.get('message', '')}".rstrip())
     for c in s.get("conditions") or []:
         lines.append(f"  condition {c['type']}={c['status']} ({c.get('reason', '')}) {c.get('message', '')}".rstrip())
     return "\n".join(lines)
@@ -139,6 +157,9 @@ def main(argv: list[str], action: str) -> int:
         parser.add_argument("--window", default="24h",
                             help="the traffic to accept, ending now: e.g. 24h or 168h (default 24h, at most 744h)")
         parser.add_argument("--reason", default="", help="why, recorded in status and the Event")
+    if action == "approve":
+        parser.add_argument("--generation", type=int, default=0,
+                            help="the serving generation the approval means (refused if another awaits)")
     args = parser.parse_args(argv)
     if action == "silence":
         try:
@@ -155,7 +176,7 @@ def main(argv: list[str], action: str) -> int:
     try:
         text, document = asyncio.run(_run(action, args.model, args.namespace, args.kubeconfig,
                                           getattr(args, "silence_for", ""), getattr(args, "window", ""),
-                                          getattr(args, "reason", "")))
+                                          getattr(args, "reason", ""), getattr(args, "generation", 0)))
     except CommandError as err:
         print(f"serin {action}: {err}", file=sys.stderr)
         return 1
@@ -189,3 +210,7 @@ def silence_main(argv: list[str]) -> int:
 
 def rebaseline_main(argv: list[str]) -> int:
     return main(argv, "rebaseline")
+
+
+def approve_main(argv: list[str]) -> int:
+    return main(argv, "approve")

@@ -99,6 +99,10 @@ def load_default_sinks() -> tuple[SinkSpec, ...]:
     bad = [s.name for s in sinks if bool(s.url) == bool(s.url_secret_key)]
     if bad:
         raise kopf.PermanentError(f"$SERIN_NOTIFY_SINKS: sink {bad[0]} needs exactly one of url and urlSecretKey")
+    names = [s.name for s in sinks]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise kopf.PermanentError(f"$SERIN_NOTIFY_SINKS: sink name {twice[0]} is given twice")
     return sinks
 
 

@@ -13,6 +13,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 from serin.operator.cache import Cache
 from serin.operator.feedback_secret import SecretCheck, SecretState, classify, secret_body
+from serin.operator.observations import JobObservation
 from serin.operator.routing.base import GROUP as KSERVE_GROUP
 from serin.operator.routing.base import PLURAL as KSERVE_PLURAL
 from serin.operator.routing.base import VERSION as KSERVE_VERSION
@@ -47,6 +48,7 @@ class Kube:
         self.cache = cache
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.component = component
         self.instance = f"{component}-{uuid.uuid4().hex[:8]}"
@@ -166,6 +168,29 @@ class Kube:
                 return None
             raise
         return dict(self.api.sanitize_for_serialization(cm))
+
+    async def get_retrain_job(self, namespace: str, name: str) -> JobObservation:
+        """A retraining Job (retrain.py): whether it exists, and how it ended."""
+        try:
+            job = await self.batch.read_namespaced_job(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return JobObservation(exists=False)
+            raise
+        conditions = {c.type: c for c in (job.status.conditions if job.status else None) or [] if c.status == "True"}
+        failed = conditions.get("Failed")
+        return JobObservation(exists=True, succeeded="Complete" in conditions, failed=failed is not None,
+                              reason=f"{failed.reason}: {failed.message}" if failed is not None else "")
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Creates a Job; False when one of its name exists already (a create repeated after a kill)."""
+        try:
+            await self.batch.create_namespaced_job(namespace, body)  # type: ignore[arg-type]  # a dict body is sent as it is
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
 
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
         """A Secret's data, decoded; None when absent or not readable (the chart lets the operator

@@ -34,12 +34,29 @@ ReadSecret = Callable[[str, str], Awaitable[dict[str, bytes] | None]]  # (namesp
 _METADATA_V6 = ipaddress.ip_address("fd00:ec2::254")
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def refused_address(host: str) -> bool:
+    """Whether `host`, an address, reaches a link-local one, in any spelling: IPv4 embedded in
+    IPv6 (mapped ::ffff:a.b.c.d, compatible ::a.b.c.d, 6to4, NAT64) and the numeric forms the
+    resolver accepts (2852039166, 0xa9fea9fe, 0251.0376.0251.0376) included. A name: False (the
+    connection's resolver checks what it resolves to)."""
+    text = host.strip("[]").split("%")[0]
     try:
-        address = ipaddress.ip_address(host.split("%")[0])
+        address = ipaddress.ip_address(text)
     except ValueError:
-        return False
-    return address.is_link_local or address == _METADATA_V6
+        try:  # the C library's numeric IPv4 forms, which getaddrinfo resolves without DNS
+            address = ipaddress.ip_address(socket.inet_aton(text))
+        except OSError:
+            return False
+    candidates = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = [address.ipv4_mapped, address.sixtofour]
+        if address in _NAT64 or (int(address) >> 32 == 0 and int(address) > 0xFFFF):
+            embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        candidates += [a for a in embedded if a is not None]
+    return any(a.is_link_local or a == _METADATA_V6 for a in candidates)
 
 
 class _NoLinkLocal(AbstractResolver):
@@ -99,8 +116,9 @@ class Notifier:
             async with self.slots:
                 outcome = await self.send(model[0], n, sink)
         except Exception as err:  # never lose an attempt's end: it is retried like any failure
-            log.exception("%s/%s: notification %s to %s", *model, n.id, n.sink)
-            outcome = notify.Failed(f"{type(err).__name__}: {err}")
+            # Its text may carry a URL kept in the Secret: the type only, in status and the log.
+            log.error("%s/%s: notification %s to %s: %s", *model, n.id, n.sink, type(err).__name__)
+            outcome = notify.Failed(f"unexpected {type(err).__name__}")
         result = "delivered" if isinstance(outcome, notify.Delivered) else "refused" if outcome.final else "failed"
         opmetrics.NOTIFICATION_ATTEMPTS.labels(model[0], n.sink, result).inc()
         if isinstance(outcome, notify.Failed):
@@ -145,10 +163,11 @@ class Notifier:
                 code = answer.status
         except TimeoutError:
             return notify.Failed(f"no answer within {self.timeout:g}s")
-        except OSError as err:  # refused, unreachable, a link-local resolution, TLS
-            return notify.Failed(_redact(str(err) or type(err).__name__, url, parts.netloc))
-        except aiohttp.ClientError as err:
-            return notify.Failed(_redact(f"{type(err).__name__}: {err}", url, parts.netloc))
+        except (OSError, aiohttp.ClientError) as err:  # refused, unreachable, a link-local resolution, TLS
+            if sink.url_secret_key:  # the URL is a credential: no exception text, which may carry it
+                return notify.Failed(f"{type(err).__name__} reaching {parts.hostname}")
+            return notify.Failed(f"{type(err).__name__}: {err}" if isinstance(err, aiohttp.ClientError)
+                                 else str(err) or type(err).__name__)
         if 200 <= code < 300:
             return notify.Delivered(code)
         # A 4xx says the request itself is refused (retrying sends the same bytes); 408 and 429 ask
@@ -181,9 +200,3 @@ def _missing(namespace: str, key: str, secret: dict[str, Any] | None) -> str:
     if secret is None:
         return f"Secret {namespace}/{NOTIFY_SECRET} not found (or not readable by the operator): it holds key {key}"
     return f"Secret {namespace}/{NOTIFY_SECRET} has no key {key}"
-
-
-def _redact(text: str, url: str, netloc: str) -> str:
-    """An error never repeats a URL kept in a Secret (Slack's carries its token): the host only."""
-    host = netloc.rsplit("@", 1)[-1]
-    return text.replace(url, host)

@@ -50,11 +50,15 @@ TYPES: dict[str, str] = {
     "DriftResolved": "drift.resolved",
     "PerformanceDegraded": "performance.degraded",
     "PerformanceRecovered": "performance.recovered",
+    "RetrainTriggered": "retrain.triggered",
+    "RetrainSkipped": "retrain.skipped",  # cooldown, awaiting approval, an approval dropped
+    "RetrainSucceeded": "retrain.succeeded",
+    "RetrainFailed": "retrain.failed",
 }
 # Whose evidence is the latest analysis round (the measurements and limits that decided).
 _ANALYSED = frozenset({"AnalysisInconclusive", "AnalysisResumed", "Promoted", "RollbackStarted", "RolledBack"})
 PENDING_KEPT = 50  # per Model: past this the oldest is given up (a sink down for days, a storm of transitions)
-SENT_KEPT = 40
+SENT_KEPT = 200  # per Model: a transition told again is recognised for ~10 transitions of 16 sinks
 SIGNATURE_HEADER = "X-Serin-Signature-256"
 
 
@@ -157,7 +161,14 @@ def update(status: Status, actions: tuple[Action, ...], spec: NotifySpec, defaul
                                         sort_keys=True)
             pending.append(Notification(ev_id, key, emit.reason, event))
     while len(pending) > PENDING_KEPT:
-        dropped = pending.pop(0)
+        # From the sink with the most waiting (the one that is down), its oldest but the head: the
+        # head may be on its way, and keeps its back-off; the others' keep their turn.
+        counts: dict[str, int] = {}
+        for n in pending:
+            counts[n.sink] = counts.get(n.sink, 0) + 1
+        fullest = max(counts, key=lambda k: counts[k])
+        dropped = [n for n in pending if n.sink == fullest][1]
+        pending.remove(dropped)
         sent.append(f"{dropped.id} {dropped.sink}")
         out.append(_given_up(dropped, f"dropped: more than {PENDING_KEPT} notifications waited for this Model"))
     heads: dict[str, Notification] = {}
@@ -173,9 +184,10 @@ def update(status: Status, actions: tuple[Action, ...], spec: NotifySpec, defaul
 
 def next_attempt(n: Notifications | None, now: dt.datetime) -> float | None:
     """Seconds until a notification waiting out its back-off is due (None: none waits)."""
+    # Only those still ahead: one whose time has come is on its way, and its end wakes the Model.
     waits = [(t - now).total_seconds() for t in (to_time(x.nextAttemptAt) for x in (n.pending if n else ()))
-             if t is not None]
-    return max(min(waits), 0.0) if waits else None
+             if t is not None and t > now]
+    return min(waits) if waits else None
 
 
 def _given_up(n: Notification, why: str) -> Emit:

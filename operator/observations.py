@@ -19,6 +19,16 @@ class ConversionState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class JobObservation:
+    """The retraining Job as read this tick."""
+
+    exists: bool
+    succeeded: bool = False
+    failed: bool = False
+    reason: str = ""  # the Failed condition's reason and message
+
+
+@dataclass(frozen=True)
 class ConversionResult:
     state: ConversionState
     storageUri: str = ""
@@ -122,3 +132,6 @@ class Observations:
     # the request names no monitored serving version: rollout says so).
     rebaseline: RebaselineObservation | None = None
     model: str = ""  # the Model's name: monitoring Events are named after it
+    namespace: str = ""
+    # The retraining Job of status.retrain while it runs (None: not read this tick).
+    retrain_job: JobObservation | None = None

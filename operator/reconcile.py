@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -18,12 +19,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes_asyncio.client.rest import ApiException
-from serin.operator import monitoring, monitoring_queries, notify, opmetrics, queries
+from serin.operator import monitoring, monitoring_queries, notify, opmetrics, queries, retrain
 from serin.operator.actions import (
     Action,
     ApplyServing,
     CancelConversion,
     ClearAnnotation,
+    CreateRetrainJob,
     Deliver,
     Emit,
     StartConversion,
@@ -284,9 +286,13 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
         if not isinstance(req, str) and req.generation == watched.generation:
             rebaselined = await observe_rebaseline(deps.metrics, namespace, name, watched.revision, req, now)
     secret = _secret_problem(deps, model)
+    retrain_job = None
+    if status.retrain is not None and status.retrain.state == retrain.RUNNING:
+        retrain_job = await deps.kube.get_retrain_job(namespace, status.retrain.job)
     obs = Observations(generation, annotations, serving, conversion,
                        measurements, feedback_secret=secret.describe() if secret is not None else "",
-                       monitoring=monitored, rebaseline=rebaselined, model=name)
+                       monitoring=monitored, rebaseline=rebaselined, model=name, namespace=namespace,
+                       retrain_job=retrain_job)
 
     decision = decide(spec, status, obs, now, deps.policy)
     decision, delivered = _notifications(deps, model, spec, decision, now)
@@ -409,6 +415,23 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
             deps.rejected.pop(key, None)
     elif isinstance(action, ClearAnnotation):
         await deps.kube.remove_annotation(model, action.key, action.value)
+    elif isinstance(action, CreateRetrainJob):
+        rs = spec.monitoring.retrain
+        if rs is not None:
+            body = retrain.job_body(rs.template, action.name, meta["namespace"], meta["name"], action.env,
+                                    owner_reference(model))
+            try:
+                if await deps.kube.create_job(meta["namespace"], body):
+                    log.info("%s/%s created retraining Job %s", meta["namespace"], meta["name"], action.name)
+            except ApiException as err:
+                if err.status not in (400, 403, 422):
+                    raise
+                # Refused for good (the template, RBAC, an admission policy): said in an Event; the
+                # next tick tries again (a fixed template, a granted right) at the poll's pace.
+                said = f"Job {action.name} refused: {api_message(err)}"
+                # Named by what it says: told once, not at every retry.
+                await deps.kube.event(model, "Warning", "RetrainFailed", said,
+                                      f"{action.name}.{hashlib.sha256(said.encode()).hexdigest()[:10]}")
     elif isinstance(action, Deliver):
         sink = notify.sinks_for(spec.notify, deps.notify_defaults).get(action.notification.sink)
         if deps.notifier is not None and sink is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field, replace
 
-from serin.operator import analysis, monitoring
+from serin.operator import analysis, monitoring, retrain
 from serin.operator.actions import (
     Action,
     ApplyServing,
@@ -104,6 +104,7 @@ def decide(spec: ModelSpec, status: Status, obs: Observations, now: dt.datetime,
     if s.canary is not None:
         s = _progress_canary(tick, s, s.canary)
     s = _monitor(tick, s)
+    s = _retrain(tick, s)
     s = _summarise(tick, s)
     desired = desired_serving(s)
     if desired is not None:
@@ -181,6 +182,9 @@ def next_due(spec: ModelSpec, status: Status, now: dt.datetime,
     monitor_in = monitoring.seconds_until_due(spec.monitoring, status.monitoring, watched, now, monitor_read)
     if monitor_in is not None:
         times.append(now + dt.timedelta(seconds=monitor_in))
+    retrain_in = retrain.next_due(spec, status, now)
+    if retrain_in is not None:
+        times.append(now + dt.timedelta(seconds=retrain_in))
     return max(0.0, (min(times) - now).total_seconds()) if times else None
 
 
@@ -458,6 +462,14 @@ def _monitor(t: _Tick, s: Status) -> Status:
                               silenced_until)
     t.actions.extend(out.emits)
     return s.evolve(monitoring=out.monitoring)
+
+
+def _retrain(t: _Tick, s: Status) -> Status:
+    """Retraining triggered by the serving version's alarms (retrain.py)."""
+    r, actions = retrain.decide(t.spec, s, t.obs.retrain_job, t.obs.annotations, t.obs.model, t.obs.namespace,
+                                t.obs.generation, t.now)
+    t.actions.extend(actions)
+    return s.evolve(retrain=r)
 
 
 def _rebaseline(t: _Tick, m: Monitoring | None, stable: Version | None) -> Monitoring | None:

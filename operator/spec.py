@@ -253,6 +253,24 @@ class BaselineSpec:
     window: float = 0.0  # seconds of traffic that stand for the reference (moving baselines)
 
 
+class Approval(enum.StrEnum):
+    AUTOMATIC = "Automatic"
+    MANUAL = "Manual"  # waits for `serin approve MODEL --generation G`
+
+
+@dataclass(frozen=True)
+class RetrainSpec:
+    """spec.monitoring.retrain: a Job from the user's template when the serving version's alarm
+    lasts (retrain.py). The template is passed to the Job as written (the CRD keeps its fields)."""
+
+    template: dict[str, Any]
+    on: tuple[str, ...] = ("Drifted", "PerformanceDegraded")  # the conditions that trigger it
+    after: float = 1800.0  # seconds the alarm must last (`for`)
+    cooldown: float = 86400.0  # seconds between two retrainings' triggers
+    approval: Approval = Approval.AUTOMATIC
+    window: float = 7 * 86400.0  # the traffic (seconds before the trigger) handed to the trainer
+
+
 @dataclass(frozen=True)
 class MonitoringSpec:
     """spec.monitoring: the serving version watched over time (monitoring.py, sequential.py)."""
@@ -267,6 +285,7 @@ class MonitoringSpec:
     resolve_after: int = 3  # evaluations back within tolerance that end an alarm
     signals: dict[Signal, SignalSpec] = field(default_factory=lambda: dict(DEFAULT_SIGNALS))
     baseline: BaselineSpec = BaselineSpec()  # what the drift signals are judged against
+    retrain: RetrainSpec | None = None
 
     def active(self) -> dict[Signal, SignalSpec]:
         return {name: s for name, s in self.signals.items() if s.enabled}
@@ -385,6 +404,7 @@ def _monitoring(raw: dict[str, Any]) -> MonitoringSpec:
     source = BaselineSource(given.get("from") or BaselineSource.PROFILE)
     baseline = BaselineSpec(source, _seconds(given, "window", DEFAULT_BASELINE_WINDOW[source]))
     return MonitoringSpec(
+        retrain=_retrain(raw["retrain"]) if raw.get("retrain") else None,
         baseline=baseline,
         enabled=bool(raw.get("enabled", d.enabled)),
         interval=_seconds(raw, "interval", d.interval),
@@ -394,6 +414,13 @@ def _monitoring(raw: dict[str, Any]) -> MonitoringSpec:
         resolve_after=int(raw.get("resolveAfter", d.resolve_after)),
         signals=signals,
     )
+
+
+def _retrain(raw: dict[str, Any]) -> RetrainSpec:
+    d = RetrainSpec({})
+    return RetrainSpec(template=dict(raw.get("template") or {}), on=tuple(raw.get("on") or d.on),
+                       after=_seconds(raw, "for", d.after), cooldown=_seconds(raw, "cooldown", d.cooldown),
+                       approval=Approval(raw.get("approval") or d.approval), window=_seconds(raw, "window", d.window))
 
 
 def version_key(source: dict[str, Any], conversion: dict[str, Any]) -> str:

@@ -312,6 +312,28 @@ class Monitoring:
 
 
 @dataclass(frozen=True)
+class Retrain:
+    """The latest retraining (retrain.py): what triggered it, its Job, how it ended."""
+
+    state: str  # AwaitingApproval | Running | Succeeded | Failed
+    job: str  # the Job's name, fixed by the trigger: created once whatever happens in between
+    generation: int  # the serving generation whose alarm triggered it (`serin approve` names it)
+    revision: str
+    signal: str
+    episode: int
+    alarmSince: str
+    triggeredAt: str  # decided (the cooldown counts from here)
+    windowStart: str  # the served traffic handed to the trainer
+    windowEnd: str
+    modelGeneration: int = 0  # the Model's metadata.generation when triggered: the trainer's change bumps it
+    jobSeen: bool = False  # the Job was observed: gone afterwards means deleted, never created again
+    finishedAt: str | None = None
+    message: str = ""
+    # "<revision>/<signal>/<episode>" of the last alarm told RetrainSkipped (once per alarm).
+    skipped: str = ""
+
+
+@dataclass(frozen=True)
 class Notification:
     """One transition on its way to one sink (notify.py): written with the status that decided the
     transition, before anything is sent, so a kill at any point resends it under the same id."""
@@ -351,6 +373,7 @@ class Status:
     waiting: Waiting | None = None
     monitoring: Monitoring | None = None
     notifications: Notifications | None = None
+    retrain: Retrain | None = None
 
     def evolve(self, **changes: Any) -> Status:
         return replace(self, **changes)
@@ -383,6 +406,8 @@ def status_to_dict(status: Status) -> dict[str, Any]:
         "notifications": {"pending": [_drop_empty(asdict(n)) | {"attempts": n.attempts}
                                       for n in status.notifications.pending],
                           "sent": list(status.notifications.sent)} if status.notifications else None,
+        "retrain": _drop_empty(asdict(status.retrain)) | {"jobSeen": status.retrain.jobSeen}
+        if status.retrain else None,
     }
     return out
 
@@ -478,6 +503,8 @@ def status_from_dict(data: dict[str, Any] | None) -> Status:
         waiting=_build(Waiting, data.get("waiting")),
         monitoring=_monitoring_from_dict(data.get("monitoring")),
         notifications=_notifications_from_dict(data.get("notifications")),
+        retrain=_build(Retrain, data.get("retrain"), enums=False)
+        if isinstance(data.get("retrain"), dict) and data["retrain"].get("job") else None,
     )
 
 

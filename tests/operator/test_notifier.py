@@ -16,7 +16,7 @@ from aiohttp import web
 from clock import at
 from serin.operator import notify
 from serin.operator.actions import Emit
-from serin.operator.notifier import Notifier, _NoLinkLocal
+from serin.operator.notifier import Notifier, _NoLinkLocal, refused_address
 from serin.operator.spec import NOTIFY_SECRET, SinkSpec
 from serin.operator.status import Notification, Status
 
@@ -166,13 +166,35 @@ async def test_a_missing_secret_or_key_is_said_and_retried_never_sent_unsigned(r
 
 
 @pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://[fe80::1]/x",
-                                 "ftp://example.com/x", "not a url"])
+                                 # the same address in the spellings a resolver or a dual-stack socket accepts
+                                 "http://[::ffff:169.254.169.254]/x", "http://[::ffff:a9fe:a9fe]/x",
+                                 "http://[0:0:0:0:0:ffff:169.254.169.254]/x", "http://[64:ff9b::a9fe:a9fe]/x",
+                                 "http://[2002:a9fe:a9fe::1]/x", "http://[::169.254.169.254]/x",
+                                 "http://2852039166/x", "http://0xa9fea9fe/x", "http://0251.0376.0251.0376/x",
+                                 "http://[fd00:ec2::254]/x", "ftp://example.com/x", "not a url"])
 async def test_refused_destinations(url: str) -> None:
     secrets = Secrets({("team-a", NOTIFY_SECRET): {"u": url.encode()}})
     notifier = Notifier(secrets, "", lambda *_: None)
     outcome = await deliver(notifier, pending(), SinkSpec("ops", url_secret_key="u"))
     assert isinstance(outcome, notify.Failed) and outcome.final
     assert url not in outcome.error, "a URL kept in a Secret is never repeated in status"
+    await notifier.close()
+
+
+def test_addresses_that_are_not_link_local_pass() -> None:
+    for host in ("127.0.0.1", "10.0.0.7", "::1", "[2001:db8::1]", "::ffff:10.0.0.7", "hooks.example.com"):
+        assert not refused_address(host), host
+
+
+async def test_a_secret_url_is_never_repeated_even_in_an_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/services/T000/B000/S3CR3TT0K3N"
+    notifier = Notifier(Secrets({("team-a", NOTIFY_SECRET): {"u": url.encode()}}), "", lambda *_: None)
+    outcome = await deliver(notifier, pending(), SinkSpec("ops", url_secret_key="u"))
+    assert isinstance(outcome, notify.Failed) and not outcome.final
+    assert "S3CR3T" not in outcome.error and str(port) not in outcome.error and "127.0.0.1" in outcome.error
     await notifier.close()
 
 

@@ -139,8 +139,26 @@ def test_the_outbox_is_bounded() -> None:
     s = STATUS.evolve(notifications=Notifications(pending))
     outbox, actions = run(s, (ROLLED_BACK,))
     assert outbox is not None and len(outbox.pending) == notify.PENDING_KEPT
-    assert outbox.pending[0].id == "id1" and outbox.pending[-1].reason == "RolledBack"
+    # The head (perhaps on its way, with its back-off) stays; the oldest after it goes.
+    assert [n.id for n in outbox.pending[:2]] == ["id0", "id2"] and outbox.pending[-1].reason == "RolledBack"
     assert [a.reason for a in actions if isinstance(a, Emit)] == ["NotificationFailed"]
+    assert "notification id1 " in next(a for a in actions if isinstance(a, Emit)).message
+
+
+def test_the_outbox_bound_drops_from_the_sink_that_is_down() -> None:
+    down = tuple(Notification(f"d{i}", "ops", "Promoted", "{}") for i in range(notify.PENDING_KEPT - 1))
+    s = STATUS.evolve(notifications=Notifications((Notification("h0", "chat", "RolledBack", "{}"), *down)))
+    outbox, _ = run(s, (ROLLED_BACK,), NotifySpec((OPS, CHAT)))
+    assert outbox is not None and len(outbox.pending) == notify.PENDING_KEPT
+    assert next(n.id for n in outbox.pending if n.sink == "chat") == "h0", "the healthy sink keeps its own"
+    assert "d1" not in {n.id for n in outbox.pending} and outbox.pending[1].id == "d0"
+
+
+def test_a_retry_whose_time_has_come_does_not_make_the_model_spin() -> None:
+    """Due and on its way: its end wakes the Model, not a deadline in the past."""
+    waiting = Notifications((Notification("a", "ops", "Promoted", "{}", attempts=1, nextAttemptAt=ts(10)),))
+    assert notify.next_attempt(waiting, at(5)) == 5
+    assert notify.next_attempt(waiting, at(10)) is None and notify.next_attempt(waiting, at(60)) is None
 
 
 def test_the_evidence_of_a_rollback_and_of_a_drift() -> None:

@@ -23,6 +23,7 @@ import pytest
 from packaging_helpers import CHART, CONVERTER_IMAGE, Helm, values_args
 from serin.local.controlplane import ControlPlane
 from serin.local.gateway import gateway_dir
+from serin.operator import retrain
 from serin.operator.actions import ApplyServing, Served
 from serin.operator.executors import ConversionRequest
 from serin.operator.executors.job import JobSettings, job_body
@@ -100,6 +101,17 @@ def conversion_job_from_s3(ns: str) -> dict[str, Any]:
     return job_body(req, JobSettings(image=CONVERTER_IMAGE, model_store="pvc://serin-models"))
 
 
+TRAINER = {"metadata": {"labels": {"team": "fraud"}}, "spec": {"backoffLimit": 0, "template": {"spec": {
+    "serviceAccountName": "fraud-trainer", "containers": [{"name": "train", "image": "registry.example/fraud/trainer:7",
+                                                           "command": ["python", "train.py"]}]}}}}
+
+
+def retraining_job(ns: str) -> dict[str, Any]:
+    """A retraining Job: the user's template as the operator sends it (retrain.job_body)."""
+    return retrain.job_body(TRAINER, "fraud-retrain-0a1b2c3d", ns, "fraud",
+                            (("SERIN_MODEL", "fraud"), ("SERIN_SIGNAL", "inputDrift")), owner())
+
+
 def knative_isvc(ns: str) -> dict[str, Any]:
     seen = Seen(ns, "fraud", uid="u")
     [write] = KnativeRouter().plan(seen, ApplyServing(Served(1, "pvc://serin-models/fraud/v1", "b" * 64)),
@@ -148,7 +160,7 @@ def sender_secret(ns: str) -> dict[str, Any]:
 
 
 BUILDERS: dict[str, Callable[[str], dict[str, Any]]] = {
-    "job": conversion_job, "job-s3": conversion_job_from_s3, "knative-isvc": knative_isvc, "standard-isvc": standard_isvc_with_canary,
+    "job": conversion_job, "job-s3": conversion_job_from_s3, "retraining-job": retraining_job, "knative-isvc": knative_isvc, "standard-isvc": standard_isvc_with_canary,
     "standard-isvc-capture": standard_isvc_capturing,
     "service": service, "httproute": route, "secret": secret, "sender-secret": sender_secret}
 
@@ -228,6 +240,24 @@ REFUSED: list[tuple[str, str, Spoil, str, str]] = [
     ("standard-isvc-capture", "a literal S3 key of the operator's",
      lambda i: _env(i, "AWS_ACCESS_KEY_ID", {"value": "AKIAOPERATOR"}),
      "inferenceservices", "the capture store's S3 keys"),
+    ("retraining-job", "run as the operator", lambda j: _pod(j).update(serviceAccountName="serin-operator"),
+     "jobs", "runs as neither the operator's nor the converter's"),
+    ("retraining-job", "run as the converter", lambda j: _pod(j).update(serviceAccountName="serin-converter"),
+     "jobs", "runs as neither the operator's nor the converter's"),
+    ("retraining-job", "the host network", lambda j: _pod(j).update(hostNetwork=True), "jobs", "no host network"),
+    ("retraining-job", "a hostPath", lambda j: _pod(j).update(volumes=[{"name": "h", "hostPath": {"path": "/"}}]),
+     "jobs", "no hostPath"),
+    ("retraining-job", "a privileged trainer",
+     lambda j: _pod(j)["containers"][0].update(securityContext={"privileged": True}), "jobs", "no privileged"),
+    ("retraining-job", "a Model's feedback key",
+     lambda j: _pod(j)["containers"][0]["env"].append(
+         {"name": "K", "valueFrom": {"secretKeyRef": {"name": "fraud-serin-feedback", "key": "key"}}}),
+     "jobs", "none of Serin's Secrets"),
+    ("retraining-job", "the notification keys",
+     lambda j: _pod(j)["containers"][0].update(envFrom=[{"secretRef": {"name": "serin-notify"}}]),
+     "jobs", "none of Serin's Secrets"),
+    ("retraining-job", "another Model's label", lambda j: j["metadata"]["labels"].update({"serin.dev/model": "payments"}),
+     "jobs", "labelled with the Model that owns it"),
     ("job", "a privileged step",
      lambda j: _step(j, "publish")["securityContext"].update(privileged=True, allowPrivilegeEscalation=True),
      "jobs", "unprivileged"),
@@ -465,6 +495,18 @@ def test_only_who_may_read_a_secret_may_name_it_as_a_models_s3_keys(policed: Pol
     cp.kubectl("create", "rolebinding", "team-notify-reader", "-n", ns, "--role=team-notify-reader",
                f"--serviceaccount={ns}:modeler")
     allowed = wait_until_admitted(lambda: create(notifying))
+    assert allowed.returncode == 0, allowed.stderr
+    # A retraining template is a Job the operator creates for the author: only for one who may create Jobs.
+    retraining = copy.deepcopy(without_keys)
+    retraining["spec"]["monitoring"] = {"retrain": {"template": TRAINER}}
+    refused = create(retraining)
+    assert refused.returncode != 0
+    assert (f"spec.monitoring.retrain: system:serviceaccount:{ns}:modeler may not create Jobs in namespace {ns}"
+            in refused.stderr), refused.stderr
+    cp.kubectl("create", "role", "team-trainer", "-n", ns, "--verb=create", "--resource=jobs.batch")
+    cp.kubectl("create", "rolebinding", "team-trainer", "-n", ns, "--role=team-trainer",
+               f"--serviceaccount={ns}:modeler")
+    allowed = wait_until_admitted(lambda: create(retraining))
     assert allowed.returncode == 0, allowed.stderr
 
 
