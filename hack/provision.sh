@@ -11,6 +11,7 @@
 #   traefik, Gateway API CRDs                   github.com/traefik/traefik/v3, sigs.k8s.io/gateway-api -> $SERIN_GATEWAY_HOME
 #   versitygw (the S3 server)                   go install github.com/versity/versitygw/cmd/versitygw -> $SERIN_S3_HOME
 #   runc, containerd, CNI plugins, iptables, conntrack, buildah, debootstrap   Debian packages (the node, images)
+#   prometheus-alertmanager (0.25), amtool       Debian package -> /usr/bin (the alerting tier)
 # Prints the bin directory on stdout. Cold: ~30 min on 2 cores, nearly all of it Go compiling (no
 # release binary can be downloaded here; docs/cluster.md has the parts). Warm: well under a second.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -140,6 +141,15 @@ build_gateway() {
   rm -rf "$SERIN_GATEWAY_HOME"; mv "$SERIN_GATEWAY_HOME.tmp" "$SERIN_GATEWAY_HOME"
 }
 
+# Alertmanager from Debian (the Go module proxy serves it too, but the package is a second instead
+# of minutes of compiling). Its package scripts try to start a service: no init here, and that is
+# fine; nothing runs until a test starts it with its own configuration.
+install_alertmanager() {
+  [[ -x /usr/bin/prometheus-alertmanager ]] && return
+  log "installing Debian's prometheus-alertmanager"
+  apt_install prometheus-alertmanager
+}
+
 build_s3() {
   [[ -x "$SERIN_S3_HOME/versitygw" ]] && return
   need_go
@@ -159,11 +169,13 @@ install_node_packages
 build_kserve
 build_gateway
 build_s3
+install_alertmanager
 for b in kube-apiserver kube-controller-manager kubectl etcd kubelet kube-scheduler kube-proxy pause helm \
          prometheus promtool; do
   [[ -x "$SERIN_BIN/$b" ]] || { log "missing $SERIN_BIN/$b after provisioning"; exit 1; }
 done
-for b in "$SERIN_KSERVE_HOME/manager" "$SERIN_GATEWAY_HOME/traefik" "$SERIN_S3_HOME/versitygw"; do
+for b in "$SERIN_KSERVE_HOME/manager" "$SERIN_GATEWAY_HOME/traefik" "$SERIN_S3_HOME/versitygw" \
+         /usr/bin/prometheus-alertmanager; do
   [[ -x "$b" ]] || { log "missing $b after provisioning"; exit 1; }
 done
 echo "$SERIN_BIN"

@@ -11,6 +11,9 @@ Either way, three versions of a model, and steady load throughout:
   v1  a scikit-learn model: converted, parity-proven, served at 100 %
   v2  a retrained model: walks the canary steps under analysis and is promoted
   v3  an ONNX model that fails on part of its input space: rolled back automatically
+  v4  (--cluster) the loop: the traffic drifts, monitoring raises Drifted, the team's webhook is
+      told, the example trainer runs as a Job on the captured traffic and its truth, and the
+      retrained version is canaried and promoted
 A timeline is printed as it happens; a PNG chart of weight, error rate and PSI is written at the end.
 """
 
@@ -28,9 +31,9 @@ from typing import Any
 
 import yaml
 from rich.console import Console
-from serin.local import demo_models, dev
+from serin.local import demo_models, dev, trainer
 from serin.local.controlplane import ControlPlaneError
-from serin.local.loadgen import Answer, LoadGenerator
+from serin.local.loadgen import Answer, LoadGenerator, sender_token
 
 NAMESPACE, NAME = "demo", "fraud"
 ROLLOUT = {
@@ -76,20 +79,31 @@ class Timeline:
 
 
 def apply_version(k: Kubectl, files: demo_models.VersionFiles, source: dict[str, Any] | None = None,
-                  serving: dict[str, Any] | None = None) -> None:
+                  serving: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
     """The Model at this version: its files by file:// URI (the local executor reads them), or
     `source` (on a cluster: s3:// on the platform's S3 server, with the namespace's keys)."""
     source = source or {"uri": files.model.as_uri(), "sampleUri": files.sample.as_uri()}
     spec: dict[str, Any] = {"source": {**source, "format": files.format}, "rollout": ROLLOUT}
     if serving:
         spec["serving"] = serving
+    spec.update(extra or {})
     body = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": NAME, "namespace": NAMESPACE},
             "spec": spec}
     k("apply", "-f", "-", input=yaml.safe_dump(body))
 
 
+def retrained_and_promoted(status: dict[str, Any]) -> bool:
+    """The loop's end: generation 4 (the retrained version) promoted; a failed retraining ends the
+    demo at once with the Job's reason instead of a timeout."""
+    retrain = status.get("retrain") or {}
+    if retrain.get("state") == "Failed":
+        raise RuntimeError(f"the retraining Job {retrain.get('job')} failed: {retrain.get('message')} "
+                           f"(kubectl logs -n {NAMESPACE} job/{retrain.get('job')})")
+    return bool(status.get("phase") == "Promoted" and (status.get("stable") or {}).get("generation") == 4)
+
+
 def follow(k: Kubectl, tl: Timeline, prom_url: str, until: Any, load: LoadGenerator | None,
-           timeout: float = 300) -> dict:
+           timeout: float = 300, webhook: Webhook | None = None) -> dict:
     """Prints transitions and measurements until `until(status)` holds; records chart points."""
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
@@ -97,6 +111,8 @@ def follow(k: Kubectl, tl: Timeline, prom_url: str, until: Any, load: LoadGenera
         model = k.model()
         status = model.get("status") or {}
         _print_new_events(k, tl)
+        if webhook is not None:
+            webhook.print_new(tl)
         canary = status.get("canary") or {}
         weight = canary.get("weight", 0) if canary.get("state") == "Progressing" else 0
         line = f"{status.get('phase', 'Pending'):<11} {status.get('message', '')}"
@@ -116,6 +132,56 @@ def follow(k: Kubectl, tl: Timeline, prom_url: str, until: Any, load: LoadGenera
             return status
         time.sleep(1.0)
     raise TimeoutError(f"the demo waited {timeout:.0f}s; last status: {status.get('phase')}: {status.get('message')}")
+
+
+class Webhook:
+    """The team's webhook in the demo: on the host end of the node's veth, where the operator's Pod
+    reaches it; it verifies each notification's signature and prints what it received."""
+
+    def __init__(self, host: str, key: bytes) -> None:
+        import http.server
+        import threading
+
+        self.key, self.printed = key, 0
+        self.received: list[tuple[dict[str, Any], bool, float]] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # the stdlib's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                from serin.operator import notify
+
+                signed = notify.verify(body, self.headers.get(notify.SIGNATURE_HEADER, ""), hook.key)
+                hook.received.append((json.loads(body), signed, time.monotonic()))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}/serin"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def print_new(self, tl: Timeline) -> None:
+        for event, signed, _ in self.received[self.printed:]:
+            data = event.get("data") or {}
+            detail = ""
+            if data.get("signal"):
+                worst = ", ".join(f"{f['feature']} PSI {f['psi']:.2f}" for f in data["signal"].get("features", [])[:2])
+                detail = f" [{data['signal']['signal']}{': ' + worst if worst else ''}]"
+            tl.say(f"  webhook  received [magenta]{event['type']}[/magenta] id {event['id'][:12]}… "
+                   f"signature {'verified' if signed else '[red]INVALID[/red]'}{detail}")
+        self.printed = len(self.received)
+
+    def first(self, reason: str, after: float = 0.0) -> float | None:
+        """When the first notification of `reason` came after `after` (time.monotonic)."""
+        return next((t for e, _, t in self.received if (e.get("data") or {}).get("reason") == reason and t > after),
+                    None)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _print_new_events(k: Kubectl, tl: Timeline) -> None:
@@ -234,7 +300,8 @@ def run(home: Path) -> int:
 def run_cluster(home: Path) -> int:
     """The same three versions on a real node with KServe's own controller (Standard mode) and
     Traefik splitting traffic through Serin's HTTPRoute."""
-    from serin.local.cluster_platform import MODEL_RESOURCES, bring_up
+    from serin.local.cluster_platform import MODEL_RESOURCES, S3_SECRET, bring_up
+    from serin.local.node import HOST_ADDRESS
 
     tl = Timeline()
     tl.say("bringing up a real node, KServe's own controller (Standard mode), Traefik as the Gateway, "
@@ -245,7 +312,9 @@ def run_cluster(home: Path) -> int:
     tl.say("platform up: " + ", ".join(f"{k} {v:.1f}s" for k, v in platform.started_in.items()))
     cp = platform.cluster.control_plane
     k = Kubectl({"bin": str(cp.bin_dir), "kubeconfig": str(cp.kubeconfig)})
+    cp_images = {name: image.ref for name, image in platform.cluster.images.items()}
     load: LoadGenerator | None = None
+    webhook: Webhook | None = None
     try:
         tl.say(f"training three versions (no downloads), uploaded to s3://{platform.bucket}/ on {platform.s3.url} "
                f"and read by each conversion Job with the keys of the namespace's Secret")
@@ -253,37 +322,80 @@ def run_cluster(home: Path) -> int:
                     "v2": demo_models.sklearn_version(work / "v2", seed=2),
                     "v3": demo_models.erroring_version(work / "v3")}
 
+        # The loop (v4): what the predictors answer is captured into the bucket, monitoring watches
+        # the serving version, a lasting drift starts the example trainer as a Job, and the team's
+        # webhook is told of every transition, signed with the key of the namespace's serin-notify.
+        webhook = Webhook(HOST_ADDRESS, key=b"demo-signing-key")
+        k("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+            *trainer.rbac(NAMESPACE, NAME),
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "serin-notify", "namespace": NAMESPACE},
+             "stringData": {"team-key": webhook.key.decode()}}]}))
+        serving = {"resources": MODEL_RESOURCES, "capture": {
+            "share": 1, "uri": f"s3://{platform.bucket}/capture", "flushInterval": "2s",
+            "s3": {"endpoint": platform.s3.url, "secretName": S3_SECRET}}}
+        watch = {"monitoring": {
+            "interval": "10s", "minRows": 500, "trailingWindow": "20s", "resolveAfter": 2,
+            "retrain": {"for": "0s", "cooldown": "1h", "conditions": ["Drifted"], "window": "1h",
+                        "template": trainer.job_template(NAME, cp_images["converter"],
+                                                         f"s3://{platform.bucket}/retrained", S3_SECRET)}},
+            "notify": {"sinks": [{"name": "team", "url": webhook.url, "signingSecretKey": "team-key"}]}}
+
         def apply(version: str) -> None:
             files = versions[version]
-            apply_version(k, files, platform.upload(NAME, version, files), {"resources": MODEL_RESOURCES})
+            apply_version(k, files, platform.upload(NAME, version, files), serving, watch)
 
         prom = platform.prometheus.url
         console.rule("v1: first version, straight to 100 % (a conversion Job, then KServe's Deployment)")
         apply("v1")
-        follow(k, tl, prom, lambda s: s.get("phase") == "Promoted", None)
+        follow(k, tl, prom, lambda s: s.get("phase") == "Promoted", None, webhook=webhook)
         assert platform.gateway is not None
         host = f"{NAME}.{NAMESPACE}.example.com"
-        load = LoadGenerator(platform.gateway.address, NAME, rate=40, rows=20, host=host).start()
-        tl.say(f"sending 40 requests/s of 20 rows through the Gateway ({platform.gateway.address}, Host: {host})")
+        token = sender_token(k, NAME, NAMESPACE)
+        load = LoadGenerator(platform.gateway.address, NAME, rate=40, rows=20, host=host, feedback=0.5,
+                             feedback_delay=0.5, feedback_token=token).start()
+        tl.say(f"sending 40 requests/s of 20 rows through the Gateway ({platform.gateway.address}, Host: {host}), "
+               "and the ground truth of half of them to the feedback endpoint")
         time.sleep(5)
         console.rule("v2: a retrained model, canary steps 10 % → 50 % → 100 %, weights exact on the HTTPRoute")
         apply("v2")
         follow(k, tl, prom, lambda s: s.get("phase") == "Promoted" and (s.get("stable") or {}).get("generation") == 2,
-               load)
+               load, webhook=webhook)
         console.rule("v3: a model that fails on part of its input space")
         apply("v3")
-        final = follow(k, tl, prom, lambda s: s.get("phase") in ("RolledBack", "Promoted", "Failed")
-                       and s.get("observedGeneration") == 3 and not s.get("canary"), load)
+        rolled_back = follow(k, tl, prom, lambda s: s.get("phase") in ("RolledBack", "Promoted", "Failed")
+                             and s.get("observedGeneration") == 3 and not s.get("canary"), load, webhook=webhook)
+        console.rule("the loop: the traffic drifts; Serin tells the team, retrains, canaries and promotes")
+        load.set_shift(1.0)
+        t_shift = time.monotonic()
+        tl.say("the clients' traffic moves: features f0 and f1 shift by one standard deviation")
+        follow(k, tl, prom, lambda s: (s.get("monitoring") or {}).get("health") == "Drifted", load, 180, webhook)
+        t_drifted = time.monotonic()
+        follow(k, tl, prom, retrained_and_promoted, load, 600, webhook)
+        t_promoted = time.monotonic()
+        final = follow(k, tl, prom, lambda s: (s.get("monitoring") or {}).get("revision") == "gen4"
+                       and (s.get("monitoring") or {}).get("health") == "Healthy"
+                       and not (s.get("notifications") or {}).get("pending"), load, 180, webhook)
+        t_healthy = time.monotonic()
+        retrain = final.get("retrain") or {}
+        told = {r: webhook.first(r, t_shift) for r in ("DriftDetected", "RetrainTriggered", "RetrainSucceeded",
+                                                        "Promoted")}
+        since = [f"{r} +{t - t_shift:.0f}s" for r, t in told.items() if t is not None]
+        tl.say(f"the loop, from the shift: Drifted +{t_drifted - t_shift:.0f}s, retrained version promoted "
+               f"+{t_promoted - t_shift:.0f}s, healthy again +{t_healthy - t_shift:.0f}s; the webhook got "
+               f"{', '.join(since)}; Job {retrain.get('job')}: {retrain.get('message', '')}", "bold")
         time.sleep(3)
     finally:
         if load is not None:
             load.stop()
+        if webhook is not None:
+            webhook.stop()
         tl.say("tearing the platform down")
         left = platform.down()
     summarise(tl, work, final, load.answers if load is not None else [])
     if left:
         console.print(f"[red]left on the host: {left}[/red]")
-    return 0 if final.get("phase") == "RolledBack" and not left else 1
+    loop_closed = (final.get("stable") or {}).get("generation") == 4 and retrain.get("state") == "Succeeded"
+    return 0 if rolled_back.get("phase") == "RolledBack" and loop_closed and not left else 1
 
 
 def main(argv: list[str]) -> int:

@@ -67,6 +67,11 @@ class Prometheus:
     # Loopback, or the host end of the node's veth (local/node.py HOST_ADDRESS) for an operator
     # that runs in a Pod to query it.
     listen: str = "127.0.0.1"
+    # Alerting: a rules file's content (local/alertmanager.py chart_rules), the Alertmanager it
+    # fires to (host:port), and scrape targets of its own (the operator's metrics) by job name.
+    rules: dict[str, Any] | None = None
+    alertmanager: str = ""
+    static_targets: dict[str, list[str]] = field(default_factory=dict)
     _proc: _Proc | None = None
 
     @property
@@ -89,15 +94,24 @@ class Prometheus:
         }]
         if self.kubernetes is not None:
             scrape.append(self.kubernetes.scrape_config())
-        return {
+        scrape += [{"job_name": job, "static_configs": [{"targets": targets}]}
+                   for job, targets in self.static_targets.items()]
+        config: dict[str, Any] = {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
             "scrape_configs": scrape,
         }
+        if self.rules is not None:
+            config["rule_files"] = [str(self.workdir / "rules.yml")]
+        if self.alertmanager:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [self.alertmanager]}]}]}
+        return config
 
     def start(self, timeout: float = 60.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.targets_file.exists():
             self.targets_file.write_text("[]")
+        if self.rules is not None:
+            (self.workdir / "rules.yml").write_text(yaml.safe_dump(self.rules))
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(self.config()))
         self._proc = _Proc("prometheus", [
             str(self.bin_dir / "prometheus"),
@@ -139,9 +153,11 @@ class Prometheus:
 
 
 def start_prometheus(workdir: Path, bin_dir: Path, scrape_interval: str = "2s",
-                     kubernetes: KubernetesDiscovery | None = None, listen: str = "127.0.0.1") -> Prometheus:
+                     kubernetes: KubernetesDiscovery | None = None, listen: str = "127.0.0.1",
+                     rules: dict[str, Any] | None = None, alertmanager: str = "",
+                     static_targets: dict[str, list[str]] | None = None) -> Prometheus:
     prom = Prometheus(workdir=workdir, bin_dir=bin_dir, scrape_interval=scrape_interval, kubernetes=kubernetes,
-                      listen=listen)
+                      listen=listen, rules=rules, alertmanager=alertmanager, static_targets=static_targets or {})
     try:
         prom.start()
     except BaseException:

@@ -97,6 +97,11 @@ KINDS: dict[str, KindSpec] = {
                         selector="app.kubernetes.io/managed-by=serin"),
     "route": KindSpec("route", *_custom("gateway.networking.k8s.io", "v1", "httproutes"),
                       selector="app.kubernetes.io/managed-by=serin"),
+    # With a Gateway: the predictor Services' EndpointSlices (they carry their Service's labels,
+    # KServe's among them), so a canary gets its weight only once the Gateway has somewhere to send it.
+    "endpointslices": KindSpec("endpointslices", *_typed(client.DiscoveryV1Api, "list_namespaced_endpoint_slice",
+                                                          "list_endpoint_slice_for_all_namespaces"),
+                               selector=ISVC_LABEL, index_label=ISVC_LABEL),
 }
 
 
@@ -118,6 +123,10 @@ def strip(obj: dict[str, Any]) -> dict[str, Any]:
                 for drop in ("image", "imageID", "containerID", "volumeMounts", "resources", "allocatedResources",
                              "user", "started"):
                     cs.pop(drop, None)
+    elif obj.get("kind") == "EndpointSlice":
+        # Of an EndpointSlice, whether each endpoint takes traffic (routing/standard.py).
+        obj["endpoints"] = [{"conditions": e.get("conditions") or {}} for e in obj.get("endpoints") or []]
+        obj.pop("ports", None)
     elif obj.get("kind") == "Deployment":
         template = (obj.get("spec") or {}).get("template")
         if isinstance(template, dict):

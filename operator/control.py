@@ -74,7 +74,8 @@ async def _run(action: str, name: str, namespace: str, kubeconfig: str | None,
             if generation and generation != int(r["generation"]):
                 raise CommandError(f"{name}: the retraining awaiting approval is for generation {r['generation']}, "
                                    f"not {generation}")
-            patch = {"metadata": {"annotations": {APPROVE_ANNOTATION: str(r["generation"])}}}
+            # The Job's name: fixed by the alarm, so an approval never starts a later alarm's retraining.
+            patch = {"metadata": {"annotations": {APPROVE_ANNOTATION: str(r["job"])}}}
             message = (f"{name}: retraining approved for the {r.get('signal')} alarm of generation {r['generation']} "
                        f"(Job {r.get('job')})")
         elif action in ("pause", "resume"):

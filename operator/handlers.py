@@ -175,6 +175,7 @@ async def model_event(type: str | None, body: kopf.Body, name: str, namespace: s
         if REGISTRY.deps is not None:
             REGISTRY.deps.secrets.pop((namespace, name), None)
             REGISTRY.deps.monitor_reads.pop((namespace, name), None)
+            REGISTRY.deps.retrain_jobs.pop((namespace, name), None)
             if REGISTRY.deps.notifier is not None:
                 REGISTRY.deps.notifier.forget(namespace, name)
         if REGISTRY.deps is not None and isinstance(REGISTRY.deps.executor, executors.ConversionQueue):

@@ -50,6 +50,7 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.apps = client.AppsV1Api(api)
+        self.discovery = client.DiscoveryV1Api(api)
         self.component = component
         self.instance = f"{component}-{uuid.uuid4().hex[:8]}"
         self._feedback_secrets: set[tuple[str, str]] = set()  # (namespace, Model uid) known to have one
@@ -130,6 +131,13 @@ class Kube:
             return await self.cache.by_label("deployments", namespace, isvc)
         deps = await self.apps.list_namespaced_deployment(namespace, label_selector=f"{ISVC_LABEL}={isvc}")
         return tuple(self.api.sanitize_for_serialization(d) for d in deps.items)
+
+    async def isvc_endpointslices(self, namespace: str, isvc: str) -> tuple[dict[str, Any], ...]:
+        """The EndpointSlices of one InferenceService's Services (KServe's label, copied from them)."""
+        if self.cache is not None:
+            return await self.cache.by_label("endpointslices", namespace, isvc)
+        slices = await self.discovery.list_namespaced_endpoint_slice(namespace, label_selector=f"{ISVC_LABEL}={isvc}")
+        return tuple(self.api.sanitize_for_serialization(s) for s in slices.items)
 
     async def isvc_pods(self, namespace: str, isvc: str) -> tuple[dict[str, Any], ...]:
         """The Pods KServe made for one InferenceService (by its label), in either mode."""

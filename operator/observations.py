@@ -26,6 +26,7 @@ class JobObservation:
     succeeded: bool = False
     failed: bool = False
     reason: str = ""  # the Failed condition's reason and message
+    refused: str = ""  # the apiserver refused to create it (its words): retrying sends the same Job
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ so a metric can never disagree with what `kubectl describe model` shows."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -12,6 +13,8 @@ from prometheus_client.metrics import MetricWrapperBase
 ROLLOUTS_STARTED = Counter("serin_rollouts_started", "Canary rollouts started", ["namespace", "model"])
 ROLLOUTS_PROMOTED = Counter("serin_rollouts_promoted", "Versions promoted to 100%", ["namespace", "model"])
 ROLLOUTS_ROLLED_BACK = Counter("serin_rollouts_rolled_back", "Canaries rolled back", ["namespace", "model", "reason"])
+# status.RollbackReason's values (not imported: this module imports nothing of the operator's).
+ROLLBACK_REASONS = ("analysis", "manual", "deadline", "superseded", "reverted", "unsupported", "crashed", "other")
 CANARY_WEIGHT = Gauge("serin_canary_weight", "Percent of traffic on the canary", ["namespace", "model"])
 ANALYSIS_VERDICTS = Counter("serin_analysis_verdicts", "Analysis measurements by verdict",
                             ["namespace", "model", "metric", "verdict"])
@@ -55,6 +58,20 @@ NOTIFICATIONS_FAILED = Counter(
 PER_MODEL: tuple[MetricWrapperBase, ...] = (
     ROLLOUTS_STARTED, ROLLOUTS_PROMOTED, ROLLOUTS_ROLLED_BACK, CANARY_WEIGHT, ANALYSIS_VERDICTS, CONVERSIONS,
     CONVERSION_SECONDS, RECONCILE_ERRORS, MONITORING_ALARM, MONITORING_EVIDENCE)
+
+
+def known(namespace: str, model: str, canary: bool, sinks: Iterable[str] = ()) -> None:
+    """Create at 0 the counters an alert counts the increase of, before their first event: a series
+    that appears at 1 has no increase in Prometheus' eyes (increase() and rate() need two samples),
+    so the first rollback of a Model, or the first notification a sink refuses, would never fire
+    SerinRollbacks or SerinNotificationsFailing (found by the real Alertmanager test). The rollback
+    reasons are created while a canary exists: a Model that never canaries costs no series."""
+    RECONCILE_ERRORS.labels(namespace, model)
+    if canary:
+        for reason in ROLLBACK_REASONS:
+            ROLLOUTS_ROLLED_BACK.labels(namespace, model, reason)
+    for sink in sinks:
+        NOTIFICATIONS_FAILED.labels(namespace, sink)
 
 
 def forget(namespace: str, model: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -89,6 +88,9 @@ class Deps:
     notifier: Notifier | None = None
     notify_defaults: tuple[SinkSpec, ...] = ()
     notify_retry: notify.RetryPolicy = field(default_factory=notify.RetryPolicy)
+    # Per Model, the retraining Job the last create was for, and the apiserver's refusal ("" : created
+    # or there already): the next tick's observation (retrain.py), and the prompt record of jobSeen.
+    retrain_jobs: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
 
 async def read_serving(kube: Kube, router: Router, namespace: str, name: str,
@@ -97,9 +99,10 @@ async def read_serving(kube: Kube, router: Router, namespace: str, name: str,
     deployments = await kube.isvc_deployments(namespace, name) if "deployments" in kinds else ()
     service = await kube.get_service(namespace, split_service_name(name)) if "service" in kinds else None
     route = await kube.get_route(namespace, route_name(name)) if "route" in kinds else None
+    endpoints = await kube.isvc_endpointslices(namespace, name) if "endpointslices" in kinds and isvc else ()
     # Only while something is awaited of them: a Pod's reason explains a wait (rollout.py).
     pods = await kube.isvc_pods(namespace, name) if isvc is not None and not idle else ()
-    return Seen(namespace, name, isvc, deployments, service, route, pods, uid)
+    return Seen(namespace, name, isvc, deployments, service, route, pods, uid, endpoints)
 
 
 def conversion_request(model: dict[str, Any], spec: ModelSpec, generation: int, key: str,
@@ -248,6 +251,9 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     spec = parse_spec(model["spec"])
     status = status_from_dict(model.get("status"))
     generation = int(model["metadata"]["generation"])
+    # Before anything can fail or count: the alerts' counters exist at 0 (opmetrics.known).
+    sinks = notify.sinks_for(spec.notify, deps.notify_defaults)
+    opmetrics.known(namespace, name, canary=status.canary is not None, sinks=sinks)
 
     isvc = await deps.kube.get_isvc(namespace, name)
     router = deps.routing.router_for(spec, isvc)
@@ -289,6 +295,9 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     retrain_job = None
     if status.retrain is not None and status.retrain.state == retrain.RUNNING:
         retrain_job = await deps.kube.get_retrain_job(namespace, status.retrain.job)
+        job, refused = deps.retrain_jobs.get((namespace, name), ("", ""))
+        if not retrain_job.exists and refused and job == status.retrain.job:
+            retrain_job = replace(retrain_job, refused=refused)
     obs = Observations(generation, annotations, serving, conversion,
                        measurements, feedback_secret=secret.describe() if secret is not None else "",
                        monitoring=monitored, rebaseline=rebaselined, model=name, namespace=namespace,
@@ -313,6 +322,18 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
         await _apply(deps, model, spec, status, router, seen, action, now)
 
     await apply_in_order(decision.actions, apply)
+    r = decision.status.retrain
+    created = deps.retrain_jobs.get((namespace, name))
+    if r is not None and r.state == retrain.RUNNING and not r.jobSeen and created == (r.job, ""):
+        # Created (or found there) this tick: recorded at once, so that a Job that ends and is
+        # deleted (ttlSecondsAfterFinished) before the next tick is never created again.
+        fresh = await deps.kube.get_model(namespace, name)
+        if fresh is not None:
+            recorded = status_from_dict(fresh.get("status")).retrain
+            if recorded is not None and recorded.job == r.job and recorded.state == retrain.RUNNING:
+                await deps.kube.patch_model_status(fresh, {**(fresh.get("status") or {}),
+                                                           "retrain": status_to_dict(Status(
+                                                               retrain=replace(recorded, jobSeen=True)))["retrain"]})
     if monitoring.untold(decision.status.monitoring):
         # The transitions' Events are posted (under names that make a second post a duplicate):
         # only now are they recorded as told, so a kill before this line tells them again, once.
@@ -321,6 +342,7 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
             told = decision.status.evolve(monitoring=monitoring.mark_told(decision.status.monitoring))
             await deps.kube.patch_model_status(fresh, status_to_dict(told))
     _observe_monitoring(namespace, name, decision.status.monitoring)
+    opmetrics.known(namespace, name, canary=decision.status.canary is not None)  # a canary started this tick
     if decision.rolled_back is not None:
         opmetrics.ROLLOUTS_ROLLED_BACK.labels(namespace, name, decision.rolled_back).inc()
     _observe_metrics(namespace, name, decision, measured=measurements is not None)
@@ -420,18 +442,18 @@ async def _apply(deps: Deps, model: dict[str, Any], spec: ModelSpec, before: Sta
         if rs is not None:
             body = retrain.job_body(rs.template, action.name, meta["namespace"], meta["name"], action.env,
                                     owner_reference(model))
+            key = (meta["namespace"], meta["name"])
             try:
                 if await deps.kube.create_job(meta["namespace"], body):
-                    log.info("%s/%s created retraining Job %s", meta["namespace"], meta["name"], action.name)
+                    log.info("%s/%s created retraining Job %s", *key, action.name)
+                deps.retrain_jobs[key] = (action.name, "")
             except ApiException as err:
                 if err.status not in (400, 403, 422):
                     raise
-                # Refused for good (the template, RBAC, an admission policy): said in an Event; the
-                # next tick tries again (a fixed template, a granted right) at the poll's pace.
-                said = f"Job {action.name} refused: {api_message(err)}"
-                # Named by what it says: told once, not at every retry.
-                await deps.kube.event(model, "Warning", "RetrainFailed", said,
-                                      f"{action.name}.{hashlib.sha256(said.encode()).hexdigest()[:10]}")
+                # Refused for good (the template, RBAC, an admission policy): the next tick's
+                # observation, which ends the retraining as Failed saying why.
+                log.warning("%s/%s retraining Job %s refused: %s", *key, action.name, api_message(err))
+                deps.retrain_jobs[key] = (action.name, api_message(err))
     elif isinstance(action, Deliver):
         sink = notify.sinks_for(spec.notify, deps.notify_defaults).get(action.notification.sink)
         if deps.notifier is not None and sink is not None:

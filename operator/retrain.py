@@ -16,8 +16,13 @@ canary gate like any other, so a retrained model that is worse is rolled back.
   nothing more happens for that episode (no storm). A new episode within the cooldown waits for
   its end (told once, RetrainSkipped).
 - **Approval.** `approval: Manual` records the trigger as AwaitingApproval (RetrainSkipped says
-  how to approve) until `serin approve MODEL --generation G` names the serving generation; an
-  alarm that ends first, or a version that replaces it, drops it.
+  how to approve) until `serin approve MODEL --generation G` names its Job; an alarm that ends
+  first drops it. An approved one still waits while a version is on its way or a silence lasts.
+- **No storm of worse versions.** A retraining whose version was rolled back is not repeated for
+  the same serving version and signal (whatever the alarm's episode or the revision's name).
+- **Never stuck.** A Job refused for good (the Job API, RBAC, an admission policy), one deleted,
+  a retraining removed from the spec before its Job: each ends the retraining as Failed. A Job
+  with no activeDeadlineSeconds gets a day.
 - A silenced Model (`serin silence`) does not retrain: a silence says the alarm is known.
 """
 
@@ -34,10 +39,12 @@ from serin.operator.actions import Action, ClearAnnotation, CreateRetrainJob, Em
 from serin.operator.names import bounded
 from serin.operator.observations import JobObservation
 from serin.operator.spec import DRIFT_SIGNALS, Approval, ModelSpec, RetrainSpec
-from serin.operator.status import Retrain, SignalStatus, Status, from_time, to_time
+from serin.operator.status import Outcome, Retrain, SignalStatus, Status, Version, from_time, to_time
 
 APPROVE_ANNOTATION = "serin.dev/approve-retrain"  # `serin approve MODEL`: the serving generation it means
 AWAITING, RUNNING, SUCCEEDED, FAILED = "AwaitingApproval", "Running", "Succeeded", "Failed"
+DROPPED = "Dropped"  # awaited approval, and its alarm ended first
+DEFAULT_DEADLINE = 24 * 3600  # a Job's activeDeadlineSeconds when its template gives none: it ends
 # A retraining Job is the trainer's: the admission policy tells it from a conversion Job by these.
 TRAINER_LABELS = {"app.kubernetes.io/name": "serin-trainer", "app.kubernetes.io/managed-by": "serin"}
 MODEL_LABEL = "serin.dev/model"
@@ -54,13 +61,34 @@ def condition_of(signal: str) -> str:
 
 
 def _alarm(spec: RetrainSpec, s: Status, now: dt.datetime) -> SignalStatus | None:
-    """The longest-lasting alarm that may trigger: not dry-run, of a condition `on` names."""
+    """The longest-lasting alarm that may trigger: not dry-run, of a condition `conditions` names."""
     m = s.monitoring
     if m is None:
         return None
     alarms = [x for x in m.signals if x.state == monitoring.ALARM and not x.dryRun
-              and condition_of(x.signal) in spec.on and to_time(x.since) is not None]
+              and condition_of(x.signal) in spec.conditions and to_time(x.since) is not None]
     return min(alarms, key=lambda x: to_time(x.since) or now) if alarms else None
+
+
+def _alarm_key(m_started: str, revision: str, signal: str, episode: int) -> str:
+    return f"{revision}/{m_started}/{signal}/{episode}"
+
+
+def _held(s: Status, now: dt.datetime) -> str:
+    """Why nothing may start now, whatever the alarm ("" : nothing holds it)."""
+    if s.pending is not None or s.canary is not None:
+        return "a new version is on its way"
+    m = s.monitoring
+    if m is not None and m.silencedUntil and (to_time(m.silencedUntil) or now) > now:
+        return f"monitoring is silenced until {m.silencedUntil}"
+    return ""
+
+
+def _rolled_back_since(s: Status, r: Retrain) -> bool:
+    """The version a retraining produced was rolled back (a rollback recorded after its trigger)."""
+    triggered = to_time(r.triggeredAt)
+    return triggered is not None and any(
+        h.outcome == Outcome.ROLLED_BACK and (to_time(h.at) or triggered) > triggered for h in s.history)
 
 
 def decide(spec: ModelSpec, s: Status, job: JobObservation | None, annotations: dict[str, str], model: str,
@@ -73,41 +101,54 @@ def decide(spec: ModelSpec, s: Status, job: JobObservation | None, annotations: 
     if raw is not None:
         out.append(ClearAnnotation(APPROVE_ANNOTATION, raw))
     if r is not None and r.state == RUNNING:
-        return _running(spec, r, job, model, namespace, model_generation, now_s, out)
+        return _running(spec, r, job, model, namespace, model_generation, now_s, out, _serving(s, r))
     if rs is None:
         return (None if r is not None and r.state == AWAITING else r), out
     m = s.monitoring
     alarm = _alarm(rs, s, now)
     if r is not None and r.state == AWAITING:
-        same = alarm is not None and m is not None and (m.revision, alarm.signal, alarm.episode) == (
-            r.revision, r.signal, r.episode)
+        awaited = _alarm_key(r.monitoringStartedAt, r.revision, r.signal, r.episode)
+        same = alarm is not None and m is not None \
+            and _alarm_key(m.startedAt, m.revision, alarm.signal, alarm.episode) == awaited
         if not same:
             out.append(Emit("Normal", "RetrainSkipped", f"the retraining awaiting approval for {r.signal} "
                                                         f"(episode {r.episode}) is dropped: its alarm ended"))
-            return None, out
-        if raw == str(r.generation):
-            r = replace(r, state=RUNNING, message="approved")
-            out.append(Emit("Normal", "RetrainTriggered", f"retraining approved: Job {r.job} for the {r.signal} "
-                                                          f"alarm of generation {r.generation}"))
-            out.append(_create(rs, r, spec, model, namespace))
-        elif raw is not None:
-            out.append(Emit("Warning", "RetrainSkipped", f"{APPROVE_ANNOTATION}={raw!r} names no generation awaiting "
-                                                         f"approval (generation {r.generation} does)"))
+            return replace(r, state=DROPPED, finishedAt=now_s, message="its alarm ended before approval"), out
+        if raw is not None and raw != r.job:
+            out.append(Emit("Warning", "RetrainSkipped", f"{APPROVE_ANNOTATION}={raw!r} names no retraining awaiting "
+                                                         f"approval (Job {r.job} awaits)"))
+        approved = r.approved or raw == r.job
+        held = _held(s, now)
+        if not approved or held:
+            return replace(r, approved=approved, message=f"approved; waiting: {held}" if approved else r.message), out
+        r = replace(r, state=RUNNING, approved=True, triggeredAt=now_s, message="approved")
+        out.append(Emit("Normal", "RetrainTriggered", f"retraining approved: Job {r.job} for the {r.signal} "
+                                                      f"alarm of generation {r.generation}"))
+        out.append(_create(rs, r, spec, model, namespace, _serving(s, r)))
         return r, out
-    if alarm is None or m is None or s.stable is None or s.pending is not None or s.canary is not None:
-        return r, out  # nothing to act on, or a new version is on its way already
+    if alarm is None or m is None or s.stable is None or _held(s, now):
+        return r, out  # nothing to act on, or held (a version on its way, a silence)
     since = to_time(alarm.since)
     assert since is not None
     if (now - since).total_seconds() < rs.after:
         return r, out
-    if m.silencedUntil and (to_time(m.silencedUntil) or now) > now:
-        return r, out
-    key = f"{m.revision}/{alarm.signal}/{alarm.episode}"
-    if r is not None and f"{r.revision}/{r.signal}/{r.episode}" == key:
+    key = _alarm_key(m.startedAt, m.revision, alarm.signal, alarm.episode)
+    if r is not None and _alarm_key(r.monitoringStartedAt, r.revision, r.signal, r.episode) == key:
         return r, out  # this alarm was acted on already (whatever came of it)
-    last = to_time(r.triggeredAt) if r is not None else None
-    if last is not None and (now - last).total_seconds() < rs.cooldown:
-        if r is not None and r.skipped != key:
+    if r is not None and r.generation == s.stable.generation and r.signal == alarm.signal \
+            and r.state == SUCCEEDED and _rolled_back_since(s, r):
+        # Its retrained version was worse: the same serving version and signal are not retrained
+        # again (a storm of rolled-back versions), whatever the alarm's episode or revision (a
+        # Knative rollback restores the stable under a new revision name, restarting monitoring).
+        if r.skipped != key:
+            out.append(Emit("Normal", "RetrainSkipped", f"{alarm.signal} alarm of generation {s.stable.generation}: "
+                                                        f"the version retraining made for it (Job {r.job}) was rolled "
+                                                        "back; not retrained again for this version and signal"))
+            r = replace(r, skipped=key)
+        return r, out
+    last = to_time(r.triggeredAt) if r is not None and r.state != DROPPED else None
+    if r is not None and last is not None and (now - last).total_seconds() < rs.cooldown:
+        if r.skipped != key:
             until = from_time(last + dt.timedelta(seconds=rs.cooldown))
             out.append(Emit("Normal", "RetrainSkipped", f"{alarm.signal} alarm (episode {alarm.episode}) of "
                                                         f"generation {s.stable.generation}: the last retraining was "
@@ -118,7 +159,7 @@ def decide(spec: ModelSpec, s: Status, job: JobObservation | None, annotations: 
     new = Retrain(state=RUNNING, job=job_name(model, m.startedAt, m.revision, alarm.signal, alarm.episode),
                   generation=s.stable.generation, revision=m.revision, signal=alarm.signal, episode=alarm.episode,
                   alarmSince=alarm.since, triggeredAt=now_s, windowStart=from_time(start) or "", windowEnd=now_s,
-                  modelGeneration=model_generation)
+                  modelGeneration=model_generation, monitoringStartedAt=m.startedAt)
     what = f"the {alarm.signal} alarm of generation {new.generation} (since {alarm.since})"
     if rs.approval == Approval.MANUAL:
         new = replace(new, state=AWAITING)
@@ -127,21 +168,35 @@ def decide(spec: ModelSpec, s: Status, job: JobObservation | None, annotations: 
         return new, out
     out.append(Emit("Normal", "RetrainTriggered", f"Job {new.job} started for {what}; it trains on the traffic of "
                                                   f"{new.windowStart} .. {new.windowEnd}"))
-    out.append(_create(rs, new, spec, model, namespace))
+    out.append(_create(rs, new, spec, model, namespace, _serving(s, new)))
     return new, out
 
 
+def _serving(s: Status, r: Retrain) -> Version | None:
+    """The version the retraining is for, while it still serves."""
+    return s.stable if s.stable is not None and s.stable.generation == r.generation else None
+
+
 def _running(spec: ModelSpec, r: Retrain, job: JobObservation | None, model: str, namespace: str,
-             model_generation: int, now_s: str, out: list[Action]) -> tuple[Retrain, list[Action]]:
+             model_generation: int, now_s: str, out: list[Action],
+             serving: Version | None) -> tuple[Retrain, list[Action]]:
     rs = spec.monitoring.retrain
     if job is None:
         return r, out  # not read this tick
+    if job.refused:
+        # The Job API, RBAC or an admission policy refused it: retrying sends the same Job.
+        out.append(Emit("Warning", "RetrainFailed", f"Job {r.job} refused: {job.refused}"))
+        return replace(r, state=FAILED, finishedAt=now_s, message=f"refused: {job.refused}"), out
     if not job.exists:
         if r.jobSeen:
             out.append(Emit("Warning", "RetrainFailed", f"Job {r.job} was deleted before it finished"))
             return replace(r, state=FAILED, finishedAt=now_s, message="the Job was deleted"), out
-        if rs is not None:  # decided, not created yet (or a kill in between): create it, under its name
-            out.append(_create(rs, r, spec, model, namespace))
+        if rs is None:
+            out.append(Emit("Warning", "RetrainFailed",
+                            f"Job {r.job} not created: spec.monitoring.retrain was removed"))
+            return replace(r, state=FAILED, finishedAt=now_s, message="spec.monitoring.retrain was removed"), out
+        # Decided, not created yet (or a kill in between): create it, under its name.
+        out.append(_create(rs, r, spec, model, namespace, serving))
         return r, out
     r = replace(r, jobSeen=True)
     if job.failed:
@@ -157,14 +212,23 @@ def _running(spec: ModelSpec, r: Retrain, job: JobObservation | None, model: str
     return r, out
 
 
-def _create(rs: RetrainSpec, r: Retrain, spec: ModelSpec, model: str, namespace: str) -> CreateRetrainJob:
+def _create(rs: RetrainSpec, r: Retrain, spec: ModelSpec, model: str, namespace: str,
+            serving: Version | None) -> CreateRetrainJob:
+    # The serving version's artifact: the spec may name another by now (a version rolled back since
+    # keeps its source in the spec). A version recorded before Serin kept its source: the spec's,
+    # only while the spec still names that version.
+    source = serving if serving is not None and serving.sourceUri else Version(
+        0, "", sourceUri=spec.source.uri if serving is None or serving.versionKey == spec.version_key else "",
+        sampleUri=spec.source.sampleUri if serving is None or serving.versionKey == spec.version_key else "")
     env = {
         "SERIN_MODEL": model, "SERIN_NAMESPACE": namespace, "SERIN_RETRAIN_JOB": r.job,
         "SERIN_SERVING_GENERATION": str(r.generation), "SERIN_SERVING_REVISION": r.revision,
         "SERIN_SIGNAL": r.signal, "SERIN_ALARM_SINCE": r.alarmSince,
         "SERIN_WINDOW_START": r.windowStart, "SERIN_WINDOW_END": r.windowEnd,
-        "SERIN_SOURCE_URI": spec.source.uri, "SERIN_SAMPLE_URI": spec.source.sampleUri,
+        "SERIN_SOURCE_URI": source.sourceUri, "SERIN_SAMPLE_URI": source.sampleUri,
     }
+    if spec.source.s3 is not None and spec.source.s3.endpoint:
+        env["SERIN_SOURCE_ENDPOINT"] = spec.source.s3.endpoint
     capture = spec.serving.capture
     if capture is not None:
         # Where the served traffic of the window is (runtime/capture.py's layout), for
@@ -186,8 +250,10 @@ def next_due(spec: ModelSpec, s: Status, now: dt.datetime) -> float | None:
     if rs is None or alarm is None or s.monitoring is None:
         return poll_due(s.retrain)
     r = s.retrain
-    if r is not None and (r.state in (RUNNING, AWAITING) or (r.revision, r.signal, r.episode) == (
-            s.monitoring.revision, alarm.signal, alarm.episode)):
+    m = s.monitoring
+    if r is not None and (r.state in (RUNNING, AWAITING) or _alarm_key(
+            r.monitoringStartedAt, r.revision, r.signal, r.episode) == _alarm_key(
+            m.startedAt, m.revision, alarm.signal, alarm.episode)):
         return poll_due(r)
     since = to_time(alarm.since)
     assert since is not None
@@ -206,6 +272,7 @@ def job_body(template: dict[str, Any], name: str, namespace: str, model: str, en
     reference, and `env` set in every container (Serin's values win over the template's)."""
     meta = template.get("metadata") or {}
     spec = copy.deepcopy(template.get("spec") or {})
+    spec.setdefault("activeDeadlineSeconds", DEFAULT_DEADLINE)  # a Job that never ends would hold every later one
     ours = {k for k, _ in env}
     pod = spec.setdefault("template", {}).setdefault("spec", {})
     pod.setdefault("restartPolicy", "Never")  # a Job's Pods may not restart Always (the Pod default)

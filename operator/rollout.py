@@ -99,7 +99,7 @@ def decide(spec: ModelSpec, status: Status, obs: Observations, now: dt.datetime,
            policy: Policy = DEFAULT) -> Decision:
     tick = _Tick(spec, obs, now, policy)
     s = _admit_new_version(tick, status)
-    s = _progress_conversion(tick, s)
+    s = _progress_conversion(tick, s, status.pending)
     s = _confirm_stable(tick, s)
     if s.canary is not None:
         s = _progress_canary(tick, s, s.canary)
@@ -226,7 +226,8 @@ def _admit_new_version(t: _Tick, s: Status) -> Status:
             canary = _start_rollback(t, canary, RollbackReason.SUPERSEDED,
                                      f"superseded by generation {t.obs.generation}")
         return s.evolve(pending=None, canary=canary, failed=refused)
-    pending = Pending(generation=t.obs.generation, versionKey=key, startedAt=t.now_s)
+    pending = Pending(generation=t.obs.generation, versionKey=key, startedAt=t.now_s,
+                      sourceUri=t.spec.source.uri, sampleUri=t.spec.source.sampleUri)
     t.actions.append(StartConversion(pending.generation, key, pending.attempt))
     t.emit("Normal", "ConversionStarted", f"converting generation {pending.generation} ({t.spec.source.uri})")
     canary = s.canary
@@ -253,10 +254,15 @@ def shown_queue_position(shown: int | None, position: int) -> int:
     return shown
 
 
-def _progress_conversion(t: _Tick, s: Status) -> Status:
+def _progress_conversion(t: _Tick, s: Status, polled: Pending | None) -> Status:
+    """`polled`: the pending version the observation's result is for (the status read this tick)."""
     p, result = s.pending, t.obs.conversion
     if p is None:
         return s
+    if polled is None or (polled.generation, polled.versionKey) != (p.generation, p.versionKey):
+        # Admitted this tick, replacing the one polled: that one's result is not this version's
+        # (a version that finished just as the spec moved on would be recorded with its bytes).
+        result = None
     if p.retryAt is not None:
         if t.since(p.retryAt) < 0:
             return s  # backing off after a transient failure
@@ -309,7 +315,8 @@ def _progress_conversion(t: _Tick, s: Status) -> Status:
     if s.canary is not None:
         return s.evolve(conversion=summary)  # wait for the superseded canary to finish rolling back
     version = Version(p.generation, p.versionKey, result.storageUri, result.sha256,
-                      inputSignature=summary.inputSignature or "", inputs=summary.inputs or "", task=summary.task or "")
+                      inputSignature=summary.inputSignature or "", inputs=summary.inputs or "", task=summary.task or "",
+                      sourceUri=p.sourceUri, sampleUri=p.sampleUri)
     t.emit("Normal", "ConversionSucceeded", f"generation {p.generation} converted; parity passed")
     s = s.evolve(pending=None, conversion=summary)
     if s.stable is None or not s.stableConfirmed:

@@ -264,7 +264,7 @@ class RetrainSpec:
     lasts (retrain.py). The template is passed to the Job as written (the CRD keeps its fields)."""
 
     template: dict[str, Any]
-    on: tuple[str, ...] = ("Drifted", "PerformanceDegraded")  # the conditions that trigger it
+    conditions: tuple[str, ...] = ("Drifted", "PerformanceDegraded")  # whose alarms trigger it
     after: float = 1800.0  # seconds the alarm must last (`for`)
     cooldown: float = 86400.0  # seconds between two retrainings' triggers
     approval: Approval = Approval.AUTOMATIC
@@ -418,7 +418,8 @@ def _monitoring(raw: dict[str, Any]) -> MonitoringSpec:
 
 def _retrain(raw: dict[str, Any]) -> RetrainSpec:
     d = RetrainSpec({})
-    return RetrainSpec(template=dict(raw.get("template") or {}), on=tuple(raw.get("on") or d.on),
+    return RetrainSpec(template=dict(raw.get("template") or {}),
+                       conditions=tuple(raw.get("conditions") or d.conditions),
                        after=_seconds(raw, "for", d.after), cooldown=_seconds(raw, "cooldown", d.cooldown),
                        approval=Approval(raw.get("approval") or d.approval), window=_seconds(raw, "window", d.window))
 

@@ -106,6 +106,11 @@ class Version:
     inputSignature: str = ""
     inputs: str = ""
     task: str = ""  # classification | regression: how predictionShift is measured
+    # What it was converted from (spec.source when its conversion started): a retraining Job is
+    # told the serving version's artifact, not whatever the spec names now (a version rolled back
+    # since, say). "" for versions converted by an operator that did not record it.
+    sourceUri: str = ""
+    sampleUri: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,8 @@ class Pending:
     versionKey: str
     startedAt: str
     attempt: int = 1
+    sourceUri: str = ""  # spec.source.uri of this generation (Version.sourceUri)
+    sampleUri: str = ""
     # Set while backing off after a transient failure (the artifact could not be fetched): the
     # attempt above starts at this time.
     retryAt: str | None = None
@@ -329,8 +336,10 @@ class Retrain:
     jobSeen: bool = False  # the Job was observed: gone afterwards means deleted, never created again
     finishedAt: str | None = None
     message: str = ""
-    # "<revision>/<signal>/<episode>" of the last alarm told RetrainSkipped (once per alarm).
+    # The key (retrain._alarm_key) of the last alarm told RetrainSkipped (once per alarm).
     skipped: str = ""
+    monitoringStartedAt: str = ""  # the alarm's monitoring (a restarted monitoring counts episodes anew)
+    approved: bool = False  # approval: Manual: `serin approve` named it (it may still wait: a rollout, a silence)
 
 
 @dataclass(frozen=True)
@@ -406,7 +415,8 @@ def status_to_dict(status: Status) -> dict[str, Any]:
         "notifications": {"pending": [_drop_empty(asdict(n)) | {"attempts": n.attempts}
                                       for n in status.notifications.pending],
                           "sent": list(status.notifications.sent)} if status.notifications else None,
-        "retrain": _drop_empty(asdict(status.retrain)) | {"jobSeen": status.retrain.jobSeen}
+        "retrain": _drop_empty(asdict(status.retrain)) | {"jobSeen": status.retrain.jobSeen,
+                                                           "approved": status.retrain.approved}
         if status.retrain else None,
     }
     return out

@@ -81,10 +81,11 @@ class OperatorProcess:
     cluster admin or as the identity in `kubeconfig` (e.g. the Helm chart's ServiceAccount)."""
 
     def __init__(self, cp: ControlPlane, namespace: str | None, prometheus_url: str, store: Path | str, log: Path,
-                 kubeconfig: Path | None = None, env: dict[str, str] | None = None) -> None:
+                 kubeconfig: Path | None = None, env: dict[str, str] | None = None, metrics_port: int = 0) -> None:
         self.cp, self.namespace, self.prometheus_url, self.store, self.log = cp, namespace, prometheus_url, store, log
         self.kubeconfig = kubeconfig or cp.kubeconfig
         self.env = env or {}
+        self.metrics_port = metrics_port  # 0: no metrics endpoint
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, failpoint: str = "") -> OperatorProcess:
@@ -95,7 +96,7 @@ class OperatorProcess:
             # Conversions as subprocesses, unless this operator was given SERIN_EXECUTOR (job).
             executor = self.env.get("SERIN_EXECUTOR", "local")
             self.proc = subprocess.Popen(operator_argv(self.prometheus_url, self.store, self.namespace,
-                                                       executor=executor),
+                                                       metrics_port=self.metrics_port, executor=executor),
                                          env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
@@ -303,10 +304,13 @@ def from_first_served(answers: list[Answer]) -> list[Answer]:
 
 @dataclass
 class Receiver:
-    """A webhook on loopback: answers 503 while `down`, else 200; records every request."""
+    """A webhook on loopback: answers 503 while `down`, 404 while `refusing`, else 200; records
+    every request."""
 
     down: bool = False
+    refusing: bool = False  # answers 404: a sink that will never take it (given up at once)
     requests: list[tuple[dict[str, str], bytes, int]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each request
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
@@ -319,16 +323,17 @@ class Receiver:
 
 
 @contextlib.contextmanager
-def webhook_receiver() -> Iterator[Receiver]:
-    """A Receiver serving on loopback for the block's duration."""
+def webhook_receiver(host: str = "127.0.0.1") -> Iterator[Receiver]:
+    """A Receiver serving on `host` (loopback by default) for the block's duration."""
     r = Receiver()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # the stdlib's name
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            code = 503 if r.down else 200
+            code = 503 if r.down else 404 if r.refusing else 200
             with r.lock:
                 r.requests.append((dict(self.headers), body, code))
+                r.arrivals.append(time.monotonic())
             self.send_response(code)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -336,8 +341,8 @@ def webhook_receiver() -> Iterator[Receiver]:
         def log_message(self, *_: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    r.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
+    r.url = f"http://{host}:{server.server_address[1]}/hook"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield r

@@ -85,6 +85,9 @@ class Seen:
     route: dict[str, Any] | None = None  # with a Gateway: Serin's HTTPRoute
     pods: tuple[dict[str, Any], ...] = ()  # the InferenceService's Pods (KServe's label), either mode
     uid: str = ""  # the Model's: what Serin writes is owned by it, and nothing else is written
+    # With a Gateway: the EndpointSlices of the predictor Services (KServe's label, which the
+    # EndpointSlice controller copies from the Service), what the Gateway routes to.
+    endpoints: tuple[dict[str, Any], ...] = ()
 
     def foreign(self) -> str:
         """Why the InferenceService of this Model's name is not this Model's to write ("" when it

@@ -11,9 +11,10 @@ KServe's `trafficPercent` routes nothing: it only sizes the canary's replicas
   so requests divide by the ready Pods' ratio. Coarse (one replica each is 50 %), and reported as
   such: the observation's canary weight is the ratio achieved, not the one asked.
 - GatewayRouter: an HTTPRoute of Serin's with weighted backendRefs to the two predictor Services:
-  exact weights. The canary gets weight only once its Pods are ready (a backend with no endpoint
-  answers 503 for its share), and a promotion first moves the route to 100 % canary, then
-  retargets the InferenceService (which deletes the old stable's Service at once).
+  exact weights. The canary gets weight only once its Pods are ready and published in its
+  Service's EndpointSlice (a backend with no endpoint answers 503 for its share), and a promotion
+  first moves the route to 100 % canary, then retargets the InferenceService (which deletes the
+  old stable's Service at once).
 
 A KServe older than v0.20 drops `spec.canary` (its schema prunes the unknown field). Serin notes
 the canary it wrote in an annotation of its own object (the Service or the HTTPRoute: KServe
@@ -25,6 +26,7 @@ canary instead of rolling out unanalysed.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from serin.operator.actions import ApplyServing, Served
@@ -114,6 +116,23 @@ def _rolled_out(dep: dict[str, Any]) -> bool:
 
 def _ready_pods(dep: dict[str, Any] | None) -> int:
     return int(((dep or {}).get("status") or {}).get("readyReplicas", 0) or 0)
+
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+def has_ready_endpoint(slices: tuple[dict[str, Any], ...], service: str) -> bool:
+    """Whether the Service's EndpointSlices publish an endpoint that takes traffic. A Deployment's
+    ready replica reaches the Gateway only through the EndpointSlice, which the EndpointSlice
+    controller updates after the Pod turns ready: a weight given on the Deployment's word alone was
+    a moment of 503s for the canary's share. A missing `ready` means ready (the API's convention)."""
+    for s in slices:
+        if ((s.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL) != service:
+            continue
+        for endpoint in s.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready") is not False:
+                return True
+    return False
 
 
 def _source(dep: dict[str, Any] | None) -> str:
@@ -293,7 +312,7 @@ class GatewayRouter:
         return Mode.STANDARD
 
     def kinds(self) -> tuple[str, ...]:
-        return ("deployments", "route")
+        return ("deployments", "route", "endpointslices")
 
     def hostname(self, seen: Seen) -> str:
         return model_hostname(seen.name, seen.namespace, self.domain)
@@ -310,6 +329,8 @@ class GatewayRouter:
         share = {svc: round(100 * wt / total) if total else 0 for svc, wt in weights.items()}
         stable = _variant(w.stable, w.stable_name, share.get(stable_svc, 0))
         canary = _variant(w.canary, w.canary_name, share.get(canary_svc, 0)) if canary_svc else None
+        if canary is not None and not has_ready_endpoint(seen.endpoints, canary_svc or ""):
+            canary = replace(canary, ready=False)  # not where the Gateway can send its share yet
         asked = _asked_weight(seen.route)
         target = asked if canary_svc is not None else None
         # Applied as asked (the canary holds 0 until it is ready), only the Services of the current
@@ -332,7 +353,7 @@ class GatewayRouter:
             writes = isvc_writes(seen, desired.stable, desired.canary, desired.weight or _isvc_percent(w), spec,
                                  owner)
             ready = w is not None and w.canary_name == predictor_name(desired.canary) and _ready_pods(w.canary) > 0 \
-                and _rolled_out(w.canary or {})
+                and _rolled_out(w.canary or {}) and has_ready_endpoint(seen.endpoints, canary_svc)
             weight = desired.weight if ready else 0
             return writes + self._route_writes(seen, owner, {stable_svc: 100 - weight, canary_svc: weight},
                                                desired.weight, canary_note(desired.canary))

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import from_first_served, wait_for
-from serin.local import demo_models
+from harness import from_first_served, wait_for, webhook_receiver
+from serin.local import demo_models, trainer
 from serin.local.cluster import Cluster
 from serin.local.cluster_platform import MODEL_RESOURCES, RELEASE, S3_SECRET, SYSTEM, ClusterPlatform, bring_up
 from serin.local.loadgen import Answer, LoadGenerator, sender_token
+from serin.local.node import HOST_ADDRESS
 
 MODELS = "models"
 
@@ -64,7 +65,8 @@ def platform(real_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
         up.s3.stop()
 
 
-def apply_model(p: Platform, name: str, version: str, serving: dict[str, Any] | None = None, **rollout: Any) -> None:
+def apply_model(p: Platform, name: str, version: str, serving: dict[str, Any] | None = None,
+                spec: dict[str, Any] | None = None, **rollout: Any) -> None:
     files = p.versions[version]
     # From the platform's S3 server, with the namespace's keys (the fetch step of each conversion Job).
     source = p.platform.upload(name, version, files)
@@ -72,7 +74,8 @@ def apply_model(p: Platform, name: str, version: str, serving: dict[str, Any] | 
         "apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": name, "namespace": MODELS},
         "spec": {"source": {**source, "format": files.format},
                  "serving": {"resources": MODEL_RESOURCES} | (serving or {}),
-                 "rollout": {"steps": [{"weight": 10, "pause": "10s"}, {"weight": 50, "pause": "10s"}]} | rollout}}))
+                 "rollout": {"steps": [{"weight": 10, "pause": "10s"}, {"weight": 50, "pause": "10s"}]} | rollout}
+        | (spec or {})}))
 
 
 def status(p: Platform, name: str) -> dict[str, Any]:
@@ -548,3 +551,73 @@ def test_a_canary_that_dies_is_rolled_back_though_no_request_failed(platform: Pl
         assert after and by_revision(after).keys() == {"gen1"} and not failed(after), by_revision(after)
     finally:
         p.cluster.kubectl("delete", "model", name, "-n", MODELS, "--wait=false")
+
+
+def trainer_template(p: Platform, name: str) -> dict[str, Any]:
+    """The example trainer (serin.local.trainer) in Serin's converter image, as a team would run
+    its own: its ServiceAccount may get and patch this one Model, its S3 keys are the namespace's."""
+    p.cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                            "items": trainer.rbac(MODELS, name)}))
+    return trainer.job_template(name, p.cluster.images["converter"].ref, f"s3://{p.platform.bucket}/retrained",
+                                S3_SECRET)
+
+
+def test_the_loop_drift_is_told_retrained_canaried_and_promoted(platform: Platform, gateway: Any) -> None:
+    """Issue 35 on the real node: v1 serves and captures its traffic into S3; the traffic drifts;
+    monitoring raises Drifted; Serin tells the team's webhook, starts the trainer Job (the example
+    trainer, a real Pod), which learns from the captured rows since the alarm and their truth and
+    sets spec.source; the retrained version is converted, canaried and promoted; its drift is gone.
+    Each transition reaches the webhook once."""
+    p, name = platform, "loop"
+    t0 = time.monotonic()
+    capture = {"share": 1, "uri": f"s3://{p.platform.bucket}/capture", "flushInterval": "2s",
+               "s3": {"endpoint": p.platform.s3.url, "secretName": S3_SECRET}}
+    monitoring = {"interval": "10s", "minRows": 500, "trailingWindow": "20s", "resolveAfter": 2,
+                  "retrain": {"for": "0s", "cooldown": "1h", "conditions": ["Drifted"], "window": "1h",
+                              "template": trainer_template(p, name)}}
+    rollout = {"analysis": {"interval": "5s", "failureLimit": 2, "metrics": [
+        {"name": "errors", "builtin": "errorRate", "max": 0.01},
+        {"name": "drift", "builtin": "inputPSI", "max": 0.2}]}}
+    with webhook_receiver(HOST_ADDRESS) as receiver:
+        spec = {"monitoring": monitoring, "notify": {"sinks": [{"name": "team", "url": receiver.url}]}}
+        apply_model(p, name, "v1", serving={"capture": capture}, spec=spec, **rollout)
+        wait_phase(p, name, "Promoted", 1)
+        load = gateway_load(gateway, name, feedback=0.5, token=sender_token(p.cluster.kubectl, name, MODELS))
+        try:
+            wait_for("two calm evaluations", lambda: (status(p, name).get("monitoring") or {}).get(
+                "evaluations", 0) >= 2 and status(p, name)["monitoring"].get("health") == "Healthy", timeout=120)
+            load.set_shift(1.0)
+            t_shift = time.monotonic()
+            wait_for("Drifted", lambda: (status(p, name).get("monitoring") or {}).get("health") == "Drifted",
+                     timeout=120)
+            t_drifted = time.monotonic()
+            retrained = wait_phase(p, name, "Promoted", 2, timeout=600)
+            t_promoted = time.monotonic()
+            healthy = wait_for("the retrained version healthy", lambda: (s := status(p, name)).get(
+                "monitoring", {}).get("revision") == "gen2" and s["monitoring"].get("evaluations", 0) >= 2
+                and s["monitoring"].get("health") == "Healthy" and s, timeout=180)
+            wait_for("every notification sent", lambda: not (status(p, name).get("notifications") or {}).get(
+                "pending"), timeout=60)
+        finally:
+            load.stop()
+    r = healthy["retrain"]
+    print(f"\nthe loop: shift -> Drifted {t_drifted - t_shift:.0f}s -> retrained version promoted "
+          f"{t_promoted - t_drifted:.0f}s (apply -> the end {time.monotonic() - t0:.0f}s); Job {r['job']}: {r['message']}")
+    assert r["state"] == "Succeeded" and r["signal"] in ("inputDrift", "predictionShift") and r["generation"] == 1
+    model = get(p.cluster, "model", name, "-n", MODELS)
+    assert model["spec"]["source"]["uri"].startswith(f"s3://{p.platform.bucket}/retrained/{r['job']}/")
+    assert retrained["stable"]["revision"] == "gen2" and retrained["history"][-1]["outcome"] == "Promoted"
+    reasons = [e["data"]["reason"] for e in receiver.delivered()]
+    for reason in ("Serving", "RetrainTriggered", "RetrainSucceeded", "CanaryStarted", "Promoted"):
+        assert reasons.count(reason) == 1, (reason, reasons)
+    # One DriftDetected per drifted signal (a shifted input also shifts the predictions), each once.
+    raised = [e["data"]["signal"]["signal"] for e in receiver.delivered() if e["data"]["reason"] == "DriftDetected"]
+    assert raised and len(raised) == len(set(raised)) and r["signal"] in raised, raised
+    assert reasons.index("DriftDetected") < reasons.index("RetrainTriggered") < reasons.index("RetrainSucceeded") \
+        < reasons.index("CanaryStarted") < reasons.index("Promoted"), reasons
+    assert len({e["id"] for e in receiver.delivered()}) == len(reasons)
+    drift = next(e for e in receiver.delivered() if e["data"]["reason"] == "DriftDetected")
+    assert drift["type"] == "dev.serin.model.drift.detected" and drift["data"]["signal"]["state"] == "Alarm"
+    job = get(p.cluster, "job", r["job"], "-n", MODELS)
+    assert job["status"].get("succeeded") == 1 and job["metadata"]["ownerReferences"][0]["name"] == name
+

@@ -145,7 +145,9 @@ def test_bad_version_is_rolled_back(platform: Platform, versions: Versions, bad:
     load = start_with_v1(platform, versions)
     try:
         apply(platform, getattr(versions, bad), rollout)
-        m = platform.cluster.wait("canary serving", canary_serving, timeout=120)
+        # The slow version's conversion runs its sample three times at ~1 GFLOP a row: on two
+        # busy cores that alone took more than two minutes.
+        m = platform.cluster.wait("canary serving", canary_serving, timeout=300)
         # The InferenceService carries the canary's traffic before the Model's status says so
         # (the operator patches it first, then writes status; the test polls every 0.25 s).
         started = load.now() - STATUS_LAG
@@ -300,10 +302,11 @@ def test_a_lasting_drift_starts_one_retraining_job_even_across_a_kill(platform: 
     c = platform.cluster
     template = {"metadata": {"labels": {"team": "fraud"}},
                 "spec": {"backoffLimit": 0, "template": {"spec": {
+                    "serviceAccountName": f"{c.name}-trainer",
                     "containers": [{"name": "train", "image": "registry.example/fraud/trainer:1",
                                     "env": [{"name": "EPOCHS", "value": "3"}]}]}}}}
     monitoring = {"interval": "10s", "minRows": 500, "trailingWindow": "20s", "resolveAfter": 2,
-                  "retrain": {"for": "0s", "cooldown": "1h", "on": ["Drifted"], "approval": "Manual",
+                  "retrain": {"for": "0s", "cooldown": "1h", "conditions": ["Drifted"], "approval": "Manual",
                               "template": template}}
     load = start_with_v1(platform, versions, monitoring=monitoring)
 
@@ -324,7 +327,8 @@ def test_a_lasting_drift_starts_one_retraining_job_even_across_a_kill(platform: 
         [asked] = c.events("RetrainSkipped")
         assert f"serin approve {c.name} -n {c.namespace} --generation 1" in asked["message"]
         refused = serin(c, "approve", c.name, "-n", c.namespace, "--generation", "2")
-        assert refused.returncode == 1 and "awaiting approval is for generation 1, not 2" in refused.stderr
+        assert refused.returncode == 1 and "awaiting approval is for generation 1, not 2" in refused.stderr, \
+            refused.stderr
         approved = serin(c, "approve", c.name, "-n", c.namespace, "--generation", "1")
         assert approved.returncode == 0, approved.stderr
         assert c.operator.wait_exit(timeout=60) == 137, "the failpoint was not reached"

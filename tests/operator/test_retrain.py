@@ -10,9 +10,9 @@ from serin.operator import retrain
 from serin.operator.actions import ClearAnnotation, CreateRetrainJob, Emit
 from serin.operator.observations import JobObservation
 from serin.operator.spec import ModelSpec, parse_spec
-from serin.operator.status import Canary, Monitoring, SignalStatus, Status, Version
+from serin.operator.status import Canary, HistoryEntry, Monitoring, Outcome, SignalStatus, Status, Version
 
-TEMPLATE = {"spec": {"template": {"spec": {"containers": [{"name": "train", "image": "team/trainer:1",
+TEMPLATE = {"spec": {"template": {"spec": {"serviceAccountName": "fraud-trainer", "containers": [{"name": "train", "image": "team/trainer:1",
                                                             "env": [{"name": "SERIN_MODEL", "value": "spoofed"},
                                                                     {"name": "EPOCHS", "value": "3"}]}]}}}}
 
@@ -30,7 +30,8 @@ def serving(alarm_since: float | None = 0, signal: str = "inputDrift", episode: 
     signals = (SignalStatus("errorRate", "Watching", ts(-3600)),)
     if alarm_since is not None:
         signals += (SignalStatus(signal, "Alarm", ts(alarm_since), evidence=1.2, episode=episode, dryRun=dry_run),)
-    return Status(observedGeneration=4, stable=Version(4, "k4", "s3://store/4", revision="fraud-predictor-00004"),
+    return Status(observedGeneration=4, stable=Version(4, "k4", "s3://store/4", revision="fraud-predictor-00004",
+                                                       sourceUri="s3://m/v1.joblib", sampleUri="s3://m/s.csv"),
                   stableConfirmed=True,
                   monitoring=Monitoring("fraud-predictor-00004", 4, ts(-7200), ts(0), signals=signals))
 
@@ -59,8 +60,25 @@ def test_an_alarm_that_lasts_for_starts_one_job_with_the_window_and_where_the_tr
     assert retrain.next_due(spec(), serving(), at(0)) == 1800.05
 
 
+def test_the_trainer_is_told_the_serving_versions_artifact_not_the_one_the_spec_names_now() -> None:
+    # The spec names version 5, rolled back: the serving version 4 is what was trained and drifted.
+    later = parse_spec({"source": {"uri": "s3://m/v5.onnx", "sampleUri": "s3://m/s5.csv"},
+                        "monitoring": {"retrain": {"template": TEMPLATE, "for": "30m"}}})
+
+    def told(s: Status, model_spec: ModelSpec) -> tuple[str, str]:
+        [create] = [a for a in run(s, model_spec)[1] if isinstance(a, CreateRetrainJob)]
+        return dict(create.env)["SERIN_SOURCE_URI"], dict(create.env)["SERIN_SAMPLE_URI"]
+
+    assert told(serving(), later) == ("s3://m/v1.joblib", "s3://m/s.csv")
+    # A version recorded before Serin kept its source: the spec's only while the spec names it.
+    unrecorded = serving().evolve(stable=Version(4, "k4", "s3://store/4", revision="fraud-predictor-00004"))
+    assert told(unrecorded, later) == ("", "")
+    same = unrecorded.evolve(stable=replace(unrecorded.stable, versionKey=later.version_key))
+    assert told(same, later) == ("s3://m/v5.onnx", "s3://m/s5.csv")
+
+
 def test_only_the_conditions_named_and_never_a_dry_run_signal() -> None:
-    only_decay = spec(on=["PerformanceDegraded"])
+    only_decay = spec(conditions=["PerformanceDegraded"])
     assert run(serving(), only_decay) == (None, [])
     r, _ = run(serving(signal="accuracy"), only_decay)
     assert r is not None and r.signal == "accuracy"
@@ -126,22 +144,67 @@ def test_a_new_version_on_its_way_or_a_silence_holds_it() -> None:
     assert run(silenced) == (None, [])
 
 
-def test_manual_approval_names_the_serving_generation() -> None:
+def test_manual_approval_names_the_job_and_still_waits_for_a_rollout_or_a_silence() -> None:
     manual = spec(approval="Manual")
     r, actions = run(serving(), manual)
     assert r is not None and r.state == retrain.AWAITING and reasons(actions) == ["RetrainSkipped"]
     assert "serin approve fraud -n team-a --generation 4" in actions[0].message
     assert not any(isinstance(a, CreateRetrainJob) for a in actions)
     s = serving().evolve(retrain=r)
-    wrong, actions = run(s, manual, annotations={retrain.APPROVE_ANNOTATION: "3"})
+    wrong, actions = run(s, manual, annotations={retrain.APPROVE_ANNOTATION: "fraud-retrain-00000000"})
     assert wrong == r and reasons(actions) == ["RetrainSkipped"]
-    assert ClearAnnotation(retrain.APPROVE_ANNOTATION, "3") in actions
-    approved, actions = run(s, manual, annotations={retrain.APPROVE_ANNOTATION: "4"})
+    assert ClearAnnotation(retrain.APPROVE_ANNOTATION, "fraud-retrain-00000000") in actions
+    # Approved while a canary is on its way: it waits for it, approved.
+    held, actions = run(s.evolve(canary=Canary(5, "k5", "s3://store/5")), manual,
+                        annotations={retrain.APPROVE_ANNOTATION: r.job})
+    assert held is not None and held.state == retrain.AWAITING and held.approved
+    assert not any(isinstance(a, CreateRetrainJob) for a in actions) and "a new version is on its way" in held.message
+    approved, actions = run(s.evolve(retrain=held), manual, now=4000)
     assert approved is not None and approved.state == retrain.RUNNING and reasons(actions) == ["RetrainTriggered"]
+    assert approved.triggeredAt == ts(4000), "the cooldown counts from the start"
     assert [a.name for a in actions if isinstance(a, CreateRetrainJob)] == [r.job]
-    # The alarm ends before anyone approves: dropped, told.
+    # The alarm ends before anyone approves: dropped, told, remembered.
     dropped, actions = run(serving(alarm_since=None).evolve(retrain=r), manual)
-    assert dropped is None and reasons(actions) == ["RetrainSkipped"] and "alarm ended" in actions[0].message
+    assert dropped is not None and dropped.state == retrain.DROPPED and reasons(actions) == ["RetrainSkipped"]
+    assert "alarm ended" in actions[0].message
+    assert run(serving(alarm_since=None).evolve(retrain=dropped), manual) == (dropped, [])
+
+
+def test_a_refused_job_or_a_retraining_removed_before_its_job_ends_as_failed() -> None:
+    r, _ = run(serving())
+    assert r is not None
+    refused, actions = run(serving().evolve(retrain=r), job=JobObservation(False, refused="admission denied"))
+    assert refused is not None and refused.state == retrain.FAILED and reasons(actions) == ["RetrainFailed"]
+    assert not any(isinstance(a, CreateRetrainJob) for a in actions) and "admission denied" in actions[0].message
+    removed = parse_spec({"source": {"uri": "s3://m/v1.joblib", "sampleUri": "s3://m/s.csv"}})
+    gone, actions = run(serving().evolve(retrain=r), removed, job=JobObservation(False))
+    assert gone is not None and gone.state == retrain.FAILED and "removed" in gone.message
+
+
+def test_a_retrained_version_rolled_back_is_not_retrained_again_for_that_version() -> None:
+    """Knative restores the stable under a new revision name after a rollback: monitoring starts
+    again and its alarm is a new episode; still no second retraining of that version for it."""
+    r, _ = run(serving())
+    assert r is not None
+    done = replace(r, state=retrain.SUCCEEDED, jobSeen=True)
+    renamed = serving(alarm_since=100000).evolve(retrain=done, history=(
+        HistoryEntry(5, Outcome.ROLLED_BACK, ts(3000), "analysis failed"),))
+    renamed = renamed.evolve(monitoring=replace(renamed.monitoring, revision="fraud-predictor-00006",
+                                                startedAt=ts(99000)))  # type: ignore[type-var]
+    skipped, actions = run(renamed, now=100000 + 1800 + 86400)
+    assert skipped is not None and reasons(actions) == ["RetrainSkipped"] and "was rolled back" in actions[0].message
+    assert not any(isinstance(a, CreateRetrainJob) for a in actions)
+    assert run(renamed.evolve(retrain=skipped), now=100000 + 1800 + 86500) == (skipped, [])
+
+
+def test_a_restarted_monitoring_counts_its_alarms_anew() -> None:
+    r, _ = run(serving())
+    assert r is not None
+    done = replace(r, state=retrain.FAILED, jobSeen=True)
+    restarted = serving(alarm_since=100000)
+    restarted = restarted.evolve(retrain=done, monitoring=replace(restarted.monitoring, startedAt=ts(99000)))  # type: ignore[type-var]
+    again, actions = run(restarted, now=100000 + 1800 + 86400)
+    assert again is not None and again.job != r.job and reasons(actions) == ["RetrainTriggered"]
 
 
 def test_the_job_is_the_users_template_with_serins_labels_owner_and_variables() -> None:
@@ -152,14 +215,14 @@ def test_the_job_is_the_users_template_with_serins_labels_owner_and_variables() 
     assert body["metadata"]["ownerReferences"] == [owner] and body["metadata"]["namespace"] == "team-a"
     assert body["metadata"]["labels"] == {"team": "a", **retrain.TRAINER_LABELS, "serin.dev/model": "fraud"}
     pod = body["spec"]["template"]["spec"]
-    assert pod["restartPolicy"] == "Never"
+    assert pod["restartPolicy"] == "Never" and body["spec"]["activeDeadlineSeconds"] == retrain.DEFAULT_DEADLINE
     assert pod["containers"][0]["env"] == [{"name": "EPOCHS", "value": "3"}, {"name": "SERIN_MODEL", "value": "fraud"},
                                            {"name": "SERIN_SIGNAL", "value": "inputDrift"}]
     assert TEMPLATE["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] == "spoofed", "not modified"
 
 
 def test_the_spec() -> None:
-    r = spec(on=["Drifted"], approval="Manual", window="24h").monitoring.retrain
-    assert r is not None and r.on == ("Drifted",) and r.after == 1800 and r.cooldown == 86400
+    r = spec(conditions=["Drifted"], approval="Manual", window="24h").monitoring.retrain
+    assert r is not None and r.conditions == ("Drifted",) and r.after == 1800 and r.cooldown == 86400
     assert r.window == 86400 and r.approval == "Manual" and r.template == TEMPLATE
     assert parse_spec({"source": {"uri": "s3://m/v1.joblib", "sampleUri": "s3://m/s.csv"}}).monitoring.retrain is None

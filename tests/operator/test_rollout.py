@@ -719,3 +719,29 @@ def test_without_dry_run_the_same_metric_rolls_back() -> None:
         d = decide(spec, status, obs(2, serving=canary_serving(10), measurements=dry(1e-9)), at(10 * i))
         status, seen = d.status, seen + events(d)
     assert "RollbackStarted" in seen
+
+
+def test_a_version_keeps_the_source_it_was_converted_from_through_its_canary_and_promotion() -> None:
+    # What a retraining Job is told (retrain.py): the serving version's artifact, whatever the
+    # spec names later.
+    started = decide(SPEC, PROMOTED, obs(2, serving=SERVES_V1), at(0))
+    assert started.status.pending is not None
+    assert (started.status.pending.sourceUri, started.status.pending.sampleUri) == (SPEC.source.uri, "file:///s.csv")
+    converted = decide(SPEC, started.status,
+                       obs(2, serving=SERVES_V1, conversion=ConversionResult("Succeeded", URI2, "s2")), at(1))
+    assert converted.status.canary is not None and converted.status.canary.sourceUri == SPEC.source.uri
+    assert converted.status.canary.version().sampleUri == "file:///s.csv"
+    assert status_from_dict(status_to_dict(converted.status)) == converted.status
+
+
+def test_a_conversion_that_finishes_as_the_spec_moves_on_is_not_taken_for_the_new_version() -> None:
+    # Generation 2's conversion reports success in the tick that first sees generation 3's spec:
+    # the result is generation 2's bytes, never generation 3's.
+    started = decide(SPEC, PROMOTED, obs(2, serving=SERVES_V1), at(0))
+    v3 = make_spec("file:///models/v3.joblib")
+    d = decide(v3, started.status, obs(3, serving=SERVES_V1, conversion=ConversionResult("Succeeded", URI2, "s2")),
+               at(1))
+    assert d.status.canary is None and d.status.pending is not None
+    assert (d.status.pending.generation, d.status.pending.versionKey) == (3, v3.version_key)
+    assert of(d, StartConversion) == [StartConversion(3, v3.version_key, 1)]
+    assert of(d, CancelConversion) == [CancelConversion(2, K2, 1)]

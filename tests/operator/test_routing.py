@@ -162,9 +162,19 @@ def deployment(name: str, storage: str, ready: int = 1, replicas: int = 1, rolle
 SPLIT_SVC = {"metadata": {"name": "fraud-serin"}}
 
 
+def endpoint_slice(service: str, *ready: bool | None) -> dict[str, Any]:
+    """The EndpointSlice of `service`, one endpoint per entry of `ready` (None: the field absent)."""
+    return {"metadata": {"name": f"{service}-x7k2p", "labels": {"kubernetes.io/service-name": service}},
+            "endpoints": [{"conditions": {} if r is None else {"ready": r}} for r in ready]}
+
+
 def standard(router: Any, isvc: dict[str, Any] | None, *deps: dict[str, Any], route: dict[str, Any] | None = None,
-             service: dict[str, Any] | None = SPLIT_SVC) -> Seen:
-    return Seen("ml", "fraud", isvc, tuple(deps), service, route)
+             service: dict[str, Any] | None = SPLIT_SVC, endpoints: tuple[dict[str, Any], ...] | None = None) -> Seen:
+    """What a router reads; by default every ready Pod is published in its Service's EndpointSlice
+    (a predictor's Service is named as its Deployment)."""
+    if endpoints is None:
+        endpoints = tuple(endpoint_slice(d["metadata"]["name"], *[True] * d["status"]["readyReplicas"]) for d in deps)
+    return Seen("ml", "fraud", isvc, tuple(deps), service, route, endpoints=endpoints)
 
 
 def written(router: Any, seen: Seen, desired: ApplyServing) -> dict[str, Any]:
@@ -341,6 +351,33 @@ def test_gateway_route_is_exact_and_gives_the_canary_weight_only_once_it_is_read
     # Written but not yet accepted by the Gateway at this generation: not settled.
     assert not GW.observe(standard(GW, isvc, *ready.deployments, route=accepted(route or {}, 2) | {
         "metadata": {**(route or {})["metadata"], "generation": 3}})).settled
+
+
+@pytest.mark.parametrize("published", [(), (False,), (False, False)], ids=["no-slice", "not-ready", "none-ready"])
+def test_gateway_gives_the_canary_weight_only_once_its_endpoints_are_published(published: tuple[bool, ...]) -> None:
+    # The Deployment says ready before the EndpointSlice controller publishes the Pod: a weight
+    # given then is a moment of 503s for the canary's share (seen on Traefik in the cluster tier).
+    isvc = written(GW, Seen("ml", "fraud"), ApplyServing(V1))
+    desired = ApplyServing(V1, V2, 10)
+    route = accepted(GW.route_body(Seen("ml", "fraud"), OWNER, {"fraud-gen1-predictor": 100}, 0))
+    isvc = written(GW, standard(GW, isvc, deployment("gen1", V1.storageUri), route=route), desired)
+    deps = (deployment("gen1", V1.storageUri), deployment("gen2", V2.storageUri))
+    unpublished = (endpoint_slice("fraud-gen1-predictor", True),) + (
+        (endpoint_slice("fraud-gen2-predictor", *published),) if published else ())
+    seen = standard(GW, isvc, *deps, route=route, endpoints=unpublished)
+    held = route_of(seen, desired)
+    assert backends(held) == {"fraud-gen1-predictor": 100, "fraud-gen2-predictor": 0}
+    obs = GW.observe(standard(GW, isvc, *deps, route=accepted(held or {}, 2), endpoints=unpublished))
+    assert obs.canary is not None and not obs.canary.ready and not obs.serves_canary(V2.storageUri, 10)
+    # Published (one ready endpoint is enough; a missing `ready` means ready): the weight follows.
+    for now in ((True,), (False, True), (None,)):
+        slices = (endpoint_slice("fraud-gen1-predictor", True), endpoint_slice("fraud-gen2-predictor", *now))
+        assert backends(route_of(standard(GW, isvc, *deps, route=accepted(held or {}, 2), endpoints=slices),
+                                 desired)) == {"fraud-gen1-predictor": 90, "fraud-gen2-predictor": 10}
+    # Another Service's endpoints are not the canary's.
+    other = (endpoint_slice("fraud-gen1-predictor", True), endpoint_slice("other-gen2-predictor", True))
+    assert backends(route_of(standard(GW, isvc, *deps, route=accepted(held or {}, 2), endpoints=other),
+                             desired))["fraud-gen2-predictor"] == 0
 
 
 def test_gateway_promotion_moves_the_route_before_kserve_deletes_the_old_service() -> None:

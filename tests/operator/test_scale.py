@@ -369,6 +369,10 @@ def test_strip_drops_what_no_decision_reads() -> None:
     s = strip(dep)
     assert "managedFields" not in s["metadata"] and s["metadata"]["annotations"] == {"keep": "1"}
     assert s["spec"] == {"replicas": 2, "template": {"metadata": {"annotations": {"serving.kserve.io/storage-uri": "u"}}}}
+    eps = obj("m-gen2-predictor-x7k2p", "1", "EndpointSlice")
+    eps |= {"ports": [{"port": 80}], "endpoints": [{"addresses": ["10.0.0.7"], "conditions": {"ready": True},
+                                                    "targetRef": {"kind": "Pod", "name": "p"}, "nodeName": "n"}]}
+    assert strip(eps)["endpoints"] == [{"conditions": {"ready": True}}] and "ports" not in strip(eps)
 
 
 @pytest.mark.parametrize(("o", "model"), [
@@ -378,8 +382,10 @@ def test_strip_drops_what_no_decision_reads() -> None:
     (obj("fraud-route", "1", "HTTPRoute", ownerReferences=[{"kind": "Model", "apiVersion": "serin.dev/v1alpha1",
                                                            "name": "fraud"}]), "fraud"),
     (obj("x", "1", "Job", labels={"serin.dev/model": "fraud"}), "fraud"),
+    (obj("fraud-gen2-predictor-x7k2p", "1", "EndpointSlice", ownerReferences=[{"kind": "Service", "name": "s"}],
+         labels={"serving.kserve.io/inferenceservice": "fraud"}), "fraud"),
     (obj("x", "1", "Service"), None),
-], ids=["isvc", "deployment", "route", "job label", "unrelated"])
+], ids=["isvc", "deployment", "route", "job label", "endpointslice", "unrelated"])
 def test_every_watched_object_wakes_the_model_it_concerns(o: dict[str, Any], model: str | None) -> None:
     assert model_of(o) == model
 

@@ -101,14 +101,19 @@ def conversion_job_from_s3(ns: str) -> dict[str, Any]:
     return job_body(req, JobSettings(image=CONVERTER_IMAGE, model_store="pvc://serin-models"))
 
 
-TRAINER = {"metadata": {"labels": {"team": "fraud"}}, "spec": {"backoffLimit": 0, "template": {"spec": {
-    "serviceAccountName": "fraud-trainer", "containers": [{"name": "train", "image": "registry.example/fraud/trainer:7",
-                                                           "command": ["python", "train.py"]}]}}}}
+def trainer(model: str = "fraud") -> dict[str, Any]:
+    """A team's trainer: its image, run as the Model's ServiceAccount {model}-trainer."""
+    return {"metadata": {"labels": {"team": model}}, "spec": {"backoffLimit": 0, "template": {"spec": {
+        "serviceAccountName": f"{model}-trainer",
+        "containers": [{"name": "train", "image": f"registry.example/{model}/trainer:7", "command": ["python", "train.py"],
+                        "envFrom": [{"secretRef": {"name": "team-s3"}}]}],
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "team-data"}},
+                    {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]}}}}
 
 
 def retraining_job(ns: str) -> dict[str, Any]:
     """A retraining Job: the user's template as the operator sends it (retrain.job_body)."""
-    return retrain.job_body(TRAINER, "fraud-retrain-0a1b2c3d", ns, "fraud",
+    return retrain.job_body(trainer(), "fraud-retrain-0a1b2c3d", ns, "fraud",
                             (("SERIN_MODEL", "fraud"), ("SERIN_SIGNAL", "inputDrift")), owner())
 
 
@@ -241,12 +246,27 @@ REFUSED: list[tuple[str, str, Spoil, str, str]] = [
      lambda i: _env(i, "AWS_ACCESS_KEY_ID", {"value": "AKIAOPERATOR"}),
      "inferenceservices", "the capture store's S3 keys"),
     ("retraining-job", "run as the operator", lambda j: _pod(j).update(serviceAccountName="serin-operator"),
-     "jobs", "runs as neither the operator's nor the converter's"),
+     "jobs", "runs as that Model's ServiceAccount {model}-trainer"),
     ("retraining-job", "run as the converter", lambda j: _pod(j).update(serviceAccountName="serin-converter"),
-     "jobs", "runs as neither the operator's nor the converter's"),
+     "jobs", "runs as that Model's ServiceAccount {model}-trainer"),
+    ("retraining-job", "run as another ServiceAccount", lambda j: _pod(j).update(serviceAccountName="default"),
+     "jobs", "runs as that Model's ServiceAccount {model}-trainer"),
+    ("retraining-job", "another Model's trainer", lambda j: _pod(j).update(serviceAccountName="payments-trainer"),
+     "jobs", "runs as that Model's ServiceAccount {model}-trainer"),
     ("retraining-job", "the host network", lambda j: _pod(j).update(hostNetwork=True), "jobs", "no host network"),
     ("retraining-job", "a hostPath", lambda j: _pod(j).update(volumes=[{"name": "h", "hostPath": {"path": "/"}}]),
-     "jobs", "no hostPath"),
+     "jobs", "hostPath"),
+    ("retraining-job", "a CSI volume", lambda j: _pod(j)["volumes"].append(
+        {"name": "c", "csi": {"driver": "secrets-store.csi.k8s.io"}}), "jobs", "CSI or flex volume"),
+    ("retraining-job", "the model store", lambda j: _pod(j)["volumes"].append(
+        {"name": "s", "persistentVolumeClaim": {"claimName": "serin-models"}}), "jobs", "not the model store"),
+    ("retraining-job", "a Model's key through a projected volume", lambda j: _pod(j)["volumes"].append(
+        {"name": "p", "projected": {"sources": [{"secret": {"name": "fraud-serin-feedback"}}]}}),
+     "jobs", "none of Serin's Secrets"),
+    ("retraining-job", "a host port", lambda j: _pod(j)["containers"][0].update(
+        ports=[{"containerPort": 80, "hostPort": 80}]), "jobs", "host port"),
+    ("retraining-job", "an unconfined seccomp profile", lambda j: _pod(j).update(
+        securityContext={"seccompProfile": {"type": "Unconfined"}}), "jobs", "unconfined seccomp"),
     ("retraining-job", "a privileged trainer",
      lambda j: _pod(j)["containers"][0].update(securityContext={"privileged": True}), "jobs", "no privileged"),
     ("retraining-job", "a Model's feedback key",
@@ -498,7 +518,7 @@ def test_only_who_may_read_a_secret_may_name_it_as_a_models_s3_keys(policed: Pol
     assert allowed.returncode == 0, allowed.stderr
     # A retraining template is a Job the operator creates for the author: only for one who may create Jobs.
     retraining = copy.deepcopy(without_keys)
-    retraining["spec"]["monitoring"] = {"retrain": {"template": TRAINER}}
+    retraining["spec"]["monitoring"] = {"retrain": {"template": trainer("churn")}}
     refused = create(retraining)
     assert refused.returncode != 0
     assert (f"spec.monitoring.retrain: system:serviceaccount:{ns}:modeler may not create Jobs in namespace {ns}"
@@ -508,6 +528,41 @@ def test_only_who_may_read_a_secret_may_name_it_as_a_models_s3_keys(policed: Pol
                f"--serviceaccount={ns}:modeler")
     allowed = wait_until_admitted(lambda: create(retraining))
     assert allowed.returncode == 0, allowed.stderr
+
+
+
+def test_a_trainer_that_may_only_patch_its_model_may_set_its_source(policed: Policed) -> None:
+    """Issue 35 #3: a retraining Job's ServiceAccount may get and patch its one Model, nothing
+    else. It sets spec.source's URIs; the checks guard what it leaves as it was (the S3 Secret and
+    endpoint, the sinks' keys, the retraining template) and hold again if it changes them."""
+    cp, ns = policed.cp, policed.ns
+    cp.kubectl("create", "serviceaccount", "churn-trainer", "-n", ns)
+    cp.kubectl("create", "role", "churn-trainer", "-n", ns, "--verb=get,patch", "--resource=models.serin.dev",
+               "--resource-name=churn-v2")
+    cp.kubectl("create", "rolebinding", "churn-trainer", "-n", ns, "--role=churn-trainer",
+               f"--serviceaccount={ns}:churn-trainer")
+    model = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": "churn-v2", "namespace": ns},
+             "spec": {"source": {"uri": "s3://team/m.joblib", "sampleUri": "s3://team/s.csv",
+                                 "s3": {"endpoint": "http://s3.storage:7070", "secretName": "team-s3"}},
+                      "notify": {"sinks": [{"name": "ops", "url": "https://hooks.example/x", "signingSecretKey": "k"}]},
+                      "monitoring": {"retrain": {"template": trainer("churn-v2")}}}}
+    cp.kubectl("create", "-f", "-", input=json.dumps(model))
+    as_trainer = cp.service_account_kubeconfig(ns, "churn-trainer")
+
+    def patch(spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return cp.kubectl("patch", "model", "churn-v2", "-n", ns, "--type=merge", "--dry-run=server",
+                          "-p", json.dumps({"spec": spec}), kubeconfig=as_trainer, check=False)
+
+    allowed = wait_until_admitted(lambda: patch({"source": {"uri": "s3://team/retrained/m.joblib",
+                                                            "sampleUri": "s3://team/retrained/s.csv"}}))
+    assert allowed.returncode == 0, allowed.stderr
+    for spec, field in (({"source": {"s3": {"endpoint": "http://attacker.example:80"}}}, "spec.source.s3.secretName"),
+                        ({"monitoring": {"retrain": {"cooldown": "1m"}}}, "spec.monitoring.retrain"),
+                        ({"notify": {"sinks": [{"name": "ops", "url": "https://attacker.example/x",
+                                                "signingSecretKey": "k"}]}}, "spec.notify.sinks")):
+        refused = patch(spec)
+        assert refused.returncode != 0 and f"{field}: system:serviceaccount:{ns}:churn-trainer may not" in \
+            refused.stderr, (spec, refused.stderr)
 
 
 def wait_until_admitted(attempt: Callable[[], subprocess.CompletedProcess[str]],

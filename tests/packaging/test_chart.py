@@ -56,7 +56,8 @@ NAMESPACED_RULES = {
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"create"},
                ("coordination.k8s.io", "leases", "serin-operator"): {"get", "update"}}
 KSERVE_CONFIG_RULES = {("", "configmaps", "inferenceservice-config"): {"get"}}
-GATEWAY_RULES = {("gateway.networking.k8s.io", "httproutes"): {"list", "watch", "create", "patch"}}
+GATEWAY_RULES = {("gateway.networking.k8s.io", "httproutes"): {"list", "watch", "create", "patch"},
+                 ("discovery.k8s.io", "endpointslices"): {"list", "watch"}}
 
 
 def rules_of(role: dict[str, Any]) -> dict[tuple[str, ...], set[str]]:
@@ -399,7 +400,8 @@ def test_operator_exports_the_metrics_the_chart_was_written_against() -> None:
 def test_alerts_use_only_contract_metrics(helm: Helm) -> None:
     rules = prometheus_rule(helm)["spec"]["groups"][0]["rules"]
     assert [r["alert"] for r in rules] == ["SerinRollbacks", "SerinRolloutStuck",
-                                            "SerinModelDrifted", "SerinModelDegraded", "SerinReconcileErrors"]
+                                            "SerinModelDrifted", "SerinModelDegraded", "SerinReconcileErrors",
+                                            "SerinNotificationsFailing"]
     for rule in rules:
         assert metric_names_in(rule["expr"]) <= OPERATOR_METRICS | RUNTIME_METRICS, rule["expr"]
         assert rule["annotations"]["summary"] and rule["labels"]["severity"]
@@ -429,8 +431,10 @@ tests:
         values: '-1x20'
       - series: 'serin_reconcile_errors_total{namespace="ml",model="broken"}'
         values: '0+1x30'
+      - series: 'serin_notifications_failed_total{namespace="ml",sink="ops"}'
+        values: '0x5 1x30'
     alert_rule_test:
-      - {eval_time: 4m, alertname: SerinRollbacks, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: fraud, reason: error-rate}, exp_annotations: {summary: "Model ml/fraud was rolled back (error-rate)", description: "The canary failed analysis and traffic went back to the stable version. See: kubectl describe model -n ml fraud"}}]}
+      - {eval_time: 4m, alertname: SerinRollbacks, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: fraud, reason: error-rate}, exp_annotations: {summary: "Model ml/fraud was rolled back (error-rate)", description: "Traffic went back to the stable version (analysis: the canary failed its analysis; manual: serin abort; deadline, crashed, superseded, reverted: as named). See: kubectl describe model -n ml fraud"}}]}
       - {eval_time: 30m, alertname: SerinRolloutStuck, exp_alerts: []}
       - {eval_time: 65m, alertname: SerinRolloutStuck, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: stuck}, exp_annotations: {summary: "Canary of ml/stuck has held 10% of traffic for 1h", description: "The rollout neither promoted nor rolled back: check the Model's status (paused? inconclusive analysis? Prometheus reachable?), then serin promote or serin abort."}}]}
       - {eval_time: 3m, alertname: SerinModelDrifted, exp_alerts: []}
@@ -438,7 +442,10 @@ tests:
       - {eval_time: 18m, alertname: SerinModelDrifted, exp_alerts: []}
       - {eval_time: 5m, alertname: SerinModelDegraded, exp_alerts: []}
       - {eval_time: 12m, alertname: SerinModelDegraded, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: fraud, signal: accuracy}, exp_annotations: {summary: "Model ml/fraud degraded (accuracy)", description: "The serving version's performance is worse than the Model's limit. The measurement: kubectl describe model -n ml fraud (condition PerformanceDegraded, status.monitoring)."}}]}
-      - {eval_time: 25m, alertname: SerinReconcileErrors, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: broken}, exp_annotations: {summary: "The Serin operator keeps failing to reconcile ml/broken", description: "Reconcile errors for 15 minutes: see the Model's Events and the operator's logs."}}]}
+      - {eval_time: 4m, alertname: SerinNotificationsFailing, exp_alerts: []}
+      - {eval_time: 10m, alertname: SerinNotificationsFailing, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, sink: ops}, exp_annotations: {summary: "Serin gave up notifications to sink ops of namespace ml", description: "A notification was not delivered: see the NotificationFailed Events (kubectl get events -n ml --field-selector reason=NotificationFailed) for the sink's answer."}}]}
+      - {eval_time: 30m, alertname: SerinNotificationsFailing, exp_alerts: []}
+      - {eval_time: 25m, alertname: SerinReconcileErrors, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: broken}, exp_annotations: {summary: "The Serin operator keeps failing to reconcile ml/broken", description: "Reconcile errors for 15m: see the Model's Events and the operator's logs."}}]}
 """
 
 

@@ -51,6 +51,12 @@ ServiceAccount through whole rollouts. Add a rule only with the call that needs 
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [list, watch, create, patch]
+# The predictor Services' EndpointSlices (KServe's label): a canary gets weight on the route only
+# once its endpoints are published, so the Gateway never holds a share with nowhere to send it.
+# Read only.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
 {{- end }}
 # Secrets: each Model's feedback key (the key its predictors sign prediction ids with), created
 # once before its first InferenceService, owned by the Model. Create only: the operator never
