@@ -99,6 +99,10 @@ def retrained_and_promoted(status: dict[str, Any]) -> bool:
     if retrain.get("state") == "Failed":
         raise RuntimeError(f"the retraining Job {retrain.get('job')} failed: {retrain.get('message')} "
                            f"(kubectl logs -n {NAMESPACE} job/{retrain.get('job')})")
+    failed = status.get("failed") or {}
+    if int(failed.get("generation") or 0) >= 4:
+        raise RuntimeError(f"the retrained version (generation {failed.get('generation')}) did not make it: "
+                           f"{status.get('message')}")
     return bool(status.get("phase") == "Promoted" and (status.get("stable") or {}).get("generation") == 4)
 
 
@@ -218,7 +222,7 @@ def _errors(load: LoadGenerator | None) -> dict[str, float]:
     return {"error_rate": len(bad) / len(recent) if recent else 0.0}
 
 
-def write_chart(tl: Timeline, path: Path) -> None:
+def write_chart(tl: Timeline, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,20 +242,22 @@ def write_chart(tl: Timeline, path: Path) -> None:
     axes[2].set_xlabel("seconds since the demo started")
     if revisions:
         axes[2].legend(fontsize="small")
-    axes[0].set_title("Serin demo: v2 promoted, v3 rolled back")
+    axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def summarise(tl: Timeline, work: Path, final: dict[str, Any], answers: list[Answer]) -> None:
     chart = work / "timeline.png"
-    write_chart(tl, chart)
+    looped = (final.get("stable") or {}).get("generation") == 4
+    write_chart(tl, chart, "Serin demo: v2 promoted, v3 rolled back" + (", v4 retrained on drift and promoted"
+                                                                         if looped else ""))
     failed = [a for a in answers if a.status >= 500 or a.status == 0]
     by_rev: dict[str, int] = {}
     for a in failed:
         by_rev[a.revision or "?"] = by_rev.get(a.revision or "?", 0) + 1
     console.rule("summary")
-    console.print(f"v3 ended {final.get('phase')}: {final.get('message')}")
+    console.print(f"the demo ended {final.get('phase')}: {final.get('message')}")
     console.print(f"requests: {len(answers)}, failed: {len(failed)} {by_rev or ''} (v3's own 500s: its model "
                   "raises; any other failure would be a request lost to a weight change)")
     console.print(f"chart: {chart}")

@@ -101,7 +101,11 @@ async def _patch_source(model: str, namespace: str, uri: str, sample_uri: str, s
     async with client.ApiClient() as api:
         await client.CustomObjectsApi(api).patch_namespaced_custom_object(
             "serin.dev", "v1alpha1", namespace, "models", model,
-            {"spec": {"source": {"uri": uri, "sampleUri": sample_uri, "sha256": sha256}}},
+            # What it wrote, wholly: a joblib scikit-learn model and a sample of features alone
+            # (the spec may still say the format and labels column of another version, an ONNX one
+            # rolled back, say); the S3 settings stay, the artifact is in the same store.
+            {"spec": {"source": {"uri": uri, "sampleUri": sample_uri, "sha256": sha256, "format": "sklearn",
+                                 "sampleLabels": None}}},
             _content_type="application/merge-patch+json")  # type: ignore[call-arg]  # passed through **kwargs
 
 

@@ -65,7 +65,10 @@ def known(namespace: str, model: str, canary: bool, sinks: Iterable[str] = ()) -
     that appears at 1 has no increase in Prometheus' eyes (increase() and rate() need two samples),
     so the first rollback of a Model, or the first notification a sink refuses, would never fire
     SerinRollbacks or SerinNotificationsFailing (found by the real Alertmanager test). The rollback
-    reasons are created while a canary exists: a Model that never canaries costs no series."""
+    reasons are created while a version is converted or canaried (`canary`), which is usually longer
+    than a scrape interval before it can be rolled back: a Model at rest costs no such series. Not
+    covered: an operator that starts (or takes the lease) in the tick that ends a rollback, or
+    sends a notification refused for good within a scrape of its start."""
     RECONCILE_ERRORS.labels(namespace, model)
     if canary:
         for reason in ROLLBACK_REASONS:

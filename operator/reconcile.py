@@ -253,7 +253,7 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
     generation = int(model["metadata"]["generation"])
     # Before anything can fail or count: the alerts' counters exist at 0 (opmetrics.known).
     sinks = notify.sinks_for(spec.notify, deps.notify_defaults)
-    opmetrics.known(namespace, name, canary=status.canary is not None, sinks=sinks)
+    opmetrics.known(namespace, name, canary=status.canary is not None or status.pending is not None, sinks=sinks)
 
     isvc = await deps.kube.get_isvc(namespace, name)
     router = deps.routing.router_for(spec, isvc)
@@ -342,7 +342,8 @@ async def reconcile(deps: Deps, namespace: str, name: str, now: dt.datetime | No
             told = decision.status.evolve(monitoring=monitoring.mark_told(decision.status.monitoring))
             await deps.kube.patch_model_status(fresh, status_to_dict(told))
     _observe_monitoring(namespace, name, decision.status.monitoring)
-    opmetrics.known(namespace, name, canary=decision.status.canary is not None)  # a canary started this tick
+    # A version admitted or a canary started this tick: its rollback counters exist before it can end.
+    opmetrics.known(namespace, name, canary=decision.status.canary is not None or decision.status.pending is not None)
     if decision.rolled_back is not None:
         opmetrics.ROLLOUTS_ROLLED_BACK.labels(namespace, name, decision.rolled_back).inc()
     _observe_metrics(namespace, name, decision, measured=measurements is not None)

@@ -39,7 +39,7 @@ from serin.operator.actions import Action, ClearAnnotation, CreateRetrainJob, Em
 from serin.operator.names import bounded
 from serin.operator.observations import JobObservation
 from serin.operator.spec import DRIFT_SIGNALS, Approval, ModelSpec, RetrainSpec
-from serin.operator.status import Outcome, Retrain, SignalStatus, Status, Version, from_time, to_time
+from serin.operator.status import Monitoring, Outcome, Retrain, SignalStatus, Status, Version, from_time, to_time
 
 APPROVE_ANNOTATION = "serin.dev/approve-retrain"  # `serin approve MODEL`: the serving generation it means
 AWAITING, RUNNING, SUCCEEDED, FAILED = "AwaitingApproval", "Running", "Succeeded", "Failed"
@@ -74,6 +74,14 @@ def _alarm_key(m_started: str, revision: str, signal: str, episode: int) -> str:
     return f"{revision}/{m_started}/{signal}/{episode}"
 
 
+def _acted_key(r: Retrain, m: Monitoring | None) -> str:
+    """The alarm a retraining was for. One recorded before retrainings kept their monitoring's start
+    is taken for the current monitoring's when its revision is the one monitored (else an upgrade
+    would drop an approval, or start a second Job for the same alarm)."""
+    started = r.monitoringStartedAt or (m.startedAt if m is not None and m.revision == r.revision else "")
+    return _alarm_key(started, r.revision, r.signal, r.episode)
+
+
 def _held(s: Status, now: dt.datetime) -> str:
     """Why nothing may start now, whatever the alarm ("" : nothing holds it)."""
     if s.pending is not None or s.canary is not None:
@@ -85,8 +93,12 @@ def _held(s: Status, now: dt.datetime) -> str:
 
 
 def _rolled_back_since(s: Status, r: Retrain) -> bool:
-    """The version a retraining produced was rolled back (a rollback recorded after its trigger)."""
+    """The version the retraining produced was rolled back: the generation its trainer's change made
+    (another version rolled back since, a user's, says nothing of the retraining). A retraining
+    recorded before Serin kept that generation: any rollback after its trigger."""
     triggered = to_time(r.triggeredAt)
+    if r.producedGeneration:
+        return any(h.outcome == Outcome.ROLLED_BACK and h.generation == r.producedGeneration for h in s.history)
     return triggered is not None and any(
         h.outcome == Outcome.ROLLED_BACK and (to_time(h.at) or triggered) > triggered for h in s.history)
 
@@ -107,7 +119,7 @@ def decide(spec: ModelSpec, s: Status, job: JobObservation | None, annotations: 
     m = s.monitoring
     alarm = _alarm(rs, s, now)
     if r is not None and r.state == AWAITING:
-        awaited = _alarm_key(r.monitoringStartedAt, r.revision, r.signal, r.episode)
+        awaited = _acted_key(r, m)
         same = alarm is not None and m is not None \
             and _alarm_key(m.startedAt, m.revision, alarm.signal, alarm.episode) == awaited
         if not same:
@@ -133,7 +145,7 @@ def decide(spec: ModelSpec, s: Status, job: JobObservation | None, annotations: 
     if (now - since).total_seconds() < rs.after:
         return r, out
     key = _alarm_key(m.startedAt, m.revision, alarm.signal, alarm.episode)
-    if r is not None and _alarm_key(r.monitoringStartedAt, r.revision, r.signal, r.episode) == key:
+    if r is not None and _acted_key(r, m) == key:
         return r, out  # this alarm was acted on already (whatever came of it)
     if r is not None and r.generation == s.stable.generation and r.signal == alarm.signal \
             and r.state == SUCCEEDED and _rolled_back_since(s, r):
@@ -208,7 +220,8 @@ def _running(spec: ModelSpec, r: Retrain, job: JobObservation | None, model: str
         words = (f"the Model changed (generation {model_generation}): the new version goes through conversion and "
                  "the canary gate" if changed else "the trainer did not change the Model: nothing to roll out")
         out.append(Emit("Normal", "RetrainSucceeded", f"Job {r.job} succeeded; {words}"))
-        return replace(r, state=SUCCEEDED, finishedAt=now_s, message=words), out
+        return replace(r, state=SUCCEEDED, finishedAt=now_s, message=words,
+                       producedGeneration=model_generation if changed else 0), out
     return r, out
 
 
@@ -216,16 +229,19 @@ def _create(rs: RetrainSpec, r: Retrain, spec: ModelSpec, model: str, namespace:
             serving: Version | None) -> CreateRetrainJob:
     # The serving version's artifact: the spec may name another by now (a version rolled back since
     # keeps its source in the spec). A version recorded before Serin kept its source: the spec's,
-    # only while the spec still names that version.
-    source = serving if serving is not None and serving.sourceUri else Version(
-        0, "", sourceUri=spec.source.uri if serving is None or serving.versionKey == spec.version_key else "",
-        sampleUri=spec.source.sampleUri if serving is None or serving.versionKey == spec.version_key else "")
+    # only while the spec still names that version; else none (never another version's).
+    if serving is not None and serving.sourceUri:
+        source_uri, sample_uri = serving.sourceUri, serving.sampleUri
+    elif serving is not None and serving.versionKey == spec.version_key:
+        source_uri, sample_uri = spec.source.uri, spec.source.sampleUri
+    else:
+        source_uri = sample_uri = ""
     env = {
         "SERIN_MODEL": model, "SERIN_NAMESPACE": namespace, "SERIN_RETRAIN_JOB": r.job,
         "SERIN_SERVING_GENERATION": str(r.generation), "SERIN_SERVING_REVISION": r.revision,
         "SERIN_SIGNAL": r.signal, "SERIN_ALARM_SINCE": r.alarmSince,
         "SERIN_WINDOW_START": r.windowStart, "SERIN_WINDOW_END": r.windowEnd,
-        "SERIN_SOURCE_URI": source.sourceUri, "SERIN_SAMPLE_URI": source.sampleUri,
+        "SERIN_SOURCE_URI": source_uri, "SERIN_SAMPLE_URI": sample_uri,
     }
     if spec.source.s3 is not None and spec.source.s3.endpoint:
         env["SERIN_SOURCE_ENDPOINT"] = spec.source.s3.endpoint
@@ -251,8 +267,7 @@ def next_due(spec: ModelSpec, s: Status, now: dt.datetime) -> float | None:
         return poll_due(s.retrain)
     r = s.retrain
     m = s.monitoring
-    if r is not None and (r.state in (RUNNING, AWAITING) or _alarm_key(
-            r.monitoringStartedAt, r.revision, r.signal, r.episode) == _alarm_key(
+    if r is not None and (r.state in (RUNNING, AWAITING) or _acted_key(r, m) == _alarm_key(
             m.startedAt, m.revision, alarm.signal, alarm.episode)):
         return poll_due(r)
     since = to_time(alarm.since)

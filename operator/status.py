@@ -340,6 +340,7 @@ class Retrain:
     skipped: str = ""
     monitoringStartedAt: str = ""  # the alarm's monitoring (a restarted monitoring counts episodes anew)
     approved: bool = False  # approval: Manual: `serin approve` named it (it may still wait: a rollout, a silence)
+    producedGeneration: int = 0  # Succeeded: the Model generation its trainer's change made (0: none)
 
 
 @dataclass(frozen=True)

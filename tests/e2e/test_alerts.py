@@ -37,7 +37,7 @@ pytestmark = pytest.mark.e2e
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "serin"
 # The chart's windows, shortened (monitoring.prometheusRule values): minutes and hours in production.
-RULE_VALUES = {"stuckFor": "5s", "window": "30s", "reconcileErrorsFor": "4s"}
+RULE_VALUES = {"stuckFor": "5s", "window": "30s", "reconcileErrorsWindow": "30s", "reconcileErrorsFor": "4s"}
 MONITORING = {"interval": "10s", "minRows": 500, "trailingWindow": "20s", "resolveAfter": 2,
               # An SLO no answer keeps (the smallest latency bucket): the serving version is degraded.
               "latency": {"threshold": "0.5ms", "maxShare": 0.01}}

@@ -197,6 +197,34 @@ def test_a_retrained_version_rolled_back_is_not_retrained_again_for_that_version
     assert run(renamed.evolve(retrain=skipped), now=100000 + 1800 + 86500) == (skipped, [])
 
 
+def test_only_the_version_the_trainer_made_being_rolled_back_stops_retraining() -> None:
+    r, _ = run(serving())
+    assert r is not None
+    # The Job succeeds after its trainer changed the Model (generation 4 -> 5): that is its version.
+    done, _ = run(serving().evolve(retrain=replace(r, jobSeen=True)), now=1900,
+                  job=JobObservation(r.job, succeeded=True), generation=5)
+    assert done is not None and done.state == retrain.SUCCEEDED and done.producedGeneration == 5
+    later = serving(alarm_since=100000)
+    later = later.evolve(monitoring=replace(later.monitoring, startedAt=ts(99000)))  # type: ignore[type-var]
+    # A user's generation 6 rolled back says nothing of the retraining: the next alarm retrains.
+    theirs = later.evolve(retrain=done, history=(HistoryEntry(6, Outcome.ROLLED_BACK, ts(3000), "analysis failed"),))
+    again, actions = run(theirs, now=100000 + 1800 + 86400, generation=6)
+    assert again is not None and again.job != r.job and reasons(actions) == ["RetrainTriggered"]
+    ours = later.evolve(retrain=done, history=(HistoryEntry(5, Outcome.ROLLED_BACK, ts(3000), "analysis failed"),))
+    assert reasons(run(ours, now=100000 + 1800 + 86400, generation=6)[1]) == ["RetrainSkipped"]
+
+
+def test_a_retraining_recorded_without_its_monitorings_start_keeps_its_alarm() -> None:
+    # Written by a Serin before retrainings kept monitoringStartedAt: still this alarm, not a new one.
+    r, _ = run(serving(), model_spec=spec(approval="Manual"))
+    assert r is not None and r.state == retrain.AWAITING
+    old = replace(r, monitoringStartedAt="")
+    kept, actions = run(serving().evolve(retrain=old), model_spec=spec(approval="Manual"), now=1900)
+    assert kept == old and actions == []
+    done = replace(old, state=retrain.FAILED, jobSeen=True, triggeredAt=ts(1800))
+    assert run(serving().evolve(retrain=done), now=1800 + 86400 + 1) == (done, [])
+
+
 def test_a_restarted_monitoring_counts_its_alarms_anew() -> None:
     r, _ = run(serving())
     assert r is not None

@@ -433,6 +433,8 @@ tests:
         values: '0+1x30'
       - series: 'serin_notifications_failed_total{namespace="ml",sink="ops"}'
         values: '0x5 1x30'
+      - series: 'serin_reconcile_errors_total{namespace="ml",model="blip"}'
+        values: '0x5 1x5 2x40'  # two errors five minutes apart: not an operator that keeps failing
     alert_rule_test:
       - {eval_time: 4m, alertname: SerinRollbacks, exp_alerts: [{exp_labels: {severity: warning, namespace: ml, model: fraud, reason: error-rate}, exp_annotations: {summary: "Model ml/fraud was rolled back (error-rate)", description: "Traffic went back to the stable version (analysis: the canary failed its analysis; manual: serin abort; deadline, crashed, superseded, reverted: as named). See: kubectl describe model -n ml fraud"}}]}
       - {eval_time: 30m, alertname: SerinRolloutStuck, exp_alerts: []}
