@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -66,18 +65,7 @@ class Alertmanager:
             "--log.level=warn",
         ], self.workdir / "alertmanager.log")
         self._proc.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self._proc.alive():
-                raise ControlPlaneError(f"alertmanager exited:\n{self._proc.tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            time.sleep(0.2)
-        raise ControlPlaneError(f"alertmanager not ready after {timeout}s")
+        self._proc.wait_http(f"{self.url}/-/ready", timeout)
 
     def alerts(self) -> list[dict[str, Any]]:
         """What Alertmanager holds now (its v2 API)."""

@@ -103,6 +103,21 @@ class _Proc:
         """The process (the leader of its own process group), while it runs."""
         return self.popen.pid if self.alive() and self.popen is not None else None
 
+    def wait_http(self, url: str, timeout: float) -> None:
+        """Until `url` answers 200 (a server's readiness endpoint); fails at once if the process exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ControlPlaneError(f"{self.name} exited:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.2)
+        raise ControlPlaneError(f"{self.name} not ready after {timeout}s")
+
     def stop(self, timeout: float = 10.0) -> None:
         if not self.popen or self.popen.poll() is not None:
             return

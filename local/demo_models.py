@@ -160,12 +160,13 @@ def slow_version(directory: Path, seed: int = 12, depth: int = 2000) -> VersionF
               helper.make_node("Mul", ["busy", "zero"], ["busy_zero"])]
     _rewire_probabilities(onx, nodes, inits, "busy_zero")
     # ~1 GFLOP per row: its conversion runs the sample three times (the passthrough's "native"
-    # run, the parity run, and publish's rebuild of the profile), so 100 rows keep that near a
-    # minute in a Job on a busy node; 200 took over two minutes on a busy CI machine.
+    # run, the parity run, and publish's rebuild of the profile). 100 rows took 5.5 minutes in a
+    # Job on a node sharing 2 cores with the other test worker; 30 rows are enough for parity,
+    # and what the version is for, its latency, is measured on served requests.
     return _save_onnx(directory, onx, x, rows=SLOW_SAMPLE_ROWS)
 
 
-SLOW_SAMPLE_ROWS = 100
+SLOW_SAMPLE_ROWS = 30
 
 
 def _save_onnx(directory: Path, onx, x: np.ndarray,  # type: ignore[no-untyped-def]

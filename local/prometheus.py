@@ -12,7 +12,6 @@ responsive; a production Prometheus would use 15-30 s.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -125,18 +124,9 @@ class Prometheus:
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc is not None and not self._proc.alive():
-                raise ControlPlaneError(f"prometheus exited:\n{self._proc.tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            time.sleep(0.2)
-        raise ControlPlaneError(f"prometheus not ready after {timeout}s")
+        if self._proc is None:
+            raise ControlPlaneError("prometheus was not started")
+        self._proc.wait_http(f"{self.url}/-/ready", timeout)
 
     def stop(self) -> None:
         if self._proc is not None:

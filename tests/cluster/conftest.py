@@ -7,6 +7,7 @@ the run if it does."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,20 @@ from serin.local.cluster import Cluster, start_cluster
 from serin.local.kserve_controller import KServeController, kserve_dir
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_worker_for_the_node(request: pytest.FixtureRequest) -> None:
+    """hack/test.sh runs two xdist workers; every test of this tier is in xdist_group "node" so one
+    worker runs them all, one node on the host at a time. Grouping that is silently off (as with
+    pytest 9.2, pytest-dev/pytest-xdist#1386) would start two nodes on one host: fail before any
+    starts (a module-scoped autouse fixture runs before the module's other fixtures)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    ungrouped = [i.nodeid for i in request.session.items if i.path == request.path and not i.nodeid.endswith("@node")]
+    if ungrouped:
+        pytest.fail(f"{ungrouped[0]} is not grouped on one xdist worker (--dist loadgroup and pytestmark = "
+                    f"pytest.mark.xdist_group('node')): two real nodes would share the host")
 
 
 @pytest.fixture(scope="module")

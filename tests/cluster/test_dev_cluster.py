@@ -52,6 +52,9 @@ def kubectl(state: dict, *args: str, input: str | None = None) -> str:
 
 REPO = Path(__file__).resolve().parents[2]
 
+# One real node on the host at a time: the tier runs whole on one xdist worker (hack/test.sh).
+pytestmark = pytest.mark.xdist_group("node")
+
 
 def up(home: Path) -> dict:
     t = time.monotonic()

@@ -25,6 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "serin"
 RELEASE, SYSTEM, MODELS = "serin", "serin-system", "models"
 
+# One real node on the host at a time: the tier runs whole on one xdist worker (hack/test.sh).
+pytestmark = pytest.mark.xdist_group("node")
+
 
 def get(cluster: Cluster, *args: str) -> Any:
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)

@@ -33,6 +33,9 @@ from serin.local.node import HOST_ADDRESS
 
 MODELS = "models"
 
+# One real node on the host at a time: the tier runs whole on one xdist worker (hack/test.sh).
+pytestmark = pytest.mark.xdist_group("node")
+
 
 def get(cluster: Cluster, *args: str) -> Any:
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
@@ -96,6 +99,18 @@ def wait_phase(p: Platform, name: str, phase: str, generation: int, timeout: flo
         print(p.cluster.kubectl("get", "pods,deploy,isvc", "-n", MODELS, "-o", "wide").stdout)
         assert p.cluster.kserve is not None
         print(p.cluster.kserve.log(40))
+        raise
+
+
+def wait_canary_routed(p: Platform, name: str, timeout: float = 420) -> None:
+    """Until generation 2 has weight on the Model's HTTPRoute: its conversion (a Job) and its
+    Pods come first, which on a 2-core machine shared with the other test worker take minutes."""
+    try:
+        wait_for(f"{name}'s canary on the route", lambda: route_weights(p, name).get("gen2", 0) > 0,
+                 timeout=timeout, every=0.25)
+    except AssertionError:
+        print(json.dumps(status(p, name), indent=1)[-3000:])
+        print(p.cluster.kubectl("get", "pods,jobs,isvc", "-n", MODELS, "-o", "wide").stdout)
         raise
 
 
@@ -473,6 +488,7 @@ REAL_BAD = [
 ]
 
 
+@pytest.mark.timeout(900)  # a conversion that waits on a busy CPU, then a rollout
 @pytest.mark.parametrize(("case", "version", "metric"), REAL_BAD, ids=[b[0] for b in REAL_BAD])
 def test_a_version_bad_by_its_own_behaviour_is_rolled_back(platform: Platform, gateway: Any, case: str,
                                                            version: str, metric: dict[str, Any]) -> None:
@@ -480,8 +496,7 @@ def test_a_version_bad_by_its_own_behaviour_is_rolled_back(platform: Platform, g
     load = v1_served_under_load(p, gateway, name)
     try:
         apply_model(p, name, version, analysis={"interval": "3s", "failureLimit": 2, "metrics": [metric]})
-        wait_for("the canary on the route", lambda: route_weights(p, name).get("gen2", 0) > 0,
-                 timeout=300, every=0.25)
+        wait_canary_routed(p, name)
         weighted = load.now() - ROUTE_LAG
         s = wait_phase(p, name, "RolledBack", 2)
         done = load.now()
@@ -529,7 +544,7 @@ def test_a_canary_that_dies_is_rolled_back_though_no_request_failed(platform: Pl
         # sees no error: the runtime counts errors of requests it answers, and a dead one answers none.
         apply_model(p, name, "v2", steps=[{"weight": 50, "pause": "10m"}],
                     analysis={"interval": "3s", "metrics": [{"name": "errors", "builtin": "errorRate", "max": 0.05}]})
-        wait_for("the canary on the route", lambda: route_weights(p, name).get("gen2", 0) > 0, timeout=300, every=0.25)
+        wait_canary_routed(p, name)
         wait_for("the canary answering", lambda: by_revision(load.answers)["gen2"] > 5, timeout=60)
         selector = get(p.cluster, "deployment", f"{name}-gen2-predictor", "-n", MODELS)["spec"]["selector"]["matchLabels"]
         pods = json.loads(p.cluster.kubectl("get", "pods", "-n", MODELS, "-o", "json", "-l",

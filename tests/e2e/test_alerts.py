@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+import test_e2e
 from harness import Platform, Receiver, Versions, webhook_receiver
 from serin.local.alertmanager import Alertmanager, chart_rules
 from serin.local.controlplane import free_port
@@ -97,12 +97,7 @@ def alerting(platform: Platform, tmp_path: Path) -> Iterator[tuple[Alerts, Prome
 
 
 def apply(p: Platform, files: Any, rollout: dict[str, Any], monitoring: dict[str, Any], sink_url: str) -> None:
-    c = p.cluster
-    body = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": c.name, "namespace": c.namespace},
-            "spec": {"source": {"uri": files.model.as_uri(), "format": files.format, "sampleUri": files.sample.as_uri()},
-                     "rollout": rollout, "monitoring": monitoring,
-                     "notify": {"sinks": [{"name": "ops", "url": sink_url}]}}}
-    c.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
+    test_e2e.apply(p, files, rollout, monitoring, notify={"sinks": [{"name": "ops", "url": sink_url}]})
 
 
 def serin(p: Platform, *args: str) -> None:

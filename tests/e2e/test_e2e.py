@@ -33,11 +33,12 @@ ROLLOUT: dict[str, Any] = {
 
 
 def apply(p: Platform, files: demo_models.VersionFiles, rollout: dict[str, Any] = ROLLOUT,
-          monitoring: dict[str, Any] | None = None) -> None:
+          monitoring: dict[str, Any] | None = None, notify: dict[str, Any] | None = None) -> None:
     c = p.cluster
     body = {"apiVersion": "serin.dev/v1alpha1", "kind": "Model", "metadata": {"name": c.name, "namespace": c.namespace},
             "spec": {"source": {"uri": files.model.as_uri(), "format": files.format, "sampleUri": files.sample.as_uri()},
-                     "rollout": rollout, **({"monitoring": monitoring} if monitoring else {})}}
+                     "rollout": rollout, **({"monitoring": monitoring} if monitoring else {}),
+                     **({"notify": notify} if notify else {})}}
     c.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
 
 
