@@ -12,7 +12,11 @@ One operator process watches both. Printed, in order:
              above the limit), peak RSS of the operator and of the whole platform
   idle       over a window with nothing to do: the operator's CPU share, its RSS and RSS per
              Model (idle RSS with N Models less RSS before the first), the apiserver requests
-             per second by resource (its own counter, apiserver_request_total)
+             per second by resource (its own counter, apiserver_request_total); and monitoring,
+             on by default for every serving Model: the queries Prometheus answered per second
+             (its own prometheus_http_requests_total), the operator's monitoring reads by
+             outcome, and the fleet's monitoring states (make --idle-seconds at least the
+             monitoring interval, 300 s, to see every Model read)
   rollouts   canaries held at step 1 (50 %) under analysis (every 10 s, failureLimit 2), then
              made to fail: the load's inputs shift so that the canary model raises on most
              requests. Detection → 0 %: the canary's first failed answer to the last answer it
@@ -29,6 +33,7 @@ One operator process watches both. Printed, in order:
              platform from the first shift to the last rollback
 
     bash hack/venv.sh && ~/.cache/serin/venv-py311/bin/python bench/scale_bench.py --models 1000 --rollouts 50
+    ... bench/scale_bench.py --rollouts 0 --solo-runs 0 --idle-seconds 600   # the fleet and idle only
 
 Goals (issue 13): idle ≤ 2 % of a core, ≤ 1 apiserver request/s, RSS ≤ 300 MB at 1,000 Models;
 the ramp never above the limit; R concurrent rollouts detect within 10 % of a single one.
@@ -295,25 +300,68 @@ def ramp(cp: ControlPlane, op: OperatorProcess, platform_pids: list[int], n: int
             "peak_platform": s.peak_platform}
 
 
-def idle(cp: ControlPlane, op: OperatorProcess, n: int, window: float, rss_before: int) -> dict[str, Any]:
+def counter_totals(url: str, wanted: Callable[[str, dict[str, str]], str | None]) -> dict[str, float]:
+    """Counters of a /metrics page summed by the key `wanted` gives a sample (None: not counted)."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = wanted(sample.name, sample.labels) if sample.name.endswith("_total") else None
+            if key is not None:
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def prometheus_queries(url: str) -> dict[str, float]:
+    """Queries Prometheus has answered (its own prometheus_http_requests_total), by API."""
+    return counter_totals(f"{url}/metrics", lambda name, labels: labels.get("handler") if (
+        name == "prometheus_http_requests_total" and labels.get("handler", "").startswith("/api/v1/query")) else None)
+
+
+def monitoring_reads(port: int) -> dict[str, float]:
+    """The operator's monitoring reads by outcome (serin_monitoring_reads_total)."""
+    return counter_totals(f"http://127.0.0.1:{port}/metrics", lambda name, labels: labels.get("outcome", "")
+                          if name == "serin_monitoring_reads_total" else None)
+
+
+def monitoring_states(cp: ControlPlane, namespace: str) -> dict[str, int]:
+    """How many Models are monitored, by their health (the HEALTH column) and what held them."""
+    states: dict[str, int] = {}
+    for item in json.loads(cp.kubectl("get", "models", "-n", namespace, "-o", "json").stdout)["items"]:
+        m = (item.get("status") or {}).get("monitoring")
+        state = "not monitored" if not m else f"{m.get('health') or '-'}: {(m.get('problem') or 'judged')[:60]}"
+        states[state] = states.get(state, 0) + 1
+    return states
+
+
+def idle(cp: ControlPlane, op: OperatorProcess, n: int, window: float, rss_before: int,
+         prometheus_url: str, metrics_port: int) -> dict[str, Any]:
     assert op.proc is not None
     proc = psutil.Process(op.proc.pid)
     time.sleep(10)  # the last writes' own watch events settle
     before, cpu0, t0 = requests_by_resource(cp), proc.cpu_times(), time.monotonic()
+    queries0, reads0 = prometheus_queries(prometheus_url), monitoring_reads(metrics_port)
     time.sleep(window)
     after, cpu1, wall = requests_by_resource(cp), proc.cpu_times(), time.monotonic() - t0
+    queries1, reads1 = prometheus_queries(prometheus_url), monitoring_reads(metrics_port)
     # One scrape of /metrics is itself a request: the bench's own, not counted.
     grown = {k: after[k] - before.get(k, 0.0) for k in after if after[k] > before.get(k, 0.0)}
     grown.pop("- GET", None)
     cpu = max(0.0, (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall)  # clock ticks: never -0.00 %
     resident = proc.memory_info().rss
     total = sum(grown.values()) / wall
+    queries = sum(queries1.values()) - sum(queries0.values())
+    reads = {k: v - reads0.get(k, 0.0) for k, v in reads1.items() if v > reads0.get(k, 0.0)}
     print(f"idle ({window:.0f}s, {n} Models): operator CPU {cpu:.2%} of a core, RSS {mb(resident)} "
           f"({(resident - rss_before) / max(n, 1) / 1024:.1f} KB per Model over {mb(rss_before)} before any); "
           f"apiserver {total:.2f} requests/s from every client: "
           + (", ".join(f"{k} {v / wall:.2f}/s" for k, v in sorted(grown.items(), key=lambda kv: -kv[1])) or "none"),
           flush=True)
-    return {"cpu": cpu, "rss": resident, "requests_per_s": total, "by_resource": grown}
+    print(f"  monitoring: Prometheus answered {queries / wall:.2f} queries/s; the operator's monitoring reads "
+          + (", ".join(f"{k} {v / wall:.2f}/s" for k, v in sorted(reads.items())) or "none")
+          + f"; the fleet's monitoring: {monitoring_states(cp, FLEET)}", flush=True)
+    return {"cpu": cpu, "rss": resident, "requests_per_s": total, "by_resource": grown,
+            "queries_per_s": queries / wall}
 
 
 @dataclass
@@ -626,7 +674,10 @@ def main() -> int:
         print(f"platform up in {time.monotonic() - t0:.0f}s; operator RSS with no Model {mb(rss_before)}", flush=True)
 
         ramp(cp, op, platform_pids, args.models, fleet_files, args.limit)
-        idle(cp, op, args.models, args.idle_seconds, rss_before)
+        idle(cp, op, args.models, args.idle_seconds, rss_before, prom.url, metrics_port)
+        if not args.rollouts and not args.solo_runs:
+            print(f"\n{op.tail(5)}\ndone in {(time.monotonic() - t0) / 60:.1f} min")
+            return 0
 
         # One rollout at a time, several times: a single detection depends on where the shift falls
         # between two analysis rounds, so the baseline is a median too.
