@@ -44,6 +44,7 @@ import multiprocessing
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -203,12 +204,16 @@ def false_alarms_batch(models: int, mean_rows: float, weekly: bool, seed: int) -
 BATCH = 500  # Model-months simulated at once (memory: about 100 MB a batch)
 
 
+def in_batches(batch: Callable[..., int], models: int, size: int, seed: int, *args: object, pool=None) -> int:
+    """Alarms of `models` Model-months simulated `size` at a time by `batch(size, *args, seed)`,
+    each batch with a seed of its own, on `pool` when given."""
+    tasks = [(min(size, models - start), *args, seed * 100_003 + i) for i, start in enumerate(range(0, models, size))]
+    return sum(pool.starmap(batch, tasks) if pool else [batch(*t) for t in tasks])
+
+
 def false_alarms(models: int, mean_rows: float, seed: int, weekly: bool = True, pool=None) -> tuple[int, float]:
     """Alarms over `models` Model-months of undrifted traffic: (alarms, the 95 % upper bound)."""
-    sizes = [min(BATCH, models - start) for start in range(0, models, BATCH)]
-    tasks = [(size, mean_rows, weekly, seed * 100_003 + i) for i, size in enumerate(sizes)]
-    counts = pool.starmap(false_alarms_batch, tasks) if pool else [false_alarms_batch(*t) for t in tasks]
-    alarms = sum(counts)
+    alarms = in_batches(false_alarms_batch, models, BATCH, seed, mean_rows, weekly, pool=pool)
     return alarms, upper95(alarms, models)
 
 
@@ -224,9 +229,7 @@ def below_tolerance_batch(models: int, seed: int) -> int:
 def below_tolerance(models: int, seed: int, pool=None) -> tuple[int, float]:
     """One feature at true PSI 0.01 (tolerance 0.02), 30,000 rows an evaluation, for a month."""
     assert 0.0095 < float(sq.psi(shifted(0.1), REFERENCE)) < 0.0105
-    sizes = [min(BATCH * 4, models - start) for start in range(0, models, BATCH * 4)]
-    tasks = [(size, seed * 100_003 + i) for i, size in enumerate(sizes)]
-    alarms = sum(pool.starmap(below_tolerance_batch, tasks) if pool else [below_tolerance_batch(*t) for t in tasks])
+    alarms = in_batches(below_tolerance_batch, models, BATCH * 4, seed, pool=pool)
     return alarms, upper95(alarms, models)
 
 

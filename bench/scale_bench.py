@@ -117,17 +117,25 @@ def phases(cp: ControlPlane, namespace: str) -> list[str]:
     return out.stdout.splitlines()
 
 
+def counter_totals(text: str, wanted: Callable[[str, dict[str, str]], str | None]) -> dict[str, float]:
+    """Counters of a /metrics page summed by the key `wanted` gives a sample (None: not counted)."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = wanted(sample.name, sample.labels) if sample.name.endswith("_total") else None
+            if key is not None:
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
 def requests_by_resource(cp: ControlPlane) -> dict[str, float]:
     """Every request the apiserver has served (apiserver_request_total), by resource and verb."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(cp.kubectl("get", "--raw", "/metrics").stdout):
-        if family.name == "apiserver_request":
-            for s in family.samples:
-                if s.name.endswith("_total"):
-                    resource = "/".join(x for x in (s.labels.get("resource"), s.labels.get("subresource")) if x)
-                    key = f"{resource or '-'} {s.labels.get('verb', '')}"
-                    out[key] = out.get(key, 0.0) + s.value
-    return out
+    def key(name: str, labels: dict[str, str]) -> str | None:
+        if name != "apiserver_request_total":
+            return None
+        resource = "/".join(x for x in (labels.get("resource"), labels.get("subresource")) if x)
+        return f"{resource or '-'} {labels.get('verb', '')}"
+    return counter_totals(cp.kubectl("get", "--raw", "/metrics").stdout, key)
 
 
 def tree(pid: int) -> list[psutil.Process]:
@@ -300,27 +308,17 @@ def ramp(cp: ControlPlane, op: OperatorProcess, platform_pids: list[int], n: int
             "peak_platform": s.peak_platform}
 
 
-def counter_totals(url: str, wanted: Callable[[str, dict[str, str]], str | None]) -> dict[str, float]:
-    """Counters of a /metrics page summed by the key `wanted` gives a sample (None: not counted)."""
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = wanted(sample.name, sample.labels) if sample.name.endswith("_total") else None
-            if key is not None:
-                out[key] = out.get(key, 0.0) + sample.value
-    return out
-
-
 def prometheus_queries(url: str) -> dict[str, float]:
     """Queries Prometheus has answered (its own prometheus_http_requests_total), by API."""
-    return counter_totals(f"{url}/metrics", lambda name, labels: labels.get("handler") if (
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    return counter_totals(text, lambda name, labels: labels.get("handler") if (
         name == "prometheus_http_requests_total" and labels.get("handler", "").startswith("/api/v1/query")) else None)
 
 
 def monitoring_reads(port: int) -> dict[str, float]:
     """The operator's monitoring reads by outcome (serin_monitoring_reads_total)."""
-    return counter_totals(f"http://127.0.0.1:{port}/metrics", lambda name, labels: labels.get("outcome", "")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return counter_totals(text, lambda name, labels: labels.get("outcome", "")
                           if name == "serin_monitoring_reads_total" else None)
 
 
