@@ -83,9 +83,13 @@ class ClusterPlatform:
         if self.cluster.gateway is None:
             self.cluster.gateway = install_gateway(self.cluster.control_plane, workdir)
         ns, name, listener = self.cluster.gateway.setting.split("/")
+        # Traefik's request counters, for gatewayErrorRate: the 5xx it answered for each backend.
+        self.prometheus.scrape("gateway", [self.cluster.gateway.metrics_target])
         self.cluster.helm("upgrade", RELEASE, str(CHART), "-n", SYSTEM, "--reuse-values",
                           "--set", f"gateway.name={name}", "--set", f"gateway.namespace={ns}",
-                          "--set", f"gateway.listener={listener}", "--wait", "--timeout", "240s")
+                          "--set", f"gateway.listener={listener}", "--set", "gateway.metrics=traefik",
+                          "--set-string", 'gateway.metricsSelector=job="gateway"',
+                          "--wait", "--timeout", "240s")
         self.cluster.kubectl("rollout", "status", f"deployment/{RELEASE}-operator", "-n", SYSTEM, "--timeout=120s")
         return self.cluster.gateway
 

@@ -56,6 +56,11 @@ class Gateway:
     _proc: _Proc | None = None
 
     @property
+    def metrics_target(self) -> str:
+        """Where Prometheus scrapes Traefik's metrics (`/metrics` on the internal entryPoint)."""
+        return f"127.0.0.1:{self.ping_port}"
+
+    @property
     def setting(self) -> str:
         """The operator's SERIN_GATEWAY for this Gateway."""
         return f"{NAMESPACE}/{GATEWAY}/{LISTENER}"
@@ -102,6 +107,9 @@ class Gateway:
             "--global.checknewversion=false", "--global.sendanonymoususage=false",
             f"--entryPoints.{LISTENER}.address=127.0.0.1:{self.port}",
             f"--entryPoints.traefik.address=127.0.0.1:{self.ping_port}", "--ping=true",
+            # Its request counters per backend on the same internal entryPoint (/metrics): what
+            # the builtin gatewayErrorRate reads (operator/gateway_metrics.py).
+            "--metrics.prometheus=true", "--metrics.prometheus.entryPoint=traefik",
             "--api=false", "--providers.kubernetesgateway=true",
             f"--providers.kubernetesgateway.endpoint={cp.server}",
             f"--providers.kubernetesgateway.certauthfilepath={cp.pki.ca_cert}",

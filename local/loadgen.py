@@ -143,14 +143,24 @@ class LoadGenerator:
         truth = true_labels(rows).tolist()  # the rows as sent: the world they came from
         self.told_ids.append(prediction_id)
         sent = time.monotonic()
-        try:
-            async with session.post(f"{self.url}/v2/models/{self.model}/feedback",
-                                    json={"id": prediction_id, "truth": truth},
-                                    headers={"Authorization": f"Bearer {self.feedback_token}"}) as resp:
-                await resp.read()
-                status = resp.status
-        except (TimeoutError, aiohttp.ClientError):
-            status = 0
+        status = 0
+        # As a labelling pipeline does: a 503 (the replica that answered is restarting or gone, the
+        # store full) is retried, here for up to 90 s: a gone replica's truth is taken elsewhere
+        # after 60 s (docs/runtime.md#feedback).
+        while True:
+            try:
+                async with session.post(f"{self.url}/v2/models/{self.model}/feedback",
+                                        json={"id": prediction_id, "truth": truth},
+                                        headers={"Authorization": f"Bearer {self.feedback_token}"}) as resp:
+                    await resp.read()
+                    status = resp.status
+            except (TimeoutError, aiohttp.ClientError):
+                status = 0
+            if status != 503 or time.monotonic() - sent > 90:
+                break
+            if self._stop.is_set():  # the run ended while this truth waited: nothing was told
+                return
+            await asyncio.sleep(2)
         self.feedback_answers.append(Answer(sent - self._t0, status, revision, time.monotonic() - sent))
 
 

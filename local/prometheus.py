@@ -123,6 +123,15 @@ class Prometheus:
         self._proc.start()
         self.wait_ready(timeout)
 
+    def scrape(self, job: str, targets: list[str]) -> None:
+        """Scrape `targets` as `job` from now on: the configuration rewritten and reloaded."""
+        self.static_targets[job] = targets
+        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(self.config()))
+        request = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            if resp.status != 200:
+                raise ControlPlaneError(f"prometheus did not reload its configuration: {resp.status}")
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         if self._proc is None:
             raise ControlPlaneError("prometheus was not started")

@@ -120,7 +120,9 @@ async def load_routing(kube: Kube) -> Routing:
     if cm is None:
         log.info("KServe's ConfigMap %s/inferenceservice-config is not readable: assuming KServe's default mode, "
                  "Serverless (Knative)", namespace)
-    gateway = parse_gateway(os.environ.get("SERIN_GATEWAY", ""), os.environ.get("SERIN_GATEWAY_DOMAIN", ""))
+    gateway = parse_gateway(os.environ.get("SERIN_GATEWAY", ""), os.environ.get("SERIN_GATEWAY_DOMAIN", ""),
+                            os.environ.get("SERIN_GATEWAY_METRICS", ""),
+                            os.environ.get("SERIN_GATEWAY_METRICS_SELECTOR", ""))
     return Routing(default_mode_from_configmap(cm), gateway)
 
 

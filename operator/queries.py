@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from statistics import NormalDist
 
+from serin.operator.gateway_metrics import GatewayMetrics
 from serin.operator.promql import QueryRefused, confine
 from serin.operator.spec import Builtin, MetricSpec
 from serin.runtime import metric_names as m
@@ -25,6 +26,10 @@ class QueryContext:
     # PromQL range covering the canary's time with traffic (never shorter than `window`): what the
     # ground-truth builtins add up, since labels are few and every one counts.
     lifetime: str = ""
+    # gatewayErrorRate: its query, rendered for the Gateway implementation and the canary's
+    # backend Service (gateway_query); else why it cannot be read.
+    gateway_errors: str = ""
+    gateway_refusal: str = ""
 
 
 def _sel(ctx: QueryContext, revision: str, extra: str = "") -> str:
@@ -80,6 +85,8 @@ def builtin_query(builtin: Builtin, ctx: QueryContext) -> str:
                     f"(rate({m.REQUEST_DURATION_SECONDS}_bucket{{{_sel(ctx, revision)}}}[{w}])))")
 
         return f"{p99(ctx.revision)} / scalar({p99(ctx.stable_revision)})"
+    if builtin == Builtin.GATEWAY_ERROR_RATE:
+        return ctx.gateway_errors
     if builtin == Builtin.PREDICTION_SHIFT:
         # PSI of the canary's class distribution against the stable's over the same window,
         # with a small floor so a class one side never predicted does not make it infinite.
@@ -286,6 +293,8 @@ def render(metric: MetricSpec, ctx: QueryContext) -> str:
 
 def refusal(metric: MetricSpec, ctx: QueryContext) -> str:
     """Why `metric`'s query is not sent ("" when it is): the reason to record in status."""
+    if metric.builtin == Builtin.GATEWAY_ERROR_RATE and not ctx.gateway_errors:
+        return ctx.gateway_refusal or "gatewayErrorRate: the Gateway's answers cannot be read here"
     if metric.builtin:
         return ""
     try:
@@ -313,3 +322,19 @@ def window_for(interval_seconds: float) -> str:
 def lifetime_for(interval_seconds: float, canary_age_seconds: float) -> str:
     """The range since the canary got traffic, never shorter than the ordinary window."""
     return f"{max(max(30, int(interval_seconds * 3)), math.ceil(canary_age_seconds))}s"
+
+
+def gateway_query(metrics: GatewayMetrics | None, traffic: str, namespace: str, canary_service: str,
+                  port: int, window: str) -> tuple[str, str]:
+    """(gatewayErrorRate's query, "") or ("", why it cannot be read): only a Model whose canary
+    Serin routes through a Gateway (status.serving.traffic) whose implementation's metrics the
+    operator was told (SERIN_GATEWAY_METRICS)."""
+    if traffic != "gateway":
+        return "", ("gatewayErrorRate reads the Gateway's answers, and this Model is not routed through a "
+                    "Gateway (Standard mode with the chart's gateway values)")
+    if metrics is None:
+        return "", ("gatewayErrorRate: the operator was not told which Gateway implementation's metrics to "
+                    "read (the chart's gateway.metrics, SERIN_GATEWAY_METRICS)")
+    if not canary_service:
+        return "", "gatewayErrorRate: the canary's predictor is not known yet"
+    return metrics.error_share(namespace, canary_service, port, window), ""

@@ -41,7 +41,7 @@ from serin.operator.queries import QueryContext, lifetime_for, render, sample_qu
 from serin.operator.rollout import REBASELINE_ANNOTATION, Decision, analysis_due, decide, is_idle, next_due
 from serin.operator.routing import Router, Routing, Seen, Write
 from serin.operator.routing.base import Op
-from serin.operator.routing.standard import route_name, split_service_name
+from serin.operator.routing.standard import PREDICTOR_PORT, deployment_name, route_name, split_service_name
 from serin.operator.spec import Builtin, MetricSpec, ModelSpec, MonitoringSpec, SinkSpec, parse_spec
 from serin.operator.status import CanaryState, Monitoring, Status, from_time, status_from_dict, status_to_dict, to_time
 from serin.runtime import metric_names as mn
@@ -141,10 +141,16 @@ async def measure(deps: Deps, model: dict[str, Any], spec: ModelSpec, status: St
     meta = model["metadata"]
     assert status.canary is not None
     since = to_time(status.canary.since)  # the canary's start: its feedback counts from then on
+    window = window_for(spec.analysis.interval)
+    gateway = deps.routing.gateway
+    gateway_errors, gateway_refusal = queries.gateway_query(
+        gateway.metrics if gateway is not None else None, status.serving.traffic if status.serving else "",
+        meta["namespace"], deployment_name(meta["name"], status.canary.revision) if status.canary.revision else "",
+        PREDICTOR_PORT, window)
     ctx = QueryContext(model=meta["name"], namespace=meta["namespace"], revision=status.canary.revision,
-                       stable_revision=status.stable.revision if status.stable else "",
-                       window=window_for(spec.analysis.interval),
-                       lifetime=lifetime_for(spec.analysis.interval, (now - since).total_seconds() if since else 0.0))
+                       stable_revision=status.stable.revision if status.stable else "", window=window,
+                       lifetime=lifetime_for(spec.analysis.interval, (now - since).total_seconds() if since else 0.0),
+                       gateway_errors=gateway_errors, gateway_refusal=gateway_refusal)
     async def one(metric: MetricSpec) -> MeasuredValue:
         refused = queries.refusal(metric, ctx)
         if refused:  # a user query that cannot be confined to the Model's namespace: nothing is sent

@@ -53,6 +53,9 @@ class Builtin(enum.StrEnum):
     MEAN_ABSOLUTE_ERROR = "meanAbsoluteError"  # canary MAE / stable MAE - 1, on ground truth
     ERROR_RATE_VS_STABLE = "errorRateVsStable"  # canary - stable share of 5xx answers
     LATENCY_P99_VS_STABLE = "latencyP99VsStable"  # canary p99 / stable p99
+    # The canary's share of 5xx as the Gateway answered requests routed to it: its own 5xx and the
+    # requests its Pods never answered (a crash, an OOM kill, a reset connection). gateway_metrics.py.
+    GATEWAY_ERROR_RATE = "gatewayErrorRate"
 
 
 # Builtins judged on a confidence interval (analysis.assess): Failed only when the whole interval

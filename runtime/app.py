@@ -72,6 +72,8 @@ class App:
         self.feedback = feedback
         self.capture = capture
         self._ids = feedback.ids if feedback is not None and feedback.ids.enabled else None
+        # Truth for another replica's prediction goes on to that replica (feedback.py, Forwarder).
+        self._forwarder = feedback.forwarder if self._ids is not None else None
         # Feedback touches SQLite (feedback.SeenStore), whose lock another worker may hold: off the loop.
         self._feedback_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serin-feedback")
         # Rows in one batched run of requests that arrive together (batching.py); 0 or 1: none.
@@ -154,11 +156,13 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _respond(self, send: Send, status: int, body: bytes, ctype: bytes = JSON) -> None:
+    async def _respond(self, send: Send, status: int, body: bytes, ctype: bytes = JSON,
+                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
         await send({
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *self._headers],
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *self._headers,
+                        *(extra or ())],
         })
         await send({"type": "http.response.body", "body": body})
 
@@ -210,6 +214,10 @@ class App:
         return None
 
     async def _feedback(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        from serin.runtime.feedback import FORWARDED_ANSWER_HEADER, FORWARDED_HEADER, FeedbackError
+
+        forwarded = _header(scope, FORWARDED_HEADER) is not None  # by another replica (feedback.Forwarder)
+        nonce = None  # of a forwarded request that opened here: the answer carries its tag
         try:
             body = await self._body(scope, receive)
             if name != self.model.name:
@@ -218,10 +226,31 @@ class App:
                 raise RequestError("this model takes no feedback: "
                                    + ("monitoring is disabled" if self.feedback is None else
                                       "its task (classification or regression) is unknown"), 404)
-            self.feedback.senders.check(_header(scope, b"authorization"))
+            if forwarded:
+                opened = self._ids.open_forwarded(body)
+                if opened is None:
+                    raise FeedbackError("forwarded feedback that does not open here: this replica did not issue "
+                                        "the prediction, or is not this Model's", 421)
+                nonce, body = opened
+            else:
+                self.feedback.senders.check(_header(scope, b"authorization"))
             payload = parse_json(body)
+            route = "received" if forwarded else "here"
+            if not forwarded and self._forwarder is not None:  # never forwarded twice
+                issuer = self.feedback.issuer_to_ask(payload)
+                if issuer is not None:
+                    reply = await self._forwarder.send(issuer, f"/v2/models/{self.model.name}/feedback", body,
+                                                       self._ids)
+                    if reply is not None:  # the issuer's answer: it counts the truth and the request
+                        if reply.status == 200:
+                            self._routed("forwarded")
+                        await self._respond(send, reply.status, reply.body)
+                        self._answered(reply.status)
+                        return
+                    route = "issuer_gone"
             answer = await asyncio.get_running_loop().run_in_executor(
                 self._feedback_thread, self.feedback.take, payload)
+            self._routed(route)
             if self.capture is not None:  # taken: kept beside the captured prediction it names
                 self.capture.offer_truth(payload["id"], payload["truth"], answer["revision"], answer["rows"])
             status, out = 200, orjson.dumps(answer)
@@ -232,9 +261,21 @@ class App:
         except Exception as exc:
             log.error("feedback failed", exc_info=exc)
             status, out = 500, _error(f"internal error: {type(exc).__name__}")
-        await self._respond(send, status, out)
+        if nonce is not None and self._ids is not None:
+            await self._respond(send, status, out,
+                                extra=[(FORWARDED_ANSWER_HEADER, self._ids.answer_tag(nonce, status, out))])
+        else:
+            await self._respond(send, status, out)
+        if not forwarded:  # a forwarded request is counted where the sender sent it
+            self._answered(status)
+
+    def _answered(self, status: int) -> None:
         if self.feedback is not None and self.feedback.metrics is not None:
             self.feedback.metrics.answered(status)
+
+    def _routed(self, route: str) -> None:
+        if self.feedback is not None and self.feedback.metrics is not None:
+            self.feedback.metrics.routed(route)
 
     def _miss(self, method: str, path: str) -> tuple[int, str]:
         for prefix in ("/v1/models/", "/v2/models/"):

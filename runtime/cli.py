@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                    "beyond, feedback gets 503 until older ids age out")
     p.add_argument("--feedback-rate", type=float, default=50.0,
                    help="feedback taken per second per worker, bursts of twice that (429 beyond); 0: no limit")
+    p.add_argument("--feedback-gone-after", type=float, default=60.0,
+                   help="seconds the replica that issued a prediction may not answer (a restart) before its "
+                   "truth is taken by the replica it reached instead (503 until then)")
     p.add_argument("--feedback-senders", choices=("token", "anyone"), default="token",
                    help="who may send ground truth: holders of the sender token in $SERIN_FEEDBACK_TOKEN "
                    "(`Authorization: Bearer`; without one, feedback is refused), or anyone reaching the "
@@ -122,7 +125,7 @@ def main(argv: list[str]) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="serin-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
-    from serin.runtime.feedback import KEY_ENV, TOKEN_ENV
+    from serin.runtime.feedback import KEY_ENV, POD_IP_ENV, TOKEN_ENV
     from serin.runtime.server import ServeConfig, serve
 
     feedback_key = os.environ.get(KEY_ENV, "")
@@ -166,6 +169,7 @@ def main(argv: list[str]) -> int:
         feedback_max_age=args.feedback_max_age, feedback_max_ids=args.feedback_max_ids,
         feedback_rate=args.feedback_rate, model_sha256=args.model_sha256,
         feedback_token=feedback_token, feedback_senders_anyone=args.feedback_senders == "anyone",
+        pod_ip=os.environ.get(POD_IP_ENV, ""), feedback_gone_after=args.feedback_gone_after,
         capture=capture,
     )
     from serin.runtime.model import ModelRefused

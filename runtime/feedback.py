@@ -9,16 +9,30 @@ with `{"id": ..., "truth": [...]}` can be scored by any replica of either revisi
 after restarts, with no prediction store: nothing is kept per prediction but the ids that already
 got their truth, on disk (SeenStore), so a duplicate is refused.
 
+One count per prediction across replicas: each replica keeps its own SeenStore, so the same truth
+sent to two replicas would count twice. An id therefore also names the replica that issued it
+(Issuer: its Pod's address, $SERIN_POD_IP and the HTTP port, and its store's random identity, so
+that a later Pod at the same address is another issuer; sealed so that clients do not learn the
+cluster's addresses), and a replica given truth for another replica's id forwards it there
+(Forwarder), encrypted and authenticated under a key derived from the Model's (AES-GCM, bound to
+the issuer's identity) instead of with the sender's token: an address can be reused by another
+tenant's Pod, which must learn neither a credential nor the truth, and whose answer is not
+believed (the issuer's answer carries a tag). The issuer's SeenStore then decides once. Only when
+the issuer cannot have taken it (its address has not answered for GONE_AFTER_S, or what answers
+is not the issuer) is the truth taken where it arrived: docs/security.md says what that leaves open.
+
 Scores go to counters labelled with the revision *in the id* (not the replica that took the
 feedback), so accuracy per revision is `rate(correct) / rate(rows)` whichever pod counted it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import itertools
 import logging
 import math
@@ -27,12 +41,15 @@ import sqlite3
 import struct
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from serin.runtime.decode import RequestError
 from serin.runtime.model import Task
 
@@ -42,7 +59,17 @@ KEY_ENV = "SERIN_FEEDBACK_KEY"
 # The sender token: what a feedback request must carry (`Authorization: Bearer ...`). Apart from the
 # key on purpose: the key mints ids (what was predicted), the token only tells truth about them.
 TOKEN_ENV = "SERIN_FEEDBACK_TOKEN"
-TOKEN_VERSION = 1
+TOKEN_VERSION = 1  # an id without an issuer (a replica that does not know its address)
+ISSUER_TOKEN_VERSION = 2  # an id naming the replica that issued it
+# Where a replica learns its Pod's address (the downward API's status.podIP, set by the serving
+# runtime's container spec); unset: its ids name no issuer and truth for them is taken anywhere.
+POD_IP_ENV = "SERIN_POD_IP"
+# A feedback request one replica forwards to the replica that issued its id carries this header (in
+# place of the sender's token; its body sealed for the issuer), and the issuer's answer carries a
+# tag over it in FORWARDED_ANSWER_HEADER.
+FORWARDED_HEADER = b"serin-forwarded"
+FORWARDED_ANSWER_HEADER = b"serin-forwarded-answer"
+_NONCE_BYTES = 12
 # An id carries the prediction itself: beyond this many bytes (a few hundred rows of a binary
 # classifier) the answer gets no feedback id, and feedback must be sent per smaller request.
 MAX_PAYLOAD_BYTES = 4096
@@ -65,6 +92,31 @@ class FeedbackError(RequestError):
 
 
 @dataclass(frozen=True)
+class Issuer:
+    """The replica that issued an id: its Pod's address and port, and the random identity of its
+    SeenStore (made with the store, kept with it: the same across container restarts where the
+    store survives them, another for a later Pod that gets the same address)."""
+
+    host: str
+    port: int
+    store: bytes  # STORE_IDENTITY_BYTES
+
+    def packed(self) -> bytes:
+        return ipaddress.ip_address(self.host).packed + struct.pack(">H", self.port) + self.store
+
+    @staticmethod
+    def unpack(packed: bytes) -> Issuer | None:
+        address = len(packed) - 2 - STORE_IDENTITY_BYTES
+        if address not in (4, 16):  # IPv4 or IPv6
+            return None
+        port = struct.unpack(">H", packed[address : address + 2])[0]
+        return Issuer(str(ipaddress.ip_address(packed[:address])), port, packed[address + 2 :])
+
+
+STORE_IDENTITY_BYTES = 8
+
+
+@dataclass(frozen=True)
 class Prediction:
     """What an id says was predicted."""
 
@@ -76,6 +128,7 @@ class Prediction:
     labels: tuple[str, ...] = ()  # classification: the predicted class of each row
     probabilities: np.ndarray | None = None  # rows x classes, in `Task.classes` order
     values: np.ndarray | None = None  # regression: the predicted value of each row
+    issuer: Issuer | None = None  # the replica that issued the id
 
 
 @dataclass(frozen=True)
@@ -116,7 +169,7 @@ class PredictionIds:
     """Issues and verifies the ids of one model's answers."""
 
     def __init__(self, key: bytes, model: str, revision: str, task: Task,
-                 probability_output: str | None) -> None:
+                 probability_output: str | None, issuer: Issuer | None = None) -> None:
         self.key = key
         self.model = model.encode()
         self.revision = revision.encode()[:255]
@@ -127,6 +180,17 @@ class PredictionIds:
         self._prefix = os.urandom(8)
         self._counter = itertools.count(1)
         self._revision_field = bytes((len(self.revision),)) + self.revision
+        # This replica's address, sealed once: the same bytes in every id of this process.
+        self.issuer = issuer
+        self._version = TOKEN_VERSION
+        if issuer is not None:
+            packed = issuer.packed()
+            self._revision_field = (bytes((len(packed),)) + _xor(packed, self._issuer_mask(self._prefix, len(packed)))
+                                    + self._revision_field)
+            self._version = ISSUER_TOKEN_VERSION
+        # Forwarding (Forwarder): requests sealed for the issuer, answers tagged by it.
+        self._forward = AESGCM(hashlib.blake2b(b"serin-forwarded\0" + self.model, key=key, digest_size=32).digest())
+        self._answer_key = hashlib.blake2b(b"serin-forwarded-answer\0" + self.model, key=key, digest_size=32).digest()
         # The key and the model name go through the hash once; each id copies that state.
         self._sealer = hashlib.blake2b(key=key, digest_size=_MAC_BYTES)
         self._sealer.update(self.model + b"\0")
@@ -162,7 +226,7 @@ class PredictionIds:
         if body is None:
             return None
         issued = int(time.time() if now is None else now)
-        head = _HEAD.pack(TOKEN_VERSION, issued, self._prefix, next(self._counter) & 0xFFFFFFFF, kind)
+        head = _HEAD.pack(self._version, issued, self._prefix, next(self._counter) & 0xFFFFFFFF, kind)
         payload = b"".join((head, self._revision_field, struct.pack(">H", rows), body))
         if len(payload) > MAX_PAYLOAD_BYTES:
             return None
@@ -234,6 +298,38 @@ class PredictionIds:
             return None
         return np.rint(np.clip(p, 0.0, 1.0) * PROBABILITY_SCALE).astype(">u2").tobytes()
 
+    def _issuer_mask(self, prefix: bytes, size: int) -> bytes:
+        """The bytes an issuer's address is sealed with: keyed by the Model's key and the issuing
+        process's random prefix, so an id shows no address to a client, and computing it once per
+        process costs the request path nothing."""
+        return hashlib.blake2b(b"serin-issuer\0" + self.model + b"\0" + prefix, key=self.key,
+                               digest_size=size).digest()
+
+    def seal_for(self, issuer: Issuer, body: bytes) -> bytes:
+        """A feedback body as forwarded to `issuer`: encrypted and authenticated under a key only
+        the Model's replicas hold, bound to the issuer's identity (address and store), so that only
+        that replica opens it: another tenant's Pod at a reused address learns nothing, and a
+        captured request replayed to another replica (or a later Pod at the address) opens nowhere."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + self._forward.encrypt(nonce, body, b"serin-forwarded\0" + issuer.packed())
+
+    def open_forwarded(self, sealed: bytes) -> tuple[bytes, bytes] | None:
+        """(nonce, body) of a request forwarded to this replica, None when it does not open here."""
+        if self.issuer is None or len(sealed) <= _NONCE_BYTES + 16:
+            return None
+        nonce = sealed[:_NONCE_BYTES]
+        try:
+            return nonce, self._forward.decrypt(nonce, sealed[_NONCE_BYTES:],
+                                                b"serin-forwarded\0" + self.issuer.packed())
+        except InvalidTag:
+            return None
+
+    def answer_tag(self, nonce: bytes, status: int, body: bytes) -> bytes:
+        """The issuer's tag over its answer to the forwarded request `nonce`: an answer without it
+        is not the issuer's, whatever it says."""
+        return hashlib.blake2b(nonce + struct.pack(">H", status) + body, key=self._answer_key,
+                               digest_size=_MAC_BYTES).hexdigest().encode()
+
     def _mac(self, payload: bytes) -> bytes:
         # Keyed BLAKE2b: a MAC by design (no HMAC construction needed), and the fastest in hashlib.
         # Over the model's name and the payload; the keyed state is built once (__init__).
@@ -254,14 +350,20 @@ class PredictionIds:
             raise FeedbackError(f"unknown prediction id {token[:40]!r}: not an id this model issued "
                                 "(it has no valid signature)", 404)
         payload, tag = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        version, issued, _process, _count, kind = _HEAD.unpack_from(payload)
-        if version != TOKEN_VERSION:
+        version, issued, process, _count, kind = _HEAD.unpack_from(payload)
+        if version not in (TOKEN_VERSION, ISSUER_TOKEN_VERSION):
             raise FeedbackError(f"prediction id version {version} is not understood here", 404)
         age = now - issued
         if age > max_age:
             raise FeedbackError(f"prediction {token[:40]!r} is {age / 3600:.1f} h old: feedback is taken "
                                 f"for {max_age / 3600:g} h", 410)
         pos = _HEAD.size
+        issuer = None
+        if version == ISSUER_TOKEN_VERSION:
+            size = payload[pos]
+            sealed = payload[pos + 1 : pos + 1 + size]
+            issuer = Issuer.unpack(_xor(sealed, self._issuer_mask(process, size)))
+            pos += 1 + size
         n = payload[pos]
         revision = payload[pos + 1 : pos + 1 + n].decode()
         pos += 1 + n
@@ -269,7 +371,7 @@ class PredictionIds:
         pos += 2
         if kind == _KIND_REGRESSION:
             values = np.frombuffer(payload, dtype=">f4", count=rows, offset=pos).astype(np.float64)
-            return Prediction(revision, float(issued), tag, rows, "regression", values=values)
+            return Prediction(revision, float(issued), tag, rows, "regression", values=values, issuer=issuer)
         mode = payload[pos]
         pos += 1
         if mode == _LABELS_INDEXED:
@@ -287,7 +389,21 @@ class PredictionIds:
             probabilities = np.frombuffer(payload, dtype=">u2", count=rows * k, offset=pos).astype(
                 np.float64).reshape(rows, k) / PROBABILITY_SCALE
         return Prediction(revision, float(issued), tag, rows, "classification", labels=labels,
-                          probabilities=probabilities)
+                          probabilities=probabilities, issuer=issuer)
+
+
+def _xor(data: bytes, mask: bytes) -> bytes:
+    return bytes(a ^ b for a, b in zip(data, mask, strict=True))
+
+
+def own_address(pod_ip: str, port: int) -> tuple[str, int] | None:
+    """This replica's address as ids name it, None when $SERIN_POD_IP is unset or not an address."""
+    try:
+        return (str(ipaddress.ip_address(pod_ip.strip())), port) if pod_ip.strip() else None
+    except ValueError:
+        log.warning("%s=%r is not an IP address: ids name no issuer, truth is taken by any replica",
+                    POD_IP_ENV, pod_ip)
+        return None
 
 
 def class_key(label: Any) -> str:
@@ -377,6 +493,9 @@ def score(prediction: Prediction, classes: tuple[str, ...], truth: Any) -> Score
 # feedback is refused (503) until ids age out: dropping unexpired ids instead would let a replayed
 # id count twice.
 DEFAULT_MAX_IDS = 1_000_000
+# How long the address of the replica that issued an id may refuse connections (a container
+# restarting keeps its address and its store) before its truth is taken by the others instead.
+GONE_AFTER_S = 60.0
 # Feedback taken per second by one worker process, with bursts of twice that: a sender flooding
 # the endpoint gets 429s, not the Pod's CPU or disk.
 DEFAULT_RATE = 50.0
@@ -404,6 +523,11 @@ class SeenStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS seen (tag BLOB PRIMARY KEY, issued REAL, at REAL)")
+        # The store's identity, made once with it (whichever worker comes first): ids name it, so
+        # truth is forwarded to this store and to no later one at the same address (Issuer).
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)")
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('identity', ?)", (os.urandom(STORE_IDENTITY_BYTES),))
+        self.identity = bytes(self._db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()[0])
         self._pruned = 0.0
         self._count = 0
 
@@ -496,7 +620,9 @@ class Feedback:
     """The feedback endpoint's logic for one worker: limit, verify, deduplicate, score, count."""
 
     def __init__(self, ids: PredictionIds, store: SeenStore, metrics: Any, max_age: float,
-                 rate: float = DEFAULT_RATE, senders: Senders | None = None) -> None:
+                 rate: float = DEFAULT_RATE, senders: Senders | None = None, gone_after: float = GONE_AFTER_S) -> None:
+        # Truth for another replica's prediction goes on to that replica (per worker: async state).
+        self.forwarder = Forwarder(gone_after=gone_after)
         self.senders = senders if senders is not None else Senders()
         self.ids = ids
         self.store = store
@@ -505,17 +631,28 @@ class Feedback:
         self.rate = rate
         self._bucket = TokenBucket(rate, 2 * rate, time.monotonic()) if rate > 0 else None
 
-    def take(self, payload: Any, now: float | None = None, clock: float | None = None) -> dict[str, Any]:
-        """A parsed feedback body → the answer's JSON; raises FeedbackError (4xx, 503). `clock`: a
-        monotonic reading for the rate limit (time.monotonic() when None)."""
-        now = time.time() if now is None else now
+    def issuer_to_ask(self, payload: Any, now: float | None = None) -> Issuer | None:
+        """The replica this feedback must be forwarded to: the one that issued its id, when that is
+        not this one; None: take it here. Raises FeedbackError for feedback no replica would take
+        (misshapen, an unknown or expired id, truth that does not fit), so it is refused here."""
+        prediction, _ = self._checked(payload, time.time() if now is None else now)
+        issuer = prediction.issuer
+        return issuer if issuer is not None and issuer != self.ids.issuer else None
+
+    def _checked(self, payload: Any, now: float) -> tuple[Prediction, Scores]:
         if not isinstance(payload, dict):
             raise FeedbackError('feedback must be a JSON object {"id": ..., "truth": [...]}')
         if "id" not in payload or "truth" not in payload:
             missing = [k for k in ("id", "truth") if k not in payload]
             raise FeedbackError(f"feedback has no {' and no '.join(repr(k) for k in missing)}")
         prediction = self.ids.verify(payload["id"], now, self.max_age)
-        scores = score(prediction, self.ids.classes, payload["truth"])
+        return prediction, score(prediction, self.ids.classes, payload["truth"])
+
+    def take(self, payload: Any, now: float | None = None, clock: float | None = None) -> dict[str, Any]:
+        """A parsed feedback body → the answer's JSON; raises FeedbackError (4xx, 503). `clock`: a
+        monotonic reading for the rate limit (time.monotonic() when None)."""
+        now = time.time() if now is None else now
+        prediction, scores = self._checked(payload, now)
         # Charged only for a verified id with well-formed truth: a flood of junk is refused by the
         # checks above (cheap, no disk) and cannot use up the rate of legitimate senders.
         if self._bucket is not None and not self._bucket.take(time.monotonic() if clock is None else clock):
@@ -531,3 +668,141 @@ class Feedback:
 
     def close(self) -> None:
         self.store.close()
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """The issuing replica's answer to forwarded feedback, passed on to the sender."""
+
+    status: int
+    body: bytes
+
+
+class Forwarder:
+    """Sends feedback on to the replica that issued its id (PredictionIds.seal_for): one HTTP/1.1
+    request each, no pooling (feedback is rare next to inference). Bounded: at most `max_in_flight`
+    at once (429 beyond, never queued), CONNECT_TIMEOUT_S to connect, ANSWER_TIMEOUT_S for the
+    answer, MAX_ANSWER_BYTES of it.
+
+    `send` returns None only when the issuer cannot have taken the truth, so that it is taken where
+    it arrived instead: what answers at the address is not the issuer (its answer lacks the
+    issuer's tag, or says the request does not open there: 421), or the address has not taken a
+    connection for GONE_AFTER_S (longer than a container restart: the Pod is gone). Before that the
+    sender gets 503 and retries: a restarting issuer keeps its store (an emptyDir), and counting
+    the truth elsewhere meanwhile would count a later retry twice. An address found gone is
+    remembered for GONE_FOR_S. Once the request may have reached the issuer, its answer or a
+    502/504 goes to the sender, never a local count: a retry is refused with 409 if it was taken."""
+
+    CONNECT_TIMEOUT_S = 2.0
+    ANSWER_TIMEOUT_S = 10.0
+    GONE_FOR_S = 30.0
+    MAX_ADDRESSES = 1024  # addresses remembered as failing or gone
+    MAX_ANSWER_BYTES = 65536
+    # The issuer's answers passed on as they are: it took the truth, or refused it for a reason the
+    # sender must see. Any other status of the issuer's is a 502.
+    PASSED_ON = frozenset({200, 400, 409, 410, 413, 429, 503})
+
+    def __init__(self, max_in_flight: int = 32, gone_after: float = GONE_AFTER_S) -> None:
+        self.max_in_flight = max_in_flight
+        self.gone_after = gone_after
+        self._in_flight = 0
+        self._failing_since: OrderedDict[Issuer, float] = OrderedDict()
+        self._gone: OrderedDict[Issuer, float] = OrderedDict()
+
+    async def send(self, issuer: Issuer, path: str, body: bytes, ids: PredictionIds) -> Forwarded | None:
+        now = time.monotonic()
+        until = self._gone.get(issuer)
+        if until is not None:
+            if until > now:
+                return None
+            del self._gone[issuer]
+        if self._in_flight >= self.max_in_flight:
+            raise FeedbackError(f"too much feedback in flight to the replicas that issued its ids "
+                                f"({self.max_in_flight}); slow down and retry", 429)
+        sealed = ids.seal_for(issuer, body)
+        nonce = sealed[:_NONCE_BYTES]
+        self._in_flight += 1
+        try:
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(issuer.host, issuer.port),
+                                                        self.CONNECT_TIMEOUT_S)
+            except (TimeoutError, OSError):
+                self._unreachable(issuer, now)  # 503 until it has been silent for GONE_AFTER_S
+                return None
+            self._failing_since.pop(issuer, None)
+            try:
+                host = f"[{issuer.host}]" if ":" in issuer.host else issuer.host
+                writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/octet-stream\r\n"
+                             b"Content-Length: %d\r\n%s: 1\r\nConnection: close\r\n\r\n"
+                             % (path.encode(), host.encode(), issuer.port, len(sealed), FORWARDED_HEADER))
+                writer.write(sealed)
+                status, tag, answer = await asyncio.wait_for(self._answer(reader), self.ANSWER_TIMEOUT_S)
+            except TimeoutError:
+                raise FeedbackError("the replica that issued this prediction did not answer in time; retry "
+                                    "(a retry is refused with 409 if the truth was taken)", 504) from None
+            except (ValueError, asyncio.LimitOverrunError):  # not HTTP as Serin's runtime answers it
+                status, tag, answer = 0, None, b""
+            except (OSError, asyncio.IncompleteReadError) as exc:  # cut off: it may have taken the truth
+                raise FeedbackError(f"the replica that issued this prediction failed to answer "
+                                    f"({type(exc).__name__}); retry", 502) from None
+            finally:
+                writer.close()
+        finally:
+            self._in_flight -= 1
+        if tag is None or not hmac.compare_digest(tag, ids.answer_tag(nonce, status, answer)) or status == 421:
+            # Not the issuer: another Pod holds the address, or this Model's replica that did not
+            # issue the id. Whatever it answered, the truth was not taken there.
+            self._remember(self._gone, issuer, now + self.GONE_FOR_S)
+            return None
+        if status not in self.PASSED_ON:
+            raise FeedbackError(f"the replica that issued this prediction answered {status}; retry", 502)
+        return Forwarded(status, answer)
+
+    def _unreachable(self, issuer: Issuer, now: float) -> None:
+        since = self._failing_since.get(issuer)
+        if since is None:
+            since = now
+            self._remember(self._failing_since, issuer, now)
+        if now - since < self.gone_after:
+            raise FeedbackError(f"the replica that issued this prediction does not answer (restarting?); retry in "
+                                f"a few seconds: after {self.gone_after:g} s without an answer its truth is "
+                                "taken by the other replicas", 503)
+        del self._failing_since[issuer]
+        self._remember(self._gone, issuer, now + self.GONE_FOR_S)
+
+    def _remember(self, table: OrderedDict[Issuer, float], issuer: Issuer, value: float) -> None:
+        table[issuer] = value
+        table.move_to_end(issuer)
+        while len(table) > self.MAX_ADDRESSES:
+            table.popitem(last=False)
+
+    async def _answer(self, reader: Any) -> tuple[int, bytes | None, bytes]:
+        """(status, the answer tag header or None, body) of an HTTP/1.1 answer; ValueError when it
+        is not one, or too large."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise ValueError("not an HTTP answer")
+        status = int(parts[1])
+        if not 200 <= status <= 599:
+            raise ValueError(f"status {status}")
+        length, tag = None, None
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value.strip())
+            elif name == FORWARDED_ANSWER_HEADER.decode():
+                tag = value.strip().encode()
+        if length is None:  # to the end of the connection (Connection: close), within the bound
+            body = b""
+            while chunk := await reader.read(self.MAX_ANSWER_BYTES + 1 - len(body)):
+                body += chunk
+                if len(body) > self.MAX_ANSWER_BYTES:
+                    raise ValueError("answer too large")
+        elif not 0 <= length <= self.MAX_ANSWER_BYTES:
+            raise ValueError("answer too large")
+        else:
+            body = await reader.readexactly(length)
+        return status, tag, body

@@ -67,6 +67,13 @@ ESTIMATED_ROWS_TOTAL = "serin_estimated_rows_total"
 # 410 too old), under the revision of the replica that answered.
 FEEDBACK_REQUESTS_TOTAL = "serin_feedback_requests_total"
 FEEDBACK_CODES: tuple[str, ...] = ("200", "400", "404", "409", "410")
+# Feedback taken, by where (feedback.py, Forwarder): `here` (an id this replica issued, or one that
+# names no issuer), `forwarded` (sent on to the replica that issued it: that one counts it),
+# `received` (forwarded here by another replica), `issuer_gone` (its issuer is gone or its address
+# is no longer this Model's: taken here; the same truth sent to several replicas then counts once
+# on each, docs/security.md).
+FEEDBACK_ROUTED_TOTAL = "serin_feedback_routed_total"
+FEEDBACK_ROUTES: tuple[str, ...] = ("here", "forwarded", "received", "issuer_gone")
 
 # Payload capture (capture.py): rows written to the capture store by kind (predictions, truth), and
 # rows dropped by reason (queue_full: the store is slower than the traffic or down; write_failed:
@@ -95,6 +102,7 @@ BIN = "bin"  # a feature's bin index in its profile, "0" upwards
 PREDICTED_REVISION = "predicted_revision"  # feedback: the revision that made the prediction
 KIND = "kind"  # capture: predictions | truth
 REASON = "reason"  # capture: why rows were dropped
+ROUTE = "route"  # feedback: where truth was taken (FEEDBACK_ROUTES)
 
 # Labels per metric, in exposition order.
 LABELS: dict[str, tuple[str, ...]] = {
@@ -121,6 +129,7 @@ LABELS: dict[str, tuple[str, ...]] = {
     ESTIMATED_CORRECT_TOTAL: (MODEL, REVISION),
     ESTIMATED_ROWS_TOTAL: (MODEL, REVISION),
     FEEDBACK_REQUESTS_TOTAL: (MODEL, REVISION, CODE),
+    FEEDBACK_ROUTED_TOTAL: (MODEL, REVISION, ROUTE),
     CAPTURE_ROWS_TOTAL: (MODEL, REVISION, KIND),
     CAPTURE_DROPPED_ROWS_TOTAL: (MODEL, REVISION, REASON),
 }

@@ -241,6 +241,11 @@ class FeedbackMetrics:
             child.labels(model, revision, revision)
         for code in mn.FEEDBACK_CODES:
             self._requests.labels(model, revision, code)
+        self._routed = counter(mn.FEEDBACK_ROUTED_TOTAL, "Feedback taken, by where: here, forwarded to the "
+                               "replica that issued its id, received from another replica, or here as its "
+                               "issuer is gone")
+        for route in mn.FEEDBACK_ROUTES:
+            self._routed.labels(model, revision, route)
 
     def count(self, predicted_by: str, scores: Any) -> None:
         """Scores of a prediction `predicted_by` made (a revision), whichever this replica is."""
@@ -252,6 +257,9 @@ class FeedbackMetrics:
 
     def answered(self, code: int) -> None:
         self._requests.labels(self.model, self.revision, str(code)).inc()
+
+    def routed(self, route: str) -> None:
+        self._routed.labels(self.model, self.revision, route).inc()
 
 
 class AccuracyEstimate:

@@ -59,6 +59,10 @@ class ServeConfig:
     feedback_rate: float = 50.0  # feedback.DEFAULT_RATE, per worker; 0: no limit
     feedback_token: str = ""  # who may send truth (feedback.Senders): holders of this token ...
     feedback_senders_anyone: bool = False  # ... or anyone; with neither, feedback is refused
+    # This replica's Pod address ($SERIN_POD_IP, from the downward API): ids name it, and truth for
+    # them is forwarded here by the other replicas, so each prediction's truth counts once.
+    pod_ip: str = ""
+    feedback_gone_after: float = 60.0  # feedback.GONE_AFTER_S
     model_sha256: str = ""  # model.onnx must have this digest ("" : not checked)
     # Payload capture (capture.py): a share of the answers and the truth sent back, written in
     # batches to object storage or a directory. Each worker captures its own requests.
@@ -148,12 +152,14 @@ def build_feedback(cfg: ServeConfig, model: OnnxModel) -> Feedback | None:
 
     if not cfg.feedback_key or cfg.state_dir is None:
         return None
-    ids = fb.PredictionIds(fb.key_from(cfg.feedback_key), cfg.name, cfg.revision, model.task,
-                           fb.probability_output(model.task, model.outputs))
     store = fb.SeenStore(cfg.state_dir / "feedback-seen.sqlite", cfg.feedback_max_age, cfg.feedback_max_ids)
+    address = fb.own_address(cfg.pod_ip, cfg.port)
+    ids = fb.PredictionIds(fb.key_from(cfg.feedback_key), cfg.name, cfg.revision, model.task,
+                           fb.probability_output(model.task, model.outputs),
+                           fb.Issuer(address[0], address[1], store.identity) if address else None)
     senders = fb.Senders(cfg.feedback_token, cfg.feedback_senders_anyone, f"{cfg.name}-serin-feedback-sender")
     return fb.Feedback(ids, store, FeedbackMetrics(cfg.name, cfg.revision, model.task), cfg.feedback_max_age,
-                       cfg.feedback_rate, senders)
+                       cfg.feedback_rate, senders, cfg.feedback_gone_after)
 
 
 def run_worker(cfg: ServeConfig, sock: socket.socket | None = None) -> None:

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from serin.operator import pods
+from serin.operator import gateway_metrics, pods
 from serin.operator.observations import ServingObservation
 from serin.operator.routing.base import MODE_ANNOTATION, Mode, Router, Seen, Write, parse_mode
 from serin.operator.routing.knative import KnativeRouter
@@ -86,14 +86,17 @@ def canary_crashes(router: Router, seen: Seen, obs: ServingObservation) -> pods.
     return pods.crashes(mine) if mine else None
 
 
-def parse_gateway(value: str, domain: str = "") -> GatewayRouter | None:
-    """SERIN_GATEWAY: "NAMESPACE/NAME" or "NAMESPACE/NAME/LISTENER" (empty: no Gateway)."""
+def parse_gateway(value: str, domain: str = "", metrics: str = "", metrics_selector: str = "") -> GatewayRouter | None:
+    """SERIN_GATEWAY: "NAMESPACE/NAME" or "NAMESPACE/NAME/LISTENER" (empty: no Gateway);
+    `metrics`: SERIN_GATEWAY_METRICS, the implementation whose request counters to read, from the
+    scrape target `metrics_selector` names (gateway_metrics.parse)."""
     if not value.strip():
         return None
     parts = value.strip().split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise ValueError(f"SERIN_GATEWAY must be NAMESPACE/NAME[/LISTENER], not {value!r}")
-    return GatewayRouter(parts[0], parts[1], parts[2] if len(parts) == 3 else "", domain or "example.com")
+    return GatewayRouter(parts[0], parts[1], parts[2] if len(parts) == 3 else "", domain or "example.com",
+                         gateway_metrics.parse(metrics, metrics_selector))
 
 
 def default_mode_from_configmap(cm: dict[str, Any] | None) -> Mode:

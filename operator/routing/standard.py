@@ -30,6 +30,7 @@ from dataclasses import replace
 from typing import Any
 
 from serin.operator.actions import ApplyServing, Served
+from serin.operator.gateway_metrics import GatewayMetrics
 from serin.operator.observations import ServingObservation, Variant
 from serin.operator.routing.base import (
     Mode,
@@ -303,9 +304,12 @@ WEIGHT_ANNOTATION = "serin.dev/canary-weight"  # the weight Serin asks for; back
 class GatewayRouter:
     traffic = "gateway"
 
-    def __init__(self, gateway_namespace: str, gateway_name: str, listener: str = "", domain: str = "example.com"):
+    def __init__(self, gateway_namespace: str, gateway_name: str, listener: str = "", domain: str = "example.com",
+                 metrics: GatewayMetrics | None = None):
         self.gateway_namespace, self.gateway_name = gateway_namespace, gateway_name
         self.listener, self.domain = listener, domain
+        # Which implementation's request counters to read (gateway_metrics.py): gatewayErrorRate.
+        self.metrics = metrics
 
     @property
     def mode(self) -> Mode:

@@ -304,6 +304,15 @@ def test_gateway_walks_10_50_and_promotes_with_exact_weights_and_no_failed_reque
     told = Counter((a.revision, a.status) for a in load.feedback_answers)
     assert told[("gen2", 200)] > 10 and told[("gen1", 200)] > 10, told
     assert all(status == 200 for _, status in told), told
+    # One count per prediction (issue 32 #5): truth that the Gateway took to the other revision's
+    # Pod went on, over the node's Pod network, to the Pod that answered, and was counted there.
+    def routed(route: str) -> float:
+        found = p.platform.prometheus.query(
+            f'sum(max_over_time(serin_feedback_routed_total{{model="{name}",route="{route}"}}[15m]))')
+        return float(found["data"]["result"][0]["value"][1]) if found["data"]["result"] else 0.0
+
+    wait_for("forwarded truth in Prometheus", lambda: routed("forwarded") > 0 and routed("received") > 0,
+             timeout=60)
     # The Gateway publishes the protocols (feedback included, above), not the Pods' /metrics
     # (issue 32 #5): Prometheus scrapes those from the Pods.
     host = f"{name}.{MODELS}.example.com"
@@ -564,6 +573,49 @@ def test_a_canary_that_dies_is_rolled_back_though_no_request_failed(platform: Pl
         assert all(r["verdict"] != "Failed" for r in s.get("analysis") or []), "no metric saw it"
         after = load.window(done + 1)
         assert after and by_revision(after).keys() == {"gen1"} and not failed(after), by_revision(after)
+    finally:
+        p.cluster.kubectl("delete", "model", name, "-n", MODELS, "--wait=false")
+
+
+def test_requests_a_dying_canary_never_answered_fail_it_as_the_gateway_counted_them(
+        platform: Platform, gateway: Any) -> None:
+    """Issue 32 #8, the rest: the canary is killed under load, its restarts are tolerated
+    (maxRestarts), and the runtime counts no error (a dead process answers nothing); the requests
+    Traefik sent it meanwhile got 502s, which gatewayErrorRate reads from Traefik's own counters."""
+    p, name = platform, "dropper"
+    load = v1_served_under_load(p, gateway, name)
+    try:
+        apply_model(p, name, "v2", steps=[{"weight": 50, "pause": "10m"}],
+                    analysis={"interval": "3s", "failureLimit": 1, "maxRestarts": 100, "metrics": [
+                        {"name": "errors", "builtin": "errorRate", "max": 0.05},
+                        {"name": "gateway-errors", "builtin": "gatewayErrorRate", "max": 0.001}]})
+        wait_canary_routed(p, name)
+        wait_for("the canary answering", lambda: by_revision(load.answers)["gen2"] > 5, timeout=60)
+        selector = get(p.cluster, "deployment", f"{name}-gen2-predictor", "-n", MODELS)["spec"]["selector"]["matchLabels"]
+
+        def kill_the_canary() -> bool:  # again while it lives: each death fails the requests in flight
+            pods = json.loads(p.cluster.kubectl("get", "pods", "-n", MODELS, "-o", "json", "-l",
+                                                ",".join(f"{k}={v}" for k, v in selector.items())).stdout)["items"]
+            for cs in (cs for pod in pods for cs in pod["status"].get("containerStatuses") or []
+                       if cs["name"] == "kserve-container" and cs.get("state", {}).get("running")):
+                kill_container(cs["containerID"])
+            return status(p, name).get("phase") == "RolledBack"
+
+        wait_for("the rollback", kill_the_canary, timeout=180, every=5)
+        s = wait_phase(p, name, "RolledBack", 2, timeout=30)
+    finally:
+        load.stop()
+    try:
+        reason = s["failed"]["reason"]
+        assert "analysis failed: gateway-errors = " in reason, reason
+        assert "restarted" not in reason, reason
+        assert s["stable"]["generation"] == 1 and route_weights(p, name) == {"gen1": 100}
+        # What the Gateway counted was not the runtime's: no round of errorRate failed.
+        assert all(r["verdict"] != "Failed" for r in s.get("analysis") or [] if r["metric"] == "errors"), s
+        gateway_5xx = p.platform.prometheus.query(
+            f'sum(max_over_time(traefik_service_requests_total{{service="{MODELS}-{name}-gen2-predictor-http-80'
+            '@kubernetesgateway",code=~"5.."}[15m]))')["data"]["result"]
+        assert gateway_5xx and float(gateway_5xx[0]["value"][1]) > 0, gateway_5xx
     finally:
         p.cluster.kubectl("delete", "model", name, "-n", MODELS, "--wait=false")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from serin.operator import gateway_metrics
 from serin.operator.executors import ConversionRequest, result_from_summary
 from serin.operator.executors.base import REQUEST_ENV
 from serin.operator.executors.job import JobSettings, job_body, job_name, result_from_pod, storage_uri
@@ -231,13 +232,15 @@ def test_builtin_queries_are_valid_promql(tmp_path: Path) -> None:
     ctx = QueryContext("fraud", "ml", "fraud-predictor-00002", "fraud-predictor-00001", window_for(10))
     exprs = [builtin_query(b, ctx) for b in
              ("errorRate", "latencyP99Seconds", "inputPSI", "inputDriftPValue", "predictionShift")]
+    exprs.append(gateway_metrics.Traefik('namespace="traefik",job=~"traefik|gw"').error_share(
+        "ml", "fraud-gen2-predictor", 80, window_for(10)))
     exprs.append(render(MetricSpec("biz", query='sum(rate(x{revision="{{revision}}"}[1m]))', min=1), ctx))
     rules = {"groups": [{"name": "serin", "rules": [{"record": f"serin:check{i}", "expr": e} for i, e in enumerate(exprs)]}]}
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rules))
     out = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "6 rules found" in out.stdout
+    assert "7 rules found" in out.stdout
     assert "{{" not in exprs[-1] and 'revision="fraud-predictor-00002"' in exprs[-1]
 
 

@@ -5,6 +5,7 @@ refused with a 4xx that says why, and the performance counters per predicting re
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 from pathlib import Path
@@ -260,6 +261,268 @@ def test_regressor_feedback_counts_absolute_and_squared_error(models: dict[str, 
         assert counter(m, "serin_feedback_squared_error_total", "r1") == pytest.approx(5.25, abs=1e-3)
     finally:
         stop_server(srv)
+
+
+# -- issue 32 #5: one count per prediction across replicas -------------------------------------------
+
+HERE = {**KEY, "SERIN_POD_IP": "127.0.0.1"}  # each replica's address is 127.0.0.1 and its own port
+
+
+def total(servers: list[Server], name: str, revision: str) -> float:
+    return sum(counter(s.metrics(), name, revision) for s in servers)
+
+
+def routed(srv: Server, route: str) -> float:
+    found = re.search(rf'serin_feedback_routed_total{{[^}}]*route="{route}"[^}}]*}} (\S+)', srv.metrics())
+    assert found, srv.metrics()
+    return float(found.group(1))
+
+
+@pytest.fixture
+def replicas(models: dict[str, Path], tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Three replicas that know their address, each with its own state (as Pods have): two of the
+    stable revision (the first with two workers) and a canary. An issuer that refuses connections
+    is taken for gone after 2 s (60 s by default: longer than a container restart)."""
+    made = [serve(tmp_path, models["numeric"], "fraud", "--revision", rev, *extra, "--feedback-gone-after", "2",
+                  "--state-dir", str(tmp_path / f"state-{i}"), env=HERE)
+            for i, (rev, extra) in enumerate((("rev-a", ("--workers", "2")), ("rev-a", ()), ("rev-b", ())))]
+    yield made
+    for srv in made:
+        stop_server(srv)
+
+
+def test_the_same_truth_sent_to_every_replica_counts_once_where_it_was_predicted(replicas) -> None:  # type: ignore[no-untyped-def]
+    a, b, c = replicas
+    answers = [infer(a, rows(3, seed)) for seed in range(4)]
+    # A pipeline that retries on every replica (or a Service spreading its retries): each truth is
+    # taken once, by the issuer's own store, whichever replica it reaches first.
+    for answer in answers:
+        body = {"id": answer["id"], "truth": labels(answer)}
+        outcomes = [feedback(srv, body) for srv in (b, c, a, b, c)]
+        assert outcomes[0] == (200, {"id": answer["id"], "revision": "rev-a", "rows": 3}), outcomes
+        assert [status for status, _ in outcomes[1:]] == [409] * 4, outcomes
+        assert all("already recorded" in reply["error"] for _, reply in outcomes[1:])
+    assert total([a, b, c], "serin_feedback_rows_total", "rev-a") == 4 * 3
+    assert counter(a.metrics(), "serin_feedback_rows_total", "rev-a") == 4 * 3  # counted by the issuer
+    assert (routed(b, "forwarded"), routed(a, "received"), routed(b, "issuer_gone")) == (4, 4, 0)
+    # Truth for the canary's answers goes to the canary, wherever it is sent.
+    answer = infer(c, rows(2, 9))
+    assert feedback(a, {"id": answer["id"], "truth": labels(answer)}) == (
+        200, {"id": answer["id"], "revision": "rev-b", "rows": 2})
+    assert counter(c.metrics(), "serin_feedback_rows_total", "rev-b") == 2
+    # Bad feedback is refused by the replica it reached, not forwarded.
+    assert feedback(b, {"id": answer["id"], "truth": [7, 7]})[0] == 400
+    assert feedback(b, {"id": answer["id"] + "x", "truth": labels(answer)})[0] == 404
+
+
+def taken_after_retries(srv: Server, body: dict) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """As a pipeline does: retry on 503 (the issuer does not answer yet); the first answer was one."""
+    first = feedback(srv, body)
+    assert first[0] == 503 and "does not answer" in first[1]["error"], first
+    deadline = time.monotonic() + 20
+    while True:
+        time.sleep(0.5)
+        status, reply = feedback(srv, body)
+        if status != 503 or time.monotonic() > deadline:
+            return status, reply
+
+
+def test_truth_for_a_replica_that_is_gone_is_taken_where_it_arrives(replicas) -> None:  # type: ignore[no-untyped-def]
+    a, b, c = replicas
+    answer = infer(a, rows(2, 1))
+    stop_server(a)  # the Pod that answered is replaced: nothing listens at its address
+    body = {"id": answer["id"], "truth": labels(answer)}
+    # 503 while it may be restarting (it would keep its store), taken here once it has been silent.
+    assert taken_after_retries(b, body) == (200, {"id": answer["id"], "revision": "rev-a", "rows": 2})
+    assert feedback(b, body)[0] == 409
+    assert routed(b, "issuer_gone") == 1
+    # The hole docs/security.md names: with its issuer gone, another replica takes it once more.
+    assert taken_after_retries(c, body)[0] == 200
+
+
+def test_forwarded_truth_opens_only_at_its_issuer_and_only_its_answer_is_believed(
+        replicas, models: dict[str, Path], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    import threading
+
+    a, b, _ = replicas
+    answer = infer(a, rows(1, 2))
+    raw = json.dumps({"id": answer["id"], "truth": labels(answer)}).encode()
+    path = "/v2/models/fraud/feedback"
+    same_model = fb.PredictionIds(fb.key_from(KEY["SERIN_FEEDBACK_KEY"]), "fraud", "x", TASK, None)
+    other_model = fb.PredictionIds(fb.key_from("another model's key"), "fraud", "x", TASK, None)
+    issuer_a = same_model.verify(answer["id"], time.time(), 3600).issuer
+    issuer_b = same_model.verify(infer(b, rows(1, 3))["id"], time.time(), 3600).issuer
+    assert issuer_a is not None and issuer_b is not None and issuer_a.store != issuer_b.store
+    forwarded = {"serin-forwarded": "1", "Content-Type": "application/octet-stream"}
+    # Without the sender token, only a body sealed with this Model's key for this very replica
+    # opens: not one sealed for another replica (a replay), nor with another key, nor in clear.
+    for sealed in (raw, same_model.seal_for(issuer_b, raw), other_model.seal_for(issuer_a, raw), b"x" * 64):
+        reply = a.request("POST", path, sealed, headers=forwarded)
+        assert reply.status == 421 and "does not open here" in reply.json()["error"], reply.body
+    sealed = same_model.seal_for(issuer_a, raw)
+    reply = a.request("POST", path, sealed, headers=forwarded)
+    assert reply.status == 200, reply.body
+    # Its answer carries the issuer's tag over (request, status, body); a replay is a 409, tagged.
+    tag = {k.lower(): v for k, v in reply.headers.items()}["serin-forwarded-answer"].encode()
+    assert tag == same_model.answer_tag(sealed[:12], 200, reply.body)
+    again = a.request("POST", path, sealed, headers=forwarded)
+    assert again.status == 409 and b.request("POST", path, sealed, headers=forwarded).status == 421
+    # An id whose issuer's address now holds something else (another tenant's Pod, say): it gets
+    # neither the token nor the truth (sealed), and its "200" is not believed: taken here.
+    seen: list[bytes] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def answer_once() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 40:
+                    data += conn.recv(65536)
+                seen.append(data)
+                conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}')
+
+        thread = threading.Thread(target=answer_once, daemon=True)
+        thread.start()
+        elsewhere = fb.PredictionIds(fb.key_from(KEY["SERIN_FEEDBACK_KEY"]), "fraud", "rev-a", TASK, None,
+                                     fb.Issuer("127.0.0.1", listener.getsockname()[1], b"12345678"))
+        token = elsewhere.issue(1, {"label": np.array([1])})
+        assert token is not None
+        assert feedback(b, {"id": token, "truth": [1]}) == (200, {"id": token, "revision": "rev-a", "rows": 1})
+        thread.join(10)
+    assert len(seen) == 1 and b"serin-forwarded: 1" in seen[0], seen
+    assert TOKEN.encode() not in seen[0] and b"authorization" not in seen[0].lower()
+    assert token.encode() not in seen[0] and b"truth" not in seen[0]
+    assert routed(b, "issuer_gone") == 1
+
+
+def test_an_id_names_its_issuer_sealed_from_clients() -> None:
+    issuer = fb.Issuer("10.244.0.17", 8080, b"\x01" * 8)
+    made = fb.PredictionIds(fb.key_from("k"), "m", "rev-1", TASK, "probabilities", issuer)
+    token = made.issue(1, {"label": np.array([2]), "probabilities": np.array([[0.1, 0.2, 0.7]])})
+    assert token is not None
+    assert bytes([10, 244, 0, 17]) not in base64.urlsafe_b64decode(token + "==")
+    pred = ids().verify(token, now=time.time(), max_age=60)  # any replica holding the key reads it
+    assert pred.issuer == issuer and pred.labels == ("2",)
+    v6 = fb.PredictionIds(fb.key_from("k"), "m", "rev-1", TASK, None, fb.Issuer("fd00:10:244::5", 8080, b"\x02" * 8))
+    assert ids().verify(v6.issue(1, {"label": np.array([0])}), now=time.time(), max_age=60).issuer == (
+        fb.Issuer("fd00:10:244::5", 8080, b"\x02" * 8))
+    # Without an address (no $SERIN_POD_IP): ids as before, truth taken by any replica.
+    plain = ids().issue(1, {"label": np.array([0])})
+    assert ids().verify(plain, now=time.time(), max_age=60).issuer is None
+    assert fb.own_address("", 8080) is None and fb.own_address("not-an-ip", 8080) is None
+    assert fb.own_address(" 10.0.0.1\n", 8080) == ("10.0.0.1", 8080)
+
+
+# --- the Forwarder against what may answer at an issuer's address (real sockets, in-process) ----
+
+class FakeIssuer:
+    """A TCP server on loopback answering each forwarded request as `behaviour` says."""
+
+    def __init__(self, behaviour: str, ids_: fb.PredictionIds) -> None:
+        self.behaviour, self.ids, self.requests = behaviour, ids_, 0
+
+    async def __aenter__(self) -> fb.Issuer:
+        import asyncio
+
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return fb.Issuer("127.0.0.1", self.server.sockets[0].getsockname()[1], b"s" * 8)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def handle(self, reader, writer) -> None:  # type: ignore[no-untyped-def]
+        import asyncio
+
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        sealed = await reader.readexactly(length)
+        self.requests += 1
+        if self.behaviour == "hang":
+            await asyncio.sleep(30)
+        elif self.behaviour == "reset":
+            writer.transport.abort()
+            return
+        elif self.behaviour == "garbage":
+            writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        else:
+            status = {"tagged-409": 409, "tagged-500": 500, "untagged-200": 200, "tagged-421": 421}[self.behaviour]
+            body = b'{"error": "x"}'
+            tag = self.ids.answer_tag(sealed[:12], status, body) if self.behaviour.startswith("tagged") else b"0" * 32
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nserin-forwarded-answer: %s\r\n\r\n%s"
+                         % (status, len(body), tag, body))
+        await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize(("behaviour", "outcome"), [
+    ("tagged-409", 409),  # the issuer refused it: the sender is told so
+    ("tagged-500", 502),  # the issuer failed, after maybe taking it: retry (409 if taken), no local count
+    ("hang", 504),  # may have taken it: retry, no local count
+    ("reset", 502),
+    ("untagged-200", None),  # not the issuer, whatever it says: taken where it arrived
+    ("tagged-421", None),  # this Model's replica, not the issuer (a later Pod at the address)
+    ("garbage", None),  # not Serin's runtime
+])
+async def test_the_forwarder_counts_locally_only_when_the_issuer_cannot_have_taken_it(
+        behaviour: str, outcome: int | None) -> None:
+    same = fb.PredictionIds(fb.key_from("k"), "m", "r", TASK, None)
+    forwarder = fb.Forwarder()
+    forwarder.ANSWER_TIMEOUT_S = 1.0
+    async with FakeIssuer(behaviour, same) as issuer:
+        if outcome is None:
+            assert await forwarder.send(issuer, "/v2/models/m/feedback", b"{}", same) is None
+        elif outcome == 409:
+            reply = await forwarder.send(issuer, "/v2/models/m/feedback", b"{}", same)
+            assert reply is not None and reply.status == 409
+        else:
+            with pytest.raises(fb.FeedbackError) as refused:
+                await forwarder.send(issuer, "/v2/models/m/feedback", b"{}", same)
+            assert refused.value.status == outcome
+
+
+async def test_an_address_that_refuses_connections_is_503_then_gone_and_forwards_are_bounded() -> None:
+    import asyncio
+
+    same = fb.PredictionIds(fb.key_from("k"), "m", "r", TASK, None)
+    with socket_port() as port:
+        nobody = fb.Issuer("127.0.0.1", port, b"n" * 8)  # nothing listens there
+    forwarder = fb.Forwarder(gone_after=0.5)
+    for _ in range(2):
+        with pytest.raises(fb.FeedbackError) as restarting:
+            await forwarder.send(nobody, "/v2/models/m/feedback", b"{}", same)
+        assert restarting.value.status == 503
+    await asyncio.sleep(0.6)
+    assert await forwarder.send(nobody, "/v2/models/m/feedback", b"{}", same) is None  # gone: taken here
+    assert await forwarder.send(nobody, "/v2/models/m/feedback", b"{}", same) is None  # remembered, no connect
+    # Beyond max_in_flight, a 429 at once rather than a queue.
+    bounded = fb.Forwarder(max_in_flight=1)
+    bounded.ANSWER_TIMEOUT_S = 2.0
+    async with FakeIssuer("hang", same) as slow:
+        first = asyncio.create_task(bounded.send(slow, "/v2/models/m/feedback", b"{}", same))
+        await asyncio.sleep(0.3)
+        with pytest.raises(fb.FeedbackError) as busy:
+            await bounded.send(slow, "/v2/models/m/feedback", b"{}", same)
+        assert busy.value.status == 429
+        with pytest.raises(fb.FeedbackError):
+            await first
+
+
+def socket_port():  # type: ignore[no-untyped-def]
+    """A loopback port nothing listens on once the block ends."""
+    import contextlib
+    import socket
+
+    @contextlib.contextmanager
+    def port():  # type: ignore[no-untyped-def]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            yield s.getsockname()[1]
+
+    return port()
 
 
 # --- the id itself, without a server --------------------------------------------------------------
