@@ -118,7 +118,8 @@ def issue_cost() -> tuple[float, float]:
     task = Task(kind="classification", output="label", classes=("0", "1"))
     results = {"label": np.array([1]), "probabilities": np.array([[0.2, 0.8]])}
     plain = fb.PredictionIds(fb.key_from("k"), "m", "r1", task, "probabilities")
-    named = fb.PredictionIds(fb.key_from("k"), "m", "r1", task, "probabilities", fb.Issuer("10.244.0.17", 8080, b"12345678"))
+    named = fb.PredictionIds(fb.key_from("k"), "m", "r1", task, "probabilities",
+                             fb.Issuer("10.244.0.17", 8080, b"12345678"))
     n = 50_000
     times = {"plain": [], "named": []}  # type: dict[str, list[float]]
     for _ in range(5):

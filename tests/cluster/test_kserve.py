@@ -85,6 +85,15 @@ def status(p: Platform, name: str) -> dict[str, Any]:
     return dict(get(p.cluster, "model", name, "-n", MODELS).get("status") or {})
 
 
+def print_state(p: Platform, name: str, kinds: str = "pods,deploy,jobs,isvc") -> None:
+    """What a wait that timed out leaves for the reader: the Model's status, its objects, and
+    KServe's controller's last lines."""
+    print(json.dumps(status(p, name), indent=1)[-3000:])
+    print(p.cluster.kubectl("get", kinds, "-n", MODELS, "-o", "wide").stdout)
+    if p.cluster.kserve is not None:
+        print(p.cluster.kserve.log(40))
+
+
 def wait_phase(p: Platform, name: str, phase: str, generation: int, timeout: float = 300) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         s = status(p, name)
@@ -95,10 +104,7 @@ def wait_phase(p: Platform, name: str, phase: str, generation: int, timeout: flo
     try:
         return wait_for(f"{name} {phase} at generation {generation}", reached, timeout=timeout)
     except AssertionError:
-        print(json.dumps(status(p, name), indent=1)[-3000:])
-        print(p.cluster.kubectl("get", "pods,deploy,isvc", "-n", MODELS, "-o", "wide").stdout)
-        assert p.cluster.kserve is not None
-        print(p.cluster.kserve.log(40))
+        print_state(p, name)
         raise
 
 
@@ -109,8 +115,7 @@ def wait_canary_routed(p: Platform, name: str, timeout: float = 420) -> None:
         wait_for(f"{name}'s canary on the route", lambda: route_weights(p, name).get("gen2", 0) > 0,
                  timeout=timeout, every=0.25)
     except AssertionError:
-        print(json.dumps(status(p, name), indent=1)[-3000:])
-        print(p.cluster.kubectl("get", "pods,jobs,isvc", "-n", MODELS, "-o", "wide").stdout)
+        print_state(p, name)
         raise
 
 
