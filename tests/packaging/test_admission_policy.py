@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import wait_for
 from packaging_helpers import CHART, CONVERTER_IMAGE, Helm, values_args
 from serin.local.controlplane import ControlPlane
 from serin.local.gateway import gateway_dir
@@ -71,7 +72,13 @@ def policed(cluster_helm: Helm, crds: ControlPlane) -> Iterator[Policed]:
     values = {"servingRuntime": {"create": False}, "gateway": {"name": GATEWAY, "namespace": GATEWAY_NS}}
     cluster_helm.run("install", release, str(CHART), "--namespace", ns, *values_args(values))
     try:
-        yield Policed(crds, crds.service_account_kubeconfig(ns, "serin-operator"), team, release)
+        policed = Policed(crds, crds.service_account_kubeconfig(ns, "serin-operator"), team, release)
+        # The apiserver loads new policies from its informer, a moment after helm wrote them (a
+        # test that ran first on a busy machine once saw a Model admitted that the policy refuses).
+        probe = service(team)
+        probe["spec"]["type"] = "NodePort"
+        wait_for("the release's admission policies enforced", lambda: not policed.create(probe)[0], timeout=60)
+        yield policed
     finally:
         cluster_helm.run("uninstall", release, "--namespace", ns, check=False)
         for n in (ns, team):
@@ -480,7 +487,7 @@ def test_only_who_may_read_a_secret_may_name_it_as_a_models_s3_keys(policed: Pol
         return cp.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(body), kubeconfig=modeler,
                           check=False)
 
-    refused = create(model)
+    refused = wait_until_refused(lambda: create(model))  # the RoleBinding above, learnt by the authorizer
     assert refused.returncode != 0
     assert (f"spec.source.s3.secretName: system:serviceaccount:{ns}:modeler may not get the Secret team-s3 in "
             f"namespace {ns}") in refused.stderr, refused.stderr
@@ -563,6 +570,18 @@ def test_a_trainer_that_may_only_patch_its_model_may_set_its_source(policed: Pol
         refused = patch(spec)
         assert refused.returncode != 0 and f"{field}: system:serviceaccount:{ns}:churn-trainer may not" in \
             refused.stderr, (spec, refused.stderr)
+
+
+def wait_until_refused(attempt: Callable[[], subprocess.CompletedProcess[str]],
+                       timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    """Until the answer is a refusal by the policy (not RBAC's, while the authorizer has not yet
+    learnt a new RoleBinding), or the time is up: what is returned is then judged."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = attempt()
+        if (out.returncode != 0 and "ValidatingAdmissionPolicy" in out.stderr) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)
 
 
 def wait_until_admitted(attempt: Callable[[], subprocess.CompletedProcess[str]],
