@@ -72,8 +72,6 @@ class App:
         self.feedback = feedback
         self.capture = capture
         self._ids = feedback.ids if feedback is not None and feedback.ids.enabled else None
-        # Truth for another replica's prediction goes on to that replica (feedback.py, Forwarder).
-        self._forwarder = feedback.forwarder if self._ids is not None else None
         # Feedback touches SQLite (feedback.SeenStore), whose lock another worker may hold: off the loop.
         self._feedback_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serin-feedback")
         # Rows in one batched run of requests that arrive together (batching.py); 0 or 1: none.
@@ -236,11 +234,11 @@ class App:
                 self.feedback.senders.check(_header(scope, b"authorization"))
             payload = parse_json(body)
             route = "received" if forwarded else "here"
-            if not forwarded and self._forwarder is not None:  # never forwarded twice
+            if not forwarded:  # never forwarded twice
                 issuer = self.feedback.issuer_to_ask(payload)
-                if issuer is not None:
-                    reply = await self._forwarder.send(issuer, f"/v2/models/{self.model.name}/feedback", body,
-                                                       self._ids)
+                if issuer is not None:  # another replica's: its store decides (feedback.Forwarder)
+                    reply = await self.feedback.forwarder.send(issuer, f"/v2/models/{self.model.name}/feedback",
+                                                               body, self._ids)
                     if reply is not None:  # the issuer's answer: it counts the truth and the request
                         if reply.status == 200:
                             self._routed("forwarded")
