@@ -540,6 +540,19 @@ def test_a_version_bad_by_its_own_behaviour_is_rolled_back(platform: Platform, g
 
 # -- issue 32 #8: a canary that dies is rolled back, though no request it answered failed --------
 
+def canary_selector(p: Platform, name: str) -> dict[str, str]:
+    """The labels of the canary's (generation 2's) predictor Pods, read while its Deployment exists."""
+    return dict(get(p.cluster, "deployment", f"{name}-gen2-predictor", "-n", MODELS)["spec"]["selector"]["matchLabels"])
+
+
+def runtimes(p: Platform, selector: dict[str, str]) -> list[dict[str, Any]]:
+    """The status of each runtime container of the Pods `selector` selects."""
+    pods = json.loads(p.cluster.kubectl("get", "pods", "-n", MODELS, "-o", "json", "-l",
+                                        ",".join(f"{k}={v}" for k, v in selector.items())).stdout)["items"]
+    return [cs for pod in pods for cs in pod["status"].get("containerStatuses") or []
+            if cs["name"] == "kserve-container"]
+
+
 def kill_container(container_id: str) -> int:
     """SIGKILL every process of one container, from the host (as a segfault or the kernel's OOM
     killer would end it): the node keeps each container in a cgroup of its own under /serin-node
@@ -562,10 +575,7 @@ def test_a_canary_that_dies_is_rolled_back_though_no_request_failed(platform: Pl
                     analysis={"interval": "3s", "metrics": [{"name": "errors", "builtin": "errorRate", "max": 0.05}]})
         wait_canary_routed(p, name)
         wait_for("the canary answering", lambda: by_revision(load.answers)["gen2"] > 5, timeout=60)
-        selector = get(p.cluster, "deployment", f"{name}-gen2-predictor", "-n", MODELS)["spec"]["selector"]["matchLabels"]
-        pods = json.loads(p.cluster.kubectl("get", "pods", "-n", MODELS, "-o", "json", "-l",
-                                            ",".join(f"{k}={v}" for k, v in selector.items())).stdout)["items"]
-        [runtime] = [cs for pod in pods for cs in pod["status"]["containerStatuses"] if cs["name"] == "kserve-container"]
+        [runtime] = runtimes(p, canary_selector(p, name))
         assert kill_container(runtime["containerID"]) > 0
         s = wait_phase(p, name, "RolledBack", 2, timeout=120)
         done = load.now()
@@ -598,14 +608,12 @@ def test_requests_a_dying_canary_never_answered_fail_it_as_the_gateway_counted_t
                         {"name": "gateway-errors", "builtin": "gatewayErrorRate", "max": 0.001}]})
         wait_canary_routed(p, name)
         wait_for("the canary answering", lambda: by_revision(load.answers)["gen2"] > 5, timeout=60)
-        selector = get(p.cluster, "deployment", f"{name}-gen2-predictor", "-n", MODELS)["spec"]["selector"]["matchLabels"]
+        selector = canary_selector(p, name)  # once: the Deployment goes with the rollback
 
         def kill_the_canary() -> bool:  # again while it lives: each death fails the requests in flight
-            pods = json.loads(p.cluster.kubectl("get", "pods", "-n", MODELS, "-o", "json", "-l",
-                                                ",".join(f"{k}={v}" for k, v in selector.items())).stdout)["items"]
-            for cs in (cs for pod in pods for cs in pod["status"].get("containerStatuses") or []
-                       if cs["name"] == "kserve-container" and cs.get("state", {}).get("running")):
-                kill_container(cs["containerID"])
+            for cs in runtimes(p, selector):
+                if cs.get("state", {}).get("running"):
+                    kill_container(cs["containerID"])
             return status(p, name).get("phase") == "RolledBack"
 
         wait_for("the rollback", kill_the_canary, timeout=180, every=5)
