@@ -48,6 +48,11 @@ class Request:
     bins: int = 10
     sample_labels: str | None = None  # the sample's column of true labels, not a model input
     s3: S3Settings | None = None  # how s3:// URIs are read (spec.source.s3); None: the AWS variables
+    # The S3 model store's place for this version (s3://bucket/prefix/namespace/version) and its
+    # settings, where the publish step writes instead of `out` (then /dev/null: nothing else may
+    # write there). Its keys are the publish step's environment, from the namespace's Secret.
+    store: str | None = None
+    store_s3: S3Settings | None = None
 
 
 @dataclass

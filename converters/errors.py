@@ -13,6 +13,7 @@ EXIT_PARITY_FAILED = 1  # converted, but ONNX does not match the native model wi
 EXIT_USER_ERROR = 2  # bad input: format, digest, estimator, sample, arguments (retrying will not help)
 EXIT_INTERNAL = 3  # a bug or an environment problem (traceback printed, report still written)
 EXIT_FETCH_FAILED = 4  # the artifact or sample could not be fetched (may be transient: retry)
+EXIT_STORE_FAILED = 5  # the model store could not be written (may be transient: retry)
 
 
 class ConversionError(Exception):
@@ -42,6 +43,22 @@ class SourceUnavailable(ConversionError):
     exist, the keys are refused, the settings are wrong. A user error: retrying will not help."""
 
     kind = "source-unavailable"
+
+
+class StoreUnavailable(ConversionError):
+    """The converted model could not be written to the model store, and trying again later may
+    work (the server unreachable, busy, or failing)."""
+
+    exit_code = EXIT_STORE_FAILED
+    kind = "store-unavailable"
+
+
+class StoreRefused(ConversionError):
+    """The model store refuses the write until a person acts: its bucket, its keys (the
+    namespace's Secret) or its settings are wrong, or the version's place already holds other
+    bytes (a published version is never overwritten)."""
+
+    kind = "store-refused"
 
 
 class DigestMismatch(ConversionError):

@@ -11,7 +11,9 @@ models), as three containers that trust each other differently (docs/security.md
   It mounts neither the sources nor the store, and input/ read-only.
 - `publish` (trusted, never unpickles): checks what convert wrote (publish.py), computes the
   model's digest and input signature itself, and writes them to `out`: the Model's own directory
-  of the store, the only part of the store its Pod mounts (subPath).
+  of the store, the only part of the store its Pod mounts (subPath); or, with an S3 store, the
+  version's place there (`out` an s3:// URI, `outS3` the store's settings), each file written
+  once, with the keys of the namespace's store Secret, which the Job gives this step alone.
 
 `all` runs the three in one process (the local executor). Each gets the whole request as one JSON
 document in SERIN_CONVERSION_REQUEST, shaped as the Model's spec.source and spec.conversion plus
@@ -46,10 +48,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serin.converters.cli import PROG, fail_early
-from serin.converters.errors import EXIT_USER_ERROR, ConversionError
+from serin.converters.errors import EXIT_USER_ERROR, ConversionError, StoreRefused
 
 if TYPE_CHECKING:
     from serin.converters.conversion import Request
+    from serin.converters.publish import Sink
 
 REQUEST_ENV = "SERIN_CONVERSION_REQUEST"
 TERMINATION_LOG = "/dev/termination-log"
@@ -71,7 +74,9 @@ _S3: _Shape = {"endpoint": (str, False), "region": (str, False), "addressing": (
                "verifyTls": (bool, False), "secretName": (str, False)}
 _TOLERANCE: _Shape = {"absolute": (float, False), "relative": (float, False), "labelAgreement": (float, False)}
 _CONVERSION: _Shape = {"targetOpset": (int, False), "tolerance": (dict, False)}
-_TOP: _Shape = {"source": (dict, True), "conversion": (dict, False), "out": (str, True)}
+_STORE: _Shape = {"endpoint": (str, False), "region": (str, False), "addressing": (str, False),
+                  "verifyTls": (bool, False)}
+_TOP: _Shape = {"source": (dict, True), "conversion": (dict, False), "out": (str, True), "outS3": (dict, False)}
 
 
 def _fields(doc: Any, shape: _Shape, where: str) -> dict[str, Any]:
@@ -124,9 +129,18 @@ def parse_request(text: str | None) -> Request:
         raise ConversionError(f"source.format must be one of {', '.join(FORMATS)}, not {source['format']!r}")
     if not top["out"]:
         raise ConversionError(f"out must name the output directory in {REQUEST_ENV}")
+    store = top["out"] if top["out"].startswith("s3://") else None
+    out_s3 = _fields(top.get("outS3") or {}, _STORE, "outS3.")
+    if out_s3.get("addressing") not in (None, "path", "virtual"):
+        raise ConversionError(f"outS3.addressing must be path or virtual, not {out_s3['addressing']!r}")
+    if store is None and top.get("outS3") is not None:
+        raise ConversionError("outS3 is for an s3:// out (the S3 model store), not a directory")
+    if store is not None and (not store[len("s3://"):].partition("/")[2].strip("/") or store.endswith("/")):
+        raise ConversionError(f"out {store} must name the version's place in the store (s3://BUCKET/PATH)")
     d = Tolerance()
     return Request(
-        source=source["uri"], sample=source["sampleUri"], out=Path(top["out"]),
+        source=source["uri"], sample=source["sampleUri"], out=Path(top["out"]) if store is None else Path("/dev/null"),
+        store=store, store_s3=S3Settings.parse(out_s3) if store is not None else None,
         format=source.get("format"), sha256=source.get("sha256"), sample_labels=source.get("sampleLabels"),
         opset=int(conversion.get("targetOpset") or DEFAULT_OPSET), s3=S3Settings.parse(s3) if s3 else None,
         tolerance=Tolerance(absolute=float(tol.get("absolute", d.absolute)),
@@ -283,7 +297,7 @@ def _publish_step(request: Request, inputs: Path, scratch: Path, termination: st
 
     try:
         sample = SampleSource(_fetched(inputs, "sample"), request.sample_labels, request.bins)
-        rep = publish(scratch, request.out, _fetched(inputs, "artifact"), sample)
+        rep = publish(scratch, _sink(request), _fetched(inputs, "artifact"), sample)
     except ConversionError as exc:
         return _failed(exc, termination)
     if rep.get("passed") is not True:
@@ -295,11 +309,29 @@ def _publish_step(request: Request, inputs: Path, scratch: Path, termination: st
     return 0
 
 
+def _sink(request: Request) -> Path | Sink:
+    """The Model's directory of the store: `out`, or the S3 store's place with the keys of the
+    publish step's environment (the namespace's Secret; the other steps never hold them)."""
+    if request.store is None:
+        return request.out
+    from serin.converters.publish import S3Sink
+    from serin.converters.s3 import Keys, S3Settings
+
+    try:
+        keys = Keys.from_env(os.environ)
+    except ConversionError as exc:
+        raise StoreRefused(f"the model store's keys: {exc.message}") from None
+    return S3Sink(request.store, request.store_s3 or S3Settings(), keys)
+
+
 def _all(request: Request, work: Path, termination: str) -> int:
     """The three steps in one process (the local executor): not a boundary, since the convert
     step's code could tamper with the publish step's, but the same code path and no network."""
     from serin.converters import report
 
+    if request.store is not None:
+        return _failed(ConversionError("the local executor publishes to a directory, not to an s3:// store"),
+                       termination)
     for step in (lambda: _fetch_step(request, work / "input", termination),
                  lambda: _convert_step(request, work / "input", work / "output", termination)):
         code = step()

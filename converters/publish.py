@@ -31,10 +31,11 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from serin.converters import report
 from serin.converters.errors import ConversionError
+from serin.converters.s3 import Keys, S3Settings
 
 MAX_MODEL_BYTES = (2 << 30) - 1  # protobuf's own limit for one message
 MAX_PROFILE_BYTES = 16 << 20
@@ -182,8 +183,45 @@ def reference(claimed: dict[str, Any], model_bytes: bytes, model: Any, source: S
     return built
 
 
-def publish(src: Path, dst: Path, artifact: Path | None, sample: SampleSource) -> dict[str, Any]:
-    """Checks what the untrusted step left in `src` and writes it to `dst`. Returns the report,
+class Sink(Protocol):
+    """Where a checked version is written: the Model's directory of the store."""
+
+    def write(self, name: str, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class DirectorySink:
+    """A directory: the store claim's, mounted by subPath, or a local one (`serin convert`)."""
+
+    path: Path
+
+    def write(self, name: str, data: bytes) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        report.write_atomic(self.path / name, data)
+
+
+@dataclass
+class S3Sink:
+    """A prefix of the S3 model store, `s3://bucket/prefix/namespace/version`: each file written
+    once (s3.put_new: never over other bytes), with the keys of the namespace's Secret, by one
+    client."""
+
+    uri: str
+    settings: S3Settings
+    keys: Keys | None
+    _client: Any = None
+
+    def write(self, name: str, data: bytes) -> None:
+        from serin.converters import s3
+
+        if self._client is None:
+            self._client = s3.client(self.settings, self.keys)
+        s3.put_new(f"{self.uri.rstrip('/')}/{name}", data, self.settings, self.keys, s3.MODEL_STORE, self._client)
+
+
+def publish(src: Path, dst: Path | Sink, artifact: Path | None, sample: SampleSource) -> dict[str, Any]:
+    """Checks what the untrusted step left in `src` and writes it to `dst` (a directory or a
+    Sink). Returns the report,
     whose digests, input signature, task and reference profile (from `sample`) this step computed;
     its parity figures remain the untrusted step's claim (docs/security.md).
     A report that did not pass is returned as it is, and nothing is written (the caller reports
@@ -210,9 +248,9 @@ def publish(src: Path, dst: Path, artifact: Path | None, sample: SampleSource) -
         digests["source"] = sha256_of(artifact)
     rep["sha256"] = digests
     rep["inputs"] = input_signature(model)
-    dst.mkdir(parents=True, exist_ok=True)
+    sink = DirectorySink(dst) if isinstance(dst, Path) else dst
     # model.onnx and profile.json first, report.json last: a passing report implies both exist.
-    report.write_atomic(dst / report.MODEL_FILE, model_bytes)
-    report.write_atomic(dst / report.PROFILE_FILE, profile_bytes)
-    report.write_report(dst, rep)
+    sink.write(report.MODEL_FILE, model_bytes)
+    sink.write(report.PROFILE_FILE, profile_bytes)
+    sink.write(report.REPORT_FILE, report.report_bytes(rep))
     return rep

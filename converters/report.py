@@ -94,6 +94,10 @@ def clear_outputs(out: Path) -> None:
             (out / name).unlink()
 
 
+def report_bytes(report: dict[str, Any]) -> bytes:
+    return (to_json(report) + "\n").encode()
+
+
 def write_report(out: Path, report: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / REPORT_FILE, (to_json(report) + "\n").encode())
+    write_atomic(out / REPORT_FILE, report_bytes(report))

@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from serin.converters.errors import FetchError, SourceUnavailable, first_line
+from serin.converters.errors import (
+    ConversionError,
+    FetchError,
+    SourceUnavailable,
+    StoreRefused,
+    StoreUnavailable,
+    first_line,
+)
 
 # Reads are streamed to disk in blocks of this size; nothing holds a whole artifact in memory.
 BLOCK = 1 << 20
@@ -45,7 +52,7 @@ _REFUSED = {
     "ExpiredToken": "the session token has expired (the Secret's AWS_SESSION_TOKEN)",
     "InvalidToken": "the session token is not valid (the Secret's AWS_SESSION_TOKEN)",
     "AuthorizationHeaderMalformed": "{endpoint} refused the request's authorization: {message} "
-                                    "(is spec.source.s3.region right?)",
+                                    "(is {field}.region right?)",
     "PermanentRedirect": "bucket {bucket} is in another region or at another endpoint: {message}",
     "InvalidBucketName": "{bucket} is not a valid bucket name",
 }
@@ -100,6 +107,22 @@ class Keys:
         return cls(key_id.strip(), secret.strip(), (env.get("AWS_SESSION_TOKEN") or "").strip() or None)
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where a person fixes what a reason reports: the settings (their `.endpoint`, `.region`)
+    and how keys are given. A Model's source names its own; the model store's are the chart's."""
+
+    settings: str = "spec.source.s3"
+    no_keys: str = "name a Secret with the keys in spec.source.s3.secretName"
+
+
+SOURCE = Where()
+# The model store's: the chart's settings, the namespace's Secret (the publish step, the predictor's fetch).
+MODEL_STORE = Where(settings="the model store's S3 settings (the chart's conversion.modelStoreS3)",
+                    no_keys="the model store needs keys: the namespace's Secret named by "
+                            "conversion.modelStoreS3.secretName")
+
+
 def split_uri(uri: str) -> tuple[str, str]:
     """s3://bucket/key → (bucket, key), the key exactly as written: S3 keys may hold `#`, `?` and
     `%`, which URL parsing would cut or decode. The key is one object, never a prefix."""
@@ -117,7 +140,7 @@ def split_uri(uri: str) -> tuple[str, str]:
 _METADATA_V6 = ipaddress.ip_address("fd00:ec2::254")
 
 
-def refuse_metadata_endpoint(settings: S3Settings) -> None:
+def refuse_metadata_endpoint(settings: S3Settings, where: Where = SOURCE) -> None:
     """An endpoint that resolves to a link-local address is refused before any request: the
     trusted fetch step has the network, and a Model must not make it read the node's cloud
     identity (`http://169.254.169.254`, in any spelling: the resolver normalises them). Not a
@@ -133,7 +156,7 @@ def refuse_metadata_endpoint(settings: S3Settings) -> None:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if address.is_link_local or address == _METADATA_V6:
             raise SourceUnavailable(
-                f"spec.source.s3.endpoint {settings.endpoint} resolves to {address}, a link-local address "
+                f"{where.settings}.endpoint {settings.endpoint} resolves to {address}, a link-local address "
                 "(where clouds serve a node's instance metadata): refused")
 
 
@@ -162,12 +185,15 @@ def client(settings: S3Settings, keys: Keys | None, connect_timeout: float = CON
     return session.client("s3", endpoint_url=settings.endpoint, verify=settings.verify_tls, config=config)
 
 
-def download(uri: str, target: Path, settings: S3Settings, keys: Keys | None) -> Path:
+def download(uri: str, target: Path, settings: S3Settings, keys: Keys | None, where: Where = SOURCE,
+             s3: Any = None) -> Path:
     """Streams the object to `target`. Raises SourceUnavailable when only a person can fix it
-    (bucket, object, keys, settings) and FetchError when trying again later may work."""
+    (bucket, object, keys, settings) and FetchError when trying again later may work. `where`:
+    the settings the reasons point at (a Model's spec.source.s3, or the model store's); `s3`: a
+    client() of the same settings and keys to reuse (making one costs ~0.1 s)."""
     bucket, key = split_uri(uri)
-    refuse_metadata_endpoint(settings)
-    s3 = client(settings, keys)
+    refuse_metadata_endpoint(settings, where)
+    s3 = s3 or client(settings, keys)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
     quiet = warnings.catch_warnings()
@@ -186,7 +212,7 @@ def download(uri: str, target: Path, settings: S3Settings, keys: Keys | None) ->
                     written += len(block)
     except Exception as exc:  # botocore raises its own hierarchy; each is sorted below
         partial.unlink(missing_ok=True)
-        raise _reason(exc, uri, bucket, key, settings, keys) from exc
+        raise _reason(exc, uri, bucket, key, settings, keys, where) from exc
     if expected >= 0 and written != expected:
         partial.unlink(missing_ok=True)
         raise FetchError(f"cannot fetch {uri}: the answer ended after {written} of {expected} bytes")
@@ -207,8 +233,65 @@ def download(uri: str, target: Path, settings: S3Settings, keys: Keys | None) ->
     return target
 
 
+def put_new(uri: str, data: bytes, settings: S3Settings, keys: Keys | None, where: Where, s3: Any = None) -> None:
+    """Writes the object `uri`, which must not exist yet (a conditional write, If-None-Match: *),
+    or must already hold exactly `data` (an earlier try of the same step wrote it). Never
+    overwrites: what the store holds under a version's name stays what was first published
+    there. Raises StoreRefused when only a person can fix it, StoreUnavailable when trying again
+    later may work."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_uri(uri)
+    try:
+        refuse_metadata_endpoint(settings, where)
+    except SourceUnavailable as exc:
+        raise StoreRefused(exc.message) from None
+    s3 = s3 or client(settings, keys)
+    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unverified HTTPS request")
+            answer = s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            stored = _MD5_ETAG.match(str(answer.get("ETag", "")))
+            if stored and stored.group(1) != md5 and "ServerSideEncryption" not in answer:
+                raise StoreUnavailable(f"cannot write {uri}: the store's ETag does not match the bytes sent")
+            return
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        code = str(error.get("Code", ""))
+        if code == "ConditionalRequestConflict" or status == 409:  # a concurrent conditional write
+            raise StoreUnavailable(f"cannot write {uri}: another write of it was under way") from exc
+        if code == "NotImplemented" or status == 501:
+            raise StoreRefused(f"cannot write {uri}: {settings.where} does not support conditional writes "
+                               "(If-None-Match), which the model store needs never to overwrite a version") from exc
+        if code != "PreconditionFailed" and status != 412:
+            raise _store_reason(_reason(exc, uri, bucket, key, settings, keys, where, action="write")) from exc
+    except Exception as exc:
+        if isinstance(exc, StoreUnavailable):
+            raise
+        raise _store_reason(_reason(exc, uri, bucket, key, settings, keys, where, action="write")) from exc
+    # The object exists. The same bytes: this step was tried before and got that far.
+    try:
+        held = s3.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        raise _store_reason(_reason(exc, uri, bucket, key, settings, keys, where, action="write")) from exc
+    etag = _MD5_ETAG.match(str(held.get("ETag", "")))
+    if etag and etag.group(1) == md5 and int(held.get("ContentLength", -1)) == len(data):
+        return
+    raise StoreRefused(f"cannot write {uri}: it already holds other bytes, and a published version is never "
+                       "overwritten (a Model deleted and made again under the same name? its versions are "
+                       "still in the store)")
+
+
+def _store_reason(exc: Exception) -> Exception:
+    """A reason of _reason() as the store's: a person must act, or a retry may work."""
+    message = exc.message if isinstance(exc, ConversionError) else first_line(exc)
+    return StoreUnavailable(message) if isinstance(exc, FetchError) else StoreRefused(message)
+
+
 def _reason(exc: Exception, uri: str, bucket: str, key: str, settings: S3Settings,
-            keys: Keys | None) -> Exception:
+            keys: Keys | None, where: Where | None = None, action: str = "fetch") -> Exception:
     from botocore.exceptions import (
         ClientError,
         FlexibleChecksumError,
@@ -220,28 +303,29 @@ def _reason(exc: Exception, uri: str, bucket: str, key: str, settings: S3Setting
         ConnectionError as BotoConnectionError,
     )
 
+    where = where or SOURCE
     endpoint = settings.where
     if isinstance(exc, FlexibleChecksumError):  # the object's stored CRC, checked by botocore
-        return FetchError(f"cannot fetch {uri}: the bytes received do not match the object's checksum "
+        return FetchError(f"cannot {action} {uri}: the bytes received do not match the object's checksum "
                           f"({first_line(exc)})")
     if isinstance(exc, SSLError):
         said = first_line(exc)
         if "certificate verify failed" in said.lower():  # only a new certificate or setting helps
-            return SourceUnavailable(f"cannot fetch {uri}: {endpoint}'s TLS certificate is not trusted ({said}); "
-                                     "check spec.source.s3.endpoint and the certificate it serves")
-        return FetchError(f"cannot fetch {uri}: TLS with {endpoint} failed ({said})")
+            return SourceUnavailable(f"cannot {action} {uri}: {endpoint}'s TLS certificate is not trusted ({said}); "
+                                     f"check {where.settings}.endpoint and the certificate it serves")
+        return FetchError(f"cannot {action} {uri}: TLS with {endpoint} failed ({said})")
     if isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), ValueError):
         # The HTTP layer refused a header before sending: a key with a character no header may hold.
         # Its text would quote the key: not repeated.
-        return SourceUnavailable(f"cannot fetch {uri}: a key in the Secret cannot be sent in a request header "
+        return SourceUnavailable(f"cannot {action} {uri}: a key in the Secret cannot be sent in a request header "
                                  "(a character such as a newline inside it?)")
     if isinstance(exc, BotoConnectionError | HTTPClientError):
-        return FetchError(f"cannot fetch {uri}: {endpoint} cannot be reached or dropped the connection "
-                          f"({type(exc).__name__}); is spec.source.s3.endpoint right?")
+        return FetchError(f"cannot {action} {uri}: {endpoint} cannot be reached or dropped the connection "
+                          f"({type(exc).__name__}); is {where.settings}.endpoint right?")
     if isinstance(exc, ParamValidationError):
-        return SourceUnavailable(f"cannot fetch {uri}: {first_line(exc)}")
+        return SourceUnavailable(f"cannot {action} {uri}: {first_line(exc)}")
     if not isinstance(exc, ClientError):
-        return FetchError(f"cannot fetch {uri}: {first_line(exc)}")
+        return FetchError(f"cannot {action} {uri}: {first_line(exc)}")
     error = exc.response.get("Error", {})
     code, message = str(error.get("Code", "")), first_line(Exception(error.get("Message", "")))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -249,15 +333,15 @@ def _reason(exc: Exception, uri: str, bucket: str, key: str, settings: S3Setting
     template = _REFUSED.get(code)
     if template is not None:
         text = template.format(bucket=bucket, key=key, endpoint=endpoint, uri=uri, message=message, who=who,
-                               key_id=keys.access_key_id if keys else "(none)")
+                               key_id=keys.access_key_id if keys else "(none)", field=where.settings)
         if code == "AccessDenied" and keys is None:
-            text += "; name a Secret with the keys in spec.source.s3.secretName"
-        return SourceUnavailable(f"cannot fetch {uri}: {text}")
+            text += f"; {where.no_keys}"
+        return SourceUnavailable(f"cannot {action} {uri}: {text}")
     if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-        return FetchError(f"cannot fetch {uri}: {endpoint} answered {status} {code or ''} {message}".rstrip())
+        return FetchError(f"cannot {action} {uri}: {endpoint} answered {status} {code or ''} {message}".rstrip())
     if status == 404:  # a 404 without an S3 error code: something else answers at that address
-        return SourceUnavailable(f"cannot fetch {uri}: {endpoint} answered 404 without an S3 error; is it an "
-                                 "S3 endpoint (spec.source.s3.endpoint)?")
+        return SourceUnavailable(f"cannot {action} {uri}: {endpoint} answered 404 without an S3 error; is it an "
+                                 f"S3 endpoint ({where.settings}.endpoint)?")
     if status == 403:
-        return SourceUnavailable(f"cannot fetch {uri}: {endpoint} refused {who} ({code or 403}: {message})")
-    return SourceUnavailable(f"cannot fetch {uri}: {endpoint} answered {status} {code}: {message}")
+        return SourceUnavailable(f"cannot {action} {uri}: {endpoint} refused {who} ({code or 403}: {message})")
+    return SourceUnavailable(f"cannot {action} {uri}: {endpoint} answered {status} {code}: {message}")

@@ -5,9 +5,12 @@ Serin installed with `helm install charts/serin` from its own images, pointed at
 
 Models read their artifacts from the platform's S3 server (versitygw on the host end of the node's
 veth: a bucket and an S3 user per namespace, whose keys are the namespace's Secret `serin-s3`), or
-from the `sources` claim (pvc://sources/...); the conversion Jobs write to the `serin-models`
-claim. Both claims are hostPath volumes on the node. `serin demo --cluster` and the
-cluster tier's KServe tests run on it. It needs root, and `down()` leaves nothing on the host.
+from the `sources` claim (pvc://sources/...), a hostPath volume on the node. The model store is the
+same server's bucket `serin-models` (`s3://serin-models/versions`, the chart's S3 store): the
+namespace's part of it, `versions/{namespace}/`, is all its store keys (a second S3 user, Secret
+`serin-model-store`) may read and write; `model_store="pvc"` makes it the `serin-models` claim.
+`serin demo --cluster` and the cluster tier's KServe tests run on it. It needs root, and `down()`
+leaves nothing on the host.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ RELEASE, SYSTEM = "serin", "serin-system"
 MODEL_RESOURCES = {"requests": {"cpu": "50m", "memory": "192Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 # The namespace's S3 keys (a KServe S3 Secret's keys), named by its Models' spec.source.s3.secretName.
 S3_SECRET = "serin-s3"
+# The S3 model store: a root-owned bucket, each namespace's keys scoped to its prefix by a bucket policy.
+STORE_BUCKET, STORE_PREFIX, STORE_SECRET = "serin-models", "versions", "serin-model-store"
 
 
 def image_values(cluster: Cluster) -> list[str]:
@@ -115,9 +120,23 @@ class ClusterPlatform:
         return self.cluster.stop()
 
 
+def add_store_namespace(cluster: Cluster, s3: S3Server, namespace: str) -> S3User:
+    """A namespace's part of the S3 model store: an S3 user that may read and write
+    `versions/{namespace}/` of the store bucket and nothing else, its keys the namespace's Secret
+    `serin-model-store` (what a platform team does for each namespace with Models)."""
+    user = s3.create_user(f"{namespace}-store")
+    s3.grant(STORE_BUCKET, f"{STORE_PREFIX}/{namespace}", user)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": STORE_SECRET, "namespace": namespace},
+        "stringData": {"AWS_ACCESS_KEY_ID": user.access_key, "AWS_SECRET_ACCESS_KEY": user.secret_key}}))
+    return user
+
+
 def bring_up(workdir: Path, namespace: str = "models", cluster: Cluster | None = None,
-             gateway: bool = False, operator_replicas: int = 1) -> ClusterPlatform:
-    """The platform under `workdir`. Given `cluster` (the tests' shared one) it is installed there."""
+             gateway: bool = False, operator_replicas: int = 1, model_store: str = "s3") -> ClusterPlatform:
+    """The platform under `workdir`. Given `cluster` (the tests' shared one) it is installed there.
+    `model_store`: "s3" (the S3 server's bucket) or "pvc" (a claim)."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     own = cluster is None  # stopped here on failure only if started here
@@ -138,7 +157,7 @@ def bring_up(workdir: Path, namespace: str = "models", cluster: Cluster | None =
         volumes = workdir / "volumes"
         volumes.mkdir(parents=True, exist_ok=True)
         volumes.chmod(0o755)
-        for claim, sub in (("sources", "sources"), ("serin-models", "store")):
+        for claim, sub in (("sources", "sources"), *((("serin-models", "store"),) if model_store == "pvc" else ())):
             cluster.hostpath_claim(namespace, claim, volumes / sub)
         # The platform's S3 server, fresh with the cluster, where conversion Pods reach it: a bucket
         # owned by the namespace's S3 user, whose keys are the namespace's Secret.
@@ -151,6 +170,12 @@ def bring_up(workdir: Path, namespace: str = "models", cluster: Cluster | None =
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": S3_SECRET, "namespace": namespace},
             "stringData": {"AWS_ACCESS_KEY_ID": s3_user.access_key, "AWS_SECRET_ACCESS_KEY": s3_user.secret_key}}))
+        store_values: list[str] = ["--set", "conversion.modelStore=pvc://serin-models"]
+        if model_store == "s3":
+            s3.create_bucket(STORE_BUCKET)
+            store_values = ["--set", f"conversion.modelStore=s3://{STORE_BUCKET}/{STORE_PREFIX}",
+                            "--set", f"conversion.modelStoreS3.endpoint={s3.url}"]
+            add_store_namespace(cluster, s3, namespace)
         timings["S3"] = time.monotonic() - t
         # Where the operator's Pod reaches it: the host end of the node's veth.
         prom = start_prometheus(workdir / "prometheus", cluster.control_plane.bin_dir, scrape_interval="1s",
@@ -161,7 +186,7 @@ def bring_up(workdir: Path, namespace: str = "models", cluster: Cluster | None =
                      *image_values(cluster),
                      "--set", f"conversion.serviceAccount.namespaces={{{namespace}}}",
                      "--set", f"operator.replicas={operator_replicas}", "--set", f"operator.prometheusUrl={prom.url}",
-                     "--wait", "--timeout", "240s")
+                     *store_values, "--wait", "--timeout", "240s")
         timings["helm upgrade --install"] = time.monotonic() - t
         platform = ClusterPlatform(cluster, namespace, volumes / "sources", prom, s3, s3_user, timings)
         if gateway:

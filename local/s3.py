@@ -9,6 +9,7 @@ group, and nothing else is left on the host.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -47,6 +48,8 @@ class S3Server:
     tls: tuple[Path, Path] | None = None
     ca: Path | None = None
     _proc: _Proc | None = None
+    # bucket -> its policy's statements (grant()): the whole policy is written at every grant.
+    _grants: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -117,6 +120,17 @@ class S3Server:
     def create_bucket(self, bucket: str, owner: S3User | None = None) -> None:
         """A bucket owned by `owner` (default: root): the only user besides root who may use it."""
         self._admin("create-bucket", "--bucket", bucket, "--owner", (owner or self.root).access_key)
+
+    def grant(self, bucket: str, prefix: str, user: S3User) -> None:
+        """Lets `user` read and write the objects under `prefix/` of `bucket` (a root-owned one),
+        and nothing else there: a bucket policy, as a platform team scopes a namespace's keys to
+        its part of a shared bucket on AWS."""
+        self._grants.setdefault(bucket, []).append({
+            "Effect": "Allow", "Principal": {"AWS": [user.access_key]},
+            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Resource": [f"arn:aws:s3:::{bucket}/{prefix.strip('/')}/*"]})
+        policy = {"Version": "2012-10-17", "Statement": self._grants[bucket]}
+        self.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
     def put(self, bucket: str, key: str, body: bytes | Path, user: S3User | None = None) -> str:
         """Uploads one object (multipart above boto3's 8 MiB threshold); returns its s3:// URI."""

@@ -120,10 +120,11 @@ async def load_routing(kube: Kube) -> Routing:
     if cm is None:
         log.info("KServe's ConfigMap %s/inferenceservice-config is not readable: assuming KServe's default mode, "
                  "Serverless (Knative)", namespace)
+    store_container = os.environ.get("SERIN_MODEL_STORE_CONTAINER", "")
     gateway = parse_gateway(os.environ.get("SERIN_GATEWAY", ""), os.environ.get("SERIN_GATEWAY_DOMAIN", ""),
                             os.environ.get("SERIN_GATEWAY_METRICS", ""),
-                            os.environ.get("SERIN_GATEWAY_METRICS_SELECTOR", ""))
-    return Routing(default_mode_from_configmap(cm), gateway)
+                            os.environ.get("SERIN_GATEWAY_METRICS_SELECTOR", ""), store_container)
+    return Routing(default_mode_from_configmap(cm), gateway, store_container)
 
 
 async def load_client_config() -> None:

@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
                              "operator (local: development only, the model is unpickled in the operator's Pod)")
     parser.add_argument("--prometheus-url", default=os.environ.get("SERIN_PROMETHEUS_URL", "http://localhost:9090"))
     parser.add_argument("--model-store", default=os.environ.get("SERIN_MODEL_STORE"),
-                        help="local: a directory; job: pvc://CLAIM[/prefix]")
+                        help="local: a directory; job: pvc://CLAIM[/prefix] or s3://BUCKET[/prefix]")
     parser.add_argument("--max-conversions", type=int, default=int(os.environ.get("SERIN_MAX_CONVERSIONS") or 0),
                         help="conversions running at once, the rest wait in line "
                              "(default: one per core locally, 4 Jobs in a cluster)")

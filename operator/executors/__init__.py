@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kubernetes_asyncio import client
 from serin.operator.executors.base import ConversionExecutor, ConversionRequest, result_from_summary
-from serin.operator.executors.job import JobExecutor, JobSettings
+from serin.operator.executors.job import JobExecutor, JobSettings, parse_store_s3
 from serin.operator.executors.local import LocalExecutor
 from serin.operator.executors.queue import ConversionQueue
 
@@ -38,10 +38,16 @@ def from_environment(api: client.ApiClient, kind: str, namespaces: tuple[str, ..
     """The executor `serin operator --executor KIND` asked for, configured as the chart sets it."""
     poll = float(os.environ.get("SERIN_TICK_SECONDS", "1"))
     if kind == "job":
+        store = os.environ.get("SERIN_MODEL_STORE", "pvc://serin-models")
+        if store.startswith("s3://") and not os.environ.get("SERIN_MODEL_STORE_CONTAINER"):
+            # Without it KServe picks a storage initializer by URI: maybe its own, with the node's identity.
+            raise ValueError("SERIN_MODEL_STORE is an s3:// store but SERIN_MODEL_STORE_CONTAINER (the "
+                             "ClusterStorageContainer predictors fetch it with) is not set")
         return JobExecutor(api, JobSettings(
             image=os.environ["SERIN_CONVERTER_IMAGE"],
             service_account=os.environ.get("SERIN_CONVERSION_SERVICE_ACCOUNT", "serin-converter"),
-            model_store=os.environ.get("SERIN_MODEL_STORE", "pvc://serin-models")), namespaces, poll_seconds=2 * poll)
+            model_store=store,
+            store_s3=parse_store_s3(os.environ.get("SERIN_MODEL_STORE_S3", ""))), namespaces, poll_seconds=2 * poll)
     if kind == "local":
         return LocalExecutor(Path(os.environ.get("SERIN_MODEL_STORE", Path.home() / ".serin" / "store")),
                              poll_seconds=poll)

@@ -13,10 +13,13 @@ from typing import Any, Protocol
 
 from serin.operator.names import FILE_NAME_MAX, bounded
 from serin.operator.observations import ConversionResult, ConversionState
-from serin.operator.spec import ConversionSpec, SourceSpec
+from serin.operator.spec import ConversionSpec, S3Source, SourceSpec
 from serin.operator.status import parse_conversion_summary
 
 REQUEST_ENV = "SERIN_CONVERSION_REQUEST"
+# The converter's error kinds that a later attempt may not meet (exit 4 and 5): the sources or the
+# model store could not be reached, were busy or failed.
+RETRYABLE_ERRORS = frozenset({"fetch-failed", "store-unavailable"})
 
 
 @dataclass(frozen=True)
@@ -40,13 +43,17 @@ class ConversionRequest:
         retry = f"-a{self.attempt}" if self.attempt > 1 else ""
         return bounded(f"{self.name}-g{self.generation}-{self.versionKey[:8]}{retry}", FILE_NAME_MAX)
 
-    def document(self, out: str) -> str:
-        """The request as the converter reads it (serin.converters.job.parse_request)."""
+    def document(self, out: str, out_s3: S3Source | None = None) -> str:
+        """The request as the converter reads it (serin.converters.job.parse_request). `out`: a
+        directory, or the version's place in the S3 store (s3://…) with the store's settings."""
         source = _present(asdict(self.source))
         tolerance = asdict(self.conversion.tolerance)
-        doc = {"source": source,
-               "conversion": {"targetOpset": self.conversion.targetOpset, "tolerance": tolerance},
-               "out": out}
+        doc: dict[str, Any] = {"source": source,
+                               "conversion": {"targetOpset": self.conversion.targetOpset, "tolerance": tolerance},
+                               "out": out}
+        if out_s3 is not None:
+            # secretName is the operator's (the publish step's keys come from that Secret).
+            doc["outS3"] = _present({**asdict(out_s3), "secretName": None})
         return json.dumps(doc, sort_keys=True)
 
 
@@ -82,4 +89,4 @@ def result_from_summary(doc: Any, storage_uri: str) -> ConversionResult:
         return ConversionResult(ConversionState.SUCCEEDED, storage_uri, summary.onnxSha256 or "", summary=summary)
     return ConversionResult(ConversionState.FAILED, reason=summary.reason or "parity proof failed", summary=summary,
                             # the converter's exit 4: the artifact or sample could not be fetched
-                            retryable=summary.error == "fetch-failed")
+                            retryable=summary.error in RETRYABLE_ERRORS)

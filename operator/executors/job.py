@@ -10,7 +10,7 @@ which this executor reads back from the Pod's status.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -20,6 +20,7 @@ from serin.operator.executors.base import REQUEST_ENV, ConversionRequest, result
 from serin.operator.kube import api_message
 from serin.operator.names import bounded
 from serin.operator.observations import ConversionResult, ConversionState
+from serin.operator.spec import S3Source
 
 STORE_MOUNT = "/mnt/serin-store"
 SLUG_ANNOTATION = "serin.dev/conversion"
@@ -32,16 +33,44 @@ SOURCE_MOUNT = "/mnt/pvc"  # the converter's PVC_MOUNT: pvc://CLAIM/path is read
 class JobSettings:
     image: str
     service_account: str = "serin-converter"
-    # pvc://CLAIM[/prefix]: where converted models are written and KServe reads them from.
+    # pvc://CLAIM[/prefix] or s3://BUCKET[/prefix]: where converted models are written and KServe
+    # reads them from.
     model_store: str = "pvc://serin-models"
     cpu: str = "2"
     memory: str = "4Gi"
+    # The S3 store's settings and the Secret holding its keys in each namespace with Models (its
+    # secretName), given to the publish step alone.
+    store_s3: S3Source = field(default_factory=lambda: S3Source(secretName=STORE_SECRET))
+
+    @property
+    def s3_store(self) -> bool:
+        return self.model_store.startswith("s3://")
+
+
+STORE_SECRET = "serin-model-store"
+
+
+def parse_store_s3(raw: str) -> S3Source:
+    """SERIN_MODEL_STORE_S3 (the chart's conversion.modelStoreS3 as JSON): endpoint, region,
+    addressing, verifyTls, secretName."""
+    doc = json.loads(raw) if raw.strip() else {}
+    if not isinstance(doc, dict):
+        raise ValueError("SERIN_MODEL_STORE_S3 must be a JSON object")
+    unknown = set(doc) - {"endpoint", "region", "addressing", "verifyTls", "secretName"}
+    if unknown:
+        raise ValueError(f"SERIN_MODEL_STORE_S3 has unknown fields: {', '.join(sorted(unknown))}")
+    if doc.get("addressing") not in (None, "", "path", "virtual"):
+        raise ValueError(f"SERIN_MODEL_STORE_S3 addressing must be path or virtual, not {doc['addressing']!r}")
+    return S3Source(endpoint=doc.get("endpoint") or None, region=doc.get("region") or None,
+                    addressing=doc.get("addressing") or None, verifyTls=bool(doc.get("verifyTls", True)),
+                    secretName=doc.get("secretName") or STORE_SECRET)
 
 
 def _store(settings: JobSettings) -> tuple[str, str]:
-    rest = settings.model_store.removeprefix("pvc://")
-    claim, _, prefix = rest.partition("/")
-    return claim, prefix.strip("/")
+    """(claim or bucket, prefix) of the store."""
+    rest = settings.model_store.removeprefix("pvc://").removeprefix("s3://")
+    root, _, prefix = rest.partition("/")
+    return root, prefix.strip("/")
 
 
 def job_name(req: ConversionRequest) -> str:
@@ -57,8 +86,10 @@ def store_path(req: ConversionRequest, settings: JobSettings) -> str:
 
 
 def storage_uri(req: ConversionRequest, settings: JobSettings) -> str:
-    claim, _ = _store(settings)
-    return f"pvc://{claim}/{store_path(req, settings)}"
+    """The version's place: the same layout in a claim and in a bucket ({prefix}/{namespace}/{slug},
+    a slug per attempt), so that no version, nor a retry of one, writes where another did."""
+    root, _ = _store(settings)
+    return f"{'s3' if settings.s3_store else 'pvc'}://{root}/{store_path(req, settings)}"
 
 
 def source_claims(req: ConversionRequest) -> list[str]:
@@ -79,7 +110,10 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
     deadline = int(req.conversion.timeout.seconds)
     labels = {"app.kubernetes.io/name": "serin-converter", "app.kubernetes.io/managed-by": "serin",
               "serin.dev/model": bounded(req.name), "serin.dev/generation": str(req.generation)}
-    request = req.document(STORE_MOUNT)
+    # An S3 store: the publish step writes the version's place itself, with the keys of the
+    # namespace's store Secret; no claim of the store is mounted anywhere.
+    request = req.document(storage_uri(req, settings), settings.store_s3) if settings.s3_store \
+        else req.document(STORE_MOUNT)
 
     def step(name: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
         # `-P` and workingDir `/`: nothing writable is ever on the import path. With `-m` Python
@@ -110,8 +144,14 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
     # team's), to the fetch step alone; the step that unpickles never holds a key.
     fetch["env"] += req.source.s3.keys_env() if req.source.s3 is not None else []
     convert = step("convert", [work("input", True), work("output", False)])
-    publish = step("publish", [work("input", True), work("output", True),
-                               {"name": "store", "mountPath": STORE_MOUNT, "subPath": store_path(req, settings)}])
+    if settings.s3_store:
+        publish = step("publish", [work("input", True), work("output", True)])
+        publish["env"] += settings.store_s3.keys_env()
+        store_volume = []
+    else:
+        publish = step("publish", [work("input", True), work("output", True),
+                                   {"name": "store", "mountPath": STORE_MOUNT, "subPath": store_path(req, settings)}])
+        store_volume = [{"name": "store", "persistentVolumeClaim": {"claimName": claim}}]
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
@@ -136,7 +176,7 @@ def job_body(req: ConversionRequest, settings: JobSettings) -> dict[str, Any]:
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "initContainers": [fetch, convert],
                     "containers": [publish],
-                    "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": claim}},
+                    "volumes": [*store_volume,
                                 {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
                                 {"name": "convert-tmp", "emptyDir": {"sizeLimit": "2Gi"}},
                                 {"name": "input", "emptyDir": {"sizeLimit": "4Gi"}},

@@ -38,6 +38,9 @@ class Routing:
     # gets. KServe's own default, when its ConfigMap cannot be read, is Serverless (Knative).
     default_mode: Mode = Mode.KNATIVE
     gateway: GatewayRouter | None = None
+    # The S3 model store's ClusterStorageContainer, named on every predictor of an s3:// version
+    # (SERIN_MODEL_STORE_CONTAINER, set by the chart; the Gateway router is given it too).
+    store_container: str = ""
 
     def mode_for(self, spec: ModelSpec, isvc: dict[str, Any] | None) -> Mode:
         """The mode of the InferenceService when there is one (KServe cannot change it), else the
@@ -49,8 +52,8 @@ class Routing:
 
     def router_for(self, spec: ModelSpec, isvc: dict[str, Any] | None) -> Router:
         if self.mode_for(spec, isvc) == Mode.KNATIVE:
-            return KnativeRouter()
-        return self.gateway or ReplicaRatioRouter()
+            return KnativeRouter(self.store_container)
+        return self.gateway or ReplicaRatioRouter(self.store_container)
 
     def observe(self, router: Router, spec: ModelSpec, seen: Seen) -> ServingObservation:
         obs = router.observe(seen)
@@ -86,7 +89,8 @@ def canary_crashes(router: Router, seen: Seen, obs: ServingObservation) -> pods.
     return pods.crashes(mine) if mine else None
 
 
-def parse_gateway(value: str, domain: str = "", metrics: str = "", metrics_selector: str = "") -> GatewayRouter | None:
+def parse_gateway(value: str, domain: str = "", metrics: str = "", metrics_selector: str = "",
+                  store_container: str = "") -> GatewayRouter | None:
     """SERIN_GATEWAY: "NAMESPACE/NAME" or "NAMESPACE/NAME/LISTENER" (empty: no Gateway);
     `metrics`: SERIN_GATEWAY_METRICS, the implementation whose request counters to read, from the
     scrape target `metrics_selector` names (gateway_metrics.parse)."""
@@ -96,7 +100,7 @@ def parse_gateway(value: str, domain: str = "", metrics: str = "", metrics_selec
     if len(parts) not in (2, 3) or not all(parts):
         raise ValueError(f"SERIN_GATEWAY must be NAMESPACE/NAME[/LISTENER], not {value!r}")
     return GatewayRouter(parts[0], parts[1], parts[2] if len(parts) == 3 else "", domain or "example.com",
-                         gateway_metrics.parse(metrics, metrics_selector))
+                         gateway_metrics.parse(metrics, metrics_selector), store_container)
 
 
 def default_mode_from_configmap(cm: dict[str, Any] | None) -> Mode:

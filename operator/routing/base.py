@@ -165,6 +165,14 @@ def capture_env(capture: CaptureSpec, namespace: str) -> list[dict[str, Any]]:
             *(s3.keys_env() if s3 is not None else [])]
 
 
+def storage_container(storage_uri: str, container: str) -> str | None:
+    """The ClusterStorageContainer KServe must fetch `storage_uri` with: Serin's own for its S3
+    model store (the chart's, pinned by name: matching by URI could pick KServe's default
+    initializer, which falls back to the node's cloud identity), none for a claim (KServe mounts
+    it) or when no S3 store is configured. None removes the field in a merge patch."""
+    return container if container and storage_uri.startswith("s3://") else None
+
+
 def model_spec(version: Served, spec: ModelSpec, revision: str | None = None, model: str = "",
                state_volume: bool = False, namespace: str = "") -> dict[str, Any]:
     """The predictor's model container; `model`: the Model's name, whose feedback Secret it reads;

@@ -23,12 +23,16 @@ from serin.operator.routing.base import (
     isvc_metadata,
     model_spec,
     not_ready,
+    storage_container,
 )
 from serin.operator.spec import ModelSpec
 
 
 class KnativeRouter:
     traffic = "knative"
+
+    def __init__(self, store_container: str = "") -> None:
+        self.store_container = store_container  # base.storage_container
 
     @property
     def mode(self) -> Mode:
@@ -43,7 +47,7 @@ class KnativeRouter:
     def plan(self, seen: Seen, desired: ApplyServing, spec: ModelSpec, owner: dict[str, Any]) -> list[Write]:
         storage, percent = target(seen.isvc, desired)
         digest = next((v.sha256 for v in (desired.stable, desired.canary) if v and v.storageUri == storage), "")
-        want = predictor(storage, percent, spec, seen.name, digest, seen.namespace)
+        want = predictor(storage, percent, spec, seen.name, digest, seen.namespace, self.store_container)
         if seen.isvc is None:
             body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
                     "metadata": isvc_metadata(seen, owner, Mode.KNATIVE, {}),
@@ -75,11 +79,12 @@ def target(isvc: dict[str, Any] | None, desired: ApplyServing) -> tuple[str, int
 
 
 def predictor(storage: str, percent: int | None, spec: ModelSpec, model: str = "", sha256: str = "",
-              namespace: str = "") -> dict[str, Any]:
+              namespace: str = "", store_container: str = "") -> dict[str, Any]:
     """`model`: the Model's name (its feedback Secret and state volume; none when empty);
     `sha256`: the digest the runtime checks the model against; `namespace`: the Model's (its
-    captured records' prefix)."""
+    captured records' prefix); `store_container`: the S3 model store's ClusterStorageContainer."""
     return {
+        "storageContainerName": storage_container(storage, store_container),
         "minReplicas": spec.serving.minReplicas,
         "maxReplicas": spec.serving.maxReplicas,
         # None removes the field in a merge patch: 100 % to the latest ready revision.

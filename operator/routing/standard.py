@@ -44,6 +44,7 @@ from serin.operator.routing.base import (
     not_ready,
     predictor_name,
     state_volumes,
+    storage_container,
 )
 from serin.operator.spec import ModelSpec
 
@@ -188,16 +189,19 @@ def _variant(dep: dict[str, Any] | None, predictor: str, weight: int) -> Variant
 
 
 def isvc_spec(stable: Served, canary: Served | None, canary_percent: int, spec: ModelSpec,
-              stable_name: str | None = None, model: str = "", namespace: str = "") -> dict[str, Any]:
+              stable_name: str | None = None, model: str = "", namespace: str = "",
+              store_container: str = "") -> dict[str, Any]:
     """`stable_name`: keep this name for the stable predictor (one an InferenceService already
     serves it under: renaming it would make KServe start a new Deployment and delete the old one).
     `model`: the Model's name (its feedback Secret and state volume; none when empty), `namespace`
-    its namespace (its captured records' prefix)."""
+    its namespace (its captured records' prefix); `store_container`: the S3 model store's
+    ClusterStorageContainer (base.storage_container)."""
     volumes = {"volumes": state_volumes()} if model else {}
     serving = spec.serving
     name = predictor_name(stable) if stable_name is None else stable_name
     out: dict[str, Any] = {
         "predictor": {"name": name or None, "minReplicas": serving.minReplicas, "maxReplicas": serving.maxReplicas,
+                      "storageContainerName": storage_container(stable.storageUri, store_container),
                       "model": model_spec(stable, spec, revision=revision_name(name), model=model,
                                            state_volume=bool(model), namespace=namespace), **volumes},
         "canary": None,
@@ -206,20 +210,28 @@ def isvc_spec(stable: Served, canary: Served | None, canary_percent: int, spec: 
         cname = predictor_name(canary)
         # KServe refuses maxReplicas on a canary; it sizes the canary from trafficPercent (1..100).
         out["canary"] = [{"trafficPercent": max(1, min(100, canary_percent)),
-                          "predictor": {"name": cname, "model": model_spec(canary, spec, revision=cname, model=model,
+                          "predictor": {"name": cname, **_storage_container(canary, store_container),
+                                        "model": model_spec(canary, spec, revision=cname, model=model,
                                                               state_volume=bool(model), namespace=namespace),
                                         **volumes}}]
     return out
 
 
+def _storage_container(version: Served, store_container: str) -> dict[str, str]:
+    """In a list entry, unlike a merge-patched object, a null is no removal: the key only when set."""
+    name = storage_container(version.storageUri, store_container)
+    return {"storageContainerName": name} if name else {}
+
+
 def isvc_writes(seen: Seen, stable: Served, canary: Served | None, percent: int, spec: ModelSpec,
-                owner: dict[str, Any]) -> list[Write]:
+                owner: dict[str, Any], store_container: str = "") -> list[Write]:
     # An InferenceService that already serves this stable version keeps its predictor's name: an
     # unnamed one (written by a Serin before named predictors) is renamed by its next promotion.
     running = ((seen.isvc or {}).get("spec") or {}).get("predictor") or {}
     keep = str(running.get("name") or "") if (running.get("model") or {}).get("storageUri") == stable.storageUri \
         else None
-    want = isvc_spec(stable, canary, percent, spec, stable_name=keep, model=seen.name, namespace=seen.namespace)
+    want = isvc_spec(stable, canary, percent, spec, stable_name=keep, model=seen.name, namespace=seen.namespace,
+                     store_container=store_container)
     if seen.isvc is None:
         body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
                 "metadata": isvc_metadata(seen, owner, Mode.STANDARD, {}),
@@ -244,6 +256,9 @@ def _owned(seen: Seen, owner: dict[str, Any], name: str) -> dict[str, Any]:
 
 class ReplicaRatioRouter:
     traffic = "replicaRatio"
+
+    def __init__(self, store_container: str = "") -> None:
+        self.store_container = store_container  # base.storage_container
 
     @property
     def mode(self) -> Mode:
@@ -274,7 +289,7 @@ class ReplicaRatioRouter:
     def plan(self, seen: Seen, desired: ApplyServing, spec: ModelSpec, owner: dict[str, Any]) -> list[Write]:
         # Weight 0 is reached by removing the canary: KServe cannot size it below one replica.
         canary = desired.canary if desired.canary is not None and desired.weight > 0 else None
-        writes = isvc_writes(seen, desired.stable, canary, desired.weight, spec, owner)
+        writes = isvc_writes(seen, desired.stable, canary, desired.weight, spec, owner, self.store_container)
         note = canary_note(canary)
         name = split_service_name(seen.name)
         if seen.service is None:
@@ -305,11 +320,12 @@ class GatewayRouter:
     traffic = "gateway"
 
     def __init__(self, gateway_namespace: str, gateway_name: str, listener: str = "", domain: str = "example.com",
-                 metrics: GatewayMetrics | None = None):
+                 metrics: GatewayMetrics | None = None, store_container: str = ""):
         self.gateway_namespace, self.gateway_name = gateway_namespace, gateway_name
         self.listener, self.domain = listener, domain
         # Which implementation's request counters to read (gateway_metrics.py): gatewayErrorRate.
         self.metrics = metrics
+        self.store_container = store_container  # base.storage_container
 
     @property
     def mode(self) -> Mode:
@@ -355,7 +371,7 @@ class GatewayRouter:
             # The InferenceService first (it makes the canary's Pods), and the canary's share only
             # once they are ready; the entry keeps its replicas while the route holds it at 0.
             writes = isvc_writes(seen, desired.stable, desired.canary, desired.weight or _isvc_percent(w), spec,
-                                 owner)
+                                 owner, self.store_container)
             ready = w is not None and w.canary_name == predictor_name(desired.canary) and _ready_pods(w.canary) > 0 \
                 and _rolled_out(w.canary or {}) and has_ready_endpoint(seen.endpoints, canary_svc)
             weight = desired.weight if ready else 0
@@ -369,8 +385,9 @@ class GatewayRouter:
             route_writes = self._route_writes(seen, owner, only, 0)
             if route_writes or not self._route_accepted(seen.route):
                 return route_writes
-            return isvc_writes(seen, desired.stable, None, 0, spec, owner)
-        return isvc_writes(seen, desired.stable, None, 0, spec, owner) + self._route_writes(seen, owner, only, 0)
+            return isvc_writes(seen, desired.stable, None, 0, spec, owner, self.store_container)
+        return (isvc_writes(seen, desired.stable, None, 0, spec, owner, self.store_container)
+                + self._route_writes(seen, owner, only, 0))
 
     # -- the HTTPRoute --
 

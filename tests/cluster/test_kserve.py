@@ -8,6 +8,7 @@ that points the operator at Traefik) with one."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import gzip
 import json
@@ -27,7 +28,17 @@ import pytest
 from harness import from_first_served, wait_for, webhook_receiver
 from serin.local import demo_models, trainer
 from serin.local.cluster import Cluster
-from serin.local.cluster_platform import MODEL_RESOURCES, RELEASE, S3_SECRET, SYSTEM, ClusterPlatform, bring_up
+from serin.local.cluster_platform import (
+    MODEL_RESOURCES,
+    RELEASE,
+    S3_SECRET,
+    STORE_BUCKET,
+    STORE_PREFIX,
+    STORE_SECRET,
+    SYSTEM,
+    ClusterPlatform,
+    bring_up,
+)
 from serin.local.loadgen import Answer, LoadGenerator, sender_token
 from serin.local.node import HOST_ADDRESS
 
@@ -162,8 +173,21 @@ def test_first_version_serves_in_standard_mode_from_real_pods(platform: Platform
     assert isvc["status"]["deploymentMode"] == "Standard"
     (pod,) = get(p.cluster, "pods", "-n", MODELS, "-l", f"app=isvc.{name}-gen1-predictor")["items"]
     assert pod["spec"]["containers"][0]["image"] == p.cluster.images["runtime"].ref
-    # KServe's pod-mutating webhook mounted the model store claim where the runtime reads it.
-    assert any(v.get("persistentVolumeClaim", {}).get("claimName") == "serin-models" for v in pod["spec"]["volumes"])
+    # The version is in the S3 model store, under the namespace's part (issue 34 #3); KServe's
+    # pod-mutating webhook injected its storage-initializer, merged with the chart's
+    # ClusterStorageContainer the predictor names: Serin's fetch, with the namespace's store keys.
+    place = s["stable"]["storageUri"]
+    assert place.startswith(f"s3://{STORE_BUCKET}/{STORE_PREFIX}/{MODELS}/{name}-g1-"), place
+    assert isvc["spec"]["predictor"]["storageContainerName"] == f"{RELEASE}-model-store"
+    (init,) = pod["spec"]["initContainers"]
+    assert init["name"] == "storage-initializer" and init["image"] == p.cluster.images["runtime"].ref
+    assert init["command"] == ["python", "-P", "-m", "serin.runtime.fetch"] and init["args"] == [place, "/mnt/models"]
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in init["env"] if "valueFrom" in e}
+    assert keys == dict.fromkeys(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"), STORE_SECRET)
+    assert not any("persistentVolumeClaim" in v for v in pod["spec"]["volumes"]), "no claim: the store is S3"
+    stored = p.platform.s3.client().list_objects_v2(Bucket=STORE_BUCKET, Prefix=place.split("/", 3)[3] + "/")
+    assert sorted(o["Key"].rsplit("/", 1)[1] for o in stored["Contents"]) == ["model.onnx", "profile.json",
+                                                                               "report.json"]
     # The feedback key: a Secret the operator made for the Model (owned by it), read by the Pod;
     # the state volume where the ids that got their truth outlive container restarts.
     secret = get(p.cluster, "secret", f"{name}-serin-feedback", "-n", MODELS)
@@ -224,6 +248,38 @@ def test_replica_ratio_canary_reports_the_weight_it_achieved_and_promotes(platfo
     names = {d["metadata"]["name"] for d in get(p.cluster, "deployments", "-n", MODELS, "-l",
                                                  f"serving.kserve.io/inferenceservice={name}")["items"]}
     assert names == {f"{name}-gen2-predictor"}  # promoted by retargeting: the canary's Deployment kept
+
+
+def test_a_store_that_refuses_the_namespaces_keys_fails_the_version_and_says_which_key(platform: Platform) -> None:
+    """Issue 34 #3: the model store refuses the keys the namespace's Secret holds (rotated on the
+    server, not in the Secret): the conversion's publish step fails for good (no retry can help),
+    status.conversion says which key is refused, and nothing is served from a version the store
+    does not hold. The other Models of the namespace serve on (their Pods fetched at start)."""
+    p, name = platform, "refused-store"
+    secret = get(p.cluster, "secret", STORE_SECRET, "-n", MODELS)
+    key_id = base64.b64decode(secret["data"]["AWS_ACCESS_KEY_ID"]).decode()
+    p.cluster.kubectl("patch", "secret", STORE_SECRET, "-n", MODELS, "--type", "merge", "-p",
+                      json.dumps({"stringData": {"AWS_SECRET_ACCESS_KEY": "rotated-elsewhere"}}))
+    try:
+        apply_model(p, name, "v1")
+
+        def failed_conversion() -> dict[str, Any] | None:
+            c = status(p, name).get("conversion") or {}
+            return c if c.get("passed") is False else None
+
+        conversion = wait_for("the conversion failed by the store", failed_conversion, timeout=300)
+    finally:
+        p.cluster.kubectl("patch", "secret", STORE_SECRET, "-n", MODELS, "--type", "merge", "-p",
+                          json.dumps({"data": {"AWS_SECRET_ACCESS_KEY": secret["data"]["AWS_SECRET_ACCESS_KEY"]}}))
+    try:
+        assert conversion["error"] == "store-refused", conversion
+        assert "the secret access key does not match the access key ID" in conversion["reason"], conversion
+        assert key_id in conversion["reason"] and "AWS_SECRET_ACCESS_KEY" in conversion["reason"]
+        s = status(p, name)
+        assert not s.get("stable") and (s.get("pending") or {}).get("retryAt") is None, s
+        assert p.cluster.kubectl("get", "inferenceservice", name, "-n", MODELS, check=False).returncode != 0
+    finally:
+        p.cluster.kubectl("delete", "model", name, "-n", MODELS, "--wait=false")
 
 
 def test_a_combination_kserve_cannot_serve_is_refused_with_the_reason(platform: Platform) -> None:

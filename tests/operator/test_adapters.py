@@ -16,7 +16,14 @@ import yaml
 from serin.operator import gateway_metrics
 from serin.operator.executors import ConversionRequest, result_from_summary
 from serin.operator.executors.base import REQUEST_ENV
-from serin.operator.executors.job import JobSettings, job_body, job_name, result_from_pod, storage_uri
+from serin.operator.executors.job import (
+    JobSettings,
+    job_body,
+    job_name,
+    parse_store_s3,
+    result_from_pod,
+    storage_uri,
+)
 from serin.operator.prometheus import parse_response
 from serin.operator.queries import QueryContext, builtin_query, render, window_for
 from serin.operator.spec import MetricSpec, parse_duration, parse_spec
@@ -345,3 +352,48 @@ def test_short_job_names_are_unchanged() -> None:
     """A Job started by an earlier operator is found again under the same name after an upgrade."""
     assert job_name(conversion("fraud")) == "serin-convert-fraud-g7-abcdef01-a1"
     assert job_name(conversion("fraud", attempt=2)) == "serin-convert-fraud-g7-abcdef01-a2-a2"
+
+
+def test_with_an_s3_store_the_publish_step_writes_it_with_the_namespaces_store_keys_only() -> None:
+    """Issue 34 #3: no claim of the store is mounted anywhere; the publish step (trusted) gets the
+    keys of the namespace's store Secret, the other steps none of them, and the version's place:
+    {prefix}/{namespace}/{slug}, a place per attempt, as in a claim."""
+    settings = JobSettings(image="i", model_store="s3://serin-models/versions",
+                           store_s3=parse_store_s3('{"endpoint": "http://s3.storage:7070", "addressing": "path", '
+                                                   '"secretName": "team-store"}'))
+    req = ConversionRequest("team-a", "fraud", "uid-1", 7, "abcdef0123456789", 2, REQ_SPEC.source, REQ_SPEC.conversion)
+    pod = job_body(req, settings)["spec"]["template"]["spec"]
+    assert storage_uri(req, settings) == "s3://serin-models/versions/team-a/fraud-g7-abcdef01-a2"
+    assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
+    fetch, convert = pod["initContainers"]
+    (publish,) = pod["containers"]
+    assert all("mnt/serin-store" not in m["mountPath"] for c in (fetch, convert, publish) for m in c["volumeMounts"])
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in publish["env"] if "valueFrom" in e}
+    assert keys == {"AWS_ACCESS_KEY_ID": {"name": "team-store", "key": "AWS_ACCESS_KEY_ID"},
+                    "AWS_SECRET_ACCESS_KEY": {"name": "team-store", "key": "AWS_SECRET_ACCESS_KEY"},
+                    "AWS_SESSION_TOKEN": {"name": "team-store", "key": "AWS_SESSION_TOKEN", "optional": True}}
+    assert all("valueFrom" not in e for e in convert["env"])
+    assert all(e["valueFrom"]["secretKeyRef"]["name"] != "team-store" for e in fetch["env"] if "valueFrom" in e)
+    request = json.loads(next(e["value"] for e in publish["env"] if e["name"] == REQUEST_ENV))
+    assert request["out"] == "s3://serin-models/versions/team-a/fraud-g7-abcdef01-a2"
+    # The settings travel in the request; the Secret's name is the operator's, not the converter's.
+    assert request["outS3"] == {"endpoint": "http://s3.storage:7070", "addressing": "path", "verifyTls": True}
+
+
+@pytest.mark.parametrize(("raw", "error"), [
+    ('["x"]', "must be a JSON object"),
+    ('{"endpoint": "http://x", "bucket": "b"}', "unknown fields: bucket"),
+    ('{"addressing": "host"}', "addressing must be path or virtual"),
+])
+def test_the_store_settings_are_refused_at_start_when_wrong(raw: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        parse_store_s3(raw)
+
+
+def test_a_store_that_cannot_be_written_is_retried_and_one_that_refuses_is_not() -> None:
+    def summary(error: str) -> dict[str, Any]:
+        return {"passed": False, "exitCode": 5 if error == "store-unavailable" else 2, "error": error,
+                "reason": f"cannot write s3://m/v/model.onnx: {error}"}
+
+    assert result_from_summary(summary("store-unavailable"), "s3://m/v").retryable
+    assert not result_from_summary(summary("store-refused"), "s3://m/v").retryable

@@ -601,3 +601,50 @@ def test_without_capture_the_predictor_has_no_capture_variable_and_no_key() -> N
     writes = ReplicaRatioRouter().plan(Seen("ml", "fraud"), ApplyServing(V1), SPEC, OWNER)
     env = _env(writes[0].body["spec"]["predictor"]["model"])
     assert not {"SERIN_CAPTURE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)
+
+
+# -- The S3 model store (issue 34 #3) ---------------------------------------------------------------
+
+S3_V1, S3_V2 = Served(1, "s3://serin-models/versions/ml/fraud-g1-aaaaaaaa"), \
+    Served(2, "s3://serin-models/versions/ml/fraud-g2-bbbbbbbb")
+
+
+def _containers(isvc: dict[str, Any]) -> list[str | None]:
+    return [p.get("storageContainerName") for p in
+            (isvc["spec"]["predictor"], *(c["predictor"] for c in isvc["spec"].get("canary") or []))]
+
+
+@pytest.mark.parametrize("router", [ReplicaRatioRouter("serin-model-store"),
+                                    GatewayRouter("gw", "serin", "http", store_container="serin-model-store")],
+                         ids=["replica-ratio", "gateway"])
+def test_every_predictor_of_an_s3_version_names_serins_storage_container(router: Any) -> None:
+    """KServe picks a storage initializer by URI unless told: its `default` one matches every s3://
+    URI and falls back to the node's identity. Each S3 version's predictor names Serin's; a claim's
+    version (KServe mounts it) names none, also beside an S3 one while the store moves."""
+    isvc = written(router, Seen("ml", "fraud"), ApplyServing(S3_V1))
+    assert _containers(isvc) == ["serin-model-store"]
+    isvc = written(router, standard(router, isvc), ApplyServing(S3_V1, S3_V2, 10))
+    assert _containers(isvc) == ["serin-model-store", "serin-model-store"]
+    mixed = written(router, Seen("ml", "fraud"), ApplyServing(V1, S3_V2, 10))
+    assert _containers(mixed) == [None, "serin-model-store"]
+    if isinstance(router, ReplicaRatioRouter):  # (the Gateway moves its route first)
+        # Promoted: the stable predictor becomes the S3 version's, and says so.
+        promoted = written(router, standard(router, mixed), ApplyServing(S3_V2))
+        assert _containers(promoted) == ["serin-model-store"]
+
+
+def test_knative_predictors_name_the_storage_container_of_the_version_they_run() -> None:
+    router = KnativeRouter("serin-model-store")
+    (w,) = router.plan(Seen("ml", "fraud"), ApplyServing(S3_V1), SPEC, OWNER)
+    assert w.body["spec"]["predictor"]["storageContainerName"] == "serin-model-store"
+    running = knative_isvc(S3_V1.storageUri, None)
+    running["spec"]["predictor"]["storageContainerName"] = "serin-model-store"
+    (w,) = router.plan(Seen("ml", "fraud", isvc=running), ApplyServing(S3_V1, V2, 10), SPEC, OWNER)
+    assert w.body["spec"]["predictor"]["model"]["storageUri"] == V2.storageUri
+    assert w.body["spec"]["predictor"]["storageContainerName"] is None, "a claim's version: the field removed"
+
+
+def test_without_an_s3_store_no_predictor_names_a_storage_container() -> None:
+    isvc = written(ReplicaRatioRouter(), Seen("ml", "fraud"), ApplyServing(S3_V1, S3_V2, 10))
+    assert _containers(isvc) == [None, None]
+    assert Routing(store_container="x").router_for(SPEC, None).store_container == "x"  # type: ignore[attr-defined]

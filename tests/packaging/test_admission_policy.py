@@ -126,15 +126,15 @@ def retraining_job(ns: str) -> dict[str, Any]:
 
 def knative_isvc(ns: str) -> dict[str, Any]:
     seen = Seen(ns, "fraud", uid="u")
-    [write] = KnativeRouter().plan(seen, ApplyServing(Served(1, "pvc://serin-models/fraud/v1", "b" * 64)),
+    [write] = KnativeRouter().plan(seen, ApplyServing(Served(1, f"pvc://serin-models/{ns}/fraud-g1", "b" * 64)),
                                    SPEC, owner())
     return write.body
 
 
 def standard_isvc_with_canary(ns: str) -> dict[str, Any]:
     seen = Seen(ns, "fraud", uid="u")
-    want = ApplyServing(Served(1, "pvc://serin-models/fraud/v1", "b" * 64),
-                        Served(2, "pvc://serin-models/fraud/v2", "c" * 64), 10)
+    want = ApplyServing(Served(1, f"pvc://serin-models/{ns}/fraud-g1", "b" * 64),
+                        Served(2, f"pvc://serin-models/{ns}/fraud-g2", "c" * 64), 10)
     writes = ReplicaRatioRouter().plan(seen, want, SPEC, owner())
     isvc = next(w.body for w in writes if w.kind == "isvc")
     # What KServe's defaulting webhook adds (this tier has KServe's schema, not its webhook), and
@@ -150,7 +150,7 @@ CAPTURE_SPEC = parse_spec({"source": SPEC_SOURCE, "serving": {"capture": {
 def standard_isvc_capturing(ns: str) -> dict[str, Any]:
     """Predictors given the capture settings and the S3 keys of the Secret the Model names."""
     writes = ReplicaRatioRouter().plan(Seen(ns, "fraud", uid="u"), ApplyServing(
-        Served(1, "pvc://serin-models/fraud/v1", "b" * 64)), CAPTURE_SPEC, owner())
+        Served(1, f"pvc://serin-models/{ns}/fraud-g1", "b" * 64)), CAPTURE_SPEC, owner())
     return next(w.body for w in writes if w.kind == "isvc")
 
 
@@ -324,6 +324,20 @@ REFUSED: list[tuple[str, str, Spoil, str, str]] = [
      "inferenceservices", "no containers, ServiceAccount"),
     ("knative-isvc", "another ServiceAccount", lambda i: _predictor(i).update(serviceAccountName="admin"),
      "inferenceservices", "no containers, ServiceAccount"),
+    ("standard-isvc", "a version of another namespace",
+     lambda i: i["spec"]["canary"][0]["predictor"]["model"].update(storageUri="pvc://serin-models/team-b/fraud-g2"),
+     "inferenceservices", "its own namespace's part of the model store"),
+    ("standard-isvc", "a version of another claim",
+     lambda i: _predictor(i)["model"].update(storageUri=_predictor(i)["model"]["storageUri"].replace(
+         "serin-models", "team-data")), "inferenceservices", "its own namespace's part of the model store"),
+    ("knative-isvc", "a version outside the store",
+     lambda i: _predictor(i)["model"].update(storageUri="https://example.com/model.onnx"),
+     "inferenceservices", "its own namespace's part of the model store"),
+    ("knative-isvc", "a storage container of its own", lambda i: _predictor(i).update(storageContainerName="default"),
+     "inferenceservices", "an s3:// one fetched by the ClusterStorageContainer"),
+    ("standard-isvc", "KServe's storage Secret annotation",
+     lambda i: i["metadata"]["annotations"].update({"serving.kserve.io/storageSecretName": "team-b-s3"}),
+     "inferenceservices", "names no storage Secret"),
     ("standard-isvc", "a hostPath on the canary",
      lambda i: i["spec"]["canary"][0]["predictor"].update(volumes=[{"name": "h", "hostPath": {"path": "/"}}]),
      "inferenceservices", "volume of its own but scratch"),
@@ -593,3 +607,104 @@ def wait_until_admitted(attempt: Callable[[], subprocess.CompletedProcess[str]],
         if out.returncode == 0 or time.monotonic() > deadline:
             return out
         time.sleep(0.5)
+
+
+# -- with the S3 model store (issue 34 #3) ----------------------------------------------------------
+
+STORE = "s3://serin-models/versions"
+
+
+@pytest.fixture(scope="module")
+def policed_s3(cluster_helm: Helm, crds: ControlPlane) -> Iterator[Policed]:
+    """A namespaced release whose model store is a bucket: its policies, and its ClusterStorageContainer."""
+    suffix = uuid.uuid4().hex[:6]
+    ns, team = f"serin-{suffix}", f"team-{suffix}"
+    for n in (ns, team):
+        crds.kubectl("create", "namespace", n)
+    release = f"serin-s3-{suffix}"
+    values = {"servingRuntime": {"create": False}, "watchNamespaces": [team],
+              "conversion": {"modelStore": STORE, "modelStoreS3": {"endpoint": "http://s3.storage:7070"}}}
+    cluster_helm.run("install", release, str(CHART), "--namespace", ns, *values_args(values))
+    try:
+        policed = Policed(crds, crds.service_account_kubeconfig(ns, "serin-operator"), team, release)
+        probe = service(team)
+        probe["spec"]["type"] = "NodePort"
+        wait_for("the release's admission policies enforced", lambda: not policed.create(probe)[0], timeout=60)
+        yield policed
+    finally:
+        cluster_helm.run("uninstall", release, "--namespace", ns, check=False)
+        for n in (ns, team):
+            crds.kubectl("delete", "namespace", n, "--wait=false", check=False)
+
+
+def container_name(policed: Policed) -> str:
+    return f"{policed.release}-model-store"  # the chart's serin.storeContainer (the release names "serin")
+
+
+def store_job(ns: str) -> dict[str, Any]:
+    req = ConversionRequest(ns, "fraud", str(uuid.uuid4()), 3, "abcdef0123456789", 1, S3_SPEC.source,
+                            S3_SPEC.conversion)
+    return job_body(req, JobSettings(image=CONVERTER_IMAGE, model_store=STORE))
+
+
+def store_isvc(policed: Policed) -> dict[str, Any]:
+    ns = policed.ns
+    want = ApplyServing(Served(1, f"{STORE}/{ns}/fraud-g1-aaaaaaaa", "b" * 64),
+                        Served(2, f"{STORE}/{ns}/fraud-g2-bbbbbbbb", "c" * 64), 10)
+    isvc = next(w.body for w in ReplicaRatioRouter(container_name(policed)).plan(Seen(ns, "fraud", uid="u"), want,
+                                                                                 SPEC, owner()) if w.kind == "isvc")
+    isvc["spec"]["canary"][0]["predictor"]["model"]["name"] = ""
+    return isvc
+
+
+def test_with_the_s3_store_what_the_operator_writes_is_admitted(policed_s3: Policed) -> None:
+    for body in (store_job(policed_s3.ns), store_isvc(policed_s3)):
+        ok, out = policed_s3.create(body)
+        assert ok, out
+    # The chart's ClusterStorageContainer, as every predictor of the store names it.
+    csc = json.loads(policed_s3.cp.kubectl("get", "clusterstoragecontainer", container_name(policed_s3),
+                                           "-o", "json").stdout)
+    assert csc["spec"]["supportedUriFormats"] == [{"prefix": f"{STORE}/"}]
+    assert csc["spec"]["container"]["command"] == ["python", "-P", "-m", "serin.runtime.fetch"]
+
+
+STORE_REFUSED: list[tuple[str, Spoil, str, str]] = [
+    ("the store keys given to the step that unpickles",
+     lambda j: _step(j, "convert")["env"].extend(e for e in _step(j, "publish")["env"] if "valueFrom" in e),
+     "jobs", "the publish step's keys of the model store"),
+    ("the store keys given to the fetch step (a Model names the store's Secret)",
+     lambda j: _step(j, "fetch")["env"].extend(e for e in _step(j, "publish")["env"] if "valueFrom" in e),
+     "jobs", "nor the model store's"),
+    ("publish keys from another Secret",
+     lambda j: next(e for e in _step(j, "publish")["env"] if e["name"] == "AWS_ACCESS_KEY_ID")["valueFrom"][
+         "secretKeyRef"].update(name="team-s3"), "jobs", "from the Secret serin-model-store"),
+    ("a claim mounted as the store",
+     lambda j: (_pod(j)["volumes"].append({"name": "store", "persistentVolumeClaim": {"claimName": "serin-models"}}),
+                _step(j, "publish")["volumeMounts"].append({"name": "store", "mountPath": "/mnt/serin-store"})),
+     "jobs", "no claim of it is mounted"),
+    ("a version of another namespace",
+     lambda i: _predictor(i)["model"].update(storageUri=f"{STORE}/team-b/fraud-g1-aaaaaaaa"),
+     "inferenceservices", "its own namespace's part of the model store"),
+    ("a version up and out of its namespace's part",
+     lambda i: _predictor(i)["model"].update(storageUri=_predictor(i)["model"]["storageUri"] + "/../../team-b/x"),
+     "inferenceservices", "its own namespace's part of the model store"),
+    ("KServe's default storage initializer",
+     lambda i: i["spec"]["canary"][0]["predictor"].update(storageContainerName="default"),
+     "inferenceservices", "an s3:// one fetched by the ClusterStorageContainer"),
+    ("no storage container named",
+     lambda i: _predictor(i).pop("storageContainerName"),
+     "inferenceservices", "an s3:// one fetched by the ClusterStorageContainer"),
+    ("a storage spec annotation",
+     lambda i: i["metadata"]["annotations"].update({"internal.serving.kserve.io/storage-spec": "true"}),
+     "inferenceservices", "names no storage Secret"),
+]
+
+
+@pytest.mark.parametrize(("what", "spoil", "policy", "words"), STORE_REFUSED, ids=[w for w, *_ in STORE_REFUSED])
+def test_with_the_s3_store_what_the_operator_must_not_write_is_refused(policed_s3: Policed, what: str, spoil: Spoil,
+                                                                      policy: str, words: str) -> None:
+    body = copy.deepcopy((store_job if policy == "jobs" else lambda _: store_isvc(policed_s3))(policed_s3.ns))
+    spoil(body)
+    ok, out = policed_s3.create(body)
+    assert not ok, f"{what} was admitted"
+    assert f"'{policed_s3.release}-operator-{policy}'" in out and words in out, out

@@ -206,6 +206,36 @@ def test_httproutes_only_with_a_gateway_and_the_kserve_config_role_is_optional(h
     assert refused.returncode != 0 and "gateway.namespace is required" in refused.stderr
 
 
+def test_an_s3_model_store_brings_its_storage_container_and_reaches_the_operator(helm: Helm) -> None:
+    """Issue 34 #3: the operator gets the store, its settings and the name of the chart's
+    ClusterStorageContainer, which runs the runtime image's fetch with the namespace's Secret."""
+    s3 = {"endpoint": "http://s3.storage:7070", "region": "eu-west-1", "secretName": "store-keys"}
+    objects = helm.objects({"conversion": {"modelStore": "s3://models/serin", "modelStoreS3": s3},
+                            "servingRuntime": {"image": {"repository": "registry.example/serin/runtime",
+                                                         "tag": "7"}}}, "serin-system", "prod")
+    (operator,) = find(objects, "Deployment")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SERIN_MODEL_STORE"] == "s3://models/serin"
+    assert json.loads(env["SERIN_MODEL_STORE_S3"])["secretName"] == "store-keys"
+    (csc,) = find(objects, "ClusterStorageContainer", name=env["SERIN_MODEL_STORE_CONTAINER"])
+    assert csc["metadata"]["name"] == "prod-serin-model-store"
+    assert csc["spec"]["supportedUriFormats"] == [{"prefix": "s3://models/serin/"}]
+    container = csc["spec"]["container"]
+    assert container["image"] == "registry.example/serin/runtime:7"
+    assert container["command"] == ["python", "-P", "-m", "serin.runtime.fetch"]
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    assert keys == dict.fromkeys(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"), "store-keys")
+    settings = json.loads(next(e["value"] for e in container["env"] if e["name"] == "SERIN_MODEL_STORE_S3"))
+    assert settings == {"endpoint": "http://s3.storage:7070", "region": "eu-west-1", "addressing": "",
+                        "verifyTls": True}
+    # A claim: no storage container, no S3 settings.
+    plain = helm.objects()
+    assert not find(plain, "ClusterStorageContainer")
+    (operator,) = find(plain, "Deployment")
+    assert {"SERIN_MODEL_STORE_S3", "SERIN_MODEL_STORE_CONTAINER"}.isdisjoint(
+        e["name"] for e in operator["spec"]["template"]["spec"]["containers"][0]["env"])
+
+
 def test_the_charts_notification_sinks_reach_the_operator_with_a_read_of_one_secret(helm: Helm) -> None:
     sinks = [{"name": "platform", "urlSecretKey": "slack-url", "format": "Slack", "events": ["RolledBack"]}]
     objects = helm.objects({"notifications": {"sinks": sinks, "attempts": 4, "firstRetrySeconds": 2}})
@@ -263,7 +293,11 @@ def test_converter_service_account_has_no_token_and_no_bindings(
     ({"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
     ({"watchNamespaces": "team-a"}, "watchNamespaces"),
     ({"conversion": {"modelStore": "ftp://models"}}, "modelStore"),
-    ({"conversion": {"modelStore": "s3://models/serin"}}, "modelStore"),
+    ({"conversion": {"modelStore": "s3://"}}, "modelStore"),
+    ({"conversion": {"modelStore": "s3://Models_X/serin"}}, "modelStore"),
+    ({"conversion": {"modelStore": "s3://models/serin/"}}, "modelStore"),
+    ({"conversion": {"modelStoreS3": {"endpoint": "s3.storage:7070"}}}, "endpoint"),
+    ({"conversion": {"modelStoreS3": {"secret": "x"}}}, "secret"),
     ({"conversion": {"modelStore": ""}}, "modelStore"),
     ({"monitoring": {"serviceMonitor": {"interval": "30 seconds"}}}, "interval"),
     # Gone: drift alerts follow each Model's spec.monitoring verdict (an upgrade keeping it is told).
@@ -275,7 +309,9 @@ def test_converter_service_account_has_no_token_and_no_bindings(
 ], ids=["unknown-top-level-key", "misspelled-nested-key", "replicas-not-an-integer", "zero-replicas",
         "unknown-executor", "port-out-of-range", "prometheus-url-without-scheme", "digest-not-sha256",
         "unknown-pull-policy", "invalid-namespace-name", "namespaces-not-a-list",
-        "model-store-bad-scheme", "model-store-not-a-pvc", "model-store-empty",
+        "model-store-bad-scheme", "model-store-s3-without-bucket", "model-store-bad-bucket", "model-store-trailing-slash",
+        "model-store-empty",
+        "store-endpoint-without-scheme", "store-settings-misspelled",
         "interval-not-a-duration", "negative-drift-threshold",
         "enabled-not-a-boolean", "runtime-resources-misspelled", "runtime-resource-not-a-quantity",
         "require-analysis-not-a-boolean"])

@@ -62,3 +62,19 @@ app.kubernetes.io/component: operator
 {{- range .Values.conversion.serviceAccount.namespaces -}}{{- $all = append $all . -}}{{- end -}}
 {{- $all | uniq | toJson -}}
 {{- end -}}
+
+{{/* The ClusterStorageContainer predictors fetch the S3 model store with (cluster-scoped: named
+after the release, so that two releases never share one). */}}
+{{- define "serin.storeContainer" -}}
+{{- printf "%s-model-store" (include "serin.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The runtime image: servingRuntime.image when set, else the ServingRuntime manifest's. */}}
+{{- define "serin.runtimeImage" -}}
+{{- if .Values.servingRuntime.image.repository -}}
+{{- include "serin.image" (list .Values.servingRuntime.image .) -}}
+{{- else -}}
+{{- $rt := .Files.Get "files/manifests/serving-runtime/serin-onnx.yaml" | fromYaml -}}
+{{- range $c := $rt.spec.containers -}}{{- if eq $c.name "kserve-container" -}}{{- $c.image -}}{{- end -}}{{- end -}}
+{{- end -}}
+{{- end -}}
