@@ -14,6 +14,7 @@ which the conversion Job fills from the Model's Secret for its fetch step only.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import os
@@ -57,7 +58,9 @@ _REFUSED = {
     "InvalidBucketName": "{bucket} is not a valid bucket name",
 }
 _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
-                    "ThrottlingException", "RequestTimeTooSkewed", "TemporaryRedirect"}
+                    "ThrottlingException", "RequestTimeTooSkewed", "TemporaryRedirect",
+                    # the bytes a write sent arrived other than they left: sent again, they may not
+                    "BadDigest", "XAmzContentSHA256Mismatch"}
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
 
 
@@ -176,6 +179,9 @@ def client(settings: S3Settings, keys: Keys | None, connect_timeout: float = CON
         s3={"addressing_style": addressing},
         connect_timeout=connect_timeout, read_timeout=read_timeout,
         retries={"max_attempts": ATTEMPTS, "mode": "standard"},
+        # Only the endpoint of the settings: never AWS_ENDPOINT_URL(_S3) or a config file's, which
+        # KServe injects into a storage-initializer from the namespace's ServiceAccount.
+        ignore_configured_endpoint_urls=True,
     )
     session = boto3.session.Session(
         aws_access_key_id=keys.access_key_id if keys else None,
@@ -237,8 +243,8 @@ def put_new(uri: str, data: bytes, settings: S3Settings, keys: Keys | None, wher
     """Writes the object `uri`, which must not exist yet (a conditional write, If-None-Match: *),
     or must already hold exactly `data` (an earlier try of the same step wrote it). Never
     overwrites: what the store holds under a version's name stays what was first published
-    there. Raises StoreRefused when only a person can fix it, StoreUnavailable when trying again
-    later may work."""
+    there. The SHA-256 sent with the bytes is checked by the server. Raises StoreRefused when
+    only a person can fix it, StoreUnavailable when trying again later may work."""
     from botocore.exceptions import ClientError
 
     bucket, key = split_uri(uri)
@@ -247,15 +253,13 @@ def put_new(uri: str, data: bytes, settings: S3Settings, keys: Keys | None, wher
     except SourceUnavailable as exc:
         raise StoreRefused(exc.message) from None
     s3 = s3 or client(settings, keys)
-    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    sha256 = hashlib.sha256(data)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Unverified HTTPS request")
-            answer = s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-            stored = _MD5_ETAG.match(str(answer.get("ETag", "")))
-            if stored and stored.group(1) != md5 and "ServerSideEncryption" not in answer:
-                raise StoreUnavailable(f"cannot write {uri}: the store's ETag does not match the bytes sent")
-            return
+            s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*",
+                          ChecksumSHA256=base64.b64encode(sha256.digest()).decode())
+        return
     except ClientError as exc:
         error = exc.response.get("Error", {})
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -268,20 +272,32 @@ def put_new(uri: str, data: bytes, settings: S3Settings, keys: Keys | None, wher
         if code != "PreconditionFailed" and status != 412:
             raise _store_reason(_reason(exc, uri, bucket, key, settings, keys, where, action="write")) from exc
     except Exception as exc:
-        if isinstance(exc, StoreUnavailable):
-            raise
         raise _store_reason(_reason(exc, uri, bucket, key, settings, keys, where, action="write")) from exc
-    # The object exists. The same bytes: this step was tried before and got that far.
+    # The object exists. The same bytes: this step was tried before and got that far (or a retry
+    # of the PUT itself found its first try done).
     try:
-        held = s3.head_object(Bucket=bucket, Key=key)
+        if _holds(s3, bucket, key, sha256.hexdigest(), len(data)):
+            return
     except Exception as exc:
         raise _store_reason(_reason(exc, uri, bucket, key, settings, keys, where, action="write")) from exc
-    etag = _MD5_ETAG.match(str(held.get("ETag", "")))
-    if etag and etag.group(1) == md5 and int(held.get("ContentLength", -1)) == len(data):
-        return
     raise StoreRefused(f"cannot write {uri}: it already holds other bytes, and a published version is never "
                        "overwritten (a Model deleted and made again under the same name? its versions are "
                        "still in the store)")
+
+
+def _holds(s3: Any, bucket: str, key: str, sha256_hex: str, size: int) -> bool:
+    """Whether the object has exactly these bytes: by the SHA-256 the server keeps when it has one
+    (stored with our write), else by reading it (an ETag is no digest under SSE-KMS or SSE-C)."""
+    head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    if int(head.get("ContentLength", -1)) != size:
+        return False
+    stored = head.get("ChecksumSHA256")
+    if stored and "-" not in stored:  # a whole-object checksum, not one of parts
+        return bool(base64.b64decode(stored).hex() == sha256_hex)
+    digest = hashlib.sha256()
+    for block in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(BLOCK):
+        digest.update(block)
+    return digest.hexdigest() == sha256_hex
 
 
 def _store_reason(exc: Exception) -> Exception:

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from serin.converters.errors import ConversionError, FetchError
+from serin.converters.errors import ConversionError, FetchError, first_line
 from serin.converters.s3 import MODEL_STORE, Keys, S3Settings, client, download
 
 SETTINGS_ENV = "SERIN_MODEL_STORE_S3"
@@ -64,8 +64,8 @@ def main(argv: list[str], env: Mapping[str, str] | None = None, termination: str
         return EXIT_USAGE
     try:
         files = fetch(argv[0], Path(argv[1]), environ)
-    except ConversionError as exc:
-        message = f"serin model store: {exc.message}"
+    except Exception as exc:  # ConversionError's reasons, and anything else as one line too
+        message = f"serin model store: {exc.message if isinstance(exc, ConversionError) else first_line(exc)}"
         print(message, file=sys.stderr)
         with contextlib.suppress(OSError):  # not in a container: stderr said it
             Path(termination).write_text(message)

@@ -285,6 +285,11 @@ REFUSED: list[tuple[str, str, Spoil, str, str]] = [
      "jobs", "none of Serin's Secrets"),
     ("retraining-job", "another Model's label", lambda j: j["metadata"]["labels"].update({"serin.dev/model": "payments"}),
      "jobs", "labelled with the Model that owns it"),
+    ("job", "PYTHONPATH on the step that holds keys",
+     lambda j: _step(j, "publish")["env"].append({"name": "PYTHONPATH", "value": "/work/output"}),
+     "jobs", "with no variable but SERIN_CONVERSION_REQUEST and SERIN_WORK_DIR"),
+    ("job", "LD_PRELOAD", lambda j: _step(j, "fetch")["env"].append({"name": "LD_PRELOAD", "value": "/work/input/x.so"}),
+     "jobs", "no LD_PRELOAD"),
     ("job", "a privileged step",
      lambda j: _step(j, "publish")["securityContext"].update(privileged=True, allowPrivilegeEscalation=True),
      "jobs", "unprivileged"),
@@ -658,7 +663,9 @@ def store_isvc(policed: Policed) -> dict[str, Any]:
 
 
 def test_with_the_s3_store_what_the_operator_writes_is_admitted(policed_s3: Policed) -> None:
-    for body in (store_job(policed_s3.ns), store_isvc(policed_s3)):
+    # A retraining Job too: with no claim to keep it from, its volumes are its own (the demo's
+    # trainer was once refused here: the store's empty claim name matched every other volume).
+    for body in (store_job(policed_s3.ns), store_isvc(policed_s3), retraining_job(policed_s3.ns)):
         ok, out = policed_s3.create(body)
         assert ok, out
     # The chart's ClusterStorageContainer, as every predictor of the store names it.
@@ -694,6 +701,17 @@ STORE_REFUSED: list[tuple[str, Spoil, str, str]] = [
     ("no storage container named",
      lambda i: _predictor(i).pop("storageContainerName"),
      "inferenceservices", "an s3:// one fetched by the ClusterStorageContainer"),
+    ("a version's parent",
+     lambda i: _predictor(i)["model"].update(storageUri=_predictor(i)["model"]["storageUri"] + "/.."),
+     "inferenceservices", "its own namespace's part of the model store"),
+    ("the store keys as the capture store's",
+     lambda i: (_predictor(i)["model"]["env"].append({"name": "SERIN_CAPTURE", "value": "{}"}),
+                _env(i, "AWS_ACCESS_KEY_ID", {"valueFrom": {"secretKeyRef": {
+                    "name": "serin-model-store", "key": "AWS_ACCESS_KEY_ID"}}})),
+     "inferenceservices", "nor the model store's"),
+    ("a trainer given the store keys",
+     lambda j: _pod(j)["containers"][0].update(envFrom=[{"secretRef": {"name": "serin-model-store"}}]),
+     "jobs", "the model store's serin-model-store"),
     ("a storage spec annotation",
      lambda i: i["metadata"]["annotations"].update({"internal.serving.kserve.io/storage-spec": "true"}),
      "inferenceservices", "names no storage Secret"),
@@ -703,7 +721,9 @@ STORE_REFUSED: list[tuple[str, Spoil, str, str]] = [
 @pytest.mark.parametrize(("what", "spoil", "policy", "words"), STORE_REFUSED, ids=[w for w, *_ in STORE_REFUSED])
 def test_with_the_s3_store_what_the_operator_must_not_write_is_refused(policed_s3: Policed, what: str, spoil: Spoil,
                                                                       policy: str, words: str) -> None:
-    body = copy.deepcopy((store_job if policy == "jobs" else lambda _: store_isvc(policed_s3))(policed_s3.ns))
+    build = {"jobs": retraining_job if "trainer" in what else store_job,
+             "inferenceservices": lambda _: store_isvc(policed_s3)}[policy]
+    body = copy.deepcopy(build(policed_s3.ns))
     spoil(body)
     ok, out = policed_s3.create(body)
     assert not ok, f"{what} was admitted"

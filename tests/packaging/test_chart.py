@@ -228,6 +228,14 @@ def test_an_s3_model_store_brings_its_storage_container_and_reaches_the_operator
     settings = json.loads(next(e["value"] for e in container["env"] if e["name"] == "SERIN_MODEL_STORE_S3"))
     assert settings == {"endpoint": "http://s3.storage:7070", "region": "eu-west-1", "addressing": "",
                         "verifyTls": True}
+    # Moved to a claim, the versions still served from the bucket are still fetched by it.
+    moved = helm.objects({"conversion": {"modelStore": "pvc://serin-models", "modelStoreS3": s3,
+                                         "formerModelStores": ["s3://models/serin", "s3://older"]}})
+    (csc,) = find(moved, "ClusterStorageContainer")
+    assert csc["spec"]["supportedUriFormats"] == [{"prefix": "s3://models/serin/"}, {"prefix": "s3://older/"}]
+    (operator,) = find(moved, "Deployment")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SERIN_MODEL_STORE"] == "pvc://serin-models" and env["SERIN_MODEL_STORE_CONTAINER"]
     # A claim: no storage container, no S3 settings.
     plain = helm.objects()
     assert not find(plain, "ClusterStorageContainer")

@@ -69,6 +69,16 @@ after the release, so that two releases never share one). */}}
 {{- printf "%s-model-store" (include "serin.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The S3 model stores, current and former, comma-separated (empty: none): while any is in use
+the ClusterStorageContainer fetches from it, with conversion.modelStoreS3's settings. */}}
+{{- define "serin.s3Stores" -}}
+{{- $stores := list -}}
+{{- range (prepend .Values.conversion.formerModelStores .Values.conversion.modelStore) -}}
+{{- if hasPrefix "s3://" . -}}{{- $stores = append $stores (trimSuffix "/" .) -}}{{- end -}}
+{{- end -}}
+{{- join "," $stores -}}
+{{- end -}}
+
 {{/* The runtime image: servingRuntime.image when set, else the ServingRuntime manifest's. */}}
 {{- define "serin.runtimeImage" -}}
 {{- if .Values.servingRuntime.image.repository -}}
