@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from serin.converters import report
 from serin.converters.errors import ConversionError
 from serin.converters.s3 import Keys, S3Settings
+from serin.runtime.profile import PROFILE_DIGEST_KEY
 
 MAX_MODEL_BYTES = (2 << 30) - 1  # protobuf's own limit for one message
 MAX_PROFILE_BYTES = 16 << 20
@@ -183,6 +184,19 @@ def reference(claimed: dict[str, Any], model_bytes: bytes, model: Any, source: S
     return built
 
 
+def with_profile_digest(model: Any, digest: str) -> bytes:
+    """The model's bytes naming its profile's digest (whatever the untrusted step claimed under
+    that key is dropped). Metadata only: the graph, and so every answer, is the one proved."""
+    kept = [p for p in model.metadata_props if p.key != PROFILE_DIGEST_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=PROFILE_DIGEST_KEY, value=digest)
+    data: bytes = model.SerializeToString()
+    if len(data) > MAX_MODEL_BYTES:
+        raise PublishError(f"the conversion's model.onnx is larger than {MAX_MODEL_BYTES} bytes")
+    return data
+
+
 class Sink(Protocol):
     """Where a checked version is written: the Model's directory of the store."""
 
@@ -237,6 +251,9 @@ def publish(src: Path, dst: Path | Sink, artifact: Path | None, sample: SampleSo
     claimed_profile = _json_object(profile_bytes, "profile")
     built = reference(claimed_profile, model_bytes, model, sample)
     profile_bytes = (report.to_json(built) + "\n").encode()
+    # The profile's digest goes into model.onnx, whose own digest the runtime checks against the
+    # one the operator recorded: so the runtime can refuse a profile.json changed in the store.
+    model_bytes = with_profile_digest(model, sha256_hex(profile_bytes))
     rep["batching"] = built["batching"]
     rep["task"] = built["prediction"]["kind"]  # what the operator picks its prediction-shift query by
     claimed = rep.get("sha256")

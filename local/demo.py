@@ -3,7 +3,8 @@
 With `--cluster` (what hack/demo.sh runs; needs root): a real node, KServe's own controller in
 Standard mode, Traefik as the Gateway splitting traffic exactly, Serin installed by Helm from its
 own images, Prometheus discovering the runtime Pods, an S3 server (versitygw) the conversion Jobs
-read each version from; everything is torn down at the end.
+read each version from and write it to (the S3 model store, from where KServe's storage-initializer
+fetches it into each predictor); everything is torn down at the end.
 Without it: the local platform (real kube-apiserver, operator, KServe stand-in in Knative mode,
 runtimes as processes, Prometheus), which keeps running afterwards.
 
@@ -306,7 +307,7 @@ def run(home: Path) -> int:
 def run_cluster(home: Path) -> int:
     """The same three versions on a real node with KServe's own controller (Standard mode) and
     Traefik splitting traffic through Serin's HTTPRoute."""
-    from serin.local.cluster_platform import MODEL_RESOURCES, S3_SECRET, bring_up
+    from serin.local.cluster_platform import MODEL_RESOURCES, S3_SECRET, STORE_BUCKET, STORE_PREFIX, bring_up
     from serin.local.node import HOST_ADDRESS
 
     tl = Timeline()
@@ -323,7 +324,9 @@ def run_cluster(home: Path) -> int:
     webhook: Webhook | None = None
     try:
         tl.say(f"training three versions (no downloads), uploaded to s3://{platform.bucket}/ on {platform.s3.url} "
-               f"and read by each conversion Job with the keys of the namespace's Secret")
+               f"and read by each conversion Job with the keys of the namespace's Secret; converted, each goes "
+               f"to the S3 model store s3://{STORE_BUCKET}/{STORE_PREFIX}/{NAMESPACE}/, fetched from there into "
+               f"its predictor Pods")
         versions = {"v1": demo_models.sklearn_version(work / "v1", seed=1),
                     "v2": demo_models.sklearn_version(work / "v2", seed=2),
                     "v3": demo_models.erroring_version(work / "v3")}

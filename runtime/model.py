@@ -15,7 +15,7 @@ import onnxruntime as ort
 import orjson
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from serin.runtime.decode import RequestError
-from serin.runtime.profile import Profile, ProfileError, load_profile
+from serin.runtime.profile import PROFILE_DIGEST_KEY, Profile, ProfileError, parse_profile_bytes
 from serin.runtime.signature import TensorSpec, datatype_of, tensor_spec
 
 log = logging.getLogger("serin.runtime")
@@ -95,7 +95,7 @@ class OnnxModel:
         self.session = _session(verified_bytes(onnx_path, sha256) if sha256 else onnx_path, threads)
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.version = meta.get("serin.source_sha256", "")[:12] or None
-        self.profile = self._load_profile()
+        self.profile = self._load_profile(meta.get(PROFILE_DIGEST_KEY, ""))
         nan = _nan_inputs(meta, self.profile, allow_nan)
         self.inputs: dict[str, TensorSpec] = {}
         for arg in self.session.get_inputs():
@@ -117,13 +117,30 @@ class OnnxModel:
         self.output_names = list(self.outputs)
         self.task = self._task()
 
-    def _load_profile(self) -> Profile | None:
+    def _load_profile(self, sha256: str = "") -> Profile | None:
+        """profile.json, refused unless it has `sha256` when the model names one (its publish
+        step did: the reference the gates judge by is then the one published, as model.onnx is)."""
         path = self.model_dir / "profile.json"
         if not path.is_file():
+            if sha256:
+                raise ModelRefused(f"refusing to serve {self.model_dir}: its profile.json is missing, and the "
+                                   "model names the one published with it")
             log.warning("%s not found: serving without drift metrics", path)
             return None
         try:
-            return load_profile(path)
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ProfileError(f"{path}: {exc}") from exc
+        if sha256:
+            import hashlib
+
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != sha256.strip().lower():
+                raise ModelRefused(f"refusing to serve {self.model_dir}: profile.json's sha256 is {actual}, not "
+                                   f"{sha256.strip().lower()} as model.onnx names it (the file was replaced after "
+                                   "it was published)")
+        try:
+            return parse_profile_bytes(data, path)
         except ProfileError as exc:
             # A bad profile must not stop serving: drift monitoring is an add-on to inference.
             log.error("ignoring profile: %s", exc)

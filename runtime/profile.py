@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+# model.onnx's metadata_props key naming profile.json's sha256: written by the conversion's publish
+# step (converters/publish.py) into the model whose digest the operator records, checked at load.
+PROFILE_DIGEST_KEY = "serin.profile_sha256"
 
 class ProfileError(ValueError):
     """profile.json is unreadable or does not match the contract."""
@@ -131,7 +134,16 @@ def parse_profile(raw: dict[str, Any]) -> Profile:
 
 def load_profile(path: Path) -> Profile:
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise ProfileError(f"{path}: {exc}") from exc
+    return parse_profile_bytes(data, path)
+
+
+def parse_profile_bytes(data: bytes, where: Path) -> Profile:
+    """A profile from the bytes read (and, by the runtime, checked), `where` naming them."""
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{where}: {exc}") from exc
     return parse_profile(raw)
