@@ -59,3 +59,12 @@ def test_the_default_job_executor_without_an_image_refuses_to_start(
 def test_start_up_without_a_setting_chooses_job(environ: dict[str, str]) -> None:
     """The operator started some other way than `serin operator` (no SERIN_EXECUTOR at all)."""
     assert executors.kind_from_environment() == "job"
+
+
+def test_an_s3_store_without_its_storage_container_refuses_to_start(environ: dict[str, str]) -> None:
+    """Issue 34 #3: without the container's name KServe would pick a storage initializer by URI
+    (its own `default` one matches every s3:// URI, with the node's identity)."""
+    environ.update(SERIN_CONVERTER_IMAGE="ghcr.io/serin/converter:test", SERIN_MODEL_STORE="s3://models/serin")
+    environ.pop("SERIN_MODEL_STORE_CONTAINER", None)
+    with pytest.raises(ValueError, match=r"SERIN_MODEL_STORE_CONTAINER \(.*\) is not set"):
+        executors.from_environment(None, "job")  # type: ignore[arg-type]  # refused before any call
