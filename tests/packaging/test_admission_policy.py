@@ -64,13 +64,20 @@ def policed(cluster_helm: Helm, crds: ControlPlane) -> Iterator[Policed]:
     for crd in sorted((gateway_dir() / "crds").glob("*.yaml")):
         crds.kubectl("apply", "--server-side", "-f", str(crd))
     crds.wait_established([f"{p}.gateway.networking.k8s.io" for p in ("gateways", "httproutes")])
+    yield from install_policed(cluster_helm, crds, "serin-vap", lambda team: {
+        "servingRuntime": {"create": False}, "gateway": {"name": GATEWAY, "namespace": GATEWAY_NS}})
+
+
+def install_policed(cluster_helm: Helm, crds: ControlPlane, name: str,
+                    values: Callable[[str], dict[str, Any]]) -> Iterator[Policed]:
+    """A release `name`-<suffix> of the chart with `values(team)` (team: the namespace its operator
+    writes to), once its policies are enforced; uninstalled after."""
     suffix = uuid.uuid4().hex[:6]
     ns, team = f"serin-{suffix}", f"team-{suffix}"
     for n in (ns, team):
         crds.kubectl("create", "namespace", n)
-    release = f"serin-vap-{suffix}"
-    values = {"servingRuntime": {"create": False}, "gateway": {"name": GATEWAY, "namespace": GATEWAY_NS}}
-    cluster_helm.run("install", release, str(CHART), "--namespace", ns, *values_args(values))
+    release = f"{name}-{suffix}"
+    cluster_helm.run("install", release, str(CHART), "--namespace", ns, *values_args(values(team)))
     try:
         policed = Policed(crds, crds.service_account_kubeconfig(ns, "serin-operator"), team, release)
         # The apiserver loads new policies from its informer, a moment after helm wrote them (a
@@ -622,24 +629,9 @@ STORE = "s3://serin-models/versions"
 @pytest.fixture(scope="module")
 def policed_s3(cluster_helm: Helm, crds: ControlPlane) -> Iterator[Policed]:
     """A namespaced release whose model store is a bucket: its policies, and its ClusterStorageContainer."""
-    suffix = uuid.uuid4().hex[:6]
-    ns, team = f"serin-{suffix}", f"team-{suffix}"
-    for n in (ns, team):
-        crds.kubectl("create", "namespace", n)
-    release = f"serin-s3-{suffix}"
-    values = {"servingRuntime": {"create": False}, "watchNamespaces": [team],
-              "conversion": {"modelStore": STORE, "modelStoreS3": {"endpoint": "http://s3.storage:7070"}}}
-    cluster_helm.run("install", release, str(CHART), "--namespace", ns, *values_args(values))
-    try:
-        policed = Policed(crds, crds.service_account_kubeconfig(ns, "serin-operator"), team, release)
-        probe = service(team)
-        probe["spec"]["type"] = "NodePort"
-        wait_for("the release's admission policies enforced", lambda: not policed.create(probe)[0], timeout=60)
-        yield policed
-    finally:
-        cluster_helm.run("uninstall", release, "--namespace", ns, check=False)
-        for n in (ns, team):
-            crds.kubectl("delete", "namespace", n, "--wait=false", check=False)
+    yield from install_policed(cluster_helm, crds, "serin-s3", lambda team: {
+        "servingRuntime": {"create": False}, "watchNamespaces": [team],
+        "conversion": {"modelStore": STORE, "modelStoreS3": {"endpoint": "http://s3.storage:7070"}}})
 
 
 def container_name(policed: Policed) -> str:
