@@ -171,3 +171,15 @@ def test_the_predictors_fetch_of_a_missing_version_says_what_is_missing(s3: S3Se
     assert "cannot be reached" in termination.read_text()
     assert store_fetch.main(["pvc://claim/v", str(tmp_path / "m")], env, str(termination)) == store_fetch.EXIT_FAILED
     assert "is not an s3:// URI" in termination.read_text()
+
+
+def test_the_client_takes_its_endpoint_from_its_settings_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KServe injects AWS_ENDPOINT_URL into a storage-initializer from the namespace's
+    ServiceAccount; botocore would read it when the settings name no endpoint (AWS's own), and
+    send requests signed with the store keys there."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    aws = s3_.client(s3_.S3Settings(region="eu-west-1"), None)
+    assert aws.meta.endpoint_url == "https://s3.eu-west-1.amazonaws.com"
+    assert s3_.client(s3_.S3Settings(endpoint="http://s3.storage:7070"), None).meta.endpoint_url == \
+        "http://s3.storage:7070"
