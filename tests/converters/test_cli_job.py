@@ -161,6 +161,17 @@ GOOD = {"source": {"uri": "file:///m.joblib", "sampleUri": "file:///s.csv"}, "ou
                  "conversion.tolerance.absolute must be a number, not true", id="tolerance-a-bool"),
     pytest.param(GOOD | {"source": GOOD["source"] | {"format": "torch"}},
                  "source.format must be one of sklearn, xgboost, lightgbm, onnx, not 'torch'", id="unknown-format"),
+    # The S3 model store's place (issue 34 #3).
+    pytest.param(GOOD | {"outS3": {"endpoint": "http://s3:7070"}},
+                 "outS3 is for an s3:// out (the S3 model store), not a directory", id="store-settings-for-a-directory"),
+    pytest.param(GOOD | {"out": "s3://models"}, "out s3://models must name the version's place in the store",
+                 id="store-without-a-place"),
+    pytest.param(GOOD | {"out": "s3://models/ns/v1/"}, "out s3://models/ns/v1/ must name the version's place",
+                 id="store-place-a-prefix"),
+    pytest.param(GOOD | {"out": "s3://models/ns/v1", "outS3": {"addressing": "host"}},
+                 "outS3.addressing must be path or virtual, not 'host'", id="store-addressing"),
+    pytest.param(GOOD | {"out": "s3://models/ns/v1", "outS3": {"secretName": "keys"}},
+                 f"unknown field outS3.secretName in {REQUEST_ENV}", id="store-secret-is-the-operators"),
 ])
 def test_a_bad_request_is_refused_naming_the_field(doc: Any, message: str) -> None:
     from serin.converters.errors import ConversionError
@@ -188,6 +199,13 @@ def test_the_operators_request_is_the_one_the_converter_reads() -> None:
     bare = parse_spec({"source": {"uri": "s3://b/m.onnx", "sampleUri": "s3://b/s.csv"}})
     plain = parse_request(ConversionRequest("ml", "m", "u", 1, "k", 1, bare.source, bare.conversion).document("/o"))
     assert (plain.format, plain.sha256, plain.opset) == (None, None, DEFAULT_OPSET)
+    # With the S3 store: the version's place and the store's settings, nothing written to a directory.
+    from serin.operator.spec import S3Source
+
+    stored = parse_request(req.document("s3://models/v/ml/fraud-g3", S3Source(endpoint="http://s3:7070",
+                                                                            secretName="serin-model-store")))
+    assert (stored.store, stored.out) == ("s3://models/v/ml/fraud-g3", Path("/dev/null"))
+    assert stored.store_s3 is not None and stored.store_s3.endpoint == "http://s3:7070"
 
 
 def test_the_summary_is_status_conversion() -> None:
